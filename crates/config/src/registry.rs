@@ -1,0 +1,201 @@
+//! The registry of every setting nodetool understands: name, one-line description, whether it is a
+//! secret, its type and its default. `settings show` renders it in this order, and loading
+//! validates every value against its [`ValueKind`].
+
+/// The type of a setting's value, which decides how the raw string is parsed and validated.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ValueKind {
+    /// Free text.
+    Text,
+    /// An absolute `http://` or `https://` URL; trailing slashes are removed.
+    Url,
+    /// Like [`ValueKind::Url`], but a path starting with `/` is accepted too.
+    UrlOrPath,
+    /// A filesystem path; a leading `~` is expanded to `HOME`.
+    Path,
+    /// `true/false`, `1/0`, `yes/no` (any case).
+    Bool,
+    /// A TCP port, 1–65535.
+    Port,
+    /// A whole number ≥ 1.
+    Count,
+    /// A duration: whole seconds, or a number with `s`, `m`, `h` or `d`.
+    Seconds,
+    /// A byte size: a number with an optional binary unit (`512m`, `2g`, `1.5GiB`), as Docker reads it.
+    Size,
+    /// A positive number of CPUs, fractions allowed (`1.5`).
+    Cpus,
+    /// A signed whole number.
+    Integer,
+    /// One of a fixed set of words (any case).
+    Choice(&'static [&'static str]),
+    /// A comma-separated list of non-empty items.
+    List,
+}
+
+impl ValueKind {
+    /// A short name for the type, as `settings show` and the docs print it.
+    pub fn describe(self) -> &'static str {
+        match self {
+            ValueKind::Text => "text",
+            ValueKind::Url => "url",
+            ValueKind::UrlOrPath => "url or /path",
+            ValueKind::Path => "path",
+            ValueKind::Bool => "bool",
+            ValueKind::Port => "port",
+            ValueKind::Count => "count",
+            ValueKind::Seconds => "seconds",
+            ValueKind::Size => "size",
+            ValueKind::Cpus => "cpus",
+            ValueKind::Integer => "integer",
+            ValueKind::Choice(_) => "choice",
+            ValueKind::List => "list",
+        }
+    }
+}
+
+/// What a setting is worth when no source sets it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DefaultValue {
+    /// Unset: the typed field is `None`.
+    None,
+    /// A fixed value, parsed like any other.
+    Value(&'static str),
+    /// The number of CPUs the process may use.
+    CpuCount,
+    /// A file or folder inside the config directory.
+    InConfigDir(&'static str),
+}
+
+/// One registered setting.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SettingDef {
+    pub name: &'static str,
+    /// Older names still read, each at the same precedence level as `name` (which wins within a level).
+    pub aliases: &'static [&'static str],
+    pub description: &'static str,
+    /// Secrets are masked in `settings show` and in error messages.
+    pub secret: bool,
+    pub kind: ValueKind,
+    pub default: DefaultValue,
+}
+
+pub const ENV_CHOICES: &[&str] = &["development", "production", "test"];
+pub const AUTH_PROVIDER_CHOICES: &[&str] = &["none", "local", "static", "supabase"];
+
+const fn def(
+    name: &'static str,
+    kind: ValueKind,
+    default: DefaultValue,
+    description: &'static str,
+) -> SettingDef {
+    SettingDef {
+        name,
+        aliases: &[],
+        description,
+        secret: false,
+        kind,
+        default,
+    }
+}
+
+const fn secret(name: &'static str, description: &'static str) -> SettingDef {
+    SettingDef {
+        name,
+        aliases: &[],
+        description,
+        secret: true,
+        kind: ValueKind::Text,
+        default: DefaultValue::None,
+    }
+}
+
+use DefaultValue as D;
+use ValueKind as K;
+
+/// Every setting, in the order `settings show` lists them.
+#[rustfmt::skip]
+pub const REGISTRY: &[SettingDef] = &[
+    def("ENV", K::Choice(ENV_CHOICES), D::Value("development"),
+        "Run mode: development, production or test (test selects in-memory storage)"),
+    // Storage.
+    def("ASSET_BUCKET", K::Text, D::Value("assets"),
+        "Asset bucket (S3/Supabase), or folder name or path for local storage"),
+    def("ASSET_DOMAIN", K::Text, D::None,
+        "Public domain serving the S3 asset bucket (URLs become https://{domain}/{key})"),
+    def("ASSET_TEMP_BUCKET", K::Text, D::None,
+        "Separate bucket for temporary files (S3/Supabase)"),
+    def("ASSET_TEMP_DOMAIN", K::Text, D::None,
+        "Public domain serving the S3 temp bucket"),
+    def("ASSET_FOLDER", K::Path, D::None,
+        "Folder for local asset storage (overrides ASSET_BUCKET)"),
+    def("S3_ENDPOINT_URL", K::Url, D::None,
+        "S3-compatible endpoint (MinIO, Wasabi); unset means AWS"),
+    secret("S3_ACCESS_KEY_ID", "S3 access key id; setting it selects S3 storage"),
+    secret("S3_SECRET_ACCESS_KEY", "S3 secret access key; setting it selects S3 storage"),
+    def("S3_REGION", K::Text, D::Value("us-east-1"), "S3 region"),
+    def("S3_TIMEOUT_SECONDS", K::Seconds, D::Value("30"),
+        "Deadline for one S3 request"),
+    def("SUPABASE_URL", K::Url, D::None,
+        "Supabase project URL; with SUPABASE_KEY selects Supabase storage"),
+    secret("SUPABASE_KEY", "Supabase service-role key (server side only)"),
+    secret("SUPABASE_JWT_SECRET", "Supabase JWT secret for verifying user tokens"),
+    def("NODETOOL_API_URL", K::Url, D::None,
+        "Public base URL of this API, used to build absolute storage URLs"),
+    def("NODETOOL_STORAGE_PUBLIC_URL", K::UrlOrPath, D::None,
+        "Public base URL for file/memory storage (e.g. a CDN); beats NODETOOL_API_URL"),
+    def("NODETOOL_MAX_UPLOAD_BYTES", K::Size, D::Value("1g"),
+        "Largest accepted upload body"),
+    secret("NODETOOL_URL_SIGNING_KEY", "HMAC key for signed storage URLs (at least 16 characters)"),
+    def("ASSET_TEMP_TTL", K::Seconds, D::Value("86400"),
+        "Lifetime of temporary objects"),
+    def("DB_PATH", K::Path, D::InConfigDir("nodetool.db"), "SQLite database file"),
+    // Caches.
+    def("MEMCACHE_HOST", K::Text, D::None,
+        "Memcached host; with MEMCACHE_PORT selects the memcached node cache"),
+    def("MEMCACHE_PORT", K::Port, D::None, "Memcached port"),
+    def("NODE_CACHE_MAX_BYTES", K::Size, D::Value("268435456"),
+        "Capacity of the in-process node cache"),
+    def("NODE_CACHE_TTL", K::Seconds, D::Value("3600"), "Default lifetime of a cached node result"),
+    def("URI_CACHE_TTL", K::Seconds, D::Value("300"), "Lifetime of a cached asset URI"),
+    // Node paths.
+    def("FONT_PATH", K::Path, D::None, "Font folder for image nodes"),
+    def("COMFY_FOLDER", K::Path, D::None, "ComfyUI installation folder"),
+    def("CHROMA_PATH", K::Path, D::None, "ChromaDB data folder"),
+    // Auth and API.
+    def("AUTH_PROVIDER", K::Choice(AUTH_PROVIDER_CHOICES), D::Value("local"),
+        "Authentication: none, local, static (SERVER_AUTH_TOKEN) or supabase"),
+    secret("SERVER_AUTH_TOKEN",
+        "Bearer token(s) for AUTH_PROVIDER=static; comma-separated to rotate"),
+    def("AUTH_CACHE_TTL", K::Seconds, D::Value("60"), "Lifetime of a cached token check"),
+    def("NODETOOL_ENABLE_TERMINAL_WS", K::Bool, D::Value("false"),
+        "Enable the terminal WebSocket (never in production)"),
+    // Execution.
+    def("THREAD_POOL_SIZE", K::Count, D::CpuCount, "Worker threads of the threaded strategy"),
+    def("MAX_WORKFLOW_THREADS", K::Count, D::None, "Jobs running at once; unset means no limit"),
+    def("JOB_TIMEOUT_SECONDS", K::Seconds, D::None, "Per-job deadline; unset means none"),
+    def("DOCKER_IMAGE", K::Text, D::None,
+        "Worker image for the Docker strategy (tagged, never :latest)"),
+    def("DOCKER_CPU_LIMIT", K::Cpus, D::None, "CPUs per Docker job (e.g. 1.5)"),
+    SettingDef {
+        aliases: &["DOCKER_MEM_LIMIT"],
+        ..def("DOCKER_MEMORY_LIMIT", K::Size, D::None, "Memory per Docker job (e.g. 2g)")
+    },
+    def("DOCKER_SHM_SIZE", K::Size, D::None, "/dev/shm size per Docker job (e.g. 512m)"),
+    def("DOCKER_PIDS_LIMIT", K::Integer, D::None, "Process limit per Docker job"),
+    def("DOCKER_USER", K::Text, D::Value("1000:1000"), "User (uid:gid) Docker jobs run as"),
+    def("DOCKER_GPU_DEVICES", K::List, D::None,
+        "GPU devices for Docker jobs, comma-separated (e.g. 0,1 or all)"),
+];
+
+/// Every registered setting, in display order.
+pub fn registry() -> &'static [SettingDef] {
+    REGISTRY
+}
+
+/// The definition of `name` (its canonical name or an alias).
+pub fn find(name: &str) -> Option<&'static SettingDef> {
+    REGISTRY
+        .iter()
+        .find(|d| d.name == name || d.aliases.contains(&name))
+}

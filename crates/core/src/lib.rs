@@ -1,0 +1,19 @@
+//! Domain types and contracts of the nodetool runtime.
+//!
+//! This crate does no I/O and names no backend: it holds the [`Error`] type every library crate
+//! returns, the validated [`StorageKey`], and the traits that backends implement ([`Storage`],
+//! [`NodeCache`]). Everything else in the workspace depends on it; it depends on nothing of ours.
+
+pub mod cache;
+pub mod error;
+pub mod id;
+pub mod key;
+pub mod storage;
+
+pub use cache::{CacheValue, NodeCache};
+pub use error::{Error, ErrorKind, Result};
+pub use key::{StorageKey, StoragePrefix};
+pub use storage::{
+    ByteRange, ByteStream, Download, ObjectMeta, PutOptions, Storage, StorageCapabilities,
+    StorageInfo,
+};

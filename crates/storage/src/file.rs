@@ -1,0 +1,303 @@
+use std::io::SeekFrom;
+use std::path::{Path, PathBuf};
+use std::time::SystemTime;
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use futures::StreamExt;
+use nodetool_core::storage::{not_found, ByteStream, Download, ObjectMeta, PutOptions};
+use nodetool_core::{
+    ByteRange, Error, Result, Storage, StorageCapabilities, StorageInfo, StorageKey,
+    StoragePrefix,
+};
+use tokio::io::{AsyncReadExt, AsyncSeekExt, AsyncWriteExt};
+use tokio_util::io::ReaderStream;
+
+use crate::{join_url, CHUNK};
+
+/// Directory under the root that holds in-flight uploads; never a key.
+const RESERVED: &str = ".nodetool";
+/// Extended attribute holding an object's content type. It is set on the temp file before the
+/// rename, so data and type become visible together.
+const XATTR_CONTENT_TYPE: &str = "user.nodetool.content_type";
+
+/// Objects as files under a root directory (`~/.config/nodetool/assets` by default).
+///
+/// Invariants:
+/// - a key maps to `root/<segments>`; `StorageKey` rules out traversal, and the top-level
+///   `.nodetool/` directory (temp files) is refused as a key;
+/// - uploads go to `root/.nodetool/tmp/` (same filesystem), are fsynced, then renamed into place,
+///   so readers see the old or the new file, never a partial one;
+/// - the ETag is derived from inode, size and mtime: every upload creates a new inode.
+#[derive(Debug)]
+pub struct FileStorage {
+    root: PathBuf,
+    base_url: String,
+}
+
+impl FileStorage {
+    /// Creates the root (and its temp directory) if needed.
+    pub fn new(root: impl Into<PathBuf>, base_url: impl Into<String>) -> Result<Self> {
+        let root = root.into();
+        std::fs::create_dir_all(root.join(RESERVED).join("tmp")).map_err(|e| {
+            Error::from(e)
+                .with_operation("file.new")
+                .with_context("root", root.display())
+        })?;
+        Ok(Self {
+            root,
+            base_url: base_url.into(),
+        })
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    fn path(&self, key: &StorageKey, op: &'static str) -> Result<PathBuf> {
+        if key.segments().next() == Some(RESERVED) {
+            return Err(Error::invalid_input(format!(
+                "keys under '{RESERVED}/' are reserved by file storage"
+            ))
+            .with_operation(op)
+            .with_context("key", key));
+        }
+        let mut path = self.root.clone();
+        path.extend(key.segments());
+        Ok(path)
+    }
+
+    fn temp_path(&self) -> PathBuf {
+        self.root
+            .join(RESERVED)
+            .join("tmp")
+            .join(nodetool_core::id::new_id())
+    }
+
+    async fn write_temp(
+        &self,
+        temp: &Path,
+        mut body: ByteStream,
+        content_type: &str,
+    ) -> Result<()> {
+        let mut file = tokio::fs::File::create(temp).await?;
+        while let Some(chunk) = body.next().await {
+            file.write_all(&chunk?).await?;
+        }
+        file.flush().await?;
+        file.sync_data().await?;
+        let file = file.into_std().await;
+        let content_type = content_type.to_owned();
+        tokio::task::spawn_blocking(move || {
+            // Filesystems without user xattrs still work; the type is then guessed on read.
+            if let Err(e) = xattr::FileExt::set_xattr(&file, XATTR_CONTENT_TYPE, content_type.as_bytes()) {
+                tracing::debug!(error = %e, "file storage: cannot record content type in an xattr");
+            }
+        })
+        .await
+        .map_err(|e| Error::unexpected("xattr task failed").with_source(e))?;
+        Ok(())
+    }
+}
+
+fn meta_from(key: &StorageKey, md: &std::fs::Metadata, file: Option<&std::fs::File>, path: &Path) -> ObjectMeta {
+    use std::os::unix::fs::MetadataExt;
+    let modified = md.modified().unwrap_or(SystemTime::UNIX_EPOCH);
+    let content_type = file
+        .map(|f| xattr::FileExt::get_xattr(f, XATTR_CONTENT_TYPE))
+        .unwrap_or_else(|| xattr::get(path, XATTR_CONTENT_TYPE))
+        .ok()
+        .flatten()
+        .and_then(|v| String::from_utf8(v).ok())
+        .unwrap_or_else(|| nodetool_core::storage::guess_content_type(key.as_str()).to_owned());
+    ObjectMeta {
+        key: key.clone(),
+        size: md.len(),
+        last_modified: DateTime::<Utc>::from(modified),
+        etag: Some(format!(
+            "{:x}-{:x}-{:x}.{:x}",
+            md.ino(),
+            md.len(),
+            md.mtime(),
+            md.mtime_nsec()
+        )),
+        content_type: Some(content_type),
+    }
+}
+
+fn io_err(e: std::io::Error, op: &'static str, key: &StorageKey) -> Error {
+    if e.kind() == std::io::ErrorKind::NotFound {
+        not_found("file", key).with_operation(op)
+    } else {
+        Error::from(e).with_operation(op).with_context("key", key)
+    }
+}
+
+#[async_trait]
+impl Storage for FileStorage {
+    fn info(&self) -> StorageInfo {
+        StorageInfo {
+            scheme: "file",
+            location: self.root.display().to_string(),
+            capabilities: StorageCapabilities {
+                presign: false,
+                durable: true,
+            },
+        }
+    }
+
+    async fn upload(&self, key: &StorageKey, body: ByteStream, opts: PutOptions) -> Result<ObjectMeta> {
+        const OP: &str = "file.upload";
+        let path = self.path(key, OP)?;
+        let temp = self.temp_path();
+        let content_type = opts.effective_content_type(key);
+        let written = async {
+            self.write_temp(&temp, body, &content_type).await?;
+            if let Some(parent) = path.parent() {
+                tokio::fs::create_dir_all(parent).await?;
+            }
+            tokio::fs::rename(&temp, &path).await?;
+            Ok::<_, Error>(())
+        }
+        .await;
+        if let Err(e) = written {
+            let _ = tokio::fs::remove_file(&temp).await;
+            return Err(e.with_operation(OP).with_context("key", key));
+        }
+        self.require_metadata(key).await
+    }
+
+    async fn download(&self, key: &StorageKey, range: Option<ByteRange>) -> Result<Download> {
+        const OP: &str = "file.download";
+        let path = self.path(key, OP)?;
+        let mut file = tokio::fs::File::open(&path).await.map_err(|e| io_err(e, OP, key))?;
+        // One open, one fstat: the metadata describes exactly the bytes we stream.
+        let md = file.metadata().await.map_err(|e| io_err(e, OP, key))?;
+        if !md.is_file() {
+            return Err(not_found("file", key).with_operation(OP));
+        }
+        let std_file = file.try_clone().await.map_err(|e| io_err(e, OP, key))?.into_std().await;
+        let meta = {
+            let key = key.clone();
+            let path = path.clone();
+            tokio::task::spawn_blocking(move || meta_from(&key, &md, Some(&std_file), &path))
+                .await
+                .map_err(|e| Error::unexpected("metadata task failed").with_source(e))?
+        };
+        let range = match range {
+            Some(r) => r.resolve(meta.size).map_err(|e| e.with_operation(OP).with_context("key", key))?,
+            None => 0..meta.size,
+        };
+        if range.start > 0 {
+            file.seek(SeekFrom::Start(range.start)).await.map_err(|e| io_err(e, OP, key))?;
+        }
+        let reader = file.take(range.end - range.start);
+        let body = ReaderStream::with_capacity(reader, CHUNK)
+            .map(|chunk| chunk.map_err(|e| Error::from(e).with_operation("file.download")))
+            .boxed();
+        Ok(Download { meta, range, body })
+    }
+
+    async fn metadata(&self, key: &StorageKey) -> Result<Option<ObjectMeta>> {
+        const OP: &str = "file.metadata";
+        let path = self.path(key, OP)?;
+        let key = key.clone();
+        tokio::task::spawn_blocking(move || match std::fs::metadata(&path) {
+            Ok(md) if md.is_file() => Ok(Some(meta_from(&key, &md, None, &path))),
+            Ok(_) => Ok(None),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(io_err(e, OP, &key)),
+        })
+        .await
+        .map_err(|e| Error::unexpected("metadata task failed").with_source(e))?
+    }
+
+    async fn delete(&self, key: &StorageKey) -> Result<()> {
+        const OP: &str = "file.delete";
+        let path = self.path(key, OP)?;
+        match tokio::fs::remove_file(&path).await {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+            Err(e) => return Err(io_err(e, OP, key)),
+        }
+        // Prune directories the delete emptied, up to (not including) the root.
+        let mut dir = path.parent();
+        while let Some(d) = dir {
+            if d == self.root || tokio::fs::remove_dir(d).await.is_err() {
+                break;
+            }
+            dir = d.parent();
+        }
+        Ok(())
+    }
+
+    async fn list(&self, prefix: &StoragePrefix) -> Result<Vec<ObjectMeta>> {
+        let root = self.root.clone();
+        let prefix = prefix.clone();
+        tokio::task::spawn_blocking(move || list_blocking(&root, &prefix))
+            .await
+            .map_err(|e| Error::unexpected("list task failed").with_source(e))?
+    }
+
+    async fn url(&self, key: &StorageKey) -> Result<String> {
+        self.path(key, "file.url")?;
+        Ok(join_url(&self.base_url, key))
+    }
+}
+
+fn list_blocking(root: &Path, prefix: &StoragePrefix) -> Result<Vec<ObjectMeta>> {
+    // Start at the deepest directory the prefix names in full: "a/b/c" walks root/a/b.
+    let dir_part = match prefix.as_str().rfind('/') {
+        Some(i) => &prefix.as_str()[..i],
+        None => "",
+    };
+    let mut start = root.to_path_buf();
+    if !dir_part.is_empty() {
+        start.extend(dir_part.split('/'));
+    }
+    let mut out = Vec::new();
+    let mut stack = vec![(start, dir_part.to_owned())];
+    while let Some((dir, rel)) = stack.pop() {
+        let entries = match std::fs::read_dir(&dir) {
+            Ok(entries) => entries,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(e) => {
+                return Err(Error::from(e)
+                    .with_operation("file.list")
+                    .with_context("dir", dir.display()))
+            }
+        };
+        for entry in entries {
+            let entry = entry.map_err(|e| Error::from(e).with_operation("file.list"))?;
+            let Ok(name) = entry.file_name().into_string() else {
+                tracing::warn!(path = %entry.path().display(), "file storage: skipping non-UTF-8 name");
+                continue;
+            };
+            if rel.is_empty() && name == RESERVED {
+                continue;
+            }
+            let child = if rel.is_empty() { name } else { format!("{rel}/{name}") };
+            let file_type = entry.file_type().map_err(|e| Error::from(e).with_operation("file.list"))?;
+            if file_type.is_dir() {
+                // Only descend where keys could still match the prefix.
+                let as_dir = format!("{child}/");
+                if as_dir.starts_with(prefix.as_str()) || prefix.as_str().starts_with(&as_dir) {
+                    stack.push((entry.path(), child));
+                }
+            } else if file_type.is_file() && child.starts_with(prefix.as_str()) {
+                let Ok(key) = StorageKey::new(child.clone()) else {
+                    tracing::warn!(name = %child, "file storage: skipping a file whose name is not a valid key");
+                    continue;
+                };
+                match entry.metadata() {
+                    Ok(md) => out.push(meta_from(&key, &md, None, &entry.path())),
+                    // Deleted between readdir and stat: not listed.
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                    Err(e) => return Err(Error::from(e).with_operation("file.list").with_context("key", key)),
+                }
+            }
+        }
+    }
+    out.sort_by(|a, b| a.key.cmp(&b.key));
+    Ok(out)
+}
