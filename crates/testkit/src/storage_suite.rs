@@ -181,7 +181,11 @@ async fn missing_key_is_not_found_everywhere(ctx: Ctx) {
     assert_kind(s.size(&key).await, ErrorKind::NotFound, "size");
     assert_kind(s.mtime(&key).await, ErrorKind::NotFound, "mtime");
     s.delete(&key).await.expect("deleting a missing key is Ok");
-    let err = s.download(&key, None).await.map(|d| d.meta).unwrap_err();
+    let err = s
+        .download(&key, None)
+        .await
+        .map(|d| d.meta)
+        .expect_err("download of a missing key");
     assert!(
         err.to_string().contains("missing.bin"),
         "NotFound should name the key: {err}"
@@ -431,7 +435,7 @@ async fn readers_never_see_a_partial_object(ctx: Ctx) {
     // A slow writer: chunks trickle in while a reader polls.
     let slow = futures::stream::iter(
         new.chunks(16 * 1024)
-            .map(|c| Bytes::copy_from_slice(c))
+            .map(Bytes::copy_from_slice)
             .collect::<Vec<_>>(),
     )
     .then(|c| async move {
