@@ -204,6 +204,7 @@ pub trait NodeCache: Send + Sync + fmt::Debug + 'static {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 

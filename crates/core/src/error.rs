@@ -237,7 +237,7 @@ mod tests {
 
     #[test]
     fn display_carries_operation_context_and_source() {
-        let io = std::io::Error::new(std::io::ErrorKind::Other, "disk on fire");
+        let io = std::io::Error::other("disk on fire");
         let err = Error::new(ErrorKind::Unexpected, "write failed")
             .with_operation("file.upload")
             .with_operation("ignored.outer")

@@ -202,7 +202,10 @@ mod tests {
         ] {
             assert_eq!(StorageKey::new(ok).unwrap().as_str(), ok);
         }
-        assert_eq!(StorageKey::new("x".repeat(1024)).unwrap().as_str().len(), 1024);
+        assert_eq!(
+            StorageKey::new("x".repeat(1024)).unwrap().as_str().len(),
+            1024
+        );
     }
 
     #[test]
@@ -247,7 +250,9 @@ mod tests {
         let p = StoragePrefix::new("user1/").unwrap();
         assert!(p.matches(&StorageKey::new("user1/a").unwrap()));
         assert!(!p.matches(&StorageKey::new("user10/a").unwrap()));
-        assert!(StoragePrefix::new("a/b").unwrap().matches(&StorageKey::new("a/b.png").unwrap()));
+        assert!(StoragePrefix::new("a/b")
+            .unwrap()
+            .matches(&StorageKey::new("a/b.png").unwrap()));
         for bad in ["../", "/", "a//", "a/../", "\\"] {
             assert!(StoragePrefix::new(bad).is_err(), "{bad:?}");
         }
@@ -267,7 +272,9 @@ mod tests {
     fn deserialize_validates() {
         assert!(serde_json::from_str::<StorageKey>("\"../x\"").is_err());
         assert_eq!(
-            serde_json::from_str::<StorageKey>("\"a/b\"").unwrap().as_str(),
+            serde_json::from_str::<StorageKey>("\"a/b\"")
+                .unwrap()
+                .as_str(),
             "a/b"
         );
     }

@@ -84,9 +84,9 @@ impl ByteRange {
             }
             ByteRange::From(start) if start < size => Ok(start..size),
             ByteRange::Suffix(n) if n > 0 && size > 0 => Ok(size.saturating_sub(n)..size),
-            ByteRange::Bounded { start, end } if start > end => Err(Error::invalid_input(
-                format!("range {self} ends before it starts"),
-            )),
+            ByteRange::Bounded { start, end } if start > end => Err(Error::invalid_input(format!(
+                "range {self} ends before it starts"
+            ))),
             _ => Err(unsatisfiable()),
         }
     }
@@ -168,8 +168,12 @@ pub struct StorageInfo {
 pub trait Storage: Send + Sync + fmt::Debug + 'static {
     fn info(&self) -> StorageInfo;
 
-    async fn upload(&self, key: &StorageKey, body: ByteStream, opts: PutOptions)
-        -> Result<ObjectMeta>;
+    async fn upload(
+        &self,
+        key: &StorageKey,
+        body: ByteStream,
+        opts: PutOptions,
+    ) -> Result<ObjectMeta>;
 
     async fn download(&self, key: &StorageKey, range: Option<ByteRange>) -> Result<Download>;
 
@@ -322,9 +326,18 @@ const MIME_TABLE: &[(&str, &str)] = &[
     ("gz", "application/gzip"),
     ("tar", "application/x-tar"),
     ("wasm", "application/wasm"),
-    ("docx", "application/vnd.openxmlformats-officedocument.wordprocessingml.document"),
-    ("xlsx", "application/vnd.openxmlformats-officedocument.spreadsheetml.sheet"),
-    ("pptx", "application/vnd.openxmlformats-officedocument.presentationml.presentation"),
+    (
+        "docx",
+        "application/vnd.openxmlformats-officedocument.wordprocessingml.document",
+    ),
+    (
+        "xlsx",
+        "application/vnd.openxmlformats-officedocument.spreadsheetml.sheet",
+    ),
+    (
+        "pptx",
+        "application/vnd.openxmlformats-officedocument.presentationml.presentation",
+    ),
     ("glb", "model/gltf-binary"),
     ("gltf", "model/gltf+json"),
     ("obj", "model/obj"),
@@ -339,14 +352,30 @@ mod tests {
     #[test]
     fn ranges_resolve_per_rfc_9110() {
         let size = 100;
-        assert_eq!(ByteRange::Bounded { start: 0, end: 9 }.resolve(size).unwrap(), 0..10);
-        assert_eq!(ByteRange::Bounded { start: 90, end: 500 }.resolve(size).unwrap(), 90..100);
+        assert_eq!(
+            ByteRange::Bounded { start: 0, end: 9 }
+                .resolve(size)
+                .unwrap(),
+            0..10
+        );
+        assert_eq!(
+            ByteRange::Bounded {
+                start: 90,
+                end: 500
+            }
+            .resolve(size)
+            .unwrap(),
+            90..100
+        );
         assert_eq!(ByteRange::From(99).resolve(size).unwrap(), 99..100);
         assert_eq!(ByteRange::Suffix(10).resolve(size).unwrap(), 90..100);
         assert_eq!(ByteRange::Suffix(500).resolve(size).unwrap(), 0..100);
         for bad in [
             ByteRange::From(100),
-            ByteRange::Bounded { start: 100, end: 200 },
+            ByteRange::Bounded {
+                start: 100,
+                end: 200,
+            },
             ByteRange::Suffix(0),
         ] {
             assert_eq!(
@@ -355,9 +384,15 @@ mod tests {
                 "{bad}"
             );
         }
-        assert_eq!(ByteRange::Suffix(1).resolve(0).unwrap_err().kind(), ErrorKind::RangeNotSatisfiable);
         assert_eq!(
-            ByteRange::Bounded { start: 5, end: 4 }.resolve(size).unwrap_err().kind(),
+            ByteRange::Suffix(1).resolve(0).unwrap_err().kind(),
+            ErrorKind::RangeNotSatisfiable
+        );
+        assert_eq!(
+            ByteRange::Bounded { start: 5, end: 4 }
+                .resolve(size)
+                .unwrap_err()
+                .kind(),
             ErrorKind::InvalidInput
         );
     }

@@ -7,8 +7,7 @@ use chrono::{DateTime, Utc};
 use futures::StreamExt;
 use nodetool_core::storage::{not_found, ByteStream, Download, ObjectMeta, PutOptions};
 use nodetool_core::{
-    ByteRange, Error, Result, Storage, StorageCapabilities, StorageInfo, StorageKey,
-    StoragePrefix,
+    ByteRange, Error, Result, Storage, StorageCapabilities, StorageInfo, StorageKey, StoragePrefix,
 };
 use tokio::io::{AsyncReadExt, AsyncSeekExt, AsyncWriteExt};
 use tokio_util::io::ReaderStream;
@@ -90,7 +89,9 @@ impl FileStorage {
         let content_type = content_type.to_owned();
         tokio::task::spawn_blocking(move || {
             // Filesystems without user xattrs still work; the type is then guessed on read.
-            if let Err(e) = xattr::FileExt::set_xattr(&file, XATTR_CONTENT_TYPE, content_type.as_bytes()) {
+            if let Err(e) =
+                xattr::FileExt::set_xattr(&file, XATTR_CONTENT_TYPE, content_type.as_bytes())
+            {
                 tracing::debug!(error = %e, "file storage: cannot record content type in an xattr");
             }
         })
@@ -100,7 +101,12 @@ impl FileStorage {
     }
 }
 
-fn meta_from(key: &StorageKey, md: &std::fs::Metadata, file: Option<&std::fs::File>, path: &Path) -> ObjectMeta {
+fn meta_from(
+    key: &StorageKey,
+    md: &std::fs::Metadata,
+    file: Option<&std::fs::File>,
+    path: &Path,
+) -> ObjectMeta {
     use std::os::unix::fs::MetadataExt;
     let modified = md.modified().unwrap_or(SystemTime::UNIX_EPOCH);
     let content_type = file
@@ -146,7 +152,12 @@ impl Storage for FileStorage {
         }
     }
 
-    async fn upload(&self, key: &StorageKey, body: ByteStream, opts: PutOptions) -> Result<ObjectMeta> {
+    async fn upload(
+        &self,
+        key: &StorageKey,
+        body: ByteStream,
+        opts: PutOptions,
+    ) -> Result<ObjectMeta> {
         const OP: &str = "file.upload";
         let path = self.path(key, OP)?;
         let temp = self.temp_path();
@@ -170,13 +181,20 @@ impl Storage for FileStorage {
     async fn download(&self, key: &StorageKey, range: Option<ByteRange>) -> Result<Download> {
         const OP: &str = "file.download";
         let path = self.path(key, OP)?;
-        let mut file = tokio::fs::File::open(&path).await.map_err(|e| io_err(e, OP, key))?;
+        let mut file = tokio::fs::File::open(&path)
+            .await
+            .map_err(|e| io_err(e, OP, key))?;
         // One open, one fstat: the metadata describes exactly the bytes we stream.
         let md = file.metadata().await.map_err(|e| io_err(e, OP, key))?;
         if !md.is_file() {
             return Err(not_found("file", key).with_operation(OP));
         }
-        let std_file = file.try_clone().await.map_err(|e| io_err(e, OP, key))?.into_std().await;
+        let std_file = file
+            .try_clone()
+            .await
+            .map_err(|e| io_err(e, OP, key))?
+            .into_std()
+            .await;
         let meta = {
             let key = key.clone();
             let path = path.clone();
@@ -185,11 +203,15 @@ impl Storage for FileStorage {
                 .map_err(|e| Error::unexpected("metadata task failed").with_source(e))?
         };
         let range = match range {
-            Some(r) => r.resolve(meta.size).map_err(|e| e.with_operation(OP).with_context("key", key))?,
+            Some(r) => r
+                .resolve(meta.size)
+                .map_err(|e| e.with_operation(OP).with_context("key", key))?,
             None => 0..meta.size,
         };
         if range.start > 0 {
-            file.seek(SeekFrom::Start(range.start)).await.map_err(|e| io_err(e, OP, key))?;
+            file.seek(SeekFrom::Start(range.start))
+                .await
+                .map_err(|e| io_err(e, OP, key))?;
         }
         let reader = file.take(range.end - range.start);
         let body = ReaderStream::with_capacity(reader, CHUNK)
@@ -276,8 +298,14 @@ fn list_blocking(root: &Path, prefix: &StoragePrefix) -> Result<Vec<ObjectMeta>>
             if rel.is_empty() && name == RESERVED {
                 continue;
             }
-            let child = if rel.is_empty() { name } else { format!("{rel}/{name}") };
-            let file_type = entry.file_type().map_err(|e| Error::from(e).with_operation("file.list"))?;
+            let child = if rel.is_empty() {
+                name
+            } else {
+                format!("{rel}/{name}")
+            };
+            let file_type = entry
+                .file_type()
+                .map_err(|e| Error::from(e).with_operation("file.list"))?;
             if file_type.is_dir() {
                 // Only descend where keys could still match the prefix.
                 let as_dir = format!("{child}/");
@@ -293,7 +321,11 @@ fn list_blocking(root: &Path, prefix: &StoragePrefix) -> Result<Vec<ObjectMeta>>
                     Ok(md) => out.push(meta_from(&key, &md, None, &entry.path())),
                     // Deleted between readdir and stat: not listed.
                     Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                    Err(e) => return Err(Error::from(e).with_operation("file.list").with_context("key", key)),
+                    Err(e) => {
+                        return Err(Error::from(e)
+                            .with_operation("file.list")
+                            .with_context("key", key))
+                    }
                 }
             }
         }

@@ -24,7 +24,9 @@ pub async fn reap(
     now: DateTime<Utc>,
 ) -> Result<GcReport> {
     let ttl = chrono::Duration::from_std(ttl).unwrap_or(chrono::Duration::MAX);
-    let cutoff = now.checked_sub_signed(ttl).unwrap_or(DateTime::<Utc>::MIN_UTC);
+    let cutoff = now
+        .checked_sub_signed(ttl)
+        .unwrap_or(DateTime::<Utc>::MIN_UTC);
     let mut report = GcReport::default();
     for meta in storage.list(prefix).await? {
         report.scanned += 1;

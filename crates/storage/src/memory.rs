@@ -63,7 +63,8 @@ impl Storage for MemoryStorage {
         let mut buf = BytesMut::new();
         let mut hasher = blake3::Hasher::new();
         while let Some(chunk) = body.next().await {
-            let chunk = chunk.map_err(|e| e.with_operation("memory.upload").with_context("key", key))?;
+            let chunk =
+                chunk.map_err(|e| e.with_operation("memory.upload").with_context("key", key))?;
             hasher.update(&chunk);
             buf.extend_from_slice(&chunk);
         }
@@ -75,7 +76,10 @@ impl Storage for MemoryStorage {
             etag: Some(hasher.finalize().to_hex()[..32].to_owned()),
             content_type: Some(opts.effective_content_type(key)),
         };
-        let object = Arc::new(Object { data, meta: meta.clone() });
+        let object = Arc::new(Object {
+            data,
+            meta: meta.clone(),
+        });
         self.objects
             .write()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
@@ -125,7 +129,10 @@ impl Storage for MemoryStorage {
             .unwrap_or_else(|poisoned| poisoned.into_inner());
         // BTreeMap iteration is already sorted by key.
         Ok(objects
-            .range::<str, _>((std::ops::Bound::Included(prefix.as_str()), std::ops::Bound::Unbounded))
+            .range::<str, _>((
+                std::ops::Bound::Included(prefix.as_str()),
+                std::ops::Bound::Unbounded,
+            ))
             .take_while(|(k, _)| prefix.matches(k))
             .map(|(_, o)| o.meta.clone())
             .collect())

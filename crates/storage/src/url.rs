@@ -42,6 +42,9 @@ mod tests {
             join_url("http://localhost:7777/api/storage/", &key),
             "http://localhost:7777/api/storage/a%20b/%C3%BC%2B1%25.png"
         );
-        assert_eq!(join_url("/api/storage", &StorageKey::new("x.png").unwrap()), "/api/storage/x.png");
+        assert_eq!(
+            join_url("/api/storage", &StorageKey::new("x.png").unwrap()),
+            "/api/storage/x.png"
+        );
     }
 }

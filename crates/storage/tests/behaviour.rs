@@ -12,11 +12,15 @@ async fn storage_memory_behaviour() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn storage_file_behaviour() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let storage = FileStorage::new(dir.path().join("assets"), "/api/storage").expect("file storage");
+    let storage =
+        FileStorage::new(dir.path().join("assets"), "/api/storage").expect("file storage");
     nodetool_testkit::storage_suite::run(Arc::new(storage)).await;
     // The suite cleans up after itself; no temp file may be left behind by failed uploads.
     let leftovers: Vec<_> = std::fs::read_dir(dir.path().join("assets/.nodetool/tmp"))
         .expect("tmp dir")
         .collect();
-    assert!(leftovers.is_empty(), "temp files left behind: {leftovers:?}");
+    assert!(
+        leftovers.is_empty(),
+        "temp files left behind: {leftovers:?}"
+    );
 }

@@ -97,7 +97,7 @@ pub async fn run(storage: Arc<dyn Storage>) {
         match outcome {
             Ok(Ok(())) => eprintln!("storage_{scheme}::{name} ... ok"),
             Ok(Err(_)) => failures.push(format!("{name}: timed out after 120 s")),
-            Err(panic) => failures.push(format!("{name}: {}", panic_message(&panic))),
+            Err(panic) => failures.push(format!("{name}: {}", panic_message(&*panic))),
         }
         cleanup(&ctx).await;
     }

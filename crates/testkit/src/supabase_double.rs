@@ -14,10 +14,13 @@
 //! secret is refused exactly as the server refuses it. The `apikey` header is ignored, as the
 //! server ignores it.
 //!
-//! ```ignore
+//! ```no_run
+//! # async fn demo() {
+//! use nodetool_testkit::supabase_double::SupabaseDouble;
 //! let double = SupabaseDouble::start().await;
 //! double.create_bucket("assets", true);
 //! // SUPABASE_URL = double.url(), SUPABASE_KEY = double.service_key()
+//! # }
 //! ```
 
 // Handlers return a ready HTTP answer as their error: one per request, the size is irrelevant.

@@ -1,0 +1,77 @@
+//! The `nodetool` binary. Wiring only: parse arguments, load settings once, build `Resources`,
+//! call into the library crates, turn errors into messages and exit codes.
+
+mod settings_cmd;
+mod storage_cmd;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Debug, Parser)]
+#[command(name = "nodetool", version, about = "NodeTool workflow runtime")]
+struct Cli {
+    /// Log filter, e.g. `info` or `nodetool=debug` (default: warn).
+    #[arg(long, global = true, value_name = "FILTER")]
+    log: Option<String>,
+
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Show settings and where each value came from.
+    Settings {
+        #[command(subcommand)]
+        command: settings_cmd::SettingsCommand,
+    },
+    /// Operate the configured asset or temp storage.
+    Storage {
+        #[command(subcommand)]
+        command: storage_cmd::StorageCommand,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_tracing(cli.log.as_deref());
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(async {
+        match cli.command {
+            Command::Settings { command } => settings_cmd::run(command),
+            Command::Storage { command } => storage_cmd::run(command).await,
+        }
+    });
+    match result {
+        Ok(code) => code,
+        Err(err) => {
+            eprintln!("error: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_tracing(filter: Option<&str>) {
+    use tracing_subscriber::EnvFilter;
+    let filter = filter
+        .map(EnvFilter::new)
+        .or_else(|| EnvFilter::try_from_default_env().ok())
+        .unwrap_or_else(|| EnvFilter::new("warn"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+}
+
+/// Settings for this process; the one place the binary reads its environment.
+pub(crate) fn load_settings() -> anyhow::Result<nodetool_config::Settings> {
+    let sources = nodetool_config::Sources::from_process()?;
+    Ok(nodetool_config::Settings::load(&sources)?)
+}

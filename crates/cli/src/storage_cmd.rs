@@ -1,0 +1,345 @@
+//! `nodetool storage info|put|get|ls|rm|url|gc`.
+
+use std::io::IsTerminal;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::{Args, Subcommand};
+use futures::StreamExt;
+use indicatif::{ProgressBar, ProgressStyle};
+use nodetool_core::storage::ByteStream;
+use nodetool_core::{PutOptions, Storage, StorageKey, StoragePrefix};
+use nodetool_runtime::{ResourceOptions, Resources, StorageRole};
+use tokio::io::AsyncWriteExt;
+use tokio_util::io::ReaderStream;
+
+/// Transfers at least this big get a progress bar on a terminal.
+const PROGRESS_THRESHOLD: u64 = 4 * 1024 * 1024;
+
+#[derive(Debug, Args)]
+pub struct Target {
+    /// Use temp storage instead of asset storage.
+    #[arg(long)]
+    temp: bool,
+    /// Force S3 even when the settings would select local files.
+    #[arg(long)]
+    s3: bool,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum StorageCommand {
+    /// Which backend serves assets, temp files and the node cache, and why.
+    Info {
+        #[arg(long)]
+        s3: bool,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Upload FILE (or stdin with `-` or no FILE) to KEY.
+    Put {
+        key: String,
+        file: Option<PathBuf>,
+        /// Content type to store (default: guessed from the key's extension).
+        #[arg(long)]
+        content_type: Option<String>,
+        #[command(flatten)]
+        target: Target,
+    },
+    /// Download KEY to FILE (or stdout with `-` or no FILE).
+    Get {
+        key: String,
+        file: Option<PathBuf>,
+        #[command(flatten)]
+        target: Target,
+    },
+    /// List objects under PREFIX.
+    Ls {
+        #[arg(default_value = "")]
+        prefix: String,
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        target: Target,
+    },
+    /// Delete KEY (succeeds when it is already gone).
+    Rm {
+        key: String,
+        #[command(flatten)]
+        target: Target,
+    },
+    /// Print the URL clients use for KEY.
+    Url {
+        key: String,
+        /// A presigned URL valid this many seconds (S3, Supabase).
+        #[arg(long, value_name = "SECONDS")]
+        presign: Option<u64>,
+        #[command(flatten)]
+        target: Target,
+    },
+    /// Delete temp objects older than ASSET_TEMP_TTL.
+    Gc {
+        #[arg(long)]
+        s3: bool,
+    },
+}
+
+pub async fn run(command: StorageCommand) -> anyhow::Result<ExitCode> {
+    match command {
+        StorageCommand::Info { s3, json } => info(s3, json),
+        StorageCommand::Put {
+            key,
+            file,
+            content_type,
+            target,
+        } => {
+            let (storage, key) = open(&target, &key)?;
+            put(storage, &key, file.as_deref(), content_type).await
+        }
+        StorageCommand::Get { key, file, target } => {
+            let (storage, key) = open(&target, &key)?;
+            get(storage, &key, file.as_deref()).await
+        }
+        StorageCommand::Ls {
+            prefix,
+            json,
+            target,
+        } => {
+            let storage = resources(target.s3)?.storage(role(&target))?;
+            let prefix = StoragePrefix::new(prefix)?;
+            let objects = storage.list(&prefix).await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&objects)?);
+            } else {
+                for o in &objects {
+                    println!(
+                        "{:>12}  {}  {}",
+                        o.size,
+                        o.last_modified.format("%Y-%m-%dT%H:%M:%SZ"),
+                        o.key
+                    );
+                }
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        StorageCommand::Rm { key, target } => {
+            let (storage, key) = open(&target, &key)?;
+            storage.delete(&key).await?;
+            Ok(ExitCode::SUCCESS)
+        }
+        StorageCommand::Url {
+            key,
+            presign,
+            target,
+        } => {
+            let (storage, key) = open(&target, &key)?;
+            let url = match presign {
+                Some(secs) => {
+                    storage
+                        .presigned_url(&key, Duration::from_secs(secs))
+                        .await?
+                }
+                None => storage.url(&key).await?,
+            };
+            println!("{url}");
+            Ok(ExitCode::SUCCESS)
+        }
+        StorageCommand::Gc { s3 } => {
+            let resources = resources(s3)?;
+            let storage = resources.temp_storage()?;
+            let report = nodetool_storage::gc::reap(
+                storage.as_ref(),
+                &StoragePrefix::all(),
+                resources.temp_ttl(),
+                chrono::Utc::now(),
+            )
+            .await?;
+            println!(
+                "scanned {} temp objects, deleted {} ({} bytes){}",
+                report.scanned,
+                report.deleted,
+                report.deleted_bytes,
+                if report.failed > 0 {
+                    format!(", {} could not be deleted (see log)", report.failed)
+                } else {
+                    String::new()
+                }
+            );
+            Ok(if report.failed > 0 {
+                ExitCode::FAILURE
+            } else {
+                ExitCode::SUCCESS
+            })
+        }
+    }
+}
+
+fn resources(use_s3: bool) -> anyhow::Result<Resources> {
+    Ok(Resources::new(
+        crate::load_settings()?,
+        ResourceOptions { use_s3 },
+    ))
+}
+
+fn role(target: &Target) -> StorageRole {
+    if target.temp {
+        StorageRole::Temp
+    } else {
+        StorageRole::Asset
+    }
+}
+
+fn open(target: &Target, key: &str) -> anyhow::Result<(Arc<dyn Storage>, StorageKey)> {
+    // Validate the key before building anything: a bad key never reaches a backend.
+    let key = StorageKey::new(key)?;
+    let storage = resources(target.s3)?.storage(role(target))?;
+    Ok((storage, key))
+}
+
+fn info(s3: bool, json: bool) -> anyhow::Result<ExitCode> {
+    let resources = resources(s3)?;
+    let reports = resources.report();
+    if json {
+        let out: Vec<_> = reports
+            .iter()
+            .map(|r| match r {
+                Ok(r) => serde_json::to_value(r).unwrap_or_default(),
+                Err(e) => serde_json::json!({ "error": e.to_string() }),
+            })
+            .collect();
+        println!("{}", serde_json::to_string_pretty(&out)?);
+    } else {
+        for report in &reports {
+            match report {
+                Ok(r) => println!(
+                    "{:<11} {:<9} {}\n{:<11} {:<9} why: {}",
+                    r.role, r.backend, r.location, "", "", r.reason
+                ),
+                Err(e) => println!("error: {e}"),
+            }
+        }
+    }
+    Ok(if reports.iter().any(Result::is_err) {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    })
+}
+
+fn progress(len: Option<u64>, verb: &str) -> Option<ProgressBar> {
+    if !std::io::stderr().is_terminal() {
+        return None;
+    }
+    let bar = match len {
+        Some(n) if n >= PROGRESS_THRESHOLD => ProgressBar::new(n).with_style(
+            ProgressStyle::with_template(
+                "{msg} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} eta {eta}",
+            )
+            .ok()?
+            .progress_chars("=> "),
+        ),
+        Some(_) => return None,
+        None => ProgressBar::new_spinner().with_style(
+            ProgressStyle::with_template("{msg} {spinner} {bytes} {bytes_per_sec}").ok()?,
+        ),
+    };
+    bar.set_message(verb.to_owned());
+    Some(bar)
+}
+
+fn counted(body: ByteStream, bar: Option<ProgressBar>) -> ByteStream {
+    match bar {
+        None => body,
+        Some(bar) => body
+            .inspect(move |chunk| {
+                if let Ok(c) = chunk {
+                    bar.inc(c.len() as u64);
+                }
+            })
+            .boxed(),
+    }
+}
+
+async fn put(
+    storage: Arc<dyn Storage>,
+    key: &StorageKey,
+    file: Option<&Path>,
+    content_type: Option<String>,
+) -> anyhow::Result<ExitCode> {
+    let (reader, len): (Box<dyn tokio::io::AsyncRead + Send + Unpin>, Option<u64>) = match file {
+        None => (Box::new(tokio::io::stdin()), None),
+        Some(p) if p == Path::new("-") => (Box::new(tokio::io::stdin()), None),
+        Some(p) => {
+            let f = tokio::fs::File::open(p)
+                .await
+                .with_context(|| format!("cannot open {}", p.display()))?;
+            let len = f.metadata().await.ok().map(|m| m.len());
+            (Box::new(f), len)
+        }
+    };
+    let bar = progress(len, "upload");
+    let body = ReaderStream::with_capacity(reader, 256 * 1024)
+        .map(|r| r.map_err(nodetool_core::Error::from))
+        .boxed();
+    let meta = storage
+        .upload(key, counted(body, bar.clone()), PutOptions { content_type })
+        .await?;
+    if let Some(bar) = bar {
+        bar.finish_and_clear();
+    }
+    eprintln!(
+        "stored {} ({} bytes, {}) in {} storage",
+        meta.key,
+        meta.size,
+        meta.content_type.as_deref().unwrap_or("?"),
+        storage.info().scheme
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn get(
+    storage: Arc<dyn Storage>,
+    key: &StorageKey,
+    file: Option<&Path>,
+) -> anyhow::Result<ExitCode> {
+    let download = storage.download(key, None).await?;
+    let bar = progress(Some(download.meta.size), "download");
+    let mut body = counted(download.body, bar.clone());
+    match file {
+        None => write_all(&mut body, &mut tokio::io::stdout()).await?,
+        Some(p) if p == Path::new("-") => write_all(&mut body, &mut tokio::io::stdout()).await?,
+        Some(p) => {
+            // Write beside the target and rename: an interrupted download leaves no partial file.
+            let dir = match p.parent() {
+                Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
+                _ => PathBuf::from("."),
+            };
+            let temp = tempfile::NamedTempFile::new_in(&dir)
+                .with_context(|| format!("cannot create a temp file in {}", dir.display()))?;
+            let (std_file, temp_path) = temp.into_parts();
+            let mut out = tokio::fs::File::from_std(std_file);
+            write_all(&mut body, &mut out).await?;
+            out.sync_data().await?;
+            temp_path
+                .persist(p)
+                .with_context(|| format!("cannot write {}", p.display()))?;
+        }
+    }
+    if let Some(bar) = bar {
+        bar.finish_and_clear();
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn write_all(
+    body: &mut ByteStream,
+    out: &mut (impl tokio::io::AsyncWrite + Unpin),
+) -> anyhow::Result<()> {
+    while let Some(chunk) = body.next().await {
+        out.write_all(&chunk?).await?;
+    }
+    out.flush().await?;
+    Ok(())
+}

@@ -1,0 +1,294 @@
+//! The `nodetool` binary end to end, with a scrubbed environment and a temporary config dir.
+
+use std::io::Write;
+use std::path::Path;
+use std::process::{Command, Output, Stdio};
+
+struct Env {
+    dir: tempfile::TempDir,
+}
+
+impl Env {
+    fn new() -> Self {
+        Self {
+            dir: tempfile::tempdir().expect("tempdir"),
+        }
+    }
+
+    fn config_dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    fn cmd(&self, args: &[&str]) -> Command {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_nodetool"));
+        cmd.args(args)
+            .env_clear()
+            .env("HOME", self.dir.path())
+            .env("NODETOOL_CONFIG_DIR", self.config_dir())
+            .env("PATH", std::env::var("PATH").unwrap_or_default());
+        cmd
+    }
+
+    fn run(&self, args: &[&str], vars: &[(&str, &str)]) -> Output {
+        let mut cmd = self.cmd(args);
+        cmd.envs(vars.iter().copied());
+        cmd.output().expect("run nodetool")
+    }
+
+    fn run_stdin(&self, args: &[&str], stdin: &[u8]) -> Output {
+        let mut child = self
+            .cmd(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn nodetool");
+        child
+            .stdin
+            .take()
+            .expect("stdin")
+            .write_all(stdin)
+            .expect("write stdin");
+        child.wait_with_output().expect("wait")
+    }
+}
+
+fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+#[test]
+fn settings_show_reports_sources_and_masks_secrets() {
+    let env = Env::new();
+    std::fs::write(
+        env.config_dir().join("settings.yaml"),
+        "ASSET_BUCKET: from-settings\nS3_REGION: eu-west-1\n",
+    )
+    .expect("settings.yaml");
+    std::fs::write(
+        env.config_dir().join("secrets.yaml"),
+        "SUPABASE_KEY: service-role-key-abcd\nS3_REGION: eu-central-1\n",
+    )
+    .expect("secrets.yaml");
+    let vars = [("ENV", "test"), ("S3_REGION", "ap-south-1")];
+
+    let out = env.run(&["settings", "show"], &vars);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let text = stdout(&out);
+    let line = |name: &str| {
+        text.lines()
+            .find(|l| l.starts_with(&format!("{name} ")))
+            .unwrap_or_else(|| panic!("no {name} row in:\n{text}"))
+            .to_owned()
+    };
+    assert!(line("S3_REGION").contains("ap-south-1") && line("S3_REGION").contains("env"));
+    assert!(
+        line("ASSET_BUCKET").contains("from-settings")
+            && line("ASSET_BUCKET").contains("settings.yaml")
+    );
+    assert!(line("ENV").contains("test"));
+    assert!(line("THREAD_POOL_SIZE").contains("default"));
+    assert!(
+        !text.lines().any(|l| l.starts_with("SUPABASE_KEY ")),
+        "secrets are hidden without --secrets"
+    );
+    assert!(!text.contains("service-role-key-abcd"));
+
+    let out = env.run(&["settings", "show", "--secrets"], &vars);
+    let text = stdout(&out);
+    let row = text
+        .lines()
+        .find(|l| l.starts_with("SUPABASE_KEY "))
+        .expect("row");
+    assert!(
+        row.contains("****abcd") && row.contains("secrets.yaml"),
+        "{row}"
+    );
+    assert!(!text.contains("service-role-key-abcd"));
+
+    let out = env.run(&["settings", "show", "--reveal"], &vars);
+    assert!(stdout(&out).contains("service-role-key-abcd"));
+
+    let out = env.run(&["settings", "show", "--json"], &vars);
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    let region = json
+        .as_array()
+        .expect("array")
+        .iter()
+        .find(|e| e["name"] == "S3_REGION")
+        .expect("S3_REGION");
+    assert_eq!(region["source"], "env");
+}
+
+#[test]
+fn malformed_setting_names_variable_and_file() {
+    let env = Env::new();
+    std::fs::write(
+        env.config_dir().join("settings.yaml"),
+        "MEMCACHE_PORT: abc\n",
+    )
+    .expect("write");
+    let out = env.run(&["settings", "show"], &[]);
+    assert!(!out.status.success());
+    let err = stderr(&out);
+    assert!(
+        err.contains("MEMCACHE_PORT") && err.contains("settings.yaml"),
+        "{err}"
+    );
+}
+
+#[test]
+fn storage_round_trip_on_default_file_storage() {
+    let env = Env::new();
+    let out = env.run(&["storage", "info"], &[]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let info = stdout(&out);
+    assert!(info.contains("asset") && info.contains("file"), "{info}");
+    assert!(
+        info.contains(&env.config_dir().join("assets").display().to_string()),
+        "{info}"
+    );
+    assert!(
+        info.contains(&env.config_dir().join("temp").display().to_string()),
+        "{info}"
+    );
+
+    let out = env.run_stdin(
+        &["storage", "put", "demo/hello.txt", "-"],
+        b"hello, nodetool\n",
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(
+        std::fs::read(env.config_dir().join("assets/demo/hello.txt")).expect("file on disk"),
+        b"hello, nodetool\n"
+    );
+
+    let out = env.run(&["storage", "get", "demo/hello.txt", "-"], &[]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(out.stdout, b"hello, nodetool\n");
+
+    let target = env.dir.path().join("copy.txt");
+    let out = env.run(
+        &[
+            "storage",
+            "get",
+            "demo/hello.txt",
+            target.to_str().expect("utf8"),
+        ],
+        &[],
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(std::fs::read(&target).expect("copy"), b"hello, nodetool\n");
+
+    let out = env.run(&["storage", "ls", "demo/", "--json"], &[]);
+    let listed: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    assert_eq!(listed[0]["key"], "demo/hello.txt");
+    assert_eq!(listed[0]["content_type"], "text/plain");
+
+    let out = env.run(
+        &["storage", "url", "demo/hello.txt"],
+        &[("NODETOOL_API_URL", "http://localhost:7777")],
+    );
+    assert_eq!(
+        stdout(&out).trim(),
+        "http://localhost:7777/api/storage/demo/hello.txt"
+    );
+
+    let out = env.run(&["storage", "rm", "demo/hello.txt"], &[]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let out = env.run(&["storage", "get", "demo/hello.txt", "-"], &[]);
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("not found"), "{}", stderr(&out));
+}
+
+#[test]
+fn temp_storage_is_separate_and_gc_removes_expired_objects() {
+    let env = Env::new();
+    let out = env.run_stdin(&["storage", "put", "--temp", "scratch.bin", "-"], b"tmp");
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(env.config_dir().join("temp/scratch.bin").exists());
+    assert!(!env.config_dir().join("assets/scratch.bin").exists());
+
+    // With the default 24 h TTL nothing is old enough.
+    let out = env.run(&["storage", "gc"], &[]);
+    assert!(stdout(&out).contains("deleted 0"), "{}", stdout(&out));
+    assert!(env.config_dir().join("temp/scratch.bin").exists());
+
+    std::thread::sleep(std::time::Duration::from_millis(1100));
+    let out = env.run(&["storage", "gc"], &[("ASSET_TEMP_TTL", "1")]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(stdout(&out).contains("deleted 1"), "{}", stdout(&out));
+    assert!(!env.config_dir().join("temp/scratch.bin").exists());
+}
+
+#[test]
+fn bad_keys_are_refused_before_any_io() {
+    let env = Env::new();
+    for key in ["../x", "a/../../b", "/etc/passwd", "a\\b", "", "a//b"] {
+        let out = env.run_stdin(&["storage", "put", key, "-"], b"x");
+        assert!(!out.status.success(), "{key:?} was accepted");
+        let err = stderr(&out);
+        assert!(err.contains("invalid storage key"), "{key:?}: {err}");
+    }
+    // Refused before the backend was even built: no asset folder was created.
+    assert!(!env.config_dir().join("assets").exists());
+}
+
+#[test]
+fn test_env_selects_memory_storage() {
+    let env = Env::new();
+    let out = env.run(&["storage", "info", "--json"], &[("ENV", "test")]);
+    let info: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    assert_eq!(info[0]["backend"], "memory");
+    assert_eq!(info[1]["backend"], "memory");
+    assert_eq!(info[2]["backend"], "memory");
+}
+
+#[test]
+fn s3_and_memcached_selection_is_reported() {
+    let env = Env::new();
+    let vars = [
+        ("S3_ACCESS_KEY_ID", "AKIAEXAMPLE"),
+        ("S3_SECRET_ACCESS_KEY", "secret-example"),
+        ("S3_ENDPOINT_URL", "http://127.0.0.1:9"),
+        ("ASSET_BUCKET", "nodetool-assets"),
+        ("MEMCACHE_HOST", "127.0.0.1"),
+        ("MEMCACHE_PORT", "11211"),
+    ];
+    let out = env.run(&["storage", "info", "--json"], &vars);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let info: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    assert_eq!(info[0]["backend"], "s3");
+    assert!(info[0]["location"]
+        .as_str()
+        .expect("str")
+        .contains("nodetool-assets"));
+    assert_eq!(info[1]["backend"], "s3");
+    assert!(info[1]["location"].as_str().expect("str").contains("temp/"));
+    assert_eq!(info[2]["backend"], "memcached");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        !text.contains("secret-example"),
+        "secrets must not appear in storage info"
+    );
+}
+
+#[test]
+fn unreachable_s3_fails_fast_naming_the_endpoint() {
+    let env = Env::new();
+    let vars = [
+        ("S3_ACCESS_KEY_ID", "AKIAEXAMPLE"),
+        ("S3_SECRET_ACCESS_KEY", "secret-example"),
+        ("S3_ENDPOINT_URL", "http://127.0.0.1:9"),
+        ("S3_TIMEOUT_SECONDS", "2"),
+        ("ASSET_BUCKET", "nodetool-assets"),
+    ];
+    let out = env.run(&["storage", "ls"], &vars);
+    assert!(!out.status.success());
+    let err = stderr(&out);
+    assert!(err.contains("127.0.0.1:9"), "{err}");
+}

@@ -1,0 +1,246 @@
+//! [`Resources`]: the one value that hands out asset storage, temp storage and caches — the Rust
+//! counterpart of NodeTool's `ResourceScope`.
+//!
+//! Unlike the Python original, one `Resources` lives for the whole process (the server, a CLI
+//! command, a worker), so temp objects and cache entries survive between requests and jobs.
+//! Backends are built lazily, on first use, so a broken S3 configuration does not stop a command
+//! that only touches temp storage.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use nodetool_cache::{MemcachedConfig, NodeCacheConfig, UriCache};
+use nodetool_config::{CachePlan, Selection, Settings, StoragePlan};
+use nodetool_core::{NodeCache, Result, Storage};
+use nodetool_storage::{FileStorage, MemoryStorage};
+use nodetool_storage_s3::{S3Config, S3Storage};
+use nodetool_storage_supabase::{SupabaseConfig, SupabaseStorage};
+
+/// Which storage a caller wants.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StorageRole {
+    Asset,
+    Temp,
+}
+
+impl StorageRole {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            StorageRole::Asset => "asset",
+            StorageRole::Temp => "temp",
+        }
+    }
+}
+
+/// Options that change selection for one process (CLI flags).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ResourceOptions {
+    /// Force S3 for asset and temp storage even when the settings would pick files
+    /// (`--s3`; DESIGN.md §3 `use_s3`).
+    pub use_s3: bool,
+}
+
+/// Storage, temp storage and caches for one process, chosen by [`Settings`].
+#[derive(Debug)]
+pub struct Resources {
+    settings: Arc<Settings>,
+    options: ResourceOptions,
+    asset: Mutex<Option<Arc<dyn Storage>>>,
+    temp: Mutex<Option<Arc<dyn Storage>>>,
+    node_cache: tokio::sync::OnceCell<Arc<dyn NodeCache>>,
+    uri_cache: Arc<UriCache>,
+}
+
+/// A selected backend, for `nodetool storage info` and the startup log.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct BackendReport {
+    pub role: &'static str,
+    pub backend: &'static str,
+    pub location: String,
+    pub reason: String,
+}
+
+impl Resources {
+    pub fn new(settings: Settings, options: ResourceOptions) -> Self {
+        let uri_cache = Arc::new(UriCache::new(settings.uri_cache_ttl));
+        Self {
+            settings: Arc::new(settings),
+            options,
+            asset: Mutex::default(),
+            temp: Mutex::default(),
+            node_cache: tokio::sync::OnceCell::new(),
+            uri_cache,
+        }
+    }
+
+    pub fn settings(&self) -> &Arc<Settings> {
+        &self.settings
+    }
+
+    /// How long temp objects live before `storage gc` / the reaper removes them.
+    pub fn temp_ttl(&self) -> Duration {
+        self.settings.asset_temp_ttl
+    }
+
+    pub fn selection(&self, role: StorageRole) -> Result<Selection<StoragePlan>> {
+        match role {
+            StorageRole::Asset => {
+                nodetool_config::asset_storage(&self.settings, self.options.use_s3)
+            }
+            StorageRole::Temp => nodetool_config::temp_storage(&self.settings, self.options.use_s3),
+        }
+    }
+
+    pub fn storage(&self, role: StorageRole) -> Result<Arc<dyn Storage>> {
+        let slot = match role {
+            StorageRole::Asset => &self.asset,
+            StorageRole::Temp => &self.temp,
+        };
+        let mut slot = slot.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(storage) = &*slot {
+            return Ok(storage.clone());
+        }
+        let selection = self.selection(role)?;
+        let storage =
+            build_storage(&selection.plan).map_err(|e| e.with_context("role", role.as_str()))?;
+        tracing::info!(
+            role = role.as_str(),
+            backend = storage.info().scheme,
+            location = %storage.info().location,
+            reason = %selection.reason,
+            "storage selected"
+        );
+        *slot = Some(storage.clone());
+        Ok(storage)
+    }
+
+    pub fn asset_storage(&self) -> Result<Arc<dyn Storage>> {
+        self.storage(StorageRole::Asset)
+    }
+
+    pub fn temp_storage(&self) -> Result<Arc<dyn Storage>> {
+        self.storage(StorageRole::Temp)
+    }
+
+    /// The node cache, shared by every job of the process. Fails only on invalid configuration:
+    /// a memcached that is down is a cache that misses until it is back.
+    pub async fn node_cache(&self) -> Result<Arc<dyn NodeCache>> {
+        self.node_cache
+            .get_or_try_init(|| async {
+                let selection = nodetool_config::node_cache(&self.settings);
+                let cache = node_cache_config(&selection.plan).build().await?;
+                tracing::info!(cache = cache.name(), reason = %selection.reason, "node cache selected");
+                Ok(cache)
+            })
+            .await
+            .cloned()
+    }
+
+    /// TTL for node outputs unless a node says otherwise (`NODE_CACHE_TTL`).
+    pub fn node_cache_ttl(&self) -> Duration {
+        self.settings.node_cache_ttl
+    }
+
+    pub fn uri_cache(&self) -> Arc<UriCache> {
+        self.uri_cache.clone()
+    }
+
+    /// What serves each role and why, without building anything.
+    pub fn report(&self) -> Vec<Result<BackendReport>> {
+        let mut out = Vec::new();
+        for role in [StorageRole::Asset, StorageRole::Temp] {
+            out.push(self.selection(role).map(|s| BackendReport {
+                role: role.as_str(),
+                backend: s.plan.backend_name(),
+                location: plan_location(&s.plan),
+                reason: s.reason,
+            }));
+        }
+        let cache = nodetool_config::node_cache(&self.settings);
+        out.push(Ok(BackendReport {
+            role: "node cache",
+            backend: match cache.plan {
+                CachePlan::Memory { .. } => "memory",
+                CachePlan::Memcached { .. } => "memcached",
+            },
+            location: match &cache.plan {
+                CachePlan::Memory { max_bytes, .. } => format!("in-process, {max_bytes} bytes"),
+                CachePlan::Memcached { host, port, .. } => format!("{host}:{port}"),
+            },
+            reason: cache.reason,
+        }));
+        out
+    }
+}
+
+fn plan_location(plan: &StoragePlan) -> String {
+    match plan {
+        StoragePlan::Memory { .. } => "process memory".into(),
+        StoragePlan::File { root, .. } => root.display().to_string(),
+        StoragePlan::S3 {
+            bucket,
+            root,
+            endpoint,
+            ..
+        } => format!(
+            "s3://{bucket}/{}{}",
+            root.as_deref().unwrap_or(""),
+            endpoint
+                .as_deref()
+                .map(|e| format!(" at {e}"))
+                .unwrap_or_default()
+        ),
+        StoragePlan::Supabase { url, bucket, .. } => format!("{url} bucket {bucket}"),
+    }
+}
+
+/// Builds the backend a plan describes. Does no network I/O.
+pub fn build_storage(plan: &StoragePlan) -> Result<Arc<dyn Storage>> {
+    Ok(match plan {
+        StoragePlan::Memory { base_url } => Arc::new(MemoryStorage::new(base_url.clone())),
+        StoragePlan::File { root, base_url } => Arc::new(
+            FileStorage::new(root.clone(), base_url.clone()).map_err(|e| {
+                e.with_context(
+                    "hint",
+                    "check that the asset folder (ASSET_FOLDER / ASSET_BUCKET) is writable",
+                )
+            })?,
+        ),
+        StoragePlan::S3 {
+            bucket,
+            root,
+            region,
+            endpoint,
+            access_key_id,
+            secret_access_key,
+            public_domain,
+            timeout,
+        } => {
+            let mut cfg = S3Config::new(bucket.clone());
+            cfg.root = root.clone();
+            cfg.region = region.clone();
+            cfg.endpoint = endpoint.clone();
+            cfg.access_key_id = access_key_id.clone();
+            cfg.secret_access_key = secret_access_key.clone();
+            cfg.public_domain = public_domain.clone();
+            cfg.timeout = *timeout;
+            Arc::new(S3Storage::new(cfg)?)
+        }
+        StoragePlan::Supabase { url, key, bucket } => {
+            let cfg = SupabaseConfig::new(url.clone(), key.clone(), bucket.clone());
+            Arc::new(SupabaseStorage::new(cfg)?)
+        }
+    })
+}
+
+/// The cache configuration a plan describes.
+pub fn node_cache_config(plan: &CachePlan) -> NodeCacheConfig {
+    match plan {
+        CachePlan::Memory { max_bytes, .. } => NodeCacheConfig::Memory {
+            max_bytes: *max_bytes,
+        },
+        CachePlan::Memcached { host, port, .. } => {
+            NodeCacheConfig::Memcached(MemcachedConfig::new(host.clone(), *port))
+        }
+    }
+}
