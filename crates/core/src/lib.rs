@@ -9,6 +9,7 @@ pub mod error;
 pub mod id;
 pub mod key;
 pub mod storage;
+pub mod url;
 
 pub use cache::{CacheValue, NodeCache};
 pub use error::{Error, ErrorKind, Result};

@@ -22,7 +22,6 @@ use nodetool_core::{
 use opendal::layers::{RetryLayer, TimeoutLayer};
 use opendal::services::S3;
 use opendal::Operator;
-use percent_encoding::{utf8_percent_encode, AsciiSet, NON_ALPHANUMERIC};
 
 const SCHEME: &str = "s3";
 
@@ -493,13 +492,6 @@ fn to_meta(key: StorageKey, meta: &opendal::Metadata) -> ObjectMeta {
     }
 }
 
-/// Characters kept as-is in a URL path segment (RFC 3986 unreserved).
-const SEGMENT: &AsciiSet = &NON_ALPHANUMERIC
-    .remove(b'-')
-    .remove(b'.')
-    .remove(b'_')
-    .remove(b'~');
-
 /// `https://{domain}/{key}`, or `{domain}/{key}` when the domain has a scheme; each key segment
 /// percent-encoded.
 fn public_url(domain: &str, full_key: &str) -> String {
@@ -509,11 +501,7 @@ fn public_url(domain: &str, full_key: &str) -> String {
     } else {
         format!("https://{domain}")
     };
-    let path: Vec<String> = full_key
-        .split('/')
-        .map(|s| utf8_percent_encode(s, SEGMENT).to_string())
-        .collect();
-    format!("{base}/{}", path.join("/"))
+    nodetool_core::url::join_path(&base, full_key)
 }
 
 /// Maps an OpenDAL error to ours, naming the setting to check.

@@ -24,11 +24,12 @@ use bytes::Bytes;
 use chrono::{DateTime, NaiveDateTime, Utc};
 use futures::{StreamExt, TryStreamExt};
 use nodetool_core::storage::{not_found, ByteStream, Download, ObjectMeta, PutOptions};
+use nodetool_core::url::encode_segment;
 use nodetool_core::{
     ByteRange, Error, ErrorKind, Result, Storage, StorageCapabilities, StorageInfo, StorageKey,
     StoragePrefix,
 };
-use percent_encoding::{percent_decode_str, utf8_percent_encode, AsciiSet, NON_ALPHANUMERIC};
+use percent_encoding::percent_decode_str;
 use reqwest::header::{self, HeaderMap, HeaderValue};
 use reqwest::{RequestBuilder, Response, StatusCode};
 use serde::Deserialize;
@@ -41,14 +42,6 @@ const SCHEME: &str = "supabase";
 const LIST_PAGE: usize = 1000;
 /// Most bytes of an error body we read: enough for any JSON error, bounded for a proxy's page.
 const MAX_ERROR_BODY: usize = 16 * 1024;
-
-/// Everything but RFC 3986 unreserved characters is escaped in a key segment; the server decodes
-/// them back, and `?`, `#`, space or `%` in a key cannot change the route.
-const SEGMENT: &AsciiSet = &NON_ALPHANUMERIC
-    .remove(b'-')
-    .remove(b'.')
-    .remove(b'_')
-    .remove(b'~');
 
 /// How to reach one bucket. Built by `nodetool-config` from `SUPABASE_URL`, `SUPABASE_KEY` and
 /// the bucket settings; this crate reads no environment variables.
@@ -191,7 +184,7 @@ impl SupabaseStorage {
             client,
             base: format!("{trimmed}/storage/v1"),
             host,
-            bucket_segment: utf8_percent_encode(&cfg.bucket, SEGMENT).to_string(),
+            bucket_segment: encode_segment(&cfg.bucket).to_string(),
             bucket: cfg.bucket,
             public,
             signed_url_ttl: cfg.signed_url_ttl,
@@ -233,7 +226,7 @@ impl SupabaseStorage {
         let mut url = format!("{}/{route}/{}", self.base, self.bucket_segment);
         for segment in encode_name(key.as_str()).split('/') {
             url.push('/');
-            url.extend(utf8_percent_encode(segment, SEGMENT));
+            url.extend(encode_segment(segment));
         }
         url
     }
@@ -681,7 +674,7 @@ impl SupabaseStorage {
         for segment in path.split('/').filter(|s| !s.is_empty()) {
             url.push('/');
             let decoded = percent_decode_str(segment).decode_utf8_lossy();
-            url.extend(utf8_percent_encode(&decoded, SEGMENT));
+            url.extend(encode_segment(&decoded));
         }
         if !query.is_empty() {
             url.push('?');

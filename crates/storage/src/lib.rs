@@ -1,5 +1,5 @@
 //! Storage backends that live on this machine — [`MemoryStorage`] and [`FileStorage`] — and the
-//! pieces every backend shares: URL building ([`join_url`]) and temp-storage expiry ([`gc`]).
+//! pieces every backend shares: URL building ([`join_url`], from core) and temp-storage expiry ([`gc`]).
 //!
 //! The remote backends (S3, Supabase) live in their own crates because they pull in SDKs; all of
 //! them keep the one contract of [`nodetool_core::Storage`].
@@ -7,11 +7,10 @@
 mod file;
 pub mod gc;
 mod memory;
-mod url;
 
 pub use file::FileStorage;
 pub use memory::MemoryStorage;
-pub use url::join_url;
+pub use nodetool_core::url::join_url;
 
 /// Chunk size for streamed reads: large enough to amortise syscalls, small enough to keep memory
 /// flat with many concurrent downloads.
