@@ -53,3 +53,95 @@ pub async fn reap(
     );
     Ok(report)
 }
+
+/// Runs [`reap`] over all of `storage` every `every`, until the returned handle is aborted (the
+/// server does this on shutdown). A failed sweep is logged and retried at the next tick.
+pub fn spawn_reaper(
+    storage: std::sync::Arc<dyn Storage>,
+    ttl: Duration,
+    every: Duration,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut ticks = tokio::time::interval(every);
+        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            ticks.tick().await;
+            if let Err(error) = reap(storage.as_ref(), &StoragePrefix::all(), ttl, Utc::now()).await
+            {
+                tracing::warn!(%error, "temp gc: sweep failed; retrying at the next tick");
+            }
+        }
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use bytes::Bytes;
+    use nodetool_core::{PutOptions, StorageKey};
+
+    use super::*;
+    use crate::MemoryStorage;
+
+    async fn put(storage: &MemoryStorage, key: &str) {
+        storage
+            .upload_bytes(
+                &StorageKey::new(key).unwrap(),
+                Bytes::from_static(b"12345"),
+                PutOptions::default(),
+            )
+            .await
+            .unwrap();
+    }
+
+    #[tokio::test]
+    async fn reap_deletes_only_expired_objects_under_the_prefix() {
+        let storage = MemoryStorage::new("/t");
+        put(&storage, "job1/a").await;
+        put(&storage, "job2/b").await;
+        let later = Utc::now() + chrono::Duration::hours(25);
+        let ttl = Duration::from_secs(24 * 3600);
+        let report = reap(&storage, &StoragePrefix::new("job1/").unwrap(), ttl, later)
+            .await
+            .unwrap();
+        assert_eq!(
+            report,
+            GcReport {
+                scanned: 1,
+                deleted: 1,
+                deleted_bytes: 5,
+                failed: 0
+            }
+        );
+        let report = reap(&storage, &StoragePrefix::all(), ttl, Utc::now())
+            .await
+            .unwrap();
+        assert_eq!(report.deleted, 0, "fresh objects survive");
+        assert!(storage
+            .exists(&StorageKey::new("job2/b").unwrap())
+            .await
+            .unwrap());
+    }
+
+    #[tokio::test]
+    async fn reaper_sweeps_in_the_background() {
+        let storage = Arc::new(MemoryStorage::new("/t"));
+        put(&storage, "old").await;
+        let handle = spawn_reaper(
+            storage.clone(),
+            Duration::from_millis(20),
+            Duration::from_millis(10),
+        );
+        let key = StorageKey::new("old").unwrap();
+        let gone = async {
+            while storage.exists(&key).await.unwrap() {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        };
+        tokio::time::timeout(Duration::from_secs(10), gone)
+            .await
+            .expect("the reaper removes the expired object");
+        handle.abort();
+    }
+}
