@@ -1,6 +1,7 @@
 //! The `nodetool` binary. Wiring only: parse arguments, load settings once, build `Resources`,
 //! call into the library crates, turn errors into messages and exit codes.
 
+mod run_cmd;
 mod settings_cmd;
 mod storage_cmd;
 
@@ -21,6 +22,8 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Run a NodeTool workflow file and print its outputs.
+    Run(run_cmd::RunArgs),
     /// Show settings and where each value came from.
     Settings {
         #[command(subcommand)]
@@ -45,6 +48,7 @@ fn main() -> ExitCode {
     };
     let result = runtime.block_on(async {
         match cli.command {
+            Command::Run(args) => run_cmd::run(args).await,
             Command::Settings { command } => settings_cmd::run(command),
             Command::Storage { command } => storage_cmd::run(command).await,
         }

@@ -13,7 +13,8 @@ use indicatif::{ProgressBar, ProgressStyle};
 use nodetool_core::storage::ByteStream;
 use nodetool_core::{PutOptions, Storage, StorageKey, StoragePrefix};
 use nodetool_runtime::{ResourceOptions, Resources, StorageRole};
-use tokio::io::AsyncWriteExt;
+use nodetool_storage::blocking_io;
+use std::io::Write;
 use tokio_util::io::ReaderStream;
 
 /// Transfers at least this big get a progress bar on a terminal.
@@ -268,21 +269,21 @@ async fn put(
     file: Option<&Path>,
     content_type: Option<String>,
 ) -> anyhow::Result<ExitCode> {
-    let (reader, len): (Box<dyn tokio::io::AsyncRead + Send + Unpin>, Option<u64>) = match file {
-        None => (Box::new(tokio::io::stdin()), None),
-        Some(p) if p == Path::new("-") => (Box::new(tokio::io::stdin()), None),
-        Some(p) => {
-            let f = tokio::fs::File::open(p)
-                .await
-                .with_context(|| format!("cannot open {}", p.display()))?;
-            let len = f.metadata().await.ok().map(|m| m.len());
-            (Box::new(f), len)
+    let (body, len) = match file {
+        Some(p) if p != Path::new("-") => {
+            let f =
+                std::fs::File::open(p).with_context(|| format!("cannot open {}", p.display()))?;
+            let len = f.metadata()?.len();
+            (blocking_io::read_stream(f, 0, len), Some(len))
+        }
+        _ => {
+            let body = ReaderStream::with_capacity(tokio::io::stdin(), blocking_io::FILE_CHUNK)
+                .map(|r| r.map_err(nodetool_core::Error::from))
+                .boxed();
+            (body, None)
         }
     };
     let bar = progress(len, "upload");
-    let body = ReaderStream::with_capacity(reader, 256 * 1024)
-        .map(|r| r.map_err(nodetool_core::Error::from))
-        .boxed();
     let meta = storage
         .upload(key, counted(body, bar.clone()), PutOptions { content_type })
         .await?;
@@ -306,11 +307,9 @@ async fn get(
 ) -> anyhow::Result<ExitCode> {
     let download = storage.download(key, None).await?;
     let bar = progress(Some(download.meta.size), "download");
-    let mut body = counted(download.body, bar.clone());
+    let body = counted(download.body, bar.clone());
     match file {
-        None => write_all(&mut body, &mut tokio::io::stdout()).await?,
-        Some(p) if p == Path::new("-") => write_all(&mut body, &mut tokio::io::stdout()).await?,
-        Some(p) => {
+        Some(p) if p != Path::new("-") => {
             // Write beside the target and rename: an interrupted download leaves no partial file.
             let dir = match p.parent() {
                 Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
@@ -318,28 +317,18 @@ async fn get(
             };
             let temp = tempfile::NamedTempFile::new_in(&dir)
                 .with_context(|| format!("cannot create a temp file in {}", dir.display()))?;
-            let (std_file, temp_path) = temp.into_parts();
-            let mut out = tokio::fs::File::from_std(std_file);
-            write_all(&mut body, &mut out).await?;
-            out.sync_data().await?;
+            let (out, temp_path) = temp.into_parts();
+            blocking_io::write_stream(out, body, |_| Ok(())).await?;
             temp_path
                 .persist(p)
                 .with_context(|| format!("cannot write {}", p.display()))?;
+        }
+        _ => {
+            blocking_io::write_stream(std::io::stdout(), body, |out| out.flush()).await?;
         }
     }
     if let Some(bar) = bar {
         bar.finish_and_clear();
     }
     Ok(ExitCode::SUCCESS)
-}
-
-async fn write_all(
-    body: &mut ByteStream,
-    out: &mut (impl tokio::io::AsyncWrite + Unpin),
-) -> anyhow::Result<()> {
-    while let Some(chunk) = body.next().await {
-        out.write_all(&chunk?).await?;
-    }
-    out.flush().await?;
-    Ok(())
 }

@@ -292,3 +292,72 @@ fn unreachable_s3_fails_fast_naming_the_endpoint() {
     let err = stderr(&out);
     assert!(err.contains("127.0.0.1:9"), "{err}");
 }
+
+#[test]
+fn run_executes_the_example_workflow() {
+    let env = Env::new();
+    let example = concat!(env!("CARGO_MANIFEST_DIR"), "/../../examples/hello.json");
+    let out = env.run(&["run", example], &[]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let result: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json result");
+    assert_eq!(result["greeting"], serde_json::json!(["Hello, world!"]));
+    assert_eq!(result["shout"], serde_json::json!(["HELLO, WORLD!"]));
+    assert_eq!(result["sorted"], serde_json::json!([[1, 2, 3]]));
+    assert_eq!(result["sum"], serde_json::json!([6]));
+
+    let out = env.run(
+        &["run", example, "--params", r#"{"name": "nodetool"}"#],
+        &[],
+    );
+    let result: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json result");
+    assert_eq!(result["greeting"], serde_json::json!(["Hello, nodetool!"]));
+
+    let out = env.run(&["run", example, "--jsonl"], &[]);
+    let events: Vec<serde_json::Value> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("one JSON event per line"))
+        .collect();
+    assert_eq!(events.first().expect("events")["type"], "job_update");
+    let last_job = events
+        .iter()
+        .rev()
+        .find(|e| e["type"] == "job_update")
+        .expect("final job_update");
+    assert_eq!(last_job["status"], "completed");
+    let seqs: Vec<u64> = events
+        .iter()
+        .map(|e| e["seq"].as_u64().expect("seq"))
+        .collect();
+    assert!(
+        seqs.windows(2).all(|w| w[1] == w[0] + 1),
+        "seq is 1, 2, 3, ...: {seqs:?}"
+    );
+}
+
+#[test]
+fn run_rejects_bad_workflows_and_params_clearly() {
+    let env = Env::new();
+    let example = concat!(env!("CARGO_MANIFEST_DIR"), "/../../examples/hello.json");
+    let out = env.run(&["run", example, "--params", r#"{"name": 42}"#], &[]);
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("name"), "{}", stderr(&out));
+
+    let bad = env.dir.path().join("bad.json");
+    std::fs::write(&bad, "{\"nodes\": [\n  {\"id\": 1,,}]}").expect("write");
+    let out = env.run(&["run", bad.to_str().expect("utf8")], &[]);
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("line 2"), "{}", stderr(&out));
+
+    std::fs::write(
+        &bad,
+        r#"{"nodes":[{"id":"a","type":"nodetool.text.Concatt"}],"edges":[]}"#,
+    )
+    .expect("write");
+    let out = env.run(&["run", bad.to_str().expect("utf8")], &[]);
+    assert!(!out.status.success());
+    let err = stderr(&out);
+    assert!(
+        err.contains("unknown node type") && err.contains("nodetool.text.Concat"),
+        "{err}"
+    );
+}

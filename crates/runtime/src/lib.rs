@@ -12,7 +12,7 @@ use std::time::Duration;
 use nodetool_cache::{MemcachedConfig, NodeCacheConfig, UriCache};
 use nodetool_config::{CachePlan, Selection, Settings, StoragePlan};
 use nodetool_core::{NodeCache, Result, Storage};
-use nodetool_storage::{FileStorage, MemoryStorage};
+use nodetool_storage::{FileStorage, MemoryStorage, UrlSigner};
 use nodetool_storage_s3::{S3Config, S3Storage};
 use nodetool_storage_supabase::{SupabaseConfig, SupabaseStorage};
 
@@ -49,6 +49,8 @@ pub struct Resources {
     temp: Mutex<Option<Arc<dyn Storage>>>,
     node_cache: tokio::sync::OnceCell<Arc<dyn NodeCache>>,
     uri_cache: Arc<UriCache>,
+    /// Signs the URLs of file and memory storage, which our API serves.
+    signer: Option<UrlSigner>,
 }
 
 /// A selected backend, for `nodetool storage info` and the startup log.
@@ -70,7 +72,19 @@ impl Resources {
             temp: Mutex::default(),
             node_cache: tokio::sync::OnceCell::new(),
             uri_cache,
+            signer: None,
         }
+    }
+
+    /// File and memory storage built from now on sign their URLs with `signer` (call before
+    /// the first `storage()`), so that the API accepts them without a bearer token.
+    pub fn with_url_signer(mut self, signer: UrlSigner) -> Self {
+        self.signer = Some(signer);
+        self
+    }
+
+    pub fn url_signer(&self) -> Option<&UrlSigner> {
+        self.signer.as_ref()
     }
 
     pub fn settings(&self) -> &Arc<Settings> {
@@ -101,8 +115,8 @@ impl Resources {
             return Ok(storage.clone());
         }
         let selection = self.selection(role)?;
-        let storage =
-            build_storage(&selection.plan).map_err(|e| e.with_context("role", role.as_str()))?;
+        let storage = build_storage_with(&selection.plan, self.signer.as_ref())
+            .map_err(|e| e.with_context("role", role.as_str()))?;
         tracing::info!(
             role = role.as_str(),
             backend = storage.info().scheme,
@@ -196,16 +210,34 @@ fn plan_location(plan: &StoragePlan) -> String {
 
 /// Builds the backend a plan describes. Does no network I/O.
 pub fn build_storage(plan: &StoragePlan) -> Result<Arc<dyn Storage>> {
+    build_storage_with(plan, None)
+}
+
+/// [`build_storage`], with file and memory URLs signed by `signer` when given.
+pub fn build_storage_with(
+    plan: &StoragePlan,
+    signer: Option<&UrlSigner>,
+) -> Result<Arc<dyn Storage>> {
     Ok(match plan {
-        StoragePlan::Memory { base_url } => Arc::new(MemoryStorage::new(base_url.clone())),
-        StoragePlan::File { root, base_url } => Arc::new(
-            FileStorage::new(root.clone(), base_url.clone()).map_err(|e| {
+        StoragePlan::Memory { base_url } => {
+            let storage = MemoryStorage::new(base_url.clone());
+            Arc::new(match signer {
+                Some(s) => storage.with_signer(s.clone()),
+                None => storage,
+            })
+        }
+        StoragePlan::File { root, base_url } => {
+            let storage = FileStorage::new(root.clone(), base_url.clone()).map_err(|e| {
                 e.with_context(
                     "hint",
                     "check that the asset folder (ASSET_FOLDER / ASSET_BUCKET) is writable",
                 )
-            })?,
-        ),
+            })?;
+            Arc::new(match signer {
+                Some(s) => storage.with_signer(s.clone()),
+                None => storage,
+            })
+        }
         StoragePlan::S3 {
             bucket,
             root,
@@ -242,5 +274,60 @@ pub fn node_cache_config(plan: &CachePlan) -> NodeCacheConfig {
         CachePlan::Memcached { host, port, .. } => {
             NodeCacheConfig::Memcached(MemcachedConfig::new(host.clone(), *port))
         }
+    }
+}
+
+/// File name of the generated URL signing key under the config directory.
+pub const URL_SIGNING_KEY_FILE: &str = "url_signing.key";
+
+/// The URL signing key: `NODETOOL_URL_SIGNING_KEY` when set, else the key in
+/// `{config_dir}/url_signing.key`, generated (32 random bytes, hex, mode 0600) on first use so
+/// that signed URLs survive a restart.
+pub fn url_signing_key(settings: &Settings) -> Result<Vec<u8>> {
+    use std::io::{Read, Write};
+    use std::os::unix::fs::OpenOptionsExt;
+
+    if let Some(key) = &settings.url_signing_key {
+        return Ok(key.as_bytes().to_vec());
+    }
+    let path = settings.config_dir().join(URL_SIGNING_KEY_FILE);
+    let io = |e: std::io::Error, what: &'static str| {
+        nodetool_core::Error::from(e)
+            .with_operation("url_signing_key")
+            .with_context("path", path.display())
+            .with_context("step", what)
+    };
+    match std::fs::read_to_string(&path) {
+        Ok(text) if !text.trim().is_empty() => return Ok(text.trim().as_bytes().to_vec()),
+        Ok(_) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(io(e, "read")),
+    }
+    let mut raw = [0u8; 32];
+    std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| f.read_exact(&mut raw))
+        .map_err(|e| io(e, "read /dev/urandom"))?;
+    let key: String = raw.iter().map(|b| format!("{b:02x}")).collect();
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).map_err(|e| io(e, "create config dir"))?;
+    }
+    // create_new: if another process won the race, use its key instead of overwriting it.
+    match std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&path)
+    {
+        Ok(mut file) => {
+            file.write_all(key.as_bytes())
+                .and_then(|()| file.sync_all())
+                .map_err(|e| io(e, "write"))?;
+            tracing::info!(path = %path.display(), "generated a URL signing key");
+            Ok(key.into_bytes())
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => std::fs::read_to_string(&path)
+            .map(|t| t.trim().as_bytes().to_vec())
+            .map_err(|e| io(e, "read")),
+        Err(e) => Err(io(e, "create")),
     }
 }

@@ -1,18 +1,15 @@
-use std::io::SeekFrom;
 use std::path::{Path, PathBuf};
 use std::time::SystemTime;
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
-use futures::StreamExt;
 use nodetool_core::storage::{not_found, ByteStream, Download, ObjectMeta, PutOptions};
 use nodetool_core::{
     ByteRange, Error, Result, Storage, StorageCapabilities, StorageInfo, StorageKey, StoragePrefix,
 };
-use tokio::io::{AsyncReadExt, AsyncSeekExt, AsyncWriteExt};
-use tokio_util::io::ReaderStream;
 
-use crate::{join_url, CHUNK};
+use crate::join_url;
+use crate::signing::UrlSigner;
 
 /// Directory under the root that holds in-flight uploads; never a key.
 const RESERVED: &str = ".nodetool";
@@ -32,6 +29,7 @@ const XATTR_CONTENT_TYPE: &str = "user.nodetool.content_type";
 pub struct FileStorage {
     root: PathBuf,
     base_url: String,
+    signer: Option<UrlSigner>,
 }
 
 impl FileStorage {
@@ -46,7 +44,14 @@ impl FileStorage {
         Ok(Self {
             root,
             base_url: base_url.into(),
+            signer: None,
         })
+    }
+
+    /// URLs from [`Storage::url`] carry an expiring signature, so they work without a token.
+    pub fn with_signer(mut self, signer: UrlSigner) -> Self {
+        self.signer = Some(signer);
+        self
     }
 
     pub fn root(&self) -> &Path {
@@ -73,19 +78,11 @@ impl FileStorage {
             .join(nodetool_core::id::new_id())
     }
 
-    async fn write_temp(
-        &self,
-        temp: &Path,
-        mut body: ByteStream,
-        content_type: &str,
-    ) -> Result<()> {
-        let mut file = tokio::fs::File::create(temp).await?;
-        while let Some(chunk) = body.next().await {
-            file.write_all(&chunk?).await?;
-        }
-        file.flush().await?;
-        file.sync_data().await?;
-        let file = file.into_std().await;
+    async fn write_temp(&self, temp: &Path, body: ByteStream, content_type: &str) -> Result<()> {
+        let file = std::fs::File::create(temp)?;
+        let for_xattr = file.try_clone()?;
+        crate::blocking_io::write_stream(file, body, |f| f.sync_data()).await?;
+        let file = for_xattr;
         let content_type = content_type.to_owned();
         tokio::task::spawn_blocking(move || {
             // Filesystems without user xattrs still work; the type is then guessed on read.
@@ -181,26 +178,20 @@ impl Storage for FileStorage {
     async fn download(&self, key: &StorageKey, range: Option<ByteRange>) -> Result<Download> {
         const OP: &str = "file.download";
         let path = self.path(key, OP)?;
-        let mut file = tokio::fs::File::open(&path)
-            .await
-            .map_err(|e| io_err(e, OP, key))?;
         // One open, one fstat: the metadata describes exactly the bytes we stream.
-        let md = file.metadata().await.map_err(|e| io_err(e, OP, key))?;
-        if !md.is_file() {
-            return Err(not_found("file", key).with_operation(OP));
-        }
-        let std_file = file
-            .try_clone()
-            .await
-            .map_err(|e| io_err(e, OP, key))?
-            .into_std()
-            .await;
-        let meta = {
+        let (file, meta) = {
             let key = key.clone();
-            let path = path.clone();
-            tokio::task::spawn_blocking(move || meta_from(&key, &md, Some(&std_file), &path))
-                .await
-                .map_err(|e| Error::unexpected("metadata task failed").with_source(e))?
+            tokio::task::spawn_blocking(move || {
+                let file = std::fs::File::open(&path).map_err(|e| io_err(e, OP, &key))?;
+                let md = file.metadata().map_err(|e| io_err(e, OP, &key))?;
+                if !md.is_file() {
+                    return Err(not_found("file", &key).with_operation(OP));
+                }
+                let meta = meta_from(&key, &md, Some(&file), &path);
+                Ok((file, meta))
+            })
+            .await
+            .map_err(|e| Error::unexpected("open task failed").with_source(e))??
         };
         let range = match range {
             Some(r) => r
@@ -208,15 +199,7 @@ impl Storage for FileStorage {
                 .map_err(|e| e.with_operation(OP).with_context("key", key))?,
             None => 0..meta.size,
         };
-        if range.start > 0 {
-            file.seek(SeekFrom::Start(range.start))
-                .await
-                .map_err(|e| io_err(e, OP, key))?;
-        }
-        let reader = file.take(range.end - range.start);
-        let body = ReaderStream::with_capacity(reader, CHUNK)
-            .map(|chunk| chunk.map_err(|e| Error::from(e).with_operation("file.download")))
-            .boxed();
+        let body = crate::blocking_io::read_stream(file, range.start, range.end - range.start);
         Ok(Download { meta, range, body })
     }
 
@@ -263,7 +246,11 @@ impl Storage for FileStorage {
 
     async fn url(&self, key: &StorageKey) -> Result<String> {
         self.path(key, "file.url")?;
-        Ok(join_url(&self.base_url, key))
+        let url = join_url(&self.base_url, key);
+        Ok(match &self.signer {
+            Some(signer) => signer.sign_url(&url, Utc::now()),
+            None => url,
+        })
     }
 }
 

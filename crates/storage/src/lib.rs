@@ -4,13 +4,16 @@
 //! The remote backends (S3, Supabase) live in their own crates because they pull in SDKs; all of
 //! them keep the one contract of [`nodetool_core::Storage`].
 
+pub mod blocking_io;
 mod file;
 pub mod gc;
 mod memory;
+pub mod signing;
 
 pub use file::FileStorage;
 pub use memory::MemoryStorage;
 pub use nodetool_core::url::join_url;
+pub use signing::UrlSigner;
 
 /// Chunk size for streamed reads: large enough to amortise syscalls, small enough to keep memory
 /// flat with many concurrent downloads.

@@ -10,6 +10,7 @@ use nodetool_core::{
     ByteRange, Result, Storage, StorageCapabilities, StorageInfo, StorageKey, StoragePrefix,
 };
 
+use crate::signing::UrlSigner;
 use crate::{join_url, CHUNK};
 
 /// Objects in a process-wide map. Used under `ENV=test`; one instance lives as long as the
@@ -17,6 +18,7 @@ use crate::{join_url, CHUNK};
 #[derive(Debug)]
 pub struct MemoryStorage {
     base_url: String,
+    signer: Option<UrlSigner>,
     objects: RwLock<BTreeMap<StorageKey, Arc<Object>>>,
 }
 
@@ -30,8 +32,15 @@ impl MemoryStorage {
     pub fn new(base_url: impl Into<String>) -> Self {
         Self {
             base_url: base_url.into(),
+            signer: None,
             objects: RwLock::default(),
         }
+    }
+
+    /// URLs from [`Storage::url`] carry an expiring signature, so they work without a token.
+    pub fn with_signer(mut self, signer: UrlSigner) -> Self {
+        self.signer = Some(signer);
+        self
     }
 
     fn get(&self, key: &StorageKey) -> Option<Arc<Object>> {
@@ -139,6 +148,10 @@ impl Storage for MemoryStorage {
     }
 
     async fn url(&self, key: &StorageKey) -> Result<String> {
-        Ok(join_url(&self.base_url, key))
+        let url = join_url(&self.base_url, key);
+        Ok(match &self.signer {
+            Some(signer) => signer.sign_url(&url, Utc::now()),
+            None => url,
+        })
     }
 }

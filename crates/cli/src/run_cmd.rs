@@ -1,0 +1,179 @@
+//! `nodetool run FILE [--params JSON] [--jsonl] [--no-cache]`: runs one workflow in-process.
+
+use std::collections::HashSet;
+use std::io::{IsTerminal, Write};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use nodetool_engine::{
+    parse_workflow, Engine, EngineResources, Event, EventEnvelope, Registry, RunOptions,
+    RunRequest, Status,
+};
+use nodetool_runtime::{ResourceOptions, Resources};
+use serde_json::{Map, Value};
+use tokio_util::sync::CancellationToken;
+
+/// Exit code of a run that was interrupted (as shells report SIGINT).
+const EXIT_CANCELLED: u8 = 130;
+
+#[derive(Debug, clap::Args)]
+pub struct RunArgs {
+    /// NodeTool workflow file (a saved workflow or a bare `{nodes, edges}` graph); `-` for stdin.
+    pub file: PathBuf,
+    /// Job params as a JSON object, `{input name: value}`.
+    #[arg(long, value_name = "JSON")]
+    pub params: Option<String>,
+    /// Print every event as one JSON line on stdout (instead of the result).
+    #[arg(long)]
+    pub jsonl: bool,
+    /// Neither read nor fill the node cache.
+    #[arg(long)]
+    pub no_cache: bool,
+    /// Fail the job after this many seconds.
+    #[arg(long, value_name = "SECONDS")]
+    pub timeout: Option<f64>,
+}
+
+pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
+    let text = if args.file.as_os_str() == "-" {
+        std::io::read_to_string(std::io::stdin()).context("reading the workflow from stdin")?
+    } else {
+        std::fs::read_to_string(&args.file)
+            .with_context(|| format!("reading {}", args.file.display()))?
+    };
+    let workflow =
+        parse_workflow(&text).with_context(|| format!("loading {}", args.file.display()))?;
+    let params = parse_params(args.params.as_deref())?;
+    let job_timeout = match args.timeout {
+        Some(s) if s.is_finite() && s > 0.0 => Some(Duration::from_secs_f64(s)),
+        Some(s) => anyhow::bail!("--timeout must be a positive number of seconds, got {s}"),
+        None => None,
+    };
+
+    let settings = crate::load_settings()?;
+    let resources = Resources::new(settings, ResourceOptions::default());
+    let engine = Engine::new(
+        Arc::new(Registry::builtin()),
+        EngineResources::from_resources(&resources).await?,
+    );
+
+    let node_count = workflow.graph.nodes.len();
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel::<EventEnvelope>();
+    let printer = tokio::spawn(print_events(rx, args.jsonl, node_count));
+
+    let cancel = CancellationToken::new();
+    let ctrl_c = {
+        let cancel = cancel.clone();
+        tokio::spawn(async move {
+            if tokio::signal::ctrl_c().await.is_ok() {
+                cancel.cancel();
+            }
+        })
+    };
+    let request = RunRequest {
+        workflow_id: workflow.id.clone(),
+        ..RunRequest::new(workflow.graph)
+    }
+    .with_params(params);
+    let opts = RunOptions {
+        use_cache: !args.no_cache,
+        job_timeout,
+        ..RunOptions::default()
+    };
+    let outcome = engine.run(request, opts, Arc::new(tx), cancel).await;
+    ctrl_c.abort();
+    // The sender is gone with the run; the printer drains what is left and stops.
+    printer.await.context("event printer")??;
+
+    match outcome.status {
+        Status::Completed => {
+            if !args.jsonl {
+                let mut out = std::io::stdout().lock();
+                serde_json::to_writer_pretty(&mut out, &Value::Object(outcome.result))?;
+                writeln!(out)?;
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Status::Cancelled => {
+            eprintln!("cancelled");
+            Ok(ExitCode::from(EXIT_CANCELLED))
+        }
+        _ => {
+            match (&outcome.failed_node, &outcome.error) {
+                (Some(node), Some(err)) => eprintln!("error: node {node} failed: {err}"),
+                (None, Some(err)) => eprintln!("error: {err}"),
+                _ => eprintln!("error: the job failed"),
+            }
+            Ok(ExitCode::FAILURE)
+        }
+    }
+}
+
+fn parse_params(raw: Option<&str>) -> anyhow::Result<Map<String, Value>> {
+    let Some(raw) = raw else {
+        return Ok(Map::new());
+    };
+    let value: Value = serde_json::from_str(raw).map_err(|e| {
+        anyhow::anyhow!(
+            "--params is not valid JSON (line {}, column {}): {e}",
+            e.line(),
+            e.column()
+        )
+    })?;
+    match value {
+        Value::Object(map) => Ok(map),
+        other => anyhow::bail!(
+            "--params must be a JSON object of {{input name: value}}, got {}",
+            nodetool_engine::types::type_of(&other)
+        ),
+    }
+}
+
+/// `--jsonl`: every event on stdout. Otherwise, on a TTY, a progress bar on stderr.
+async fn print_events(
+    mut rx: tokio::sync::mpsc::UnboundedReceiver<EventEnvelope>,
+    jsonl: bool,
+    node_count: usize,
+) -> anyhow::Result<()> {
+    if jsonl {
+        // Not locked across awaits: a stdout lock is not Send.
+        let mut out = std::io::stdout();
+        while let Some(event) = rx.recv().await {
+            let mut line = serde_json::to_vec(&event)?;
+            line.push(b'\n');
+            out.write_all(&line)?;
+        }
+        return Ok(());
+    }
+    if !std::io::stderr().is_terminal() {
+        while rx.recv().await.is_some() {}
+        return Ok(());
+    }
+    let bar = indicatif::ProgressBar::new(node_count as u64);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template("{spinner} [{pos}/{len}] {wide_msg}")
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+    );
+    bar.enable_steady_tick(Duration::from_millis(120));
+    let mut done = HashSet::new();
+    while let Some(event) = rx.recv().await {
+        match &event.event {
+            Event::NodeUpdate(n) => {
+                if n.status == Status::Running {
+                    bar.set_message(format!("{} ({})", n.node_name, n.node_id));
+                } else if n.status.is_terminal() && done.insert(n.node_id.clone()) {
+                    bar.inc(1);
+                }
+            }
+            Event::NodeProgress(p) => {
+                bar.set_message(format!("{}: {}/{}", p.node_id, p.progress, p.total));
+            }
+            _ => {}
+        }
+    }
+    bar.finish_and_clear();
+    Ok(())
+}

@@ -1,0 +1,326 @@
+//! [`ProcessingContext`]: what a node may use while it runs — job identity, cancellation,
+//! progress/log events, asset and temp storage, the node cache and secrets.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use serde_json::{json, Map, Value};
+use tokio_util::sync::CancellationToken;
+
+use nodetool_core::{
+    ByteStream, Error, ErrorKind, NodeCache, PutOptions, Result, Storage, StorageKey,
+};
+
+use crate::events::{
+    Event, EventPoster, LogUpdate, NodeProgress, Notification, OutputUpdate, PreviewUpdate,
+    Severity,
+};
+
+/// The storage and cache handles a job uses. The engine names no backend: whoever builds the
+/// engine (the CLI, the server, a worker) picks them.
+#[derive(Debug, Clone)]
+pub struct EngineResources {
+    pub asset_storage: Arc<dyn Storage>,
+    pub temp_storage: Arc<dyn Storage>,
+    pub node_cache: Arc<dyn NodeCache>,
+    /// TTL for cached node outputs.
+    pub node_cache_ttl: Duration,
+}
+
+impl EngineResources {
+    /// Takes the process's asset storage, temp storage and node cache from `Resources`.
+    pub async fn from_resources(resources: &nodetool_runtime::Resources) -> Result<Self> {
+        Ok(Self {
+            asset_storage: resources.asset_storage()?,
+            temp_storage: resources.temp_storage()?,
+            node_cache: resources.node_cache().await?,
+            node_cache_ttl: resources.node_cache_ttl(),
+        })
+    }
+}
+
+/// Per-job state shared by every node's context.
+#[derive(Debug)]
+pub(crate) struct JobShared {
+    pub job_id: String,
+    pub user_id: String,
+    pub workflow_id: String,
+    pub cancel: CancellationToken,
+    pub poster: Arc<EventPoster>,
+    pub resources: EngineResources,
+    pub secrets: Arc<BTreeMap<String, String>>,
+    /// `{output_name: [values...]}`, filled by output nodes.
+    pub results: Mutex<Map<String, Value>>,
+}
+
+/// The context one node runs with.
+#[derive(Debug, Clone)]
+pub struct ProcessingContext {
+    pub(crate) job: Arc<JobShared>,
+    node_id: String,
+    node_type: String,
+    node_name: String,
+}
+
+impl ProcessingContext {
+    pub(crate) fn new(
+        job: Arc<JobShared>,
+        node_id: &str,
+        node_type: &str,
+        node_name: &str,
+    ) -> Self {
+        Self {
+            job,
+            node_id: node_id.to_owned(),
+            node_type: node_type.to_owned(),
+            node_name: node_name.to_owned(),
+        }
+    }
+
+    pub fn job_id(&self) -> &str {
+        &self.job.job_id
+    }
+
+    pub fn user_id(&self) -> &str {
+        &self.job.user_id
+    }
+
+    pub fn workflow_id(&self) -> &str {
+        &self.job.workflow_id
+    }
+
+    pub fn node_id(&self) -> &str {
+        &self.node_id
+    }
+
+    pub fn node_type(&self) -> &str {
+        &self.node_type
+    }
+
+    /// Cancelled when the job is cancelled, times out or another node fails. Long-running nodes
+    /// should select on it; every `emit` and inbox read already does.
+    pub fn cancellation(&self) -> &CancellationToken {
+        &self.job.cancel
+    }
+
+    pub fn is_cancelled(&self) -> bool {
+        self.job.cancel.is_cancelled()
+    }
+
+    /// `Err(Cancelled)` if the job is being cancelled: a cheap check for loops.
+    pub fn check_cancelled(&self) -> Result<()> {
+        if self.is_cancelled() {
+            Err(Error::new(ErrorKind::Cancelled, "job cancelled"))
+        } else {
+            Ok(())
+        }
+    }
+
+    /// Sleeps, waking early with `Err(Cancelled)` when the job is cancelled.
+    pub async fn sleep(&self, duration: Duration) -> Result<()> {
+        tokio::select! {
+            _ = self.job.cancel.cancelled() => Err(Error::new(ErrorKind::Cancelled, "job cancelled")),
+            _ = tokio::time::sleep(duration) => Ok(()),
+        }
+    }
+
+    pub fn post(&self, event: Event) {
+        self.job.poster.post(event);
+    }
+
+    pub fn post_progress(&self, progress: i64, total: i64) {
+        self.post(Event::NodeProgress(NodeProgress {
+            node_id: self.node_id.clone(),
+            progress,
+            total,
+            chunk: String::new(),
+            workflow_id: Some(self.job.workflow_id.clone()),
+        }));
+    }
+
+    pub fn log(&self, severity: Severity, content: impl Into<String>) {
+        self.post(Event::LogUpdate(LogUpdate {
+            node_id: self.node_id.clone(),
+            node_name: self.node_name.clone(),
+            content: content.into(),
+            severity,
+            workflow_id: Some(self.job.workflow_id.clone()),
+        }));
+    }
+
+    pub fn notify(&self, severity: Severity, content: impl Into<String>) {
+        self.post(Event::Notification(Notification {
+            node_id: self.node_id.clone(),
+            content: content.into(),
+            severity,
+            workflow_id: Some(self.job.workflow_id.clone()),
+        }));
+    }
+
+    pub fn post_preview(&self, value: Value) {
+        self.post(Event::PreviewUpdate(PreviewUpdate {
+            node_id: self.node_id.clone(),
+            value,
+        }));
+    }
+
+    /// Appends `value` to the job result under `name` and posts an `output_update`.
+    pub fn record_output(&self, name: &str, value: Value) {
+        self.post(Event::OutputUpdate(OutputUpdate {
+            node_id: self.node_id.clone(),
+            node_name: name.to_owned(),
+            output_name: name.to_owned(),
+            output_type: crate::types::type_of(&value).to_owned(),
+            value: value.clone(),
+            metadata: Map::new(),
+            workflow_id: Some(self.job.workflow_id.clone()),
+        }));
+        let mut results = self.job.results.lock().unwrap_or_else(|p| p.into_inner());
+        match results
+            .entry(name.to_owned())
+            .or_insert_with(|| Value::Array(Vec::new()))
+        {
+            Value::Array(items) => items.push(value),
+            other => *other = Value::Array(vec![value]),
+        }
+    }
+
+    /// A secret passed in with the job (never read from the environment here).
+    pub fn secret(&self, name: &str) -> Option<&str> {
+        self.job.secrets.get(name).map(String::as_str)
+    }
+
+    /// Like [`secret`](Self::secret), but a missing secret is a clear error.
+    pub fn require_secret(&self, name: &str) -> Result<&str> {
+        self.secret(name).ok_or_else(|| {
+            Error::new(
+                ErrorKind::ConfigInvalid,
+                format!("secret {name} is not set for this job"),
+            )
+            .with_operation("context.secret")
+        })
+    }
+
+    pub fn asset_storage(&self) -> &Arc<dyn Storage> {
+        &self.job.resources.asset_storage
+    }
+
+    pub fn temp_storage(&self) -> &Arc<dyn Storage> {
+        &self.job.resources.temp_storage
+    }
+
+    pub fn node_cache(&self) -> &Arc<dyn NodeCache> {
+        &self.job.resources.node_cache
+    }
+
+    /// The URL clients use to fetch an asset key.
+    pub async fn asset_url(&self, key: &str) -> Result<String> {
+        let key = StorageKey::new(key)?;
+        self.job.resources.asset_storage.url(&key).await
+    }
+
+    /// Streams the bytes an asset ref (`{type, uri, asset_id?, data?}`) points to.
+    ///
+    /// `asset://KEY` and a bare `asset_id` read asset storage, `temp://KEY` temp storage; inline
+    /// `data` (bytes as a list of numbers or a string) is returned as is.
+    pub async fn download_asset(&self, asset: &Value) -> Result<ByteStream> {
+        if let Some(data) = asset.get("data").filter(|d| !d.is_null()) {
+            return Ok(nodetool_core::storage::once(inline_bytes(data)?));
+        }
+        let (storage, key) = self.locate(asset)?;
+        Ok(storage.download(&key, None).await?.body)
+    }
+
+    /// The whole asset in memory (small assets; use [`download_asset`](Self::download_asset)
+    /// for large ones).
+    pub async fn asset_bytes(&self, asset: &Value) -> Result<Bytes> {
+        nodetool_core::storage::collect(self.download_asset(asset).await?).await
+    }
+
+    fn locate(&self, asset: &Value) -> Result<(Arc<dyn Storage>, StorageKey)> {
+        let uri = asset.get("uri").and_then(Value::as_str).unwrap_or("");
+        if let Some(key) = uri.strip_prefix("asset://") {
+            return Ok((self.asset_storage().clone(), StorageKey::new(key)?));
+        }
+        if let Some(key) = uri.strip_prefix("temp://") {
+            return Ok((self.temp_storage().clone(), StorageKey::new(key)?));
+        }
+        if let Some(id) = asset.get("asset_id").and_then(Value::as_str) {
+            return Ok((self.asset_storage().clone(), StorageKey::new(id)?));
+        }
+        Err(Error::new(
+            ErrorKind::Unsupported,
+            format!(
+                "cannot load asset from uri {uri:?}: expected asset://, temp:// or an asset_id"
+            ),
+        )
+        .with_operation("context.download_asset"))
+    }
+
+    /// Stores `bytes` as a new asset of the job's user and returns its ref
+    /// `{type, uri: "asset://KEY", asset_id: KEY, content_type}`. The key is
+    /// `{user_id}/{new_id}{ext}`, so the blob exists before anything refers to it.
+    pub async fn create_asset(
+        &self,
+        asset_type: &str,
+        content_type: &str,
+        bytes: Bytes,
+    ) -> Result<Value> {
+        let ext = nodetool_core::storage::extension_for(content_type)
+            .map(|e| format!(".{e}"))
+            .unwrap_or_default();
+        let user = if self.user_id().is_empty() {
+            "anonymous"
+        } else {
+            self.user_id()
+        };
+        let key = StorageKey::new(format!("{user}/{}{ext}", nodetool_core::id::new_id()))?;
+        self.asset_storage()
+            .upload_bytes(&key, bytes, PutOptions::content_type(content_type))
+            .await?;
+        Ok(json!({
+            "type": asset_type,
+            "uri": format!("asset://{}", key.as_str()),
+            "asset_id": key.as_str(),
+            "content_type": content_type,
+        }))
+    }
+
+    /// Writes an intermediate to temp storage under this job's prefix and returns its key.
+    pub async fn put_temp(&self, name: &str, bytes: Bytes) -> Result<StorageKey> {
+        let key = StorageKey::new(format!("jobs/{}/{}", self.job_id(), name))?;
+        self.temp_storage()
+            .upload_bytes(&key, bytes, PutOptions::default())
+            .await?;
+        Ok(key)
+    }
+}
+
+fn inline_bytes(data: &Value) -> Result<Bytes> {
+    match data {
+        Value::String(s) => Ok(Bytes::from(s.clone().into_bytes())),
+        Value::Array(items) => items
+            .iter()
+            .map(|b| {
+                b.as_u64()
+                    .and_then(|b| u8::try_from(b).ok())
+                    .ok_or_else(|| {
+                        Error::invalid_input("inline asset data must be bytes (0..=255)")
+                    })
+            })
+            .collect::<Result<Vec<u8>>>()
+            .map(Bytes::from),
+        _ => Err(Error::invalid_input(
+            "inline asset data must be a string or a byte list",
+        )),
+    }
+}
+
+impl fmt::Display for ProcessingContext {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} ({})", self.node_id, self.node_type)
+    }
+}

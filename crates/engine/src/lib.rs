@@ -1,0 +1,32 @@
+//! The NodeTool workflow engine.
+//!
+//! - [`graph`]: NodeTool graph JSON and workflow files ([`parse_workflow`]).
+//! - [`validate()`]: every problem of a graph, before anything runs.
+//! - [`node`]: the node contract ([`NodeImpl`], [`NodeSpec`]) and [`registry`] of built-ins
+//!   ([`nodes`]).
+//! - [`runner`]: [`Engine::run`], one tokio task per node with bounded per-handle inboxes.
+//! - [`events`]: NodeTool's typed messages with `job_id` and `seq`.
+//! - [`context`]: the [`ProcessingContext`] nodes run with.
+//!
+//! The engine names no storage or cache backend: it takes them as trait objects in
+//! [`EngineResources`].
+
+pub mod context;
+pub mod events;
+pub mod graph;
+pub mod node;
+pub mod nodes;
+pub mod registry;
+pub mod runner;
+pub mod types;
+pub mod validate;
+
+pub use context::{EngineResources, ProcessingContext};
+pub use events::{Event, EventEnvelope, EventPoster, EventSink, NullSink, Status, VecSink};
+pub use graph::{parse_workflow, Edge, EdgeType, Graph, Node, SyncMode, Workflow};
+pub use node::{
+    Emitter, FnNode, Inbox, InputSpec, NodeImpl, NodeInputs, NodeKind, NodeSpec, OutputSpec,
+};
+pub use registry::Registry;
+pub use runner::{Engine, RunOptions, RunOutcome, RunRequest};
+pub use validate::{validate, Problem, ProblemKind, ValidationError};

@@ -1,0 +1,682 @@
+//! The node contract: what a node type declares ([`NodeSpec`]) and does ([`NodeImpl`]), the
+//! values it gets ([`NodeInputs`]), where it sends results ([`Emitter`]) and, for nodes that
+//! drain their inputs themselves, the [`Inbox`].
+
+use std::collections::VecDeque;
+use std::fmt;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use serde_json::{Map, Value};
+use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
+use tokio_util::sync::CancellationToken;
+
+use nodetool_core::{Error, ErrorKind, Result};
+
+use crate::context::ProcessingContext;
+use crate::events::{EdgeStatus, EdgeUpdate, Event, EventPoster};
+
+/// What role a node plays for the runner.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NodeKind {
+    /// An ordinary node.
+    Normal,
+    /// A workflow input: its `value` is replaced by the job param named by its `name`.
+    Input,
+    /// A workflow output: every value it receives goes into `result[name]`.
+    Output,
+    /// Does nothing and is not run (Comment, Group).
+    Inert,
+}
+
+/// One declared input (property).
+#[derive(Debug, Clone, PartialEq)]
+pub struct InputSpec {
+    pub name: String,
+    /// NodeTool type name, e.g. `str`, `int`, `list[any]`.
+    pub type_name: String,
+    /// Used when neither `data` nor an edge gives a value.
+    pub default: Value,
+    /// The node cannot run without a non-null value (from `data` or an edge).
+    pub required: bool,
+}
+
+/// One declared output slot.
+#[derive(Debug, Clone, PartialEq)]
+pub struct OutputSpec {
+    pub name: String,
+    pub type_name: String,
+}
+
+/// Everything the engine knows about a node type before running it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NodeSpec {
+    /// Fully qualified NodeTool type, e.g. `nodetool.text.Concat`.
+    pub node_type: String,
+    /// Human title, NodeTool's `node_name` in events (e.g. "Concatenate Text").
+    pub title: String,
+    pub inputs: Vec<InputSpec>,
+    pub outputs: Vec<OutputSpec>,
+    /// A generator: `process` emits many items, each routed downstream immediately.
+    pub streaming: bool,
+    /// Drains its inbox itself through [`NodeImpl::run_stream`] (Output, Collect).
+    pub consumes_stream: bool,
+    /// Outputs may be memoised in the node cache. Opt-in: side effects and cheap nodes say no.
+    pub cacheable: bool,
+    /// Accepts properties it does not declare (`dynamic_properties`).
+    pub dynamic: bool,
+    /// Implementation version, part of the cache key: bump it when behaviour changes.
+    pub version: String,
+    pub kind: NodeKind,
+}
+
+impl NodeSpec {
+    pub fn new(node_type: impl Into<String>, title: impl Into<String>) -> Self {
+        Self {
+            node_type: node_type.into(),
+            title: title.into(),
+            inputs: Vec::new(),
+            outputs: Vec::new(),
+            streaming: false,
+            consumes_stream: false,
+            cacheable: false,
+            dynamic: false,
+            version: "1".to_owned(),
+            kind: NodeKind::Normal,
+        }
+    }
+
+    /// An optional input with a default.
+    pub fn input(mut self, name: &str, type_name: &str, default: Value) -> Self {
+        self.inputs.push(InputSpec {
+            name: name.to_owned(),
+            type_name: type_name.to_owned(),
+            default,
+            required: false,
+        });
+        self
+    }
+
+    /// An input that must be given (literal or wired).
+    pub fn required(mut self, name: &str, type_name: &str) -> Self {
+        self.inputs.push(InputSpec {
+            name: name.to_owned(),
+            type_name: type_name.to_owned(),
+            default: Value::Null,
+            required: true,
+        });
+        self
+    }
+
+    pub fn output(mut self, name: &str, type_name: &str) -> Self {
+        self.outputs.push(OutputSpec {
+            name: name.to_owned(),
+            type_name: type_name.to_owned(),
+        });
+        self
+    }
+
+    pub fn streaming(mut self) -> Self {
+        self.streaming = true;
+        self
+    }
+
+    pub fn consumes_stream(mut self) -> Self {
+        self.consumes_stream = true;
+        self
+    }
+
+    pub fn cacheable(mut self) -> Self {
+        self.cacheable = true;
+        self
+    }
+
+    pub fn dynamic(mut self) -> Self {
+        self.dynamic = true;
+        self
+    }
+
+    pub fn version(mut self, version: &str) -> Self {
+        self.version = version.to_owned();
+        self
+    }
+
+    pub fn kind(mut self, kind: NodeKind) -> Self {
+        self.kind = kind;
+        self
+    }
+
+    pub fn input_spec(&self, name: &str) -> Option<&InputSpec> {
+        self.inputs.iter().find(|i| i.name == name)
+    }
+
+    pub fn output_spec(&self, name: &str) -> Option<&OutputSpec> {
+        self.outputs.iter().find(|o| o.name == name)
+    }
+}
+
+/// A node type's behaviour. Object-safe: the registry holds `Arc<dyn NodeImpl>`, one instance per
+/// type shared by every job, so implementations keep no per-run state in `self`.
+#[async_trait]
+pub trait NodeImpl: Send + Sync + fmt::Debug + 'static {
+    fn spec(&self) -> &NodeSpec;
+
+    /// One firing: read `inputs`, emit outputs. A streaming node may emit the same slot many
+    /// times; every emit of a streaming node reaches downstream before `emit` returns.
+    async fn process(
+        &self,
+        ctx: &ProcessingContext,
+        inputs: &NodeInputs,
+        out: &mut Emitter,
+    ) -> Result<()>;
+
+    /// For `consumes_stream` nodes: called once; drains `inbox` itself. `props` holds the literal
+    /// (unwired) properties.
+    async fn run_stream(
+        &self,
+        ctx: &ProcessingContext,
+        props: &NodeInputs,
+        inbox: &mut Inbox,
+        out: &mut Emitter,
+    ) -> Result<()> {
+        let _ = (ctx, props, inbox, out);
+        Err(Error::new(
+            ErrorKind::Unsupported,
+            "this node does not consume streams",
+        ))
+    }
+}
+
+/// A node's resolved property values for one firing, with typed getters whose errors name the
+/// property and the type found.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct NodeInputs {
+    values: Map<String, Value>,
+}
+
+fn kind_of(v: &Value) -> &'static str {
+    crate::types::type_of(v)
+}
+
+fn wrong_type(name: &str, want: &str, got: &Value) -> Error {
+    Error::invalid_input(format!(
+        "input `{name}` must be {want}, got {} ({})",
+        kind_of(got),
+        truncate(&got.to_string(), 80)
+    ))
+    .with_context("input", name)
+}
+
+fn truncate(s: &str, max: usize) -> String {
+    if s.len() <= max {
+        return s.to_owned();
+    }
+    let mut end = max;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}…", &s[..end])
+}
+
+impl NodeInputs {
+    pub fn new(values: Map<String, Value>) -> Self {
+        Self { values }
+    }
+
+    pub fn as_map(&self) -> &Map<String, Value> {
+        &self.values
+    }
+
+    pub fn into_map(self) -> Map<String, Value> {
+        self.values
+    }
+
+    pub fn set(&mut self, name: impl Into<String>, value: Value) {
+        self.values.insert(name.into(), value);
+    }
+
+    /// The raw value; `Null` when absent.
+    pub fn value(&self, name: &str) -> Value {
+        self.values.get(name).cloned().unwrap_or(Value::Null)
+    }
+
+    pub fn get(&self, name: &str) -> Option<&Value> {
+        self.values.get(name).filter(|v| !v.is_null())
+    }
+
+    /// A string; `null` or absent reads as "" (NodeTool's default for text properties).
+    pub fn str(&self, name: &str) -> Result<String> {
+        match self.get(name) {
+            None => Ok(String::new()),
+            Some(Value::String(s)) => Ok(s.clone()),
+            Some(v) => Err(wrong_type(name, "str", v)),
+        }
+    }
+
+    /// A string, with numbers and booleans printed (for text-ish inputs typed `any`).
+    pub fn text(&self, name: &str) -> String {
+        match self.get(name) {
+            None => String::new(),
+            Some(v) => value_to_text(v),
+        }
+    }
+
+    pub fn i64(&self, name: &str) -> Result<i64> {
+        match self.get(name) {
+            Some(Value::Number(n)) => match n.as_i64() {
+                Some(i) => Ok(i),
+                // A whole float is accepted as an int (JSON writers print 3.0).
+                None => n
+                    .as_f64()
+                    .filter(|f| f.fract() == 0.0 && f.abs() < 9.0e15)
+                    .map(|f| f as i64)
+                    .ok_or_else(|| wrong_type(name, "int", &Value::Number(n.clone()))),
+            },
+            Some(v) => Err(wrong_type(name, "int", v)),
+            None => Err(
+                Error::invalid_input(format!("input `{name}` is required (int)"))
+                    .with_context("input", name),
+            ),
+        }
+    }
+
+    pub fn opt_i64(&self, name: &str) -> Result<Option<i64>> {
+        match self.get(name) {
+            None => Ok(None),
+            Some(_) => self.i64(name).map(Some),
+        }
+    }
+
+    pub fn f64(&self, name: &str) -> Result<f64> {
+        match self.get(name) {
+            Some(Value::Number(n)) => n
+                .as_f64()
+                .ok_or_else(|| wrong_type(name, "float", &Value::Number(n.clone()))),
+            Some(v) => Err(wrong_type(name, "float", v)),
+            None => Err(
+                Error::invalid_input(format!("input `{name}` is required (float)"))
+                    .with_context("input", name),
+            ),
+        }
+    }
+
+    pub fn bool(&self, name: &str) -> Result<bool> {
+        match self.get(name) {
+            None => Ok(false),
+            Some(Value::Bool(b)) => Ok(*b),
+            Some(v) => Err(wrong_type(name, "bool", v)),
+        }
+    }
+
+    /// A list; `null` or absent reads as empty.
+    pub fn list(&self, name: &str) -> Result<Vec<Value>> {
+        match self.get(name) {
+            None => Ok(Vec::new()),
+            Some(Value::Array(a)) => Ok(a.clone()),
+            Some(v) => Err(wrong_type(name, "list", v)),
+        }
+    }
+
+    /// A dict; `null` or absent reads as empty.
+    pub fn dict(&self, name: &str) -> Result<Map<String, Value>> {
+        match self.get(name) {
+            None => Ok(Map::new()),
+            Some(Value::Object(m)) => Ok(m.clone()),
+            Some(v) => Err(wrong_type(name, "dict", v)),
+        }
+    }
+}
+
+/// How Python's `str()` prints a JSON-ish value (used where NodeTool formats values as text).
+pub fn value_to_text(v: &Value) -> String {
+    match v {
+        Value::Null => "None".to_owned(),
+        Value::Bool(true) => "True".to_owned(),
+        Value::Bool(false) => "False".to_owned(),
+        Value::String(s) => s.clone(),
+        Value::Number(n) => n.to_string(),
+        other => crate::nodes::python_json(other),
+    }
+}
+
+/// A message in a node's inbox.
+#[derive(Debug)]
+pub(crate) enum InMsg {
+    Item {
+        handle: usize,
+        value: Value,
+        // Held while the item is buffered: the handle's capacity is what backpressures producers.
+        permit: Option<OwnedSemaphorePermit>,
+    },
+    End {
+        handle: usize,
+    },
+}
+
+/// The sending half of one edge.
+#[derive(Debug)]
+pub(crate) struct Route {
+    pub edge_id: String,
+    pub handle: usize,
+    pub tx: mpsc::UnboundedSender<InMsg>,
+    pub capacity: Arc<Semaphore>,
+    pub counter: u64,
+}
+
+/// Where a node's outputs go. Buffered nodes' emits are held until the firing succeeds (so a
+/// failing node sends nothing half-done); streaming nodes' emits are routed at once.
+#[derive(Debug)]
+pub struct Emitter {
+    immediate: bool,
+    routes: Vec<(String, Vec<Route>)>,
+    pending: Vec<(String, Value)>,
+    last: Map<String, Value>,
+    poster: Arc<EventPoster>,
+    workflow_id: String,
+    cancel: CancellationToken,
+    finished: bool,
+}
+
+impl Emitter {
+    pub(crate) fn new(
+        immediate: bool,
+        routes: Vec<(String, Vec<Route>)>,
+        poster: Arc<EventPoster>,
+        workflow_id: String,
+        cancel: CancellationToken,
+    ) -> Self {
+        Self {
+            immediate,
+            routes,
+            pending: Vec::new(),
+            last: Map::new(),
+            poster,
+            workflow_id,
+            cancel,
+            finished: false,
+        }
+    }
+
+    /// Sends `value` on output `slot`. Waits while a downstream inbox is full; fails with
+    /// [`ErrorKind::Cancelled`] when the job is cancelled meanwhile.
+    pub async fn emit(&mut self, slot: &str, value: Value) -> Result<()> {
+        if self.immediate {
+            self.route(slot, &value).await?;
+            self.last.insert(slot.to_owned(), value);
+        } else {
+            self.last.insert(slot.to_owned(), value.clone());
+            self.pending.push((slot.to_owned(), value));
+        }
+        Ok(())
+    }
+
+    /// The last value emitted per slot in this firing (NodeTool's node_update `result`).
+    pub fn last_values(&self) -> &Map<String, Value> {
+        &self.last
+    }
+
+    pub(crate) fn start_firing(&mut self) {
+        self.last = Map::new();
+        self.pending.clear();
+    }
+
+    pub(crate) fn take_pending(&mut self) -> Vec<(String, Value)> {
+        std::mem::take(&mut self.pending)
+    }
+
+    pub(crate) async fn route(&mut self, slot: &str, value: &Value) -> Result<()> {
+        let Some((_, routes)) = self.routes.iter_mut().find(|(s, _)| s == slot) else {
+            return Ok(());
+        };
+        for route in routes.iter_mut() {
+            let permit = tokio::select! {
+                biased;
+                _ = self.cancel.cancelled() => {
+                    return Err(Error::new(ErrorKind::Cancelled, "job cancelled"));
+                }
+                p = route.capacity.clone().acquire_owned() => p,
+            };
+            // A closed semaphore means the consumer finished: nobody wants the value.
+            let Ok(permit) = permit else { continue };
+            let _ = route.tx.send(InMsg::Item {
+                handle: route.handle,
+                value: value.clone(),
+                permit: Some(permit),
+            });
+            route.counter += 1;
+            self.poster.post(Event::EdgeUpdate(EdgeUpdate {
+                workflow_id: self.workflow_id.clone(),
+                edge_id: route.edge_id.clone(),
+                status: EdgeStatus::MessageSent,
+                counter: Some(route.counter),
+            }));
+        }
+        Ok(())
+    }
+
+    /// End of stream on every outgoing edge. Idempotent.
+    pub(crate) fn finish(&mut self) {
+        if self.finished {
+            return;
+        }
+        self.finished = true;
+        for (_, routes) in &self.routes {
+            for route in routes {
+                let _ = route.tx.send(InMsg::End {
+                    handle: route.handle,
+                });
+                self.poster.post(Event::EdgeUpdate(EdgeUpdate {
+                    workflow_id: self.workflow_id.clone(),
+                    edge_id: route.edge_id.clone(),
+                    status: EdgeStatus::Drained,
+                    counter: None,
+                }));
+            }
+        }
+    }
+}
+
+/// A node's input handles that have edges, as one arrival-ordered queue with per-handle
+/// capacity. Used by the runner's batching and by `consumes_stream` nodes.
+#[derive(Debug)]
+pub struct Inbox {
+    names: Vec<String>,
+    rx: mpsc::UnboundedReceiver<InMsg>,
+    capacity: Vec<Arc<Semaphore>>,
+    open: Vec<bool>,
+    cancel: CancellationToken,
+    // Items taken from the channel but not yet consumed (by `recv(handle)`).
+    held: VecDeque<(usize, Value, Option<OwnedSemaphorePermit>)>,
+}
+
+impl Inbox {
+    pub(crate) fn new(
+        names: Vec<String>,
+        rx: mpsc::UnboundedReceiver<InMsg>,
+        capacity: Vec<Arc<Semaphore>>,
+        cancel: CancellationToken,
+    ) -> Self {
+        let open = vec![true; names.len()];
+        Self {
+            names,
+            rx,
+            capacity,
+            open,
+            cancel,
+            held: VecDeque::new(),
+        }
+    }
+
+    /// Names of the wired handles, in index order.
+    pub fn handles(&self) -> &[String] {
+        &self.names
+    }
+
+    pub fn handle_index(&self, name: &str) -> Option<usize> {
+        self.names.iter().position(|n| n == name)
+    }
+
+    pub fn is_open(&self, handle: usize) -> bool {
+        self.open.get(handle).copied().unwrap_or(false)
+    }
+
+    /// The next raw message, `None` once every handle has ended.
+    pub(crate) async fn next_msg(&mut self) -> Result<Option<InMsg>> {
+        if let Some((handle, value, permit)) = self.held.pop_front() {
+            return Ok(Some(InMsg::Item {
+                handle,
+                value,
+                permit,
+            }));
+        }
+        if !self.open.iter().any(|o| *o) {
+            return Ok(None);
+        }
+        let msg = tokio::select! {
+            biased;
+            _ = self.cancel.cancelled() => {
+                return Err(Error::new(ErrorKind::Cancelled, "job cancelled"));
+            }
+            m = self.rx.recv() => m,
+        };
+        match msg {
+            Some(InMsg::End { handle }) => {
+                if let Some(o) = self.open.get_mut(handle) {
+                    *o = false;
+                }
+                Ok(Some(InMsg::End { handle }))
+            }
+            Some(item) => Ok(Some(item)),
+            None => {
+                // Every producer is gone without saying so (it failed): treat as ended.
+                self.open.iter_mut().for_each(|o| *o = false);
+                Ok(None)
+            }
+        }
+    }
+
+    /// The next item on any handle in arrival order, `None` once every handle has ended.
+    pub async fn recv_any(&mut self) -> Result<Option<(String, Value)>> {
+        loop {
+            match self.next_msg().await? {
+                None => return Ok(None),
+                Some(InMsg::End { .. }) => continue,
+                Some(InMsg::Item { handle, value, .. }) => {
+                    let name = self.names.get(handle).cloned().unwrap_or_default();
+                    return Ok(Some((name, value)));
+                }
+            }
+        }
+    }
+
+    /// The next item on `handle`, `None` when it has ended (or is not wired). Items arriving on
+    /// other handles meanwhile are kept for later calls.
+    pub async fn recv(&mut self, handle: &str) -> Result<Option<Value>> {
+        let Some(idx) = self.handle_index(handle) else {
+            return Ok(None);
+        };
+        if let Some(pos) = self.held.iter().position(|(h, _, _)| *h == idx) {
+            let (_, value, _) = self.held.remove(pos).unwrap_or((idx, Value::Null, None));
+            return Ok(Some(value));
+        }
+        loop {
+            if !self.open[idx] {
+                return Ok(None);
+            }
+            let msg = tokio::select! {
+                biased;
+                _ = self.cancel.cancelled() => {
+                    return Err(Error::new(ErrorKind::Cancelled, "job cancelled"));
+                }
+                m = self.rx.recv() => m,
+            };
+            match msg {
+                None => {
+                    self.open.iter_mut().for_each(|o| *o = false);
+                    return Ok(None);
+                }
+                Some(InMsg::End { handle }) => {
+                    if let Some(o) = self.open.get_mut(handle) {
+                        *o = false;
+                    }
+                }
+                Some(InMsg::Item {
+                    handle,
+                    value,
+                    permit,
+                }) => {
+                    if handle == idx {
+                        return Ok(Some(value));
+                    }
+                    self.held.push_back((handle, value, permit));
+                }
+            }
+        }
+    }
+
+    /// Refuses further items: producers blocked on a full handle give up instead of waiting on
+    /// a consumer that has stopped.
+    pub(crate) fn close(&mut self) {
+        for sem in &self.capacity {
+            sem.close();
+        }
+        self.held.clear();
+        self.rx.close();
+        while let Ok(msg) = self.rx.try_recv() {
+            drop(msg);
+        }
+    }
+}
+
+impl Drop for Inbox {
+    fn drop(&mut self) {
+        for sem in &self.capacity {
+            sem.close();
+        }
+    }
+}
+
+/// A node made of a synchronous function of its inputs with one `output` slot: most of the
+/// built-in library.
+pub struct FnNode {
+    spec: NodeSpec,
+    #[allow(clippy::type_complexity)]
+    f: Box<dyn Fn(&NodeInputs) -> Result<Value> + Send + Sync>,
+}
+
+impl FnNode {
+    pub fn new(
+        spec: NodeSpec,
+        f: impl Fn(&NodeInputs) -> Result<Value> + Send + Sync + 'static,
+    ) -> Self {
+        Self {
+            spec,
+            f: Box::new(f),
+        }
+    }
+}
+
+impl fmt::Debug for FnNode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("FnNode")
+            .field("type", &self.spec.node_type)
+            .finish()
+    }
+}
+
+#[async_trait]
+impl NodeImpl for FnNode {
+    fn spec(&self) -> &NodeSpec {
+        &self.spec
+    }
+
+    async fn process(
+        &self,
+        _ctx: &ProcessingContext,
+        inputs: &NodeInputs,
+        out: &mut Emitter,
+    ) -> Result<()> {
+        let v = (self.f)(inputs)?;
+        out.emit("output", v).await
+    }
+}

@@ -1,0 +1,42 @@
+//! `nodetool.constant.*`: a literal `value` on `output`.
+
+use serde_json::{json, Value};
+
+use crate::node::NodeSpec;
+use crate::registry::Registry;
+
+use super::fn_node;
+
+pub fn register(r: &mut Registry) {
+    let constants: [(&str, &str, &str, Value); 6] = [
+        ("String", "String", "str", json!("")),
+        ("Integer", "Integer", "int", json!(0)),
+        ("Float", "Float", "float", json!(0.0)),
+        ("Bool", "Bool", "bool", json!(false)),
+        ("List", "List", "list[any]", json!([])),
+        ("Dict", "Dict", "dict[str, any]", json!({})),
+    ];
+    for (class, title, ty, default) in constants {
+        fn_node(
+            r,
+            NodeSpec::new(format!("nodetool.constant.{class}"), title)
+                .input("value", ty, default)
+                .output("output", ty),
+            |i| Ok(i.value("value")),
+        );
+    }
+    for (class, ty) in [
+        ("Image", "image"),
+        ("Audio", "audio"),
+        ("Video", "video"),
+        ("Document", "document"),
+    ] {
+        fn_node(
+            r,
+            NodeSpec::new(format!("nodetool.constant.{class}"), class)
+                .input("value", ty, json!({"type": ty, "uri": ""}))
+                .output("output", ty),
+            |i| Ok(i.value("value")),
+        );
+    }
+}

@@ -1,0 +1,104 @@
+//! File I/O on one dedicated blocking thread per transfer, joined to async code by a small
+//! bounded channel. `tokio::fs` hops to the blocking pool for every read or write; at 1 MiB
+//! chunks a dedicated thread halves the cost of streaming a large file, and the channel bound
+//! keeps memory at a few chunks whatever the file size.
+
+use std::io::{Read, Seek, SeekFrom, Write};
+
+use bytes::{Bytes, BytesMut};
+use futures::StreamExt;
+use nodetool_core::storage::ByteStream;
+use nodetool_core::{Error, Result};
+
+/// Chunk size of file streams.
+pub const FILE_CHUNK: usize = 1024 * 1024;
+/// Chunks buffered between the I/O thread and the async side.
+const DEPTH: usize = 2;
+
+/// Streams `len` bytes of `file` from `offset`, in [`FILE_CHUNK`] pieces.
+pub fn read_stream(mut file: std::fs::File, offset: u64, len: u64) -> ByteStream {
+    let (tx, rx) = tokio::sync::mpsc::channel::<Result<Bytes>>(DEPTH);
+    tokio::task::spawn_blocking(move || {
+        if offset > 0 {
+            if let Err(e) = file.seek(SeekFrom::Start(offset)) {
+                let _ = tx.blocking_send(Err(Error::from(e).with_operation("file.read")));
+                return;
+            }
+        }
+        let mut left = len;
+        while left > 0 {
+            let want = left.min(FILE_CHUNK as u64) as usize;
+            let mut buf = BytesMut::zeroed(want);
+            let mut filled = 0;
+            while filled < want {
+                match file.read(&mut buf[filled..]) {
+                    Ok(0) => break,
+                    Ok(n) => filled += n,
+                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                    Err(e) => {
+                        let _ = tx.blocking_send(Err(Error::from(e).with_operation("file.read")));
+                        return;
+                    }
+                }
+            }
+            if filled == 0 {
+                let _ = tx.blocking_send(Err(Error::unexpected(format!(
+                    "file ended {left} bytes early (truncated while being read)"
+                ))
+                .with_operation("file.read")));
+                return;
+            }
+            buf.truncate(filled);
+            left -= filled as u64;
+            // The receiver is gone when the client stopped reading: stop too.
+            if tx.blocking_send(Ok(buf.freeze())).is_err() {
+                return;
+            }
+        }
+    });
+    tokio_stream::wrappers::ReceiverStream::new(rx).boxed()
+}
+
+/// Writes every chunk of `body` to `out` and flushes it; `finish` then runs on the same thread
+/// (e.g. `File::sync_data`). Returns the bytes written. On a stream or I/O error the output is
+/// left partial: the caller owns cleanup.
+pub async fn write_stream<W, F>(out: W, mut body: ByteStream, finish: F) -> Result<u64>
+where
+    W: Write + Send + 'static,
+    F: FnOnce(&mut W) -> std::io::Result<()> + Send + 'static,
+{
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<Bytes>(DEPTH);
+    let writer = tokio::task::spawn_blocking(move || -> Result<u64> {
+        let mut out = std::io::BufWriter::with_capacity(FILE_CHUNK, out);
+        let mut written = 0u64;
+        while let Some(chunk) = rx.blocking_recv() {
+            out.write_all(&chunk)?;
+            written += chunk.len() as u64;
+        }
+        let mut out = out.into_inner().map_err(|e| Error::from(e.into_error()))?;
+        finish(&mut out)?;
+        Ok(written)
+    });
+    let mut stream_error = None;
+    while let Some(chunk) = body.next().await {
+        match chunk {
+            Ok(chunk) => {
+                if tx.send(chunk).await.is_err() {
+                    break; // The writer failed; its error is reported below.
+                }
+            }
+            Err(e) => {
+                stream_error = Some(e);
+                break;
+            }
+        }
+    }
+    drop(tx);
+    let written = writer
+        .await
+        .map_err(|e| Error::unexpected("file writer thread failed").with_source(e))?;
+    match stream_error {
+        Some(e) => Err(e),
+        None => written,
+    }
+}
