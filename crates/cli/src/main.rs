@@ -2,6 +2,7 @@
 //! call into the library crates, turn errors into messages and exit codes.
 
 mod run_cmd;
+mod serve_cmd;
 mod settings_cmd;
 mod storage_cmd;
 
@@ -24,6 +25,8 @@ struct Cli {
 enum Command {
     /// Run a NodeTool workflow file and print its outputs.
     Run(run_cmd::RunArgs),
+    /// Serve the HTTP API (storage, assets) on 127.0.0.1:7777.
+    Serve(serve_cmd::ServeArgs),
     /// Show settings and where each value came from.
     Settings {
         #[command(subcommand)]
@@ -49,17 +52,28 @@ fn main() -> ExitCode {
     let result = runtime.block_on(async {
         match cli.command {
             Command::Run(args) => run_cmd::run(args).await,
+            Command::Serve(args) => serve_cmd::run(args).await,
             Command::Settings { command } => settings_cmd::run(command),
             Command::Storage { command } => storage_cmd::run(command).await,
         }
     });
     match result {
         Ok(code) => code,
+        // `nodetool run --jsonl | head`: the reader left; that is not an error worth a message.
+        Err(err) if is_broken_pipe(&err) => ExitCode::SUCCESS,
         Err(err) => {
             eprintln!("error: {err:#}");
             ExitCode::FAILURE
         }
     }
+}
+
+fn is_broken_pipe(err: &anyhow::Error) -> bool {
+    err.chain().any(|cause| {
+        cause
+            .downcast_ref::<std::io::Error>()
+            .is_some_and(|e| e.kind() == std::io::ErrorKind::BrokenPipe)
+    })
 }
 
 fn init_tracing(filter: Option<&str>) {

@@ -135,7 +135,16 @@ pub async fn run(command: StorageCommand) -> anyhow::Result<ExitCode> {
             presign,
             target,
         } => {
-            let (storage, key) = open(&target, &key)?;
+            // Sign file/memory URLs with the server's key so that they open without a token.
+            let key = StorageKey::new(key)?;
+            let settings = crate::load_settings()?;
+            let signer = nodetool_storage::UrlSigner::new(
+                &nodetool_runtime::url_signing_key(&settings)?,
+                crate::serve_cmd::SIGNED_URL_TTL,
+            )?;
+            let storage = Resources::new(settings, ResourceOptions { use_s3: target.s3 })
+                .with_url_signer(signer)
+                .storage(role(&target))?;
             let url = match presign {
                 Some(secs) => {
                     storage

@@ -1,0 +1,386 @@
+//! Authentication: who is calling, put into request extensions as a [`Caller`].
+//!
+//! Providers (`AUTH_PROVIDER`): `none`/`local` (everyone is user "1"), `static`
+//! (`SERVER_AUTH_TOKEN`, a comma-separated list for rotation, compared in constant time; the
+//! caller is user "1"), `supabase` (a JWT, checked locally with `SUPABASE_JWT_SECRET` or against
+//! `{SUPABASE_URL}/auth/v1/user`, cached for `AUTH_CACHE_TTL`). Tokens come from
+//! `Authorization: Bearer`. Without a token, a GET or HEAD of a storage route may carry a URL
+//! signature instead ([`nodetool_storage::UrlSigner`]); it grants that one path and nothing else.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::{Request, State};
+use axum::http::{header, Method, StatusCode};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use jsonwebtoken::{Algorithm, DecodingKey, Validation};
+use nodetool_config::{AuthProvider, Settings};
+use nodetool_core::{Error, ErrorKind, Result, StorageKey};
+use sha2::{Digest, Sha256};
+use subtle::ConstantTimeEq;
+
+use crate::error::ApiError;
+use crate::AppState;
+
+/// The single user of the `none`, `local` and `static` providers.
+pub const LOCAL_USER: &str = "1";
+
+/// Who made a request; set by the auth middleware on every route except `/health` and
+/// `/metrics`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Caller {
+    /// An authenticated user.
+    User(String),
+    /// No token, but a valid unexpired signature for exactly the requested path (GET/HEAD of a
+    /// storage route only).
+    SignedUrl,
+}
+
+impl Caller {
+    pub fn user_id(&self) -> Option<&str> {
+        match self {
+            Caller::User(id) => Some(id),
+            Caller::SignedUrl => None,
+        }
+    }
+}
+
+/// The authenticated user, for handlers that need one (a signed URL is not enough).
+#[derive(Debug, Clone)]
+pub struct AuthUser(pub String);
+
+impl<S: Send + Sync> axum::extract::FromRequestParts<S> for AuthUser {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        _state: &S,
+    ) -> std::result::Result<Self, Self::Rejection> {
+        match parts.extensions.get::<Caller>() {
+            Some(Caller::User(id)) => Ok(AuthUser(id.clone())),
+            _ => Err(ApiError::unauthorized("a bearer token is required")),
+        }
+    }
+}
+
+/// Why a token was refused.
+#[derive(Debug)]
+pub enum AuthError {
+    /// Wrong, expired or malformed token: 401.
+    Invalid(&'static str),
+    /// The identity provider could not be asked: 503.
+    Unavailable(Error),
+}
+
+/// Checks bearer tokens for the configured provider.
+#[derive(Clone)]
+pub enum Authenticator {
+    /// `none`/`local`: no token needed, every caller is user "1".
+    Local,
+    /// `static`: any of these tokens is user "1".
+    Static { tokens: Arc<Vec<Vec<u8>>> },
+    /// `supabase`: JWTs.
+    Supabase(Arc<SupabaseAuth>),
+}
+
+impl std::fmt::Debug for Authenticator {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never print tokens or secrets.
+        match self {
+            Authenticator::Local => f.write_str("Authenticator::Local"),
+            Authenticator::Static { tokens } => {
+                write!(f, "Authenticator::Static({} tokens)", tokens.len())
+            }
+            Authenticator::Supabase(s) => write!(
+                f,
+                "Authenticator::Supabase(local_jwt={}, remote={})",
+                s.jwt.is_some(),
+                s.remote.is_some()
+            ),
+        }
+    }
+}
+
+/// Supabase JWT checking: locally with the project's JWT secret when it is known, else through
+/// the Auth server's user endpoint, with a cache so that each token is checked once per TTL.
+pub struct SupabaseAuth {
+    jwt: Option<(DecodingKey, Validation)>,
+    remote: Option<RemoteCheck>,
+    /// sha256(token) → user id.
+    cache: moka::future::Cache<[u8; 32], String>,
+}
+
+impl std::fmt::Debug for SupabaseAuth {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SupabaseAuth")
+            .field("local_jwt", &self.jwt.is_some())
+            .field("remote", &self.remote.as_ref().map(|r| &r.user_url))
+            .finish_non_exhaustive()
+    }
+}
+
+struct RemoteCheck {
+    http: reqwest::Client,
+    user_url: String,
+    api_key: Option<String>,
+}
+
+#[derive(serde::Deserialize)]
+struct Claims {
+    sub: String,
+}
+
+#[derive(serde::Deserialize)]
+struct SupabaseUser {
+    id: String,
+}
+
+impl SupabaseAuth {
+    /// `jwt_secret` verifies HS256 tokens locally; otherwise `url` (the project URL) and
+    /// `api_key` (sent as `apikey`) are used to ask Supabase Auth.
+    pub fn new(
+        jwt_secret: Option<&str>,
+        url: Option<&str>,
+        api_key: Option<&str>,
+        cache_ttl: Duration,
+    ) -> Result<Self> {
+        let jwt = jwt_secret.map(|secret| {
+            let mut validation = Validation::new(Algorithm::HS256);
+            // Supabase user sessions carry aud "authenticated"; anon and service keys have no
+            // `sub` and are refused below.
+            validation.set_audience(&["authenticated"]);
+            validation.set_required_spec_claims(&["exp", "sub"]);
+            (DecodingKey::from_secret(secret.as_bytes()), validation)
+        });
+        let remote = match (jwt.is_some(), url) {
+            (false, Some(url)) => Some(RemoteCheck {
+                http: reqwest::Client::builder()
+                    .timeout(Duration::from_secs(10))
+                    .build()
+                    .map_err(|e| {
+                        Error::unexpected("cannot build the HTTP client")
+                            .with_operation("auth.supabase.new")
+                            .with_source(e)
+                    })?,
+                user_url: format!("{}/auth/v1/user", url.trim_end_matches('/')),
+                api_key: api_key.map(str::to_owned),
+            }),
+            _ => None,
+        };
+        if jwt.is_none() && remote.is_none() {
+            return Err(Error::config(
+                "AUTH_PROVIDER=supabase needs SUPABASE_JWT_SECRET or SUPABASE_URL",
+            )
+            .with_operation("auth.supabase.new"));
+        }
+        Ok(Self {
+            jwt,
+            remote,
+            cache: moka::future::Cache::builder()
+                .max_capacity(100_000)
+                .time_to_live(cache_ttl.max(Duration::from_secs(1)))
+                .build(),
+        })
+    }
+
+    async fn authenticate(&self, token: &str) -> std::result::Result<String, AuthError> {
+        if let Some((key, validation)) = &self.jwt {
+            return jsonwebtoken::decode::<Claims>(token, key, validation)
+                .map(|data| data.claims.sub)
+                .map_err(|e| {
+                    tracing::debug!(error = %e, "supabase JWT refused");
+                    AuthError::Invalid("invalid or expired token")
+                });
+        }
+        let digest: [u8; 32] = Sha256::digest(token.as_bytes()).into();
+        if let Some(user) = self.cache.get(&digest).await {
+            return Ok(user);
+        }
+        let Some(remote) = &self.remote else {
+            return Err(AuthError::Invalid("invalid token"));
+        };
+        let mut request = remote.http.get(&remote.user_url).bearer_auth(token);
+        if let Some(key) = &remote.api_key {
+            request = request.header("apikey", key);
+        }
+        let unavailable = |e: reqwest::Error| {
+            AuthError::Unavailable(
+                Error::new(ErrorKind::Unavailable, "Supabase Auth did not answer")
+                    .with_operation("auth.supabase.user")
+                    .with_source(e),
+            )
+        };
+        let response = request.send().await.map_err(unavailable)?;
+        match response.status() {
+            s if s.is_success() => {
+                let user: SupabaseUser = response.json().await.map_err(unavailable)?;
+                self.cache.insert(digest, user.id.clone()).await;
+                Ok(user.id)
+            }
+            StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN | StatusCode::BAD_REQUEST => {
+                Err(AuthError::Invalid("invalid or expired token"))
+            }
+            s => Err(AuthError::Unavailable(
+                Error::new(
+                    ErrorKind::Unavailable,
+                    format!("Supabase Auth answered {s}"),
+                )
+                .with_operation("auth.supabase.user"),
+            )),
+        }
+    }
+}
+
+impl Authenticator {
+    /// The provider `AUTH_PROVIDER` names. A provider missing its settings is a config error,
+    /// never a silent fallback to no auth.
+    pub fn from_settings(settings: &Settings) -> Result<Self> {
+        Ok(match settings.auth_provider {
+            AuthProvider::None | AuthProvider::Local => Authenticator::Local,
+            AuthProvider::Static => {
+                Self::static_tokens(settings.server_auth_tokens()).map_err(|e| {
+                    e.with_context("setting", "SERVER_AUTH_TOKEN")
+                        .with_operation("auth.from_settings")
+                })?
+            }
+            AuthProvider::Supabase => Authenticator::Supabase(Arc::new(SupabaseAuth::new(
+                settings.supabase_jwt_secret.as_deref(),
+                settings.supabase_url.as_deref(),
+                settings.supabase_key.as_deref(),
+                settings.auth_cache_ttl,
+            )?)),
+        })
+    }
+
+    /// The `static` provider with these tokens (at least one, none empty).
+    pub fn static_tokens<S: AsRef<str>>(tokens: impl IntoIterator<Item = S>) -> Result<Self> {
+        let tokens: Vec<Vec<u8>> = tokens
+            .into_iter()
+            .map(|t| t.as_ref().as_bytes().to_vec())
+            .filter(|t| !t.is_empty())
+            .collect();
+        if tokens.is_empty() {
+            return Err(Error::config(
+                "AUTH_PROVIDER=static needs SERVER_AUTH_TOKEN (one token or a comma-separated list)",
+            ));
+        }
+        Ok(Authenticator::Static {
+            tokens: Arc::new(tokens),
+        })
+    }
+
+    /// True when every authenticated caller is the same user, so the whole store is theirs.
+    pub fn is_single_user(&self) -> bool {
+        matches!(self, Authenticator::Local | Authenticator::Static { .. })
+    }
+
+    /// True when a token is needed at all.
+    pub fn requires_token(&self) -> bool {
+        !matches!(self, Authenticator::Local)
+    }
+
+    /// The user a bearer token belongs to.
+    pub async fn authenticate(&self, token: &str) -> std::result::Result<String, AuthError> {
+        let user = match self {
+            Authenticator::Local => LOCAL_USER.to_owned(),
+            Authenticator::Static { tokens } => {
+                // Compare against every token so the time taken does not tell which one
+                // (or whether any) matched.
+                let mut ok = subtle::Choice::from(0);
+                for t in tokens.iter() {
+                    ok |= t.as_slice().ct_eq(token.as_bytes());
+                }
+                if !bool::from(ok) {
+                    return Err(AuthError::Invalid("invalid token"));
+                }
+                LOCAL_USER.to_owned()
+            }
+            Authenticator::Supabase(s) => s.authenticate(token).await?,
+        };
+        // The user id becomes the first segment of the user's storage keys.
+        if user.contains('/') || StorageKey::new(user.as_str()).is_err() {
+            tracing::warn!("identity provider returned a user id that is not a valid key segment");
+            return Err(AuthError::Invalid("unusable user id"));
+        }
+        Ok(user)
+    }
+}
+
+/// Paths that answer without auth.
+fn is_public(path: &str) -> bool {
+    matches!(path, "/health" | "/metrics")
+}
+
+/// The bearer token of `Authorization`, if any.
+fn bearer(req: &Request) -> Option<&str> {
+    let value = req.headers().get(header::AUTHORIZATION)?.to_str().ok()?;
+    let (scheme, token) = value.trim().split_once(' ')?;
+    scheme
+        .eq_ignore_ascii_case("bearer")
+        .then_some(token.trim())
+        .filter(|t| !t.is_empty())
+}
+
+/// The decoded path a URL signature covers: `/storage/...` aliases are checked as
+/// `/api/storage/...`, which is what storage URLs are built with.
+pub(crate) fn signed_path(raw_path: &str) -> Option<String> {
+    let path = nodetool_storage::signing::decoded_path(raw_path);
+    if path.starts_with("/api/storage/") {
+        Some(path)
+    } else {
+        path.strip_prefix("/storage/")
+            .map(|rest| format!("/api/storage/{rest}"))
+    }
+}
+
+fn signature_params(query: &str) -> Option<(String, String)> {
+    let mut expires = None;
+    let mut sig = None;
+    for pair in query.split('&') {
+        match pair.split_once('=') {
+            Some(("expires", v)) => expires = Some(v.to_owned()),
+            Some(("sig", v)) => sig = Some(v.to_owned()),
+            _ => {}
+        }
+    }
+    Some((expires?, sig?))
+}
+
+/// Middleware: sets [`Caller`] or answers 401 (503 when the identity provider is down).
+pub async fn authenticate(State(state): State<AppState>, mut req: Request, next: Next) -> Response {
+    if is_public(req.uri().path()) || req.method() == Method::OPTIONS {
+        return next.run(req).await;
+    }
+    let caller = match (&state.auth, bearer(&req)) {
+        (Authenticator::Local, _) => Caller::User(LOCAL_USER.to_owned()),
+        (auth, Some(token)) => match auth.authenticate(token).await {
+            Ok(user) => Caller::User(user),
+            Err(AuthError::Invalid(why)) => return ApiError::unauthorized(why).into_response(),
+            Err(AuthError::Unavailable(e)) => return ApiError::from(e).into_response(),
+        },
+        (_, None) => match signed_caller(&state, &req) {
+            Some(Ok(())) => Caller::SignedUrl,
+            Some(Err(e)) => {
+                return ApiError::unauthorized(format!("{e}")).into_response();
+            }
+            None => return ApiError::unauthorized("missing bearer token").into_response(),
+        },
+    };
+    req.extensions_mut().insert(caller);
+    next.run(req).await
+}
+
+/// `None` when the request carries no signature it could use; else the verification result.
+fn signed_caller(
+    state: &AppState,
+    req: &Request,
+) -> Option<std::result::Result<(), nodetool_storage::signing::SignatureError>> {
+    if !matches!(*req.method(), Method::GET | Method::HEAD) {
+        return None;
+    }
+    let signer = state.signer.as_ref()?;
+    let (expires, sig) = signature_params(req.uri().query()?)?;
+    let path = signed_path(req.uri().path())?;
+    Some(signer.verify(&path, &expires, &sig, chrono::Utc::now()))
+}

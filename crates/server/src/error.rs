@@ -1,0 +1,151 @@
+//! [`ApiError`]: the one place where an error kind becomes an HTTP status.
+//!
+//! The body is always `{"error": {"kind": "...", "message": "..."}}`. For server-side failures
+//! (5xx) the message is generic and the cause is only logged, so backend details never leak.
+
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use nodetool_core::{Error, ErrorKind};
+
+/// An error on its way to becoming a response. Boxed: it travels in every handler's `Result`.
+#[derive(Debug)]
+pub struct ApiError(Box<Inner>);
+
+#[derive(Debug)]
+struct Inner {
+    status: StatusCode,
+    kind: &'static str,
+    message: String,
+    /// Logged, never sent.
+    cause: Option<Error>,
+    /// Extra headers, e.g. `Content-Range: bytes */size` on a 416.
+    headers: Vec<(header::HeaderName, HeaderValue)>,
+}
+
+impl ApiError {
+    pub fn new(status: StatusCode, kind: &'static str, message: impl Into<String>) -> Self {
+        Self(Box::new(Inner {
+            status,
+            kind,
+            message: message.into(),
+            cause: None,
+            headers: Vec::new(),
+        }))
+    }
+
+    pub fn bad_request(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, "invalid_input", message)
+    }
+
+    pub fn not_found(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::NOT_FOUND, "not_found", message)
+    }
+
+    pub fn forbidden(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::FORBIDDEN, "forbidden", message)
+    }
+
+    /// 401 with `WWW-Authenticate: Bearer`, as RFC 6750 asks.
+    pub fn unauthorized(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::UNAUTHORIZED, "unauthorized", message).with_header(
+            header::WWW_AUTHENTICATE,
+            HeaderValue::from_static("Bearer realm=\"nodetool\""),
+        )
+    }
+
+    pub fn internal(cause: Error) -> Self {
+        Self::from(cause)
+    }
+
+    pub fn with_header(mut self, name: header::HeaderName, value: HeaderValue) -> Self {
+        self.0.headers.push((name, value));
+        self
+    }
+
+    pub fn status(&self) -> StatusCode {
+        self.0.status
+    }
+}
+
+/// The HTTP status and wire kind for an error kind.
+pub fn status_for(kind: ErrorKind) -> (StatusCode, &'static str) {
+    match kind {
+        ErrorKind::NotFound => (StatusCode::NOT_FOUND, "not_found"),
+        ErrorKind::InvalidInput => (StatusCode::BAD_REQUEST, "invalid_input"),
+        ErrorKind::RangeNotSatisfiable => {
+            (StatusCode::RANGE_NOT_SATISFIABLE, "range_not_satisfiable")
+        }
+        ErrorKind::TooLarge => (StatusCode::PAYLOAD_TOO_LARGE, "too_large"),
+        ErrorKind::AlreadyExists => (StatusCode::CONFLICT, "already_exists"),
+        ErrorKind::PermissionDenied => (StatusCode::FORBIDDEN, "permission_denied"),
+        ErrorKind::RateLimited => (StatusCode::SERVICE_UNAVAILABLE, "rate_limited"),
+        ErrorKind::Unavailable => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
+        ErrorKind::Timeout => (StatusCode::SERVICE_UNAVAILABLE, "timeout"),
+        ErrorKind::Unsupported => (StatusCode::NOT_IMPLEMENTED, "unsupported"),
+        _ => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
+    }
+}
+
+impl From<Error> for ApiError {
+    fn from(err: Error) -> Self {
+        let (status, kind) = status_for(err.kind());
+        let message = if status.is_server_error() || status == StatusCode::FORBIDDEN {
+            // Backend errors name buckets, paths and credentials variables: log them, send a
+            // generic line.
+            match status {
+                StatusCode::FORBIDDEN => "the storage backend refused the operation".to_owned(),
+                StatusCode::SERVICE_UNAVAILABLE => {
+                    "a backend is unavailable; retry later".to_owned()
+                }
+                StatusCode::NOT_IMPLEMENTED => "not supported by this backend".to_owned(),
+                _ => "internal server error".to_owned(),
+            }
+        } else {
+            err.message().to_owned()
+        };
+        Self(Box::new(Inner {
+            status,
+            kind,
+            message,
+            cause: Some(err),
+            headers: Vec::new(),
+        }))
+    }
+}
+
+impl From<sqlx::Error> for ApiError {
+    fn from(err: sqlx::Error) -> Self {
+        ApiError::from(
+            Error::new(ErrorKind::Unexpected, "database error")
+                .with_operation("db")
+                .with_source(err),
+        )
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let this = *self.0;
+        match (&this.cause, this.status.is_server_error()) {
+            (Some(cause), true) => {
+                tracing::error!(status = this.status.as_u16(), error = %cause, "request failed")
+            }
+            (Some(cause), false) => {
+                tracing::debug!(status = this.status.as_u16(), error = %cause, "request refused")
+            }
+            (None, _) => {
+                tracing::debug!(status = this.status.as_u16(), message = %this.message, "request refused")
+            }
+        }
+        let body = serde_json::json!({
+            "error": { "kind": this.kind, "message": this.message }
+        });
+        let mut response = (this.status, axum::Json(body)).into_response();
+        for (name, value) in this.headers {
+            response.headers_mut().insert(name, value);
+        }
+        response
+    }
+}
+
+pub type ApiResult<T> = Result<T, ApiError>;

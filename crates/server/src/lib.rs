@@ -1,0 +1,175 @@
+//! The nodetool HTTP API: storage routes, the assets API, auth, `/health` and `/metrics`.
+//!
+//! [`router`] is a plain function of an [`AppState`]; [`serve`] runs it on a listener until a
+//! shutdown future resolves, letting in-flight requests finish. The `nodetool serve` command
+//! (crates/cli) builds the state from settings and calls both.
+//!
+//! Ownership of blobs: with a multi-user provider (Supabase) every object a user may touch
+//! through `/api/storage` lives under `{user_id}/`, and the assets API stores blobs at
+//! `{user_id}/{asset_id}.{ext}`; a request for another user's prefix is 403 on every method.
+//! Single-user providers (none/local/static) own the whole store. Signed URLs grant GET/HEAD of
+//! exactly their path.
+
+pub mod assets;
+pub mod auth;
+pub mod db;
+pub mod error;
+pub mod http;
+pub mod metrics;
+pub mod storage_routes;
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::routing::get;
+use axum::Router;
+use nodetool_core::Result;
+use nodetool_runtime::Resources;
+use nodetool_storage::UrlSigner;
+use sqlx::SqlitePool;
+
+pub use auth::{AuthUser, Authenticator, Caller, LOCAL_USER};
+pub use error::ApiError;
+pub use metrics::Metrics;
+
+/// Per-server switches that are not settings.
+#[derive(Debug, Clone)]
+pub struct ServerOptions {
+    /// Largest request body accepted by PUT and asset upload (`NODETOOL_MAX_UPLOAD_BYTES`).
+    pub max_upload_bytes: u64,
+    /// GET on a backend that can presign (S3, Supabase) answers 307 to a presigned URL instead
+    /// of streaming through us.
+    pub presign_redirect: bool,
+}
+
+/// Everything a handler needs. Cheap to clone.
+#[derive(Clone)]
+pub struct AppState {
+    pub resources: Arc<Resources>,
+    pub auth: Authenticator,
+    pub db: SqlitePool,
+    /// Verifies signed storage URLs; `None` disables them.
+    pub signer: Option<UrlSigner>,
+    pub metrics: Arc<Metrics>,
+    pub options: ServerOptions,
+}
+
+impl std::fmt::Debug for AppState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AppState")
+            .field("auth", &self.auth)
+            .field("signer", &self.signer)
+            .field("options", &self.options)
+            .finish_non_exhaustive()
+    }
+}
+
+impl AppState {
+    /// State with options from the settings and the signer the resources sign URLs with.
+    pub fn new(resources: Arc<Resources>, auth: Authenticator, db: SqlitePool) -> Self {
+        let options = ServerOptions {
+            max_upload_bytes: resources.settings().max_upload_bytes,
+            presign_redirect: true,
+        };
+        Self {
+            signer: resources.url_signer().cloned(),
+            resources,
+            auth,
+            db,
+            metrics: Arc::new(Metrics::default()),
+            options,
+        }
+    }
+
+    pub fn with_options(mut self, options: ServerOptions) -> Self {
+        self.options = options;
+        self
+    }
+}
+
+/// The whole API.
+pub fn router(state: AppState) -> Router {
+    Router::new()
+        .route("/health", get(health))
+        .route("/metrics", get(metrics::render))
+        .merge(storage_routes::routes())
+        .merge(assets::routes())
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            auth::authenticate,
+        ))
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            metrics::track,
+        ))
+        .layer(tower_http::trace::TraceLayer::new_for_http())
+        .with_state(state)
+}
+
+async fn health() -> axum::Json<serde_json::Value> {
+    axum::Json(serde_json::json!({ "status": "ok" }))
+}
+
+/// Serves `app` on `listener` until `shutdown` resolves; in-flight requests then finish (open
+/// streams get `grace` to complete before the server returns anyway).
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    app: Router,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+    grace: Duration,
+) -> Result<()> {
+    let (stopped_tx, stopped_rx) = tokio::sync::oneshot::channel::<()>();
+    let signal = async move {
+        shutdown.await;
+        let _ = stopped_tx.send(());
+    };
+    let server = axum::serve(
+        listener,
+        app.into_make_service_with_connect_info::<SocketAddr>(),
+    )
+    .with_graceful_shutdown(signal);
+    let server = std::pin::pin!(std::future::IntoFuture::into_future(server));
+    let io_err = |e: std::io::Error| nodetool_core::Error::from(e).with_operation("server.serve");
+    tokio::select! {
+        r = server => r.map_err(io_err),
+        () = async {
+            // Only start the grace clock once shutdown has begun.
+            if stopped_rx.await.is_ok() {
+                tokio::time::sleep(grace).await;
+            } else {
+                std::future::pending::<()>().await;
+            }
+        } => {
+            tracing::warn!(grace_secs = grace.as_secs(), "shutdown grace period over; dropping open connections");
+            Ok(())
+        }
+    }
+}
+
+/// Resolves on SIGINT or SIGTERM.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        if let Err(e) = tokio::signal::ctrl_c().await {
+            tracing::warn!(error = %e, "cannot listen for SIGINT");
+            std::future::pending::<()>().await;
+        }
+    };
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot listen for SIGTERM");
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    tokio::select! {
+        () = ctrl_c => {},
+        () = term => {},
+    }
+    tracing::info!("shutdown requested; finishing in-flight requests");
+}

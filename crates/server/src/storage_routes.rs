@@ -1,0 +1,420 @@
+//! `GET|HEAD|PUT|DELETE /api/storage/{*key}` and `/api/storage/temp/{*key}` (aliases under
+//! `/storage/`).
+//!
+//! Ownership: with a multi-user provider (Supabase) a user's objects live under
+//! `{user_id}/...`, and a key whose first segment is not the caller's id is refused (403) on every
+//! method before storage is touched. Single-user providers (none/local/static) own the whole
+//! store. A signed URL grants GET/HEAD of exactly its path, whoever asks.
+
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::extract::rejection::PathRejection;
+use axum::extract::{Path, State};
+use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Extension, Router};
+use futures::StreamExt;
+use nodetool_core::storage::ByteStream;
+use nodetool_core::{Error, ErrorKind, ObjectMeta, PutOptions, Storage, StorageKey};
+
+use crate::auth::Caller;
+use crate::error::{ApiError, ApiResult};
+use crate::http::{self, RangeRequest};
+use crate::AppState;
+
+/// Which storage a route serves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mount {
+    Asset,
+    Temp,
+}
+
+/// How long a presigned backend URL we redirect to stays valid.
+const PRESIGN_TTL: Duration = Duration::from_secs(15 * 60);
+
+pub fn routes() -> Router<AppState> {
+    let mut router = Router::new();
+    for base in ["/api/storage", "/storage"] {
+        router = router
+            .route(
+                &format!("{base}/temp/{{*key}}"),
+                get(get_temp).put(put_temp).delete(delete_temp),
+            )
+            .route(
+                &format!("{base}/{{*key}}"),
+                get(get_asset).put(put_asset).delete(delete_asset),
+            );
+    }
+    router
+}
+
+type KeyPath = Result<Path<String>, PathRejection>;
+type MaybeCaller = Option<Extension<Caller>>;
+
+async fn get_asset(
+    State(s): State<AppState>,
+    m: Method,
+    c: MaybeCaller,
+    p: KeyPath,
+    h: HeaderMap,
+) -> Response {
+    measured(&s, op_name(&m), get_object(&s, Mount::Asset, &m, c, p, &h)).await
+}
+async fn get_temp(
+    State(s): State<AppState>,
+    m: Method,
+    c: MaybeCaller,
+    p: KeyPath,
+    h: HeaderMap,
+) -> Response {
+    measured(&s, op_name(&m), get_object(&s, Mount::Temp, &m, c, p, &h)).await
+}
+async fn put_asset(
+    State(s): State<AppState>,
+    c: MaybeCaller,
+    p: KeyPath,
+    h: HeaderMap,
+    b: Body,
+) -> Response {
+    measured(&s, "put", put_object(&s, Mount::Asset, c, p, &h, b)).await
+}
+async fn put_temp(
+    State(s): State<AppState>,
+    c: MaybeCaller,
+    p: KeyPath,
+    h: HeaderMap,
+    b: Body,
+) -> Response {
+    measured(&s, "put", put_object(&s, Mount::Temp, c, p, &h, b)).await
+}
+async fn delete_asset(State(s): State<AppState>, c: MaybeCaller, p: KeyPath) -> Response {
+    measured(&s, "delete", delete_object(&s, Mount::Asset, c, p)).await
+}
+async fn delete_temp(State(s): State<AppState>, c: MaybeCaller, p: KeyPath) -> Response {
+    measured(&s, "delete", delete_object(&s, Mount::Temp, c, p)).await
+}
+
+fn op_name(m: &Method) -> &'static str {
+    if m == Method::HEAD {
+        "head"
+    } else {
+        "get"
+    }
+}
+
+async fn measured(
+    state: &AppState,
+    op: &'static str,
+    fut: impl std::future::Future<Output = ApiResult<Response>>,
+) -> Response {
+    let response = fut.await.unwrap_or_else(IntoResponse::into_response);
+    state.metrics.storage_op(op, response.status());
+    response
+}
+
+/// The percent-decoded key, validated; traversal and malformed keys are 400 here, before any
+/// storage call.
+pub(crate) fn parse_key(path: KeyPath) -> ApiResult<StorageKey> {
+    let Path(raw) = path.map_err(|e| ApiError::bad_request(format!("invalid key: {e}")))?;
+    StorageKey::new(raw).map_err(|e| ApiError::bad_request(e.message().to_owned()))
+}
+
+/// May `caller` touch `key`? Writes need a user; reads also accept a verified signature.
+fn authorize(
+    state: &AppState,
+    caller: &MaybeCaller,
+    key: &StorageKey,
+    write: bool,
+) -> ApiResult<()> {
+    match caller.as_ref().map(|Extension(c)| c) {
+        Some(Caller::User(user)) => {
+            if state.auth.is_single_user() || key.segments().next() == Some(user.as_str()) {
+                Ok(())
+            } else {
+                Err(ApiError::forbidden("this key belongs to another user"))
+            }
+        }
+        Some(Caller::SignedUrl) if !write => Ok(()),
+        _ => Err(ApiError::unauthorized("a bearer token is required")),
+    }
+}
+
+fn storage_for(state: &AppState, mount: Mount) -> ApiResult<std::sync::Arc<dyn Storage>> {
+    Ok(match mount {
+        Mount::Asset => state.resources.asset_storage()?,
+        Mount::Temp => state.resources.temp_storage()?,
+    })
+}
+
+async fn get_object(
+    state: &AppState,
+    mount: Mount,
+    method: &Method,
+    caller: MaybeCaller,
+    path: KeyPath,
+    headers: &HeaderMap,
+) -> ApiResult<Response> {
+    let key = parse_key(path)?;
+    authorize(state, &caller, &key, false)?;
+    let storage = storage_for(state, mount)?;
+    serve_object(state, storage.as_ref(), &key, method, headers).await
+}
+
+/// Serves one object with ranges, validators and conditional requests. Also used by the assets
+/// API's download route.
+pub(crate) async fn serve_object(
+    state: &AppState,
+    storage: &dyn Storage,
+    key: &StorageKey,
+    method: &Method,
+    headers: &HeaderMap,
+) -> ApiResult<Response> {
+    let head = method == Method::HEAD;
+    if !head && state.options.presign_redirect && storage.info().capabilities.presign {
+        let url = storage.presigned_url(key, PRESIGN_TTL).await?;
+        return Ok(redirect(&url));
+    }
+    let range = headers
+        .get(header::RANGE)
+        .and_then(|v| v.to_str().ok())
+        .map_or(RangeRequest::Full, http::parse_range);
+
+    // One backend call in the common case: `download` returns metadata and body together.
+    // HEAD, If-Range and invalid ranges need the metadata first.
+    let needs_meta_first =
+        head || range == RangeRequest::Invalid || headers.contains_key(header::IF_RANGE);
+    let meta = if needs_meta_first {
+        Some(
+            storage
+                .metadata(key)
+                .await?
+                .ok_or_else(|| ApiError::not_found("no such object"))?,
+        )
+    } else {
+        None
+    };
+    let wanted = match (range, &meta) {
+        (RangeRequest::One(r), Some(m)) if http::if_range_matches(headers, m) => Some(r),
+        (RangeRequest::One(r), None) => Some(r),
+        _ => None,
+    };
+    if let Some(meta) = &meta {
+        if http::not_modified(headers, meta) {
+            return Ok(not_modified(meta));
+        }
+        if range == RangeRequest::Invalid {
+            return Err(unsatisfiable(meta.size));
+        }
+        if head {
+            return head_response(meta, wanted);
+        }
+    }
+    let download = match storage.download(key, wanted).await {
+        Ok(d) => d,
+        Err(e) if e.kind() == ErrorKind::RangeNotSatisfiable => {
+            let meta = storage
+                .metadata(key)
+                .await?
+                .ok_or_else(|| ApiError::not_found("no such object"))?;
+            if http::not_modified(headers, &meta) {
+                return Ok(not_modified(&meta));
+            }
+            return Err(unsatisfiable(meta.size));
+        }
+        Err(e) => return Err(e.into()),
+    };
+    if meta.is_none() && http::not_modified(headers, &download.meta) {
+        return Ok(not_modified(&download.meta));
+    }
+    let size = download.meta.size;
+    let range = download.range.clone();
+    let mut response = Response::new(Body::from_stream(log_stream_errors(
+        download.body,
+        key.clone(),
+    )));
+    let h = response.headers_mut();
+    http::object_headers(h, &download.meta, true);
+    h.insert(
+        header::CONTENT_LENGTH,
+        HeaderValue::from(range.end - range.start),
+    );
+    if wanted.is_some() {
+        *response.status_mut() = StatusCode::PARTIAL_CONTENT;
+        content_range(response.headers_mut(), &range, size);
+    }
+    Ok(response)
+}
+
+fn head_response(
+    meta: &ObjectMeta,
+    wanted: Option<nodetool_core::ByteRange>,
+) -> ApiResult<Response> {
+    let mut response = Response::new(Body::empty());
+    http::object_headers(response.headers_mut(), meta, true);
+    let len = match wanted {
+        Some(r) => {
+            let range = r.resolve(meta.size).map_err(|_| unsatisfiable(meta.size))?;
+            *response.status_mut() = StatusCode::PARTIAL_CONTENT;
+            content_range(response.headers_mut(), &range, meta.size);
+            range.end - range.start
+        }
+        None => meta.size,
+    };
+    response
+        .headers_mut()
+        .insert(header::CONTENT_LENGTH, HeaderValue::from(len));
+    Ok(response)
+}
+
+fn content_range(h: &mut HeaderMap, range: &std::ops::Range<u64>, size: u64) {
+    let value = format!(
+        "bytes {}-{}/{size}",
+        range.start,
+        range.end.saturating_sub(1)
+    );
+    if let Ok(v) = HeaderValue::from_str(&value) {
+        h.insert(header::CONTENT_RANGE, v);
+    }
+}
+
+fn not_modified(meta: &ObjectMeta) -> Response {
+    let mut response = StatusCode::NOT_MODIFIED.into_response();
+    http::object_headers(response.headers_mut(), meta, false);
+    response
+}
+
+fn unsatisfiable(size: u64) -> ApiError {
+    let mut err = ApiError::new(
+        StatusCode::RANGE_NOT_SATISFIABLE,
+        "range_not_satisfiable",
+        format!("the requested range is not satisfiable for an object of {size} bytes"),
+    );
+    if let Ok(v) = HeaderValue::from_str(&format!("bytes */{size}")) {
+        err = err.with_header(header::CONTENT_RANGE, v);
+    }
+    err
+}
+
+fn redirect(url: &str) -> Response {
+    match HeaderValue::from_str(url) {
+        Ok(location) => {
+            let mut response = StatusCode::TEMPORARY_REDIRECT.into_response();
+            response.headers_mut().insert(header::LOCATION, location);
+            response
+        }
+        Err(_) => ApiError::internal(Error::unexpected("presigned URL is not a valid header"))
+            .into_response(),
+    }
+}
+
+/// A failing stream ends the response early (the client sees a truncated body); log why.
+fn log_stream_errors(body: ByteStream, key: StorageKey) -> ByteStream {
+    body.map(move |chunk| {
+        if let Err(e) = &chunk {
+            tracing::warn!(key = %key, error = %e, "download stream failed mid-response");
+        }
+        chunk
+    })
+    .boxed()
+}
+
+/// The request body as a [`ByteStream`] that fails with [`ErrorKind::TooLarge`] as soon as it
+/// passes `max` bytes. Storage stores nothing from a failed stream.
+pub(crate) fn limited_body(body: Body, max: u64) -> ByteStream {
+    let mut seen: u64 = 0;
+    body.into_data_stream()
+        .map(move |chunk| {
+            let chunk = chunk.map_err(|e| {
+                Error::invalid_input("the request body could not be read")
+                    .with_operation("http.body")
+                    .with_source(e)
+            })?;
+            seen = seen.saturating_add(chunk.len() as u64);
+            if seen > max {
+                return Err(too_large(max));
+            }
+            Ok(chunk)
+        })
+        .boxed()
+}
+
+pub(crate) fn too_large(max: u64) -> Error {
+    Error::new(
+        ErrorKind::TooLarge,
+        format!("the upload is larger than the {max}-byte limit (NODETOOL_MAX_UPLOAD_BYTES)"),
+    )
+    .with_operation("http.upload")
+}
+
+/// Refuses a declared `Content-Length` over the limit before reading anything.
+pub(crate) fn check_declared_length(headers: &HeaderMap, max: u64) -> ApiResult<()> {
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    match declared {
+        Some(len) if len > max => Err(too_large(max).into()),
+        _ => Ok(()),
+    }
+}
+
+#[derive(serde::Serialize)]
+struct PutAnswer<'a> {
+    key: &'a str,
+    size: u64,
+    etag: Option<String>,
+    content_type: Option<&'a str>,
+    last_modified: chrono::DateTime<chrono::Utc>,
+}
+
+async fn put_object(
+    state: &AppState,
+    mount: Mount,
+    caller: MaybeCaller,
+    path: KeyPath,
+    headers: &HeaderMap,
+    body: Body,
+) -> ApiResult<Response> {
+    let key = parse_key(path)?;
+    authorize(state, &caller, &key, true)?;
+    let max = state.options.max_upload_bytes;
+    check_declared_length(headers, max)?;
+    let storage = storage_for(state, mount)?;
+    let existed = storage.metadata(&key).await?.is_some();
+    let content_type = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .map(str::trim)
+        .filter(|t| !t.is_empty())
+        .map(str::to_owned);
+    let meta = storage
+        .upload(&key, limited_body(body, max), PutOptions { content_type })
+        .await?;
+    let status = if existed {
+        StatusCode::OK
+    } else {
+        StatusCode::CREATED
+    };
+    let answer = PutAnswer {
+        key: meta.key.as_str(),
+        size: meta.size,
+        etag: http::etag_header(&meta),
+        content_type: meta.content_type.as_deref(),
+        last_modified: meta.last_modified,
+    };
+    Ok((status, axum::Json(answer)).into_response())
+}
+
+async fn delete_object(
+    state: &AppState,
+    mount: Mount,
+    caller: MaybeCaller,
+    path: KeyPath,
+) -> ApiResult<Response> {
+    let key = parse_key(path)?;
+    authorize(state, &caller, &key, true)?;
+    storage_for(state, mount)?.delete(&key).await?;
+    Ok(StatusCode::NO_CONTENT.into_response())
+}
