@@ -16,6 +16,8 @@ const RESERVED: &str = ".nodetool";
 /// Extended attribute holding an object's content type. It is set on the temp file before the
 /// rename, so data and type become visible together.
 const XATTR_CONTENT_TYPE: &str = "user.nodetool.content_type";
+/// Objects (or ranges) up to this size are read whole when opened.
+const SMALL_OBJECT: u64 = 64 * 1024;
 
 /// Objects as files under a root directory (`~/.config/nodetool/assets` by default).
 ///
@@ -178,8 +180,10 @@ impl Storage for FileStorage {
     async fn download(&self, key: &StorageKey, range: Option<ByteRange>) -> Result<Download> {
         const OP: &str = "file.download";
         let path = self.path(key, OP)?;
-        // One open, one fstat: the metadata describes exactly the bytes we stream.
-        let (file, meta) = {
+        // One open, one fstat: the metadata describes exactly the bytes we stream. Small objects
+        // (the common case for thumbnails and JSON) are read in the same blocking call, so they
+        // cost one trip to the blocking pool and no reader thread.
+        let opened = {
             let key = key.clone();
             tokio::task::spawn_blocking(move || {
                 let file = std::fs::File::open(&path).map_err(|e| io_err(e, OP, &key))?;
@@ -188,18 +192,31 @@ impl Storage for FileStorage {
                     return Err(not_found("file", &key).with_operation(OP));
                 }
                 let meta = meta_from(&key, &md, Some(&file), &path);
-                Ok((file, meta))
+                let range = match range {
+                    Some(r) => r
+                        .resolve(meta.size)
+                        .map_err(|e| e.with_operation(OP).with_context("key", &key))?,
+                    None => 0..meta.size,
+                };
+                let len = range.end - range.start;
+                let small = if len <= SMALL_OBJECT {
+                    let mut buf = vec![0; len as usize];
+                    std::os::unix::fs::FileExt::read_exact_at(&file, &mut buf, range.start)
+                        .map_err(|e| io_err(e, OP, &key))?;
+                    Some(bytes::Bytes::from(buf))
+                } else {
+                    None
+                };
+                Ok((file, meta, range, small))
             })
             .await
             .map_err(|e| Error::unexpected("open task failed").with_source(e))??
         };
-        let range = match range {
-            Some(r) => r
-                .resolve(meta.size)
-                .map_err(|e| e.with_operation(OP).with_context("key", key))?,
-            None => 0..meta.size,
+        let (file, meta, range, small) = opened;
+        let body = match small {
+            Some(bytes) => nodetool_core::storage::once(bytes),
+            None => crate::blocking_io::read_stream(file, range.start, range.end - range.start),
         };
-        let body = crate::blocking_io::read_stream(file, range.start, range.end - range.start);
         Ok(Download { meta, range, body })
     }
 

@@ -10,11 +10,13 @@ use nodetool_core::Result;
 use crate::node::{FnNode, NodeInputs, NodeSpec};
 use crate::registry::Registry;
 
+pub mod asset;
 pub mod base;
 pub mod boolean;
 pub mod constant;
 pub mod control;
 pub mod dictionary;
+pub mod image;
 pub mod io;
 pub mod list;
 pub mod math;
@@ -32,6 +34,8 @@ pub fn register_all(r: &mut Registry) {
     math::register(r);
     control::register(r);
     base::register(r);
+    image::register(r);
+    asset::register(r);
     test::register(r);
 }
 

@@ -1,0 +1,479 @@
+//! Image and asset nodes end to end: PNGs made here, stored in the ENV=test (in-memory)
+//! storages, run through `Engine::run`, results fetched back from storage and decoded.
+
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::io::Cursor;
+use std::sync::Arc;
+
+use common::*;
+use image::{DynamicImage, GenericImageView, ImageFormat, Rgb, RgbImage, Rgba, RgbaImage};
+use nodetool_core::{ErrorKind, PutOptions, StorageKey};
+use nodetool_engine::{Engine, EngineResources, Registry, RunOptions, RunOutcome, Status};
+use serde_json::{json, Value};
+
+struct Harness {
+    engine: Engine,
+    res: EngineResources,
+}
+
+async fn harness() -> Harness {
+    let res = test_resources().await;
+    Harness {
+        engine: Engine::new(Arc::new(Registry::builtin()), res.clone()),
+        res,
+    }
+}
+
+fn png(img: &DynamicImage) -> Vec<u8> {
+    let mut out = Cursor::new(Vec::new());
+    img.write_to(&mut out, ImageFormat::Png).unwrap();
+    out.into_inner()
+}
+
+/// A w×h RGB image whose pixel (x, y) is `(x*10, y*10, 7)`.
+fn gradient(w: u32, h: u32) -> DynamicImage {
+    DynamicImage::ImageRgb8(RgbImage::from_fn(w, h, |x, y| {
+        Rgb([(x * 10) as u8, (y * 10) as u8, 7])
+    }))
+}
+
+impl Harness {
+    /// Uploads `bytes` as an asset and returns its image ref.
+    async fn put_image(&self, bytes: Vec<u8>) -> Value {
+        let key = format!("tests/{}.png", nodetool_core::id::new_id());
+        self.res
+            .asset_storage
+            .upload_bytes(
+                &StorageKey::new(key.clone()).unwrap(),
+                bytes.into(),
+                PutOptions::content_type("image/png"),
+            )
+            .await
+            .unwrap();
+        json!({"type": "image", "uri": format!("asset://{key}"), "asset_id": null, "data": null})
+    }
+
+    async fn fetch(&self, r: &Value) -> Vec<u8> {
+        let uri = r["uri"].as_str().unwrap();
+        let (storage, key) = if let Some(k) = uri.strip_prefix("temp://") {
+            (&self.res.temp_storage, k)
+        } else if let Some(k) = uri.strip_prefix("asset://") {
+            (&self.res.asset_storage, k)
+        } else {
+            panic!("unexpected uri {uri}")
+        };
+        let got = storage
+            .download(&StorageKey::new(key).unwrap(), None)
+            .await
+            .unwrap();
+        nodetool_core::storage::collect(got.body)
+            .await
+            .unwrap()
+            .to_vec()
+    }
+
+    async fn fetch_image(&self, r: &Value) -> DynamicImage {
+        assert_eq!(r["type"], "image", "{r}");
+        image::load_from_memory(&self.fetch(r).await).unwrap()
+    }
+
+    /// Runs `node_type` with `data` (its `image` already set by the caller) and sends its
+    /// `output` slot to an output node named `out`.
+    async fn run_one(&self, node_type: &str, data: Value) -> RunOutcome {
+        let g = graph(
+            &[
+                ("op", node_type, data),
+                ("out", "nodetool.output.Output", json!({"name": "out"})),
+            ],
+            &[("op", "output", "out", "value")],
+        );
+        run(&self.engine, g, Value::Null, RunOptions::default())
+            .await
+            .0
+    }
+
+    /// Runs `node_type` on `img` and returns the decoded result.
+    async fn apply(&self, node_type: &str, img: &DynamicImage, params: Value) -> DynamicImage {
+        let mut data = params;
+        data["image"] = self.put_image(png(img)).await;
+        let o = self.run_one(node_type, data).await;
+        assert_eq!(o.status, Status::Completed, "{node_type}: {:?}", o.error);
+        self.fetch_image(&o.result["out"][0]).await
+    }
+}
+
+#[tokio::test]
+async fn resize_scale_and_fit_give_the_requested_sizes() {
+    let h = harness().await;
+    let img = gradient(8, 6);
+    let r = h
+        .apply(
+            "nodetool.image.Resize",
+            &img,
+            json!({"width": 5, "height": 9}),
+        )
+        .await;
+    assert_eq!(r.dimensions(), (5, 9));
+    let r = h
+        .apply("nodetool.image.Scale", &img, json!({"scale": 1.5}))
+        .await;
+    assert_eq!(r.dimensions(), (12, 9));
+    let r = h
+        .apply("nodetool.image.Fit", &img, json!({"width": 4, "height": 4}))
+        .await;
+    assert_eq!(r.dimensions(), (4, 4));
+}
+
+#[tokio::test]
+async fn crop_gives_the_right_pixels() {
+    let h = harness().await;
+    let img = gradient(6, 5);
+    let r = h
+        .apply(
+            "nodetool.image.Crop",
+            &img,
+            json!({"left": 1, "top": 2, "right": 4, "bottom": 4}),
+        )
+        .await
+        .to_rgb8();
+    assert_eq!(r.dimensions(), (3, 2));
+    for (x, y, px) in r.enumerate_pixels() {
+        assert_eq!(*px, *img.to_rgb8().get_pixel(x + 1, y + 2), "at {x},{y}");
+    }
+}
+
+#[tokio::test]
+async fn crop_outside_the_image_is_that_nodes_clear_error() {
+    let h = harness().await;
+    let image = h.put_image(png(&gradient(6, 5))).await;
+    let o = h
+        .run_one(
+            "nodetool.image.Crop",
+            json!({"image": image, "left": 0, "top": 0, "right": 7, "bottom": 5}),
+        )
+        .await;
+    assert_eq!(o.status, Status::Failed);
+    assert_eq!(o.failed_node.as_deref(), Some("op"));
+    let err = o.error.unwrap();
+    assert_eq!(err.kind(), ErrorKind::InvalidInput, "{err}");
+    assert!(err.message().contains("crop box"), "{err}");
+    assert!(err.message().contains("6x5"), "{err}");
+}
+
+#[tokio::test]
+async fn grayscale_makes_channels_equal_with_pillow_luma() {
+    let h = harness().await;
+    let img = DynamicImage::ImageRgb8(RgbImage::from_fn(3, 2, |x, y| {
+        Rgb([(x * 90) as u8, (y * 200) as u8, 40])
+    }));
+    for node_type in [
+        "lib.pillow.filter.ConvertToGrayscale",
+        "lib.image.filter.ConvertToGrayscale",
+    ] {
+        let r = h.apply(node_type, &img, json!({})).await;
+        assert_eq!(r.color(), image::ColorType::L8, "mode L like Pillow");
+        let rgb = r.to_rgb8();
+        for (x, y, px) in rgb.enumerate_pixels() {
+            assert!(px[0] == px[1] && px[1] == px[2], "{node_type} at {x},{y}");
+            let s = img.to_rgb8().get_pixel(x, y).0.map(u32::from);
+            let want = (s[0] * 19595 + s[1] * 38470 + s[2] * 7471 + 0x8000) >> 16;
+            assert_eq!(u32::from(px[0]), want, "{node_type} at {x},{y}");
+        }
+    }
+}
+
+#[tokio::test]
+async fn invert_inverts_a_known_pixel_on_nodetools_rgb_copy() {
+    let h = harness().await;
+    // NodeTool's image_to_pil converts to RGB first: alpha is dropped, colour inverted.
+    let img = DynamicImage::ImageRgba8(RgbaImage::from_pixel(2, 2, Rgba([10, 20, 30, 200])));
+    let r = h.apply("lib.pillow.filter.Invert", &img, json!({})).await;
+    assert_eq!(r.color(), image::ColorType::Rgb8);
+    assert_eq!(r.to_rgb8().get_pixel(1, 1).0, [245, 235, 225]);
+}
+
+#[tokio::test]
+async fn blur_changes_an_edge_and_keeps_the_size() {
+    let h = harness().await;
+    let img = DynamicImage::ImageRgb8(RgbImage::from_fn(10, 6, |x, _| {
+        if x < 5 {
+            Rgb([0, 0, 0])
+        } else {
+            Rgb([255, 255, 255])
+        }
+    }));
+    let r = h
+        .apply("lib.pillow.filter.Blur", &img, json!({"radius": 2}))
+        .await
+        .to_rgb8();
+    assert_eq!(r.dimensions(), (10, 6));
+    let (left, right) = (r.get_pixel(4, 3)[0], r.get_pixel(5, 3)[0]);
+    assert!(left > 0, "dark side of the edge brightened: {left}");
+    assert!(right < 255, "bright side of the edge darkened: {right}");
+    // radius 0 is a no-op, as in Pillow.
+    let same = h
+        .apply("lib.pillow.filter.Blur", &img, json!({"radius": 0}))
+        .await;
+    assert_eq!(same.to_rgb8(), img.to_rgb8());
+}
+
+#[tokio::test]
+async fn enhancers_follow_pillow() {
+    let h = harness().await;
+    let img = gradient(5, 5);
+    let dark = h
+        .apply(
+            "lib.pillow.enhance.Brightness",
+            &img,
+            json!({"factor": 0.0}),
+        )
+        .await
+        .to_rgb8();
+    assert!(dark.pixels().all(|p| p.0 == [0, 0, 0]));
+    let half = h
+        .apply("lib.image.enhance.Brightness", &img, json!({"factor": 0.5}))
+        .await
+        .to_rgb8();
+    assert_eq!(half.get_pixel(3, 1).0, [15, 5, 3]);
+
+    // Contrast 0 is the mean grey everywhere.
+    let flat = h
+        .apply("lib.pillow.enhance.Contrast", &img, json!({"factor": 0.0}))
+        .await
+        .to_rgb8();
+    let first = *flat.get_pixel(0, 0);
+    assert!(flat.pixels().all(|p| *p == first));
+    assert!(first[0] == first[1] && first[1] == first[2]);
+
+    // Sharpness 1 is the identity; 0 smooths the interior.
+    let same = h
+        .apply("lib.pillow.enhance.Sharpness", &img, json!({"factor": 1.0}))
+        .await;
+    assert_eq!(same.to_rgb8(), img.to_rgb8());
+    let spiky = DynamicImage::ImageRgb8(RgbImage::from_fn(5, 5, |x, y| {
+        if (x, y) == (2, 2) {
+            Rgb([255, 255, 255])
+        } else {
+            Rgb([0, 0, 0])
+        }
+    }));
+    let soft = h
+        .apply(
+            "lib.pillow.enhance.Sharpness",
+            &spiky,
+            json!({"factor": 0.0}),
+        )
+        .await
+        .to_rgb8();
+    // SMOOTH: centre weight 5 of 13.
+    assert_eq!(soft.get_pixel(2, 2)[0], ((255.0 * 5.0 / 13.0) + 0.5) as u8);
+    assert_eq!(soft.get_pixel(1, 1)[0], ((255.0 / 13.0) + 0.5) as u8);
+}
+
+#[tokio::test]
+async fn blend_mixes_two_images_fitting_the_second() {
+    let h = harness().await;
+    let black = DynamicImage::ImageRgb8(RgbImage::from_pixel(4, 4, Rgb([0, 0, 0])));
+    let white = DynamicImage::ImageRgb8(RgbImage::from_pixel(8, 8, Rgb([200, 100, 50])));
+    let data = json!({
+        "image1": h.put_image(png(&black)).await,
+        "image2": h.put_image(png(&white)).await,
+        "alpha": 0.5,
+    });
+    let o = h.run_one("lib.pillow.__init__.Blend", data).await;
+    assert_eq!(o.status, Status::Completed, "{:?}", o.error);
+    let r = h.fetch_image(&o.result["out"][0]).await.to_rgb8();
+    assert_eq!(r.dimensions(), (4, 4));
+    assert_eq!(r.get_pixel(2, 2).0, [100, 50, 25]);
+}
+
+#[tokio::test]
+async fn image_refs_flow_between_nodes() {
+    let h = harness().await;
+    let image = h.put_image(png(&gradient(6, 4))).await;
+    let g = graph(
+        &[
+            (
+                "resize",
+                "nodetool.image.Resize",
+                json!({"image": image, "width": 3, "height": 2}),
+            ),
+            ("invert", "lib.pillow.filter.Invert", json!({})),
+            ("meta", "nodetool.image.GetMetadata", json!({})),
+            ("out", "nodetool.output.Output", json!({"name": "out"})),
+            ("w", "nodetool.output.Output", json!({"name": "width"})),
+            ("m", "nodetool.output.Output", json!({"name": "mode"})),
+            ("f", "nodetool.output.Output", json!({"name": "format"})),
+            ("c", "nodetool.output.Output", json!({"name": "channels"})),
+        ],
+        &[
+            ("resize", "output", "invert", "image"),
+            ("invert", "output", "out", "value"),
+            ("invert", "output", "meta", "image"),
+            ("meta", "width", "w", "value"),
+            ("meta", "mode", "m", "value"),
+            ("meta", "format", "f", "value"),
+            ("meta", "channels", "c", "value"),
+        ],
+    );
+    let (o, _) = run(&h.engine, g, Value::Null, RunOptions::default()).await;
+    assert_eq!(o.status, Status::Completed, "{:?}", o.error);
+    let out = &o.result["out"][0];
+    assert!(out["uri"].as_str().unwrap().starts_with("temp://"), "{out}");
+    assert_eq!(h.fetch_image(out).await.dimensions(), (3, 2));
+    assert_eq!(o.result["width"], json!([3]));
+    assert_eq!(o.result["mode"], json!(["RGB"]));
+    assert_eq!(o.result["format"], json!(["PNG"]));
+    assert_eq!(o.result["channels"], json!([3]));
+}
+
+#[tokio::test]
+async fn corrupt_or_missing_images_fail_that_node_clearly() {
+    let h = harness().await;
+    // Inline bytes that are no image.
+    let bad = json!({"type": "image", "uri": "", "data": [1, 2, 3, 4, 5, 6, 7, 8]});
+    let o = h
+        .run_one(
+            "nodetool.image.Resize",
+            json!({"image": bad, "width": 2, "height": 2}),
+        )
+        .await;
+    assert_eq!(o.status, Status::Failed);
+    assert_eq!(o.failed_node.as_deref(), Some("op"));
+    let err = o.error.unwrap();
+    assert_eq!(err.kind(), ErrorKind::InvalidInput, "{err}");
+    assert!(err.message().contains("cannot decode image"), "{err}");
+
+    // A truncated PNG: the header is right, the data is not.
+    let mut truncated = png(&gradient(20, 20));
+    truncated.truncate(truncated.len() / 2);
+    let image = h.put_image(truncated).await;
+    let o = h
+        .run_one("lib.pillow.filter.Invert", json!({"image": image}))
+        .await;
+    assert_eq!(o.status, Status::Failed);
+    let err = o.error.unwrap();
+    assert!(err.message().contains("cannot decode image"), "{err}");
+
+    // NodeTool's empty ImageRef: not connected.
+    let empty = json!({"type": "image", "uri": "", "asset_id": null, "data": null});
+    let o = h
+        .run_one("lib.pillow.filter.Invert", json!({"image": empty}))
+        .await;
+    assert_eq!(o.status, Status::Failed);
+    let err = o.error.unwrap();
+    assert!(err.message().contains("not connected"), "{err}");
+
+    // A ref to an asset that does not exist.
+    let missing = json!({"type": "image", "uri": "asset://tests/nope.png"});
+    let o = h
+        .run_one("lib.pillow.filter.Invert", json!({"image": missing}))
+        .await;
+    assert_eq!(o.status, Status::Failed);
+    assert_eq!(o.error.unwrap().kind(), ErrorKind::NotFound);
+}
+
+#[tokio::test]
+async fn bad_parameters_are_clear_errors() {
+    let h = harness().await;
+    let image = h.put_image(png(&gradient(4, 4))).await;
+    for (node_type, params, needle) in [
+        (
+            "nodetool.image.Resize",
+            json!({"width": 0, "height": 4}),
+            "width",
+        ),
+        ("nodetool.image.Scale", json!({"scale": 0.01}), "nothing"),
+        ("lib.pillow.filter.Blur", json!({"radius": 500}), "radius"),
+    ] {
+        let mut data = params;
+        data["image"] = image.clone();
+        let o = h.run_one(node_type, data).await;
+        assert_eq!(o.status, Status::Failed, "{node_type}");
+        let err = o.error.unwrap();
+        assert_eq!(err.kind(), ErrorKind::InvalidInput, "{node_type}: {err}");
+        assert!(err.message().contains(needle), "{node_type}: {err}");
+    }
+}
+
+#[tokio::test]
+async fn save_image_stores_an_asset_that_decodes_to_the_same_image() {
+    let h = harness().await;
+    let img = DynamicImage::ImageRgba8(RgbaImage::from_fn(5, 3, |x, y| {
+        Rgba([(x * 40) as u8, (y * 70) as u8, 9, (255 - x * 30) as u8])
+    }));
+    let data = json!({"image": h.put_image(png(&img)).await, "name": "saved-%Y.png"});
+    let o = h.run_one("nodetool.image.SaveImage", data).await;
+    assert_eq!(o.status, Status::Completed, "{:?}", o.error);
+    let saved = &o.result["out"][0];
+    let uri = saved["uri"].as_str().unwrap();
+    assert!(uri.starts_with("asset://"), "{saved}");
+    assert_eq!(saved["asset_id"].as_str(), uri.strip_prefix("asset://"));
+    assert_eq!(saved["content_type"], "image/png");
+    let back = h.fetch_image(saved).await;
+    assert_eq!(back.to_rgba8(), img.to_rgba8());
+}
+
+#[tokio::test]
+async fn save_text_stores_the_text() {
+    let h = harness().await;
+    let text = "héllo\nworld ✓";
+    let g = graph(
+        &[
+            ("src", "nodetool.constant.String", json!({"value": text})),
+            ("op", "nodetool.text.SaveText", json!({"name": "notes.txt"})),
+            ("out", "nodetool.output.Output", json!({"name": "out"})),
+        ],
+        &[
+            ("src", "output", "op", "text"),
+            ("op", "output", "out", "value"),
+        ],
+    );
+    let (o, _) = run(&h.engine, g, Value::Null, RunOptions::default()).await;
+    assert_eq!(o.status, Status::Completed, "{:?}", o.error);
+    let saved = &o.result["out"][0];
+    assert_eq!(saved["type"], "text", "{saved}");
+    assert!(saved["uri"].as_str().unwrap().starts_with("asset://"));
+    assert_eq!(String::from_utf8(h.fetch(saved).await).unwrap(), text);
+
+    // A text ref as input is read and saved again.
+    let o = h
+        .run_one("nodetool.text.SaveText", json!({"text": saved}))
+        .await;
+    assert_eq!(o.status, Status::Completed, "{:?}", o.error);
+    let again = &o.result["out"][0];
+    assert_ne!(again["uri"], saved["uri"]);
+    assert_eq!(String::from_utf8(h.fetch(again).await).unwrap(), text);
+}
+
+#[tokio::test]
+async fn get_metadata_reports_the_files_own_mode() {
+    let h = harness().await;
+    let img = DynamicImage::ImageRgba8(RgbaImage::from_pixel(7, 3, Rgba([1, 2, 3, 4])));
+    let image = h.put_image(png(&img)).await;
+    let g = graph(
+        &[
+            (
+                "meta",
+                "nodetool.image.GetMetadata",
+                json!({"image": image}),
+            ),
+            ("m", "nodetool.output.Output", json!({"name": "mode"})),
+            ("c", "nodetool.output.Output", json!({"name": "channels"})),
+            ("h", "nodetool.output.Output", json!({"name": "height"})),
+        ],
+        &[
+            ("meta", "mode", "m", "value"),
+            ("meta", "channels", "c", "value"),
+            ("meta", "height", "h", "value"),
+        ],
+    );
+    let (o, _) = run(&h.engine, g, Value::Null, RunOptions::default()).await;
+    assert_eq!(o.status, Status::Completed, "{:?}", o.error);
+    assert_eq!(o.result["mode"], json!(["RGBA"]));
+    assert_eq!(o.result["channels"], json!([4]));
+    assert_eq!(o.result["height"], json!([3]));
+}
