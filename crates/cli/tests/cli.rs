@@ -193,9 +193,11 @@ fn storage_round_trip_on_default_file_storage() {
         &["storage", "url", "demo/hello.txt"],
         &[("NODETOOL_API_URL", "http://localhost:7777")],
     );
-    assert_eq!(
-        stdout(&out).trim(),
-        "http://localhost:7777/api/storage/demo/hello.txt"
+    let url = stdout(&out).trim().to_owned();
+    assert!(
+        url.starts_with("http://localhost:7777/api/storage/demo/hello.txt?expires=")
+            && url.contains("&sig="),
+        "file storage URLs are signed so <img src> works with auth on: {url}"
     );
 
     let out = env.run(&["storage", "rm", "demo/hello.txt"], &[]);
@@ -360,4 +362,81 @@ fn run_rejects_bad_workflows_and_params_clearly() {
         err.contains("unknown node type") && err.contains("nodetool.text.Concat"),
         "{err}"
     );
+}
+
+/// One HTTP/1.1 GET over a plain socket: (status code, body).
+fn http_get(port: u16, path_and_query: &str) -> (u16, Vec<u8>) {
+    use std::io::Read;
+    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect");
+    write!(
+        stream,
+        "GET {path_and_query} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"
+    )
+    .expect("send");
+    let mut response = Vec::new();
+    stream.read_to_end(&mut response).expect("read");
+    let split = response
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .expect("header end");
+    let head = String::from_utf8_lossy(&response[..split]).into_owned();
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .expect("status code");
+    (status, response[split + 4..].to_vec())
+}
+
+#[test]
+fn serve_accepts_signed_urls_from_storage_url_and_requires_a_token_otherwise() {
+    let env = Env::new();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("bind")
+        .local_addr()
+        .expect("addr")
+        .port();
+    let api = format!("http://127.0.0.1:{port}");
+    let vars = [
+        ("AUTH_PROVIDER", "static"),
+        ("SERVER_AUTH_TOKEN", "test-token-123456"),
+        ("NODETOOL_API_URL", api.as_str()),
+    ];
+    let out = env.run_stdin(&["storage", "put", "pics/a.txt", "-"], b"signed body");
+    assert!(out.status.success(), "{}", stderr(&out));
+
+    let mut server = env
+        .cmd(&["serve", "--port", &port.to_string()])
+        .envs(vars)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start nodetool serve");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "serve did not start listening"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+
+    let out = env.run(&["storage", "url", "pics/a.txt"], &vars);
+    let url = stdout(&out).trim().to_owned();
+    let path = url.strip_prefix(&api).expect("absolute URL on the API");
+    let (status, body) = http_get(port, path);
+    assert_eq!(status, 200, "a signed URL works without a token");
+    assert_eq!(body, b"signed body");
+
+    let (status, _) = http_get(port, "/api/storage/pics/a.txt");
+    assert_eq!(
+        status, 401,
+        "without a token or a signature the API refuses"
+    );
+    let tampered = path.replace("a.txt", "b.txt");
+    let (status, _) = http_get(port, &tampered);
+    assert_eq!(status, 401, "a signature covers exactly one key");
+
+    server.kill().expect("stop serve");
+    let _ = server.wait();
 }
