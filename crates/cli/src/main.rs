@@ -1,10 +1,12 @@
 //! The `nodetool` binary. Wiring only: parse arguments, load settings once, build `Resources`,
 //! call into the library crates, turn errors into messages and exit codes.
 
+mod docker_cmd;
 mod run_cmd;
 mod serve_cmd;
 mod settings_cmd;
 mod storage_cmd;
+mod worker_cmd;
 
 use std::process::ExitCode;
 
@@ -37,6 +39,14 @@ enum Command {
         #[command(subcommand)]
         command: storage_cmd::StorageCommand,
     },
+    /// Build the Docker worker image from this binary (no registry needed).
+    Docker {
+        #[command(subcommand)]
+        command: docker_cmd::DockerCommand,
+    },
+    /// The child side of the subprocess and Docker strategies (reads a job on stdin; not for humans).
+    #[command(hide = true)]
+    Worker,
 }
 
 fn main() -> ExitCode {
@@ -55,6 +65,8 @@ fn main() -> ExitCode {
             Command::Serve(args) => serve_cmd::run(args).await,
             Command::Settings { command } => settings_cmd::run(command),
             Command::Storage { command } => storage_cmd::run(command).await,
+            Command::Docker { command } => docker_cmd::run(command).await,
+            Command::Worker => worker_cmd::run().await,
         }
     });
     match result {

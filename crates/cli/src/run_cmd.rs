@@ -35,6 +35,10 @@ pub struct RunArgs {
     /// Fail the job after this many seconds.
     #[arg(long, value_name = "SECONDS")]
     pub timeout: Option<f64>,
+    /// Where the job runs: in this process (threaded), in a `nodetool worker` child
+    /// (subprocess), or in a container (docker).
+    #[arg(long, value_name = "STRATEGY", default_value = "threaded")]
+    pub strategy: String,
 }
 
 pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
@@ -52,6 +56,11 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         Some(s) => anyhow::bail!("--timeout must be a positive number of seconds, got {s}"),
         None => None,
     };
+
+    let strategy: nodetool_exec::StrategyKind = args.strategy.parse()?;
+    if strategy != nodetool_exec::StrategyKind::Threaded {
+        return run_isolated(strategy, workflow, params, job_timeout, &args).await;
+    }
 
     let settings = crate::load_settings()?;
     let resources = Resources::new(settings, ResourceOptions::default());
@@ -106,6 +115,97 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
                 (Some(node), Some(err)) => eprintln!("error: node {node} failed: {err}"),
                 (None, Some(err)) => eprintln!("error: {err}"),
                 _ => eprintln!("error: the job failed"),
+            }
+            Ok(ExitCode::FAILURE)
+        }
+    }
+}
+
+/// `--strategy subprocess|docker`: the job runs in a worker through `nodetool_exec`.
+async fn run_isolated(
+    strategy: nodetool_exec::StrategyKind,
+    workflow: nodetool_engine::Workflow,
+    params: Map<String, Value>,
+    job_timeout: Option<Duration>,
+    args: &RunArgs,
+) -> anyhow::Result<ExitCode> {
+    use nodetool_exec::subprocess::{allowed_env, SubprocessConfig, SubprocessStrategy};
+    use nodetool_exec::{ExecutionStrategy, JobSpec, StrategyKind};
+
+    let settings = crate::load_settings()?;
+    let runner: Arc<dyn ExecutionStrategy> = match strategy {
+        StrategyKind::Subprocess => {
+            let sources = nodetool_config::Sources::from_process()?;
+            let secret_names: Vec<&str> = settings
+                .entries()
+                .into_iter()
+                .filter(|e| e.secret)
+                .map(|e| e.name)
+                .collect();
+            let mut cfg = SubprocessConfig::new(
+                std::env::current_exe().context("locating the nodetool binary")?,
+            );
+            cfg.env = allowed_env(&sources.env, &secret_names);
+            Arc::new(SubprocessStrategy::new(cfg))
+        }
+        StrategyKind::Docker => {
+            // Mount the asset folder read-only when assets are local files (seed 000).
+            let asset_folder = match nodetool_config::asset_storage(&settings, false)?.plan {
+                nodetool_config::StoragePlan::File { root, .. } => Some(root),
+                _ => None,
+            };
+            let workspaces = settings.config_dir().join("workspaces");
+            std::fs::create_dir_all(&workspaces)
+                .with_context(|| format!("creating {}", workspaces.display()))?;
+            let cfg = nodetool_exec::docker::config::DockerConfig::from_settings(
+                &settings,
+                workspaces,
+                asset_folder,
+            )?;
+            Arc::new(nodetool_exec::docker::DockerStrategy::connect(cfg).await?)
+        }
+        StrategyKind::Threaded => anyhow::bail!("threaded jobs run in-process, not in a worker"),
+    };
+    let mut spec = JobSpec::new(workflow.graph);
+    spec.workflow_id = workflow.id;
+    spec.params = params;
+    spec.use_cache = !args.no_cache;
+    spec.resource_limits.time_seconds = job_timeout
+        .or(settings.job_timeout)
+        .map(|d| d.as_secs_f64());
+
+    let node_count = spec.graph.nodes.len();
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel::<EventEnvelope>();
+    let printer = tokio::spawn(print_events(rx, args.jsonl, node_count));
+    let mut handle = runner.start(spec, Arc::new(tx)).await?;
+    let cancel = handle.cancel_token();
+    let ctrl_c = tokio::spawn(async move {
+        if tokio::signal::ctrl_c().await.is_ok() {
+            cancel.cancel();
+        }
+    });
+    let outcome = handle.wait().await;
+    ctrl_c.abort();
+    drop(handle);
+    drop(runner);
+    printer.await.context("event printer")??;
+    match outcome.status {
+        Status::Completed => {
+            if !args.jsonl {
+                let mut out = std::io::stdout().lock();
+                serde_json::to_writer_pretty(&mut out, &Value::Object(outcome.result))?;
+                writeln!(out)?;
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Status::Cancelled => {
+            eprintln!("cancelled");
+            Ok(ExitCode::from(EXIT_CANCELLED))
+        }
+        _ => {
+            match outcome.error_text() {
+                Some(e) => eprintln!("error: {e}"),
+                None => eprintln!("error: the job failed"),
             }
             Ok(ExitCode::FAILURE)
         }

@@ -1,0 +1,28 @@
+//! A stand-alone `nodetool worker` for this crate's tests and benchmarks (the real binary's
+//! `nodetool worker` runs the same [`nodetool_exec::worker::run_worker`]).
+
+use std::process::ExitCode;
+
+fn main() -> ExitCode {
+    let rt = match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = rt.block_on(async {
+        let sources = nodetool_config::Sources::from_process()?;
+        let settings = nodetool_config::Settings::load(&sources)?;
+        nodetool_exec::worker::run_worker(settings).await
+    });
+    // Do not wait for the blocking stdin reader.
+    rt.shutdown_timeout(std::time::Duration::from_millis(100));
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}

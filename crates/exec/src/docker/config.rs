@@ -1,0 +1,357 @@
+//! [`DockerConfig`] (plain data, from settings) and the hardened container definition built
+//! from it for one job.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::path::PathBuf;
+use std::str::FromStr;
+
+use bollard::models::{ContainerCreateBody, DeviceRequest, HostConfig, Mount, MountTypeEnum};
+
+use nodetool_core::{Error, Result};
+
+use crate::strategy::{JobSpec, ResourceLimits};
+
+/// The label every job container carries (`nodetool.job_id=<id>`); reaping looks for it.
+pub const JOB_LABEL: &str = "nodetool.job_id";
+
+/// Where the job's workspace is mounted in the container.
+pub const WORKSPACE_IN_CONTAINER: &str = "/workspace";
+
+/// Where the asset folder is mounted (read-only) when storage is local.
+pub const ASSETS_IN_CONTAINER: &str = "/assets";
+
+/// When to pull the job image.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum PullPolicy {
+    /// Never pull: a missing image is an error naming `nodetool docker build-image`.
+    Never,
+    /// Pull only when the image is not present locally.
+    #[default]
+    Missing,
+    /// Pull before every first use (fails without a registry).
+    Always,
+}
+
+impl PullPolicy {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PullPolicy::Never => "never",
+            PullPolicy::Missing => "missing",
+            PullPolicy::Always => "always",
+        }
+    }
+}
+
+impl fmt::Display for PullPolicy {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for PullPolicy {
+    type Err = Error;
+
+    fn from_str(s: &str) -> Result<Self> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "never" => Ok(PullPolicy::Never),
+            "missing" | "if-not-present" | "if_not_present" => Ok(PullPolicy::Missing),
+            "always" => Ok(PullPolicy::Always),
+            other => Err(Error::config(format!(
+                "unknown docker pull policy {other:?}: expected never, missing or always"
+            ))
+            .with_operation("docker.config")),
+        }
+    }
+}
+
+/// Everything the Docker strategy needs, as plain data. Build with [`DockerConfig::from_settings`]
+/// (or by hand in tests) and adjust fields before [`super::DockerStrategy::connect`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct DockerConfig {
+    /// Unix socket of the engine.
+    pub socket: PathBuf,
+    /// Image for jobs that do not name one (`DOCKER_IMAGE`; default [`super::image::default_image`]).
+    pub image: String,
+    pub pull_policy: PullPolicy,
+    /// `DOCKER_CPU_LIMIT`, in CPUs (→ `NanoCpus`).
+    pub cpu_limit: Option<f64>,
+    /// `DOCKER_MEMORY_LIMIT` in bytes (→ `Memory`, and `MemorySwap` equal so there is no swap).
+    pub memory_limit: Option<u64>,
+    /// `DOCKER_SHM_SIZE` in bytes.
+    pub shm_size: Option<u64>,
+    /// `DOCKER_PIDS_LIMIT`.
+    pub pids_limit: Option<i64>,
+    /// `DOCKER_USER` (`uid:gid`); root is refused.
+    pub user: String,
+    /// `DOCKER_GPU_DEVICES` (`--gpus "device=0,1"` semantics). `None` or empty: no GPU.
+    pub gpu_devices: Option<Vec<String>>,
+    /// The network jobs are granted. `None`: `none` (no network at all). `host` is refused.
+    pub network: Option<String>,
+    /// Host directory under which each job gets `<job_id>/`, mounted at `/workspace`.
+    pub workspace_root: PathBuf,
+    /// The local asset folder, mounted read-only at `/assets` (only for file storage).
+    pub asset_folder: Option<PathBuf>,
+    /// Size of the `/tmp` tmpfs, in bytes.
+    pub tmp_size: u64,
+    /// Run `docker-init` as PID 1, so the worker sees signals like any process does.
+    pub init: bool,
+    /// Non-secret environment variables passed to the worker (secrets travel in the request
+    /// frame, never here).
+    pub env: Vec<(String, String)>,
+}
+
+impl DockerConfig {
+    /// Defaults: the local socket, image `nodetool-worker:<version>`, pull policy `missing`, no
+    /// limits, user 1000:1000, no GPU, no network, 64 MiB `/tmp`.
+    pub fn new(workspace_root: impl Into<PathBuf>) -> Self {
+        Self {
+            socket: PathBuf::from("/var/run/docker.sock"),
+            image: super::image::default_image(),
+            pull_policy: PullPolicy::Missing,
+            cpu_limit: None,
+            memory_limit: None,
+            shm_size: None,
+            pids_limit: None,
+            user: "1000:1000".to_owned(),
+            gpu_devices: None,
+            network: None,
+            workspace_root: workspace_root.into(),
+            asset_folder: None,
+            tmp_size: 64 * 1024 * 1024,
+            init: true,
+            env: Vec::new(),
+        }
+    }
+
+    /// From the `DOCKER_*` settings. `asset_folder` is the folder to mount when storage is
+    /// local (the caller knows which storage it built); `workspace_root` holds job workspaces.
+    pub fn from_settings(
+        settings: &nodetool_config::Settings,
+        workspace_root: impl Into<PathBuf>,
+        asset_folder: Option<PathBuf>,
+    ) -> Result<Self> {
+        let mut c = Self::new(workspace_root);
+        if let Some(image) = &settings.docker_image {
+            c.image = image.clone();
+        }
+        c.cpu_limit = settings.docker_cpu_limit;
+        c.memory_limit = settings.docker_memory_limit;
+        c.shm_size = settings.docker_shm_size;
+        c.pids_limit = settings.docker_pids_limit;
+        c.user = settings.docker_user.clone();
+        c.gpu_devices = settings.docker_gpu_devices.clone();
+        c.asset_folder = asset_folder;
+        c.validate()?;
+        Ok(c)
+    }
+
+    /// Checks what Docker would otherwise accept silently: a root user, host networking,
+    /// nonsensical limits.
+    pub fn validate(&self) -> Result<()> {
+        check_user(&self.user)?;
+        if let Some(net) = &self.network {
+            check_network(net)?;
+        }
+        if let Some(cpu) = self.cpu_limit {
+            if !(cpu.is_finite() && cpu > 0.0) {
+                return Err(cfg_err(format!("DOCKER_CPU_LIMIT must be > 0, got {cpu}")));
+            }
+        }
+        if let Some(p) = self.pids_limit {
+            if p < 1 {
+                return Err(cfg_err(format!("DOCKER_PIDS_LIMIT must be >= 1, got {p}")));
+            }
+        }
+        for (name, v) in [
+            ("DOCKER_MEMORY_LIMIT", self.memory_limit),
+            ("DOCKER_SHM_SIZE", self.shm_size),
+        ] {
+            if v.is_some_and(|b| b == 0 || b > i64::MAX as u64) {
+                return Err(cfg_err(format!("{name} must be > 0 bytes")));
+            }
+        }
+        if let Some(ids) = &self.gpu_devices {
+            if let Some(bad) = ids.iter().find(|d| d.trim().is_empty() || d.contains(',')) {
+                return Err(cfg_err(format!(
+                    "DOCKER_GPU_DEVICES has an empty or malformed device id {bad:?}"
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    /// The effective memory limit for a job: the smaller of the setting and the request's.
+    pub fn memory_for(&self, limits: &ResourceLimits) -> Option<u64> {
+        min_some(self.memory_limit, limits.memory_bytes)
+    }
+
+    /// The effective pids limit for a job: the smaller of the setting and the request's
+    /// `processes`.
+    pub fn pids_for(&self, limits: &ResourceLimits) -> Option<i64> {
+        let req = limits
+            .processes
+            .map(|p| i64::try_from(p).unwrap_or(i64::MAX));
+        min_some(self.pids_limit, req)
+    }
+
+    /// The container definition for one job: every hardening setting in one place so the unit
+    /// tests can assert them without an engine.
+    pub fn container_body(
+        &self,
+        spec: &JobSpec,
+        image: &str,
+        workspace_dir: &std::path::Path,
+    ) -> Result<ContainerCreateBody> {
+        self.validate()?;
+        let network = match &self.network {
+            Some(n) => {
+                check_network(n)?;
+                n.clone()
+            }
+            None => "none".to_owned(),
+        };
+        let mut mounts = vec![Mount {
+            target: Some(WORKSPACE_IN_CONTAINER.to_owned()),
+            source: Some(workspace_dir.display().to_string()),
+            typ: Some(MountTypeEnum::BIND),
+            read_only: Some(false),
+            ..Default::default()
+        }];
+        if let Some(assets) = &self.asset_folder {
+            mounts.push(Mount {
+                target: Some(ASSETS_IN_CONTAINER.to_owned()),
+                source: Some(assets.display().to_string()),
+                typ: Some(MountTypeEnum::BIND),
+                read_only: Some(true),
+                ..Default::default()
+            });
+        }
+        for m in &mounts {
+            if m.source.as_deref().is_some_and(is_docker_socket) {
+                return Err(cfg_err("refusing to mount the Docker socket into a job"));
+            }
+        }
+        let memory = self
+            .memory_for(&spec.resource_limits)
+            .map(|b| i64::try_from(b).unwrap_or(i64::MAX));
+        let device_requests = self
+            .gpu_devices
+            .as_ref()
+            .filter(|d| !d.is_empty())
+            .map(|ids| {
+                // One id per entry: `--gpus "device=0,1"` means devices 0 and 1.
+                vec![DeviceRequest {
+                    driver: Some(String::new()),
+                    count: None,
+                    device_ids: Some(ids.iter().map(|d| d.trim().to_owned()).collect()),
+                    capabilities: Some(vec![vec!["gpu".to_owned()]]),
+                    options: None,
+                }]
+            });
+        let mut tmpfs = HashMap::new();
+        tmpfs.insert(
+            "/tmp".to_owned(),
+            format!("rw,nosuid,nodev,noexec,size={},mode=1777", self.tmp_size),
+        );
+        let host = HostConfig {
+            nano_cpus: self.cpu_limit.map(|c| (c * 1e9).round() as i64),
+            memory,
+            // Equal to memory: no swap, so a job over its limit is OOM-killed instead of thrashing.
+            memory_swap: memory,
+            shm_size: self.shm_size.map(|b| i64::try_from(b).unwrap_or(i64::MAX)),
+            pids_limit: self.pids_for(&spec.resource_limits),
+            cap_drop: Some(vec!["ALL".to_owned()]),
+            security_opt: Some(vec!["no-new-privileges".to_owned()]),
+            readonly_rootfs: Some(true),
+            tmpfs: Some(tmpfs),
+            network_mode: Some(network),
+            ipc_mode: Some("private".to_owned()),
+            privileged: Some(false),
+            device_requests,
+            mounts: Some(mounts),
+            init: Some(self.init),
+            auto_remove: Some(false),
+            ..Default::default()
+        };
+        let mut labels = HashMap::new();
+        labels.insert(JOB_LABEL.to_owned(), spec.job_id.clone());
+        // The worker's config dir and scratch live in its workspace and tmpfs (the root is
+        // read-only); the asset folder, when mounted, is where its file storage reads.
+        let mut env = vec![
+            format!("HOME={WORKSPACE_IN_CONTAINER}"),
+            "TMPDIR=/tmp".to_owned(),
+        ];
+        if self.asset_folder.is_some() {
+            env.push(format!("ASSET_FOLDER={ASSETS_IN_CONTAINER}"));
+        }
+        env.extend(self.env.iter().map(|(k, v)| format!("{k}={v}")));
+        Ok(ContainerCreateBody {
+            image: Some(image.to_owned()),
+            user: Some(self.user.clone()),
+            env: Some(env),
+            labels: Some(labels),
+            working_dir: Some(WORKSPACE_IN_CONTAINER.to_owned()),
+            attach_stdin: Some(true),
+            attach_stdout: Some(true),
+            attach_stderr: Some(true),
+            open_stdin: Some(true),
+            // Our attach ending closes the worker's stdin, which the worker takes as "parent gone".
+            stdin_once: Some(true),
+            tty: Some(false),
+            network_disabled: Some(self.network.is_none()),
+            host_config: Some(host),
+            ..Default::default()
+        })
+    }
+}
+
+fn min_some<T: Ord>(a: Option<T>, b: Option<T>) -> Option<T> {
+    match (a, b) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    }
+}
+
+fn cfg_err(msg: impl Into<String>) -> Error {
+    Error::config(msg).with_operation("docker.config")
+}
+
+fn is_docker_socket(path: &str) -> bool {
+    path.ends_with("docker.sock") || path == "/var/run" || path == "/run"
+}
+
+/// `host` shares the host's network stack with untrusted code: refused, whatever grants it.
+pub fn check_network(network: &str) -> Result<()> {
+    let n = network.trim();
+    if n.eq_ignore_ascii_case("host") || n.to_ascii_lowercase().starts_with("container:") {
+        return Err(cfg_err(format!(
+            "network mode {n:?} is refused for jobs: use none (the default) or a dedicated network"
+        ))
+        .with_context("network", n));
+    }
+    if n.is_empty() {
+        return Err(cfg_err("the granted network name is empty"));
+    }
+    Ok(())
+}
+
+/// Root (by name or uid 0) is refused: jobs run unprivileged.
+pub fn check_user(user: &str) -> Result<()> {
+    let uid = user.split(':').next().unwrap_or("").trim();
+    if uid.is_empty() || uid == "0" || uid.eq_ignore_ascii_case("root") {
+        return Err(cfg_err(format!(
+            "DOCKER_USER {user:?} would run jobs as root; use an unprivileged uid:gid such as 1000:1000"
+        )));
+    }
+    Ok(())
+}
+
+/// `uid:gid` as numbers, when the user is given numerically (used to chown the workspace).
+pub fn numeric_user(user: &str) -> Option<(u32, u32)> {
+    let (u, g) = match user.split_once(':') {
+        Some((u, g)) => (u, g),
+        None => (user, user),
+    };
+    Some((u.trim().parse().ok()?, g.trim().parse().ok()?))
+}

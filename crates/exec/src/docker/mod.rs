@@ -1,0 +1,689 @@
+//! The Docker strategy: one hardened container per job, running `nodetool worker` from the image
+//! `nodetool docker build-image` made; the request frame goes to the container's stdin and event
+//! frames come back on its stdout (the shared [`crate::protocol`]).
+//!
+//! - [`DockerConfig`]: limits, user, network, mounts and pull policy, from settings.
+//! - [`DockerStrategy`]: [`ExecutionStrategy`] over bollard, plus [`DockerStrategy::reap_leftovers`].
+//! - [`image`]: the `FROM scratch` worker image (binary + its shared libraries).
+
+pub mod config;
+pub mod image;
+
+use std::collections::HashSet;
+use std::path::{Path, PathBuf};
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use bollard::container::LogOutput;
+use bollard::query_parameters::{
+    AttachContainerOptionsBuilder, CreateContainerOptionsBuilder, CreateImageOptionsBuilder,
+    KillContainerOptionsBuilder, ListContainersOptionsBuilder, RemoveContainerOptionsBuilder,
+};
+use bollard::Docker;
+use bytes::Bytes;
+use futures::StreamExt;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio_util::sync::CancellationToken;
+
+use nodetool_core::{Error, ErrorKind, Result};
+use nodetool_engine::EventSink;
+
+use crate::protocol::{
+    read_frame, write_frame, ChildFrame, ParentFrame, MAX_FRAME_BYTES, PROTOCOL_VERSION,
+};
+use crate::sink::TrackingSink;
+use crate::strategy::{
+    Capabilities, ExecutionStrategy, JobError, JobHandle, JobOutcome, JobSpec, StrategyKind,
+    WorkerRef,
+};
+
+/// The engine client crate, re-exported so callers need not pin its version.
+pub use bollard;
+pub use config::{DockerConfig, PullPolicy, JOB_LABEL};
+
+/// How long a finished worker gets to exit after its outcome frame (or EOF) before it is killed.
+const EXIT_GRACE: Duration = Duration::from_secs(10);
+
+/// Bytes of the worker's stderr kept for error messages.
+const STDERR_TAIL: usize = 8 * 1024;
+
+/// Per-job choices beyond [`JobSpec`] (which has no Docker fields).
+#[derive(Debug, Clone, Default)]
+pub struct DockerJobOptions {
+    /// Image to run instead of [`DockerConfig::image`] (a request's `docker_image`).
+    pub image: Option<String>,
+    /// Network granted to this job (`host` is refused). `None`: the config's (default `none`).
+    pub network: Option<String>,
+}
+
+/// Runs each job in its own container. Cheap to share (`Arc`).
+#[derive(Debug)]
+pub struct DockerStrategy {
+    docker: Docker,
+    config: Arc<DockerConfig>,
+    /// Images known to be present, so the per-job path skips an inspect round trip.
+    present: Mutex<HashSet<String>>,
+}
+
+fn engine_unavailable(
+    socket: &Path,
+    source: impl Into<Box<dyn std::error::Error + Send + Sync>>,
+) -> Error {
+    Error::new(
+        ErrorKind::Unavailable,
+        format!(
+            "the docker execution strategy cannot reach the Docker engine at unix://{} \
+             (is the daemon running, and may this user open the socket?)",
+            socket.display()
+        ),
+    )
+    .with_operation("docker.connect")
+    .with_context("socket", socket.display())
+    .with_source(source)
+}
+
+/// A bollard client for the engine at `socket`, with the API version negotiated (the engine
+/// may be older than bollard's default). An absent engine is an `Unavailable` error naming the
+/// strategy and the socket.
+pub async fn connect_engine(socket: &Path) -> Result<Docker> {
+    let path = socket.display().to_string();
+    let docker = Docker::connect_with_unix(&path, 120, bollard::API_DEFAULT_VERSION)
+        .map_err(|e| engine_unavailable(socket, e))?;
+    docker
+        .negotiate_version()
+        .await
+        .map_err(|e| engine_unavailable(socket, e))
+}
+
+fn missing_image(image: &str, policy: PullPolicy, why: Option<String>) -> Error {
+    let why = why.map(|w| format!(" ({w})")).unwrap_or_default();
+    Error::new(
+        ErrorKind::NotFound,
+        format!(
+            "docker image {image} is not present (pull policy {policy}){why}; \
+             build it with `nodetool docker build-image --tag {image}`"
+        ),
+    )
+    .with_operation("docker.image")
+    .with_context("image", image)
+}
+
+fn is_status(e: &bollard::errors::Error, code: u16) -> bool {
+    matches!(e, bollard::errors::Error::DockerResponseServerError { status_code, .. } if *status_code == code)
+}
+
+impl DockerStrategy {
+    /// Connects to the engine named by `config.socket` (checked now, so a missing engine is
+    /// reported at start-up rather than at the first job).
+    pub async fn connect(config: DockerConfig) -> Result<Self> {
+        config.validate()?;
+        let docker = connect_engine(&config.socket).await?;
+        Ok(Self {
+            docker,
+            config: Arc::new(config),
+            present: Mutex::new(HashSet::new()),
+        })
+    }
+
+    pub fn config(&self) -> &DockerConfig {
+        &self.config
+    }
+
+    /// The engine client (tests inspect containers with it).
+    pub fn client(&self) -> &Docker {
+        &self.docker
+    }
+
+    /// Makes sure `image` is present according to the pull policy. A missing image that cannot
+    /// be pulled is a `NotFound` error naming `nodetool docker build-image`.
+    pub async fn ensure_image(&self, image: &str) -> Result<()> {
+        image::check_tag(image)?;
+        let policy = self.config.pull_policy;
+        if policy != PullPolicy::Always && self.is_known(image) {
+            return Ok(());
+        }
+        let present = match self.docker.inspect_image(image).await {
+            Ok(_) => true,
+            Err(e) if is_status(&e, 404) => false,
+            Err(e) => return Err(engine_unavailable(&self.config.socket, e)),
+        };
+        match (policy, present) {
+            (PullPolicy::Never, false) => return Err(missing_image(image, policy, None)),
+            (PullPolicy::Never | PullPolicy::Missing, true) => {}
+            (PullPolicy::Missing, false) | (PullPolicy::Always, _) => {
+                if let Err(e) = self.pull(image).await {
+                    return Err(missing_image(
+                        image,
+                        policy,
+                        Some(format!("pull failed: {e}")),
+                    ));
+                }
+            }
+        }
+        self.present
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(image.to_owned());
+        Ok(())
+    }
+
+    fn is_known(&self, image: &str) -> bool {
+        self.present
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .contains(image)
+    }
+
+    fn forget(&self, image: &str) {
+        self.present
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(image);
+    }
+
+    async fn pull(&self, image: &str) -> std::result::Result<(), bollard::errors::Error> {
+        let opts = CreateImageOptionsBuilder::default()
+            .from_image(image)
+            .build();
+        let mut stream = self.docker.create_image(Some(opts), None, None);
+        while let Some(item) = stream.next().await {
+            item?;
+        }
+        Ok(())
+    }
+
+    /// Removes every container labelled [`JOB_LABEL`] (left by a previous process that died).
+    /// Returns how many were removed. The manager calls this on start.
+    pub async fn reap_leftovers(&self) -> Result<usize> {
+        let mut filters = std::collections::HashMap::new();
+        filters.insert("label".to_owned(), vec![JOB_LABEL.to_owned()]);
+        let opts = ListContainersOptionsBuilder::default()
+            .all(true)
+            .filters(&filters)
+            .build();
+        let list = self
+            .docker
+            .list_containers(Some(opts))
+            .await
+            .map_err(|e| engine_unavailable(&self.config.socket, e))?;
+        let mut removed = 0;
+        for c in list {
+            let Some(id) = c.id else { continue };
+            match remove_container(&self.docker, &id).await {
+                Ok(()) => removed += 1,
+                Err(e) => {
+                    tracing::warn!(container = %id, error = %e, "cannot reap a leftover job container")
+                }
+            }
+        }
+        if removed > 0 {
+            tracing::info!(removed, "reaped leftover job containers");
+        }
+        Ok(removed)
+    }
+
+    /// Starts `spec` with per-job Docker options (image, granted network).
+    pub async fn start_with(
+        &self,
+        spec: JobSpec,
+        sink: Arc<dyn EventSink>,
+        options: DockerJobOptions,
+    ) -> Result<JobHandle> {
+        let mut config = (*self.config).clone();
+        if let Some(net) = options.network {
+            config::check_network(&net)?;
+            config.network = Some(net);
+        }
+        let image = options.image.unwrap_or_else(|| config.image.clone());
+        self.ensure_image(&image).await?;
+
+        let workspace = prepare_workspace(&config, &spec.job_id).await?;
+        let body = match config.container_body(&spec, &image, &workspace) {
+            Ok(b) => b,
+            Err(e) => {
+                remove_workspace(workspace).await;
+                return Err(e);
+            }
+        };
+        let name = container_name(&spec.job_id);
+        let create = self
+            .docker
+            .create_container(
+                Some(CreateContainerOptionsBuilder::default().name(&name).build()),
+                body,
+            )
+            .await;
+        let id = match create {
+            Ok(r) => r.id,
+            Err(e) => {
+                remove_workspace(workspace).await;
+                if is_status(&e, 404) {
+                    self.forget(&image);
+                    return Err(missing_image(
+                        &image,
+                        config.pull_policy,
+                        Some(e.to_string()),
+                    ));
+                }
+                return Err(Error::new(
+                    ErrorKind::Unexpected,
+                    "the docker execution strategy cannot create the job container",
+                )
+                .with_operation("docker.create")
+                .with_context("job_id", &spec.job_id)
+                .with_context("image", &image)
+                .with_source(e));
+            }
+        };
+        let attached = async {
+            let opts = AttachContainerOptionsBuilder::default()
+                .stdin(true)
+                .stdout(true)
+                .stderr(true)
+                .stream(true)
+                .build();
+            let attached = self.docker.attach_container(&id, Some(opts)).await?;
+            self.docker
+                .start_container(
+                    &id,
+                    None::<bollard::query_parameters::StartContainerOptions>,
+                )
+                .await?;
+            Ok::<_, bollard::errors::Error>(attached)
+        }
+        .await;
+        let attached = match attached {
+            Ok(a) => a,
+            Err(e) => {
+                if let Err(re) = remove_container(&self.docker, &id).await {
+                    tracing::warn!(container = %id, error = %re, "cannot remove a container that failed to start");
+                }
+                remove_workspace(workspace).await;
+                return Err(Error::new(
+                    ErrorKind::Unexpected,
+                    "the docker execution strategy cannot start the job container",
+                )
+                .with_operation("docker.start")
+                .with_context("job_id", &spec.job_id)
+                .with_context("container", &id)
+                .with_source(e));
+            }
+        };
+        tracing::debug!(job_id = %spec.job_id, container = %id, image = %image, "job container started");
+
+        let cancel = CancellationToken::new();
+        let run = ContainerRun {
+            docker: self.docker.clone(),
+            container: id.clone(),
+            workspace,
+            sink: TrackingSink::new(spec.job_id.clone(), sink),
+            cancel: cancel.clone(),
+            timeout: spec.resource_limits.timeout(),
+            started: Instant::now(),
+        };
+        let job_id = spec.job_id.clone();
+        let task = tokio::spawn(run.drive(spec, attached.input, attached.output));
+        Ok(JobHandle::new(job_id, cancel, task).with_worker(WorkerRef::Container(id)))
+    }
+}
+
+/// `nodetool-job-<id>` with anything Docker would refuse replaced.
+fn container_name(job_id: &str) -> String {
+    let safe: String = job_id
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '_' || c == '.' || c == '-' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    format!("nodetool-job-{safe}")
+}
+
+#[async_trait]
+impl ExecutionStrategy for DockerStrategy {
+    fn name(&self) -> StrategyKind {
+        StrategyKind::Docker
+    }
+
+    fn capabilities(&self) -> Capabilities {
+        Capabilities {
+            isolates_crashes: true,
+            memory_limit: true,
+            // Only the pids limit of the OS limits maps onto a container.
+            os_limits: false,
+            isolated_env: true,
+        }
+    }
+
+    async fn start(&self, spec: JobSpec, sink: Arc<dyn EventSink>) -> Result<JobHandle> {
+        self.start_with(spec, sink, DockerJobOptions::default())
+            .await
+    }
+}
+
+/// Creates `<workspace_root>/<job_id>`, owned by the container user so the job can write to it.
+async fn prepare_workspace(config: &DockerConfig, job_id: &str) -> Result<PathBuf> {
+    let dir = config.workspace_root.join(container_name(job_id));
+    let owner = config::numeric_user(&config.user);
+    let d = dir.clone();
+    tokio::task::spawn_blocking(move || -> std::io::Result<()> {
+        std::fs::create_dir_all(&d)?;
+        use std::os::unix::fs::PermissionsExt;
+        let chowned =
+            owner.is_some_and(|(u, g)| std::os::unix::fs::chown(&d, Some(u), Some(g)).is_ok());
+        // Without the right to chown (not root), the directory must be writable by anyone.
+        let mode = if chowned { 0o700 } else { 0o777 };
+        std::fs::set_permissions(&d, std::fs::Permissions::from_mode(mode))
+    })
+    .await
+    .map_err(|e| Error::unexpected("the workspace task failed").with_source(e))?
+    .map_err(|e| {
+        Error::new(
+            ErrorKind::Unexpected,
+            "cannot create the job's workspace directory",
+        )
+        .with_operation("docker.workspace")
+        .with_context("path", dir.display())
+        .with_source(e)
+    })?;
+    Ok(dir)
+}
+
+async fn remove_workspace(dir: PathBuf) {
+    let d = dir.clone();
+    let res = tokio::task::spawn_blocking(move || std::fs::remove_dir_all(&d)).await;
+    if let Ok(Err(e)) = res {
+        if e.kind() != std::io::ErrorKind::NotFound {
+            tracing::warn!(path = %dir.display(), error = %e, "cannot remove a job workspace");
+        }
+    }
+}
+
+async fn remove_container(
+    docker: &Docker,
+    id: &str,
+) -> std::result::Result<(), bollard::errors::Error> {
+    let opts = RemoveContainerOptionsBuilder::default()
+        .force(true)
+        .v(true)
+        .build();
+    match docker.remove_container(id, Some(opts)).await {
+        Ok(()) => Ok(()),
+        // Already gone (or being removed by a concurrent reap): nothing left to do.
+        Err(e) if is_status(&e, 404) || is_status(&e, 409) => Ok(()),
+        Err(e) => Err(e),
+    }
+}
+
+type Output = Pin<
+    Box<dyn futures::Stream<Item = std::result::Result<LogOutput, bollard::errors::Error>> + Send>,
+>;
+
+/// One running job container; [`ContainerRun::drive`] is its only owner.
+struct ContainerRun {
+    docker: Docker,
+    container: String,
+    workspace: PathBuf,
+    sink: Arc<TrackingSink>,
+    cancel: CancellationToken,
+    timeout: Option<Duration>,
+    started: Instant,
+}
+
+/// Why the read loop stopped.
+enum End {
+    Outcome(JobOutcome),
+    Cancelled,
+    TimedOut(Duration),
+    /// stdout closed without an outcome (the worker died).
+    Eof,
+    Protocol(Error),
+}
+
+impl ContainerRun {
+    async fn drive(
+        self,
+        spec: JobSpec,
+        mut input: Pin<Box<dyn AsyncWrite + Send>>,
+        output: Output,
+    ) -> JobOutcome {
+        let workflow_id = spec.workflow_id.clone();
+        let tail = Arc::new(Mutex::new(Vec::<u8>::new()));
+        let mut reader = stdout_reader(output, tail.clone());
+
+        let request = ParentFrame::Request {
+            protocol_version: PROTOCOL_VERSION,
+            spec: Box::new(spec),
+        };
+        // A write failure means the worker is already gone; the read side reports why.
+        if let Err(e) = write_frame(&mut input, &request).await {
+            tracing::debug!(container = %self.container, error = %e, "cannot send the request frame");
+        }
+        drop(request);
+
+        let end = self.read_loop(&mut reader, &mut input).await;
+        let mut outcome = match end {
+            End::Outcome(o) => {
+                // EOF on its stdin is the worker's cue to exit (its stdin reader holds it open).
+                close_stdin(&mut input).await;
+                self.wait_exit(EXIT_GRACE).await;
+                o
+            }
+            End::Cancelled => {
+                self.kill().await;
+                JobOutcome::cancelled()
+            }
+            End::TimedOut(limit) => {
+                self.kill().await;
+                JobOutcome::timed_out(limit)
+            }
+            End::Eof => {
+                close_stdin(&mut input).await;
+                let code = self.wait_exit(EXIT_GRACE).await;
+                self.died_outcome(code, &tail).await
+            }
+            End::Protocol(e) => {
+                self.kill().await;
+                JobOutcome::failed(JobError::new(
+                    e.kind(),
+                    format!(
+                        "the docker worker broke the protocol: {e}{}",
+                        stderr_hint(&tail)
+                    ),
+                ))
+            }
+        };
+        drop(input);
+        if outcome.duration_secs == 0.0 {
+            outcome.duration_secs = self.started.elapsed().as_secs_f64();
+        }
+        if let Err(e) = remove_container(&self.docker, &self.container).await {
+            tracing::warn!(container = %self.container, error = %e, "cannot remove a job container");
+        }
+        remove_workspace(self.workspace.clone()).await;
+        self.sink.finish(&workflow_id, &outcome);
+        outcome
+    }
+
+    async fn read_loop<R: AsyncRead + Unpin>(
+        &self,
+        reader: &mut R,
+        input: &mut Pin<Box<dyn AsyncWrite + Send>>,
+    ) -> End {
+        let deadline = self
+            .timeout
+            .map(|t| (tokio::time::Instant::from_std(self.started) + t, t));
+        loop {
+            let sleep = async {
+                match deadline {
+                    Some((at, _)) => tokio::time::sleep_until(at).await,
+                    None => std::future::pending().await,
+                }
+            };
+            // Once the worker reported its terminal status, a late cancel must not contradict it.
+            let cancellable = !self.sink.terminal_sent();
+            tokio::select! {
+                biased;
+                _ = self.cancel.cancelled(), if cancellable => return End::Cancelled,
+                _ = sleep => return End::TimedOut(deadline.map(|d| d.1).unwrap_or_default()),
+                frame = read_frame::<_, ChildFrame>(reader, MAX_FRAME_BYTES) => match frame {
+                    Ok(Some(ChildFrame::Event(e))) => self.sink.send(*e),
+                    Ok(Some(ChildFrame::Outcome(o))) => return End::Outcome(*o),
+                    Ok(Some(ChildFrame::Call { call_id, op, .. })) => {
+                        let reply = ParentFrame::Reply {
+                            call_id,
+                            result: None,
+                            error: Some(JobError::new(
+                                ErrorKind::Unsupported,
+                                format!("the docker parent does not serve {op:?} calls yet"),
+                            )),
+                        };
+                        if let Err(e) = write_frame(input, &reply).await {
+                            return End::Protocol(e);
+                        }
+                    }
+                    Ok(None) => return End::Eof,
+                    Err(e) => return End::Protocol(e),
+                },
+            }
+        }
+    }
+
+    /// Waits up to `grace` for the container to exit; returns its exit code if it did.
+    async fn wait_exit(&self, grace: Duration) -> Option<i64> {
+        let wait = async {
+            let mut s = self.docker.wait_container(
+                &self.container,
+                None::<bollard::query_parameters::WaitContainerOptions>,
+            );
+            match s.next().await {
+                Some(Ok(r)) => Some(r.status_code),
+                // bollard reports a non-zero exit as an error carrying the code.
+                Some(Err(bollard::errors::Error::DockerContainerWaitError { code, .. })) => {
+                    Some(code)
+                }
+                _ => None,
+            }
+        };
+        match tokio::time::timeout(grace, wait).await {
+            Ok(code) => code,
+            Err(_) => {
+                self.kill().await;
+                None
+            }
+        }
+    }
+
+    async fn kill(&self) {
+        let opts = KillContainerOptionsBuilder::default()
+            .signal("SIGKILL")
+            .build();
+        if let Err(e) = self
+            .docker
+            .kill_container(&self.container, Some(opts))
+            .await
+        {
+            // 409: not running any more, which is what we wanted.
+            if !is_status(&e, 409) && !is_status(&e, 404) {
+                tracing::warn!(container = %self.container, error = %e, "cannot kill a job container");
+            }
+        }
+    }
+
+    async fn died_outcome(&self, code: Option<i64>, tail: &Mutex<Vec<u8>>) -> JobOutcome {
+        let state = self
+            .docker
+            .inspect_container(
+                &self.container,
+                None::<bollard::query_parameters::InspectContainerOptions>,
+            )
+            .await
+            .ok()
+            .and_then(|c| c.state);
+        let oom = state.as_ref().and_then(|s| s.oom_killed).unwrap_or(false);
+        let code = code.or_else(|| state.as_ref().and_then(|s| s.exit_code));
+        if oom {
+            return JobOutcome::failed(JobError::new(
+                ErrorKind::TooLarge,
+                "the job ran out of memory: the docker worker was killed by the container's \
+                 memory limit (out of memory; raise DOCKER_MEMORY_LIMIT or resource_limits.memory_mb)",
+            ));
+        }
+        let how = match code {
+            Some(c) if c > 128 => format!("was killed by signal {}", signal_name(c - 128)),
+            Some(c) => format!("exited with code {c}"),
+            None => "vanished".to_owned(),
+        };
+        JobOutcome::failed(JobError::new(
+            ErrorKind::Unexpected,
+            format!(
+                "the docker worker {how} before reporting an outcome (the job crashed){}",
+                stderr_hint(tail)
+            ),
+        ))
+    }
+}
+
+async fn close_stdin(input: &mut Pin<Box<dyn AsyncWrite + Send>>) {
+    use tokio::io::AsyncWriteExt;
+    if let Err(e) = input.shutdown().await {
+        tracing::debug!(error = %e, "cannot close the worker's stdin");
+    }
+}
+
+/// stdout of the attach stream as bytes; stderr goes to the (bounded) tail buffer.
+fn stdout_reader(output: Output, tail: Arc<Mutex<Vec<u8>>>) -> impl AsyncRead + Unpin {
+    let stdout = output.filter_map(move |item| {
+        let out = match item {
+            Ok(LogOutput::StdOut { message }) | Ok(LogOutput::Console { message }) => {
+                Some(Ok(message))
+            }
+            Ok(LogOutput::StdErr { message }) => {
+                let mut t = tail.lock().unwrap_or_else(|p| p.into_inner());
+                t.extend_from_slice(&message);
+                if t.len() > STDERR_TAIL {
+                    let cut = t.len() - STDERR_TAIL;
+                    t.drain(..cut);
+                }
+                None
+            }
+            Ok(LogOutput::StdIn { .. }) => None,
+            Err(e) => Some(Err(std::io::Error::other(e))),
+        };
+        futures::future::ready(out)
+    });
+    tokio_util::io::StreamReader::new(Box::pin(stdout).map(|r: std::io::Result<Bytes>| r))
+}
+
+fn signal_name(n: i64) -> String {
+    let name = match n {
+        1 => "SIGHUP",
+        2 => "SIGINT",
+        4 => "SIGILL",
+        6 => "SIGABRT",
+        7 => "SIGBUS",
+        8 => "SIGFPE",
+        9 => "SIGKILL",
+        11 => "SIGSEGV",
+        13 => "SIGPIPE",
+        15 => "SIGTERM",
+        _ => return n.to_string(),
+    };
+    format!("{n} ({name})")
+}
+
+fn stderr_hint(tail: &Mutex<Vec<u8>>) -> String {
+    let t = tail.lock().unwrap_or_else(|p| p.into_inner());
+    let text = String::from_utf8_lossy(&t);
+    let text = text.trim();
+    if text.is_empty() {
+        String::new()
+    } else {
+        format!("; worker stderr (tail): {text}")
+    }
+}

@@ -1,0 +1,28 @@
+//! Job execution for NodeTool workflows.
+//!
+//! - [`strategy`]: the [`ExecutionStrategy`] contract, [`JobSpec`], [`JobOutcome`],
+//!   [`RunJobRequest`].
+//! - [`protocol`]: length-prefixed frames between a parent and `nodetool worker`.
+//! - [`threaded`]: the engine on a dedicated thread pool.
+//! - [`subprocess`]: one `nodetool worker` child per job, rlimits, process group.
+//! - [`worker`]: the child side of the protocol (what `nodetool worker` runs).
+//! - [`docker`]: one container per job.
+//! - [`manager`]: [`JobExecutionManager`] (submit, get, list, cancel, wait, subscribe, shutdown).
+//! - [`store`]: job records in SQLite.
+
+pub mod docker;
+pub mod manager;
+pub mod protocol;
+pub mod sink;
+pub mod store;
+pub mod strategy;
+pub mod subprocess;
+pub mod threaded;
+pub mod worker;
+
+pub use manager::{JobEvents, JobExecutionManager, ManagerConfig};
+pub use store::{JobRecord, JobStore};
+pub use strategy::{
+    Capabilities, ExecutionStrategy, JobError, JobHandle, JobOutcome, JobSpec, RequestLimits,
+    ResourceLimits, RunJobRequest, StrategyKind, ValidRequest, WorkerRef,
+};

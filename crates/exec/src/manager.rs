@@ -1,0 +1,601 @@
+//! [`JobExecutionManager`]: submit, get, list, cancel, wait, subscribe, shutdown.
+//!
+//! Each job has one owner task, the only writer of its record (memory and SQLite). Jobs wait as
+//! `scheduled` for one of `max_concurrent_jobs` permits, then run on the strategy the request
+//! names. Events go to a per-job hub: a broadcast for live subscribers plus a bounded replay
+//! buffer, so a late subscriber asks for "everything after seq N".
+
+use std::collections::{HashMap, VecDeque};
+use std::fmt;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use chrono::Utc;
+use serde_json::Value;
+use tokio::sync::{broadcast, watch, Semaphore};
+use tokio_util::sync::CancellationToken;
+
+use nodetool_core::{Error, ErrorKind, Result};
+use nodetool_engine::{EventEnvelope, EventSink, Status};
+
+use crate::store::{JobRecord, JobStore};
+use crate::strategy::{
+    ExecutionStrategy, JobOutcome, JobSpec, RunJobRequest, StrategyKind, WorkerRef,
+};
+
+/// Manager knobs (from `Settings`: `MAX_WORKFLOW_THREADS`, `JOB_TIMEOUT`).
+#[derive(Debug, Clone)]
+pub struct ManagerConfig {
+    /// Jobs running at once; the rest wait as `scheduled`.
+    pub max_concurrent_jobs: usize,
+    /// Time limit for jobs whose request sets none.
+    pub default_timeout: Option<Duration>,
+    /// Strategy for requests that name none.
+    pub default_strategy: StrategyKind,
+    /// Events kept per job for late subscribers.
+    pub replay_events: usize,
+    /// How long a finished job stays in memory (events replayable) before only the store has it.
+    pub retain_finished: Duration,
+}
+
+impl Default for ManagerConfig {
+    fn default() -> Self {
+        Self {
+            max_concurrent_jobs: 16,
+            default_timeout: None,
+            default_strategy: StrategyKind::Threaded,
+            replay_events: 10_000,
+            retain_finished: Duration::from_secs(300),
+        }
+    }
+}
+
+impl ManagerConfig {
+    pub fn from_settings(settings: &nodetool_config::Settings) -> Self {
+        Self {
+            max_concurrent_jobs: settings
+                .max_workflow_threads
+                .unwrap_or(settings.thread_pool_size)
+                .max(1),
+            default_timeout: settings.job_timeout,
+            ..Self::default()
+        }
+    }
+}
+
+/// Per-job event fan-out with a replay buffer.
+#[derive(Debug)]
+struct EventHub {
+    state: Mutex<HubState>,
+    capacity: usize,
+}
+
+#[derive(Debug)]
+struct HubState {
+    buffer: VecDeque<EventEnvelope>,
+    tx: Option<broadcast::Sender<EventEnvelope>>,
+}
+
+impl EventHub {
+    fn new(capacity: usize) -> Arc<Self> {
+        let (tx, _) = broadcast::channel(1024);
+        Arc::new(Self {
+            state: Mutex::new(HubState {
+                buffer: VecDeque::new(),
+                tx: Some(tx),
+            }),
+            capacity: capacity.max(1),
+        })
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HubState> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// No more events: live subscribers end after draining.
+    fn close(&self) {
+        self.lock().tx = None;
+    }
+
+    fn since(&self, seq: u64) -> VecDeque<EventEnvelope> {
+        self.lock()
+            .buffer
+            .iter()
+            .filter(|e| e.seq > seq)
+            .cloned()
+            .collect()
+    }
+}
+
+impl EventSink for EventHub {
+    fn send(&self, event: EventEnvelope) {
+        let mut st = self.lock();
+        if st.buffer.len() >= self.capacity {
+            st.buffer.pop_front();
+        }
+        st.buffer.push_back(event.clone());
+        if let Some(tx) = &st.tx {
+            // No subscriber is fine.
+            let _ = tx.send(event);
+        }
+    }
+}
+
+/// A job's events from a given seq on: the replayed backlog, then live ones; ends after the job's
+/// last event.
+#[derive(Debug)]
+pub struct JobEvents {
+    hub: Arc<EventHub>,
+    backlog: VecDeque<EventEnvelope>,
+    rx: Option<broadcast::Receiver<EventEnvelope>>,
+    last_seq: u64,
+}
+
+impl JobEvents {
+    /// The next event, or `None` when the job has ended and everything was delivered. A
+    /// subscriber that falls behind the broadcast resyncs from the replay buffer; events older
+    /// than the buffer are skipped.
+    pub async fn next(&mut self) -> Option<EventEnvelope> {
+        loop {
+            if let Some(e) = self.backlog.pop_front() {
+                if e.seq > self.last_seq {
+                    self.last_seq = e.seq;
+                    return Some(e);
+                }
+                continue;
+            }
+            let rx = self.rx.as_mut()?;
+            match rx.recv().await {
+                Ok(e) if e.seq > self.last_seq => {
+                    self.last_seq = e.seq;
+                    return Some(e);
+                }
+                Ok(_) => continue,
+                Err(broadcast::error::RecvError::Lagged(_)) => {
+                    self.backlog = self.hub.since(self.last_seq);
+                }
+                Err(broadcast::error::RecvError::Closed) => {
+                    self.rx = None;
+                    self.backlog = self.hub.since(self.last_seq);
+                    if self.backlog.is_empty() {
+                        return None;
+                    }
+                }
+            }
+        }
+    }
+
+    /// The seq of the last event returned.
+    pub fn last_seq(&self) -> u64 {
+        self.last_seq
+    }
+}
+
+#[derive(Debug)]
+struct LiveJob {
+    user_id: String,
+    cancel: CancellationToken,
+    record: watch::Receiver<JobRecord>,
+    hub: Arc<EventHub>,
+}
+
+struct Inner {
+    store: JobStore,
+    strategies: HashMap<StrategyKind, Arc<dyn ExecutionStrategy>>,
+    config: ManagerConfig,
+    permits: Arc<Semaphore>,
+    live: Mutex<HashMap<String, Arc<LiveJob>>>,
+    accepting: AtomicBool,
+    owners: tokio_util::task::TaskTracker,
+}
+
+/// Runs and tracks jobs. Cheap to clone (shared state).
+#[derive(Clone)]
+pub struct JobExecutionManager {
+    inner: Arc<Inner>,
+}
+
+impl fmt::Debug for JobExecutionManager {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("JobExecutionManager")
+            .field(
+                "strategies",
+                &self.inner.strategies.keys().collect::<Vec<_>>(),
+            )
+            .field("config", &self.inner.config)
+            .finish_non_exhaustive()
+    }
+}
+
+fn not_found(job_id: &str) -> Error {
+    Error::not_found("no such job")
+        .with_operation("jobs.get")
+        .with_context("job_id", job_id)
+}
+
+impl JobExecutionManager {
+    /// Builds a manager and reconciles the store: jobs a previous process left `scheduled` or
+    /// `running` are marked failed, and their leftover worker process groups are killed
+    /// (containers are the Docker strategy's to reap, by label).
+    pub async fn new(
+        store: JobStore,
+        strategies: Vec<Arc<dyn ExecutionStrategy>>,
+        config: ManagerConfig,
+    ) -> Result<Self> {
+        let interrupted = store.reconcile_interrupted().await?;
+        for job in &interrupted {
+            tracing::warn!(job_id = %job.id, "marked failed: the runtime restarted while it ran");
+            if let Some(WorkerRef::Pid(pid)) = job.worker {
+                reap_process_group(pid);
+            }
+        }
+        let strategies = strategies.into_iter().map(|s| (s.name(), s)).collect();
+        Ok(Self {
+            inner: Arc::new(Inner {
+                store,
+                strategies,
+                permits: Arc::new(Semaphore::new(config.max_concurrent_jobs.max(1))),
+                config,
+                live: Mutex::new(HashMap::new()),
+                accepting: AtomicBool::new(true),
+                owners: tokio_util::task::TaskTracker::new(),
+            }),
+        })
+    }
+
+    pub fn store(&self) -> &JobStore {
+        &self.inner.store
+    }
+
+    pub fn strategies(&self) -> Vec<StrategyKind> {
+        self.inner.strategies.keys().copied().collect()
+    }
+
+    fn live(&self, job_id: &str) -> Option<Arc<LiveJob>> {
+        self.inner
+            .live
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(job_id)
+            .cloned()
+    }
+
+    /// Validates and starts a job for `user_id` (the authenticated user; the request's `user_id`
+    /// is ignored) and returns its id. Validation problems are `InvalidInput`; an unavailable
+    /// strategy is `Unsupported`; after shutdown, `Unavailable`.
+    pub async fn submit(&self, request: RunJobRequest, user_id: &str) -> Result<String> {
+        self.submit_with_secrets(request, user_id, Default::default())
+            .await
+    }
+
+    /// [`submit`](Self::submit) with the secrets the job's nodes may read.
+    pub async fn submit_with_secrets(
+        &self,
+        request: RunJobRequest,
+        user_id: &str,
+        secrets: std::collections::BTreeMap<String, String>,
+    ) -> Result<String> {
+        if !self.inner.accepting.load(Ordering::Acquire) {
+            return Err(
+                Error::new(ErrorKind::Unavailable, "the job manager is shutting down")
+                    .with_operation("jobs.submit")
+                    .set_temporary(true),
+            );
+        }
+        let valid = request.validate()?;
+        let kind = valid.strategy.unwrap_or(self.inner.config.default_strategy);
+        let strategy = self.inner.strategies.get(&kind).cloned().ok_or_else(|| {
+            Error::new(
+                ErrorKind::Unsupported,
+                format!("execution_strategy {kind} is not available in this runtime"),
+            )
+            .with_operation("jobs.submit")
+        })?;
+        let mut limits = valid.resource_limits;
+        if limits.time_seconds.is_none() {
+            limits.time_seconds = self.inner.config.default_timeout.map(|d| d.as_secs_f64());
+        }
+        let spec = JobSpec {
+            job_id: nodetool_core::id::new_id(),
+            user_id: user_id.to_owned(),
+            workflow_id: valid.workflow_id,
+            graph: valid.graph,
+            params: valid.params,
+            resource_limits: limits,
+            secrets,
+            use_cache: valid.use_cache,
+        };
+        let record = JobRecord {
+            id: spec.job_id.clone(),
+            user_id: spec.user_id.clone(),
+            workflow_id: spec.workflow_id.clone(),
+            strategy: kind,
+            status: Status::Scheduled,
+            params: Value::Object(spec.params.clone()),
+            created_at: Utc::now(),
+            started_at: None,
+            finished_at: None,
+            error: None,
+            result: None,
+            worker: None,
+        };
+        self.inner.store.insert(&record).await?;
+        let (tx, rx) = watch::channel(record);
+        let live = Arc::new(LiveJob {
+            user_id: spec.user_id.clone(),
+            cancel: CancellationToken::new(),
+            record: rx,
+            hub: EventHub::new(self.inner.config.replay_events),
+        });
+        let job_id = spec.job_id.clone();
+        self.inner
+            .live
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(job_id.clone(), live.clone());
+        let inner = self.inner.clone();
+        self.inner
+            .owners
+            .spawn(owner(inner, strategy, spec, live, tx));
+        Ok(job_id)
+    }
+
+    /// The job's record (live state if it is in memory, else the store). No side effects.
+    pub async fn get(&self, job_id: &str) -> Result<Option<JobRecord>> {
+        if let Some(live) = self.live(job_id) {
+            return Ok(Some(live.record.borrow().clone()));
+        }
+        self.inner.store.get(job_id).await
+    }
+
+    /// A user's jobs, newest first (at most `limit`).
+    pub async fn list(&self, user_id: &str, limit: u32) -> Result<Vec<JobRecord>> {
+        let mut jobs = self.inner.store.list(user_id, limit).await?;
+        // The store can trail the owner by one write; live state wins.
+        for job in &mut jobs {
+            if let Some(live) = self.live(&job.id) {
+                *job = live.record.borrow().clone();
+            }
+        }
+        Ok(jobs)
+    }
+
+    /// The owner of a live job (for authorization checks by callers).
+    pub fn owner_of(&self, job_id: &str) -> Option<String> {
+        self.live(job_id).map(|l| l.user_id.clone())
+    }
+
+    /// Asks a job to stop. Idempotent: `Ok(true)` if the job was still live (scheduled or
+    /// running), `Ok(false)` if it had already ended, `NotFound` if there is no such job.
+    pub async fn cancel(&self, job_id: &str) -> Result<bool> {
+        match self.live(job_id) {
+            Some(live) => {
+                let ended = live.record.borrow().status.is_terminal();
+                live.cancel.cancel();
+                Ok(!ended)
+            }
+            None => match self.inner.store.get(job_id).await? {
+                Some(_) => Ok(false),
+                None => Err(not_found(job_id)),
+            },
+        }
+    }
+
+    /// Waits until the job has ended and returns its final record.
+    pub async fn wait(&self, job_id: &str) -> Result<JobRecord> {
+        if let Some(live) = self.live(job_id) {
+            let mut rx = live.record.clone();
+            let rec = rx
+                .wait_for(|r| r.status.is_terminal())
+                .await
+                .map(|r| r.clone());
+            if let Ok(rec) = rec {
+                return Ok(rec);
+            }
+        }
+        // Not live any more (or the owner is gone): the store has the last word.
+        self.inner
+            .store
+            .get(job_id)
+            .await?
+            .ok_or_else(|| not_found(job_id))
+    }
+
+    /// The job's events after `since_seq` (0: all kept), then live ones until the job ends.
+    /// `NotFound` when the job is no longer in memory.
+    pub fn subscribe(&self, job_id: &str, since_seq: u64) -> Result<JobEvents> {
+        let live = self.live(job_id).ok_or_else(|| not_found(job_id))?;
+        let st = live.hub.lock();
+        let backlog = st
+            .buffer
+            .iter()
+            .filter(|e| e.seq > since_seq)
+            .cloned()
+            .collect();
+        let rx = st.tx.as_ref().map(|tx| tx.subscribe());
+        drop(st);
+        Ok(JobEvents {
+            hub: live.hub.clone(),
+            backlog,
+            rx,
+            last_seq: since_seq,
+        })
+    }
+
+    /// Jobs currently in memory (scheduled, running, or recently finished).
+    pub fn live_jobs(&self) -> Vec<String> {
+        self.inner
+            .live
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .keys()
+            .cloned()
+            .collect()
+    }
+
+    /// Stops accepting jobs, lets running ones finish for up to `grace`, cancels the rest and
+    /// waits for their owners to record the outcome.
+    pub async fn shutdown(&self, grace: Duration) {
+        self.inner.accepting.store(false, Ordering::Release);
+        self.inner.owners.close();
+        if tokio::time::timeout(grace, self.inner.owners.wait())
+            .await
+            .is_err()
+        {
+            let live: Vec<Arc<LiveJob>> = self
+                .inner
+                .live
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .values()
+                .cloned()
+                .collect();
+            for job in live {
+                job.cancel.cancel();
+            }
+            self.inner.owners.wait().await;
+        }
+    }
+}
+
+/// Kills a process group a previous process recorded, if it still looks like one of our workers.
+fn reap_process_group(pid: u32) {
+    use nix::sys::signal::{killpg, Signal};
+    // A pid may have been reused since: only kill a process whose command line says `worker`.
+    let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+    let is_worker = cmdline.split(|b| *b == 0).any(|arg| arg == b"worker");
+    if is_worker {
+        if let Err(e) = killpg(nix::unistd::Pid::from_raw(pid as i32), Signal::SIGKILL) {
+            tracing::debug!(pid, error = %e, "leftover worker group already gone");
+        } else {
+            tracing::warn!(pid, "killed a leftover worker process group");
+        }
+    }
+}
+
+/// The one writer of a job's record.
+async fn owner(
+    inner: Arc<Inner>,
+    strategy: Arc<dyn ExecutionStrategy>,
+    spec: JobSpec,
+    live: Arc<LiveJob>,
+    record: watch::Sender<JobRecord>,
+) {
+    let job_id = spec.job_id.clone();
+    let workflow_id = spec.workflow_id.clone();
+    let outcome = run_owned(&inner, strategy, spec, &live, &record).await;
+
+    // If nothing reached the sink's terminal event (never started, or the strategy broke its
+    // contract), close the stream with one.
+    let tracking = crate::sink::TrackingSink::new(job_id.clone(), live.hub.clone());
+    let last = live.hub.lock().buffer.back().cloned();
+    let ended = last.as_ref().is_some_and(
+        |e| matches!(&e.event, nodetool_engine::Event::JobUpdate(u) if u.status.is_terminal()),
+    );
+    if !ended {
+        if let Some(e) = last {
+            tracking.send(e.clone());
+        }
+        tracking.finish(&workflow_id, &outcome);
+    }
+    live.hub.close();
+
+    let now = Utc::now();
+    let error = outcome.error_text();
+    let result =
+        (outcome.status == Status::Completed).then(|| Value::Object(outcome.result.clone()));
+    if let Err(e) = inner
+        .store
+        .finish(
+            &job_id,
+            outcome.status,
+            error.as_deref(),
+            result.as_ref(),
+            now,
+        )
+        .await
+    {
+        tracing::error!(job_id = %job_id, error = %e, "cannot record the job's outcome");
+    }
+    record.send_modify(|r| {
+        if !r.status.is_terminal() {
+            r.status = outcome.status;
+            r.error = error;
+            r.result = result;
+            r.finished_at = Some(now);
+        }
+    });
+
+    // Keep the finished job (and its replay buffer) around for late readers, then forget it.
+    let retain = inner.config.retain_finished;
+    let weak = Arc::downgrade(&inner);
+    tokio::spawn(async move {
+        tokio::time::sleep(retain).await;
+        if let Some(inner) = weak.upgrade() {
+            inner
+                .live
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .remove(&job_id);
+        }
+    });
+}
+
+async fn run_owned(
+    inner: &Arc<Inner>,
+    strategy: Arc<dyn ExecutionStrategy>,
+    spec: JobSpec,
+    live: &Arc<LiveJob>,
+    record: &watch::Sender<JobRecord>,
+) -> JobOutcome {
+    let job_id = spec.job_id.clone();
+    // Wait for a slot as `scheduled`; a cancel meanwhile ends the job without running it.
+    let _permit = tokio::select! {
+        p = inner.permits.clone().acquire_owned() => match p {
+            Ok(p) => p,
+            Err(_) => return JobOutcome::cancelled(),
+        },
+        _ = live.cancel.cancelled() => return JobOutcome::cancelled(),
+    };
+    let now = Utc::now();
+    if let Err(e) = inner.store.mark_running(&job_id, now).await {
+        tracing::error!(job_id = %job_id, error = %e, "cannot record the job as running");
+    }
+    record.send_modify(|r| {
+        r.status = Status::Running;
+        r.started_at = Some(now);
+    });
+    let mut handle = match strategy.start(spec, live.hub.clone()).await {
+        Ok(h) => h,
+        Err(e) => {
+            return JobOutcome::failed(crate::strategy::JobError::new(
+                e.kind(),
+                format!(
+                    "cannot start the job with the {} strategy: {e}",
+                    strategy.name()
+                ),
+            ))
+        }
+    };
+    if let Some(worker) = handle.worker().cloned() {
+        if let Err(e) = inner.store.set_worker(&job_id, &worker).await {
+            tracing::error!(job_id = %job_id, error = %e, "cannot record the job's worker");
+        }
+        record.send_modify(|r| r.worker = Some(worker));
+    }
+    let cancel = handle.cancel_token();
+    let user_cancel = live.cancel.clone();
+    let relay = tokio::spawn(async move {
+        user_cancel.cancelled().await;
+        cancel.cancel();
+    });
+    let mut outcome = handle.wait().await;
+    relay.abort();
+    // A cancelled job stays cancelled, whatever the strategy saw while it stopped.
+    if live.cancel.is_cancelled() && outcome.status != Status::Completed {
+        outcome.status = Status::Cancelled;
+        outcome.error = None;
+    }
+    outcome
+}

@@ -1,0 +1,299 @@
+//! The worker protocol between a parent (subprocess or Docker strategy) and `nodetool worker`.
+//!
+//! Framing: every frame is a 4-byte big-endian payload length followed by that many bytes of
+//! UTF-8 JSON (JSON rather than MessagePack so a captured stream is readable; bytes inside
+//! values are base64 already). There is no line limit; a frame larger than the reader's maximum
+//! ([`MAX_FRAME_BYTES`] by default) is an error before anything is allocated, and so are a stream
+//! that ends inside a frame and a payload that is not a valid frame. Each direction is a sequence
+//! of frames until EOF.
+//!
+//! Conversation:
+//! 1. parent → child (stdin): one [`ParentFrame::Request`] with the [`JobSpec`] (secrets
+//!    included: they travel only here, never in the environment or argv).
+//! 2. child → parent (stdout): [`ChildFrame::Event`] for every event, in seq order, with the
+//!    parent's job id; then exactly one [`ChildFrame::Outcome`]; then the child exits 0.
+//! 3. The parent keeps stdin open while the job runs. EOF on stdin means the parent is gone: the
+//!    child cancels its job. Cancellation itself is SIGTERM to the child's process group.
+//!
+//! Reserved for storage/cache requests (DESIGN §5, not implemented yet): [`ChildFrame::Call`]
+//! and [`ParentFrame::Reply`]. Today a parent answers every `Call` with an `unsupported` error
+//! reply, and the worker uses its own storage/cache built from an allow-listed environment.
+//! stderr is free-form logging (the parent keeps its tail for error messages).
+
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+
+use nodetool_core::{Error, ErrorKind, Result};
+use nodetool_engine::EventEnvelope;
+
+use crate::strategy::{JobError, JobOutcome, JobSpec};
+
+/// Bumped on any incompatible change; the worker refuses other versions.
+pub const PROTOCOL_VERSION: u32 = 1;
+
+/// Default largest frame (64 MiB).
+pub const MAX_FRAME_BYTES: usize = 64 * 1024 * 1024;
+
+/// Frames the parent sends.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(tag = "frame", content = "body", rename_all = "snake_case")]
+pub enum ParentFrame {
+    Request {
+        protocol_version: u32,
+        spec: Box<JobSpec>,
+    },
+    /// Reserved: the answer to a [`ChildFrame::Call`] with the same `call_id`.
+    Reply {
+        call_id: u64,
+        #[serde(default)]
+        result: Option<Value>,
+        #[serde(default)]
+        error: Option<JobError>,
+    },
+}
+
+/// Frames the worker sends.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(tag = "frame", content = "body", rename_all = "snake_case")]
+pub enum ChildFrame {
+    Event(Box<EventEnvelope>),
+    Outcome(Box<JobOutcome>),
+    /// Reserved: a storage/cache operation the worker asks the parent to perform.
+    Call {
+        call_id: u64,
+        op: String,
+        #[serde(default)]
+        args: Value,
+    },
+}
+
+fn proto_err(kind: ErrorKind, msg: impl Into<String>) -> Error {
+    Error::new(kind, msg).with_operation("worker.protocol")
+}
+
+/// Encodes one frame (length prefix + JSON).
+pub fn encode_frame<T: Serialize>(frame: &T) -> Result<Vec<u8>> {
+    let mut buf = vec![0u8; 4];
+    serde_json::to_writer(&mut buf, frame).map_err(|e| {
+        proto_err(ErrorKind::Unexpected, "cannot encode a worker frame").with_source(e)
+    })?;
+    let len = buf.len() - 4;
+    let len32 = u32::try_from(len).map_err(|_| {
+        proto_err(
+            ErrorKind::TooLarge,
+            format!("frame of {len} bytes does not fit the 4-byte length prefix"),
+        )
+    })?;
+    buf[..4].copy_from_slice(&len32.to_be_bytes());
+    Ok(buf)
+}
+
+/// Writes one frame and flushes.
+pub async fn write_frame<W, T>(w: &mut W, frame: &T) -> Result<()>
+where
+    W: AsyncWrite + Unpin,
+    T: Serialize,
+{
+    let buf = encode_frame(frame)?;
+    w.write_all(&buf).await.map_err(|e| {
+        proto_err(ErrorKind::Unavailable, "cannot write a worker frame")
+            .with_source(e)
+            .set_temporary(false)
+    })?;
+    w.flush().await.map_err(|e| {
+        proto_err(ErrorKind::Unavailable, "cannot flush a worker frame")
+            .with_source(e)
+            .set_temporary(false)
+    })
+}
+
+/// Reads one frame. `Ok(None)` is a clean EOF between frames; EOF inside a frame, a frame over
+/// `max_bytes` and a payload that does not decode as `T` are errors.
+pub async fn read_frame<R, T>(r: &mut R, max_bytes: usize) -> Result<Option<T>>
+where
+    R: AsyncRead + Unpin,
+    T: DeserializeOwned,
+{
+    let mut head = [0u8; 4];
+    let mut got = 0;
+    while got < 4 {
+        let n = r.read(&mut head[got..]).await.map_err(read_failed)?;
+        if n == 0 {
+            if got == 0 {
+                return Ok(None);
+            }
+            return Err(proto_err(
+                ErrorKind::Unexpected,
+                format!("the stream ended inside a frame header ({got} of 4 bytes)"),
+            ));
+        }
+        got += n;
+    }
+    let len = u32::from_be_bytes(head) as usize;
+    if len > max_bytes {
+        let hint = if head
+            .iter()
+            .all(|b| b.is_ascii_graphic() || *b == b' ' || *b == b'\n')
+        {
+            format!(
+                "; the bytes look like text ({:?}), so the peer is probably not speaking the worker protocol",
+                String::from_utf8_lossy(&head)
+            )
+        } else {
+            String::new()
+        };
+        return Err(proto_err(
+            ErrorKind::TooLarge,
+            format!("frame of {len} bytes exceeds the limit of {max_bytes} bytes{hint}"),
+        ));
+    }
+    let mut payload = vec![0u8; len];
+    let mut filled = 0;
+    while filled < len {
+        let n = r.read(&mut payload[filled..]).await.map_err(read_failed)?;
+        if n == 0 {
+            return Err(proto_err(
+                ErrorKind::Unexpected,
+                format!("the stream ended inside a frame ({filled} of {len} bytes)"),
+            ));
+        }
+        filled += n;
+    }
+    serde_json::from_slice(&payload).map(Some).map_err(|e| {
+        let preview: String = String::from_utf8_lossy(&payload[..len.min(80)]).into_owned();
+        proto_err(
+            ErrorKind::InvalidInput,
+            format!("garbled frame of {len} bytes: {e} (starts with {preview:?})"),
+        )
+    })
+}
+
+fn read_failed(e: std::io::Error) -> Error {
+    proto_err(ErrorKind::Unavailable, "cannot read a worker frame")
+        .with_source(e)
+        .set_temporary(false)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use nodetool_engine::{Event, Graph, Status};
+    use serde_json::json;
+
+    fn outcome() -> ChildFrame {
+        ChildFrame::Outcome(Box::new(JobOutcome::completed(
+            json!({"out": ["hi"]})
+                .as_object()
+                .cloned()
+                .unwrap_or_default(),
+        )))
+    }
+
+    #[tokio::test]
+    async fn frames_round_trip() {
+        let mut buf = Vec::new();
+        let spec = JobSpec::new(Graph::default());
+        write_frame(
+            &mut buf,
+            &ParentFrame::Request {
+                protocol_version: PROTOCOL_VERSION,
+                spec: Box::new(spec.clone()),
+            },
+        )
+        .await
+        .unwrap();
+        write_frame(&mut buf, &outcome()).await.unwrap();
+        let ev = EventEnvelope {
+            job_id: "j".into(),
+            seq: 1,
+            event: Event::Error(nodetool_engine::events::ErrorMessage {
+                message: "m".into(),
+                thread_id: None,
+                workflow_id: None,
+            }),
+        };
+        write_frame(&mut buf, &ChildFrame::Event(Box::new(ev.clone())))
+            .await
+            .unwrap();
+        let mut r = buf.as_slice();
+        let Some(ParentFrame::Request { spec: got, .. }) =
+            read_frame::<_, ParentFrame>(&mut r, MAX_FRAME_BYTES)
+                .await
+                .unwrap()
+        else {
+            panic!("expected a request")
+        };
+        assert_eq!(got.job_id, spec.job_id);
+        let Some(ChildFrame::Outcome(o)) = read_frame(&mut r, MAX_FRAME_BYTES).await.unwrap()
+        else {
+            panic!("expected an outcome")
+        };
+        assert_eq!(o.status, Status::Completed);
+        let Some(ChildFrame::Event(e)) = read_frame(&mut r, MAX_FRAME_BYTES).await.unwrap() else {
+            panic!("expected an event")
+        };
+        assert_eq!(*e, ev);
+        assert!(read_frame::<_, ChildFrame>(&mut r, MAX_FRAME_BYTES)
+            .await
+            .unwrap()
+            .is_none());
+    }
+
+    #[tokio::test]
+    async fn oversize_frame_is_an_error_before_allocation() {
+        let mut r: &[u8] = &[0xff, 0xff, 0xff, 0xff, b'{'];
+        let err = read_frame::<_, ChildFrame>(&mut r, MAX_FRAME_BYTES)
+            .await
+            .unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::TooLarge);
+        assert!(err.to_string().contains("exceeds the limit"), "{err}");
+    }
+
+    #[tokio::test]
+    async fn text_on_stdout_is_named_as_such() {
+        let mut r: &[u8] = b"hello world\n";
+        let err = read_frame::<_, ChildFrame>(&mut r, MAX_FRAME_BYTES)
+            .await
+            .unwrap_err();
+        assert!(
+            err.to_string().contains("not speaking the worker protocol"),
+            "{err}"
+        );
+    }
+
+    #[tokio::test]
+    async fn truncated_frames_are_errors() {
+        let full = encode_frame(&outcome()).unwrap();
+        for cut in [2, 4, full.len() - 1] {
+            let mut r = &full[..cut];
+            let err = read_frame::<_, ChildFrame>(&mut r, MAX_FRAME_BYTES)
+                .await
+                .unwrap_err();
+            assert!(
+                err.to_string().contains("stream ended inside"),
+                "{cut}: {err}"
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn garbled_payload_is_an_error() {
+        let mut buf = 5u32.to_be_bytes().to_vec();
+        buf.extend_from_slice(b"{nope");
+        let mut r = buf.as_slice();
+        let err = read_frame::<_, ChildFrame>(&mut r, MAX_FRAME_BYTES)
+            .await
+            .unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::InvalidInput);
+        assert!(err.to_string().contains("garbled frame"), "{err}");
+    }
+
+    #[tokio::test]
+    async fn small_limit_applies() {
+        let full = encode_frame(&outcome()).unwrap();
+        let mut r = full.as_slice();
+        assert!(read_frame::<_, ChildFrame>(&mut r, 8).await.is_err());
+    }
+}

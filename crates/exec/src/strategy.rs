@@ -1,0 +1,519 @@
+//! The execution-strategy contract: what a job is ([`JobSpec`]), how it is started
+//! ([`ExecutionStrategy::start`]), how it ends ([`JobOutcome`]) and the public request shape
+//! ([`RunJobRequest`], NodeTool's field names).
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::str::FromStr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use nodetool_core::{Error, ErrorKind, Result};
+use nodetool_engine::{EventSink, Graph, RunOutcome, Status};
+
+/// The three strategies a request may name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StrategyKind {
+    Threaded,
+    Subprocess,
+    Docker,
+}
+
+impl StrategyKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            StrategyKind::Threaded => "threaded",
+            StrategyKind::Subprocess => "subprocess",
+            StrategyKind::Docker => "docker",
+        }
+    }
+}
+
+impl fmt::Display for StrategyKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for StrategyKind {
+    type Err = Error;
+
+    fn from_str(s: &str) -> Result<Self> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "threaded" => Ok(StrategyKind::Threaded),
+            "subprocess" => Ok(StrategyKind::Subprocess),
+            "docker" => Ok(StrategyKind::Docker),
+            other => Err(Error::invalid_input(format!(
+                "unknown execution_strategy {other:?}: expected threaded, subprocess or docker"
+            ))
+            .with_operation("exec.validate")),
+        }
+    }
+}
+
+/// Limits for one job, in plain units. `None` means "no limit from the request".
+///
+/// Strategies enforce what they can and say so in [`Capabilities`]: threaded enforces only
+/// `time_seconds`; subprocess turns the rest into rlimits; Docker into container limits.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct ResourceLimits {
+    /// Address-space limit (RLIMIT_AS) or container memory limit.
+    pub memory_bytes: Option<u64>,
+    /// CPU time (RLIMIT_CPU).
+    pub cpu_seconds: Option<u64>,
+    /// Largest file the job may write (RLIMIT_FSIZE).
+    pub file_size_bytes: Option<u64>,
+    /// Open file descriptors (RLIMIT_NOFILE).
+    pub open_files: Option<u64>,
+    /// Processes/threads (RLIMIT_NPROC: counts every process of the user, as Linux does; Docker
+    /// uses a pids limit instead).
+    pub processes: Option<u64>,
+    /// Wall-clock limit for the whole job.
+    pub time_seconds: Option<f64>,
+}
+
+impl ResourceLimits {
+    pub fn timeout(&self) -> Option<Duration> {
+        self.time_seconds.map(Duration::from_secs_f64)
+    }
+}
+
+/// Everything a strategy needs to run one job. The job id is allocated once, by the manager (or
+/// the caller), and every strategy and worker uses it unchanged.
+#[derive(Clone, Serialize, Deserialize)]
+pub struct JobSpec {
+    pub job_id: String,
+    pub user_id: String,
+    #[serde(default)]
+    pub workflow_id: String,
+    pub graph: Graph,
+    #[serde(default)]
+    pub params: Map<String, Value>,
+    #[serde(default)]
+    pub resource_limits: ResourceLimits,
+    /// Secrets the job's nodes may read. Strategies pass them in memory or in the request frame,
+    /// never in an environment or argv.
+    #[serde(default)]
+    pub secrets: BTreeMap<String, String>,
+    #[serde(default = "yes")]
+    pub use_cache: bool,
+}
+
+fn yes() -> bool {
+    true
+}
+
+impl fmt::Debug for JobSpec {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // Secrets never reach logs: only their names.
+        f.debug_struct("JobSpec")
+            .field("job_id", &self.job_id)
+            .field("user_id", &self.user_id)
+            .field("workflow_id", &self.workflow_id)
+            .field("nodes", &self.graph.nodes.len())
+            .field("params", &self.params.keys().collect::<Vec<_>>())
+            .field("resource_limits", &self.resource_limits)
+            .field("secrets", &self.secrets.keys().collect::<Vec<_>>())
+            .field("use_cache", &self.use_cache)
+            .finish()
+    }
+}
+
+impl JobSpec {
+    /// A spec with a fresh job id, user "1", no params, limits or secrets.
+    pub fn new(graph: Graph) -> Self {
+        Self {
+            job_id: nodetool_core::id::new_id(),
+            user_id: "1".to_owned(),
+            workflow_id: String::new(),
+            graph,
+            params: Map::new(),
+            resource_limits: ResourceLimits::default(),
+            secrets: BTreeMap::new(),
+            use_cache: true,
+        }
+    }
+}
+
+/// Why a job failed, in a form that crosses process boundaries (the engine's `Error` is not
+/// serialisable): the error kind's name (`nodetool_core::ErrorKind::as_str`) and the full text.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JobError {
+    pub kind: String,
+    pub message: String,
+}
+
+impl JobError {
+    pub fn new(kind: ErrorKind, message: impl Into<String>) -> Self {
+        Self {
+            kind: kind.as_str().to_owned(),
+            message: message.into(),
+        }
+    }
+
+    pub fn from_error(err: &Error) -> Self {
+        Self::new(err.kind(), err.to_string())
+    }
+
+    pub fn is_timeout(&self) -> bool {
+        self.kind == ErrorKind::Timeout.as_str()
+    }
+}
+
+impl fmt::Display for JobError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+/// How a job ended. A failing workflow is an outcome, not an `Err`: `status` is `completed`,
+/// `failed` (with `error`; a time-out is `failed` with an error of kind `timeout`) or
+/// `cancelled`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct JobOutcome {
+    pub status: Status,
+    /// `{output name: [values...]}`.
+    #[serde(default)]
+    pub result: Map<String, Value>,
+    #[serde(default)]
+    pub error: Option<JobError>,
+    /// The node whose failure failed the job.
+    #[serde(default)]
+    pub failed_node: Option<String>,
+    #[serde(default)]
+    pub duration_secs: f64,
+}
+
+impl JobOutcome {
+    pub fn completed(result: Map<String, Value>) -> Self {
+        Self {
+            status: Status::Completed,
+            result,
+            error: None,
+            failed_node: None,
+            duration_secs: 0.0,
+        }
+    }
+
+    pub fn failed(error: JobError) -> Self {
+        Self {
+            status: Status::Failed,
+            result: Map::new(),
+            error: Some(error),
+            failed_node: None,
+            duration_secs: 0.0,
+        }
+    }
+
+    pub fn cancelled() -> Self {
+        Self {
+            status: Status::Cancelled,
+            result: Map::new(),
+            error: None,
+            failed_node: None,
+            duration_secs: 0.0,
+        }
+    }
+
+    pub fn timed_out(limit: Duration) -> Self {
+        Self::failed(JobError::new(
+            ErrorKind::Timeout,
+            format!("job exceeded its time limit of {:.3}s", limit.as_secs_f64()),
+        ))
+    }
+
+    pub fn is_timeout(&self) -> bool {
+        self.status == Status::Failed && self.error.as_ref().is_some_and(JobError::is_timeout)
+    }
+
+    /// The error text, as `job_update.error` carries it (`node <id>: <error>`).
+    pub fn error_text(&self) -> Option<String> {
+        let err = self.error.as_ref()?;
+        Some(match &self.failed_node {
+            Some(node) => format!("node {node}: {}", err.message),
+            None => err.message.clone(),
+        })
+    }
+}
+
+impl From<RunOutcome> for JobOutcome {
+    fn from(o: RunOutcome) -> Self {
+        Self {
+            status: o.status,
+            result: o.result,
+            error: o.error.as_ref().map(JobError::from_error),
+            failed_node: o.failed_node,
+            duration_secs: o.duration.as_secs_f64(),
+        }
+    }
+}
+
+/// What runs the job: a process id (subprocess) or a container id (Docker), recorded in the job
+/// store so a restarted manager can reap it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", content = "id", rename_all = "snake_case")]
+pub enum WorkerRef {
+    /// Process id, which is also the process-group id (workers lead their own group).
+    Pid(u32),
+    Container(String),
+}
+
+/// A started job. Dropping the handle does not cancel the job.
+#[derive(Debug)]
+pub struct JobHandle {
+    job_id: String,
+    cancel: CancellationToken,
+    task: Option<JoinHandle<JobOutcome>>,
+    worker: Option<WorkerRef>,
+}
+
+impl JobHandle {
+    /// `task` drives the job to its end and yields the outcome; it MUST watch `cancel` and end
+    /// with a `cancelled` outcome soon after it fires.
+    pub fn new(job_id: String, cancel: CancellationToken, task: JoinHandle<JobOutcome>) -> Self {
+        Self {
+            job_id,
+            cancel,
+            task: Some(task),
+            worker: None,
+        }
+    }
+
+    pub fn with_worker(mut self, worker: WorkerRef) -> Self {
+        self.worker = Some(worker);
+        self
+    }
+
+    pub fn job_id(&self) -> &str {
+        &self.job_id
+    }
+
+    pub fn worker(&self) -> Option<&WorkerRef> {
+        self.worker.as_ref()
+    }
+
+    /// Asks the job to stop. Idempotent; returns at once (use [`JobHandle::wait`] for the end).
+    pub fn cancel(&self) {
+        self.cancel.cancel();
+    }
+
+    /// A token that cancels this job, for callers that keep it apart from the handle.
+    pub fn cancel_token(&self) -> CancellationToken {
+        self.cancel.clone()
+    }
+
+    /// Waits for the end of the job. A panicking driver task becomes a `failed` outcome; a second
+    /// call after the outcome was taken also reports `failed` (never hangs).
+    pub async fn wait(&mut self) -> JobOutcome {
+        let Some(task) = self.task.take() else {
+            return JobOutcome::failed(JobError::new(
+                ErrorKind::Unexpected,
+                "the job's outcome was already taken",
+            ));
+        };
+        match task.await {
+            Ok(outcome) => outcome,
+            Err(e) if e.is_cancelled() => JobOutcome::cancelled(),
+            Err(e) => JobOutcome::failed(JobError::new(
+                ErrorKind::Unexpected,
+                format!("the job's driver task panicked: {e}"),
+            )),
+        }
+    }
+}
+
+/// What a strategy enforces, so callers can tell users (and the test suite can skip what does
+/// not apply).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct Capabilities {
+    /// A crash (abort, segfault, OOM) in a node fails only this job, not the caller's process.
+    pub isolates_crashes: bool,
+    /// `memory_bytes` is enforced.
+    pub memory_limit: bool,
+    /// `cpu_seconds`, `file_size_bytes`, `open_files`, `processes` are enforced.
+    pub os_limits: bool,
+    /// The job cannot see the caller's environment variables.
+    pub isolated_env: bool,
+}
+
+/// Runs jobs one way (threaded, subprocess, Docker).
+///
+/// Contract:
+/// - `start` MUST return quickly (after spawning, not after the job ends). It returns `Err` only
+///   when the job could not be started at all (the Docker engine is absent, the worker binary is
+///   missing); the caller records that as a failed job. Everything after a successful start,
+///   including the workflow failing, crashing or timing out, MUST come back as a [`JobOutcome`]
+///   from [`JobHandle::wait`].
+/// - Events MUST reach `sink` as `EventEnvelope`s carrying `spec.job_id` and seqs increasing from
+///   1 without gaps, ending with one terminal `job_update` whose status equals the outcome's.
+///   `sink.send` never blocks, so strategies MUST NOT rely on back-pressure from it.
+/// - `spec.resource_limits.time_seconds` MUST be enforced (a `failed` outcome of kind `timeout`),
+///   even when a node ignores cancellation.
+/// - Cancellation ([`JobHandle::cancel`]) MUST end the job with `cancelled` (never `failed`),
+///   also when cancelling kills a worker; cancelling twice or after the end is harmless.
+/// - Resources a job used (processes, containers, scratch directories) MUST be gone when `wait`
+///   returns.
+/// - Secrets SHOULD only reach the job in memory or the request frame, never in an
+///   environment variable, argv, or a log line.
+#[async_trait]
+pub trait ExecutionStrategy: Send + Sync + fmt::Debug + 'static {
+    fn name(&self) -> StrategyKind;
+
+    fn capabilities(&self) -> Capabilities;
+
+    async fn start(&self, spec: JobSpec, sink: Arc<dyn EventSink>) -> Result<JobHandle>;
+}
+
+/// `resource_limits` as NodeTool clients send them. Unknown keys are rejected so a typo is not
+/// silently ignored.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RequestLimits {
+    /// Accepted for NodeTool compatibility; only meaningful on macOS there, and ignored here.
+    #[serde(default)]
+    pub cpu_percent: Option<f64>,
+    #[serde(default)]
+    pub memory_mb: Option<f64>,
+    /// CPU seconds (an addition; NodeTool has no CPU-time limit).
+    #[serde(default)]
+    pub cpu_seconds: Option<f64>,
+    #[serde(default)]
+    pub time_seconds: Option<f64>,
+    #[serde(default)]
+    pub file_size_mb: Option<f64>,
+    #[serde(default)]
+    pub open_files: Option<f64>,
+    #[serde(default)]
+    pub max_processes: Option<f64>,
+}
+
+/// Smallest memory limit we accept: below this the worker cannot even start its runtime.
+pub const MIN_MEMORY_MB: f64 = 32.0;
+
+impl RequestLimits {
+    /// Checks every field and converts to [`ResourceLimits`].
+    pub fn validate(&self) -> Result<ResourceLimits> {
+        fn positive(name: &str, v: Option<f64>, min: f64) -> Result<Option<f64>> {
+            match v {
+                None => Ok(None),
+                Some(x) if x.is_finite() && x >= min && x > 0.0 => Ok(Some(x)),
+                Some(x) => Err(Error::invalid_input(format!(
+                    "resource_limits.{name} must be a number >= {min} (and > 0), got {x}"
+                ))
+                .with_operation("exec.validate")),
+            }
+        }
+        if let Some(p) = self.cpu_percent {
+            if !(p.is_finite() && p > 0.0 && p <= 100.0 * 1024.0) {
+                return Err(Error::invalid_input(format!(
+                    "resource_limits.cpu_percent must be within (0, 102400], got {p}"
+                ))
+                .with_operation("exec.validate"));
+            }
+        }
+        const MB: f64 = 1024.0 * 1024.0;
+        Ok(ResourceLimits {
+            memory_bytes: positive("memory_mb", self.memory_mb, MIN_MEMORY_MB)?
+                .map(|m| (m * MB) as u64),
+            cpu_seconds: positive("cpu_seconds", self.cpu_seconds, 1.0)?.map(|s| s.ceil() as u64),
+            file_size_bytes: positive("file_size_mb", self.file_size_mb, 0.0)?
+                .map(|m| (m * MB) as u64),
+            open_files: positive("open_files", self.open_files, 16.0)?.map(|n| n as u64),
+            processes: positive("max_processes", self.max_processes, 1.0)?.map(|n| n as u64),
+            time_seconds: positive("time_seconds", self.time_seconds, 0.0)?,
+        })
+    }
+}
+
+/// NodeTool's `run_job_request` (`reference/nodetool-execution.md` §3.2). `job_id` and `user_id`
+/// from the client are ignored: the manager allocates the id and the caller names the user.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct RunJobRequest {
+    #[serde(default, rename = "type")]
+    pub kind: Option<String>,
+    #[serde(default)]
+    pub job_id: Option<String>,
+    #[serde(default)]
+    pub job_type: Option<String>,
+    /// threaded | subprocess | docker (default: the manager's default strategy).
+    #[serde(default)]
+    pub execution_strategy: Option<String>,
+    #[serde(default)]
+    pub params: Option<Value>,
+    #[serde(default)]
+    pub workflow_id: Option<String>,
+    #[serde(default)]
+    pub user_id: Option<String>,
+    #[serde(default)]
+    pub graph: Option<Graph>,
+    #[serde(default)]
+    pub resource_limits: Option<RequestLimits>,
+    /// Docker only: the image to run (default from settings).
+    #[serde(default)]
+    pub docker_image: Option<String>,
+    /// Not NodeTool's: `false` neither reads nor fills the node cache.
+    #[serde(default)]
+    pub use_cache: Option<bool>,
+}
+
+/// A request after [`RunJobRequest::validate`].
+#[derive(Debug, Clone)]
+pub struct ValidRequest {
+    pub strategy: Option<StrategyKind>,
+    pub workflow_id: String,
+    pub graph: Graph,
+    pub params: Map<String, Value>,
+    pub resource_limits: ResourceLimits,
+    pub docker_image: Option<String>,
+    pub use_cache: bool,
+}
+
+impl RunJobRequest {
+    /// Checks the strategy, limits, graph and params; every problem is an `InvalidInput` error
+    /// naming the field.
+    pub fn validate(&self) -> Result<ValidRequest> {
+        let strategy = self
+            .execution_strategy
+            .as_deref()
+            .filter(|s| !s.trim().is_empty())
+            .map(StrategyKind::from_str)
+            .transpose()?;
+        let graph = self.graph.clone().ok_or_else(|| {
+            Error::invalid_input("run_job_request needs an inline `graph` ({nodes, edges})")
+                .with_operation("exec.validate")
+        })?;
+        let params = match &self.params {
+            None | Some(Value::Null) => Map::new(),
+            Some(Value::Object(m)) => m.clone(),
+            Some(other) => {
+                return Err(Error::invalid_input(format!(
+                    "params must be an object of {{input name: value}}, got {}",
+                    nodetool_engine::types::type_of(other)
+                ))
+                .with_operation("exec.validate"))
+            }
+        };
+        let resource_limits = self
+            .resource_limits
+            .as_ref()
+            .map(RequestLimits::validate)
+            .transpose()?
+            .unwrap_or_default();
+        Ok(ValidRequest {
+            strategy,
+            workflow_id: self.workflow_id.clone().unwrap_or_default(),
+            graph,
+            params,
+            resource_limits,
+            docker_image: self.docker_image.clone().filter(|s| !s.is_empty()),
+            use_cache: self.use_cache.unwrap_or(true),
+        })
+    }
+}

@@ -1,0 +1,439 @@
+//! The subprocess strategy: one `nodetool worker` child per job, in its own process group, with
+//! rlimits from the job's `resource_limits`, an environment allow-list, a scratch directory
+//! removed afterwards, and SIGTERM → grace → SIGKILL cancellation of the whole group.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::path::PathBuf;
+use std::process::{ExitStatus, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use nix::sys::signal::{killpg, Signal};
+use nix::unistd::Pid;
+use tokio::io::AsyncReadExt;
+use tokio::process::{Child, ChildStdin, Command};
+use tokio_util::sync::CancellationToken;
+
+use nodetool_core::{Error, ErrorKind, Result};
+use nodetool_engine::EventSink;
+
+use crate::protocol::{
+    read_frame, write_frame, ChildFrame, ParentFrame, MAX_FRAME_BYTES, PROTOCOL_VERSION,
+};
+use crate::sink::TrackingSink;
+use crate::strategy::{
+    Capabilities, ExecutionStrategy, JobError, JobHandle, JobOutcome, JobSpec, ResourceLimits,
+    StrategyKind, WorkerRef,
+};
+
+/// Environment variables a worker may inherit (plus `NODETOOL_*` ones; see [`allowed_env`]).
+pub const ENV_ALLOW_LIST: &[&str] = &[
+    "PATH",
+    "HOME",
+    "LANG",
+    "LC_ALL",
+    "LC_CTYPE",
+    "TZ",
+    "RUST_BACKTRACE",
+];
+
+/// Keeps the variables of `env` a worker may see: [`ENV_ALLOW_LIST`] and `NODETOOL_*` names,
+/// minus anything in `secret_names` (the settings registry's secret names) and anything whose
+/// name suggests a credential.
+pub fn allowed_env(
+    env: &BTreeMap<String, String>,
+    secret_names: &[&str],
+) -> BTreeMap<String, String> {
+    let looks_secret = |k: &str| {
+        let k = k.to_ascii_uppercase();
+        ["SECRET", "TOKEN", "PASSWORD", "KEY", "CREDENTIAL"]
+            .iter()
+            .any(|w| k.contains(w))
+    };
+    env.iter()
+        .filter(|(k, _)| ENV_ALLOW_LIST.contains(&k.as_str()) || k.starts_with("NODETOOL_"))
+        .filter(|(k, _)| !secret_names.contains(&k.as_str()) && !looks_secret(k))
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect()
+}
+
+/// How to start workers.
+#[derive(Debug, Clone)]
+pub struct SubprocessConfig {
+    /// The `nodetool` binary (`std::env::current_exe()` in the server; the test binary's path in
+    /// tests).
+    pub program: PathBuf,
+    /// Arguments before nothing else: `["worker"]`.
+    pub args: Vec<String>,
+    /// The whole environment of the child (it starts from an empty one). Build it with
+    /// [`allowed_env`]; `TMPDIR` is set to the job's scratch directory on top.
+    pub env: BTreeMap<String, String>,
+    /// Where per-job scratch directories go (default: the system temp dir).
+    pub scratch_root: Option<PathBuf>,
+    /// SIGTERM → SIGKILL grace period.
+    pub grace: Duration,
+    /// Largest frame accepted from a worker.
+    pub max_frame_bytes: usize,
+    /// How much of the worker's stderr is kept for error messages.
+    pub stderr_tail_bytes: usize,
+}
+
+impl SubprocessConfig {
+    pub fn new(program: impl Into<PathBuf>) -> Self {
+        Self {
+            program: program.into(),
+            args: vec!["worker".to_owned()],
+            env: BTreeMap::new(),
+            scratch_root: None,
+            grace: Duration::from_secs(5),
+            max_frame_bytes: MAX_FRAME_BYTES,
+            stderr_tail_bytes: 16 * 1024,
+        }
+    }
+}
+
+#[derive(Debug)]
+pub struct SubprocessStrategy {
+    config: Arc<SubprocessConfig>,
+}
+
+impl SubprocessStrategy {
+    pub fn new(config: SubprocessConfig) -> Self {
+        Self {
+            config: Arc::new(config),
+        }
+    }
+
+    pub fn config(&self) -> &SubprocessConfig {
+        &self.config
+    }
+}
+
+fn start_err(msg: impl Into<String>) -> Error {
+    Error::new(ErrorKind::Unavailable, msg)
+        .with_operation("exec.subprocess.start")
+        .set_temporary(false)
+}
+
+#[async_trait]
+impl ExecutionStrategy for SubprocessStrategy {
+    fn name(&self) -> StrategyKind {
+        StrategyKind::Subprocess
+    }
+
+    fn capabilities(&self) -> Capabilities {
+        Capabilities {
+            isolates_crashes: true,
+            memory_limit: true,
+            os_limits: true,
+            isolated_env: true,
+        }
+    }
+
+    async fn start(&self, spec: JobSpec, sink: Arc<dyn EventSink>) -> Result<JobHandle> {
+        let cfg = self.config.clone();
+        let mut builder = tempfile::Builder::new();
+        builder.prefix("nodetool-job-");
+        let scratch = match &cfg.scratch_root {
+            Some(root) => builder.tempdir_in(root),
+            None => builder.tempdir(),
+        }
+        .map_err(|e| {
+            start_err("cannot create the job's scratch directory")
+                .with_context("job_id", &spec.job_id)
+                .with_source(e)
+        })?;
+
+        let mut cmd = Command::new(&cfg.program);
+        cmd.args(&cfg.args)
+            .env_clear()
+            .envs(&cfg.env)
+            .env("TMPDIR", scratch.path())
+            .current_dir(scratch.path())
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .process_group(0)
+            .kill_on_drop(true);
+        set_rlimits(&mut cmd, &spec.resource_limits);
+        let mut child = cmd.spawn().map_err(|e| {
+            start_err(format!("cannot start the worker {}", cfg.program.display()))
+                .with_context("job_id", &spec.job_id)
+                .with_source(e)
+        })?;
+        let pid = child
+            .id()
+            .ok_or_else(|| start_err("the worker exited at once"))?;
+
+        let cancel = CancellationToken::new();
+        let job_id = spec.job_id.clone();
+        let token = cancel.clone();
+        let task = tokio::spawn(async move {
+            let outcome = drive(&cfg, &mut child, pid, spec, sink, token).await;
+            // Whatever is left of the group (grandchildren) goes with the job.
+            let _ = killpg(Pid::from_raw(pid as i32), Signal::SIGKILL);
+            drop(scratch);
+            outcome
+        });
+        Ok(JobHandle::new(job_id, cancel, task).with_worker(WorkerRef::Pid(pid)))
+    }
+}
+
+/// Sets rlimits in the child between fork and exec.
+#[allow(unsafe_code)]
+fn set_rlimits(cmd: &mut Command, limits: &ResourceLimits) {
+    use nix::sys::resource::{setrlimit, Resource};
+    let wanted: Vec<(Resource, u64)> = [
+        (Resource::RLIMIT_AS, limits.memory_bytes),
+        (Resource::RLIMIT_CPU, limits.cpu_seconds),
+        (Resource::RLIMIT_FSIZE, limits.file_size_bytes),
+        (Resource::RLIMIT_NOFILE, limits.open_files),
+        (Resource::RLIMIT_NPROC, limits.processes),
+    ]
+    .into_iter()
+    .filter_map(|(r, v)| v.map(|v| (r, v)))
+    .collect();
+    if wanted.is_empty() {
+        return;
+    }
+    // SAFETY: the closure runs in the forked child before exec. It only reads the `wanted` vector
+    // allocated before the fork and calls setrlimit(2), which is async-signal-safe; it neither
+    // allocates nor takes locks.
+    unsafe {
+        cmd.pre_exec(move || {
+            for (resource, value) in &wanted {
+                setrlimit(*resource, *value, *value).map_err(std::io::Error::from)?;
+            }
+            Ok(())
+        });
+    }
+}
+
+fn signal_group(pid: u32, signal: Signal) {
+    if let Err(e) = killpg(Pid::from_raw(pid as i32), signal) {
+        // ESRCH: the group is already gone.
+        tracing::debug!(pid, %signal, error = %e, "killpg failed");
+    }
+}
+
+#[derive(Debug, Default)]
+struct StderrTail {
+    buf: VecDeque<u8>,
+}
+
+async fn drive(
+    cfg: &SubprocessConfig,
+    child: &mut Child,
+    pid: u32,
+    spec: JobSpec,
+    sink: Arc<dyn EventSink>,
+    cancel: CancellationToken,
+) -> JobOutcome {
+    let started = Instant::now();
+    let tracking = TrackingSink::new(spec.job_id.clone(), sink);
+    let workflow_id = spec.workflow_id.clone();
+    let limit = spec.resource_limits.timeout();
+    let memory_limited = spec.resource_limits.memory_bytes.is_some();
+
+    // stderr: keep a bounded tail for error messages, log the rest.
+    let tail = Arc::new(Mutex::new(StderrTail::default()));
+    let stderr_task = child.stderr.take().map(|mut err| {
+        let tail = tail.clone();
+        let cap = cfg.stderr_tail_bytes;
+        tokio::spawn(async move {
+            let mut chunk = vec![0u8; 8192];
+            while let Ok(n) = err.read(&mut chunk).await {
+                if n == 0 {
+                    break;
+                }
+                let mut t = tail.lock().unwrap_or_else(|p| p.into_inner());
+                t.buf.extend(&chunk[..n]);
+                let excess = t.buf.len().saturating_sub(cap);
+                t.buf.drain(..excess);
+            }
+        })
+    });
+
+    // stdin: the request, then held open (EOF tells the worker we are gone).
+    let stdin = child.stdin.take();
+    let request = ParentFrame::Request {
+        protocol_version: PROTOCOL_VERSION,
+        spec: Box::new(spec),
+    };
+    let (reply_tx, mut reply_rx) = tokio::sync::mpsc::unbounded_channel::<ParentFrame>();
+    let stdin_task = tokio::spawn(async move {
+        let Some(mut stdin): Option<ChildStdin> = stdin else {
+            return;
+        };
+        if let Err(e) = write_frame(&mut stdin, &request).await {
+            tracing::debug!(error = %e, "cannot send the request to the worker");
+            return;
+        }
+        drop(request);
+        while let Some(frame) = reply_rx.recv().await {
+            if write_frame(&mut stdin, &frame).await.is_err() {
+                return;
+            }
+        }
+    });
+
+    let mut reply_tx = Some(reply_tx);
+    let mut stdout = child.stdout.take();
+    let mut outcome: Option<JobOutcome> = None;
+    let mut protocol_error: Option<Error> = None;
+    let mut cancelled = false;
+    let mut timed_out = false;
+    let hard_deadline = limit.map(|l| tokio::time::Instant::now() + l + cfg.grace);
+    let mut kill_at: Option<tokio::time::Instant> = None;
+    let far = tokio::time::Instant::now() + Duration::from_secs(86_400 * 365);
+
+    if let Some(out) = stdout.as_mut() {
+        loop {
+            tokio::select! {
+                frame = read_frame::<_, ChildFrame>(out, cfg.max_frame_bytes) => match frame {
+                    Ok(Some(ChildFrame::Event(ev))) => tracking.send(*ev),
+                    Ok(Some(ChildFrame::Outcome(o))) => {
+                        outcome = Some(*o);
+                        // Closing stdin lets the worker's runtime finish its blocking stdin read
+                        // and exit.
+                        reply_tx = None;
+                    }
+                    Ok(Some(ChildFrame::Call { call_id, op, .. })) => {
+                        let _ = reply_tx.as_ref().map(|tx| tx.send(ParentFrame::Reply {
+                            call_id,
+                            result: None,
+                            error: Some(JobError::new(
+                                ErrorKind::Unsupported,
+                                format!("worker call {op:?} is not supported by this parent"),
+                            )),
+                        }));
+                    }
+                    Ok(None) => break,
+                    Err(e) => {
+                        protocol_error = Some(e);
+                        signal_group(pid, Signal::SIGKILL);
+                        break;
+                    }
+                },
+                _ = cancel.cancelled(), if !cancelled => {
+                    cancelled = true;
+                    signal_group(pid, Signal::SIGTERM);
+                    kill_at = Some(tokio::time::Instant::now() + cfg.grace);
+                }
+                _ = tokio::time::sleep_until(hard_deadline.unwrap_or(far)), if hard_deadline.is_some() && !timed_out => {
+                    timed_out = true;
+                    signal_group(pid, Signal::SIGKILL);
+                }
+                _ = tokio::time::sleep_until(kill_at.unwrap_or(far)), if kill_at.is_some() => {
+                    kill_at = None;
+                    signal_group(pid, Signal::SIGKILL);
+                }
+            }
+        }
+    }
+    drop(reply_tx);
+
+    // stdout is closed; the worker should be exiting. Give it the grace period, then kill.
+    let status: Option<ExitStatus> = match tokio::time::timeout(cfg.grace, child.wait()).await {
+        Ok(r) => r.ok(),
+        Err(_) => {
+            signal_group(pid, Signal::SIGKILL);
+            child.wait().await.ok()
+        }
+    };
+    stdin_task.abort();
+    if let Some(t) = stderr_task {
+        let _ = tokio::time::timeout(Duration::from_secs(1), t).await;
+    }
+    let stderr_text = {
+        let t = tail.lock().unwrap_or_else(|p| p.into_inner());
+        String::from_utf8_lossy(&t.buf.iter().copied().collect::<Vec<u8>>()).into_owned()
+    };
+
+    let mut final_outcome = if cancelled {
+        JobOutcome::cancelled()
+    } else if timed_out {
+        JobOutcome::timed_out(limit.unwrap_or_default())
+    } else if let Some(e) = protocol_error {
+        JobOutcome::failed(JobError::new(
+            e.kind(),
+            format!(
+                "the worker broke the protocol: {e}{}",
+                describe_exit(status)
+            ),
+        ))
+    } else if let Some(o) = outcome {
+        o
+    } else {
+        JobOutcome::failed(crash_error(status, &stderr_text, memory_limited))
+    };
+    if final_outcome.duration_secs == 0.0 {
+        final_outcome.duration_secs = started.elapsed().as_secs_f64();
+    }
+    tracking.finish(&workflow_id, &final_outcome);
+    final_outcome
+}
+
+fn describe_exit(status: Option<ExitStatus>) -> String {
+    use std::os::unix::process::ExitStatusExt;
+    match status {
+        None => String::new(),
+        Some(s) => match (s.code(), s.signal()) {
+            (Some(c), _) => format!(" (worker exited with code {c})"),
+            (_, Some(sig)) => format!(" (worker killed by {})", signal_name(sig)),
+            _ => String::new(),
+        },
+    }
+}
+
+fn signal_name(sig: i32) -> String {
+    Signal::try_from(sig)
+        .map(|s| s.as_str().to_owned())
+        .unwrap_or_else(|_| format!("signal {sig}"))
+}
+
+/// The error for a worker that ended without an outcome frame.
+fn crash_error(status: Option<ExitStatus>, stderr: &str, memory_limited: bool) -> JobError {
+    use std::os::unix::process::ExitStatusExt;
+    let last_line = stderr
+        .lines()
+        .rev()
+        .find(|l| !l.trim().is_empty())
+        .unwrap_or("")
+        .trim();
+    let detail = if last_line.is_empty() {
+        String::new()
+    } else {
+        format!(": {last_line}")
+    };
+    let alloc_failed = stderr.contains("memory allocation of") || stderr.contains("out of memory");
+    let Some(status) = status else {
+        return JobError::new(
+            ErrorKind::Unexpected,
+            format!("the worker vanished{detail}"),
+        );
+    };
+    match (status.code(), status.signal()) {
+        (_, Some(sig)) => {
+            let name = signal_name(sig);
+            let oom = alloc_failed || (memory_limited && sig == Signal::SIGKILL as i32);
+            if oom {
+                JobError::new(
+                    ErrorKind::TooLarge,
+                    format!("the worker ran out of memory (killed by {name}){detail}"),
+                )
+            } else {
+                JobError::new(
+                    ErrorKind::Unexpected,
+                    format!("the worker crashed (killed by {name}){detail}"),
+                )
+            }
+        }
+        (Some(code), _) => JobError::new(
+            ErrorKind::Unexpected,
+            format!("the worker exited with code {code} before reporting an outcome{detail}"),
+        ),
+        _ => JobError::new(ErrorKind::Unexpected, format!("the worker ended{detail}")),
+    }
+}

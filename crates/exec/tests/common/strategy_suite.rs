@@ -1,0 +1,259 @@
+//! The strategy behaviour suite: every `ExecutionStrategy` (threaded, subprocess, Docker) must
+//! pass it. `run(strategy, reference)` compares event streams against `reference` (a threaded
+//! strategy) and panics listing every failed case.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use nodetool_engine::{Event, EventEnvelope, Graph, Status, VecSink};
+use nodetool_exec::{ExecutionStrategy, JobOutcome, JobSpec};
+use serde_json::{json, Value};
+
+pub fn graph(nodes: Vec<Value>, edges: Vec<Value>) -> Graph {
+    serde_json::from_value(json!({"nodes": nodes, "edges": edges})).expect("graph")
+}
+
+/// `node_type(data)` → Output named "result".
+pub fn one(node_type: &str, data: Value) -> Graph {
+    graph(
+        vec![
+            json!({"id": "n", "type": node_type, "data": data}),
+            json!({"id": "out", "type": "nodetool.output.Output", "data": {"name": "result"}}),
+        ],
+        vec![
+            json!({"id": "e1", "source": "n", "sourceHandle": "output", "target": "out", "targetHandle": "value"}),
+        ],
+    )
+}
+
+pub async fn run_job(
+    strategy: &Arc<dyn ExecutionStrategy>,
+    spec: JobSpec,
+) -> (JobOutcome, Vec<EventEnvelope>) {
+    let sink = VecSink::new();
+    let mut handle = strategy.start(spec, sink.clone()).await.expect("start");
+    let outcome = handle.wait().await;
+    (outcome, sink.events())
+}
+
+/// Events with timing and ids taken out, sorted (parallel nodes may interleave).
+fn normalise(events: &[EventEnvelope], job_id: &str) -> Vec<String> {
+    let mut out: Vec<String> = events
+        .iter()
+        .map(|e| {
+            let mut v = serde_json::to_value(e).expect("event json");
+            if let Some(o) = v.as_object_mut() {
+                o.remove("seq");
+                o.remove("job_id");
+                o.remove("duration");
+            }
+            v.to_string().replace(job_id, "JOB")
+        })
+        .collect();
+    out.sort();
+    out
+}
+
+/// Seqs run 1..=n and exactly the last event is a terminal job_update with `status`.
+fn check_stream(events: &[EventEnvelope], job_id: &str, status: Status) -> Result<(), String> {
+    for (i, e) in events.iter().enumerate() {
+        if e.seq != i as u64 + 1 {
+            return Err(format!("event {i} has seq {} (want {})", e.seq, i + 1));
+        }
+        if e.job_id != job_id {
+            return Err(format!("event {i} has job id {} (want {job_id})", e.job_id));
+        }
+    }
+    match events.last().map(|e| &e.event) {
+        Some(Event::JobUpdate(u)) if u.status == status => Ok(()),
+        other => Err(format!(
+            "last event is {other:?}, want a job_update {status}"
+        )),
+    }
+}
+
+fn expect(cond: bool, msg: impl Into<String>) -> Result<(), String> {
+    if cond {
+        Ok(())
+    } else {
+        Err(msg.into())
+    }
+}
+
+async fn same_events_as_reference(
+    s: &Arc<dyn ExecutionStrategy>,
+    reference: &Arc<dyn ExecutionStrategy>,
+) -> Result<(), String> {
+    let g = graph(
+        vec![
+            json!({"id": "gen", "type": "nodetool.test.Generate", "data": {"count": 3}}),
+            json!({"id": "prog", "type": "nodetool.test.Progress", "data": {"steps": 3}}),
+            json!({"id": "o1", "type": "nodetool.output.Output", "data": {"name": "numbers"}}),
+            json!({"id": "o2", "type": "nodetool.output.Output", "data": {"name": "steps"}}),
+        ],
+        vec![
+            json!({"id": "e1", "source": "gen", "sourceHandle": "output", "target": "o1", "targetHandle": "value"}),
+            json!({"id": "e2", "source": "prog", "sourceHandle": "output", "target": "o2", "targetHandle": "value"}),
+        ],
+    );
+    let mut spec = JobSpec::new(g);
+    spec.use_cache = false;
+    let (a, ea) = run_job(s, spec.clone()).await;
+    let (b, eb) = run_job(reference, spec.clone()).await;
+    expect(
+        a.status == Status::Completed,
+        format!("status {:?}: {:?}", a.status, a.error),
+    )?;
+    expect(
+        a.result == b.result,
+        format!("result {:?} vs reference {:?}", a.result, b.result),
+    )?;
+    expect(
+        a.result.get("numbers") == Some(&json!([0, 1, 2])),
+        format!("numbers: {:?}", a.result),
+    )?;
+    check_stream(&ea, &spec.job_id, Status::Completed)?;
+    let (na, nb) = (normalise(&ea, &spec.job_id), normalise(&eb, &spec.job_id));
+    expect(
+        na == nb,
+        format!("events differ:\n{na:#?}\nreference:\n{nb:#?}"),
+    )
+}
+
+async fn failing_node(s: &Arc<dyn ExecutionStrategy>) -> Result<(), String> {
+    let spec = JobSpec::new(one(
+        "nodetool.test.Fail",
+        json!({"message": "boom on purpose"}),
+    ));
+    let (o, ev) = run_job(s, spec.clone()).await;
+    expect(o.status == Status::Failed, format!("status {:?}", o.status))?;
+    let text = o.error_text().unwrap_or_default();
+    expect(text.contains("boom on purpose"), format!("error: {text}"))?;
+    expect(
+        o.failed_node.as_deref() == Some("n"),
+        format!("failed node {:?}", o.failed_node),
+    )?;
+    check_stream(&ev, &spec.job_id, Status::Failed)
+}
+
+async fn cancel_mid_run(s: &Arc<dyn ExecutionStrategy>) -> Result<(), String> {
+    let spec = JobSpec::new(one(
+        "nodetool.test.Sleep",
+        json!({"seconds": 60.0, "value": 1}),
+    ));
+    let sink = VecSink::new();
+    let mut handle = s
+        .start(spec.clone(), sink.clone())
+        .await
+        .map_err(|e| e.to_string())?;
+    // Wait until the sleeping node runs.
+    let mut running = false;
+    for _ in 0..300 {
+        running = sink.events().iter().any(|e| {
+            matches!(&e.event, Event::NodeUpdate(n) if n.node_id == "n" && n.status == Status::Running)
+        });
+        if running {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    expect(running, "the Sleep node never started")?;
+    handle.cancel();
+    handle.cancel();
+    let o = tokio::time::timeout(Duration::from_secs(30), handle.wait())
+        .await
+        .map_err(|_| "cancel did not end the job within 30s".to_owned())?;
+    handle.cancel();
+    expect(
+        o.status == Status::Cancelled,
+        format!("status {:?}: {:?}", o.status, o.error),
+    )?;
+    check_stream(&sink.events(), &spec.job_id, Status::Cancelled)
+}
+
+async fn timeout(s: &Arc<dyn ExecutionStrategy>) -> Result<(), String> {
+    let mut spec = JobSpec::new(one("nodetool.test.Sleep", json!({"seconds": 60.0})));
+    spec.resource_limits.time_seconds = Some(0.5);
+    let (o, ev) = tokio::time::timeout(Duration::from_secs(30), run_job(s, spec.clone()))
+        .await
+        .map_err(|_| "a 0.5s time limit did not end the job within 30s".to_owned())?;
+    expect(o.is_timeout(), format!("outcome {o:?}"))?;
+    check_stream(&ev, &spec.job_id, Status::Failed)
+}
+
+async fn big_output(s: &Arc<dyn ExecutionStrategy>) -> Result<(), String> {
+    const N: usize = 50 * 1024 * 1024;
+    let spec = JobSpec::new(one("nodetool.test.BigOutput", json!({"bytes": N})));
+    let (o, ev) = run_job(s, spec.clone()).await;
+    expect(
+        o.status == Status::Completed,
+        format!("status {:?}: {:?}", o.status, o.error),
+    )?;
+    let len = o.result["result"][0].as_str().map(str::len);
+    expect(len == Some(N), format!("output length {len:?}"))?;
+    check_stream(&ev, &spec.job_id, Status::Completed)
+}
+
+async fn crash(s: &Arc<dyn ExecutionStrategy>) -> Result<(), String> {
+    let spec = JobSpec::new(one("nodetool.test.Crash", json!({})));
+    let (o, ev) = run_job(s, spec.clone()).await;
+    expect(o.status == Status::Failed, format!("status {:?}", o.status))?;
+    let text = o.error_text().unwrap_or_default();
+    expect(
+        text.contains("SIGABRT"),
+        format!("error should name the signal: {text}"),
+    )?;
+    check_stream(&ev, &spec.job_id, Status::Failed)?;
+    // The parent is fine and runs the next job.
+    let (o, _) = run_job(
+        s,
+        JobSpec::new(one("nodetool.test.Sleep", json!({"value": 7}))),
+    )
+    .await;
+    expect(
+        o.status == Status::Completed,
+        format!("job after a crash: {:?}", o.status),
+    )
+}
+
+async fn out_of_memory(s: &Arc<dyn ExecutionStrategy>) -> Result<(), String> {
+    let mut spec = JobSpec::new(one("nodetool.test.Allocate", json!({"megabytes": 2048})));
+    spec.resource_limits.memory_bytes = Some(512 * 1024 * 1024);
+    let (o, ev) = run_job(s, spec.clone()).await;
+    expect(o.status == Status::Failed, format!("status {:?}", o.status))?;
+    let text = o.error_text().unwrap_or_default();
+    expect(text.contains("out of memory"), format!("error: {text}"))?;
+    check_stream(&ev, &spec.job_id, Status::Failed)
+}
+
+/// Runs every case against `strategy`; panics listing each failure.
+pub async fn run(strategy: Arc<dyn ExecutionStrategy>, reference: Arc<dyn ExecutionStrategy>) {
+    let caps = strategy.capabilities();
+    let mut failures = Vec::new();
+    let mut record = |name: &str, r: Result<(), String>| {
+        if let Err(e) = r {
+            failures.push(format!("{name}: {e}"));
+        }
+    };
+    record(
+        "same_events_as_reference",
+        same_events_as_reference(&strategy, &reference).await,
+    );
+    record("failing_node", failing_node(&strategy).await);
+    record("cancel_mid_run", cancel_mid_run(&strategy).await);
+    record("timeout", timeout(&strategy).await);
+    record("big_output_50mib", big_output(&strategy).await);
+    if caps.isolates_crashes {
+        record("crash", crash(&strategy).await);
+    }
+    if caps.memory_limit {
+        record("out_of_memory", out_of_memory(&strategy).await);
+    }
+    assert!(
+        failures.is_empty(),
+        "{} strategy failed {} case(s):\n{}",
+        strategy.name(),
+        failures.len(),
+        failures.join("\n")
+    );
+}

@@ -1,0 +1,276 @@
+//! Threaded strategy and JobExecutionManager behaviour.
+
+mod common;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::Utc;
+use common::strategy_suite::{self, one};
+use nodetool_engine::{Event, Status};
+use nodetool_exec::store::RESTART_ERROR;
+use nodetool_exec::threaded::ThreadedStrategy;
+use nodetool_exec::{
+    ExecutionStrategy, JobExecutionManager, JobRecord, JobStore, ManagerConfig, RunJobRequest,
+    StrategyKind,
+};
+use serde_json::json;
+
+async fn threaded(dir: &std::path::Path) -> Arc<dyn ExecutionStrategy> {
+    Arc::new(ThreadedStrategy::new(common::test_engine(dir).await, 2).expect("pool"))
+}
+
+async fn manager(dir: &std::path::Path, max: usize) -> JobExecutionManager {
+    let store = JobStore::open(&dir.join("jobs.db")).await.expect("store");
+    let config = ManagerConfig {
+        max_concurrent_jobs: max,
+        ..ManagerConfig::default()
+    };
+    JobExecutionManager::new(store, vec![threaded(dir).await], config)
+        .await
+        .expect("manager")
+}
+
+fn request(graph: nodetool_engine::Graph) -> RunJobRequest {
+    RunJobRequest {
+        graph: Some(graph),
+        ..RunJobRequest::default()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn threaded_strategy_passes_the_suite() {
+    let dir = tempfile::tempdir().unwrap();
+    strategy_suite::run(threaded(dir.path()).await, threaded(dir.path()).await).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn manager_runs_a_job_and_records_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let m = manager(dir.path(), 4).await;
+    let mut req = request(one("nodetool.test.Sleep", json!({"value": "hi"})));
+    req.user_id = Some("someone-else".into());
+    req.job_id = Some("client-hint".into());
+    let id = m.submit(req, "u1").await.unwrap();
+    assert_ne!(id, "client-hint");
+    let rec = m.wait(&id).await.unwrap();
+    assert_eq!(rec.status, Status::Completed, "{rec:?}");
+    assert_eq!(rec.user_id, "u1");
+    assert_eq!(rec.result, Some(json!({"result": ["hi"]})));
+    assert!(rec.started_at.is_some() && rec.finished_at.is_some());
+    // The store agrees, and get has no side effects (twice gives the same).
+    let stored = m.store().get(&id).await.unwrap().unwrap();
+    assert_eq!(stored.status, Status::Completed);
+    assert_eq!(m.get(&id).await.unwrap(), m.get(&id).await.unwrap());
+    let listed = m.list("u1", 10).await.unwrap();
+    assert_eq!(listed.len(), 1);
+    assert!(m.list("u2", 10).await.unwrap().is_empty());
+    // Late subscriber replays everything, ending with the terminal job_update.
+    let mut events = m.subscribe(&id, 0).unwrap();
+    let mut seqs = vec![];
+    let mut last = None;
+    while let Some(e) = events.next().await {
+        seqs.push(e.seq);
+        last = Some(e);
+    }
+    assert_eq!(seqs, (1..=seqs.len() as u64).collect::<Vec<_>>());
+    assert!(
+        matches!(last.map(|e| e.event), Some(Event::JobUpdate(u)) if u.status == Status::Completed)
+    );
+    let mut since = m.subscribe(&id, 2).unwrap();
+    assert_eq!(since.next().await.map(|e| e.seq), Some(3));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_requests_are_clear_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let m = manager(dir.path(), 1).await;
+    let g = one("nodetool.test.Sleep", json!({}));
+    let mut r = request(g.clone());
+    r.execution_strategy = Some("kubernetes".into());
+    let e = m.submit(r, "u").await.unwrap_err();
+    assert_eq!(e.kind(), nodetool_core::ErrorKind::InvalidInput);
+    assert!(e.to_string().contains("unknown execution_strategy"), "{e}");
+
+    let bad: Result<RunJobRequest, _> =
+        serde_json::from_value(json!({"graph": g, "resource_limits": {"memory_gb": 1}}));
+    assert!(bad.unwrap_err().to_string().contains("memory_gb"));
+
+    for limits in [
+        json!({"memory_mb": -1}),
+        json!({"time_seconds": 0}),
+        json!({"memory_mb": 1}),
+    ] {
+        let r: RunJobRequest =
+            serde_json::from_value(json!({"graph": g, "resource_limits": limits})).unwrap();
+        let e = m.submit(r, "u").await.unwrap_err();
+        assert_eq!(e.kind(), nodetool_core::ErrorKind::InvalidInput, "{limits}");
+        assert!(e.to_string().contains("resource_limits."), "{e}");
+    }
+    let mut r = request(g);
+    r.execution_strategy = Some("docker".into());
+    let e = m.submit(r, "u").await.unwrap_err();
+    assert!(e.to_string().contains("docker is not available"), "{e}");
+    let e = m.submit(RunJobRequest::default(), "u").await.unwrap_err();
+    assert!(e.to_string().contains("graph"), "{e}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrency_limit_keeps_extra_jobs_scheduled() {
+    let dir = tempfile::tempdir().unwrap();
+    let m = manager(dir.path(), 2).await;
+    let mut ids = vec![];
+    for _ in 0..4 {
+        let r = request(one("nodetool.test.Sleep", json!({"seconds": 60.0})));
+        ids.push(m.submit(r, "u").await.unwrap());
+    }
+    // Wait until two run.
+    let mut statuses = vec![];
+    for _ in 0..200 {
+        statuses.clear();
+        for id in &ids {
+            statuses.push(m.get(id).await.unwrap().unwrap().status);
+        }
+        if statuses.iter().filter(|s| **s == Status::Running).count() == 2 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(
+        statuses.iter().filter(|s| **s == Status::Running).count(),
+        2,
+        "{statuses:?}"
+    );
+    assert_eq!(
+        statuses.iter().filter(|s| **s == Status::Scheduled).count(),
+        2,
+        "{statuses:?}"
+    );
+    // Cancelling a scheduled job ends it without running; twice is fine.
+    let queued = ids
+        .iter()
+        .zip(&statuses)
+        .find(|(_, s)| **s == Status::Scheduled)
+        .map(|(id, _)| id.clone())
+        .unwrap();
+    assert!(m.cancel(&queued).await.unwrap());
+    m.cancel(&queued).await.unwrap();
+    let rec = m.wait(&queued).await.unwrap();
+    assert_eq!(rec.status, Status::Cancelled);
+    assert!(rec.started_at.is_none());
+    assert!(!m.cancel(&queued).await.unwrap());
+    for id in &ids {
+        m.cancel(id).await.unwrap();
+    }
+    for id in &ids {
+        let rec = m.wait(id).await.unwrap();
+        assert_eq!(rec.status, Status::Cancelled, "{rec:?}");
+        assert_eq!(
+            m.store().get(id).await.unwrap().unwrap().status,
+            Status::Cancelled
+        );
+    }
+    assert!(m.cancel("nope").await.unwrap_err().is_not_found());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_cancels_after_the_grace_period_and_refuses_new_jobs() {
+    let dir = tempfile::tempdir().unwrap();
+    let m = manager(dir.path(), 2).await;
+    let slow = m
+        .submit(
+            request(one("nodetool.test.Sleep", json!({"seconds": 60.0}))),
+            "u",
+        )
+        .await
+        .unwrap();
+    let quick = m
+        .submit(
+            request(one("nodetool.test.Sleep", json!({"seconds": 0.05}))),
+            "u",
+        )
+        .await
+        .unwrap();
+    m.shutdown(Duration::from_millis(500)).await;
+    assert_eq!(
+        m.get(&quick).await.unwrap().unwrap().status,
+        Status::Completed
+    );
+    assert_eq!(
+        m.get(&slow).await.unwrap().unwrap().status,
+        Status::Cancelled
+    );
+    let e = m
+        .submit(request(one("nodetool.test.Sleep", json!({}))), "u")
+        .await
+        .unwrap_err();
+    assert_eq!(e.kind(), nodetool_core::ErrorKind::Unavailable);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restart_marks_running_jobs_failed() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = JobStore::open(&dir.path().join("jobs.db")).await.unwrap();
+    let left = JobRecord {
+        id: "left-running".into(),
+        user_id: "u".into(),
+        workflow_id: String::new(),
+        strategy: StrategyKind::Threaded,
+        status: Status::Running,
+        params: json!({}),
+        created_at: Utc::now(),
+        started_at: Some(Utc::now()),
+        finished_at: None,
+        error: None,
+        result: None,
+        worker: None,
+    };
+    store.insert(&left).await.unwrap();
+    let mut done = left.clone();
+    done.id = "done".into();
+    done.status = Status::Completed;
+    store.insert(&done).await.unwrap();
+    drop(store);
+    let m = manager(dir.path(), 1).await;
+    let rec = m.get("left-running").await.unwrap().unwrap();
+    assert_eq!(rec.status, Status::Failed);
+    assert_eq!(rec.error.as_deref(), Some(RESTART_ERROR));
+    assert_eq!(
+        m.get("done").await.unwrap().unwrap().status,
+        Status::Completed
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn terminal_status_is_written_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = JobStore::open(&dir.path().join("jobs.db")).await.unwrap();
+    let rec = JobRecord {
+        id: "j".into(),
+        user_id: "u".into(),
+        workflow_id: String::new(),
+        strategy: StrategyKind::Subprocess,
+        status: Status::Scheduled,
+        params: json!({"a": 1}),
+        created_at: Utc::now(),
+        started_at: None,
+        finished_at: None,
+        error: None,
+        result: None,
+        worker: None,
+    };
+    store.insert(&rec).await.unwrap();
+    assert!(store.mark_running("j", Utc::now()).await.unwrap());
+    assert!(store
+        .finish("j", Status::Cancelled, None, None, Utc::now())
+        .await
+        .unwrap());
+    assert!(!store
+        .finish("j", Status::Failed, Some("late"), None, Utc::now())
+        .await
+        .unwrap());
+    let got = store.get("j").await.unwrap().unwrap();
+    assert_eq!(got.status, Status::Cancelled);
+    assert_eq!(got.error, None);
+    assert_eq!(got.params, json!({"a": 1}));
+}
