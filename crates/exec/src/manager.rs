@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use chrono::Utc;
 use serde_json::Value;
-use tokio::sync::{broadcast, watch, Semaphore};
+use tokio::sync::{broadcast, watch, OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 
 use nodetool_core::{Error, ErrorKind, Result};
@@ -306,15 +306,23 @@ impl JobExecutionManager {
             secrets,
             use_cache: valid.use_cache,
         };
+        // A free slot now means the job starts now: record it as running in the same insert,
+        // saving one store write on the fast path.
+        let permit = self.inner.permits.clone().try_acquire_owned().ok();
+        let created_at = Utc::now();
         let record = JobRecord {
             id: spec.job_id.clone(),
             user_id: spec.user_id.clone(),
             workflow_id: spec.workflow_id.clone(),
             strategy: kind,
-            status: Status::Scheduled,
+            status: if permit.is_some() {
+                Status::Running
+            } else {
+                Status::Scheduled
+            },
             params: Value::Object(spec.params.clone()),
-            created_at: Utc::now(),
-            started_at: None,
+            created_at,
+            started_at: permit.is_some().then_some(created_at),
             finished_at: None,
             error: None,
             result: None,
@@ -337,7 +345,7 @@ impl JobExecutionManager {
         let inner = self.inner.clone();
         self.inner
             .owners
-            .spawn(owner(inner, strategy, spec, live, tx));
+            .spawn(owner(inner, strategy, spec, live, tx, permit));
         Ok(job_id)
     }
 
@@ -481,10 +489,11 @@ async fn owner(
     spec: JobSpec,
     live: Arc<LiveJob>,
     record: watch::Sender<JobRecord>,
+    permit: Option<OwnedSemaphorePermit>,
 ) {
     let job_id = spec.job_id.clone();
     let workflow_id = spec.workflow_id.clone();
-    let outcome = run_owned(&inner, strategy, spec, &live, &record).await;
+    let outcome = run_owned(&inner, strategy, spec, &live, &record, permit).await;
 
     // If nothing reached the sink's terminal event (never started, or the strategy broke its
     // contract), close the stream with one.
@@ -548,24 +557,32 @@ async fn run_owned(
     spec: JobSpec,
     live: &Arc<LiveJob>,
     record: &watch::Sender<JobRecord>,
+    permit: Option<OwnedSemaphorePermit>,
 ) -> JobOutcome {
     let job_id = spec.job_id.clone();
-    // Wait for a slot as `scheduled`; a cancel meanwhile ends the job without running it.
-    let _permit = tokio::select! {
-        p = inner.permits.clone().acquire_owned() => match p {
-            Ok(p) => p,
-            Err(_) => return JobOutcome::cancelled(),
-        },
-        _ = live.cancel.cancelled() => return JobOutcome::cancelled(),
+    let _permit = match permit {
+        // Recorded as running at submit.
+        Some(p) => p,
+        None => {
+            // Wait for a slot as `scheduled`; a cancel meanwhile ends the job without running it.
+            let p = tokio::select! {
+                p = inner.permits.clone().acquire_owned() => match p {
+                    Ok(p) => p,
+                    Err(_) => return JobOutcome::cancelled(),
+                },
+                _ = live.cancel.cancelled() => return JobOutcome::cancelled(),
+            };
+            let now = Utc::now();
+            if let Err(e) = inner.store.mark_running(&job_id, now).await {
+                tracing::error!(job_id = %job_id, error = %e, "cannot record the job as running");
+            }
+            record.send_modify(|r| {
+                r.status = Status::Running;
+                r.started_at = Some(now);
+            });
+            p
+        }
     };
-    let now = Utc::now();
-    if let Err(e) = inner.store.mark_running(&job_id, now).await {
-        tracing::error!(job_id = %job_id, error = %e, "cannot record the job as running");
-    }
-    record.send_modify(|r| {
-        r.status = Status::Running;
-        r.started_at = Some(now);
-    });
     let mut handle = match strategy.start(spec, live.hub.clone()).await {
         Ok(h) => h,
         Err(e) => {
