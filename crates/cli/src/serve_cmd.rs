@@ -59,7 +59,9 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
     let temp = resources.temp_storage()?;
     let reaper = nodetool_storage::gc::spawn_reaper(temp, resources.temp_ttl(), REAP_EVERY);
 
-    let mut state = AppState::new(resources.clone(), auth.clone(), db);
+    let store = nodetool_exec::JobStore::from_pool(db.clone()).await?;
+    let manager = job_manager(&resources, store).await?;
+    let mut state = AppState::new(resources.clone(), auth.clone(), db).with_jobs(manager.clone());
     state.options.presign_redirect = !args.no_presign_redirect;
     let app = nodetool_server::router(state);
 
@@ -78,7 +80,79 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
         Duration::from_secs(args.shutdown_grace),
     )
     .await;
+    // Running jobs get the same grace as open streams, then are cancelled and recorded.
+    manager
+        .shutdown(Duration::from_secs(args.shutdown_grace))
+        .await;
     reaper.abort();
     result?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// The job manager: threaded and subprocess strategies always, Docker when its engine answers.
+/// `store` shares the server's database.
+async fn job_manager(
+    resources: &Arc<Resources>,
+    store: nodetool_exec::JobStore,
+) -> anyhow::Result<nodetool_exec::JobExecutionManager> {
+    use nodetool_engine::{Engine, EngineResources, Registry};
+    use nodetool_exec::subprocess::{allowed_env, SubprocessConfig, SubprocessStrategy};
+    use nodetool_exec::threaded::ThreadedStrategy;
+    use nodetool_exec::{ExecutionStrategy, JobExecutionManager, ManagerConfig};
+
+    let settings = resources.settings();
+    let engine = Engine::new(
+        Arc::new(Registry::builtin()),
+        EngineResources::from_resources(resources).await?,
+    );
+    let mut strategies: Vec<Arc<dyn ExecutionStrategy>> = vec![Arc::new(ThreadedStrategy::new(
+        engine,
+        settings.thread_pool_size.max(1),
+    )?)];
+
+    let sources = nodetool_config::Sources::from_process()?;
+    let secret_names: Vec<&str> = settings
+        .entries()
+        .into_iter()
+        .filter(|e| e.secret)
+        .map(|e| e.name)
+        .collect();
+    let mut cfg =
+        SubprocessConfig::new(std::env::current_exe().context("locating the nodetool binary")?);
+    cfg.env = allowed_env(&sources.env, &secret_names);
+    strategies.push(Arc::new(SubprocessStrategy::new(cfg)));
+
+    match docker_strategy(settings).await {
+        Ok(d) => strategies.push(d),
+        Err(e) => {
+            tracing::info!(error = %e, "docker strategy unavailable; jobs run threaded or in subprocesses")
+        }
+    }
+
+    Ok(JobExecutionManager::new(store, strategies, ManagerConfig::from_settings(settings)).await?)
+}
+
+async fn docker_strategy(
+    settings: &nodetool_config::Settings,
+) -> anyhow::Result<Arc<dyn nodetool_exec::ExecutionStrategy>> {
+    let asset_folder = match nodetool_config::asset_storage(settings, false)?.plan {
+        nodetool_config::StoragePlan::File { root, .. } => Some(root),
+        _ => None,
+    };
+    let workspaces = settings.config_dir().join("workspaces");
+    std::fs::create_dir_all(&workspaces)
+        .with_context(|| format!("creating {}", workspaces.display()))?;
+    let cfg = nodetool_exec::docker::config::DockerConfig::from_settings(
+        settings,
+        workspaces,
+        asset_folder,
+    )?;
+    // A missing engine must not hold up start-up.
+    let strategy = tokio::time::timeout(
+        Duration::from_secs(5),
+        nodetool_exec::docker::DockerStrategy::connect(cfg),
+    )
+    .await
+    .context("the Docker engine did not answer within 5 s")??;
+    Ok(Arc::new(strategy))
 }

@@ -75,6 +75,9 @@ struct EventHub {
 struct HubState {
     buffer: VecDeque<EventEnvelope>,
     tx: Option<broadcast::Sender<EventEnvelope>>,
+    /// The job's terminal `job_update`, held back until the owner has recorded the outcome, so a
+    /// client that reacts to the event never reads a stale record.
+    held: Option<EventEnvelope>,
 }
 
 impl EventHub {
@@ -84,6 +87,7 @@ impl EventHub {
             state: Mutex::new(HubState {
                 buffer: VecDeque::new(),
                 tx: Some(tx),
+                held: None,
             }),
             capacity: capacity.max(1),
         })
@@ -93,9 +97,22 @@ impl EventHub {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// No more events: live subscribers end after draining.
-    fn close(&self) {
-        self.lock().tx = None;
+    /// Publishes the held terminal event (its status set to the recorded `status`, which wins
+    /// when a cancel raced the strategy), then closes: live subscribers end after draining.
+    fn release_and_close(&self, status: Status) {
+        let mut st = self.lock();
+        if let Some(mut event) = st.held.take() {
+            if let nodetool_engine::Event::JobUpdate(update) = &mut event.event {
+                update.status = status;
+            }
+            st.publish(event, self.capacity);
+        }
+        st.tx = None;
+    }
+
+    /// A terminal `job_update` was sent (and is held).
+    fn has_terminal(&self) -> bool {
+        self.lock().held.is_some()
     }
 
     fn since(&self, seq: u64) -> VecDeque<EventEnvelope> {
@@ -108,16 +125,30 @@ impl EventHub {
     }
 }
 
+impl HubState {
+    fn publish(&mut self, event: EventEnvelope, capacity: usize) {
+        if self.buffer.len() >= capacity {
+            self.buffer.pop_front();
+        }
+        self.buffer.push_back(event.clone());
+        if let Some(tx) = &self.tx {
+            // No subscriber is fine.
+            let _ = tx.send(event);
+        }
+    }
+}
+
 impl EventSink for EventHub {
     fn send(&self, event: EventEnvelope) {
         let mut st = self.lock();
-        if st.buffer.len() >= self.capacity {
-            st.buffer.pop_front();
-        }
-        st.buffer.push_back(event.clone());
-        if let Some(tx) = &st.tx {
-            // No subscriber is fine.
-            let _ = tx.send(event);
+        let terminal = matches!(
+            &event.event,
+            nodetool_engine::Event::JobUpdate(u) if u.status.is_terminal()
+        );
+        if terminal {
+            st.held = Some(event);
+        } else {
+            st.publish(event, self.capacity);
         }
     }
 }
@@ -498,17 +529,14 @@ async fn owner(
     // If nothing reached the sink's terminal event (never started, or the strategy broke its
     // contract), close the stream with one.
     let tracking = crate::sink::TrackingSink::new(job_id.clone(), live.hub.clone());
-    let last = live.hub.lock().buffer.back().cloned();
-    let ended = last.as_ref().is_some_and(
-        |e| matches!(&e.event, nodetool_engine::Event::JobUpdate(u) if u.status.is_terminal()),
-    );
-    if !ended {
+    if !live.hub.has_terminal() {
+        // The tracking sink numbers its event after the last one seen.
+        let last = live.hub.lock().buffer.back().cloned();
         if let Some(e) = last {
-            tracking.send(e.clone());
+            tracking.observe(&e);
         }
         tracking.finish(&workflow_id, &outcome);
     }
-    live.hub.close();
 
     let now = Utc::now();
     let error = outcome.error_text();
@@ -535,6 +563,8 @@ async fn owner(
             r.finished_at = Some(now);
         }
     });
+    // Only now, with the outcome recorded, do clients see the terminal event.
+    live.hub.release_and_close(record.borrow().status);
 
     // Keep the finished job (and its replay buffer) around for late readers, then forget it.
     let retain = inner.config.retain_finished;

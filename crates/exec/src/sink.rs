@@ -36,6 +36,11 @@ impl TrackingSink {
         self.terminal_sent.load(Ordering::Acquire)
     }
 
+    /// Notes an event sent by another path, so the next seq follows it (nothing is forwarded).
+    pub fn observe(&self, event: &EventEnvelope) {
+        self.last_seq.fetch_max(event.seq, Ordering::AcqRel);
+    }
+
     /// Posts the terminal `job_update` for `outcome` unless one was already sent.
     pub fn finish(&self, workflow_id: &str, outcome: &JobOutcome) {
         if self.terminal_sent() {

@@ -15,8 +15,10 @@ pub mod auth;
 pub mod db;
 pub mod error;
 pub mod http;
+pub mod jobs;
 pub mod metrics;
 pub mod storage_routes;
+pub mod ws;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -54,6 +56,8 @@ pub struct AppState {
     pub signer: Option<UrlSigner>,
     pub metrics: Arc<Metrics>,
     pub options: ServerOptions,
+    /// Runs jobs for `/api/jobs` and `/ws`; `None` answers those with 503.
+    pub jobs: Option<nodetool_exec::JobExecutionManager>,
 }
 
 impl std::fmt::Debug for AppState {
@@ -80,7 +84,14 @@ impl AppState {
             db,
             metrics: Arc::new(Metrics::default()),
             options,
+            jobs: None,
         }
+    }
+
+    /// Enables `/api/jobs` and `/ws` with this manager.
+    pub fn with_jobs(mut self, manager: nodetool_exec::JobExecutionManager) -> Self {
+        self.jobs = Some(manager);
+        self
     }
 
     pub fn with_options(mut self, options: ServerOptions) -> Self {
@@ -96,10 +107,13 @@ pub fn router(state: AppState) -> Router {
         .route("/metrics", get(metrics::render))
         .merge(storage_routes::routes())
         .merge(assets::routes())
+        .merge(jobs::routes())
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
             auth::authenticate,
         ))
+        // `/ws` authenticates itself: it also takes `?api_key=`, which the middleware does not.
+        .merge(ws::routes())
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
             metrics::track,

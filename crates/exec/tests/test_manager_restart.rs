@@ -1,0 +1,143 @@
+//! A manager process killed mid-job (SIGKILL, no chance to clean up): the next manager on the
+//! same database marks the job failed with a clear reason, and no worker is left running.
+//!
+//! The test runs itself twice: as the parent, and (with `NODETOOL_RESTART_CHILD_DB` set) as the
+//! child manager that the parent kills.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use nodetool_engine::Status;
+use nodetool_exec::subprocess::{SubprocessConfig, SubprocessStrategy};
+use nodetool_exec::{
+    ExecutionStrategy, JobExecutionManager, JobStore, ManagerConfig, RunJobRequest, WorkerRef,
+};
+use serde_json::json;
+
+const WORKER: &str = env!("CARGO_BIN_EXE_nodetool-exec-worker");
+const CHILD_DB: &str = "NODETOOL_RESTART_CHILD_DB";
+const TEST_NAME: &str = "a_killed_manager_is_reconciled_on_restart";
+
+async fn manager(dir: &std::path::Path) -> JobExecutionManager {
+    let mut env = BTreeMap::new();
+    env.insert("PATH".to_owned(), "/usr/bin:/bin".to_owned());
+    env.insert("ENV".to_owned(), "test".to_owned());
+    env.insert("NODETOOL_CONFIG_DIR".to_owned(), dir.display().to_string());
+    let mut cfg = SubprocessConfig::new(WORKER);
+    cfg.args = vec![];
+    cfg.env = env;
+    cfg.scratch_root = Some(dir.to_path_buf());
+    let strategies: Vec<Arc<dyn ExecutionStrategy>> = vec![Arc::new(SubprocessStrategy::new(cfg))];
+    let store = JobStore::open(&dir.join("jobs.db")).await.expect("store");
+    let config = ManagerConfig {
+        default_strategy: nodetool_exec::StrategyKind::Subprocess,
+        ..ManagerConfig::default()
+    };
+    JobExecutionManager::new(store, strategies, config)
+        .await
+        .expect("manager")
+}
+
+/// A live, non-zombie process?
+fn alive(pid: u32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        // The state is the field after the parenthesised command name.
+        Ok(stat) => stat
+            .rsplit_once(')')
+            .and_then(|(_, rest)| rest.split_whitespace().next())
+            .is_some_and(|state| state != "Z" && state != "X"),
+        Err(_) => false,
+    }
+}
+
+/// Child mode: start a long job, report it, then wait to be killed.
+async fn child(db_dir: &str) -> ! {
+    let dir = std::path::Path::new(db_dir);
+    let m = manager(dir).await;
+    let request = RunJobRequest {
+        graph: Some(common::strategy_suite::one(
+            "nodetool.test.Sleep",
+            json!({"seconds": 120, "value": 1}),
+        )),
+        execution_strategy: Some("subprocess".into()),
+        ..Default::default()
+    };
+    let id = m.submit(request, "u").await.expect("submit");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let record = m.get(&id).await.expect("get").expect("record");
+        if let (Status::Running, Some(WorkerRef::Pid(pid))) = (record.status, &record.worker) {
+            println!("READY {id} {pid}");
+            break;
+        }
+        assert!(Instant::now() < deadline, "the job never started");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    loop {
+        tokio::time::sleep(Duration::from_secs(3600)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_manager_is_reconciled_on_restart() {
+    if let Ok(db_dir) = std::env::var(CHILD_DB) {
+        child(&db_dir).await;
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut manager_process = Command::new(std::env::current_exe().expect("test binary"))
+        .args(["--exact", TEST_NAME, "--nocapture", "--test-threads", "1"])
+        .env(CHILD_DB, dir.path())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start the child manager");
+    let stdout = manager_process.stdout.take().expect("stdout");
+    let (job_id, worker_pid) = BufReader::new(stdout)
+        .lines()
+        .map_while(Result::ok)
+        .find_map(|line| {
+            // libtest prints "test NAME ... " without a newline first: look inside the line.
+            let rest = line.split_once("READY ")?.1.to_owned();
+            let (id, pid) = rest.split_once(' ')?;
+            Some((id.to_owned(), pid.parse::<u32>().ok()?))
+        })
+        .expect("the child manager reports its running job");
+    assert!(alive(worker_pid), "the worker runs while its manager does");
+
+    // Kill the manager the hard way: no shutdown, no chance to update the record.
+    manager_process.kill().expect("SIGKILL the manager");
+    manager_process.wait().expect("reap the manager");
+    let store = JobStore::open(&dir.path().join("jobs.db"))
+        .await
+        .expect("store");
+    let before = store.get(&job_id).await.expect("get").expect("record");
+    assert_eq!(
+        before.status,
+        Status::Running,
+        "the dead manager left the row running"
+    );
+    drop(store);
+    // The worker's stdin closed with its parent: by the protocol that cancels its job, so it is
+    // gone or going; if it lingers, the restarted manager kills its recorded process group.
+
+    let m = manager(dir.path()).await;
+    let after = m.get(&job_id).await.expect("get").expect("record");
+    assert_eq!(after.status, Status::Failed);
+    let error = after.error.unwrap_or_default();
+    assert!(error.contains("restarted"), "the reason is clear: {error}");
+    assert!(after.finished_at.is_some());
+
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while alive(worker_pid) {
+        assert!(
+            Instant::now() < deadline,
+            "the leftover worker process group {worker_pid} was not reaped"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}

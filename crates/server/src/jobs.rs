@@ -1,0 +1,310 @@
+//! The jobs API under `/api/jobs`: submit, list, get, cancel, and the job's events as SSE (or
+//! NDJSON).
+//!
+//! Every route is scoped to the authenticated user: another user's job is 404, exactly like a
+//! job that does not exist, so ids cannot be probed. A `user_id` in a request body is ignored.
+//!
+//! Events: each SSE event is `id: <seq>`, `event: <type>`, `data: <json envelope>`. A client that
+//! reconnects with `Last-Event-ID: <seq>` (or `?since_seq=<seq>`) gets exactly the events after
+//! that seq, then live ones; the stream ends after the job's terminal `job_update`. A slow
+//! reader never slows the job: the manager's subscription resyncs from its replay buffer.
+
+use std::convert::Infallible;
+use std::time::Duration;
+
+use axum::extract::{Path, Query, State};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use bytes::Bytes;
+use futures::Stream;
+use nodetool_engine::{Event, EventEnvelope};
+use nodetool_exec::{JobEvents, JobExecutionManager, JobRecord, RunJobRequest};
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+use crate::auth::AuthUser;
+use crate::error::{ApiError, ApiResult};
+use crate::AppState;
+
+/// How often an idle SSE stream gets a keep-alive comment.
+const KEEP_ALIVE: Duration = Duration::from_secs(15);
+/// Most jobs one list call returns.
+const MAX_LIST: u32 = 1000;
+
+pub fn routes() -> Router<AppState> {
+    Router::new()
+        .route("/api/jobs", post(submit).get(list))
+        .route("/api/jobs/{id}", get(get_job).delete(cancel))
+        .route("/api/jobs/{id}/cancel", post(cancel))
+        .route("/api/jobs/{id}/events", get(events))
+}
+
+/// The manager, or 503 when this server runs without one.
+pub(crate) fn manager(state: &AppState) -> ApiResult<&JobExecutionManager> {
+    state.jobs.as_ref().ok_or_else(|| {
+        ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "unavailable",
+            "job execution is not enabled on this server",
+        )
+    })
+}
+
+/// The job if `user` owns it; 404 otherwise (also for other users' jobs).
+pub(crate) async fn owned_job(
+    manager: &JobExecutionManager,
+    job_id: &str,
+    user: &str,
+) -> ApiResult<JobRecord> {
+    match manager.get(job_id).await? {
+        Some(rec) if rec.user_id == user => Ok(rec),
+        _ => Err(ApiError::not_found("no such job")),
+    }
+}
+
+/// The wire form of a job record (no worker pid or container id).
+pub fn job_json(r: &JobRecord) -> Value {
+    json!({
+        "id": r.id,
+        "user_id": r.user_id,
+        "workflow_id": r.workflow_id,
+        "job_type": "workflow",
+        "status": r.status.as_str(),
+        "execution_strategy": r.strategy.to_string(),
+        "params": r.params,
+        "created_at": r.created_at,
+        "started_at": r.started_at,
+        "finished_at": r.finished_at,
+        "error": r.error,
+        "result": r.result,
+    })
+}
+
+/// The one event a client gets for a job that ended and left memory: its final status.
+pub fn final_update(r: &JobRecord) -> Value {
+    json!({
+        "type": "job_update",
+        "job_id": r.id,
+        "workflow_id": r.workflow_id,
+        "status": r.status.as_str(),
+        "error": r.error,
+        "result": r.result,
+    })
+}
+
+#[derive(Debug, Deserialize)]
+struct SubmitQuery {
+    #[serde(default)]
+    stream: bool,
+}
+
+async fn submit(
+    State(state): State<AppState>,
+    AuthUser(user): AuthUser,
+    Query(q): Query<SubmitQuery>,
+    headers: HeaderMap,
+    Json(request): Json<RunJobRequest>,
+) -> ApiResult<Response> {
+    let manager = manager(&state)?;
+    // `request.user_id` is ignored by the manager; the authenticated user owns the job.
+    let job_id = manager.submit(request, &user).await?;
+    if q.stream {
+        let events = manager.subscribe(&job_id, 0)?;
+        tracing::info!(%job_id, user = %user, "job submitted (streaming)");
+        return Ok(stream_response(&headers, events, None));
+    }
+    let rec = owned_job(manager, &job_id, &user).await?;
+    tracing::info!(%job_id, user = %user, "job submitted");
+    Ok(Json(job_json(&rec)).into_response())
+}
+
+#[derive(Debug, Deserialize)]
+struct ListQuery {
+    limit: Option<u32>,
+}
+
+async fn list(
+    State(state): State<AppState>,
+    AuthUser(user): AuthUser,
+    Query(q): Query<ListQuery>,
+) -> ApiResult<Json<Value>> {
+    let manager = manager(&state)?;
+    let limit = q.limit.unwrap_or(100).clamp(1, MAX_LIST);
+    let jobs = manager.list(&user, limit).await?;
+    Ok(Json(json!({
+        "jobs": jobs.iter().map(job_json).collect::<Vec<_>>(),
+        "next_start_key": Value::Null,
+    })))
+}
+
+async fn get_job(
+    State(state): State<AppState>,
+    AuthUser(user): AuthUser,
+    Path(id): Path<String>,
+) -> ApiResult<Json<Value>> {
+    let rec = owned_job(manager(&state)?, &id, &user).await?;
+    Ok(Json(job_json(&rec)))
+}
+
+async fn cancel(
+    State(state): State<AppState>,
+    AuthUser(user): AuthUser,
+    Path(id): Path<String>,
+) -> ApiResult<Json<Value>> {
+    let manager = manager(&state)?;
+    owned_job(manager, &id, &user).await?;
+    let was_live = manager.cancel(&id).await?;
+    tracing::info!(job_id = %id, user = %user, was_live, "job cancel requested");
+    Ok(Json(json!({
+        "id": id,
+        "status": if was_live { "cancelled" } else { "not_found_or_completed" },
+    })))
+}
+
+#[derive(Debug, Deserialize)]
+struct EventsQuery {
+    since_seq: Option<u64>,
+}
+
+async fn events(
+    State(state): State<AppState>,
+    AuthUser(user): AuthUser,
+    Path(id): Path<String>,
+    Query(q): Query<EventsQuery>,
+    headers: HeaderMap,
+) -> ApiResult<Response> {
+    let manager = manager(&state)?;
+    let rec = owned_job(manager, &id, &user).await?;
+    let since = last_event_id(&headers).or(q.since_seq).unwrap_or_default();
+    match manager.subscribe(&id, since) {
+        Ok(events) => Ok(stream_response(&headers, events, None)),
+        // Ended and evicted from memory: the record is all there is.
+        Err(e) if e.kind() == nodetool_core::ErrorKind::NotFound => Ok(stream_response(
+            &headers,
+            JobEventsOrDone::Done,
+            Some(final_update(&rec)),
+        )),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// `Last-Event-ID` as a seq; a malformed one is ignored (the client gets everything kept).
+fn last_event_id(headers: &HeaderMap) -> Option<u64> {
+    headers
+        .get("last-event-id")?
+        .to_str()
+        .ok()?
+        .trim()
+        .parse()
+        .ok()
+}
+
+fn wants_ndjson(headers: &HeaderMap) -> bool {
+    headers
+        .get(header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.contains("application/x-ndjson"))
+}
+
+/// A live subscription, or nothing (the job is gone from memory).
+enum JobEventsOrDone {
+    Live(JobEvents),
+    Done,
+}
+
+impl From<JobEvents> for JobEventsOrDone {
+    fn from(e: JobEvents) -> Self {
+        JobEventsOrDone::Live(e)
+    }
+}
+
+/// True for the event after which a job sends nothing more.
+pub fn is_terminal(e: &EventEnvelope) -> bool {
+    matches!(&e.event, Event::JobUpdate(u) if u.status.is_terminal())
+}
+
+/// The job's events until its terminal `job_update`, then `tail` (if any) once.
+fn event_stream(
+    events: JobEventsOrDone,
+    tail: Option<Value>,
+) -> impl Stream<Item = Result<Item, Infallible>> + Send {
+    futures::stream::unfold((events, tail, false), |(events, tail, ended)| async move {
+        if ended {
+            return None;
+        }
+        match events {
+            JobEventsOrDone::Live(mut ev) => match ev.next().await {
+                Some(e) => {
+                    let terminal = is_terminal(&e);
+                    Some((
+                        Ok(Item::Event(Box::new(e))),
+                        (JobEventsOrDone::Live(ev), tail, terminal),
+                    ))
+                }
+                None => tail.map(|t| (Ok(Item::Raw(t)), (JobEventsOrDone::Done, None, true))),
+            },
+            JobEventsOrDone::Done => {
+                tail.map(|t| (Ok(Item::Raw(t)), (JobEventsOrDone::Done, None, true)))
+            }
+        }
+    })
+}
+
+enum Item {
+    Event(Box<EventEnvelope>),
+    Raw(Value),
+}
+
+fn stream_response(
+    headers: &HeaderMap,
+    events: impl Into<JobEventsOrDone>,
+    tail: Option<Value>,
+) -> Response {
+    use futures::StreamExt;
+    let stream = event_stream(events.into(), tail);
+    if wants_ndjson(headers) {
+        let lines = stream.map(|item| {
+            let Ok(item) = item;
+            let mut line = match item {
+                Item::Event(e) => serde_json::to_vec(e.as_ref()),
+                Item::Raw(v) => serde_json::to_vec(&v),
+            }
+            .unwrap_or_else(|e| {
+                format!(r#"{{"type":"error","message":"unserializable event: {e}"}}"#).into_bytes()
+            });
+            line.push(b'\n');
+            Ok::<_, Infallible>(Bytes::from(line))
+        });
+        let mut resp = axum::body::Body::from_stream(lines).into_response();
+        resp.headers_mut().insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/x-ndjson"),
+        );
+        resp.headers_mut()
+            .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+        return resp;
+    }
+    let sse = stream.map(|item| {
+        let Ok(item) = item;
+        let ev = match item {
+            Item::Event(e) => SseEvent::default()
+                .id(e.seq.to_string())
+                .event(e.event.type_name())
+                .json_data(e.as_ref()),
+            Item::Raw(v) => SseEvent::default()
+                .event(v["type"].as_str().unwrap_or("message"))
+                .json_data(&v),
+        };
+        Ok::<_, Infallible>(ev.unwrap_or_else(|e| {
+            SseEvent::default().event("error").data(format!(
+                r#"{{"type":"error","message":"unserializable event: {e}"}}"#
+            ))
+        }))
+    });
+    Sse::new(sse)
+        .keep_alive(KeepAlive::new().interval(KEEP_ALIVE))
+        .into_response()
+}

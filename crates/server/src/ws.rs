@@ -1,0 +1,475 @@
+//! `/ws`: NodeTool's unified WebSocket protocol.
+//!
+//! Frames are `{"command": <name>, "data": {...}}`, JSON in text frames or MessagePack in binary
+//! frames. Replies and events go out in the format of the client's last frame (`set_mode`
+//! overrides it). Commands: `run_job` (reply carries `job_id`; the job's events then stream on
+//! this socket), `reconnect_job` (`job_id`, `since_seq`: replay after that seq, then live),
+//! `cancel_job`, `get_status`, `set_mode`, `ping`; `stream_input` and `end_input_stream` answer
+//! a `not_supported` error. The control frame `{"type":"ping"}` gets `{"type":"pong","ts"}`.
+//! Each command gets one reply: `{"command", "message", ...}` or `{"command", "error",
+//! "message"}`.
+//!
+//! Auth happens before the upgrade (401 otherwise): `Authorization: Bearer` or `?api_key=`. A
+//! `user_id` in any command is ignored; a job of another user is "not found".
+//!
+//! Fan-out: each socket has one bounded outgoing queue; one task per streamed job feeds it and
+//! waits when it is full, so a slow client only slows its own forwarders. The manager's
+//! subscription then resyncs from the job's replay buffer, so nothing is lost unless the client
+//! falls further behind than that buffer; then it gets a `{"type":"lag"}` notice naming the
+//! missed seqs, and can `reconnect_job` or fetch the job's result.
+//!
+//! Jobs outlive the socket: a disconnect stops the streaming, not the job (reconnect with
+//! `reconnect_job`).
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
+use axum::extract::{Query, State};
+use axum::http::{header, HeaderMap};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::Router;
+use futures::{SinkExt, StreamExt};
+use nodetool_engine::EventEnvelope;
+use nodetool_exec::{JobExecutionManager, RunJobRequest};
+use serde::Deserialize;
+use serde_json::{json, Value};
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+
+use crate::auth::{AuthError, Authenticator, LOCAL_USER};
+use crate::error::ApiError;
+use crate::jobs::{final_update, is_terminal};
+use crate::AppState;
+
+/// Outgoing frames queued per socket before job forwarders wait.
+pub const SOCKET_QUEUE: usize = 256;
+
+pub fn routes() -> Router<AppState> {
+    Router::new().route("/ws", get(upgrade))
+}
+
+#[derive(Debug, Deserialize)]
+struct WsQuery {
+    api_key: Option<String>,
+}
+
+fn bearer(headers: &HeaderMap) -> Option<&str> {
+    let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
+    let (scheme, token) = value.trim().split_once(' ')?;
+    scheme
+        .eq_ignore_ascii_case("bearer")
+        .then_some(token.trim())
+        .filter(|t| !t.is_empty())
+}
+
+async fn upgrade(
+    State(state): State<AppState>,
+    Query(q): Query<WsQuery>,
+    headers: HeaderMap,
+    ws: WebSocketUpgrade,
+) -> Response {
+    let token = bearer(&headers)
+        .map(str::to_owned)
+        .or(q.api_key.filter(|k| !k.is_empty()));
+    let user = match (&state.auth, token) {
+        (Authenticator::Local, _) => LOCAL_USER.to_owned(),
+        (auth, Some(token)) => match auth.authenticate(&token).await {
+            Ok(user) => user,
+            Err(AuthError::Invalid(why)) => return ApiError::unauthorized(why).into_response(),
+            Err(AuthError::Unavailable(e)) => return ApiError::from(e).into_response(),
+        },
+        (_, None) => {
+            return ApiError::unauthorized("missing bearer token or api_key").into_response()
+        }
+    };
+    ws.on_upgrade(move |socket| session(state, user, socket))
+}
+
+/// Something to send; encoded in the socket's mode when it is written.
+enum Out {
+    Value(Value),
+    Event(Box<EventEnvelope>),
+}
+
+struct Session {
+    user: String,
+    manager: Option<JobExecutionManager>,
+    tx: mpsc::Sender<Out>,
+    /// true: MessagePack binary frames; false: JSON text.
+    binary: Arc<AtomicBool>,
+    /// Jobs whose events stream to this socket.
+    streams: HashMap<String, JoinHandle<()>>,
+}
+
+async fn session(state: AppState, user: String, socket: WebSocket) {
+    let (mut sink, mut incoming) = socket.split();
+    let (tx, mut rx) = mpsc::channel::<Out>(SOCKET_QUEUE);
+    // NodeTool's default mode is binary until the client says otherwise.
+    let binary = Arc::new(AtomicBool::new(true));
+    let writer_mode = binary.clone();
+    let writer = tokio::spawn(async move {
+        while let Some(out) = rx.recv().await {
+            let Some(msg) = encode(&out, writer_mode.load(Ordering::Relaxed)) else {
+                continue;
+            };
+            if sink.send(msg).await.is_err() {
+                break;
+            }
+        }
+        let _ = sink.close().await;
+    });
+    let mut s = Session {
+        user,
+        manager: state.jobs.clone(),
+        tx,
+        binary,
+        streams: HashMap::new(),
+    };
+    tracing::debug!(user = %s.user, "websocket opened");
+    while let Some(frame) = incoming.next().await {
+        let parsed = match frame {
+            Ok(Message::Text(text)) => {
+                s.binary.store(false, Ordering::Relaxed);
+                serde_json::from_str::<Value>(text.as_str()).map_err(|e| e.to_string())
+            }
+            Ok(Message::Binary(bytes)) => {
+                s.binary.store(true, Ordering::Relaxed);
+                rmp_serde::from_slice::<Value>(&bytes).map_err(|e| e.to_string())
+            }
+            Ok(Message::Close(_)) | Err(_) => break,
+            Ok(_) => continue,
+        };
+        let reply = match parsed {
+            Ok(v) => s.handle(v).await,
+            Err(details) => Some(json!({"error": "invalid_command", "details": details})),
+        };
+        if let Some(reply) = reply {
+            if s.tx.send(Out::Value(reply)).await.is_err() {
+                break;
+            }
+        }
+    }
+    for (_, task) in s.streams.drain() {
+        task.abort();
+    }
+    drop(s);
+    let _ = writer.await;
+    tracing::debug!("websocket closed");
+}
+
+fn encode(out: &Out, binary: bool) -> Option<Message> {
+    let result = match (out, binary) {
+        (Out::Value(v), true) => rmp_serde::to_vec_named(v).map(|b| Message::Binary(b.into())),
+        (Out::Event(e), true) => {
+            rmp_serde::to_vec_named(e.as_ref()).map(|b| Message::Binary(b.into()))
+        }
+        (Out::Value(v), false) => return Some(Message::Text(v.to_string().into())),
+        (Out::Event(e), false) => {
+            return match serde_json::to_string(e.as_ref()) {
+                Ok(s) => Some(Message::Text(s.into())),
+                Err(err) => {
+                    tracing::warn!(error = %err, "cannot encode an event as JSON");
+                    None
+                }
+            }
+        }
+    };
+    match result {
+        Ok(m) => Some(m),
+        Err(err) => {
+            tracing::warn!(error = %err, "cannot encode a frame as MessagePack");
+            None
+        }
+    }
+}
+
+fn error_reply(command: &str, error: &str, message: impl Into<String>) -> Value {
+    json!({"command": command, "error": error, "message": message.into()})
+}
+
+fn job_id_of(data: &Value) -> Option<String> {
+    data.get("job_id")
+        .and_then(Value::as_str)
+        .filter(|s| !s.is_empty())
+        .map(str::to_owned)
+}
+
+impl Session {
+    /// One reply per frame (`None` for nothing to say).
+    async fn handle(&mut self, frame: Value) -> Option<Value> {
+        if frame.get("type").and_then(Value::as_str) == Some("ping") {
+            return Some(pong());
+        }
+        let Some(command) = frame.get("command").and_then(Value::as_str) else {
+            return Some(json!({
+                "error": "invalid_message",
+                "message": "a frame needs a \"command\" (or is {\"type\":\"ping\"})",
+            }));
+        };
+        let command = command.to_owned();
+        let data = frame.get("data").cloned().unwrap_or_else(|| json!({}));
+        if !data.is_object() {
+            return Some(error_reply(
+                &command,
+                "invalid_command",
+                "\"data\" must be an object",
+            ));
+        }
+        Some(match command.as_str() {
+            "ping" => pong(),
+            "set_mode" => match data.get("mode").and_then(Value::as_str) {
+                Some("binary") => {
+                    self.binary.store(true, Ordering::Relaxed);
+                    json!({"command": command, "message": "Mode set to binary", "mode": "binary"})
+                }
+                Some("text") => {
+                    self.binary.store(false, Ordering::Relaxed);
+                    json!({"command": command, "message": "Mode set to text", "mode": "text"})
+                }
+                _ => error_reply(
+                    &command,
+                    "invalid_command",
+                    "mode must be \"binary\" or \"text\"",
+                ),
+            },
+            "run_job" => return self.run_job(data).await,
+            "reconnect_job" => return self.reconnect_job(data).await,
+            "cancel_job" => self.cancel_job(data).await,
+            "get_status" => self.get_status(data).await,
+            "stream_input" | "end_input_stream" => error_reply(
+                &command,
+                "not_supported",
+                format!(
+                    "{command} is not supported yet: workflow inputs are fixed when the job starts"
+                ),
+            ),
+            _ => error_reply(
+                &command,
+                "unknown_command",
+                format!("unknown command {command:?}"),
+            ),
+        })
+    }
+
+    fn manager(&self, command: &str) -> Result<JobExecutionManager, Value> {
+        self.manager.clone().ok_or_else(|| {
+            error_reply(
+                command,
+                "unavailable",
+                "job execution is not enabled on this server",
+            )
+        })
+    }
+
+    /// The job's record if this socket's user owns it.
+    async fn owned(
+        &self,
+        manager: &JobExecutionManager,
+        command: &str,
+        job_id: &str,
+    ) -> Result<nodetool_exec::JobRecord, Value> {
+        match manager.get(job_id).await {
+            Ok(Some(rec)) if rec.user_id == self.user => Ok(rec),
+            Ok(_) => Err(
+                json!({"command": command, "error": "not_found", "message": "Job not found", "job_id": job_id}),
+            ),
+            Err(e) => {
+                tracing::error!(error = %e, job_id, "job lookup failed");
+                Err(error_reply(command, "internal", "job lookup failed"))
+            }
+        }
+    }
+
+    /// Queues a frame; a closed socket is noticed by the read loop.
+    async fn send(&self, v: Value) {
+        let _ = self.tx.send(Out::Value(v)).await;
+    }
+
+    /// `None` when the reply was already sent (before the job's events).
+    async fn run_job(&mut self, data: Value) -> Option<Value> {
+        let manager = match self.manager("run_job") {
+            Ok(m) => m,
+            Err(e) => return Some(e),
+        };
+        let request: RunJobRequest = match serde_json::from_value(data) {
+            Ok(r) => r,
+            Err(e) => return Some(error_reply("run_job", "invalid_command", e.to_string())),
+        };
+        match manager.submit(request, &self.user).await {
+            Ok(job_id) => {
+                let workflow_id = manager
+                    .get(&job_id)
+                    .await
+                    .ok()
+                    .flatten()
+                    .map(|r| r.workflow_id);
+                tracing::info!(%job_id, user = %self.user, "job submitted over websocket");
+                // The reply goes out before the first event, so the client knows the id.
+                self.send(json!({"command": "run_job", "message": "Job started", "job_id": job_id, "workflow_id": workflow_id})).await;
+                self.stream(&manager, &job_id, 0, None);
+                None
+            }
+            Err(e) => Some(error_reply("run_job", "job_rejected", api_message(e))),
+        }
+    }
+
+    /// `None` when the reply was already sent (before the job's events).
+    async fn reconnect_job(&mut self, data: Value) -> Option<Value> {
+        let manager = match self.manager("reconnect_job") {
+            Ok(m) => m,
+            Err(e) => return Some(e),
+        };
+        let Some(job_id) = job_id_of(&data) else {
+            return Some(error_reply(
+                "reconnect_job",
+                "invalid_command",
+                "job_id is required",
+            ));
+        };
+        let since = data.get("since_seq").and_then(Value::as_u64).unwrap_or(0);
+        let rec = match self.owned(&manager, "reconnect_job", &job_id).await {
+            Ok(r) => r,
+            Err(e) => return Some(e),
+        };
+        self.send(json!({
+            "command": "reconnect_job",
+            "message": format!("Reconnecting to job {job_id}"),
+            "job_id": job_id,
+            "workflow_id": rec.workflow_id,
+            "since_seq": since,
+        }))
+        .await;
+        self.stream(&manager, &job_id, since, Some(final_update(&rec)));
+        None
+    }
+
+    async fn cancel_job(&mut self, data: Value) -> Value {
+        let manager = match self.manager("cancel_job") {
+            Ok(m) => m,
+            Err(e) => return e,
+        };
+        let Some(job_id) = job_id_of(&data) else {
+            return error_reply("cancel_job", "invalid_command", "job_id is required");
+        };
+        if let Err(e) = self.owned(&manager, "cancel_job", &job_id).await {
+            return e;
+        }
+        match manager.cancel(&job_id).await {
+            // The job's own cancelled job_update still streams to this socket.
+            Ok(true) => {
+                json!({"command": "cancel_job", "message": "Job cancellation requested", "job_id": job_id})
+            }
+            Ok(false) => {
+                json!({"command": "cancel_job", "error": "not_running", "message": "Job not found or already completed", "job_id": job_id})
+            }
+            Err(e) => error_reply("cancel_job", "internal", api_message(e)),
+        }
+    }
+
+    async fn get_status(&mut self, data: Value) -> Value {
+        let manager = match self.manager("get_status") {
+            Ok(m) => m,
+            Err(e) => return e,
+        };
+        match job_id_of(&data) {
+            Some(job_id) => match self.owned(&manager, "get_status", &job_id).await {
+                Ok(rec) => json!({
+                    "command": "get_status",
+                    "job_id": rec.id,
+                    "workflow_id": rec.workflow_id,
+                    "status": rec.status.as_str(),
+                    "error": rec.error,
+                }),
+                Err(_) => json!({"command": "get_status", "job_id": job_id, "status": "not_found"}),
+            },
+            None => {
+                let mut active = Vec::new();
+                for job_id in self.streams.keys() {
+                    if let Ok(Some(rec)) = manager.get(job_id).await {
+                        active.push(json!({
+                            "job_id": rec.id,
+                            "workflow_id": rec.workflow_id,
+                            "status": rec.status.as_str(),
+                        }));
+                    }
+                }
+                json!({"command": "get_status", "active_jobs": active})
+            }
+        }
+    }
+
+    /// Streams the job's events after `since` to this socket (replacing an earlier stream of the
+    /// same job); `gone` is sent instead when the job has left the manager's memory.
+    fn stream(
+        &mut self,
+        manager: &JobExecutionManager,
+        job_id: &str,
+        since: u64,
+        gone: Option<Value>,
+    ) {
+        if let Some(old) = self.streams.remove(job_id) {
+            old.abort();
+        }
+        self.streams.retain(|_, t| !t.is_finished());
+        let tx = self.tx.clone();
+        let subscription = manager.subscribe(job_id, since);
+        let job = job_id.to_owned();
+        let task = tokio::spawn(async move {
+            let mut events = match subscription {
+                Ok(ev) => ev,
+                Err(_) => {
+                    if let Some(v) = gone {
+                        let _ = tx.send(Out::Value(v)).await;
+                    }
+                    return;
+                }
+            };
+            let mut last = since;
+            while let Some(e) = events.next().await {
+                if e.seq > last + 1 {
+                    // Older than the replay buffer: say so rather than skip silently.
+                    let notice = json!({
+                        "type": "lag",
+                        "job_id": job,
+                        "missed_from_seq": last + 1,
+                        "missed_to_seq": e.seq - 1,
+                        "message": "this client fell behind the job's replay buffer; these events are lost to it",
+                    });
+                    if tx.send(Out::Value(notice)).await.is_err() {
+                        return;
+                    }
+                }
+                last = e.seq;
+                let terminal = is_terminal(&e);
+                if tx.send(Out::Event(Box::new(e))).await.is_err() || terminal {
+                    return;
+                }
+            }
+        });
+        self.streams.insert(job_id.to_owned(), task);
+    }
+}
+
+fn pong() -> Value {
+    let ts = chrono::Utc::now().timestamp_micros() as f64 / 1e6;
+    json!({"type": "pong", "ts": ts})
+}
+
+/// The client-safe message of an error: the error's own for the caller's mistakes, a generic
+/// line (and a log entry) for server-side failures, which can name paths and backends.
+fn api_message(e: nodetool_core::Error) -> String {
+    use nodetool_core::ErrorKind;
+    match e.kind() {
+        ErrorKind::InvalidInput | ErrorKind::Unsupported | ErrorKind::NotFound => {
+            e.message().to_owned()
+        }
+        ErrorKind::Unavailable => "the job manager is unavailable; retry later".to_owned(),
+        _ => {
+            tracing::error!(error = %e, "websocket command failed");
+            "internal server error".to_owned()
+        }
+    }
+}
