@@ -149,19 +149,7 @@ async fn run_isolated(
             Arc::new(SubprocessStrategy::new(cfg))
         }
         StrategyKind::Docker => {
-            // Mount the asset folder read-only when assets are local files (seed 000).
-            let asset_folder = match nodetool_config::asset_storage(&settings, false)?.plan {
-                nodetool_config::StoragePlan::File { root, .. } => Some(root),
-                _ => None,
-            };
-            let workspaces = settings.config_dir().join("workspaces");
-            std::fs::create_dir_all(&workspaces)
-                .with_context(|| format!("creating {}", workspaces.display()))?;
-            let cfg = nodetool_exec::docker::config::DockerConfig::from_settings(
-                &settings,
-                workspaces,
-                asset_folder,
-            )?;
+            let cfg = nodetool_exec::docker::config::DockerConfig::for_runtime(&settings)?;
             Arc::new(nodetool_exec::docker::DockerStrategy::connect(cfg).await?)
         }
         StrategyKind::Threaded => anyhow::bail!("threaded jobs run in-process, not in a worker"),

@@ -135,18 +135,7 @@ async fn job_manager(
 async fn docker_strategy(
     settings: &nodetool_config::Settings,
 ) -> anyhow::Result<Arc<dyn nodetool_exec::ExecutionStrategy>> {
-    let asset_folder = match nodetool_config::asset_storage(settings, false)?.plan {
-        nodetool_config::StoragePlan::File { root, .. } => Some(root),
-        _ => None,
-    };
-    let workspaces = settings.config_dir().join("workspaces");
-    std::fs::create_dir_all(&workspaces)
-        .with_context(|| format!("creating {}", workspaces.display()))?;
-    let cfg = nodetool_exec::docker::config::DockerConfig::from_settings(
-        settings,
-        workspaces,
-        asset_folder,
-    )?;
+    let cfg = nodetool_exec::docker::config::DockerConfig::for_runtime(settings)?;
     // A missing engine must not hold up start-up.
     let strategy = tokio::time::timeout(
         Duration::from_secs(5),
@@ -154,5 +143,14 @@ async fn docker_strategy(
     )
     .await
     .context("the Docker engine did not answer within 5 s")??;
+    // Containers of jobs that a previous server left behind (crash, SIGKILL) are ours to remove.
+    match strategy.reap_leftovers().await {
+        Ok(0) => {}
+        Ok(n) => tracing::warn!(
+            containers = n,
+            "removed job containers left by a previous run"
+        ),
+        Err(e) => tracing::warn!(error = %e, "could not reap leftover job containers"),
+    }
     Ok(Arc::new(strategy))
 }

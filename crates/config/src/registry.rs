@@ -82,6 +82,7 @@ pub struct SettingDef {
 
 pub const ENV_CHOICES: &[&str] = &["development", "production", "test"];
 pub const AUTH_PROVIDER_CHOICES: &[&str] = &["none", "local", "static", "supabase"];
+pub const DOCKER_PULL_POLICY_CHOICES: &[&str] = &["never", "missing", "always"];
 
 const fn def(
     name: &'static str,
@@ -186,6 +187,8 @@ pub const REGISTRY: &[SettingDef] = &[
     def("DOCKER_USER", K::Text, D::Value("1000:1000"), "User (uid:gid) Docker jobs run as"),
     def("DOCKER_GPU_DEVICES", K::List, D::None,
         "GPU devices for Docker jobs, comma-separated (e.g. 0,1 or all)"),
+    def("DOCKER_PULL_POLICY", K::Choice(DOCKER_PULL_POLICY_CHOICES), D::Value("missing"),
+        "When to pull the worker image: never, missing or always (images are built locally)"),
 ];
 
 /// Every registered setting, in display order.

@@ -219,6 +219,8 @@ pub struct Settings {
     pub docker_pids_limit: Option<i64>,
     pub docker_user: String,
     pub docker_gpu_devices: Option<Vec<String>>,
+    /// `never`, `missing` or `always`.
+    pub docker_pull_policy: &'static str,
 
     config_dir: PathBuf,
     home: Option<PathBuf>,
@@ -323,6 +325,7 @@ impl Settings {
             docker_pids_limit: r.get("DOCKER_PIDS_LIMIT", parse::integer)?,
             docker_user: r.require("DOCKER_USER", text)?,
             docker_gpu_devices: r.get("DOCKER_GPU_DEVICES", parse::list)?,
+            docker_pull_policy: r.choice("DOCKER_PULL_POLICY")?,
             config_dir: config_dir.clone(),
             home,
             resolved,

@@ -36,6 +36,7 @@ fn full_config() -> DockerConfig {
         ("DOCKER_PIDS_LIMIT", "64"),
         ("DOCKER_USER", "1234:2345"),
         ("DOCKER_GPU_DEVICES", "0,2"),
+        ("DOCKER_PULL_POLICY", "never"),
     ]);
     DockerConfig::from_settings(&s, "/srv/jobs", Some(PathBuf::from("/srv/assets"))).unwrap()
 }
@@ -60,12 +61,20 @@ fn settings_map_onto_the_config() {
     assert_eq!(c.user, "1234:2345");
     assert_eq!(c.gpu_devices, Some(vec!["0".to_owned(), "2".to_owned()]));
     assert_eq!(c.network, None);
+    assert_eq!(c.pull_policy, PullPolicy::Never);
 
     let d = DockerConfig::from_settings(&settings(&[]), "/srv/jobs", None).unwrap();
     assert_eq!(d.user, "1000:1000", "default user is not root");
     assert_eq!(d.image, image::default_image());
     assert!(!d.image.ends_with(":latest"));
     assert_eq!(d.pull_policy, PullPolicy::Missing);
+
+    let dir = tempfile::tempdir().unwrap();
+    let env: BTreeMap<String, String> =
+        [("DOCKER_PULL_POLICY".to_owned(), "sometimes".to_owned())].into();
+    let err = nodetool_config::Settings::load(&nodetool_config::Sources::new(env, dir.path()))
+        .unwrap_err();
+    assert!(err.to_string().contains("DOCKER_PULL_POLICY"), "{err}");
 }
 
 #[test]

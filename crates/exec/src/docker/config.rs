@@ -141,9 +141,27 @@ impl DockerConfig {
         c.pids_limit = settings.docker_pids_limit;
         c.user = settings.docker_user.clone();
         c.gpu_devices = settings.docker_gpu_devices.clone();
+        c.pull_policy = settings.docker_pull_policy.parse()?;
         c.asset_folder = asset_folder;
         c.validate()?;
         Ok(c)
+    }
+
+    /// [`DockerConfig::from_settings`] with the runtime's layout: job workspaces under
+    /// `{config_dir}/workspaces` (created), and the asset folder mounted read-only when assets
+    /// are local files (seed 000: the asset folder is mounted into Docker jobs).
+    pub fn for_runtime(settings: &nodetool_config::Settings) -> Result<Self> {
+        let asset_folder = match nodetool_config::asset_storage(settings, false)?.plan {
+            nodetool_config::StoragePlan::File { root, .. } => Some(root),
+            _ => None,
+        };
+        let workspaces = settings.config_dir().join("workspaces");
+        std::fs::create_dir_all(&workspaces).map_err(|e| {
+            nodetool_core::Error::from(e)
+                .with_operation("docker.config")
+                .with_context("dir", workspaces.display())
+        })?;
+        Self::from_settings(settings, workspaces, asset_folder)
     }
 
     /// Checks what Docker would otherwise accept silently: a root user, host networking,
