@@ -114,5 +114,79 @@ fn main() {
             pct(lat.clone(), 0.5),
             pct(lat, 0.99)
         );
+
+        // Memory per idle job: jobs parked in a Sleep node. Threaded: growth of this process's
+        // RSS per job; subprocess: the RSS of one parked worker process.
+        let sleeping = RunJobRequest {
+            graph: Some(sleep_graph()),
+            ..Default::default()
+        };
+        let idle = 200;
+        let m = JobExecutionManager::new(
+            JobStore::open(&dir.path().join("idle.db")).await.unwrap(),
+            vec![Arc::new(
+                ThreadedStrategy::new(
+                    Engine::new(
+                        Arc::new(Registry::builtin()),
+                        EngineResources::from_resources(&resources).await.unwrap(),
+                    ),
+                    2,
+                )
+                .unwrap(),
+            ) as Arc<dyn ExecutionStrategy>],
+            ManagerConfig {
+                max_concurrent_jobs: idle,
+                ..ManagerConfig::default()
+            },
+        )
+        .await
+        .unwrap();
+        let before = rss_kib(std::process::id());
+        let mut ids = Vec::with_capacity(idle);
+        for _ in 0..idle {
+            ids.push(m.submit(sleeping.clone(), "u").await.unwrap());
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let during = rss_kib(std::process::id());
+        println!(
+            "threaded idle job memory: {:.1} KiB per job ({idle} jobs parked in Sleep)",
+            (during.saturating_sub(before)) as f64 / idle as f64
+        );
+        for id in &ids {
+            m.cancel(id).await.unwrap();
+        }
+        let mut h = sub
+            .start(JobSpec::new(sleep_graph()), Arc::new(NullSink))
+            .await
+            .unwrap();
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        if let Some(nodetool_exec::WorkerRef::Pid(pid)) = h.worker() {
+            println!(
+                "subprocess idle job memory: {} KiB RSS of one parked worker",
+                rss_kib(*pid)
+            );
+        }
+        h.cancel();
+        h.wait().await;
     });
+}
+
+fn sleep_graph() -> Graph {
+    serde_json::from_value(json!({"nodes": [
+        {"id": "s", "type": "nodetool.test.Sleep", "data": {"seconds": 30, "value": 1}},
+        {"id": "out", "type": "nodetool.output.Output", "data": {"name": "result"}}],
+        "edges": [{"id": "e", "source": "s", "sourceHandle": "output", "target": "out", "targetHandle": "value"}]}))
+    .unwrap()
+}
+
+/// Resident set size of a process, KiB (`VmRSS` in /proc).
+fn rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("VmRSS:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        })
+        .unwrap_or(0)
 }
