@@ -96,10 +96,15 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     ctrl_c.abort();
     // The sender is gone with the run; the printer drains what is left and stops.
     printer.await.context("event printer")??;
+    report(outcome.into(), args.jsonl)
+}
 
+/// Prints a finished job for a person: the outputs as JSON (unless `--jsonl` already printed
+/// every event), or the error; the exit code says which.
+fn report(outcome: nodetool_exec::JobOutcome, jsonl: bool) -> anyhow::Result<ExitCode> {
     match outcome.status {
         Status::Completed => {
-            if !args.jsonl {
+            if !jsonl {
                 let mut out = std::io::stdout().lock();
                 serde_json::to_writer_pretty(&mut out, &Value::Object(outcome.result))?;
                 writeln!(out)?;
@@ -111,10 +116,9 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::from(EXIT_CANCELLED))
         }
         _ => {
-            match (&outcome.failed_node, &outcome.error) {
-                (Some(node), Some(err)) => eprintln!("error: node {node} failed: {err}"),
-                (None, Some(err)) => eprintln!("error: {err}"),
-                _ => eprintln!("error: the job failed"),
+            match outcome.error_text() {
+                Some(e) => eprintln!("error: {e}"),
+                None => eprintln!("error: the job failed"),
             }
             Ok(ExitCode::FAILURE)
         }
@@ -177,27 +181,7 @@ async fn run_isolated(
     drop(handle);
     drop(runner);
     printer.await.context("event printer")??;
-    match outcome.status {
-        Status::Completed => {
-            if !args.jsonl {
-                let mut out = std::io::stdout().lock();
-                serde_json::to_writer_pretty(&mut out, &Value::Object(outcome.result))?;
-                writeln!(out)?;
-            }
-            Ok(ExitCode::SUCCESS)
-        }
-        Status::Cancelled => {
-            eprintln!("cancelled");
-            Ok(ExitCode::from(EXIT_CANCELLED))
-        }
-        _ => {
-            match outcome.error_text() {
-                Some(e) => eprintln!("error: {e}"),
-                None => eprintln!("error: the job failed"),
-            }
-            Ok(ExitCode::FAILURE)
-        }
-    }
+    report(outcome, args.jsonl)
 }
 
 fn parse_params(raw: Option<&str>) -> anyhow::Result<Map<String, Value>> {
