@@ -5,7 +5,7 @@
 
 use std::io::{Read, Seek, SeekFrom, Write};
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use futures::StreamExt;
 use nodetool_core::storage::ByteStream;
 use nodetool_core::{Error, Result};
@@ -27,20 +27,16 @@ pub fn read_stream(mut file: std::fs::File, offset: u64, len: u64) -> ByteStream
         }
         let mut left = len;
         while left > 0 {
-            let want = left.min(FILE_CHUNK as u64) as usize;
-            let mut buf = BytesMut::zeroed(want);
-            let mut filled = 0;
-            while filled < want {
-                match file.read(&mut buf[filled..]) {
-                    Ok(0) => break,
-                    Ok(n) => filled += n,
-                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-                    Err(e) => {
-                        let _ = tx.blocking_send(Err(Error::from(e).with_operation("file.read")));
-                        return;
-                    }
-                }
+            let want = left.min(FILE_CHUNK as u64);
+            // `read_to_end` into spare capacity skips zero-filling the chunk first, which
+            // costs a whole extra pass over memory at these sizes; `take` stops it at `want`
+            // without a probing read past the chunk.
+            let mut buf = Vec::with_capacity(want as usize);
+            if let Err(e) = (&mut file).take(want).read_to_end(&mut buf) {
+                let _ = tx.blocking_send(Err(Error::from(e).with_operation("file.read")));
+                return;
             }
+            let filled = buf.len();
             if filled == 0 {
                 let _ = tx.blocking_send(Err(Error::unexpected(format!(
                     "file ended {left} bytes early (truncated while being read)"
@@ -48,10 +44,9 @@ pub fn read_stream(mut file: std::fs::File, offset: u64, len: u64) -> ByteStream
                 .with_operation("file.read")));
                 return;
             }
-            buf.truncate(filled);
             left -= filled as u64;
             // The receiver is gone when the client stopped reading: stop too.
-            if tx.blocking_send(Ok(buf.freeze())).is_err() {
+            if tx.blocking_send(Ok(Bytes::from(buf))).is_err() {
                 return;
             }
         }
