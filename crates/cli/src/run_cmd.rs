@@ -63,7 +63,11 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     }
 
     let settings = crate::load_settings()?;
-    let resources = Resources::new(settings, ResourceOptions::default());
+    // Asset records go to the same database `nodetool serve` uses (DB_PATH), opened on the first
+    // save or listing only.
+    let store = nodetool_assets::SqliteAssetStore::lazy(settings.db_path.clone());
+    let resources =
+        Resources::new(settings, ResourceOptions::default()).with_asset_store(Arc::new(store));
     let engine = Engine::new(
         Arc::new(Registry::builtin()),
         EngineResources::from_resources(&resources).await?,

@@ -398,14 +398,43 @@ impl Settings {
     pub fn server_auth_tokens(&self) -> Vec<&str> {
         self.server_auth_token
             .as_deref()
-            .map(|raw| {
-                raw.split(',')
-                    .map(str::trim)
-                    .filter(|t| !t.is_empty())
-                    .collect()
-            })
+            .map(split_tokens)
             .unwrap_or_default()
     }
+
+    /// Re-reads `secrets.yaml` and `settings.yaml` and resolves `SERVER_AUTH_TOKEN` again by the
+    /// usual precedence, against the environment captured at load (a process's environment does
+    /// not change under it, so an environment value keeps winning over the files). Returns the
+    /// tokens, split as [`Settings::server_auth_tokens`] splits them (empty when unset), and where
+    /// they came from. Nothing else is re-read: this lets `nodetool serve` rotate the static token
+    /// without a restart.
+    pub fn reload_server_auth_tokens(&self) -> Result<(Vec<String>, SettingSource)> {
+        let layers = Layers {
+            env: self.layers.env.clone(),
+            secrets: sources::read_yaml_map(&self.layers.secrets_path)?,
+            secrets_path: self.layers.secrets_path.clone(),
+            settings: sources::read_yaml_map(&self.layers.settings_path)?,
+            settings_path: self.layers.settings_path.clone(),
+        };
+        let def = registry::find("SERVER_AUTH_TOKEN").ok_or_else(|| {
+            Error::new(ErrorKind::Unexpected, "SERVER_AUTH_TOKEN is not registered")
+                .with_operation("config.reload")
+        })?;
+        Ok(match layers.resolve(def) {
+            Some((raw, source, _)) => (
+                split_tokens(&raw).into_iter().map(str::to_owned).collect(),
+                source,
+            ),
+            None => (Vec::new(), SettingSource::Default),
+        })
+    }
+}
+
+fn split_tokens(raw: &str) -> Vec<&str> {
+    raw.split(',')
+        .map(str::trim)
+        .filter(|t| !t.is_empty())
+        .collect()
 }
 
 /// Lists settings with their sources, secrets masked, so that logging a `Settings` leaks nothing.

@@ -2,8 +2,10 @@
 //!
 //! This crate does no I/O and names no backend: it holds the [`Error`] type every library crate
 //! returns, the validated [`StorageKey`], and the traits that backends implement ([`Storage`],
-//! [`NodeCache`]). Everything else in the workspace depends on it; it depends on nothing of ours.
+//! [`NodeCache`], [`AssetStore`]). Everything else in the workspace depends on it; it depends on
+//! nothing of ours.
 
+pub mod assets;
 pub mod cache;
 pub mod error;
 pub mod id;
@@ -11,6 +13,7 @@ pub mod key;
 pub mod storage;
 pub mod url;
 
+pub use assets::{AssetPage, AssetQuery, AssetRecord, AssetStore};
 pub use cache::{CacheValue, NodeCache};
 pub use error::{Error, ErrorKind, Result};
 pub use key::{StorageKey, StoragePrefix};

@@ -1,10 +1,15 @@
-//! Engine overhead: a trivial 2-node run, a 1,000-node chain, a 100,000-item stream.
+//! Engine overhead: a trivial 2-node run, a 1,000-node chain, a 100,000-item stream, and the heap
+//! memory a waiting node holds (1,000- and 10,000-node chains).
 //!
 //! `cargo bench -p nodetool-engine --bench engine`
+//!
+//! Memory is counted by an instrumented global allocator (`stats_alloc`), so the figure is live
+//! heap bytes, deterministic up to allocator-independent noise, not RSS.
 
 #![allow(clippy::unwrap_used)]
 
 use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -13,7 +18,11 @@ use nodetool_engine::{
     Engine, EngineResources, Graph, NullSink, Registry, RunOptions, RunRequest, Status,
 };
 use serde_json::{json, Value};
+use stats_alloc::{Region, StatsAlloc, INSTRUMENTED_SYSTEM};
 use tokio_util::sync::CancellationToken;
+
+#[global_allocator]
+static GLOBAL: &StatsAlloc<std::alloc::System> = &INSTRUMENTED_SYSTEM;
 
 fn engine(rt: &tokio::runtime::Runtime) -> Engine {
     let dir = tempfile::tempdir().expect("tempdir");
@@ -64,6 +73,66 @@ fn chain(n: usize) -> Graph {
     graph(nodes, edges)
 }
 
+/// `test.Sleep` → (n - 2) × `math.Add` → `Output`: while the head sleeps every other node is
+/// planned, spawned and waiting on its inbox, which is the state whose memory we count.
+fn sleeping_chain(n: usize, seconds: f64) -> Graph {
+    let mut g = chain(n);
+    g.nodes[0] = serde_json::from_value(json!({
+        "id": "n0", "type": "nodetool.test.Sleep", "data": {"seconds": seconds, "value": 0}
+    }))
+    .expect("node");
+    g
+}
+
+/// Live heap bytes the run holds while its nodes wait (peak of allocated − freed, sampled every
+/// millisecond), and bytes allocated over the whole run; the graph is built before counting.
+fn memory_of_run(rt: &tokio::runtime::Runtime, engine: &Engine, g: Graph) -> (i64, u64) {
+    let region = Region::new(GLOBAL);
+    let done = Arc::new(AtomicBool::new(false));
+    let sampler = {
+        let done = done.clone();
+        std::thread::spawn(move || {
+            let mut peak = 0i64;
+            while !done.load(Ordering::Relaxed) {
+                let s = region.change();
+                let live = s.bytes_allocated as i64 - s.bytes_deallocated as i64
+                    + s.bytes_reallocated as i64;
+                peak = peak.max(live);
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            (peak, region.change().bytes_allocated as u64)
+        })
+    };
+    let opts = RunOptions {
+        use_cache: false,
+        ..RunOptions::default()
+    };
+    let out = rt.block_on(engine.run(
+        RunRequest::new(g),
+        opts,
+        Arc::new(NullSink),
+        CancellationToken::new(),
+    ));
+    assert_eq!(out.status, Status::Completed, "{:?}", out.error);
+    done.store(true, Ordering::Relaxed);
+    sampler.join().expect("sampler")
+}
+
+fn memory_per_node(rt: &tokio::runtime::Runtime, engine: &Engine) {
+    for (n, sleep) in [(1_000usize, 0.5), (10_000, 2.0)] {
+        // Warm-up run: one-time allocations (registry lookups, runtime slabs) are not per node.
+        memory_of_run(rt, engine, sleeping_chain(n, 0.05));
+        let (peak, allocated) = memory_of_run(rt, engine, sleeping_chain(n, sleep));
+        println!(
+            "memory/chain/{n}_nodes: live {:.2} KiB per waiting node ({:.1} MiB peak), \
+             {:.2} KiB allocated per node over the run",
+            peak as f64 / n as f64 / 1024.0,
+            peak as f64 / (1024.0 * 1024.0),
+            allocated as f64 / n as f64 / 1024.0,
+        );
+    }
+}
+
 fn stream(count: usize) -> Graph {
     graph(
         vec![
@@ -99,6 +168,8 @@ fn benches(c: &mut Criterion) {
         .build()
         .expect("runtime");
     let engine = engine(&rt);
+
+    memory_per_node(&rt, &engine);
 
     let g = two_node();
     c.bench_function("run/trivial_2_node", |b| {

@@ -1,5 +1,5 @@
 //! [`ProcessingContext`]: what a node may use while it runs — job identity, cancellation,
-//! progress/log events, asset and temp storage, the node cache and secrets.
+//! progress/log events, asset and temp storage, asset records, the node cache and secrets.
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -11,7 +11,8 @@ use serde_json::{json, Map, Value};
 use tokio_util::sync::CancellationToken;
 
 use nodetool_core::{
-    ByteStream, Error, ErrorKind, NodeCache, PutOptions, Result, Storage, StorageKey,
+    AssetPage, AssetQuery, AssetRecord, AssetStore, ByteStream, Error, ErrorKind, NodeCache,
+    PutOptions, Result, Storage, StorageKey,
 };
 
 use crate::events::{
@@ -19,27 +20,49 @@ use crate::events::{
     Severity,
 };
 
-/// The storage and cache handles a job uses. The engine names no backend: whoever builds the
-/// engine (the CLI, the server, a worker) picks them.
+/// The storage, record and cache handles a job uses. The engine names no backend: whoever
+/// builds the engine (the CLI, the server, a worker) picks them.
 #[derive(Debug, Clone)]
 pub struct EngineResources {
     pub asset_storage: Arc<dyn Storage>,
     pub temp_storage: Arc<dyn Storage>,
+    /// Asset records (the rows `/api/assets` lists). `None` in processes that cannot reach the
+    /// database — today the workers of the subprocess and Docker strategies, until a call channel
+    /// to the parent exists. Without it, [`ProcessingContext::create_asset`] and the asset
+    /// listing fail with `Unsupported` and say why; they never write a blob without its record.
+    pub asset_store: Option<Arc<dyn AssetStore>>,
     pub node_cache: Arc<dyn NodeCache>,
     /// TTL for cached node outputs.
     pub node_cache_ttl: Duration,
 }
 
 impl EngineResources {
-    /// Takes the process's asset storage, temp storage and node cache from `Resources`.
+    /// Takes the process's asset storage, temp storage, asset record store (if it has one) and
+    /// node cache from `Resources`.
     pub async fn from_resources(resources: &nodetool_runtime::Resources) -> Result<Self> {
         Ok(Self {
             asset_storage: resources.asset_storage()?,
             temp_storage: resources.temp_storage()?,
+            asset_store: resources.asset_store(),
             node_cache: resources.node_cache().await?,
             node_cache_ttl: resources.node_cache_ttl(),
         })
     }
+
+    /// The same resources with `store` for asset records.
+    pub fn with_asset_store(mut self, store: Arc<dyn AssetStore>) -> Self {
+        self.asset_store = Some(store);
+        self
+    }
+}
+
+/// Where [`ProcessingContext::create_asset_in`] files a new asset.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct AssetPlacement {
+    /// The asset's name; `None` names it after its id (as the assets API does).
+    pub name: Option<String>,
+    /// The folder's asset id; `None` is the user's home folder.
+    pub parent_id: Option<String>,
 }
 
 /// Per-job state shared by every node's context.
@@ -224,13 +247,15 @@ impl ProcessingContext {
 
     /// Streams the bytes an asset ref (`{type, uri, asset_id?, data?}`) points to.
     ///
-    /// `asset://KEY` and a bare `asset_id` read asset storage, `temp://KEY` temp storage; inline
+    /// `asset://KEY` reads asset storage and `temp://KEY` temp storage. A ref with only an
+    /// `asset_id` (as NodeTool's clients send) is looked up in the asset store for the job's user
+    /// and read from the record's blob key; without a store the id is taken as the key. Inline
     /// `data` (bytes as a list of numbers or a string) is returned as is.
     pub async fn download_asset(&self, asset: &Value) -> Result<ByteStream> {
         if let Some(data) = asset.get("data").filter(|d| !d.is_null()) {
             return Ok(nodetool_core::storage::once(inline_bytes(data)?));
         }
-        let (storage, key) = self.locate(asset)?;
+        let (storage, key) = self.locate(asset).await?;
         Ok(storage.download(&key, None).await?.body)
     }
 
@@ -240,7 +265,7 @@ impl ProcessingContext {
         nodetool_core::storage::collect(self.download_asset(asset).await?).await
     }
 
-    fn locate(&self, asset: &Value) -> Result<(Arc<dyn Storage>, StorageKey)> {
+    async fn locate(&self, asset: &Value) -> Result<(Arc<dyn Storage>, StorageKey)> {
         let uri = asset.get("uri").and_then(Value::as_str).unwrap_or("");
         if let Some(key) = uri.strip_prefix("asset://") {
             return Ok((self.asset_storage().clone(), StorageKey::new(key)?));
@@ -248,8 +273,25 @@ impl ProcessingContext {
         if let Some(key) = uri.strip_prefix("temp://") {
             return Ok((self.temp_storage().clone(), StorageKey::new(key)?));
         }
-        if let Some(id) = asset.get("asset_id").and_then(Value::as_str) {
-            return Ok((self.asset_storage().clone(), StorageKey::new(id)?));
+        if let Some(id) = asset
+            .get("asset_id")
+            .and_then(Value::as_str)
+            .filter(|id| !id.is_empty())
+        {
+            let key = match self.asset_store() {
+                Some(store) => {
+                    let record = store.get(self.owner(), id).await?.ok_or_else(|| {
+                        Error::not_found(format!("no asset {id} for this user"))
+                            .with_operation("context.download_asset")
+                    })?;
+                    record.key().ok_or_else(|| {
+                        Error::invalid_input(format!("asset {id} is a folder, not a file"))
+                            .with_operation("context.download_asset")
+                    })?
+                }
+                None => StorageKey::new(id)?,
+            };
+            return Ok((self.asset_storage().clone(), key));
         }
         Err(Error::new(
             ErrorKind::Unsupported,
@@ -260,33 +302,143 @@ impl ProcessingContext {
         .with_operation("context.download_asset"))
     }
 
-    /// Stores `bytes` as a new asset of the job's user and returns its ref
-    /// `{type, uri: "asset://KEY", asset_id: KEY, content_type}`. The key is
-    /// `{user_id}/{new_id}{ext}`, so the blob exists before anything refers to it.
+    /// The asset record store, if this process has one (see [`EngineResources::asset_store`]).
+    pub fn asset_store(&self) -> Option<&Arc<dyn AssetStore>> {
+        self.job.resources.asset_store.as_ref()
+    }
+
+    /// The user assets belong to: the job's, or `anonymous` for a job without one.
+    fn owner(&self) -> &str {
+        if self.user_id().is_empty() {
+            "anonymous"
+        } else {
+            self.user_id()
+        }
+    }
+
+    fn require_store(&self, op: &'static str) -> Result<&Arc<dyn AssetStore>> {
+        self.asset_store().ok_or_else(|| {
+            Error::new(
+                ErrorKind::Unsupported,
+                "asset records are not available in this process: saving or listing assets \
+                 needs the asset database, which worker processes (subprocess and docker \
+                 strategies) cannot reach yet; run this workflow with the threaded strategy",
+            )
+            .with_operation(op)
+        })
+    }
+
+    /// Stores `bytes` as a new asset in the user's home folder, named after its id; see
+    /// [`create_asset_in`](Self::create_asset_in).
     pub async fn create_asset(
         &self,
         asset_type: &str,
         content_type: &str,
         bytes: Bytes,
     ) -> Result<Value> {
-        let ext = nodetool_core::storage::extension_for(content_type)
-            .map(|e| format!(".{e}"))
-            .unwrap_or_default();
-        let user = if self.user_id().is_empty() {
-            "anonymous"
-        } else {
-            self.user_id()
-        };
-        let key = StorageKey::new(format!("{user}/{}{ext}", nodetool_core::id::new_id()))?;
+        self.create_asset_in(asset_type, content_type, bytes, &AssetPlacement::default())
+            .await
+    }
+
+    /// Stores `bytes` as a new asset of the job's user — blob and record — and returns its ref
+    /// `{type, uri: "asset://KEY", asset_id, data: null, content_type}`.
+    ///
+    /// The blob goes to `{user}/{asset_id}.{ext}` first, then the record (with this job, node and
+    /// workflow) is created; if the record cannot be created the blob is deleted again, so no
+    /// blob is left that no listing shows. The folder is checked before anything is written.
+    /// Without an asset store (worker processes) this fails with `Unsupported` and writes
+    /// nothing.
+    pub async fn create_asset_in(
+        &self,
+        asset_type: &str,
+        content_type: &str,
+        bytes: Bytes,
+        placement: &AssetPlacement,
+    ) -> Result<Value> {
+        const OP: &str = "context.create_asset";
+        let store = self.require_store(OP)?;
+        let user = self.owner();
+        let parent_id = placement
+            .parent_id
+            .clone()
+            .filter(|p| !p.is_empty())
+            .unwrap_or_else(|| user.to_owned());
+        if parent_id != user {
+            let parent = store.get(user, &parent_id).await?;
+            match parent {
+                Some(p) if p.is_folder() => {}
+                Some(_) => {
+                    return Err(
+                        Error::invalid_input(format!("asset {parent_id} is not a folder"))
+                            .with_operation(OP),
+                    )
+                }
+                None => {
+                    return Err(Error::not_found(format!(
+                        "folder {parent_id} not found for this user"
+                    ))
+                    .with_operation(OP))
+                }
+            }
+        }
+        let id = nodetool_core::id::new_id();
+        let ext = nodetool_core::storage::extension_for(content_type).unwrap_or("bin");
+        let key = StorageKey::new(format!("{user}/{id}.{ext}"))?;
+        let size = bytes.len();
         self.asset_storage()
             .upload_bytes(&key, bytes, PutOptions::content_type(content_type))
             .await?;
+
+        let mut record = AssetRecord::new(
+            id.clone(),
+            user,
+            parent_id,
+            placement
+                .name
+                .as_deref()
+                .map(str::trim)
+                .filter(|n| !n.is_empty())
+                .unwrap_or(&id),
+            content_type,
+        );
+        record.size = Some(i64::try_from(size).unwrap_or(i64::MAX));
+        record.storage_key = Some(key.to_string());
+        let non_empty = |s: &str| (!s.is_empty()).then(|| s.to_owned());
+        record.workflow_id = non_empty(self.workflow_id());
+        record.job_id = non_empty(self.job_id());
+        record.node_id = non_empty(self.node_id());
+        if let Err(e) = store.create(&record).await {
+            // No record: remove the blob so nothing is orphaned.
+            if let Err(de) = self.asset_storage().delete(&key).await {
+                tracing::warn!(key = %key, error = %de, "could not remove the blob of a failed asset");
+            }
+            return Err(e.with_context("asset", &id));
+        }
         Ok(json!({
             "type": asset_type,
             "uri": format!("asset://{}", key.as_str()),
-            "asset_id": key.as_str(),
+            "asset_id": id,
+            "data": null,
             "content_type": content_type,
         }))
+    }
+
+    /// One page of the job user's assets in folder `parent_id` whose content type starts with
+    /// `content_type_prefix` (empty: any, folders included), after `cursor`.
+    pub async fn list_assets(
+        &self,
+        parent_id: &str,
+        content_type_prefix: &str,
+        cursor: Option<String>,
+        limit: usize,
+    ) -> Result<AssetPage> {
+        let store = self.require_store("context.list_assets")?;
+        let query = AssetQuery {
+            content_type: (!content_type_prefix.is_empty()).then(|| content_type_prefix.to_owned()),
+            cursor,
+            ..AssetQuery::children(self.owner(), parent_id, limit)
+        };
+        store.list(&query).await
     }
 
     /// Writes an intermediate to temp storage under this job's prefix and returns its key.

@@ -5,6 +5,7 @@
 //! - [`node`]: the node contract ([`NodeImpl`], [`NodeSpec`]) and [`registry`] of built-ins
 //!   ([`nodes`]).
 //! - [`runner`]: [`Engine::run`], one tokio task per node with bounded per-handle inboxes.
+//! - [`inputs`]: [`InputStreams`], values pushed into a running job's input nodes.
 //! - [`events`]: NodeTool's typed messages with `job_id` and `seq`.
 //! - [`context`]: the [`ProcessingContext`] nodes run with.
 //!
@@ -14,6 +15,7 @@
 pub mod context;
 pub mod events;
 pub mod graph;
+pub mod inputs;
 pub mod node;
 pub mod nodes;
 pub mod registry;
@@ -21,9 +23,10 @@ pub mod runner;
 pub mod types;
 pub mod validate;
 
-pub use context::{EngineResources, ProcessingContext};
+pub use context::{AssetPlacement, EngineResources, ProcessingContext};
 pub use events::{Event, EventEnvelope, EventPoster, EventSink, NullSink, Status, VecSink};
 pub use graph::{parse_workflow, Edge, EdgeType, Graph, Node, SyncMode, Workflow};
+pub use inputs::InputStreams;
 pub use node::{
     Emitter, FnNode, Inbox, InputSpec, NodeImpl, NodeInputs, NodeKind, NodeSpec, OutputSpec,
 };

@@ -1,6 +1,7 @@
 //! The dataflow runner: one tokio task per node, a bounded inbox per input handle, `on_any` /
 //! `zip_all` batching, streaming, output collection, fail-fast, cancellation and timeouts, and
-//! node-output caching.
+//! node-output caching. Input nodes may be fed from outside while the job runs
+//! ([`RunOptions::input_streams`], see [`crate::inputs`]).
 
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::panic::AssertUnwindSafe;
@@ -18,6 +19,7 @@ use nodetool_core::{CacheValue, Error, ErrorKind, Result};
 use crate::context::{EngineResources, JobShared, ProcessingContext};
 use crate::events::{Event, EventPoster, EventSink, JobUpdate, NodeUpdate, Status};
 use crate::graph::{EdgeType, Graph, SyncMode};
+use crate::inputs::{Feeds, InputStreams};
 use crate::node::{Emitter, InMsg, Inbox, NodeImpl, NodeInputs, NodeKind, Route};
 use crate::registry::Registry;
 use crate::validate::validate;
@@ -35,6 +37,10 @@ pub struct RunOptions {
     pub inbox_capacity: usize,
     /// Secrets nodes may look up (`ProcessingContext::secret`).
     pub secrets: BTreeMap<String, String>,
+    /// Feed input nodes from outside while the job runs: with `Some`, every input node whose
+    /// name has no param streams the values pushed through this handle and ends when its stream
+    /// is ended (see [`crate::inputs`]). `None`: input nodes emit their param or default once.
+    pub input_streams: Option<InputStreams>,
 }
 
 impl Default for RunOptions {
@@ -45,6 +51,7 @@ impl Default for RunOptions {
             job_timeout: None,
             inbox_capacity: 8,
             secrets: BTreeMap::new(),
+            input_streams: None,
         }
     }
 }
@@ -121,6 +128,8 @@ struct NodePlan {
     cacheable: bool,
     inbox: Inbox,
     emitter: Emitter,
+    /// A streamed input node: the values pushed from outside, and the slot they go out on.
+    feed: Option<(mpsc::Receiver<Value>, String)>,
 }
 
 /// The first failure of a job; later ones are only logged.
@@ -201,15 +210,32 @@ impl Engine {
             results: Mutex::new(Map::new()),
         });
 
+        // Streams another run already took are refused, and never opened or closed by this one.
+        let streams = match &opts.input_streams {
+            Some(s) if !s.claim() => {
+                failure.set(
+                    None,
+                    Error::invalid_input("these input streams already belong to another run")
+                        .with_operation("engine.run"),
+                );
+                None
+            }
+            other => other.clone(),
+        };
         let plans = match validate(&req.graph, &self.registry, &req.params).map_err(Error::from) {
-            Ok(()) => self.plan(&req, &opts, &poster, &job_cancel),
-            Err(e) => Err(e),
+            Ok(()) if opts.input_streams.is_some() && streams.is_none() => None,
+            Ok(()) => Some(self.plan(&req, &opts, &poster, &job_cancel)),
+            Err(e) => Some(Err(e)),
         };
         match plans {
-            Err(err) => {
+            None => {}
+            Some(Err(err)) => {
                 failure.set(None, err);
             }
-            Ok(plans) => {
+            Some(Ok((plans, feeds))) => {
+                if let Some(s) = &streams {
+                    s.open(feeds);
+                }
                 self.execute(plans, &shared, &opts, &failure, &job_cancel)
                     .await
             }
@@ -222,6 +248,14 @@ impl Engine {
             None if cancel.is_cancelled() => (Status::Cancelled, None, None),
             None => (Status::Completed, None, None),
         };
+        // Closed before the terminal event, so a client that sees it and pushes gets an error.
+        if let Some(s) = &streams {
+            s.close(format!(
+                "job {} is no longer running ({})",
+                req.job_id,
+                status.as_str()
+            ));
+        }
         let mut update = job_update(status);
         update.duration = Some(duration.as_secs_f64());
         match status {
@@ -250,21 +284,46 @@ impl Engine {
         }
     }
 
-    /// Builds inboxes, routes and resolved literal properties for every runnable node.
+    /// Builds inboxes, routes and resolved literal properties for every runnable node, and the
+    /// feeds of streamed input nodes.
     fn plan(
         &self,
         req: &RunRequest,
         opts: &RunOptions,
         poster: &Arc<EventPoster>,
         cancel: &CancellationToken,
-    ) -> Result<Vec<NodePlan>> {
+    ) -> Result<(Vec<NodePlan>, Feeds)> {
         let graph = &req.graph;
         let data_edges: Vec<&crate::graph::Edge> = graph
             .edges
             .iter()
             .filter(|e| e.edge_type == EdgeType::Data)
             .collect();
-        let streaming = streaming_edges(graph, &self.registry);
+        let input_name = |n: &crate::graph::Node| {
+            n.data
+                .get("name")
+                .and_then(Value::as_str)
+                .unwrap_or("")
+                .to_owned()
+        };
+        // Streamed: with input streams, every input node whose name has no param.
+        let fed: HashSet<&str> = if opts.input_streams.is_some() {
+            graph
+                .nodes
+                .iter()
+                .filter(|n| {
+                    self.registry
+                        .get(&n.node_type)
+                        .is_some_and(|i| i.spec().kind == NodeKind::Input)
+                        && !req.params.contains_key(&input_name(n))
+                })
+                .map(|n| n.id.as_str())
+                .collect()
+        } else {
+            HashSet::new()
+        };
+        let streaming = streaming_edges(graph, &self.registry, &fed);
+        let mut feeds = Feeds::new();
 
         struct Wiring {
             tx: mpsc::UnboundedSender<InMsg>,
@@ -342,17 +401,32 @@ impl Engine {
             for h in &handles {
                 props.remove(h);
             }
+            let mut feed = None;
             if spec.kind == NodeKind::Input {
-                let name = node.data.get("name").and_then(Value::as_str).unwrap_or("");
-                if let Some(v) = req.params.get(name) {
+                let name = input_name(node);
+                if let Some(v) = req.params.get(&name) {
                     props.insert("value".to_owned(), v.clone());
+                }
+                if fed.contains(node.id.as_str()) {
+                    let slot = spec
+                        .outputs
+                        .first()
+                        .map_or("output", |o| o.name.as_str())
+                        .to_owned();
+                    let type_name = spec
+                        .input_spec("value")
+                        .map_or("any", |i| i.type_name.as_str());
+                    let rx = feeds.add(&name, &slot, type_name, capacity);
+                    feed = Some((rx, slot));
+                } else if opts.input_streams.is_some() {
+                    feeds.add_fixed(&name);
                 }
             }
             let has_streaming_input = sticky.iter().any(|s| !s);
             let cacheable =
                 opts.use_cache && spec.cacheable && !spec.streaming && !has_streaming_input;
             let emitter = Emitter::new(
-                spec.streaming,
+                spec.streaming || feed.is_some(),
                 routes.remove(node.id.as_str()).unwrap_or_default(),
                 poster.clone(),
                 req.workflow_id.clone(),
@@ -369,6 +443,7 @@ impl Engine {
                 cacheable,
                 inbox,
                 emitter,
+                feed,
             });
         }
         for name in req.params.keys() {
@@ -382,7 +457,7 @@ impl Engine {
                 tracing::warn!(job_id = %req.job_id, param = %name, "param matches no input node; ignored");
             }
         }
-        Ok(plans)
+        Ok((plans, feeds))
     }
 
     async fn execute(
@@ -448,9 +523,10 @@ impl Engine {
     }
 }
 
-/// Which data edges carry streams: every edge reachable from a streaming (generator) node,
-/// stopping at nodes that collect a stream into one value. Indexes into the data edges.
-fn streaming_edges(graph: &Graph, registry: &Registry) -> HashSet<usize> {
+/// Which data edges carry streams: every edge reachable from a streaming (generator) node or a
+/// streamed input node (`fed`), stopping at nodes that collect a stream into one value. Indexes
+/// into the data edges.
+fn streaming_edges(graph: &Graph, registry: &Registry, fed: &HashSet<&str>) -> HashSet<usize> {
     let data_edges: Vec<&crate::graph::Edge> = graph
         .edges
         .iter()
@@ -470,7 +546,7 @@ fn streaming_edges(graph: &Graph, registry: &Registry) -> HashSet<usize> {
     let mut queue: VecDeque<&str> = graph
         .nodes
         .iter()
-        .filter(|n| spec_of(&n.id).is_some_and(|s| s.streaming))
+        .filter(|n| fed.contains(n.id.as_str()) || spec_of(&n.id).is_some_and(|s| s.streaming))
         .map(|n| n.id.as_str())
         .collect();
     let mut seen: HashSet<&str> = queue.iter().copied().collect();
@@ -717,6 +793,10 @@ async fn actor_body(
     let title = spec.title.clone();
     let props = NodeInputs::new(plan.props.clone());
 
+    if let Some((rx, slot)) = plan.feed.take() {
+        return feed_body(plan, ctx, &title, &props, rx, &slot).await;
+    }
+
     if spec.consumes_stream {
         ctx.post(node_update(
             ctx,
@@ -808,6 +888,49 @@ async fn actor_body(
         ));
         route_pending(&mut plan.emitter).await?;
     }
+    Ok(())
+}
+
+/// A streamed input node: each value pushed from outside goes downstream at once; the node ends
+/// when its stream ends. No node timeout applies: the wait is for the client, and the job's own
+/// time limit and cancellation still do.
+async fn feed_body(
+    plan: &mut NodePlan,
+    ctx: &ProcessingContext,
+    title: &str,
+    props: &NodeInputs,
+    mut rx: mpsc::Receiver<Value>,
+    slot: &str,
+) -> Result<()> {
+    ctx.post(node_update(
+        ctx,
+        title,
+        Status::Running,
+        Some(props.as_map()),
+        None,
+        None,
+    ));
+    plan.emitter.start_firing();
+    loop {
+        let next = tokio::select! {
+            biased;
+            _ = ctx.cancellation().cancelled() => {
+                return Err(Error::new(ErrorKind::Cancelled, "job cancelled"));
+            }
+            v = rx.recv() => v,
+        };
+        let Some(value) = next else { break };
+        plan.emitter.emit(slot, value).await?;
+    }
+    let result = plan.emitter.last_values().clone();
+    ctx.post(node_update(
+        ctx,
+        title,
+        Status::Completed,
+        Some(props.as_map()),
+        Some(result),
+        None,
+    ));
     Ok(())
 }
 

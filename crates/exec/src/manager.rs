@@ -4,6 +4,10 @@
 //! `scheduled` for one of `max_concurrent_jobs` permits, then run on the strategy the request
 //! names. Events go to a per-job hub: a broadcast for live subscribers plus a bounded replay
 //! buffer, so a late subscriber asks for "everything after seq N".
+//!
+//! Streamed inputs ([`JobExecutionManager::stream_input`], [`JobExecutionManager::end_input_stream`])
+//! go to the job's [`JobInputs`], whichever strategy runs it; a call made before the strategy has
+//! started the job waits for it, and every wait ends when the job does.
 
 use std::collections::{HashMap, VecDeque};
 use std::fmt;
@@ -21,7 +25,7 @@ use nodetool_engine::{EventEnvelope, EventSink, Status};
 
 use crate::store::{JobRecord, JobStore};
 use crate::strategy::{
-    ExecutionStrategy, JobOutcome, JobSpec, RunJobRequest, StrategyKind, WorkerRef,
+    ExecutionStrategy, JobInputs, JobOutcome, JobSpec, RunJobRequest, StrategyKind, WorkerRef,
 };
 
 /// Manager knobs (from `Settings`: `MAX_WORKFLOW_THREADS`, `JOB_TIMEOUT`).
@@ -209,6 +213,10 @@ struct LiveJob {
     cancel: CancellationToken,
     record: watch::Receiver<JobRecord>,
     hub: Arc<EventHub>,
+    /// Submitted with `streaming_inputs`.
+    streaming: bool,
+    /// The strategy's input side, once it has started the job.
+    inputs: watch::Sender<Option<Arc<dyn JobInputs>>>,
 }
 
 struct Inner {
@@ -219,7 +227,12 @@ struct Inner {
     live: Mutex<HashMap<String, Arc<LiveJob>>>,
     accepting: AtomicBool,
     owners: tokio_util::task::TaskTracker,
+    /// Called with each job's final record (see [`JobExecutionManager::on_finished`]).
+    finished_observers: Mutex<Vec<FinishedObserver>>,
 }
+
+/// A callback for finished jobs; it runs on the job's owner task, so it must be quick.
+type FinishedObserver = Arc<dyn Fn(&JobRecord) + Send + Sync>;
 
 /// Runs and tracks jobs. Cheap to clone (shared state).
 #[derive(Clone)]
@@ -271,6 +284,7 @@ impl JobExecutionManager {
                 live: Mutex::new(HashMap::new()),
                 accepting: AtomicBool::new(true),
                 owners: tokio_util::task::TaskTracker::new(),
+                finished_observers: Mutex::default(),
             }),
         })
     }
@@ -336,6 +350,7 @@ impl JobExecutionManager {
             resource_limits: limits,
             secrets,
             use_cache: valid.use_cache,
+            streaming_inputs: valid.streaming_inputs,
         };
         // A free slot now means the job starts now: record it as running in the same insert,
         // saving one store write on the fast path.
@@ -366,6 +381,8 @@ impl JobExecutionManager {
             cancel: CancellationToken::new(),
             record: rx,
             hub: EventHub::new(self.inner.config.replay_events),
+            streaming: spec.streaming_inputs,
+            inputs: watch::Sender::new(None),
         });
         let job_id = spec.job_id.clone();
         self.inner
@@ -421,6 +438,90 @@ impl JobExecutionManager {
         }
     }
 
+    /// Pushes `value` into the streamed input `input` (on its output `handle`, `"output"` for the
+    /// built-in inputs) of `user_id`'s job. Waits while the job is still being started and while
+    /// the input's buffer is full (backpressure); any wait ends when the job does.
+    ///
+    /// Errors, none of which fails the job: no such job, or another user's → `NotFound`; a job
+    /// not submitted with `streaming_inputs` → `Unsupported`; a job that has ended →
+    /// `Unavailable`; and the engine's own: unknown input or handle → `NotFound`, wrong type,
+    /// input fed by params or stream already ended → `InvalidInput`.
+    pub async fn stream_input(
+        &self,
+        job_id: &str,
+        user_id: &str,
+        input: &str,
+        handle: &str,
+        value: Value,
+    ) -> Result<()> {
+        let (live, inputs) = self
+            .job_inputs(job_id, user_id, "jobs.stream_input")
+            .await?;
+        until_ended(
+            &live,
+            "jobs.stream_input",
+            inputs.push(input, handle, value),
+        )
+        .await
+    }
+
+    /// Ends the stream of `input` on `handle` of `user_id`'s job: the input node finishes after
+    /// the values pushed before, and downstream sees end-of-stream. Ending twice is harmless.
+    /// Errors as for [`stream_input`](Self::stream_input).
+    pub async fn end_input_stream(
+        &self,
+        job_id: &str,
+        user_id: &str,
+        input: &str,
+        handle: &str,
+    ) -> Result<()> {
+        let (live, inputs) = self
+            .job_inputs(job_id, user_id, "jobs.end_input_stream")
+            .await?;
+        until_ended(&live, "jobs.end_input_stream", inputs.end(input, handle)).await
+    }
+
+    /// The live job of `user_id` and its inputs, waiting for the strategy to start it.
+    async fn job_inputs(
+        &self,
+        job_id: &str,
+        user_id: &str,
+        op: &'static str,
+    ) -> Result<(Arc<LiveJob>, Arc<dyn JobInputs>)> {
+        let not_found = || not_found(job_id).with_operation(op);
+        let Some(live) = self.live(job_id) else {
+            return match self.inner.store.get(job_id).await? {
+                Some(rec) if rec.user_id == user_id => Err(ended(job_id, op, rec.status)),
+                _ => Err(not_found()),
+            };
+        };
+        if live.user_id != user_id {
+            return Err(not_found());
+        }
+        if !live.streaming {
+            return Err(Error::new(
+                ErrorKind::Unsupported,
+                "this job was not submitted with streaming_inputs, so its inputs are fixed",
+            )
+            .with_operation(op)
+            .with_context("job_id", job_id));
+        }
+        let mut slot = live.inputs.subscribe();
+        let mut record = live.record.clone();
+        let inputs = tokio::select! {
+            biased;
+            r = slot.wait_for(Option::is_some) => r.ok().and_then(|i| i.clone()),
+            _ = record.wait_for(|r| r.status.is_terminal()) => None,
+        };
+        match inputs {
+            Some(inputs) => Ok((live, inputs)),
+            None => {
+                let status = live.record.borrow().status;
+                Err(ended(job_id, op, status))
+            }
+        }
+    }
+
     /// Waits until the job has ended and returns its final record.
     pub async fn wait(&self, job_id: &str) -> Result<JobRecord> {
         if let Some(live) = self.live(job_id) {
@@ -462,6 +563,16 @@ impl JobExecutionManager {
         })
     }
 
+    /// Calls `observer` with the final record of every job that finishes from now on (once per
+    /// job, after its outcome is recorded), e.g. to feed metrics.
+    pub fn on_finished(&self, observer: impl Fn(&JobRecord) + Send + Sync + 'static) {
+        self.inner
+            .finished_observers
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(Arc::new(observer));
+    }
+
     /// Jobs currently in memory (scheduled, running, or recently finished).
     pub fn live_jobs(&self) -> Vec<String> {
         self.inner
@@ -494,6 +605,37 @@ impl JobExecutionManager {
                 job.cancel.cancel();
             }
             self.inner.owners.wait().await;
+        }
+    }
+}
+
+fn ended(job_id: &str, op: &'static str, status: Status) -> Error {
+    Error::new(
+        ErrorKind::Unavailable,
+        format!("job {job_id} is no longer running ({})", status.as_str()),
+    )
+    .with_operation(op)
+    .with_context("job_id", job_id)
+    .set_temporary(false)
+}
+
+/// Runs an input call, giving up with `Unavailable` when the job ends first (a strategy whose
+/// run was abandoned may never answer).
+async fn until_ended(
+    live: &LiveJob,
+    op: &'static str,
+    call: impl std::future::Future<Output = Result<()>>,
+) -> Result<()> {
+    let mut record = live.record.clone();
+    tokio::select! {
+        biased;
+        r = call => r,
+        _ = record.wait_for(|r| r.status.is_terminal()) => {
+            let (id, status) = {
+                let r = live.record.borrow();
+                (r.id.clone(), r.status)
+            };
+            Err(ended(&id, op, status))
         }
     }
 }
@@ -563,6 +705,18 @@ async fn owner(
             r.finished_at = Some(now);
         }
     });
+    // Observers first, so a client reacting to the terminal event sees their effect.
+    let observers = inner
+        .finished_observers
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .clone();
+    if !observers.is_empty() {
+        let last = record.borrow().clone();
+        for observe in observers {
+            observe(&last);
+        }
+    }
     // Only now, with the outcome recorded, do clients see the terminal event.
     live.hub.release_and_close(record.borrow().status);
 
@@ -625,6 +779,7 @@ async fn run_owned(
             ))
         }
     };
+    live.inputs.send_replace(handle.inputs().cloned());
     if let Some(worker) = handle.worker().cloned() {
         if let Err(e) = inner.store.set_worker(&job_id, &worker).await {
             tracing::error!(job_id = %job_id, error = %e, "cannot record the job's worker");

@@ -14,24 +14,45 @@
 //!    parent's job id; then exactly one [`ChildFrame::Outcome`]; then the child exits 0.
 //! 3. The parent keeps stdin open while the job runs. EOF on stdin means the parent is gone: the
 //!    child cancels its job. Cancellation itself is SIGTERM to the child's process group.
+//! 4. Streamed inputs (a spec with `streaming_inputs`, request version 2): the parent sends
+//!    [`ParentFrame::InputPush`] / [`ParentFrame::InputEnd`] with ids it numbers, and the child
+//!    answers each, in order, with one [`ChildFrame::InputAck`] once the engine took the value
+//!    (after waiting for room in the input's buffer: backpressure crosses the process boundary)
+//!    or refused it (the ack carries the error; the job goes on). The child reads stdin while the
+//!    job runs, so these frames never wait behind the job. [`RemoteInputs`] is the parent's side.
+//!
+//! Versions: a parent asks for version 1 unless the job streams inputs, so an older worker image
+//! still runs every other job; a worker accepts [`MIN_PROTOCOL_VERSION`]..=[`PROTOCOL_VERSION`]
+//! and skips (with a warning) a frame kind it does not know.
 //!
 //! Reserved for storage/cache requests (DESIGN §5, not implemented yet): [`ChildFrame::Call`]
 //! and [`ParentFrame::Reply`]. Today a parent answers every `Call` with an `unsupported` error
 //! reply, and the worker uses its own storage/cache built from an allow-listed environment.
 //! stderr is free-form logging (the parent keeps its tail for error messages).
 
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use async_trait::async_trait;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::sync::{mpsc, oneshot};
 
 use nodetool_core::{Error, ErrorKind, Result};
 use nodetool_engine::EventEnvelope;
 
-use crate::strategy::{JobError, JobOutcome, JobSpec};
+use crate::strategy::{JobError, JobInputs, JobOutcome, JobSpec};
 
-/// Bumped on any incompatible change; the worker refuses other versions.
-pub const PROTOCOL_VERSION: u32 = 1;
+/// The newest version this code speaks; bumped on any incompatible change.
+pub const PROTOCOL_VERSION: u32 = 2;
+
+/// The oldest request version a worker still accepts.
+pub const MIN_PROTOCOL_VERSION: u32 = 1;
+
+/// The first version with streamed-input frames.
+pub const STREAMING_INPUTS_VERSION: u32 = 2;
 
 /// Default largest frame (64 MiB).
 pub const MAX_FRAME_BYTES: usize = 64 * 1024 * 1024;
@@ -52,6 +73,36 @@ pub enum ParentFrame {
         #[serde(default)]
         error: Option<JobError>,
     },
+    /// A value for the streamed input `input` (its output `handle`); answered by an
+    /// [`ChildFrame::InputAck`] with the same `id`.
+    InputPush {
+        id: u64,
+        input: String,
+        handle: String,
+        #[serde(default)]
+        value: Value,
+    },
+    /// Ends the stream of `input` on `handle`; answered by an [`ChildFrame::InputAck`].
+    InputEnd {
+        id: u64,
+        input: String,
+        handle: String,
+    },
+}
+
+impl ParentFrame {
+    /// The request frame for `spec`, at the lowest version that can run it.
+    pub fn request(spec: JobSpec) -> Self {
+        let protocol_version = if spec.streaming_inputs {
+            STREAMING_INPUTS_VERSION
+        } else {
+            MIN_PROTOCOL_VERSION
+        };
+        ParentFrame::Request {
+            protocol_version,
+            spec: Box::new(spec),
+        }
+    }
 }
 
 /// Frames the worker sends.
@@ -66,6 +117,13 @@ pub enum ChildFrame {
         op: String,
         #[serde(default)]
         args: Value,
+    },
+    /// The answer to the [`ParentFrame::InputPush`] or [`ParentFrame::InputEnd`] with this `id`:
+    /// no error means the engine took it.
+    InputAck {
+        id: u64,
+        #[serde(default)]
+        error: Option<JobError>,
     },
 }
 
@@ -168,6 +226,147 @@ where
             format!("garbled frame of {len} bytes: {e} (starts with {preview:?})"),
         )
     })
+}
+
+/// Writes `first`, then every frame sent on `rx` until all its senders are gone, then shuts `w`
+/// down (EOF tells a worker its parent is done). The parent's stdin writer for subprocess and
+/// Docker jobs: one task owns the pipe, so frames from several callers never interleave and the
+/// read side never waits on a write.
+pub async fn pump_frames<W: AsyncWrite + Unpin>(
+    w: &mut W,
+    first: &ParentFrame,
+    rx: &mut mpsc::UnboundedReceiver<ParentFrame>,
+) -> Result<()> {
+    write_frame(w, first).await?;
+    while let Some(frame) = rx.recv().await {
+        write_frame(w, &frame).await?;
+    }
+    w.shutdown().await.map_err(|e| {
+        proto_err(ErrorKind::Unavailable, "cannot close the worker's stdin")
+            .with_source(e)
+            .set_temporary(false)
+    })
+}
+
+/// A parent's channel to a worker's stdin writer ([`pump_frames`]) and, for a job with streamed
+/// inputs, the [`RemoteInputs`] that send on it.
+#[derive(Debug)]
+pub struct WorkerStdin {
+    pub tx: mpsc::UnboundedSender<ParentFrame>,
+    pub rx: mpsc::UnboundedReceiver<ParentFrame>,
+    pub inputs: Option<Arc<RemoteInputs>>,
+}
+
+impl WorkerStdin {
+    pub fn new(streaming_inputs: bool) -> Self {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let inputs = streaming_inputs.then(|| Arc::new(RemoteInputs::new(tx.clone())));
+        Self { tx, rx, inputs }
+    }
+}
+
+/// The parent's side of a worker job's streamed inputs: each push or end is a frame to the
+/// worker, answered by its [`ChildFrame::InputAck`], so the engine's errors and backpressure
+/// reach the caller unchanged. The strategy's read loop feeds acks in with [`RemoteInputs::ack`]
+/// and calls [`RemoteInputs::close`] when the worker is done.
+#[derive(Debug)]
+pub struct RemoteInputs {
+    state: Mutex<RemoteState>,
+}
+
+#[derive(Debug)]
+struct RemoteState {
+    /// To the stdin writer; `None` once closed, which also lets the writer end.
+    tx: Option<mpsc::UnboundedSender<ParentFrame>>,
+    next_id: u64,
+    pending: HashMap<u64, oneshot::Sender<Option<JobError>>>,
+}
+
+impl RemoteInputs {
+    /// Sends frames on `tx` (the channel [`pump_frames`] drains).
+    pub fn new(tx: mpsc::UnboundedSender<ParentFrame>) -> Self {
+        Self {
+            state: Mutex::new(RemoteState {
+                tx: Some(tx),
+                next_id: 1,
+                pending: HashMap::new(),
+            }),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, RemoteState> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The worker answered `id`. Unknown ids (answered after a close) are ignored.
+    pub fn ack(&self, id: u64, error: Option<JobError>) {
+        if let Some(waiter) = self.lock().pending.remove(&id) {
+            let _ = waiter.send(error);
+        }
+    }
+
+    /// The worker reported its outcome or is gone: calls waiting for an answer, and later ones,
+    /// fail with `Unavailable`. Idempotent.
+    pub fn close(&self) {
+        let mut st = self.lock();
+        st.tx = None;
+        // Dropping the waiters' senders wakes them with an error.
+        st.pending.clear();
+    }
+
+    async fn call(&self, op: &'static str, frame: impl FnOnce(u64) -> ParentFrame) -> Result<()> {
+        let answer = {
+            let mut st = self.lock();
+            let id = st.next_id;
+            st.next_id += 1;
+            let Some(tx) = st.tx.clone() else {
+                return Err(gone(op));
+            };
+            let (waiter, answer) = oneshot::channel();
+            st.pending.insert(id, waiter);
+            if tx.send(frame(id)).is_err() {
+                st.pending.remove(&id);
+                return Err(gone(op));
+            }
+            answer
+        };
+        match answer.await {
+            Ok(None) => Ok(()),
+            Ok(Some(err)) => Err(err.to_error().with_operation(op)),
+            Err(_) => Err(gone(op)),
+        }
+    }
+}
+
+fn gone(op: &'static str) -> Error {
+    Error::new(
+        ErrorKind::Unavailable,
+        "the job is no longer running (its worker has finished)",
+    )
+    .with_operation(op)
+    .set_temporary(false)
+}
+
+#[async_trait]
+impl JobInputs for RemoteInputs {
+    async fn push(&self, input: &str, handle: &str, value: Value) -> Result<()> {
+        self.call("worker.stream_input", |id| ParentFrame::InputPush {
+            id,
+            input: input.to_owned(),
+            handle: handle.to_owned(),
+            value,
+        })
+        .await
+    }
+
+    async fn end(&self, input: &str, handle: &str) -> Result<()> {
+        self.call("worker.end_input_stream", |id| ParentFrame::InputEnd {
+            id,
+            input: input.to_owned(),
+            handle: handle.to_owned(),
+        })
+        .await
+    }
 }
 
 fn read_failed(e: std::io::Error) -> Error {
@@ -288,6 +487,81 @@ mod tests {
             .unwrap_err();
         assert_eq!(err.kind(), ErrorKind::InvalidInput);
         assert!(err.to_string().contains("garbled frame"), "{err}");
+    }
+
+    #[tokio::test]
+    async fn request_version_depends_on_streaming_inputs() {
+        let mut spec = JobSpec::new(Graph::default());
+        let ParentFrame::Request {
+            protocol_version, ..
+        } = ParentFrame::request(spec.clone())
+        else {
+            panic!("expected a request")
+        };
+        assert_eq!(protocol_version, MIN_PROTOCOL_VERSION);
+        spec.streaming_inputs = true;
+        let ParentFrame::Request {
+            protocol_version, ..
+        } = ParentFrame::request(spec)
+        else {
+            panic!("expected a request")
+        };
+        assert_eq!(protocol_version, STREAMING_INPUTS_VERSION);
+    }
+
+    #[tokio::test]
+    async fn remote_inputs_pair_frames_with_acks() {
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        let inputs = Arc::new(RemoteInputs::new(tx));
+        let push = tokio::spawn({
+            let inputs = inputs.clone();
+            async move { inputs.push("text", "output", json!("v")).await }
+        });
+        let Some(ParentFrame::InputPush {
+            id, input, value, ..
+        }) = rx.recv().await
+        else {
+            panic!("expected a push frame")
+        };
+        assert_eq!((input.as_str(), value), ("text", json!("v")));
+        inputs.ack(id, None);
+        push.await.unwrap().unwrap();
+
+        let end = tokio::spawn({
+            let inputs = inputs.clone();
+            async move { inputs.end("nope", "output").await }
+        });
+        let Some(ParentFrame::InputEnd { id, .. }) = rx.recv().await else {
+            panic!("expected an end frame")
+        };
+        inputs.ack(
+            id,
+            Some(JobError::new(
+                ErrorKind::NotFound,
+                "no input node named `nope`",
+            )),
+        );
+        let err = end.await.unwrap().unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::NotFound);
+        assert!(err.to_string().contains("nope"), "{err}");
+
+        // A worker that finishes while a push waits: the push fails, and so do later ones.
+        let waiting = tokio::spawn({
+            let inputs = inputs.clone();
+            async move { inputs.push("text", "output", json!("w")).await }
+        });
+        assert!(rx.recv().await.is_some());
+        inputs.close();
+        assert_eq!(
+            waiting.await.unwrap().unwrap_err().kind(),
+            ErrorKind::Unavailable
+        );
+        let err = inputs.push("text", "output", json!("x")).await.unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::Unavailable);
+        assert!(
+            rx.recv().await.is_none(),
+            "closing lets the stdin writer end"
+        );
     }
 
     #[tokio::test]

@@ -1,6 +1,7 @@
 //! The execution-strategy contract: what a job is ([`JobSpec`]), how it is started
-//! ([`ExecutionStrategy::start`]), how it ends ([`JobOutcome`]) and the public request shape
-//! ([`RunJobRequest`], NodeTool's field names).
+//! ([`ExecutionStrategy::start`]), how it ends ([`JobOutcome`]), how values reach its streamed
+//! inputs while it runs ([`JobInputs`]) and the public request shape ([`RunJobRequest`],
+//! NodeTool's field names).
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -104,6 +105,10 @@ pub struct JobSpec {
     pub secrets: BTreeMap<String, String>,
     #[serde(default = "yes")]
     pub use_cache: bool,
+    /// Input nodes without a param take values pushed while the job runs
+    /// ([`JobHandle::inputs`]; `nodetool_engine::inputs` has the rules).
+    #[serde(default)]
+    pub streaming_inputs: bool,
 }
 
 fn yes() -> bool {
@@ -122,6 +127,7 @@ impl fmt::Debug for JobSpec {
             .field("resource_limits", &self.resource_limits)
             .field("secrets", &self.secrets.keys().collect::<Vec<_>>())
             .field("use_cache", &self.use_cache)
+            .field("streaming_inputs", &self.streaming_inputs)
             .finish()
     }
 }
@@ -138,6 +144,7 @@ impl JobSpec {
             resource_limits: ResourceLimits::default(),
             secrets: BTreeMap::new(),
             use_cache: true,
+            streaming_inputs: false,
         }
     }
 }
@@ -165,6 +172,40 @@ impl JobError {
     pub fn is_timeout(&self) -> bool {
         self.kind == ErrorKind::Timeout.as_str()
     }
+
+    /// The kind back from its name (`Unexpected` for a name this build does not know).
+    pub fn error_kind(&self) -> ErrorKind {
+        kind_from_name(&self.kind)
+    }
+
+    /// An [`Error`] of the same kind and text (for errors that crossed a process boundary).
+    pub fn to_error(&self) -> Error {
+        Error::new(self.error_kind(), self.message.clone())
+    }
+}
+
+/// An [`ErrorKind`] from its name (`ErrorKind::as_str`); `Unexpected` for a name this build does
+/// not know (errors that crossed a process boundary).
+pub(crate) fn kind_from_name(name: &str) -> ErrorKind {
+    const KINDS: [ErrorKind; 13] = [
+        ErrorKind::NotFound,
+        ErrorKind::AlreadyExists,
+        ErrorKind::InvalidInput,
+        ErrorKind::RangeNotSatisfiable,
+        ErrorKind::TooLarge,
+        ErrorKind::ConfigInvalid,
+        ErrorKind::PermissionDenied,
+        ErrorKind::RateLimited,
+        ErrorKind::Timeout,
+        ErrorKind::Cancelled,
+        ErrorKind::Unsupported,
+        ErrorKind::Unavailable,
+        ErrorKind::Unexpected,
+    ];
+    KINDS
+        .into_iter()
+        .find(|k| k.as_str() == name)
+        .unwrap_or(ErrorKind::Unexpected)
 }
 
 impl fmt::Display for JobError {
@@ -265,6 +306,34 @@ pub enum WorkerRef {
     Container(String),
 }
 
+/// Values pushed into a running job's streamed input nodes (NodeTool's `stream_input` and
+/// `end_input_stream`), whatever runs the job.
+///
+/// Contract (the engine's `InputStreams` semantics, across process boundaries too):
+/// - `push` MUST deliver values of one input in call order, and MUST wait while the input's
+///   buffer is full (backpressure) rather than drop a value.
+/// - An unknown input name or handle MUST be `NotFound`; a wrong-typed value, an input fed by
+///   params, or a push after `end` MUST be `InvalidInput`; a job that is over (or whose worker
+///   is gone) MUST be `Unavailable`. None of these fails the job.
+/// - `end` ends the input's stream (downstream sees end-of-stream); ending twice is harmless.
+#[async_trait]
+pub trait JobInputs: Send + Sync + fmt::Debug + 'static {
+    async fn push(&self, input: &str, handle: &str, value: Value) -> Result<()>;
+
+    async fn end(&self, input: &str, handle: &str) -> Result<()>;
+}
+
+#[async_trait]
+impl JobInputs for nodetool_engine::InputStreams {
+    async fn push(&self, input: &str, handle: &str, value: Value) -> Result<()> {
+        nodetool_engine::InputStreams::push(self, input, handle, value).await
+    }
+
+    async fn end(&self, input: &str, handle: &str) -> Result<()> {
+        nodetool_engine::InputStreams::end(self, input, handle).await
+    }
+}
+
 /// A started job. Dropping the handle does not cancel the job.
 #[derive(Debug)]
 pub struct JobHandle {
@@ -272,6 +341,7 @@ pub struct JobHandle {
     cancel: CancellationToken,
     task: Option<JoinHandle<JobOutcome>>,
     worker: Option<WorkerRef>,
+    inputs: Option<Arc<dyn JobInputs>>,
 }
 
 impl JobHandle {
@@ -283,12 +353,24 @@ impl JobHandle {
             cancel,
             task: Some(task),
             worker: None,
+            inputs: None,
         }
     }
 
     pub fn with_worker(mut self, worker: WorkerRef) -> Self {
         self.worker = Some(worker);
         self
+    }
+
+    /// For jobs started with `streaming_inputs`: where pushed values go.
+    pub fn with_inputs(mut self, inputs: Arc<dyn JobInputs>) -> Self {
+        self.inputs = Some(inputs);
+        self
+    }
+
+    /// The job's streamed inputs; `None` when it was not started with `streaming_inputs`.
+    pub fn inputs(&self) -> Option<&Arc<dyn JobInputs>> {
+        self.inputs.as_ref()
     }
 
     pub fn job_id(&self) -> &str {
@@ -346,6 +428,7 @@ pub struct Capabilities {
 /// Runs jobs one way (threaded, subprocess, Docker).
 ///
 /// Contract:
+/// - With `spec.streaming_inputs`, the handle MUST carry [`JobInputs`] ([`JobHandle::inputs`]).
 /// - `start` MUST return quickly (after spawning, not after the job ends). It returns `Err` only
 ///   when the job could not be started at all (the Docker engine is absent, the worker binary is
 ///   missing); the caller records that as a failed job. Everything after a successful start,
@@ -461,6 +544,11 @@ pub struct RunJobRequest {
     /// Not NodeTool's: `false` neither reads nor fills the node cache.
     #[serde(default)]
     pub use_cache: Option<bool>,
+    /// Not NodeTool's (whose threaded runner always has an input queue): `true` makes every
+    /// input node without a param wait for values pushed with `stream_input` until
+    /// `end_input_stream`. Default `false`: inputs take their param or default once.
+    #[serde(default)]
+    pub streaming_inputs: Option<bool>,
 }
 
 /// A request after [`RunJobRequest::validate`].
@@ -473,6 +561,7 @@ pub struct ValidRequest {
     pub resource_limits: ResourceLimits,
     pub docker_image: Option<String>,
     pub use_cache: bool,
+    pub streaming_inputs: bool,
 }
 
 impl RunJobRequest {
@@ -514,6 +603,7 @@ impl RunJobRequest {
             resource_limits,
             docker_image: self.docker_image.clone().filter(|s| !s.is_empty()),
             use_cache: self.use_cache.unwrap_or(true),
+            streaming_inputs: self.streaming_inputs.unwrap_or(false),
         })
     }
 }

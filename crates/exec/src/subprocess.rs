@@ -1,6 +1,7 @@
 //! The subprocess strategy: one `nodetool worker` child per job, in its own process group, with
 //! rlimits from the job's `resource_limits`, an environment allow-list, a scratch directory
-//! removed afterwards, and SIGTERM → grace → SIGKILL cancellation of the whole group.
+//! removed afterwards, and SIGTERM → grace → SIGKILL cancellation of the whole group. Streamed
+//! inputs travel as frames on the worker's stdin ([`RemoteInputs`]).
 
 use std::collections::{BTreeMap, VecDeque};
 use std::path::PathBuf;
@@ -12,14 +13,14 @@ use async_trait::async_trait;
 use nix::sys::signal::{killpg, Signal};
 use nix::unistd::Pid;
 use tokio::io::AsyncReadExt;
-use tokio::process::{Child, ChildStdin, Command};
+use tokio::process::{Child, Command};
 use tokio_util::sync::CancellationToken;
 
 use nodetool_core::{Error, ErrorKind, Result};
 use nodetool_engine::EventSink;
 
 use crate::protocol::{
-    read_frame, write_frame, ChildFrame, ParentFrame, MAX_FRAME_BYTES, PROTOCOL_VERSION,
+    pump_frames, read_frame, ChildFrame, ParentFrame, WorkerStdin, MAX_FRAME_BYTES,
 };
 use crate::sink::TrackingSink;
 use crate::strategy::{
@@ -169,14 +170,20 @@ impl ExecutionStrategy for SubprocessStrategy {
         let cancel = CancellationToken::new();
         let job_id = spec.job_id.clone();
         let token = cancel.clone();
+        let stdin = WorkerStdin::new(spec.streaming_inputs);
+        let inputs = stdin.inputs.clone();
         let task = tokio::spawn(async move {
-            let outcome = drive(&cfg, &mut child, pid, spec, sink, token).await;
+            let outcome = drive(&cfg, &mut child, pid, spec, sink, token, stdin).await;
             // Whatever is left of the group (grandchildren) goes with the job.
             let _ = killpg(Pid::from_raw(pid as i32), Signal::SIGKILL);
             drop(scratch);
             outcome
         });
-        Ok(JobHandle::new(job_id, cancel, task).with_worker(WorkerRef::Pid(pid)))
+        let handle = JobHandle::new(job_id, cancel, task).with_worker(WorkerRef::Pid(pid));
+        Ok(match inputs {
+            Some(inputs) => handle.with_inputs(inputs),
+            None => handle,
+        })
     }
 }
 
@@ -229,6 +236,7 @@ async fn drive(
     spec: JobSpec,
     sink: Arc<dyn EventSink>,
     cancel: CancellationToken,
+    stdin_frames: WorkerStdin,
 ) -> JobOutcome {
     let started = Instant::now();
     let tracking = TrackingSink::new(spec.job_id.clone(), sink);
@@ -255,28 +263,29 @@ async fn drive(
         })
     });
 
-    // stdin: the request, then held open (EOF tells the worker we are gone).
+    // stdin: the request, then held open for replies and input frames (EOF tells the worker we
+    // are gone).
     let stdin = child.stdin.take();
-    let request = ParentFrame::Request {
-        protocol_version: PROTOCOL_VERSION,
-        spec: Box::new(spec),
-    };
-    let (reply_tx, mut reply_rx) = tokio::sync::mpsc::unbounded_channel::<ParentFrame>();
+    let request = ParentFrame::request(spec);
+    let WorkerStdin {
+        tx: reply_tx,
+        rx: mut frames_rx,
+        inputs,
+    } = stdin_frames;
     let stdin_task = tokio::spawn(async move {
-        let Some(mut stdin): Option<ChildStdin> = stdin else {
+        let Some(mut stdin) = stdin else {
             return;
         };
-        if let Err(e) = write_frame(&mut stdin, &request).await {
-            tracing::debug!(error = %e, "cannot send the request to the worker");
-            return;
-        }
-        drop(request);
-        while let Some(frame) = reply_rx.recv().await {
-            if write_frame(&mut stdin, &frame).await.is_err() {
-                return;
-            }
+        if let Err(e) = pump_frames(&mut stdin, &request, &mut frames_rx).await {
+            tracing::debug!(error = %e, "cannot write to the worker's stdin");
         }
     });
+    // Once the worker is done, pushes fail instead of waiting for an ack.
+    let close_inputs = || {
+        if let Some(i) = &inputs {
+            i.close();
+        }
+    };
 
     let mut reply_tx = Some(reply_tx);
     let mut stdout = child.stdout.take();
@@ -298,6 +307,12 @@ async fn drive(
                         // Closing stdin lets the worker's runtime finish its blocking stdin read
                         // and exit.
                         reply_tx = None;
+                        close_inputs();
+                    }
+                    Ok(Some(ChildFrame::InputAck { id, error })) => {
+                        if let Some(i) = &inputs {
+                            i.ack(id, error);
+                        }
                     }
                     Ok(Some(ChildFrame::Call { call_id, op, .. })) => {
                         let _ = reply_tx.as_ref().map(|tx| tx.send(ParentFrame::Reply {
@@ -333,6 +348,7 @@ async fn drive(
         }
     }
     drop(reply_tx);
+    close_inputs();
 
     // stdout is closed; the worker should be exiting. Give it the grace period, then kill.
     let status: Option<ExitStatus> = match tokio::time::timeout(cfg.grace, child.wait()).await {

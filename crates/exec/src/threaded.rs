@@ -1,5 +1,7 @@
 //! The threaded strategy: the engine runs in-process on a dedicated multi-thread tokio runtime of
-//! `THREAD_POOL_SIZE` workers, so heavy jobs do not starve the server's own runtime.
+//! `THREAD_POOL_SIZE` workers, so heavy jobs do not starve the server's own runtime. A job with
+//! `streaming_inputs` gets an engine [`InputStreams`] as its [`JobHandle::inputs`]: pushes go
+//! straight into the run.
 
 use std::fmt;
 use std::sync::Arc;
@@ -9,7 +11,7 @@ use async_trait::async_trait;
 use tokio_util::sync::CancellationToken;
 
 use nodetool_core::{Error, ErrorKind, Result};
-use nodetool_engine::{Engine, EventSink, RunOptions, RunRequest};
+use nodetool_engine::{Engine, EventSink, InputStreams, RunOptions, RunRequest};
 
 use crate::sink::TrackingSink;
 use crate::strategy::{
@@ -96,18 +98,27 @@ impl ExecutionStrategy for ThreadedStrategy {
         let job_id = spec.job_id.clone();
         let engine = self.engine.clone();
         let token = cancel.clone();
-        let task = pool.spawn(async move { run_in_process(engine, spec, sink, token).await });
-        Ok(JobHandle::new(job_id, cancel, task))
+        let inputs = spec.streaming_inputs.then(InputStreams::new);
+        let streams = inputs.clone();
+        let task =
+            pool.spawn(async move { run_in_process(engine, spec, sink, token, streams).await });
+        let handle = JobHandle::new(job_id, cancel, task);
+        Ok(match inputs {
+            Some(inputs) => handle.with_inputs(Arc::new(inputs)),
+            None => handle,
+        })
     }
 }
 
 /// Runs a job with `engine` in the current runtime, with a hard deadline past the engine's own
 /// time limit for nodes that ignore cancellation. Shared by the threaded strategy and the worker.
+/// `inputs` feeds the job's streamed inputs (pass one when `spec.streaming_inputs`).
 pub async fn run_in_process(
     engine: Engine,
     spec: JobSpec,
     sink: Arc<dyn EventSink>,
     cancel: CancellationToken,
+    inputs: Option<InputStreams>,
 ) -> JobOutcome {
     let tracking = TrackingSink::new(spec.job_id.clone(), sink);
     let limit = spec.resource_limits.timeout();
@@ -124,6 +135,7 @@ pub async fn run_in_process(
         use_cache: spec.use_cache,
         job_timeout: limit,
         secrets: spec.secrets,
+        input_streams: inputs,
         ..RunOptions::default()
     };
     let run = engine.run(request, opts, tracking.clone(), cancel.clone());

@@ -1,17 +1,19 @@
-//! [`Resources`]: the one value that hands out asset storage, temp storage and caches — the Rust
-//! counterpart of NodeTool's `ResourceScope`.
+//! [`Resources`]: the one value that hands out asset storage, temp storage, caches and (where the
+//! process owns the database) the asset record store — the Rust counterpart of NodeTool's
+//! `ResourceScope`.
 //!
 //! Unlike the Python original, one `Resources` lives for the whole process (the server, a CLI
 //! command, a worker), so temp objects and cache entries survive between requests and jobs.
 //! Backends are built lazily, on first use, so a broken S3 configuration does not stop a command
 //! that only touches temp storage.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use nodetool_cache::{MemcachedConfig, NodeCacheConfig, UriCache};
 use nodetool_config::{CachePlan, Selection, Settings, StoragePlan};
-use nodetool_core::{NodeCache, Result, Storage};
+use nodetool_core::{AssetStore, CacheValue, NodeCache, Result, Storage};
 use nodetool_storage::{FileStorage, MemoryStorage, UrlSigner};
 use nodetool_storage_s3::{S3Config, S3Storage};
 use nodetool_storage_supabase::{SupabaseConfig, SupabaseStorage};
@@ -48,9 +50,12 @@ pub struct Resources {
     asset: Mutex<Option<Arc<dyn Storage>>>,
     temp: Mutex<Option<Arc<dyn Storage>>>,
     node_cache: tokio::sync::OnceCell<Arc<dyn NodeCache>>,
+    node_cache_stats: Arc<CacheStats>,
     uri_cache: Arc<UriCache>,
     /// Signs the URLs of file and memory storage, which our API serves.
     signer: Option<UrlSigner>,
+    /// Asset records, in processes that own the database (see [`Resources::with_asset_store`]).
+    asset_store: Option<Arc<dyn AssetStore>>,
 }
 
 /// A selected backend, for `nodetool storage info` and the startup log.
@@ -71,8 +76,10 @@ impl Resources {
             asset: Mutex::default(),
             temp: Mutex::default(),
             node_cache: tokio::sync::OnceCell::new(),
+            node_cache_stats: Arc::default(),
             uri_cache,
             signer: None,
+            asset_store: None,
         }
     }
 
@@ -85,6 +92,19 @@ impl Resources {
 
     pub fn url_signer(&self) -> Option<&UrlSigner> {
         self.signer.as_ref()
+    }
+
+    /// Hands out `store` for asset records. Only processes that can reach the database set one
+    /// (`nodetool run`, `nodetool serve`); worker processes do not, and their `create_asset`
+    /// fails clearly instead of writing blobs no listing would show.
+    pub fn with_asset_store(mut self, store: Arc<dyn AssetStore>) -> Self {
+        self.asset_store = Some(store);
+        self
+    }
+
+    /// The asset record store, if this process has one.
+    pub fn asset_store(&self) -> Option<Arc<dyn AssetStore>> {
+        self.asset_store.clone()
     }
 
     pub fn settings(&self) -> &Arc<Settings> {
@@ -137,17 +157,27 @@ impl Resources {
     }
 
     /// The node cache, shared by every job of the process. Fails only on invalid configuration:
-    /// a memcached that is down is a cache that misses until it is back.
+    /// a memcached that is down is a cache that misses until it is back. Its lookups are
+    /// counted in [`Resources::node_cache_stats`].
     pub async fn node_cache(&self) -> Result<Arc<dyn NodeCache>> {
         self.node_cache
             .get_or_try_init(|| async {
                 let selection = nodetool_config::node_cache(&self.settings);
                 let cache = node_cache_config(&selection.plan).build().await?;
                 tracing::info!(cache = cache.name(), reason = %selection.reason, "node cache selected");
-                Ok(cache)
+                Ok(Arc::new(CountingNodeCache {
+                    inner: cache,
+                    stats: self.node_cache_stats.clone(),
+                }) as Arc<dyn NodeCache>)
             })
             .await
             .cloned()
+    }
+
+    /// Hits and misses of this process's node cache (for `/metrics`). Lookups made by worker
+    /// processes or containers through their own caches are not counted here.
+    pub fn node_cache_stats(&self) -> Arc<CacheStats> {
+        self.node_cache_stats.clone()
     }
 
     /// TTL for node outputs unless a node says otherwise (`NODE_CACHE_TTL`).
@@ -184,6 +214,62 @@ impl Resources {
             reason: cache.reason,
         }));
         out
+    }
+}
+
+/// Lookup counters of a node cache.
+#[derive(Debug, Default)]
+pub struct CacheStats {
+    hits: AtomicU64,
+    misses: AtomicU64,
+}
+
+impl CacheStats {
+    /// Lookups that found a value.
+    pub fn hits(&self) -> u64 {
+        self.hits.load(Ordering::Relaxed)
+    }
+
+    /// Lookups that found nothing, errors included (an error is a miss by the cache contract).
+    pub fn misses(&self) -> u64 {
+        self.misses.load(Ordering::Relaxed)
+    }
+}
+
+/// Counts `get` outcomes once here, in front of whichever backend was selected, rather than in
+/// every implementation.
+#[derive(Debug)]
+struct CountingNodeCache {
+    inner: Arc<dyn NodeCache>,
+    stats: Arc<CacheStats>,
+}
+
+#[async_trait::async_trait]
+impl NodeCache for CountingNodeCache {
+    fn name(&self) -> &'static str {
+        self.inner.name()
+    }
+
+    async fn get(&self, key: &str) -> Result<Option<CacheValue>> {
+        let result = self.inner.get(key).await;
+        let counter = match &result {
+            Ok(Some(_)) => &self.stats.hits,
+            Ok(None) | Err(_) => &self.stats.misses,
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+        result
+    }
+
+    async fn set(&self, key: &str, value: CacheValue, ttl: Duration) -> Result<()> {
+        self.inner.set(key, value, ttl).await
+    }
+
+    async fn delete(&self, key: &str) -> Result<()> {
+        self.inner.delete(key).await
+    }
+
+    async fn clear(&self) -> Result<()> {
+        self.inner.clear().await
     }
 }
 

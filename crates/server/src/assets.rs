@@ -1,4 +1,5 @@
-//! `/api/assets`: NodeTool's asset API, per user, metadata in SQLite, blobs in asset storage.
+//! `/api/assets`: NodeTool's asset API, per user, records in the shared [`AssetStore`]
+//! (`nodetool_assets`, SQLite), blobs in asset storage.
 //!
 //! Row and blob stay consistent: on create the blob is written first and the row inserted after
 //! (a failed insert deletes the blob again); on delete the blob goes first and the row after, so a
@@ -7,6 +8,7 @@
 //! a request body is ignored: the caller is always the authenticated user.
 
 use std::collections::{HashSet, VecDeque};
+use std::sync::Arc;
 
 use axum::extract::{DefaultBodyLimit, Multipart, Path, Query, State};
 use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode};
@@ -15,8 +17,9 @@ use axum::routing::get;
 use axum::{Json, Router};
 use chrono::{DateTime, Utc};
 use futures::{SinkExt, StreamExt};
+use nodetool_core::assets::FOLDER;
 use nodetool_core::storage::extension_for;
-use nodetool_core::{Error, PutOptions, Storage, StorageKey};
+use nodetool_core::{AssetQuery, AssetRecord, AssetStore, Error, PutOptions, Storage, StorageKey};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
@@ -26,7 +29,6 @@ use crate::error::{ApiError, ApiResult};
 use crate::storage_routes::{serve_object, too_large};
 use crate::AppState;
 
-const FOLDER: &str = "folder";
 const DEFAULT_PAGE: i64 = 100;
 const MAX_PAGE: i64 = 1000;
 /// The `json` form field is metadata: a megabyte is plenty.
@@ -39,24 +41,6 @@ pub fn routes() -> Router<AppState> {
         .route("/api/assets/{id}/download", get(download))
         // Uploads are streamed to storage with our own limit (NODETOOL_MAX_UPLOAD_BYTES).
         .layer(DefaultBodyLimit::disable())
-}
-
-#[derive(Debug, Clone, sqlx::FromRow)]
-struct AssetRow {
-    id: String,
-    user_id: String,
-    workflow_id: Option<String>,
-    parent_id: String,
-    name: String,
-    content_type: String,
-    size: Option<i64>,
-    metadata: Option<String>,
-    duration: Option<f64>,
-    node_id: Option<String>,
-    job_id: Option<String>,
-    storage_key: Option<String>,
-    created_at: DateTime<Utc>,
-    updated_at: DateTime<Utc>,
 }
 
 /// NodeTool's `Asset` DTO (reference §6.2).
@@ -82,77 +66,68 @@ struct AssetDto {
     thumb_url: Option<String>,
 }
 
-impl AssetRow {
-    fn is_folder(&self) -> bool {
-        self.content_type == FOLDER
+fn etag(row: &AssetRecord) -> String {
+    let metadata = row.metadata.as_ref().map(Value::to_string);
+    let mut h = Sha256::new();
+    for part in [
+        row.id.as_str(),
+        row.name.as_str(),
+        row.parent_id.as_str(),
+        row.content_type.as_str(),
+        metadata.as_deref().unwrap_or(""),
+    ] {
+        h.update(part.as_bytes());
+        h.update([0]);
     }
+    h.update(row.updated_at.to_rfc3339().as_bytes());
+    h.update(row.size.unwrap_or(-1).to_le_bytes());
+    h.finalize()[..16]
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
 
-    fn key(&self) -> Option<StorageKey> {
-        self.storage_key
-            .as_deref()
-            .and_then(|k| StorageKey::new(k).ok())
-    }
-
-    fn etag(&self) -> String {
-        let mut h = Sha256::new();
-        for part in [
-            self.id.as_str(),
-            self.name.as_str(),
-            self.parent_id.as_str(),
-            self.content_type.as_str(),
-            self.metadata.as_deref().unwrap_or(""),
-        ] {
-            h.update(part.as_bytes());
-            h.update([0]);
-        }
-        h.update(self.updated_at.to_rfc3339().as_bytes());
-        h.update(self.size.unwrap_or(-1).to_le_bytes());
-        h.finalize()[..16]
-            .iter()
-            .map(|b| format!("{b:02x}"))
-            .collect()
-    }
-
-    async fn into_dto(self, storage: &dyn Storage) -> AssetDto {
-        let get_url = match self.key() {
-            Some(key) => match storage.url(&key).await {
-                Ok(url) => Some(url),
-                Err(e) => {
-                    tracing::warn!(asset = %self.id, error = %e, "cannot build an asset URL");
-                    None
-                }
-            },
-            None => None,
-        };
-        AssetDto {
-            kind: "asset",
-            etag: self.etag(),
-            metadata: self
-                .metadata
-                .as_deref()
-                .and_then(|m| serde_json::from_str(m).ok()),
-            created_at: self.created_at.to_rfc3339(),
-            updated_at: self.updated_at.to_rfc3339(),
-            id: self.id,
-            user_id: self.user_id,
-            workflow_id: self.workflow_id,
-            parent_id: self.parent_id,
-            name: self.name,
-            content_type: self.content_type,
-            size: self.size,
-            duration: self.duration,
-            node_id: self.node_id,
-            job_id: self.job_id,
-            get_url,
-            thumb_url: None,
-        }
+async fn into_dto(row: AssetRecord, storage: &dyn Storage) -> AssetDto {
+    let get_url = match row.key() {
+        Some(key) => match storage.url(&key).await {
+            Ok(url) => Some(url),
+            Err(e) => {
+                tracing::warn!(asset = %row.id, error = %e, "cannot build an asset URL");
+                None
+            }
+        },
+        None => None,
+    };
+    AssetDto {
+        kind: "asset",
+        etag: etag(&row),
+        created_at: row.created_at.to_rfc3339(),
+        updated_at: row.updated_at.to_rfc3339(),
+        id: row.id,
+        user_id: row.user_id,
+        workflow_id: row.workflow_id,
+        parent_id: row.parent_id,
+        name: row.name,
+        content_type: row.content_type,
+        size: row.size,
+        metadata: row.metadata,
+        duration: row.duration,
+        node_id: row.node_id,
+        job_id: row.job_id,
+        get_url,
+        thumb_url: None,
     }
 }
 
+/// The record store over the server's database.
+fn store(state: &AppState) -> Arc<dyn AssetStore> {
+    crate::db::asset_store(&state.db)
+}
+
 /// The user's root folder: NodeTool gives "Home" the user's id.
-fn home_folder(user: &str) -> AssetRow {
+fn home_folder(user: &str) -> AssetRecord {
     let epoch = DateTime::<Utc>::UNIX_EPOCH;
-    AssetRow {
+    AssetRecord {
         id: user.to_owned(),
         user_id: user.to_owned(),
         workflow_id: None,
@@ -170,12 +145,10 @@ fn home_folder(user: &str) -> AssetRow {
     }
 }
 
-async fn find(state: &AppState, user: &str, id: &str) -> ApiResult<AssetRow> {
+async fn find(state: &AppState, user: &str, id: &str) -> ApiResult<AssetRecord> {
     // Other users' assets are "not found", not "forbidden": existence is not disclosed.
-    sqlx::query_as::<_, AssetRow>("SELECT * FROM nodetool_assets WHERE id = ? AND user_id = ?")
-        .bind(id)
-        .bind(user)
-        .fetch_optional(&state.db)
+    store(state)
+        .get(user, id)
         .await?
         .ok_or_else(|| ApiError::not_found("no such asset"))
 }
@@ -228,45 +201,22 @@ async fn list(
     } else {
         q.parent_id.clone()
     };
-    let mut qb =
-        sqlx::QueryBuilder::<sqlx::Sqlite>::new("SELECT * FROM nodetool_assets WHERE user_id = ");
-    qb.push_bind(&user);
-    for (column, value) in [
-        ("parent_id", &parent_id),
-        ("workflow_id", &q.workflow_id),
-        ("node_id", &q.node_id),
-        ("job_id", &q.job_id),
-    ] {
-        if let Some(v) = value {
-            qb.push(format_args!(" AND {column} = "))
-                .push_bind(v.clone());
-        }
-    }
-    if let Some(ct) = &q.content_type {
-        // Prefix match ("image" finds image/png); LIKE wildcards in the input are escaped.
-        let escaped = ct
-            .replace('\\', "\\\\")
-            .replace('%', "\\%")
-            .replace('_', "\\_");
-        qb.push(" AND content_type LIKE ")
-            .push_bind(format!("{escaped}%"))
-            .push(" ESCAPE '\\'");
-    }
-    if let Some(cursor) = q.cursor.as_deref().filter(|c| !c.is_empty()) {
-        qb.push(" AND id > ").push_bind(cursor.to_owned());
-    }
-    qb.push(" ORDER BY id LIMIT ").push_bind(page + 1);
-    let mut rows: Vec<AssetRow> = qb.build_query_as().fetch_all(&state.db).await?;
-    let next = if rows.len() as i64 > page {
-        rows.truncate(page as usize);
-        rows.last().map(|r| r.id.clone())
-    } else {
-        None
+    let query = AssetQuery {
+        user_id: user.clone(),
+        parent_id,
+        content_type: q.content_type,
+        workflow_id: q.workflow_id,
+        node_id: q.node_id,
+        job_id: q.job_id,
+        cursor: q.cursor.filter(|c| !c.is_empty()),
+        limit: page as usize,
     };
+    let found = store(&state).list(&query).await?;
+    let (rows, next) = (found.assets, found.next);
     let storage = state.resources.asset_storage()?;
     let mut assets = Vec::with_capacity(rows.len());
     for row in rows {
-        assets.push(row.into_dto(storage.as_ref()).await);
+        assets.push(into_dto(row, storage.as_ref()).await);
     }
     Ok(Json(AssetList { next, assets }))
 }
@@ -282,7 +232,7 @@ async fn get_one(
         find(&state, &user, &id).await?
     };
     let storage = state.resources.asset_storage()?;
-    Ok(Json(row.into_dto(storage.as_ref()).await))
+    Ok(Json(into_dto(row, storage.as_ref()).await))
 }
 
 /// NodeTool's `AssetCreateRequest`; unknown fields (a `user_id`, say) are ignored.
@@ -388,7 +338,7 @@ async fn create(
             ));
         }
         let now = Utc::now();
-        let row = AssetRow {
+        let row = AssetRecord {
             id: id.clone(),
             user_id: user.clone(),
             workflow_id: req.workflow_id,
@@ -402,7 +352,7 @@ async fn create(
             size: blob
                 .as_ref()
                 .map(|(_, m)| i64::try_from(m.size).unwrap_or(i64::MAX)),
-            metadata: req.metadata.map(|m| m.to_string()),
+            metadata: req.metadata,
             duration: req.duration,
             node_id: req.node_id,
             job_id: req.job_id,
@@ -410,7 +360,7 @@ async fn create(
             created_at: now,
             updated_at: now,
         };
-        insert(&state, &row).await?;
+        store(&state).create(&row).await?;
         Ok(row)
     }
     .await;
@@ -418,7 +368,7 @@ async fn create(
     match result {
         Ok(row) => Ok((
             StatusCode::CREATED,
-            Json(row.into_dto(storage.as_ref()).await),
+            Json(into_dto(row, storage.as_ref()).await),
         )
             .into_response()),
         Err(e) => {
@@ -472,31 +422,6 @@ async fn stream_field(
     Ok(meta?)
 }
 
-async fn insert(state: &AppState, row: &AssetRow) -> ApiResult<()> {
-    sqlx::query(
-        "INSERT INTO nodetool_assets (id, user_id, workflow_id, parent_id, name, content_type, \
-         size, metadata, duration, node_id, job_id, storage_key, created_at, updated_at) \
-         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-    )
-    .bind(&row.id)
-    .bind(&row.user_id)
-    .bind(&row.workflow_id)
-    .bind(&row.parent_id)
-    .bind(&row.name)
-    .bind(&row.content_type)
-    .bind(row.size)
-    .bind(&row.metadata)
-    .bind(row.duration)
-    .bind(&row.node_id)
-    .bind(&row.job_id)
-    .bind(&row.storage_key)
-    .bind(row.created_at)
-    .bind(row.updated_at)
-    .execute(&state.db)
-    .await?;
-    Ok(())
-}
-
 /// NodeTool's `AssetUpdateRequest` (rename, move, retype, metadata). `user_id` is ignored.
 #[derive(Debug, Deserialize)]
 struct UpdateRequest {
@@ -542,43 +467,33 @@ async fn update(
         row.content_type = ct;
     }
     if let Some(metadata) = req.metadata {
-        row.metadata = Some(metadata.to_string());
+        row.metadata = Some(metadata);
     }
     row.updated_at = Utc::now();
-    sqlx::query(
-        "UPDATE nodetool_assets SET name = ?, parent_id = ?, content_type = ?, metadata = ?, \
-         updated_at = ? WHERE id = ? AND user_id = ?",
-    )
-    .bind(&row.name)
-    .bind(&row.parent_id)
-    .bind(&row.content_type)
-    .bind(&row.metadata)
-    .bind(row.updated_at)
-    .bind(&row.id)
-    .bind(&user)
-    .execute(&state.db)
-    .await?;
+    store(&state).update(&row).await?;
     let storage = state.resources.asset_storage()?;
-    Ok(Json(row.into_dto(storage.as_ref()).await))
+    Ok(Json(into_dto(row, storage.as_ref()).await))
 }
 
 /// Every asset below `id`, breadth first.
 async fn descendants(state: &AppState, user: &str, id: &str) -> ApiResult<Vec<String>> {
+    let store = store(state);
     let mut out = Vec::new();
     let mut seen = HashSet::new();
     let mut queue = VecDeque::from([id.to_owned()]);
     while let Some(parent) = queue.pop_front() {
-        let children: Vec<(String,)> = sqlx::query_as(
-            "SELECT id FROM nodetool_assets WHERE user_id = ? AND parent_id = ? ORDER BY id",
-        )
-        .bind(user)
-        .bind(&parent)
-        .fetch_all(&state.db)
-        .await?;
-        for (child,) in children {
-            if seen.insert(child.clone()) {
-                out.push(child.clone());
-                queue.push_back(child);
+        let mut query = AssetQuery::children(user, &parent, MAX_PAGE as usize);
+        loop {
+            let page = store.list(&query).await?;
+            for child in page.assets {
+                if seen.insert(child.id.clone()) {
+                    out.push(child.id.clone());
+                    queue.push_back(child.id);
+                }
+            }
+            match page.next {
+                Some(next) => query.cursor = Some(next),
+                None => break,
             }
         }
     }
@@ -616,11 +531,7 @@ async fn delete(
                 .await
                 .map_err(|e| ApiError::from(e.with_context("asset", &row.id)))?;
         }
-        sqlx::query("DELETE FROM nodetool_assets WHERE id = ? AND user_id = ?")
-            .bind(&row.id)
-            .bind(&user)
-            .execute(&state.db)
-            .await?;
+        store(&state).delete(&user, &row.id).await?;
         deleted.push(row.id);
     }
     Ok(Json(Deleted {

@@ -2,12 +2,13 @@
 //!
 //! Providers (`AUTH_PROVIDER`): `none`/`local` (everyone is user "1"), `static`
 //! (`SERVER_AUTH_TOKEN`, a comma-separated list for rotation, compared in constant time; the
-//! caller is user "1"), `supabase` (a JWT, checked locally with `SUPABASE_JWT_SECRET` or against
+//! caller is user "1"; the list can be swapped at run time with
+//! [`Authenticator::replace_static_tokens`]), `supabase` (a JWT, checked locally with `SUPABASE_JWT_SECRET` or against
 //! `{SUPABASE_URL}/auth/v1/user`, cached for `AUTH_CACHE_TTL`). Tokens come from
 //! `Authorization: Bearer`. Without a token, a GET or HEAD of a storage route may carry a URL
 //! signature instead ([`nodetool_storage::UrlSigner`]); it grants that one path and nothing else.
 
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use axum::extract::{Request, State};
@@ -73,13 +74,43 @@ pub enum AuthError {
     Unavailable(Error),
 }
 
+/// The accepted static tokens, shared by every clone of an [`Authenticator`]. A rotation swaps
+/// the whole list at once, so a check sees either the old list or the new one.
+#[derive(Clone, Default)]
+pub struct StaticTokens(Arc<RwLock<Arc<Vec<Vec<u8>>>>>);
+
+impl std::fmt::Debug for StaticTokens {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // The count only: never the tokens.
+        write!(f, "StaticTokens({})", self.len())
+    }
+}
+
+impl StaticTokens {
+    fn current(&self) -> Arc<Vec<Vec<u8>>> {
+        self.0.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    fn replace(&self, tokens: Vec<Vec<u8>>) {
+        *self.0.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(tokens);
+    }
+
+    pub fn len(&self) -> usize {
+        self.current().len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.current().is_empty()
+    }
+}
+
 /// Checks bearer tokens for the configured provider.
 #[derive(Clone)]
 pub enum Authenticator {
     /// `none`/`local`: no token needed, every caller is user "1".
     Local,
     /// `static`: any of these tokens is user "1".
-    Static { tokens: Arc<Vec<Vec<u8>>> },
+    Static { tokens: StaticTokens },
     /// `supabase`: JWTs.
     Supabase(Arc<SupabaseAuth>),
 }
@@ -255,19 +286,30 @@ impl Authenticator {
 
     /// The `static` provider with these tokens (at least one, none empty).
     pub fn static_tokens<S: AsRef<str>>(tokens: impl IntoIterator<Item = S>) -> Result<Self> {
-        let tokens: Vec<Vec<u8>> = tokens
-            .into_iter()
-            .map(|t| t.as_ref().as_bytes().to_vec())
-            .filter(|t| !t.is_empty())
-            .collect();
-        if tokens.is_empty() {
-            return Err(Error::config(
-                "AUTH_PROVIDER=static needs SERVER_AUTH_TOKEN (one token or a comma-separated list)",
-            ));
+        let list = StaticTokens::default();
+        list.replace(token_list(tokens)?);
+        Ok(Authenticator::Static { tokens: list })
+    }
+
+    /// Rotates the `static` provider's tokens in place: every clone of this authenticator (the
+    /// router's, the WebSockets') accepts exactly `tokens` from the next request on. An empty
+    /// list is refused (`ConfigInvalid`) and the current tokens stay, so a half-written secrets
+    /// file cannot lock everyone out; other providers answer `Unsupported`.
+    pub fn replace_static_tokens<S: AsRef<str>>(
+        &self,
+        tokens: impl IntoIterator<Item = S>,
+    ) -> Result<()> {
+        match self {
+            Authenticator::Static { tokens: list } => {
+                list.replace(token_list(tokens)?);
+                Ok(())
+            }
+            _ => Err(Error::new(
+                ErrorKind::Unsupported,
+                "only AUTH_PROVIDER=static has tokens to replace",
+            )
+            .with_operation("auth.replace_static_tokens")),
         }
-        Ok(Authenticator::Static {
-            tokens: Arc::new(tokens),
-        })
     }
 
     /// True when every authenticated caller is the same user, so the whole store is theirs.
@@ -287,6 +329,7 @@ impl Authenticator {
             Authenticator::Static { tokens } => {
                 // Compare against every token so the time taken does not tell which one
                 // (or whether any) matched.
+                let tokens = tokens.current();
                 let mut ok = subtle::Choice::from(0);
                 for t in tokens.iter() {
                     ok |= t.as_slice().ct_eq(token.as_bytes());
@@ -305,6 +348,21 @@ impl Authenticator {
         }
         Ok(user)
     }
+}
+
+/// The non-empty tokens as bytes; an empty result is a config error.
+fn token_list<S: AsRef<str>>(tokens: impl IntoIterator<Item = S>) -> Result<Vec<Vec<u8>>> {
+    let tokens: Vec<Vec<u8>> = tokens
+        .into_iter()
+        .map(|t| t.as_ref().as_bytes().to_vec())
+        .filter(|t| !t.is_empty())
+        .collect();
+    if tokens.is_empty() {
+        return Err(Error::config(
+            "AUTH_PROVIDER=static needs SERVER_AUTH_TOKEN (one token or a comma-separated list)",
+        ));
+    }
+    Ok(tokens)
 }
 
 /// Paths that answer without auth.
@@ -383,4 +441,35 @@ fn signed_caller(
     let (expires, sig) = signature_params(req.uri().query()?)?;
     let path = signed_path(req.uri().path())?;
     Some(signer.verify(&path, &expires, &sig, chrono::Utc::now()))
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn static_tokens_rotate_in_place_for_every_clone() {
+        let auth = Authenticator::static_tokens(["old"]).unwrap();
+        let shared = auth.clone();
+        assert!(shared.authenticate("old").await.is_ok());
+
+        auth.replace_static_tokens(["new", "next"]).unwrap();
+        assert!(shared.authenticate("old").await.is_err());
+        assert!(shared.authenticate("new").await.is_ok());
+        assert!(shared.authenticate("next").await.is_ok());
+        assert_eq!(format!("{shared:?}"), "Authenticator::Static(2 tokens)");
+
+        // An empty list is refused and the current tokens stay.
+        let err = auth
+            .replace_static_tokens(["", " "].map(str::trim))
+            .unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::ConfigInvalid);
+        assert!(shared.authenticate("new").await.is_ok());
+
+        let err = Authenticator::Local
+            .replace_static_tokens(["x"])
+            .unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::Unsupported);
+    }
 }

@@ -7,7 +7,9 @@
 //! Events: each SSE event is `id: <seq>`, `event: <type>`, `data: <json envelope>`. A client that
 //! reconnects with `Last-Event-ID: <seq>` (or `?since_seq=<seq>`) gets exactly the events after
 //! that seq, then live ones; the stream ends after the job's terminal `job_update`. A slow
-//! reader never slows the job: the manager's subscription resyncs from its replay buffer.
+//! reader never slows the job: the manager's subscription resyncs from its replay buffer, and a
+//! reader that fell further behind than that buffer gets an `event: lag` naming the seqs it
+//! missed (`missed_from_seq`..=`missed_to_seq`) instead of a silent gap.
 
 use std::convert::Infallible;
 use std::time::Duration;
@@ -114,7 +116,7 @@ async fn submit(
     if q.stream {
         let events = manager.subscribe(&job_id, 0)?;
         tracing::info!(%job_id, user = %user, "job submitted (streaming)");
-        return Ok(stream_response(&headers, events, None));
+        return Ok(stream_response(&headers, events, 0, None));
     }
     let rec = owned_job(manager, &job_id, &user).await?;
     tracing::info!(%job_id, user = %user, "job submitted");
@@ -180,11 +182,12 @@ async fn events(
     let rec = owned_job(manager, &id, &user).await?;
     let since = last_event_id(&headers).or(q.since_seq).unwrap_or_default();
     match manager.subscribe(&id, since) {
-        Ok(events) => Ok(stream_response(&headers, events, None)),
+        Ok(events) => Ok(stream_response(&headers, events, since, None)),
         // Ended and evicted from memory: the record is all there is.
         Err(e) if e.kind() == nodetool_core::ErrorKind::NotFound => Ok(stream_response(
             &headers,
             JobEventsOrDone::Done,
+            since,
             Some(final_update(&rec)),
         )),
         Err(e) => Err(e.into()),
@@ -226,30 +229,71 @@ pub fn is_terminal(e: &EventEnvelope) -> bool {
     matches!(&e.event, Event::JobUpdate(u) if u.status.is_terminal())
 }
 
-/// The job's events until its terminal `job_update`, then `tail` (if any) once.
+/// The job's events after `since` until its terminal `job_update`, then `tail` (if any) once.
+/// A gap in the seqs (the client fell further behind than the job's replay buffer) becomes a
+/// `lag` item naming the missed seqs, so loss is never silent.
 fn event_stream(
     events: JobEventsOrDone,
+    since: u64,
     tail: Option<Value>,
 ) -> impl Stream<Item = Result<Item, Infallible>> + Send {
-    futures::stream::unfold((events, tail, false), |(events, tail, ended)| async move {
-        if ended {
+    struct St {
+        events: JobEventsOrDone,
+        tail: Option<Value>,
+        last: u64,
+        /// An event held back while its lag notice goes out first.
+        pending: Option<EventEnvelope>,
+        ended: bool,
+    }
+    let st = St {
+        events,
+        tail,
+        last: since,
+        pending: None,
+        ended: false,
+    };
+    futures::stream::unfold(st, |mut st| async move {
+        if st.ended {
             return None;
         }
-        match events {
-            JobEventsOrDone::Live(mut ev) => match ev.next().await {
-                Some(e) => {
-                    let terminal = is_terminal(&e);
-                    Some((
-                        Ok(Item::Event(Box::new(e))),
-                        (JobEventsOrDone::Live(ev), tail, terminal),
-                    ))
-                }
-                None => tail.map(|t| (Ok(Item::Raw(t)), (JobEventsOrDone::Done, None, true))),
-            },
-            JobEventsOrDone::Done => {
-                tail.map(|t| (Ok(Item::Raw(t)), (JobEventsOrDone::Done, None, true)))
+        if let Some(e) = st.pending.take() {
+            st.last = e.seq;
+            st.ended = is_terminal(&e);
+            return Some((Ok(Item::Event(Box::new(e))), st));
+        }
+        let next = match &mut st.events {
+            JobEventsOrDone::Live(ev) => ev.next().await,
+            JobEventsOrDone::Done => None,
+        };
+        match next {
+            Some(e) if e.seq > st.last + 1 => {
+                let notice = lag_notice(&e.job_id, st.last + 1, e.seq - 1);
+                st.pending = Some(e);
+                Some((Ok(Item::Raw(notice)), st))
+            }
+            Some(e) => {
+                st.last = e.seq;
+                st.ended = is_terminal(&e);
+                Some((Ok(Item::Event(Box::new(e))), st))
+            }
+            None => {
+                st.ended = true;
+                st.events = JobEventsOrDone::Done;
+                st.tail.take().map(|t| (Ok(Item::Raw(t)), st))
             }
         }
+    })
+}
+
+/// Sent in place of events that left the replay buffer before this client read them; the same
+/// shape as `/ws`'s notice. It carries no SSE `id`, so `Last-Event-ID` stays at the last real event.
+fn lag_notice(job_id: &str, from: u64, to: u64) -> Value {
+    json!({
+        "type": "lag",
+        "job_id": job_id,
+        "missed_from_seq": from,
+        "missed_to_seq": to,
+        "message": "this client fell behind the job's replay buffer; these events are lost to it",
     })
 }
 
@@ -261,10 +305,11 @@ enum Item {
 fn stream_response(
     headers: &HeaderMap,
     events: impl Into<JobEventsOrDone>,
+    since: u64,
     tail: Option<Value>,
 ) -> Response {
     use futures::StreamExt;
-    let stream = event_stream(events.into(), tail);
+    let stream = event_stream(events.into(), since, tail);
     if wants_ndjson(headers) {
         let lines = stream.map(|item| {
             let Ok(item) = item;

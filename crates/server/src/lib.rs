@@ -1,8 +1,10 @@
-//! The nodetool HTTP API: storage routes, the assets API, auth, `/health` and `/metrics`.
+//! The nodetool HTTP API: storage routes, the assets API, jobs, `/ws`, `/ws/terminal`, auth,
+//! `/health` and `/metrics`.
 //!
-//! [`router`] is a plain function of an [`AppState`]; [`serve`] runs it on a listener until a
-//! shutdown future resolves, letting in-flight requests finish. The `nodetool serve` command
-//! (crates/cli) builds the state from settings and calls both.
+//! [`router`] is a plain function of an [`AppState`]; [`serve`] (or [`tls::serve_tls`] for
+//! HTTPS) runs it on a listener until a shutdown future resolves, letting in-flight requests
+//! finish. The `nodetool serve` command (crates/cli) builds the state from settings and calls
+//! both.
 //!
 //! Ownership of blobs: with a multi-user provider (Supabase) every object a user may touch
 //! through `/api/storage` lives under `{user_id}/`, and the assets API stores blobs at
@@ -18,6 +20,8 @@ pub mod http;
 pub mod jobs;
 pub mod metrics;
 pub mod storage_routes;
+pub mod terminal;
+pub mod tls;
 pub mod ws;
 
 use std::future::Future;
@@ -32,9 +36,10 @@ use nodetool_runtime::Resources;
 use nodetool_storage::UrlSigner;
 use sqlx::SqlitePool;
 
-pub use auth::{AuthUser, Authenticator, Caller, LOCAL_USER};
+pub use auth::{AuthUser, Authenticator, Caller, StaticTokens, LOCAL_USER};
 pub use error::ApiError;
-pub use metrics::Metrics;
+pub use metrics::{Metrics, StreamKind};
+pub use tls::{serve_tls, TlsConfig};
 
 /// Per-server switches that are not settings.
 #[derive(Debug, Clone)]
@@ -44,6 +49,20 @@ pub struct ServerOptions {
     /// GET on a backend that can presign (S3, Supabase) answers 307 to a presigned URL instead
     /// of streaming through us.
     pub presign_redirect: bool,
+    /// `/ws/terminal` is served (else 404): `NODETOOL_ENABLE_TERMINAL_WS` and `ENV` is not
+    /// production. See [`terminal`].
+    pub terminal: bool,
+}
+
+impl ServerOptions {
+    /// The options the settings ask for.
+    pub fn from_settings(settings: &nodetool_config::Settings) -> Self {
+        Self {
+            max_upload_bytes: settings.max_upload_bytes,
+            presign_redirect: true,
+            terminal: settings.enable_terminal_ws && !settings.is_production(),
+        }
+    }
 }
 
 /// Everything a handler needs. Cheap to clone.
@@ -73,10 +92,7 @@ impl std::fmt::Debug for AppState {
 impl AppState {
     /// State with options from the settings and the signer the resources sign URLs with.
     pub fn new(resources: Arc<Resources>, auth: Authenticator, db: SqlitePool) -> Self {
-        let options = ServerOptions {
-            max_upload_bytes: resources.settings().max_upload_bytes,
-            presign_redirect: true,
-        };
+        let options = ServerOptions::from_settings(resources.settings());
         Self {
             signer: resources.url_signer().cloned(),
             resources,
@@ -88,8 +104,10 @@ impl AppState {
         }
     }
 
-    /// Enables `/api/jobs` and `/ws` with this manager.
+    /// Enables `/api/jobs` and `/ws` with this manager, and feeds the job metrics from it.
     pub fn with_jobs(mut self, manager: nodetool_exec::JobExecutionManager) -> Self {
+        let metrics = self.metrics.clone();
+        manager.on_finished(move |record| metrics.job_finished(record));
         self.jobs = Some(manager);
         self
     }
@@ -112,8 +130,10 @@ pub fn router(state: AppState) -> Router {
             state.clone(),
             auth::authenticate,
         ))
-        // `/ws` authenticates itself: it also takes `?api_key=`, which the middleware does not.
+        // `/ws` and `/ws/terminal` authenticate themselves: they also take `?api_key=`, which
+        // the middleware does not, and the terminal has its own rules for the local provider.
         .merge(ws::routes())
+        .merge(terminal::routes())
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
             metrics::track,

@@ -4,10 +4,24 @@
 //! frames. Replies and events go out in the format of the client's last frame (`set_mode`
 //! overrides it). Commands: `run_job` (reply carries `job_id`; the job's events then stream on
 //! this socket), `reconnect_job` (`job_id`, `since_seq`: replay after that seq, then live),
-//! `cancel_job`, `get_status`, `set_mode`, `ping`; `stream_input` and `end_input_stream` answer
-//! a `not_supported` error. The control frame `{"type":"ping"}` gets `{"type":"pong","ts"}`.
-//! Each command gets one reply: `{"command", "message", ...}` or `{"command", "error",
-//! "message"}`.
+//! `cancel_job`, `get_status`, `set_mode`, `ping`, `stream_input`, `end_input_stream`. The
+//! control frame `{"type":"ping"}` gets `{"type":"pong","ts"}`. Each command gets one reply:
+//! `{"command", "message", ...}` or `{"command", "error", "message"}`.
+//!
+//! Streamed inputs: a job submitted with `"streaming_inputs": true` (not NodeTool's field; its
+//! default is off) keeps every input node without a param open. `stream_input` (`job_id`,
+//! `input`: the input node's name, `value`, `handle`: default `"output"`) sends one value
+//! downstream (a NodeTool chunk dict passes as it is), `end_input_stream` (`job_id`, `input`,
+//! `handle`) ends that input, and the job finishes once every streamed input has ended; this
+//! works on every strategy. Any job of the socket's user may be fed, from any socket. Each
+//! job's input commands run in order on their own bounded queue per socket, so a push waiting
+//! for room in the job's input buffer (or for a scheduled job to start) delays only later input
+//! commands for that job, and their replies, never this socket's other commands; with
+//! [`INPUT_QUEUE`] commands already waiting, a further one is refused at once with `busy` (and
+//! not applied). Errors: `invalid_command` (a missing field), `not_found` (no such job for this
+//! user, or no such input or handle), `not_running` (the job has ended), `not_supported` (a job
+//! without `streaming_inputs`), `invalid_input` (a wrong-typed value, an input fed by params, a
+//! push after the end), `busy`.
 //!
 //! Auth happens before the upgrade (401 otherwise): `Authorization: Bearer` or `?api_key=`. A
 //! `user_id` in any command is ignored; a job of another user is "not found".
@@ -85,7 +99,10 @@ async fn upgrade(
             return ApiError::unauthorized("missing bearer token or api_key").into_response()
         }
     };
-    ws.on_upgrade(move |socket| session(state, user, socket))
+    // Clients send small command frames: tungstenite's default 128 KiB read buffer was most of
+    // a socket's memory (142 KiB per idle client; 17 KiB with 8 KiB).
+    ws.read_buffer_size(8 * 1024)
+        .on_upgrade(move |socket| session(state, user, socket))
 }
 
 /// Something to send; encoded in the socket's mode when it is written.
@@ -102,9 +119,12 @@ struct Session {
     binary: Arc<AtomicBool>,
     /// Jobs whose events stream to this socket.
     streams: HashMap<String, JoinHandle<()>>,
+    /// Per job, the queue its `stream_input` / `end_input_stream` commands run from, in order.
+    inputs: HashMap<String, mpsc::Sender<InputOp>>,
 }
 
 async fn session(state: AppState, user: String, socket: WebSocket) {
+    let _open = state.metrics.open_stream(crate::StreamKind::WebSocket);
     let (mut sink, mut incoming) = socket.split();
     let (tx, mut rx) = mpsc::channel::<Out>(SOCKET_QUEUE);
     // NodeTool's default mode is binary until the client says otherwise.
@@ -127,6 +147,7 @@ async fn session(state: AppState, user: String, socket: WebSocket) {
         tx,
         binary,
         streams: HashMap::new(),
+        inputs: HashMap::new(),
     };
     tracing::debug!(user = %s.user, "websocket opened");
     while let Some(frame) = incoming.next().await {
@@ -239,13 +260,7 @@ impl Session {
             "reconnect_job" => return self.reconnect_job(data).await,
             "cancel_job" => self.cancel_job(data).await,
             "get_status" => self.get_status(data).await,
-            "stream_input" | "end_input_stream" => error_reply(
-                &command,
-                "not_supported",
-                format!(
-                    "{command} is not supported yet: workflow inputs are fixed when the job starts"
-                ),
-            ),
+            "stream_input" | "end_input_stream" => return self.input_command(&command, data).await,
             _ => error_reply(
                 &command,
                 "unknown_command",
@@ -401,6 +416,108 @@ impl Session {
         }
     }
 
+    /// `stream_input` / `end_input_stream`: checks the fields and the job's owner here, then
+    /// queues the command on the job's input queue, which replies (`None`: nothing to send now).
+    async fn input_command(&mut self, command: &str, data: Value) -> Option<Value> {
+        let manager = match self.manager(command) {
+            Ok(m) => m,
+            Err(e) => return Some(e),
+        };
+        let Some(job_id) = job_id_of(&data) else {
+            return Some(error_reply(
+                command,
+                "invalid_command",
+                "job_id is required",
+            ));
+        };
+        let Some(input) = data
+            .get("input")
+            .and_then(Value::as_str)
+            .filter(|s| !s.is_empty())
+        else {
+            return Some(error_reply(
+                command,
+                "invalid_command",
+                "input (the input node's name) is required",
+            ));
+        };
+        let handle = match data.get("handle") {
+            None | Some(Value::Null) => "output",
+            Some(Value::String(h)) if !h.is_empty() => h.as_str(),
+            Some(_) => {
+                return Some(error_reply(
+                    command,
+                    "invalid_command",
+                    "handle must be a non-empty string",
+                ))
+            }
+        };
+        let value = if command == "stream_input" {
+            match data.get("value") {
+                Some(v) => Some(v.clone()),
+                None => {
+                    return Some(error_reply(command, "invalid_command", "value is required"));
+                }
+            }
+        } else {
+            None
+        };
+        let rec = match self.owned(&manager, command, &job_id).await {
+            Ok(r) => r,
+            Err(e) => return Some(e),
+        };
+        if rec.status.is_terminal() {
+            return Some(json!({
+                "command": command,
+                "error": "not_running",
+                "message": format!("job {job_id} is no longer running ({})", rec.status.as_str()),
+                "job_id": job_id,
+                "input": input,
+            }));
+        }
+        let op = InputOp {
+            job_id: job_id.clone(),
+            input: input.to_owned(),
+            handle: handle.to_owned(),
+            value,
+        };
+        self.inputs.retain(|_, q| !q.is_closed());
+        let queue = self.inputs.entry(job_id.clone()).or_insert_with(|| {
+            let (tx, rx) = mpsc::channel(INPUT_QUEUE);
+            tokio::spawn(run_input_queue(
+                manager,
+                self.user.clone(),
+                job_id,
+                rx,
+                self.tx.downgrade(),
+            ));
+            tx
+        });
+        // Never wait here: a full queue must not stop this socket's other commands.
+        match queue.try_send(op) {
+            Ok(()) => None,
+            Err(mpsc::error::TrySendError::Full(op)) => Some(json!({
+                "command": op.command(),
+                "error": "busy",
+                "message": format!(
+                    "{INPUT_QUEUE} input commands for job {} are already waiting; \
+                     this one was not applied (retry after their replies)",
+                    op.job_id
+                ),
+                "job_id": op.job_id,
+                "input": op.input,
+            })),
+            // The queue ended with its job between the check and now.
+            Err(mpsc::error::TrySendError::Closed(op)) => Some(json!({
+                "command": op.command(),
+                "error": "not_running",
+                "message": format!("job {} is no longer running", op.job_id),
+                "job_id": op.job_id,
+                "input": op.input,
+            })),
+        }
+    }
+
     /// Streams the job's events after `since` to this socket (replacing an earlier stream of the
     /// same job); `gone` is sent instead when the job has left the manager's memory.
     fn stream(
@@ -450,6 +567,109 @@ impl Session {
             }
         });
         self.streams.insert(job_id.to_owned(), task);
+    }
+}
+
+/// Input commands that may wait per job and socket; more are refused with `busy`.
+pub const INPUT_QUEUE: usize = 64;
+
+/// One `stream_input` (with a value) or `end_input_stream` (without).
+struct InputOp {
+    job_id: String,
+    input: String,
+    handle: String,
+    value: Option<Value>,
+}
+
+impl InputOp {
+    fn command(&self) -> &'static str {
+        if self.value.is_some() {
+            "stream_input"
+        } else {
+            "end_input_stream"
+        }
+    }
+
+    async fn run(self, manager: &JobExecutionManager, user: &str) -> Value {
+        let command = self.command();
+        let result = match self.value {
+            Some(value) => {
+                manager
+                    .stream_input(&self.job_id, user, &self.input, &self.handle, value)
+                    .await
+            }
+            None => {
+                manager
+                    .end_input_stream(&self.job_id, user, &self.input, &self.handle)
+                    .await
+            }
+        };
+        match result {
+            Ok(()) => json!({
+                "command": command,
+                "message": if command == "stream_input" { "Input value pushed" } else { "Input stream ended" },
+                "job_id": self.job_id,
+                "input": self.input,
+                "handle": self.handle,
+            }),
+            Err(e) => {
+                use nodetool_core::ErrorKind;
+                let code = match e.kind() {
+                    ErrorKind::NotFound => "not_found",
+                    ErrorKind::InvalidInput => "invalid_input",
+                    ErrorKind::Unsupported => "not_supported",
+                    ErrorKind::Unavailable => "not_running",
+                    _ => "internal",
+                };
+                let message = if code == "internal" {
+                    tracing::error!(error = %e, job_id = %self.job_id, "{command} failed");
+                    "internal server error".to_owned()
+                } else {
+                    e.message().to_owned()
+                };
+                json!({
+                    "command": command,
+                    "error": code,
+                    "message": message,
+                    "job_id": self.job_id,
+                    "input": self.input,
+                })
+            }
+        }
+    }
+}
+
+/// Runs one job's input commands in order and replies to each; ends (answering what is still
+/// queued) when the job ends or the socket drops its queue. Replies to a closed socket are
+/// dropped, but commands the client sent are still carried out.
+async fn run_input_queue(
+    manager: JobExecutionManager,
+    user: String,
+    job_id: String,
+    mut ops: mpsc::Receiver<InputOp>,
+    out: mpsc::WeakSender<Out>,
+) {
+    let reply = |v: Value| {
+        let out = out.clone();
+        async move {
+            if let Some(tx) = out.upgrade() {
+                let _ = tx.send(Out::Value(v)).await;
+            }
+        }
+    };
+    let mut job_done = Box::pin(manager.wait(&job_id));
+    loop {
+        let op = tokio::select! {
+            biased;
+            op = ops.recv() => op,
+            _ = &mut job_done => break,
+        };
+        let Some(op) = op else { return };
+        reply(op.run(&manager, &user).await).await;
+    }
+    ops.close();
+    while let Some(op) = ops.recv().await {
+        reply(op.run(&manager, &user).await).await;
     }
 }
 

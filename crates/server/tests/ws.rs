@@ -188,7 +188,7 @@ async fn cancel_job_ping_and_errors_keep_the_socket_usable() {
             json!({"job_id": "x", "input": "a", "value": 1}),
         )
         .await;
-    assert_eq!(err["error"], "not_supported", "{err}");
+    assert_eq!(err["error"], "not_found", "{err}");
     let err = c.command("run_job", json!({"params": {}})).await;
     assert_eq!(err["error"], "job_rejected", "{err}");
 

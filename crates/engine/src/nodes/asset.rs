@@ -1,8 +1,10 @@
 //! Asset save nodes: `nodetool.image.SaveImage` and `nodetool.text.SaveText` store their input
-//! as a new user asset through [`ProcessingContext::create_asset`] and emit the asset's ref.
+//! as a new user asset — blob and record — through [`ProcessingContext::create_asset_in`] and
+//! emit the asset's ref.
 //!
-//! `name` is expanded (`%Y %m %d %H %M %S`, UTC) and reported in a log line, and `folder` is
-//! accepted; neither reaches storage yet because `create_asset` takes no name or parent folder.
+//! `name` is expanded (`%Y %m %d %H %M %S`, UTC) and becomes the record's name; `folder` (a
+//! folder ref) is the parent folder, the user's home when empty. In a worker process, which has
+//! no asset store, both nodes fail with `Unsupported` (see `EngineResources::asset_store`).
 
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -13,7 +15,7 @@ use serde_json::{json, Value};
 
 use nodetool_core::{Error, Result};
 
-use crate::context::ProcessingContext;
+use crate::context::{AssetPlacement, ProcessingContext};
 use crate::events::Severity;
 use crate::node::{Emitter, NodeImpl, NodeInputs, NodeSpec};
 use crate::registry::Registry;
@@ -61,12 +63,13 @@ impl NodeImpl for SaveImage {
         out: &mut Emitter,
     ) -> Result<()> {
         const OP: &str = "image.save";
-        let name = expand_name(&inputs.str("name")?, SystemTime::now());
+        let placement = placement(inputs)?;
         let bytes = image_bytes(ctx, inputs, "image", OP).await?;
         let png = blocking(OP, move || encode_png(&decode(&bytes, OP)?.0, OP)).await?;
         let asset = ctx
-            .create_asset("image", "image/png", Bytes::from(png))
+            .create_asset_in("image", "image/png", Bytes::from(png), &placement)
             .await?;
+        let name = placement.name.unwrap_or_default();
         log_saved(ctx, &name, &asset);
         out.emit("output", asset).await
     }
@@ -90,7 +93,7 @@ impl NodeImpl for SaveText {
         inputs: &NodeInputs,
         out: &mut Emitter,
     ) -> Result<()> {
-        let name = expand_name(&inputs.str("name")?, SystemTime::now());
+        let placement = placement(inputs)?;
         let text = match inputs.value("text") {
             // A TextRef (`{type: "text", uri, ...}`) is read through the context.
             v @ Value::Object(_) if !is_empty_ref(&v) => {
@@ -109,11 +112,39 @@ impl NodeImpl for SaveText {
             _ => inputs.text("text"),
         };
         let asset = ctx
-            .create_asset("text", "text/plain", Bytes::from(text.into_bytes()))
+            .create_asset_in(
+                "text",
+                "text/plain",
+                Bytes::from(text.into_bytes()),
+                &placement,
+            )
             .await?;
+        let name = placement.name.unwrap_or_default();
         log_saved(ctx, &name, &asset);
         out.emit("output", asset).await
     }
+}
+
+/// The record's name (`name`, expanded) and folder (`folder`'s `asset_id`, home when empty).
+fn placement(inputs: &NodeInputs) -> Result<AssetPlacement> {
+    let name = expand_name(&inputs.str("name")?, SystemTime::now());
+    Ok(AssetPlacement {
+        name: Some(name),
+        parent_id: folder_id(&inputs.value("folder")),
+    })
+}
+
+/// The asset id of a folder ref (`{type: "folder", asset_id, ...}`), `None` when unset. A bare
+/// string is taken as the id.
+pub(crate) fn folder_id(folder: &Value) -> Option<String> {
+    let id = match folder {
+        Value::String(s) => Some(s.as_str()),
+        Value::Object(m) => m.get("asset_id").and_then(Value::as_str),
+        _ => None,
+    };
+    id.map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(str::to_owned)
 }
 
 fn log_saved(ctx: &ProcessingContext, name: &str, asset: &Value) {

@@ -12,7 +12,8 @@ use crate::registry::Registry;
 use super::fn_node;
 use super::list::compare;
 
-fn truthy(v: &Value) -> bool {
+/// Python's `bool(value)` for JSON values.
+pub(crate) fn truthy(v: &Value) -> bool {
     match v {
         Value::Null => false,
         Value::Bool(b) => *b,

@@ -17,12 +17,21 @@ pub fn register(r: &mut Registry) {
         ("Dict", "Dict", "dict[str, any]", json!({})),
     ];
     for (class, title, ty, default) in constants {
+        let float = class == "Float";
         fn_node(
             r,
             NodeSpec::new(format!("nodetool.constant.{class}"), title)
                 .input("value", ty, default)
                 .output("output", ty),
-            |i| Ok(i.value("value")),
+            move |i| {
+                let v = i.value("value");
+                // NodeTool's `value: float` makes an int literal a float (the editor writes
+                // 3.0 as 3): 3 -> 3.0.
+                Ok(match v.as_f64() {
+                    Some(f) if float && !v.is_f64() => json!(f),
+                    _ => v,
+                })
+            },
         );
     }
     for (class, ty) in [

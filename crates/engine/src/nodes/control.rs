@@ -1,5 +1,7 @@
-//! `nodetool.control.*`: If, ForEach (a generator), Collect (drains a stream into a list).
+//! `nodetool.control.*`: If (pairs a value stream with a condition stream), ForEach (a
+//! generator), Collect (drains a stream into a list).
 
+use std::collections::VecDeque;
 use std::sync::Arc;
 
 use async_trait::async_trait;
@@ -8,8 +10,10 @@ use serde_json::{json, Value};
 use nodetool_core::Result;
 
 use crate::context::ProcessingContext;
-use crate::node::{Emitter, Inbox, NodeImpl, NodeInputs, NodeSpec};
+use crate::node::{Emitter, InMsg, Inbox, NodeImpl, NodeInputs, NodeSpec};
 use crate::registry::Registry;
+
+use super::boolean::truthy;
 
 pub fn register(r: &mut Registry) {
     r.register(Arc::new(If {
@@ -17,7 +21,9 @@ pub fn register(r: &mut Registry) {
             .input("condition", "bool", json!(false))
             .input("value", "any", Value::Null)
             .output("if_true", "any")
-            .output("if_false", "any"),
+            .output("if_false", "any")
+            .streaming()
+            .consumes_stream(),
     }));
     r.register(Arc::new(ForEach {
         spec: NodeSpec::new("nodetool.control.ForEach", "For Each")
@@ -34,11 +40,25 @@ pub fn register(r: &mut Registry) {
     }));
 }
 
-/// Routes `value` to `if_true` or `if_false`. Unlike NodeTool's, it waits for both the condition
-/// and the value (on_any batching), so the branch never depends on arrival order.
+/// Routes each `value` to `if_true` or `if_false`. As NodeTool's, it drains both inputs as
+/// streams and pairs the n-th value with the n-th condition; once the condition stream has ended
+/// (or is not wired) the last condition applies to later values. Unlike NodeTool's, a value
+/// waits for its condition instead of taking whichever condition arrived last, so the branch
+/// never depends on arrival order. With no value arriving at all, the literal `value` is routed
+/// once by the last condition. Null values are not emitted (NodeTool never emits None).
 #[derive(Debug)]
 struct If {
     spec: NodeSpec,
+}
+
+impl If {
+    async fn route(out: &mut Emitter, condition: bool, value: Value) -> Result<()> {
+        if value.is_null() {
+            return Ok(());
+        }
+        let slot = if condition { "if_true" } else { "if_false" };
+        out.emit(slot, value).await
+    }
 }
 
 #[async_trait]
@@ -53,12 +73,63 @@ impl NodeImpl for If {
         i: &NodeInputs,
         out: &mut Emitter,
     ) -> Result<()> {
-        let slot = if i.bool("condition")? {
-            "if_true"
-        } else {
-            "if_false"
-        };
-        out.emit(slot, i.value("value")).await
+        Self::route(out, truthy(&i.value("condition")), i.value("value")).await
+    }
+
+    async fn run_stream(
+        &self,
+        _: &ProcessingContext,
+        props: &NodeInputs,
+        inbox: &mut Inbox,
+        out: &mut Emitter,
+    ) -> Result<()> {
+        let cond_handle = inbox.handle_index("condition");
+        let value_handle = inbox.handle_index("value");
+        let mut cond_open = cond_handle.is_some();
+        // The condition in force once the queue is empty: the literal, then the last one used.
+        let mut current = truthy(&props.value("condition"));
+        let mut latest_seen = current;
+        let mut conds: VecDeque<bool> = VecDeque::new();
+        let mut values: VecDeque<Value> = VecDeque::new();
+        let mut routed_any = false;
+        loop {
+            while !values.is_empty() {
+                let cond = match conds.pop_front() {
+                    Some(c) => c,
+                    None if !cond_open => current,
+                    None => break,
+                };
+                current = cond;
+                routed_any = true;
+                let value = values.pop_front().unwrap_or(Value::Null);
+                Self::route(out, cond, value).await?;
+            }
+            match inbox.next_msg().await? {
+                None => {
+                    cond_open = false;
+                    if values.is_empty() {
+                        break;
+                    }
+                }
+                Some(InMsg::End { handle }) => {
+                    if Some(handle) == cond_handle {
+                        cond_open = false;
+                    }
+                }
+                Some(InMsg::Item { handle, value, .. }) => {
+                    if Some(handle) == cond_handle {
+                        latest_seen = truthy(&value);
+                        conds.push_back(latest_seen);
+                    } else if Some(handle) == value_handle {
+                        values.push_back(value);
+                    }
+                }
+            }
+        }
+        if !routed_any {
+            Self::route(out, latest_seen, props.value("value")).await?;
+        }
+        Ok(())
     }
 }
 

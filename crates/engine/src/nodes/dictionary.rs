@@ -84,7 +84,10 @@ pub fn register(r: &mut Registry) {
                 ))
             })?;
             if !v.is_object() {
-                return Err(Error::invalid_input("the JSON string is not an object"));
+                return Err(Error::invalid_input(format!(
+                    "Input JSON is not a dictionary (it is a {})",
+                    crate::types::type_of(&v)
+                )));
             }
             Ok(v)
         },

@@ -1,5 +1,9 @@
 //! `nodetool.input.*` and `nodetool.output.*`: workflow inputs (replaced by job params by name)
 //! and outputs (collected into the job result by name).
+//!
+//! An input node emits its param (or default) once. In a run with input streams, an input node
+//! without a param is instead fed from outside: the runner streams the pushed values on its
+//! `output` and never calls the function below (see [`crate::inputs`]).
 
 use std::sync::Arc;
 

@@ -41,19 +41,42 @@ pub(crate) fn compare(a: &Value, b: &Value) -> Result<Ordering> {
     }
 }
 
-/// Sum of numbers: an int while every item is an int, else a float.
+/// A list item as a Python number: bools are the ints 0 and 1 (`isinstance(True, int)`).
+/// Returns the int value (if it is one) and the float value.
+fn as_number(v: &Value) -> Option<(Option<i64>, f64)> {
+    match v {
+        Value::Bool(b) => Some((Some(i64::from(*b)), f64::from(u8::from(*b)))),
+        Value::Number(n) => Some((n.as_i64().filter(|_| !n.is_f64()), n.as_f64()?)),
+        _ => None,
+    }
+}
+
+/// NodeTool's checks for the numeric aggregates: a non-empty list of numbers, else
+/// `Cannot {what} empty list` / `All values must be numbers`.
+fn numeric(values: &[Value], what: &str) -> Result<Vec<(Option<i64>, f64)>> {
+    if values.is_empty() {
+        return Err(Error::invalid_input(format!("Cannot {what} empty list")));
+    }
+    values
+        .iter()
+        .map(|v| {
+            as_number(v).ok_or_else(|| {
+                Error::invalid_input(format!(
+                    "All values must be numbers, got {}",
+                    crate::types::type_of(v)
+                ))
+            })
+        })
+        .collect()
+}
+
+/// Python's `sum`: an int while every item is an int (or bool), else a float.
 pub(crate) fn sum(values: &[Value]) -> Result<Value> {
     let mut int: Option<i64> = Some(0);
     let mut float = 0.0;
-    for v in values {
-        let Value::Number(n) = v else {
-            return Err(Error::invalid_input(format!(
-                "cannot sum a {}",
-                crate::types::type_of(v)
-            )));
-        };
-        float += n.as_f64().unwrap_or(0.0);
-        int = match (int, n.as_i64()) {
+    for (i, f) in numeric(values, "sum")? {
+        float += f;
+        int = match (int, i) {
             (Some(acc), Some(x)) => acc.checked_add(x),
             _ => None,
         };
@@ -61,18 +84,10 @@ pub(crate) fn sum(values: &[Value]) -> Result<Value> {
     Ok(int.map_or_else(|| json!(float), |i| json!(i)))
 }
 
-fn numbers(values: &[Value]) -> Result<Vec<f64>> {
-    values
-        .iter()
-        .map(|v| {
-            v.as_f64().ok_or_else(|| {
-                Error::invalid_input(format!(
-                    "expected numbers, got {}",
-                    crate::types::type_of(v)
-                ))
-            })
-        })
-        .collect()
+fn finite_product(x: f64) -> Result<Value> {
+    serde_json::Number::from_f64(x)
+        .map(Value::Number)
+        .ok_or_else(|| Error::invalid_input("the product is not a finite number"))
 }
 
 pub fn register(r: &mut Registry) {
@@ -88,15 +103,19 @@ pub fn register(r: &mut Registry) {
         sum(&i.list("values")?)
     });
     fn_node(r, values_spec("Average", "Average", "float"), |i| {
-        let n = numbers(&i.list("values")?)?;
-        if n.is_empty() {
-            return Err(Error::invalid_input("cannot average an empty list"));
-        }
-        Ok(json!(n.iter().sum::<f64>() / n.len() as f64))
+        let n = numeric(&i.list("values")?, "average")?;
+        Ok(json!(
+            n.iter().map(|(_, f)| f).sum::<f64>() / n.len() as f64
+        ))
     });
-    for (class, want) in [("Minimum", Ordering::Less), ("Maximum", Ordering::Greater)] {
+    for (class, want, what) in [
+        ("Minimum", Ordering::Less, "find minimum of"),
+        ("Maximum", Ordering::Greater, "find maximum of"),
+    ] {
         fn_node(r, values_spec(class, class, "float"), move |i| {
             let values = i.list("values")?;
+            numeric(&values, what)?;
+            // min()/max() return the first extreme item itself (an int stays an int).
             let mut best: Option<&Value> = None;
             for v in &values {
                 if best.map_or(Ok(true), |b| compare(v, b).map(|o| o == want))? {
@@ -109,16 +128,21 @@ pub fn register(r: &mut Registry) {
     }
     fn_node(r, values_spec("Product", "Product", "float"), |i| {
         let values = i.list("values")?;
-        if values.iter().all(|v| v.is_i64()) {
+        let n = numeric(&values, "calculate product of")?;
+        // reduce(x * y): a single item comes back as it is.
+        if let [only] = values.as_slice() {
+            return Ok(only.clone());
+        }
+        if n.iter().all(|(int, _)| int.is_some()) {
             let mut p: i64 = 1;
-            for v in &values {
+            for (int, _) in &n {
                 p = p
-                    .checked_mul(v.as_i64().unwrap_or(1))
+                    .checked_mul(int.unwrap_or(1))
                     .ok_or_else(|| Error::invalid_input("product overflows"))?;
             }
             Ok(json!(p))
         } else {
-            Ok(json!(numbers(&values)?.iter().product::<f64>()))
+            finite_product(n.iter().map(|(_, f)| f).product::<f64>())
         }
     });
     fn_node(r, values_spec("Dedupe", "Dedupe", "list[any]"), |i| {

@@ -1,4 +1,6 @@
-//! `nodetool.math.*`: arithmetic on numbers, int-preserving as in Python.
+//! `nodetool.math.*`: arithmetic on numbers, int-preserving as in Python. Defaults are
+//! NodeTool's floats (`a`, `b`, `base`, `x` 0.0; divisors and `exponent` 1.0), so an unset input
+//! makes the result a float, as `5 + 0.0` is in Python.
 
 use serde_json::{json, Value};
 
@@ -11,7 +13,7 @@ use super::fn_node;
 
 fn num(i: &NodeInputs, name: &str) -> Result<Value> {
     match i.get(name) {
-        None => Ok(json!(0)),
+        None => Ok(json!(0.0)),
         Some(v @ Value::Number(_)) => Ok(v.clone()),
         Some(v) => Err(Error::invalid_input(format!(
             "input `{name}` must be a number, got {}",
@@ -43,8 +45,8 @@ pub fn register(r: &mut Registry) {
         fn_node(
             r,
             NodeSpec::new(format!("nodetool.math.{class}"), title)
-                .input("a", "float", json!(0))
-                .input("b", "float", json!(0))
+                .input("a", "float", json!(0.0))
+                .input("b", "float", json!(0.0))
                 .output("output", "float"),
             move |i| {
                 let (a, b) = (num(i, "a")?, num(i, "b")?);
@@ -60,8 +62,8 @@ pub fn register(r: &mut Registry) {
     fn_node(
         r,
         NodeSpec::new("nodetool.math.Divide", "Divide")
-            .input("a", "float", json!(0))
-            .input("b", "float", json!(1))
+            .input("a", "float", json!(0.0))
+            .input("b", "float", json!(1.0))
             .output("output", "float"),
         |i| {
             let (a, b) = (float(&num(i, "a")?), float(&num(i, "b")?));
@@ -74,8 +76,8 @@ pub fn register(r: &mut Registry) {
     fn_node(
         r,
         NodeSpec::new("nodetool.math.Modulus", "Modulus")
-            .input("a", "float", json!(0))
-            .input("b", "float", json!(1))
+            .input("a", "float", json!(0.0))
+            .input("b", "float", json!(1.0))
             .output("output", "float"),
         |i| {
             let (a, b) = (num(i, "a")?, num(i, "b")?);
@@ -95,23 +97,19 @@ pub fn register(r: &mut Registry) {
     fn_node(
         r,
         NodeSpec::new("nodetool.math.Power", "Power")
-            .input("base", "float", json!(1))
-            .input("exponent", "float", json!(2))
+            .input("base", "float", json!(0.0))
+            .input("exponent", "float", json!(1.0))
             .output("output", "float"),
         |i| {
+            // math.pow: always a float, even for two ints (2 ** 10 -> 1024.0).
             let (b, e) = (num(i, "base")?, num(i, "exponent")?);
-            if let (Some(x), Some(y)) = (b.as_i64(), e.as_i64()) {
-                if let Some(z) = u32::try_from(y).ok().and_then(|y| x.checked_pow(y)) {
-                    return Ok(json!(z));
-                }
-            }
             finite(float(&b).powf(float(&e)))
         },
     );
     fn_node(
         r,
         NodeSpec::new("nodetool.math.Sqrt", "Sqrt")
-            .input("x", "float", json!(0))
+            .input("x", "float", json!(0.0))
             .output("output", "float"),
         |i| {
             let x = float(&num(i, "x")?);

@@ -11,6 +11,7 @@ use crate::node::{FnNode, NodeInputs, NodeSpec};
 use crate::registry::Registry;
 
 pub mod asset;
+pub mod asset_load;
 pub mod base;
 pub mod boolean;
 pub mod constant;
@@ -36,6 +37,7 @@ pub fn register_all(r: &mut Registry) {
     base::register(r);
     image::register(r);
     asset::register(r);
+    asset_load::register(r);
     test::register(r);
 }
 

@@ -1,11 +1,12 @@
 //! `nodetool.text.*`: string nodes, and FormatText / Template rendered with minijinja
-//! (Jinja2 syntax).
+//! (Jinja2 syntax). Non-string values print as Python's `str()` prints them (`True`, `None`,
+//! `['a', 1]`, `{'k': 'v'}`, `1e+20`), as they do in NodeTool's Jinja2 and `str.join`.
 
 use serde_json::{json, Map, Value};
 
 use nodetool_core::{Error, ErrorKind, Result};
 
-use crate::node::{value_to_text, NodeSpec};
+use crate::node::NodeSpec;
 use crate::registry::Registry;
 
 use super::{fn_node, py_slice_indices};
@@ -29,7 +30,8 @@ pub fn register(r: &mut Registry) {
             .input("separator", "str", json!(""))
             .output("output", "str"),
         |i| {
-            let parts: Vec<String> = i.list("strings")?.iter().map(value_to_text).collect();
+            // separator.join(str(s) for s in strings)
+            let parts: Vec<String> = i.list("strings")?.iter().map(python_str).collect();
             Ok(json!(parts.join(&i.str("separator")?)))
         },
     );
@@ -163,12 +165,130 @@ fn capitalize(s: &str) -> String {
 
 /// Renders a Jinja2 template with `vars`. Undefined variables print as empty, as in Jinja2.
 pub fn render(template: &str, vars: &Value) -> Result<String> {
-    let env = minijinja::Environment::new();
+    let mut env = minijinja::Environment::new();
+    env.set_formatter(python_formatter);
     env.render_str(template, minijinja::Value::from_serialize(vars))
         .map_err(|e| {
             Error::new(ErrorKind::InvalidInput, format!("template error: {e}"))
                 .with_operation("text.render")
         })
+}
+
+/// Prints `{{ value }}` as Jinja2 does: through Python's `str()`. Strings, ints and undefined
+/// keep minijinja's own printing.
+fn python_formatter(
+    out: &mut minijinja::Output<'_>,
+    state: &minijinja::State<'_, '_>,
+    value: &minijinja::Value,
+) -> std::result::Result<(), minijinja::Error> {
+    use minijinja::value::ValueKind;
+    match value.kind() {
+        ValueKind::None | ValueKind::Bool | ValueKind::Seq | ValueKind::Map => {}
+        ValueKind::Number if !value.is_integer() => {}
+        _ => return minijinja::escape_formatter(out, state, value),
+    }
+    let json = serde_json::to_value(value).map_err(|e| {
+        minijinja::Error::new(minijinja::ErrorKind::BadSerialization, e.to_string())
+    })?;
+    out.write_str(&python_str(&json))?;
+    Ok(())
+}
+
+/// Python's `str(value)` for a JSON value: strings as they are, everything else as `repr`.
+pub(crate) fn python_str(v: &Value) -> String {
+    match v {
+        Value::String(s) => s.clone(),
+        other => {
+            let mut out = String::new();
+            python_repr(other, &mut out);
+            out
+        }
+    }
+}
+
+fn python_repr(v: &Value, out: &mut String) {
+    match v {
+        Value::Null => out.push_str("None"),
+        Value::Bool(true) => out.push_str("True"),
+        Value::Bool(false) => out.push_str("False"),
+        Value::Number(n) => match n.as_f64().filter(|_| n.is_f64()) {
+            Some(f) => out.push_str(&python_float(f)),
+            None => out.push_str(&n.to_string()),
+        },
+        Value::String(s) => python_str_repr(s, out),
+        Value::Array(items) => {
+            out.push('[');
+            for (i, item) in items.iter().enumerate() {
+                if i > 0 {
+                    out.push_str(", ");
+                }
+                python_repr(item, out);
+            }
+            out.push(']');
+        }
+        Value::Object(map) => {
+            out.push('{');
+            for (i, (k, item)) in map.iter().enumerate() {
+                if i > 0 {
+                    out.push_str(", ");
+                }
+                python_str_repr(k, out);
+                out.push_str(": ");
+                python_repr(item, out);
+            }
+            out.push('}');
+        }
+    }
+}
+
+/// `repr(str)`: single quotes unless the text has a single quote and no double quote.
+fn python_str_repr(s: &str, out: &mut String) {
+    let quote = if s.contains('\'') && !s.contains('"') {
+        '"'
+    } else {
+        '\''
+    };
+    out.push(quote);
+    for c in s.chars() {
+        match c {
+            '\\' => out.push_str("\\\\"),
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            c if c == quote => {
+                out.push('\\');
+                out.push(c);
+            }
+            c if (c as u32) < 0x20 || (0x7f..0xa0).contains(&(c as u32)) => {
+                out.push_str(&format!("\\x{:02x}", c as u32));
+            }
+            c => out.push(c),
+        }
+    }
+    out.push(quote);
+}
+
+/// `repr(float)`: the shortest round-trip digits, in exponent form below 1e-4 and from 1e16.
+fn python_float(f: f64) -> String {
+    if f.is_nan() {
+        return "nan".to_owned();
+    }
+    if f.is_infinite() {
+        return if f > 0.0 { "inf" } else { "-inf" }.to_owned();
+    }
+    let sci = format!("{f:e}");
+    let (mantissa, exp) = sci.split_once('e').unwrap_or((sci.as_str(), "0"));
+    let exp: i32 = exp.parse().unwrap_or(0);
+    if (-4..16).contains(&exp) {
+        let mut fixed = format!("{f}");
+        if !fixed.contains('.') {
+            fixed.push_str(".0");
+        }
+        fixed
+    } else {
+        let sign = if exp < 0 { '-' } else { '+' };
+        format!("{mantissa}e{sign}{:02}", exp.abs())
+    }
 }
 
 /// NodeTool's FormatText quirks, kept because workflows rely on them: a `{name}` single-brace
@@ -242,6 +362,28 @@ fn lowercase_leading_identifier(inner: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn values_print_as_python_str() {
+        assert_eq!(
+            python_str(&json!(["a", 1, null, true, 2.5, {"k": "it's"}])),
+            r#"['a', 1, None, True, 2.5, {'k': "it's"}]"#
+        );
+        assert_eq!(python_float(1e20), "1e+20");
+        assert_eq!(python_float(1.5e-5), "1.5e-05");
+        assert_eq!(python_float(0.0001), "0.0001");
+        assert_eq!(python_float(2.0), "2.0");
+        assert_eq!(python_float(-0.0), "-0.0");
+        assert_eq!(python_float(1234567890123456.0), "1234567890123456.0");
+        assert_eq!(
+            render(
+                "{{ a }}|{{ b }}|{{ c }}|{{ d }}|{{ e }}|{{ nope }}",
+                &json!({"a": true, "b": null, "c": [1, "x"], "d": 1e20, "e": "s"})
+            )
+            .unwrap(),
+            "True|None|[1, 'x']|1e+20|s|"
+        );
+    }
 
     #[test]
     fn format_template_quirks() {

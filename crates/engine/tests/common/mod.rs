@@ -18,7 +18,12 @@ pub async fn test_resources() -> EngineResources {
     let dir = tempfile::tempdir().unwrap();
     let env: BTreeMap<String, String> = [("ENV".to_owned(), "test".to_owned())].into();
     let settings = Settings::load(&Sources::new(env, dir.path())).unwrap();
-    let resources = Resources::new(settings, ResourceOptions::default());
+    // Asset records in a private in-memory SQLite database, as `nodetool run` has one on disk.
+    let store = nodetool_assets::SqliteAssetStore::in_memory()
+        .await
+        .unwrap();
+    let resources =
+        Resources::new(settings, ResourceOptions::default()).with_asset_store(Arc::new(store));
     EngineResources::from_resources(&resources).await.unwrap()
 }
 

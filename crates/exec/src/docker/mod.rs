@@ -1,6 +1,7 @@
 //! The Docker strategy: one hardened container per job, running `nodetool worker` from the image
 //! `nodetool docker build-image` made; the request frame goes to the container's stdin and event
-//! frames come back on its stdout (the shared [`crate::protocol`]).
+//! frames come back on its stdout (the shared [`crate::protocol`]); streamed inputs are frames on
+//! the same stdin, written by one writer task ([`crate::protocol::pump_frames`]).
 //!
 //! - [`DockerConfig`]: limits, user, network, mounts and pull policy, from settings.
 //! - [`DockerStrategy`]: [`ExecutionStrategy`] over bollard, plus [`DockerStrategy::reap_leftovers`].
@@ -31,7 +32,7 @@ use nodetool_core::{Error, ErrorKind, Result};
 use nodetool_engine::EventSink;
 
 use crate::protocol::{
-    read_frame, write_frame, ChildFrame, ParentFrame, MAX_FRAME_BYTES, PROTOCOL_VERSION,
+    pump_frames, read_frame, ChildFrame, ParentFrame, RemoteInputs, WorkerStdin, MAX_FRAME_BYTES,
 };
 use crate::sink::TrackingSink;
 use crate::strategy::{
@@ -324,8 +325,14 @@ impl DockerStrategy {
             started: Instant::now(),
         };
         let job_id = spec.job_id.clone();
-        let task = tokio::spawn(run.drive(spec, attached.input, attached.output));
-        Ok(JobHandle::new(job_id, cancel, task).with_worker(WorkerRef::Container(id)))
+        let stdin = WorkerStdin::new(spec.streaming_inputs);
+        let inputs = stdin.inputs.clone();
+        let task = tokio::spawn(run.drive(spec, attached.input, attached.output, stdin));
+        let handle = JobHandle::new(job_id, cancel, task).with_worker(WorkerRef::Container(id));
+        Ok(match inputs {
+            Some(inputs) => handle.with_inputs(inputs),
+            None => handle,
+        })
     }
 }
 
@@ -451,26 +458,37 @@ impl ContainerRun {
         spec: JobSpec,
         mut input: Pin<Box<dyn AsyncWrite + Send>>,
         output: Output,
+        stdin: WorkerStdin,
     ) -> JobOutcome {
         let workflow_id = spec.workflow_id.clone();
         let tail = Arc::new(Mutex::new(Vec::<u8>::new()));
         let mut reader = stdout_reader(output, tail.clone());
 
-        let request = ParentFrame::Request {
-            protocol_version: PROTOCOL_VERSION,
-            spec: Box::new(spec),
-        };
-        // A write failure means the worker is already gone; the read side reports why.
-        if let Err(e) = write_frame(&mut input, &request).await {
-            tracing::debug!(container = %self.container, error = %e, "cannot send the request frame");
-        }
-        drop(request);
+        let request = ParentFrame::request(spec);
+        let WorkerStdin {
+            tx,
+            rx: mut frames,
+            inputs,
+        } = stdin;
+        let container = self.container.clone();
+        // One writer owns stdin: the request, then replies and input frames, then EOF.
+        let mut writer = tokio::spawn(async move {
+            // A write failure means the worker is already gone; the read side reports why.
+            if let Err(e) = pump_frames(&mut input, &request, &mut frames).await {
+                tracing::debug!(container = %container, error = %e, "cannot write to the worker's stdin");
+            }
+        });
 
-        let end = self.read_loop(&mut reader, &mut input).await;
+        let end = self.read_loop(&mut reader, &tx, inputs.as_deref()).await;
+        // The worker is done: pushes fail, and with the last sender gone the writer closes
+        // stdin, the worker's cue to exit (its stdin reader holds it open).
+        if let Some(inputs) = &inputs {
+            inputs.close();
+        }
+        drop(tx);
         let mut outcome = match end {
             End::Outcome(o) => {
-                // EOF on its stdin is the worker's cue to exit (its stdin reader holds it open).
-                close_stdin(&mut input).await;
+                self.close_stdin(&mut writer).await;
                 self.wait_exit(EXIT_GRACE).await;
                 o
             }
@@ -483,7 +501,7 @@ impl ContainerRun {
                 JobOutcome::timed_out(limit)
             }
             End::Eof => {
-                close_stdin(&mut input).await;
+                self.close_stdin(&mut writer).await;
                 let code = self.wait_exit(EXIT_GRACE).await;
                 self.died_outcome(code, &tail).await
             }
@@ -498,7 +516,7 @@ impl ContainerRun {
                 ))
             }
         };
-        drop(input);
+        writer.abort();
         if outcome.duration_secs == 0.0 {
             outcome.duration_secs = self.started.elapsed().as_secs_f64();
         }
@@ -510,10 +528,18 @@ impl ContainerRun {
         outcome
     }
 
+    /// Waits (at most the exit grace) for the writer to flush and close the worker's stdin.
+    async fn close_stdin(&self, writer: &mut tokio::task::JoinHandle<()>) {
+        if tokio::time::timeout(EXIT_GRACE, writer).await.is_err() {
+            tracing::debug!(container = %self.container, "the worker's stdin did not close in time");
+        }
+    }
+
     async fn read_loop<R: AsyncRead + Unpin>(
         &self,
         reader: &mut R,
-        input: &mut Pin<Box<dyn AsyncWrite + Send>>,
+        frames: &tokio::sync::mpsc::UnboundedSender<ParentFrame>,
+        inputs: Option<&RemoteInputs>,
     ) -> End {
         let deadline = self
             .timeout
@@ -543,8 +569,12 @@ impl ContainerRun {
                                 format!("the docker parent does not serve {op:?} calls yet"),
                             )),
                         };
-                        if let Err(e) = write_frame(input, &reply).await {
-                            return End::Protocol(e);
+                        // A closed writer means stdin broke; the read side will see the worker go.
+                        let _ = frames.send(reply);
+                    }
+                    Ok(Some(ChildFrame::InputAck { id, error })) => {
+                        if let Some(inputs) = inputs {
+                            inputs.ack(id, error);
                         }
                     }
                     Ok(None) => return End::Eof,
@@ -626,13 +656,6 @@ impl ContainerRun {
                 stderr_hint(tail)
             ),
         ))
-    }
-}
-
-async fn close_stdin(input: &mut Pin<Box<dyn AsyncWrite + Send>>) {
-    use tokio::io::AsyncWriteExt;
-    if let Err(e) = input.shutdown().await {
-        tracing::debug!(error = %e, "cannot close the worker's stdin");
     }
 }
 

@@ -39,6 +39,11 @@ impl JobServer {
 
 /// `auth`: "local", "static" (token "tok") or "supabase" (HS256 JWTs, see [`token`]).
 pub async fn start(auth: &str) -> JobServer {
+    start_with(auth, ManagerConfig::default()).await
+}
+
+/// [`start`] with a manager configured by the test (e.g. a small replay buffer).
+pub async fn start_with(auth: &str, config: ManagerConfig) -> JobServer {
     let dir = tempfile::tempdir().unwrap();
     let root = dir.path().to_path_buf();
     let mut env = BTreeMap::new();
@@ -68,7 +73,7 @@ pub async fn start(auth: &str) -> JobServer {
     let manager = JobExecutionManager::new(
         store,
         vec![Arc::new(ThreadedStrategy::new(engine, 2).unwrap())],
-        ManagerConfig::default(),
+        config,
     )
     .await
     .unwrap();

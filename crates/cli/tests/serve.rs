@@ -1,0 +1,279 @@
+//! `nodetool serve` operations through the real binary: HTTPS with `--tls-cert/--tls-key`,
+//! startup errors for bad TLS files, graceful shutdown, and rotating `SERVER_AUTH_TOKEN` without
+//! a restart (secrets.yaml polling and SIGHUP).
+
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// Generous: the binary opens its database and probes Docker before it listens.
+const WAIT: Duration = Duration::from_secs(60);
+
+struct Env {
+    dir: tempfile::TempDir,
+}
+
+impl Env {
+    fn new() -> Self {
+        Self {
+            dir: tempfile::tempdir().expect("tempdir"),
+        }
+    }
+
+    fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    fn cmd(&self, args: &[&str], vars: &[(&str, &str)]) -> Command {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_nodetool"));
+        cmd.args(args)
+            .env_clear()
+            .env("HOME", self.dir.path())
+            .env("NODETOOL_CONFIG_DIR", self.dir.path())
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .envs(vars.iter().copied());
+        cmd
+    }
+
+    /// Replaces secrets.yaml the way an operator's tooling should: write aside, then rename.
+    fn write_secrets(&self, text: &str) {
+        let tmp = self.path("secrets.yaml.tmp");
+        std::fs::write(&tmp, text).expect("write secrets");
+        std::fs::rename(&tmp, self.path("secrets.yaml")).expect("rename secrets");
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("bind")
+        .local_addr()
+        .expect("addr")
+        .port()
+}
+
+/// A running `nodetool serve`, killed if the test ends early.
+struct Server {
+    child: Child,
+    port: u16,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Server {
+    fn start(env: &Env, extra_args: &[&str], vars: &[(&str, &str)]) -> Self {
+        let port = free_port();
+        let port_arg = port.to_string();
+        let mut args = vec!["serve", "--port", &port_arg];
+        args.extend_from_slice(extra_args);
+        let child = env
+            .cmd(&args, vars)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start nodetool serve");
+        let mut server = Self { child, port };
+        let deadline = Instant::now() + WAIT;
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            if let Some(status) = server.child.try_wait().expect("try_wait") {
+                panic!("serve exited early with {status}");
+            }
+            assert!(Instant::now() < deadline, "serve did not start listening");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        server
+    }
+
+    fn signal(&self, name: &str) {
+        let status = Command::new("kill")
+            .args([format!("-{name}"), self.child.id().to_string()])
+            .status()
+            .expect("run kill");
+        assert!(status.success(), "kill -{name} failed");
+    }
+
+    /// Status code of `GET path` with `Authorization: Bearer token`, over plain HTTP.
+    fn status(&self, path: &str, token: &str) -> u16 {
+        let mut stream = std::net::TcpStream::connect(("127.0.0.1", self.port)).expect("connect");
+        write!(
+            stream,
+            "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {token}\r\nConnection: close\r\n\r\n"
+        )
+        .expect("send");
+        let mut response = String::new();
+        stream.read_to_string(&mut response).expect("read");
+        response
+            .split_whitespace()
+            .nth(1)
+            .and_then(|s| s.parse().ok())
+            .expect("status code")
+    }
+
+    /// Polls until `old` is refused and `new` accepted, or fails after [`WAIT`].
+    fn wait_for_rotation(&self, old: &str, new: &str) {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            let (o, n) = (self.status("/api/jobs", old), self.status("/api/jobs", new));
+            if (o, n) == (401, 200) {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "token not rotated: old token got {o}, new token got {n}"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    fn wait_exit(mut self) -> std::process::ExitStatus {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            if let Some(status) = self.child.try_wait().expect("try_wait") {
+                return status;
+            }
+            assert!(Instant::now() < deadline, "serve did not exit");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+fn stderr_of(env: &Env, args: &[&str]) -> (bool, String) {
+    let out = env.cmd(args, &[]).output().expect("run nodetool");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// A self-signed certificate for `localhost` and its key as files; returns the cert PEM.
+fn self_signed(dir: &Path) -> String {
+    let ck = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).expect("rcgen");
+    let cert = ck.cert.pem();
+    std::fs::write(dir.join("cert.pem"), &cert).expect("cert");
+    std::fs::write(dir.join("key.pem"), ck.signing_key.serialize_pem()).expect("key");
+    cert
+}
+
+#[test]
+fn bad_tls_files_stop_startup_naming_the_file() {
+    let env = Env::new();
+    self_signed(env.dir.path());
+    let cert = env.path("cert.pem");
+    let key = env.path("key.pem");
+    let missing = env.path("no-such-cert.pem");
+    let garbage = env.path("garbage.pem");
+    std::fs::write(&garbage, "not a certificate\n").expect("garbage");
+    let port = free_port().to_string();
+    let s = |p: &Path| p.display().to_string();
+
+    for (cert_arg, key_arg, named) in [
+        (s(&missing), s(&key), s(&missing)),
+        (s(&garbage), s(&key), s(&garbage)),
+        (s(&cert), s(&garbage), s(&garbage)),
+        (s(&cert), s(&cert), s(&cert)),
+    ] {
+        let (ok, err) = stderr_of(
+            &env,
+            &[
+                "serve",
+                "--port",
+                &port,
+                "--tls-cert",
+                &cert_arg,
+                "--tls-key",
+                &key_arg,
+            ],
+        );
+        assert!(
+            !ok,
+            "serve started with --tls-cert {cert_arg} --tls-key {key_arg}"
+        );
+        assert!(err.contains("error:") && err.contains(&named), "{err}");
+    }
+    // One without the other is a usage error.
+    let (ok, err) = stderr_of(&env, &["serve", "--port", &port, "--tls-cert", &s(&cert)]);
+    assert!(!ok && err.contains("--tls-key"), "{err}");
+}
+
+#[test]
+fn serves_https_and_shuts_down_gracefully() {
+    let env = Env::new();
+    let cert_pem = self_signed(env.dir.path());
+    let (cert, key) = (env.path("cert.pem"), env.path("key.pem"));
+    let server = Server::start(
+        &env,
+        &[
+            "--tls-cert",
+            cert.to_str().expect("utf-8"),
+            "--tls-key",
+            key.to_str().expect("utf-8"),
+        ],
+        &[],
+    );
+    let port = server.port;
+    let runtime = tokio::runtime::Runtime::new().expect("runtime");
+    runtime.block_on(async {
+        let client = reqwest::Client::builder()
+            .add_root_certificate(reqwest::Certificate::from_pem(cert_pem.as_bytes()).expect("pem"))
+            .resolve("localhost", ([127, 0, 0, 1], port).into())
+            .build()
+            .expect("client");
+        let resp = client
+            .get(format!("https://localhost:{port}/health"))
+            .send()
+            .await
+            .expect("https request");
+        assert_eq!(resp.status(), 200);
+        // Plain HTTP is not served on the HTTPS port.
+        let plain = reqwest::get(format!("http://127.0.0.1:{port}/health")).await;
+        assert!(plain.map(|r| r.status() != 200).unwrap_or(true));
+    });
+
+    server.signal("TERM");
+    let status = server.wait_exit();
+    assert!(status.success(), "exit after SIGTERM: {status}");
+}
+
+#[test]
+fn a_rewritten_secrets_file_rotates_the_static_token() {
+    let env = Env::new();
+    env.write_secrets("SERVER_AUTH_TOKEN: first-token-abcdef\n");
+    let server = Server::start(&env, &[], &[("AUTH_PROVIDER", "static")]);
+    assert_eq!(server.status("/api/jobs", "first-token-abcdef"), 200);
+    assert_eq!(server.status("/api/jobs", "second-token-ghijkl"), 401);
+
+    env.write_secrets("SERVER_AUTH_TOKEN: second-token-ghijkl\n");
+    server.wait_for_rotation("first-token-abcdef", "second-token-ghijkl");
+}
+
+#[test]
+fn sighup_rotates_the_static_token_at_once() {
+    let env = Env::new();
+    env.write_secrets("SERVER_AUTH_TOKEN: old-token-123456\n");
+    // Polling off: only the signal can bring the change in.
+    let server = Server::start(
+        &env,
+        &["--token-reload-interval", "0"],
+        &[("AUTH_PROVIDER", "static")],
+    );
+    assert_eq!(server.status("/api/jobs", "old-token-123456"), 200);
+
+    env.write_secrets("SERVER_AUTH_TOKEN: new-token-654321, newer-token-777\n");
+    assert_eq!(
+        server.status("/api/jobs", "new-token-654321"),
+        401,
+        "nothing re-reads the file before the signal"
+    );
+    server.signal("HUP");
+    server.wait_for_rotation("old-token-123456", "new-token-654321");
+    assert_eq!(server.status("/api/jobs", "newer-token-777"), 200);
+
+    // SIGHUP reloads; it does not stop the server.
+    server.signal("TERM");
+    assert!(server.wait_exit().success());
+}
