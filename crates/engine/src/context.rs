@@ -190,7 +190,9 @@ impl ProcessingContext {
         }));
     }
 
-    /// Appends `value` to the job result under `name` and posts an `output_update`.
+    /// Posts an `output_update` and appends `value` to the job result under `name`, unless it
+    /// equals the value appended last under that name: NodeTool's `runner.outputs` rule, which
+    /// keeps `on_any` re-firings from repeating a result (every value still gets its event).
     pub fn record_output(&self, name: &str, value: Value) {
         self.post(Event::OutputUpdate(OutputUpdate {
             node_id: self.node_id.clone(),
@@ -206,6 +208,7 @@ impl ProcessingContext {
             .entry(name.to_owned())
             .or_insert_with(|| Value::Array(Vec::new()))
         {
+            Value::Array(items) if items.last() == Some(&value) => {}
             Value::Array(items) => items.push(value),
             other => *other = Value::Array(vec![value]),
         }

@@ -146,13 +146,13 @@ async fn crop_gives_the_right_pixels() {
 }
 
 #[tokio::test]
-async fn crop_outside_the_image_is_that_nodes_clear_error() {
+async fn an_empty_crop_box_is_that_nodes_clear_error() {
     let h = harness().await;
     let image = h.put_image(png(&gradient(6, 5))).await;
     let o = h
         .run_one(
             "nodetool.image.Crop",
-            json!({"image": image, "left": 0, "top": 0, "right": 7, "bottom": 5}),
+            json!({"image": image, "left": 4, "top": 0, "right": 2, "bottom": 5}),
         )
         .await;
     assert_eq!(o.status, Status::Failed);
@@ -160,7 +160,32 @@ async fn crop_outside_the_image_is_that_nodes_clear_error() {
     let err = o.error.unwrap();
     assert_eq!(err.kind(), ErrorKind::InvalidInput, "{err}");
     assert!(err.message().contains("crop box"), "{err}");
-    assert!(err.message().contains("6x5"), "{err}");
+    assert!(err.message().contains("non-empty"), "{err}");
+}
+
+#[tokio::test]
+async fn crop_outside_the_image_pads_with_zeros_like_pillow() {
+    let h = harness().await;
+    let img = gradient(6, 5);
+    let r = h
+        .apply(
+            "nodetool.image.Crop",
+            &img,
+            json!({"left": -1, "top": 3, "right": 8, "bottom": 7}),
+        )
+        .await
+        .to_rgb8();
+    assert_eq!(r.dimensions(), (9, 4));
+    let src = img.to_rgb8();
+    for (x, y, px) in r.enumerate_pixels() {
+        let (sx, sy) = (i64::from(x) - 1, i64::from(y) + 3);
+        let want = if (0..6).contains(&sx) && (0..5).contains(&sy) {
+            *src.get_pixel(sx as u32, sy as u32)
+        } else {
+            image::Rgb([0, 0, 0])
+        };
+        assert_eq!(*px, want, "at {x},{y}");
+    }
 }
 
 #[tokio::test]

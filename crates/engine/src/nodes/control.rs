@@ -86,6 +86,7 @@ impl NodeImpl for If {
         let cond_handle = inbox.handle_index("condition");
         let value_handle = inbox.handle_index("value");
         let mut cond_open = cond_handle.is_some();
+        let mut value_open = value_handle.is_some();
         // The condition in force once the queue is empty: the literal, then the last one used.
         let mut current = truthy(&props.value("condition"));
         let mut latest_seen = current;
@@ -104,26 +105,42 @@ impl NodeImpl for If {
                 let value = values.pop_front().unwrap_or(Value::Null);
                 Self::route(out, cond, value).await?;
             }
-            match inbox.next_msg().await? {
-                None => {
-                    cond_open = false;
-                    if values.is_empty() {
-                        break;
-                    }
-                }
-                Some(InMsg::End { handle }) => {
-                    if Some(handle) == cond_handle {
+            // Read only the handle that unblocks a waiting item, so the other handle's items stay
+            // in the inbox and keep backpressure on their producer.
+            let (handle, item) = if !values.is_empty() && cond_open {
+                match inbox.recv("condition").await? {
+                    Some(c) => (cond_handle, c),
+                    None => {
                         cond_open = false;
+                        continue;
                     }
                 }
-                Some(InMsg::Item { handle, value, .. }) => {
-                    if Some(handle) == cond_handle {
-                        latest_seen = truthy(&value);
-                        conds.push_back(latest_seen);
-                    } else if Some(handle) == value_handle {
-                        values.push_back(value);
+            } else if !conds.is_empty() && value_open {
+                match inbox.recv("value").await? {
+                    Some(v) => (value_handle, v),
+                    None => {
+                        value_open = false;
+                        continue;
                     }
                 }
+            } else {
+                match inbox.next_msg().await? {
+                    None => break,
+                    Some(InMsg::End { handle }) => {
+                        cond_open &= Some(handle) != cond_handle;
+                        value_open &= Some(handle) != value_handle;
+                        continue;
+                    }
+                    Some(InMsg::Item { handle, value, .. }) => (Some(handle), value),
+                }
+            };
+            if handle == cond_handle {
+                latest_seen = truthy(&item);
+                if value_open {
+                    conds.push_back(latest_seen);
+                }
+            } else if handle == value_handle {
+                values.push_back(item);
             }
         }
         if !routed_any {

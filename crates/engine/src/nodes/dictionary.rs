@@ -49,7 +49,7 @@ pub fn register(r: &mut Registry) {
         dict_spec("Remove", "Remove", "dict[str, any]").input("key", "str", json!("")),
         |i| {
             let mut d = i.dict("dictionary")?;
-            d.remove(&i.str("key")?);
+            d.shift_remove(&i.str("key")?);
             Ok(Value::Object(d))
         },
     );

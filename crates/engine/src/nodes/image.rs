@@ -689,22 +689,24 @@ fn crop(i: &NodeInputs, img: DynamicImage) -> Result<DynamicImage> {
     let right = i.opt_i64("right")?.unwrap_or(512);
     let bottom = i.opt_i64("bottom")?.unwrap_or(512);
     let (w, h) = (i64::from(img.width()), i64::from(img.height()));
-    let inside = 0 <= left && left < right && right <= w && 0 <= top && top < bottom && bottom <= h;
-    if !inside {
+    let (cw, ch) = (right - left, bottom - top);
+    if cw <= 0 || ch <= 0 || cw > MAX_SIDE || ch > MAX_SIDE {
         return Err(Error::invalid_input(format!(
-            "crop box (left {left}, top {top}, right {right}, bottom {bottom}) is not a \
-             non-empty box inside the {w}x{h} image"
+            "crop box (left {left}, top {top}, right {right}, bottom {bottom}) must be non-empty \
+             and at most {MAX_SIDE} pixels on a side"
         ))
         .with_operation("image.crop")
         .with_context("width", w)
         .with_context("height", h));
     }
-    Ok(img.crop_imm(
-        left as u32,
-        top as u32,
-        (right - left) as u32,
-        (bottom - top) as u32,
-    ))
+    if 0 <= left && right <= w && 0 <= top && bottom <= h {
+        return Ok(img.crop_imm(left as u32, top as u32, cw as u32, ch as u32));
+    }
+    // Like Pillow, a box reaching outside the image is filled with zeros there (black, or
+    // transparent for images with alpha).
+    let mut out = DynamicImage::new(cw as u32, ch as u32, img.color());
+    ::image::imageops::replace(&mut out, &img, -left, -top);
+    Ok(out)
 }
 
 fn factor(i: &NodeInputs, op: &'static str) -> Result<f64> {

@@ -79,7 +79,8 @@ pub fn register(r: &mut Registry) {
     }
 }
 
-/// Every value that reaches `value` is one entry of `result[name]`.
+/// Every value that reaches `value` is one entry of `result[name]`, except `null`: as in
+/// NodeTool, a None reaching an output is "no value" and is not recorded.
 #[derive(Debug)]
 struct OutputNode {
     spec: NodeSpec,
@@ -98,7 +99,9 @@ impl NodeImpl for OutputNode {
         out: &mut Emitter,
     ) -> Result<()> {
         let value = inputs.value("value");
-        ctx.record_output(&inputs.str("name")?, value.clone());
+        if !value.is_null() {
+            ctx.record_output(&inputs.str("name")?, value.clone());
+        }
         out.emit("output", value).await
     }
 
@@ -119,7 +122,9 @@ impl NodeImpl for OutputNode {
         }
         let mut last = None;
         while let Some(value) = inbox.recv("value").await? {
-            ctx.record_output(&name, value.clone());
+            if !value.is_null() {
+                ctx.record_output(&name, value.clone());
+            }
             last = Some(value);
         }
         match last {
