@@ -119,13 +119,13 @@ impl EventHub {
         self.lock().held.is_some()
     }
 
-    fn since(&self, seq: u64) -> VecDeque<EventEnvelope> {
-        self.lock()
-            .buffer
-            .iter()
-            .filter(|e| e.seq > seq)
-            .cloned()
-            .collect()
+    /// Up to `max` buffered events after `seq`. Bounded so that a subscriber catching up copies
+    /// a batch at a time, holding the lock the job publishes under only briefly (copying a whole
+    /// 100k-event buffer per lagging subscriber cost gigabytes and slowed the job 3.6×).
+    fn since(&self, seq: u64, max: usize) -> VecDeque<EventEnvelope> {
+        let st = self.lock();
+        let start = st.buffer.partition_point(|e| e.seq <= seq);
+        st.buffer.range(start..).take(max).cloned().collect()
     }
 }
 
@@ -165,7 +165,13 @@ pub struct JobEvents {
     backlog: VecDeque<EventEnvelope>,
     rx: Option<broadcast::Receiver<EventEnvelope>>,
     last_seq: u64,
+    /// Reading from the replay buffer (after subscribing, lagging, or the job's end) until it
+    /// has nothing newer.
+    catching_up: bool,
 }
+
+/// Events copied from the replay buffer at a time.
+const REPLAY_BATCH: usize = 256;
 
 impl JobEvents {
     /// The next event, or `None` when the job has ended and everything was delivered. A
@@ -180,6 +186,13 @@ impl JobEvents {
                 }
                 continue;
             }
+            if self.catching_up {
+                self.backlog = self.hub.since(self.last_seq, REPLAY_BATCH);
+                if !self.backlog.is_empty() {
+                    continue;
+                }
+                self.catching_up = false;
+            }
             let rx = self.rx.as_mut()?;
             match rx.recv().await {
                 Ok(e) if e.seq > self.last_seq => {
@@ -187,15 +200,10 @@ impl JobEvents {
                     return Some(e);
                 }
                 Ok(_) => continue,
-                Err(broadcast::error::RecvError::Lagged(_)) => {
-                    self.backlog = self.hub.since(self.last_seq);
-                }
+                Err(broadcast::error::RecvError::Lagged(_)) => self.catching_up = true,
                 Err(broadcast::error::RecvError::Closed) => {
                     self.rx = None;
-                    self.backlog = self.hub.since(self.last_seq);
-                    if self.backlog.is_empty() {
-                        return None;
-                    }
+                    self.catching_up = true;
                 }
             }
         }
@@ -546,20 +554,15 @@ impl JobExecutionManager {
     /// `NotFound` when the job is no longer in memory.
     pub fn subscribe(&self, job_id: &str, since_seq: u64) -> Result<JobEvents> {
         let live = self.live(job_id).ok_or_else(|| not_found(job_id))?;
-        let st = live.hub.lock();
-        let backlog = st
-            .buffer
-            .iter()
-            .filter(|e| e.seq > since_seq)
-            .cloned()
-            .collect();
-        let rx = st.tx.as_ref().map(|tx| tx.subscribe());
-        drop(st);
+        // Subscribe under the lock, so every event after the buffer's current end also reaches
+        // `rx`; the replay is then read a batch at a time (overlaps are dropped by seq).
+        let rx = live.hub.lock().tx.as_ref().map(|tx| tx.subscribe());
         Ok(JobEvents {
             hub: live.hub.clone(),
-            backlog,
+            backlog: VecDeque::new(),
             rx,
             last_seq: since_seq,
+            catching_up: true,
         })
     }
 
