@@ -37,7 +37,10 @@ pub struct ManagerConfig {
     pub default_timeout: Option<Duration>,
     /// Strategy for requests that name none.
     pub default_strategy: StrategyKind,
-    /// Events kept per job for late subscribers.
+    /// Events kept per job for late and slow subscribers: one that falls further behind than
+    /// this gets a lag notice for the gap. 131,072 lets 100 SSE clients follow a job emitting
+    /// 100,000 events as fast as it can with no loss (docs/bench/server.md), for about 40 MiB
+    /// of buffer in such a job; jobs with few events cost only what they emit.
     pub replay_events: usize,
     /// How long a finished job stays in memory (events replayable) before only the store has it.
     pub retain_finished: Duration,
@@ -49,7 +52,7 @@ impl Default for ManagerConfig {
             max_concurrent_jobs: 16,
             default_timeout: None,
             default_strategy: StrategyKind::Threaded,
-            replay_events: 10_000,
+            replay_events: 131_072,
             retain_finished: Duration::from_secs(300),
         }
     }

@@ -56,13 +56,14 @@ fn main() {
         std::thread::available_parallelism().map_or(0, usize::from)
     );
     if wants("sse") {
-        // The manager's default replay buffer, then one that holds the whole job.
+        // The manager's default replay buffer (131,072 events), then the former default of
+        // 10,000, which the subscribers outrun: every gap must come with a lag notice.
         rt.block_on(sse_fanout(None));
-        rt.block_on(sse_fanout(Some(4 * ITEMS as usize)));
+        rt.block_on(sse_fanout(Some(10_000)));
     }
     if wants("ws") {
-        // The listen backlog `nodetool serve` gets from tokio's `TcpListener::bind` (128), then
-        // a larger one.
+        // The listen backlog of tokio's `TcpListener::bind` (128), then the 4096 that
+        // `nodetool serve` asks for.
         rt.block_on(ws_clients(None));
         rt.block_on(ws_clients(Some(4096)));
     }
@@ -85,7 +86,7 @@ fn raise_nofile(want: u64) {
 
 // ---------------------------------------------------------------------------------------------
 // Server side: `fanout --serve <replay_events> <listen_backlog>` (0: the manager's default;
-// 0: `TcpListener::bind`'s backlog, as `nodetool serve` binds).
+// 0: `TcpListener::bind`'s backlog of 128; `nodetool serve` listens with 4096).
 
 fn serve(replay: usize, backlog: u32) {
     // The same runtime `nodetool serve` uses.
