@@ -141,6 +141,14 @@ async fn run_isolated(
     use nodetool_exec::{ExecutionStrategy, JobSpec, StrategyKind};
 
     let settings = crate::load_settings()?;
+    // The worker gets no storage or cache settings: it asks this process, which lends it the
+    // same storages, node cache and asset records (DB_PATH) a threaded run uses.
+    let store = nodetool_assets::SqliteAssetStore::lazy(settings.db_path.clone());
+    let resources =
+        Resources::new(settings, ResourceOptions::default()).with_asset_store(Arc::new(store));
+    let settings = resources.settings().clone();
+    let services =
+        nodetool_exec::WorkerServices::new(EngineResources::from_resources(&resources).await?);
     let runner: Arc<dyn ExecutionStrategy> = match strategy {
         StrategyKind::Subprocess => {
             let sources = nodetool_config::Sources::from_process()?;
@@ -154,11 +162,15 @@ async fn run_isolated(
                 std::env::current_exe().context("locating the nodetool binary")?,
             );
             cfg.env = allowed_env(&sources.env, &secret_names);
-            Arc::new(SubprocessStrategy::new(cfg))
+            Arc::new(SubprocessStrategy::new(cfg).with_services(services))
         }
         StrategyKind::Docker => {
             let cfg = nodetool_exec::docker::config::DockerConfig::for_runtime(&settings)?;
-            Arc::new(nodetool_exec::docker::DockerStrategy::connect(cfg).await?)
+            Arc::new(
+                nodetool_exec::docker::DockerStrategy::connect(cfg)
+                    .await?
+                    .with_services(services),
+            )
         }
         StrategyKind::Threaded => anyhow::bail!("threaded jobs run in-process, not in a worker"),
     };

@@ -97,7 +97,14 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
     let reaper = nodetool_storage::gc::spawn_reaper(temp, resources.temp_ttl(), REAP_EVERY);
 
     let store = nodetool_exec::JobStore::from_pool(db.clone()).await?;
-    let manager = job_manager(&resources, store).await?;
+    // With a multi-user provider a worker's storage calls stay under its user's prefix, as the
+    // storage routes do.
+    let keys = if auth.is_single_user() {
+        nodetool_exec::KeyScope::WholeStore
+    } else {
+        nodetool_exec::KeyScope::UserPrefix
+    };
+    let manager = job_manager(&resources, store, keys).await?;
     let mut state = AppState::new(resources.clone(), auth.clone(), db).with_jobs(manager.clone());
     state.options.presign_redirect = !args.no_presign_redirect;
     let app = nodetool_server::router(state);
@@ -215,10 +222,12 @@ fn spawn_token_reload(
 }
 
 /// The job manager: threaded and subprocess strategies always, Docker when its engine answers.
-/// `store` shares the server's database.
+/// `store` shares the server's database; workers use this process's resources through calls,
+/// with storage keys limited by `keys`.
 async fn job_manager(
     resources: &Arc<Resources>,
     store: nodetool_exec::JobStore,
+    keys: nodetool_exec::KeyScope,
 ) -> anyhow::Result<nodetool_exec::JobExecutionManager> {
     use nodetool_engine::{Engine, EngineResources, Registry};
     use nodetool_exec::subprocess::{allowed_env, SubprocessConfig, SubprocessStrategy};
@@ -226,10 +235,10 @@ async fn job_manager(
     use nodetool_exec::{ExecutionStrategy, JobExecutionManager, ManagerConfig};
 
     let settings = resources.settings();
-    let engine = Engine::new(
-        Arc::new(Registry::builtin()),
-        EngineResources::from_resources(resources).await?,
-    );
+    let engine_resources = EngineResources::from_resources(resources).await?;
+    let services =
+        nodetool_exec::WorkerServices::new(engine_resources.clone()).with_key_scope(keys);
+    let engine = Engine::new(Arc::new(Registry::builtin()), engine_resources);
     let mut strategies: Vec<Arc<dyn ExecutionStrategy>> = vec![Arc::new(ThreadedStrategy::new(
         engine,
         settings.thread_pool_size.max(1),
@@ -245,9 +254,11 @@ async fn job_manager(
     let mut cfg =
         SubprocessConfig::new(std::env::current_exe().context("locating the nodetool binary")?);
     cfg.env = allowed_env(&sources.env, &secret_names);
-    strategies.push(Arc::new(SubprocessStrategy::new(cfg)));
+    strategies.push(Arc::new(
+        SubprocessStrategy::new(cfg).with_services(services.clone()),
+    ));
 
-    match docker_strategy(settings).await {
+    match docker_strategy(settings, services).await {
         Ok(d) => strategies.push(d),
         Err(e) => {
             tracing::info!(error = %e, "docker strategy unavailable; jobs run threaded or in subprocesses")
@@ -259,6 +270,7 @@ async fn job_manager(
 
 async fn docker_strategy(
     settings: &nodetool_config::Settings,
+    services: nodetool_exec::WorkerServices,
 ) -> anyhow::Result<Arc<dyn nodetool_exec::ExecutionStrategy>> {
     let cfg = nodetool_exec::docker::config::DockerConfig::for_runtime(settings)?;
     // A missing engine must not hold up start-up.
@@ -277,7 +289,7 @@ async fn docker_strategy(
         ),
         Err(e) => tracing::warn!(error = %e, "could not reap leftover job containers"),
     }
-    Ok(Arc::new(strategy))
+    Ok(Arc::new(strategy.with_services(services)))
 }
 
 /// Listens on `addr` with a deep accept queue: `TcpListener::bind` asks for 128, and a burst

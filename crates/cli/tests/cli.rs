@@ -336,6 +336,75 @@ fn run_executes_the_example_workflow() {
     );
 }
 
+/// `run --strategy subprocess`: the worker saves through its parent (no storage settings of its
+/// own), so the blob lands in the asset folder and the row in the database, where another
+/// worker and a threaded run list it.
+#[test]
+fn run_in_a_subprocess_saves_and_lists_assets_through_the_parent() {
+    let env = Env::new();
+    let save = env.dir.path().join("save.json");
+    std::fs::write(
+        &save,
+        serde_json::json!({
+            "nodes": [
+                {"id": "t", "type": "nodetool.text.SaveText",
+                 "data": {"text": "hello from a worker", "name": "greeting.txt"}},
+                {"id": "o", "type": "nodetool.output.Output", "data": {"name": "saved"}}
+            ],
+            "edges": [{"id": "e", "source": "t", "sourceHandle": "output",
+                       "target": "o", "targetHandle": "value"}]
+        })
+        .to_string(),
+    )
+    .expect("write");
+    let out = env.run(
+        &[
+            "run",
+            "--strategy",
+            "subprocess",
+            save.to_str().expect("utf8"),
+        ],
+        &[],
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    let result: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json result");
+    let uri = result["saved"][0]["uri"].as_str().expect("an asset ref");
+    let key = uri.strip_prefix("asset://").expect("asset uri");
+    assert!(key.starts_with("1/"), "{key}");
+    assert_eq!(
+        std::fs::read_to_string(env.config_dir().join("assets").join(key)).expect("blob"),
+        "hello from a worker"
+    );
+
+    let load = env.dir.path().join("load.json");
+    std::fs::write(
+        &load,
+        serde_json::json!({
+            "nodes": [
+                {"id": "l", "type": "nodetool.text.LoadTextAssets", "data": {"folder": "1"}},
+                {"id": "o", "type": "nodetool.output.Output", "data": {"name": "names"}}
+            ],
+            "edges": [{"id": "e", "source": "l", "sourceHandle": "name",
+                       "target": "o", "targetHandle": "value"}]
+        })
+        .to_string(),
+    )
+    .expect("write");
+    for strategy in ["subprocess", "threaded"] {
+        let out = env.run(
+            &["run", "--strategy", strategy, load.to_str().expect("utf8")],
+            &[],
+        );
+        assert!(out.status.success(), "{strategy}: {}", stderr(&out));
+        let result: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+        assert_eq!(
+            result["names"],
+            serde_json::json!(["greeting.txt"]),
+            "{strategy}"
+        );
+    }
+}
+
 #[test]
 fn run_rejects_bad_workflows_and_params_clearly() {
     let env = Env::new();

@@ -26,9 +26,9 @@ use crate::events::{
 pub struct EngineResources {
     pub asset_storage: Arc<dyn Storage>,
     pub temp_storage: Arc<dyn Storage>,
-    /// Asset records (the rows `/api/assets` lists). `None` in processes that cannot reach the
-    /// database — today the workers of the subprocess and Docker strategies, until a call channel
-    /// to the parent exists. Without it, [`ProcessingContext::create_asset`] and the asset
+    /// Asset records (the rows `/api/assets` lists). `None` in processes without an asset
+    /// database (a subprocess or Docker worker uses its parent's through calls, and has none
+    /// when the parent has none). Without it, [`ProcessingContext::create_asset`] and the asset
     /// listing fail with `Unsupported` and say why; they never write a blob without its record.
     pub asset_store: Option<Arc<dyn AssetStore>>,
     pub node_cache: Arc<dyn NodeCache>,
@@ -324,8 +324,8 @@ impl ProcessingContext {
             Error::new(
                 ErrorKind::Unsupported,
                 "asset records are not available in this process: saving or listing assets \
-                 needs the asset database, which worker processes (subprocess and docker \
-                 strategies) cannot reach yet; run this workflow with the threaded strategy",
+                 needs an asset database, and this process has none (a subprocess or docker \
+                 worker uses its parent's, when the parent has one)",
             )
             .with_operation(op)
         })
@@ -349,8 +349,7 @@ impl ProcessingContext {
     /// The blob goes to `{user}/{asset_id}.{ext}` first, then the record (with this job, node and
     /// workflow) is created; if the record cannot be created the blob is deleted again, so no
     /// blob is left that no listing shows. The folder is checked before anything is written.
-    /// Without an asset store (worker processes) this fails with `Unsupported` and writes
-    /// nothing.
+    /// Without an asset store this fails with `Unsupported` and writes nothing.
     pub async fn create_asset_in(
         &self,
         asset_type: &str,

@@ -477,7 +477,7 @@ async fn without_a_store_saving_and_loading_fail_clearly_and_write_nothing() {
     let dir = tempfile::tempdir().unwrap();
     let (mut res, store) = file_resources(dir.path()).await;
     let folder = make_folder(store.as_ref(), "1", "f").await;
-    // A worker process: storage, but no asset store.
+    // A process with storage but no asset database (as a worker whose parent has none).
     res.asset_store = None;
     let engine = Engine::new(Arc::new(Registry::builtin()), res.clone());
     for (node_type, data) in [
@@ -495,7 +495,10 @@ async fn without_a_store_saving_and_loading_fail_clearly_and_write_nothing() {
         assert_eq!(o.status, Status::Failed, "{node_type}");
         let err = o.error.unwrap();
         assert_eq!(err.kind(), ErrorKind::Unsupported, "{node_type}: {err}");
-        assert!(err.message().contains("worker"), "{node_type}: {err}");
+        assert!(
+            err.message().contains("this process has none"),
+            "{node_type}: {err}"
+        );
     }
     assert!(blob_keys(&res).await.is_empty());
 }

@@ -3,6 +3,8 @@
 //! - [`strategy`]: the [`ExecutionStrategy`] contract, [`JobSpec`], [`JobOutcome`],
 //!   [`RunJobRequest`].
 //! - [`protocol`]: length-prefixed frames between a parent and `nodetool worker`.
+//! - [`calls`]: the worker's storage, cache and asset-record calls to its parent: the worker's
+//!   [`calls::CallClient`] and remote backends, the parent's [`calls::CallHandler`].
 //! - [`threaded`]: the engine on a dedicated thread pool.
 //! - [`subprocess`]: one `nodetool worker` child per job, rlimits, process group.
 //! - [`worker`]: the child side of the protocol (what `nodetool worker` runs).
@@ -10,6 +12,7 @@
 //! - [`manager`]: [`JobExecutionManager`] (submit, get, list, cancel, wait, subscribe, shutdown).
 //! - [`store`]: job records in SQLite.
 
+pub mod calls;
 pub mod docker;
 pub mod manager;
 pub mod protocol;
@@ -20,6 +23,7 @@ pub mod subprocess;
 pub mod threaded;
 pub mod worker;
 
+pub use calls::{KeyScope, WorkerServices};
 pub use manager::{JobEvents, JobExecutionManager, ManagerConfig};
 pub use store::{JobRecord, JobStore};
 pub use strategy::{

@@ -2,14 +2,15 @@
 //!
 //! Framing: every frame is a 4-byte big-endian payload length followed by that many bytes of
 //! UTF-8 JSON (JSON rather than MessagePack so a captured stream is readable; bytes inside
-//! values are base64 already). There is no line limit; a frame larger than the reader's maximum
+//! values are base64). There is no line limit; a frame larger than the reader's maximum
 //! ([`MAX_FRAME_BYTES`] by default) is an error before anything is allocated, and so are a stream
 //! that ends inside a frame and a payload that is not a valid frame. Each direction is a sequence
 //! of frames until EOF.
 //!
 //! Conversation:
 //! 1. parent → child (stdin): one [`ParentFrame::Request`] with the [`JobSpec`] (secrets
-//!    included: they travel only here, never in the environment or argv).
+//!    included: they travel only here, never in the environment or argv) and, from a parent
+//!    that serves calls, its [`ServiceOffer`].
 //! 2. child → parent (stdout): [`ChildFrame::Event`] for every event, in seq order, with the
 //!    parent's job id; then exactly one [`ChildFrame::Outcome`]; then the child exits 0.
 //! 3. The parent keeps stdin open while the job runs. EOF on stdin means the parent is gone: the
@@ -20,14 +21,24 @@
 //!    (after waiting for room in the input's buffer: backpressure crosses the process boundary)
 //!    or refused it (the ack carries the error; the job goes on). The child reads stdin while the
 //!    job runs, so these frames never wait behind the job. [`RemoteInputs`] is the parent's side.
+//! 5. Calls (version 3, DESIGN §5): the child asks the parent for storage, temp-storage, node-cache
+//!    and asset-record operations with [`ChildFrame::Call`] (a `call_id` it numbers, an `op`, JSON
+//!    `args`); the parent answers each with one [`ParentFrame::Reply`] carrying the same id and
+//!    either a `result` or an `error` (kind, message, retryability). Replies come in any order:
+//!    several calls are in flight at once, and the parent serves them concurrently, so a slow
+//!    call never holds up events. [`crate::calls`] has the operations, the chunked uploads and
+//!    downloads, the scope the parent enforces and both sides ([`crate::calls::CallClient`],
+//!    [`crate::calls::CallHandler`]). A call after the child's outcome is refused (logged; stdin
+//!    is closing). A worker thus needs neither network access nor credentials.
 //!
-//! Versions: a parent asks for version 1 unless the job streams inputs, so an older worker image
-//! still runs every other job; a worker accepts [`MIN_PROTOCOL_VERSION`]..=[`PROTOCOL_VERSION`]
-//! and skips (with a warning) a frame kind it does not know.
-//!
-//! Reserved for storage/cache requests (DESIGN §5, not implemented yet): [`ChildFrame::Call`]
-//! and [`ParentFrame::Reply`]. Today a parent answers every `Call` with an `unsupported` error
-//! reply, and the worker uses its own storage/cache built from an allow-listed environment.
+//! Versions: a parent asks for version 1 unless the job streams inputs (then 2), so an older
+//! worker image still runs every other job; a worker accepts
+//! [`MIN_PROTOCOL_VERSION`]..=[`PROTOCOL_VERSION`] and skips (with a warning) a frame kind it does
+//! not know. Calls need no higher request version: a parent that serves them says so with the
+//! request's `services` (a field older workers ignore — they run jobs with their own storage, as
+//! before). A worker given no `services` (an older parent, or a strategy built without
+//! [`crate::calls::WorkerServices`]) fails every storage and asset operation with `unsupported`,
+//! naming the reason, and its cache always misses; jobs that need none of them run as before.
 //! stderr is free-form logging (the parent keeps its tail for error messages).
 
 use std::collections::HashMap;
@@ -43,16 +54,20 @@ use tokio::sync::{mpsc, oneshot};
 use nodetool_core::{Error, ErrorKind, Result};
 use nodetool_engine::EventEnvelope;
 
+use crate::calls::{CallError, ServiceOffer};
 use crate::strategy::{JobError, JobInputs, JobOutcome, JobSpec};
 
 /// The newest version this code speaks; bumped on any incompatible change.
-pub const PROTOCOL_VERSION: u32 = 2;
+pub const PROTOCOL_VERSION: u32 = 3;
 
 /// The oldest request version a worker still accepts.
 pub const MIN_PROTOCOL_VERSION: u32 = 1;
 
 /// The first version with streamed-input frames.
 pub const STREAMING_INPUTS_VERSION: u32 = 2;
+
+/// The first version whose parents serve calls (announced by the request's `services`).
+pub const CALLS_VERSION: u32 = 3;
 
 /// Default largest frame (64 MiB).
 pub const MAX_FRAME_BYTES: usize = 64 * 1024 * 1024;
@@ -64,14 +79,18 @@ pub enum ParentFrame {
     Request {
         protocol_version: u32,
         spec: Box<JobSpec>,
+        /// What the parent lends the worker through calls; absent from parents that serve none.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        services: Option<Box<ServiceOffer>>,
     },
-    /// Reserved: the answer to a [`ChildFrame::Call`] with the same `call_id`.
+    /// The answer to the [`ChildFrame::Call`] with the same `call_id`: a `result` (JSON `null`
+    /// when the operation returns nothing) or an `error`.
     Reply {
         call_id: u64,
         #[serde(default)]
         result: Option<Value>,
         #[serde(default)]
-        error: Option<JobError>,
+        error: Option<CallError>,
     },
     /// A value for the streamed input `input` (its output `handle`); answered by an
     /// [`ChildFrame::InputAck`] with the same `id`.
@@ -91,8 +110,9 @@ pub enum ParentFrame {
 }
 
 impl ParentFrame {
-    /// The request frame for `spec`, at the lowest version that can run it.
-    pub fn request(spec: JobSpec) -> Self {
+    /// The request frame for `spec`, at the lowest version that can run it, offering `services`
+    /// (`None`: this parent serves no calls).
+    pub fn request(spec: JobSpec, services: Option<ServiceOffer>) -> Self {
         let protocol_version = if spec.streaming_inputs {
             STREAMING_INPUTS_VERSION
         } else {
@@ -101,6 +121,18 @@ impl ParentFrame {
         ParentFrame::Request {
             protocol_version,
             spec: Box::new(spec),
+            services: services.map(Box::new),
+        }
+    }
+
+    /// A reply's answer as the caller sees it (no result and no error is a `null` result).
+    pub fn reply_answer(
+        result: Option<Value>,
+        error: Option<CallError>,
+    ) -> std::result::Result<Value, CallError> {
+        match error {
+            Some(e) => Err(e),
+            None => Ok(result.unwrap_or(Value::Null)),
         }
     }
 }
@@ -111,7 +143,8 @@ impl ParentFrame {
 pub enum ChildFrame {
     Event(Box<EventEnvelope>),
     Outcome(Box<JobOutcome>),
-    /// Reserved: a storage/cache operation the worker asks the parent to perform.
+    /// An operation the worker asks the parent to perform ([`crate::calls`]); answered by one
+    /// [`ParentFrame::Reply`] with the same `call_id`.
     Call {
         call_id: u64,
         op: String,
@@ -207,17 +240,24 @@ where
             format!("frame of {len} bytes exceeds the limit of {max_bytes} bytes{hint}"),
         ));
     }
-    let mut payload = vec![0u8; len];
-    let mut filled = 0;
-    while filled < len {
-        let n = r.read(&mut payload[filled..]).await.map_err(read_failed)?;
+    // Filled by reading rather than zeroed first: frames carrying chunks are megabytes.
+    let mut payload = Vec::with_capacity(len);
+    while payload.len() < len {
+        let rest = (len - payload.len()) as u64;
+        let n = (&mut *r)
+            .take(rest)
+            .read_buf(&mut payload)
+            .await
+            .map_err(read_failed)?;
         if n == 0 {
             return Err(proto_err(
                 ErrorKind::Unexpected,
-                format!("the stream ended inside a frame ({filled} of {len} bytes)"),
+                format!(
+                    "the stream ended inside a frame ({} of {len} bytes)",
+                    payload.len()
+                ),
             ));
         }
-        filled += n;
     }
     serde_json::from_slice(&payload).map(Some).map_err(|e| {
         let preview: String = String::from_utf8_lossy(&payload[..len.min(80)]).into_owned();
@@ -399,6 +439,7 @@ mod tests {
             &ParentFrame::Request {
                 protocol_version: PROTOCOL_VERSION,
                 spec: Box::new(spec.clone()),
+                services: None,
             },
         )
         .await
@@ -494,7 +535,7 @@ mod tests {
         let mut spec = JobSpec::new(Graph::default());
         let ParentFrame::Request {
             protocol_version, ..
-        } = ParentFrame::request(spec.clone())
+        } = ParentFrame::request(spec.clone(), None)
         else {
             panic!("expected a request")
         };
@@ -502,7 +543,7 @@ mod tests {
         spec.streaming_inputs = true;
         let ParentFrame::Request {
             protocol_version, ..
-        } = ParentFrame::request(spec)
+        } = ParentFrame::request(spec, None)
         else {
             panic!("expected a request")
         };

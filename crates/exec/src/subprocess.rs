@@ -1,7 +1,11 @@
 //! The subprocess strategy: one `nodetool worker` child per job, in its own process group, with
 //! rlimits from the job's `resource_limits`, an environment allow-list, a scratch directory
 //! removed afterwards, and SIGTERM → grace → SIGKILL cancellation of the whole group. Streamed
-//! inputs travel as frames on the worker's stdin ([`RemoteInputs`]).
+//! inputs travel as frames on the worker's stdin ([`RemoteInputs`](crate::protocol::RemoteInputs)).
+//! The worker's storage, temp storage, node cache and asset records are the parent's: its calls
+//! are served by a [`CallHandler`] beside the frame reader, with the strategy's
+//! [`WorkerServices`] ([`SubprocessStrategy::with_services`]), so the environment carries no
+//! storage or cache settings at all.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::path::PathBuf;
@@ -19,6 +23,7 @@ use tokio_util::sync::CancellationToken;
 use nodetool_core::{Error, ErrorKind, Result};
 use nodetool_engine::EventSink;
 
+use crate::calls::{CallHandler, CallScope, WorkerServices};
 use crate::protocol::{
     pump_frames, read_frame, ChildFrame, ParentFrame, WorkerStdin, MAX_FRAME_BYTES,
 };
@@ -28,7 +33,9 @@ use crate::strategy::{
     StrategyKind, WorkerRef,
 };
 
-/// Environment variables a worker may inherit (plus `NODETOOL_*` ones; see [`allowed_env`]).
+/// Environment variables a worker may inherit (see [`allowed_env`]): locale, search path and
+/// logging only. No setting reaches a worker — not storage, cache, database nor config-dir ones —
+/// because it reads none: its resources come from the parent through calls.
 pub const ENV_ALLOW_LIST: &[&str] = &[
     "PATH",
     "HOME",
@@ -37,11 +44,12 @@ pub const ENV_ALLOW_LIST: &[&str] = &[
     "LC_CTYPE",
     "TZ",
     "RUST_BACKTRACE",
+    "RUST_LOG",
 ];
 
-/// Keeps the variables of `env` a worker may see: [`ENV_ALLOW_LIST`] and `NODETOOL_*` names,
-/// minus anything in `secret_names` (the settings registry's secret names) and anything whose
-/// name suggests a credential.
+/// Keeps the variables of `env` a worker may see: [`ENV_ALLOW_LIST`], minus anything in
+/// `secret_names` (the settings registry's secret names) and anything whose name suggests a
+/// credential (a second line of defence should the list ever grow).
 pub fn allowed_env(
     env: &BTreeMap<String, String>,
     secret_names: &[&str],
@@ -53,11 +61,15 @@ pub fn allowed_env(
             .any(|w| k.contains(w))
     };
     env.iter()
-        .filter(|(k, _)| ENV_ALLOW_LIST.contains(&k.as_str()) || k.starts_with("NODETOOL_"))
+        .filter(|(k, _)| ENV_ALLOW_LIST.contains(&k.as_str()))
         .filter(|(k, _)| !secret_names.contains(&k.as_str()) && !looks_secret(k))
         .map(|(k, v)| (k.clone(), v.clone()))
         .collect()
 }
+
+/// How long a finished job waits for its worker's calls in flight (and aborted uploads) to
+/// settle before its outcome is reported anyway.
+pub(crate) const CALL_DRAIN_LIMIT: Duration = Duration::from_secs(30);
 
 /// How to start workers.
 #[derive(Debug, Clone)]
@@ -97,13 +109,24 @@ impl SubprocessConfig {
 #[derive(Debug)]
 pub struct SubprocessStrategy {
     config: Arc<SubprocessConfig>,
+    services: Option<WorkerServices>,
 }
 
 impl SubprocessStrategy {
+    /// Workers of a strategy without [`WorkerServices`] get no storage, cache or asset records
+    /// (their storage and asset operations fail with `unsupported`); give it the parent's with
+    /// [`SubprocessStrategy::with_services`].
     pub fn new(config: SubprocessConfig) -> Self {
         Self {
             config: Arc::new(config),
+            services: None,
         }
+    }
+
+    /// Lends `services` (the parent's storages, node cache and asset records) to every worker.
+    pub fn with_services(mut self, services: WorkerServices) -> Self {
+        self.services = Some(services);
+        self
     }
 
     pub fn config(&self) -> &SubprocessConfig {
@@ -172,8 +195,20 @@ impl ExecutionStrategy for SubprocessStrategy {
         let token = cancel.clone();
         let stdin = WorkerStdin::new(spec.streaming_inputs);
         let inputs = stdin.inputs.clone();
+        let calls = self.services.as_ref().map(|services| {
+            let scope = CallScope::for_job(&spec, services.keys);
+            (
+                services.offer(cfg.max_frame_bytes),
+                CallHandler::new(
+                    services.clone(),
+                    scope,
+                    stdin.tx.clone(),
+                    cfg.max_frame_bytes,
+                ),
+            )
+        });
         let task = tokio::spawn(async move {
-            let outcome = drive(&cfg, &mut child, pid, spec, sink, token, stdin).await;
+            let outcome = drive(&cfg, &mut child, pid, spec, sink, token, stdin, calls).await;
             // Whatever is left of the group (grandchildren) goes with the job.
             let _ = killpg(Pid::from_raw(pid as i32), Signal::SIGKILL);
             drop(scratch);
@@ -229,6 +264,7 @@ struct StderrTail {
     buf: VecDeque<u8>,
 }
 
+#[allow(clippy::too_many_arguments)]
 async fn drive(
     cfg: &SubprocessConfig,
     child: &mut Child,
@@ -237,6 +273,7 @@ async fn drive(
     sink: Arc<dyn EventSink>,
     cancel: CancellationToken,
     stdin_frames: WorkerStdin,
+    calls: Option<(crate::calls::ServiceOffer, Arc<CallHandler>)>,
 ) -> JobOutcome {
     let started = Instant::now();
     let tracking = TrackingSink::new(spec.job_id.clone(), sink);
@@ -266,7 +303,11 @@ async fn drive(
     // stdin: the request, then held open for replies and input frames (EOF tells the worker we
     // are gone).
     let stdin = child.stdin.take();
-    let request = ParentFrame::request(spec);
+    let (offer, handler) = match calls {
+        Some((offer, handler)) => (Some(offer), Some(handler)),
+        None => (None, None),
+    };
+    let request = ParentFrame::request(spec, offer);
     let WorkerStdin {
         tx: reply_tx,
         rx: mut frames_rx,
@@ -305,25 +346,26 @@ async fn drive(
                     Ok(Some(ChildFrame::Outcome(o))) => {
                         outcome = Some(*o);
                         // Closing stdin lets the worker's runtime finish its blocking stdin read
-                        // and exit.
+                        // and exit; the call handler lets go of stdin too.
                         reply_tx = None;
                         close_inputs();
+                        if let Some(h) = &handler {
+                            h.close();
+                        }
                     }
                     Ok(Some(ChildFrame::InputAck { id, error })) => {
                         if let Some(i) = &inputs {
                             i.ack(id, error);
                         }
                     }
-                    Ok(Some(ChildFrame::Call { call_id, op, .. })) => {
-                        let _ = reply_tx.as_ref().map(|tx| tx.send(ParentFrame::Reply {
-                            call_id,
-                            result: None,
-                            error: Some(JobError::new(
-                                ErrorKind::Unsupported,
-                                format!("worker call {op:?} is not supported by this parent"),
-                            )),
-                        }));
-                    }
+                    Ok(Some(ChildFrame::Call { call_id, op, args })) => match &handler {
+                        Some(h) => h.dispatch(call_id, op, args),
+                        None => {
+                            if let Some(tx) = &reply_tx {
+                                let _ = tx.send(unserved(call_id, &op));
+                            }
+                        }
+                    },
                     Ok(None) => break,
                     Err(e) => {
                         protocol_error = Some(e);
@@ -349,6 +391,10 @@ async fn drive(
     }
     drop(reply_tx);
     close_inputs();
+    // Whatever the worker left open (it died mid-upload, say) is aborted before the outcome.
+    if let Some(h) = &handler {
+        h.finish(CALL_DRAIN_LIMIT).await;
+    }
 
     // stdout is closed; the worker should be exiting. Give it the grace period, then kill.
     let status: Option<ExitStatus> = match tokio::time::timeout(cfg.grace, child.wait()).await {
@@ -389,6 +435,18 @@ async fn drive(
     }
     tracking.finish(&workflow_id, &final_outcome);
     final_outcome
+}
+
+/// The reply to a call when the strategy lends its workers nothing.
+pub(crate) fn unserved(call_id: u64, op: &str) -> ParentFrame {
+    ParentFrame::Reply {
+        call_id,
+        result: None,
+        error: Some(crate::calls::CallError::new(
+            ErrorKind::Unsupported,
+            format!("worker call {op:?}: this runtime lends its workers no storage, cache or asset records"),
+        )),
+    }
 }
 
 fn describe_exit(status: Option<ExitStatus>) -> String {

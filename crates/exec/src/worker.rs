@@ -1,9 +1,14 @@
 //! The child side of the worker protocol: what `nodetool worker` runs (see [`crate::protocol`]).
 //!
-//! stdin is read by its own task for the whole job, so input frames (and EOF, which cancels the
-//! job) are seen while the job runs. Input frames go, in order, to one forwarder task that pushes
-//! them into the engine's [`InputStreams`] and answers each with an ack; a push that waits for
-//! room in the input's buffer delays only later input frames, never the stdin reader.
+//! The worker has no storage, cache or database of its own: its engine's resources are the
+//! parent's, reached through calls ([`crate::calls::client::remote_resources`]), so it reads no
+//! settings and needs no credentials.
+//!
+//! stdin is read by its own task for the whole job, so input frames, call replies (and EOF, which
+//! cancels the job) are seen while the job runs. Replies go straight to the [`CallClient`];
+//! input frames go, in order, to one forwarder task that pushes them into the engine's
+//! [`InputStreams`] and answers each with an ack; a push that waits for room in the input's
+//! buffer delays only later input frames, never the stdin reader.
 
 use std::future::Future;
 use std::sync::Arc;
@@ -15,7 +20,10 @@ use tokio_util::sync::CancellationToken;
 use serde_json::Value;
 
 use nodetool_core::{Error, ErrorKind, Result};
-use nodetool_engine::{Engine, EventEnvelope, EventSink, InputStreams};
+use nodetool_engine::{Engine, EventEnvelope, EventSink, InputStreams, Registry};
+
+use crate::calls::client::remote_resources;
+use crate::calls::CallClient;
 
 use crate::protocol::{
     read_frame, write_frame, ChildFrame, ParentFrame, MAX_FRAME_BYTES, MIN_PROTOCOL_VERSION,
@@ -34,21 +42,28 @@ impl EventSink for FrameSink {
     }
 }
 
-/// Reads one request from `input`, runs it with `engine`, writes events and the outcome to
-/// `output`. `terminate` resolving (SIGTERM in the binary) or EOF on `input` cancels the job.
-/// Returns `Err` only when no job could be run (bad request, broken pipe); the job failing is
-/// reported in the outcome frame and is `Ok`.
-pub async fn serve<R, W, F>(mut input: R, mut output: W, engine: Engine, terminate: F) -> Result<()>
+/// Reads one request from `input`, runs it with the nodes of `registry` and the parent's
+/// resources (calls on `output`, replies on `input`), writes events and the outcome to `output`.
+/// `terminate` resolving (SIGTERM in the binary) or EOF on `input` cancels the job. Returns `Err`
+/// only when no job could be run (bad request, broken pipe); the job failing is reported in the
+/// outcome frame and is `Ok`.
+pub async fn serve<R, W, F>(
+    mut input: R,
+    mut output: W,
+    registry: Arc<Registry>,
+    terminate: F,
+) -> Result<()>
 where
     R: AsyncRead + Unpin + Send + 'static,
     W: AsyncWrite + Unpin + Send + 'static,
     F: Future<Output = ()> + Send + 'static,
 {
     let first = read_frame::<_, ParentFrame>(&mut input, MAX_FRAME_BYTES).await?;
-    let spec = match first {
+    let (spec, services) = match first {
         Some(ParentFrame::Request {
             protocol_version,
             spec,
+            services,
         }) => {
             if !(MIN_PROTOCOL_VERSION..=PROTOCOL_VERSION).contains(&protocol_version) {
                 return Err(Error::new(
@@ -60,7 +75,7 @@ where
                 )
                 .with_operation("worker.serve"));
             }
-            *spec
+            (*spec, services)
         }
         Some(other) => {
             return Err(Error::invalid_input(format!(
@@ -78,17 +93,39 @@ where
 
     let cancel = CancellationToken::new();
     let (tx, mut rx) = mpsc::unbounded_channel::<ChildFrame>();
+    let client = match &services {
+        Some(offer) => CallClient::new(tx.clone(), offer.max_calls_in_flight),
+        None => CallClient::offline(
+            "the parent lends this worker no storage, cache or asset records (a parent older \
+             than worker protocol 3, or a strategy built without worker services)",
+        ),
+    };
+    let owner = if spec.user_id.is_empty() {
+        "anonymous"
+    } else {
+        spec.user_id.as_str()
+    };
+    let engine = Engine::new(
+        registry,
+        remote_resources(&client, services.as_deref(), owner),
+    );
     let streams = spec.streaming_inputs.then(InputStreams::new);
     let (input_tx, input_rx) = mpsc::unbounded_channel::<ParentFrame>();
     tokio::spawn(forward_inputs(input_rx, streams.clone(), tx.clone()));
     // Parent gone (EOF or broken stdin) or SIGTERM: cancel the job.
     {
         let cancel = cancel.clone();
+        let client = client.clone();
         tokio::spawn(async move {
             loop {
                 match read_parent_frame(&mut input).await {
-                    Ok(Some(ParentFrame::Reply { .. })) | Ok(Some(ParentFrame::Request { .. })) => {
-                        tracing::warn!("ignoring an unexpected reply or second request frame");
+                    Ok(Some(ParentFrame::Reply {
+                        call_id,
+                        result,
+                        error,
+                    })) => client.deliver(call_id, ParentFrame::reply_answer(result, error)),
+                    Ok(Some(ParentFrame::Request { .. })) => {
+                        tracing::warn!("ignoring a second request frame");
                     }
                     Ok(Some(frame)) => {
                         let _ = input_tx.send(frame);
@@ -100,6 +137,8 @@ where
                     }
                 }
             }
+            // Calls waiting for a reply fail instead of hanging.
+            client.close();
             cancel.cancel();
         });
     }
@@ -123,6 +162,8 @@ where
     });
     let sink: Arc<dyn EventSink> = Arc::new(FrameSink(tx.clone()));
     let outcome = run_in_process(engine, spec, sink, cancel, streams).await;
+    // No call may follow the outcome.
+    client.close();
     let _ = tx.send(ChildFrame::Outcome(Box::new(outcome)));
     drop(tx);
     match writer.await {
@@ -203,16 +244,10 @@ async fn forward_inputs(
     }
 }
 
-/// The whole `nodetool worker` process body: builds the engine from `settings` (the worker's own
-/// storage and cache, from its allow-listed environment), then [`serve`]s stdin/stdout; SIGTERM
-/// cancels the job.
-pub async fn run_worker(settings: nodetool_config::Settings) -> Result<()> {
-    let resources =
-        nodetool_runtime::Resources::new(settings, nodetool_runtime::ResourceOptions::default());
-    let engine = Engine::new(
-        Arc::new(nodetool_engine::Registry::builtin()),
-        nodetool_engine::EngineResources::from_resources(&resources).await?,
-    );
+/// The whole `nodetool worker` process body: [`serve`]s stdin/stdout with the built-in nodes and
+/// the parent's resources; SIGTERM cancels the job. Reads no settings: nothing the worker does
+/// depends on its environment.
+pub async fn run_worker() -> Result<()> {
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .map_err(|e| {
             Error::new(ErrorKind::Unavailable, "cannot install the SIGTERM handler")
@@ -222,5 +257,34 @@ pub async fn run_worker(settings: nodetool_config::Settings) -> Result<()> {
     let terminate = async move {
         term.recv().await;
     };
-    serve(tokio::io::stdin(), tokio::io::stdout(), engine, terminate).await
+    let (input, output) = stdio();
+    serve(input, output, Arc::new(Registry::builtin()), terminate).await
+}
+
+/// The process's stdin and stdout for frames: as non-blocking pipes when they are pipes (as
+/// under both strategies), so large frames move without a blocking-thread hand-off per read or
+/// write; tokio's blocking stdin/stdout otherwise (a file, a terminal).
+pub fn stdio() -> (
+    Box<dyn AsyncRead + Unpin + Send>,
+    Box<dyn AsyncWrite + Unpin + Send>,
+) {
+    use std::os::fd::AsFd;
+    use tokio::net::unix::pipe;
+    let input: Box<dyn AsyncRead + Unpin + Send> = match std::io::stdin()
+        .as_fd()
+        .try_clone_to_owned()
+        .and_then(pipe::Receiver::from_owned_fd)
+    {
+        Ok(rx) => Box::new(rx),
+        Err(_) => Box::new(tokio::io::stdin()),
+    };
+    let output: Box<dyn AsyncWrite + Unpin + Send> = match std::io::stdout()
+        .as_fd()
+        .try_clone_to_owned()
+        .and_then(pipe::Sender::from_owned_fd)
+    {
+        Ok(tx) => Box::new(tx),
+        Err(_) => Box::new(tokio::io::stdout()),
+    };
+    (input, output)
 }

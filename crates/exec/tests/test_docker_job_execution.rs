@@ -136,11 +136,16 @@ fn container_carries_every_hardening_setting() {
         assert!(!m.source.as_deref().unwrap_or("").contains("docker.sock"));
     }
 
-    // No secret in the environment (secrets travel in the request frame).
+    // No secret in the environment (secrets travel in the request frame), and no setting at
+    // all: the worker's storage, cache and records are the parent's, through calls.
     for var in b.env.clone().unwrap_or_default() {
         assert!(!var.contains("sk-secret-value"), "{var}");
         assert!(!var.starts_with("OPENAI_API_KEY"), "{var}");
     }
+    assert_eq!(
+        b.env.clone().unwrap_or_default(),
+        vec!["HOME=/workspace".to_owned(), "TMPDIR=/tmp".to_owned()]
+    );
     // stdin carries the request; no TTY so stdout stays binary-clean.
     assert_eq!(b.open_stdin, Some(true));
     assert_eq!(b.tty, Some(false));

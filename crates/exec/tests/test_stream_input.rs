@@ -323,20 +323,18 @@ async fn a_push_to_a_scheduled_job_waits_until_it_runs() {
 /// a frame kind it does not know is skipped, and the job ends with what was pushed.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_worker_acks_input_frames_while_the_job_runs() {
-    let dir = tempfile::tempdir().unwrap();
-    let engine = common::test_engine(dir.path()).await;
     let (mut parent_w, child_r) = tokio::io::duplex(64 * 1024);
     let (child_w, mut parent_r) = tokio::io::duplex(64 * 1024);
     let worker = tokio::spawn(nodetool_exec::worker::serve(
         child_r,
         child_w,
-        engine,
+        Arc::new(nodetool_engine::Registry::builtin()),
         std::future::pending(),
     ));
 
     let mut spec = JobSpec::new(collect_graph());
     spec.streaming_inputs = true;
-    write_frame(&mut parent_w, &ParentFrame::request(spec))
+    write_frame(&mut parent_w, &ParentFrame::request(spec, None))
         .await
         .unwrap();
     // From a newer parent: skipped, not fatal.

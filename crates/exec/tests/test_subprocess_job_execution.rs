@@ -101,7 +101,7 @@ async fn broken_workers_fail_the_job_clearly() {
 }
 
 #[test]
-fn env_allow_list_drops_secrets() {
+fn env_allow_list_drops_secrets_and_settings() {
     let env: BTreeMap<String, String> = [
         ("PATH", "/bin"),
         ("HOME", "/home/u"),
@@ -110,10 +110,17 @@ fn env_allow_list_drops_secrets() {
         ("NODETOOL_CONFIG_DIR", "/c"),
         ("NODETOOL_SERVER_AUTH_TOKEN", "x"),
         ("S3_ENDPOINT_URL", "http://s3"),
+        ("S3_ACCESS_KEY_ID", "AKIA"),
+        ("ASSET_BUCKET", "assets"),
+        ("MEMCACHE_HOST", "cache"),
+        ("NODETOOL_STORAGE_PUBLIC_URL", "http://x"),
+        ("SUPABASE_URL", "http://supabase"),
+        ("RUST_LOG", "debug"),
     ]
     .into_iter()
     .map(|(k, v)| (k.to_owned(), v.to_owned()))
     .collect();
     let kept: Vec<String> = allowed_env(&env, &[]).into_keys().collect();
-    assert_eq!(kept, vec!["HOME", "NODETOOL_CONFIG_DIR", "PATH"]);
+    // No setting reaches a worker: its storage and cache are the parent's, through calls.
+    assert_eq!(kept, vec!["HOME", "PATH", "RUST_LOG"]);
 }

@@ -95,8 +95,7 @@ impl Resources {
     }
 
     /// Hands out `store` for asset records. Only processes that can reach the database set one
-    /// (`nodetool run`, `nodetool serve`); worker processes do not, and their `create_asset`
-    /// fails clearly instead of writing blobs no listing would show.
+    /// (`nodetool run`, `nodetool serve`); their workers use it through calls.
     pub fn with_asset_store(mut self, store: Arc<dyn AssetStore>) -> Self {
         self.asset_store = Some(store);
         self
@@ -174,8 +173,8 @@ impl Resources {
             .cloned()
     }
 
-    /// Hits and misses of this process's node cache (for `/metrics`). Lookups made by worker
-    /// processes or containers through their own caches are not counted here.
+    /// Hits and misses of this process's node cache (for `/metrics`), including the lookups its
+    /// subprocess and Docker workers make through calls.
     pub fn node_cache_stats(&self) -> Arc<CacheStats> {
         self.node_cache_stats.clone()
     }

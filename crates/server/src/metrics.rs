@@ -11,8 +11,8 @@
 //!   since this process started;
 //! - `nodetool_node_cache_hits_total`, `nodetool_node_cache_misses_total` and
 //!   `nodetool_node_cache_hit_ratio` (hits / lookups since start; NaN before the first lookup) of
-//!   the process's node cache (jobs run in this process; subprocess and Docker workers keep their
-//!   own);
+//!   the process's node cache (jobs run in this process, and the lookups subprocess and Docker
+//!   workers make through their call channel);
 //! - `nodetool_open_streams{kind}`: open SSE and NDJSON event streams, `/ws` sockets and
 //!   terminal sockets.
 

@@ -11,11 +11,7 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let result = rt.block_on(async {
-        let sources = nodetool_config::Sources::from_process()?;
-        let settings = nodetool_config::Settings::load(&sources)?;
-        nodetool_exec::worker::run_worker(settings).await
-    });
+    let result = rt.block_on(nodetool_exec::worker::run_worker());
     // Do not wait for the blocking stdin reader.
     rt.shutdown_timeout(std::time::Duration::from_millis(100));
     match result {

@@ -107,6 +107,18 @@ pub mod op {
     pub const ASSET_DELETE: &str = "assets.delete";
 }
 
+pub(crate) fn encode_b64(bytes: &[u8]) -> String {
+    use base64::Engine as _;
+    base64::engine::general_purpose::STANDARD.encode(bytes)
+}
+
+pub(crate) fn decode_b64(text: &str) -> Result<Vec<u8>> {
+    use base64::Engine as _;
+    base64::engine::general_purpose::STANDARD
+        .decode(text)
+        .map_err(|e| Error::invalid_input(format!("bytes in a call are not valid base64: {e}")))
+}
+
 /// Which of the parent's storages a call addresses.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]

@@ -97,7 +97,7 @@ pub struct DockerConfig {
     /// Run `docker-init` as PID 1, so the worker sees signals like any process does.
     pub init: bool,
     /// Non-secret environment variables passed to the worker (secrets travel in the request
-    /// frame, never here).
+    /// frame, never here; storage and cache need none: the worker uses the parent's).
     pub env: Vec<(String, String)>,
 }
 
@@ -294,15 +294,14 @@ impl DockerConfig {
         };
         let mut labels = HashMap::new();
         labels.insert(JOB_LABEL.to_owned(), spec.job_id.clone());
-        // The worker's config dir and scratch live in its workspace and tmpfs (the root is
-        // read-only); the asset folder, when mounted, is where its file storage reads.
+        // Home and scratch live in the workspace and the tmpfs (the root is read-only). Nothing
+        // else: the worker reads no settings, and its storage, cache and asset records are the
+        // parent's, through calls. The asset folder stays mounted read-only (DESIGN §5) for nodes
+        // that read asset files on disk.
         let mut env = vec![
             format!("HOME={WORKSPACE_IN_CONTAINER}"),
             "TMPDIR=/tmp".to_owned(),
         ];
-        if self.asset_folder.is_some() {
-            env.push(format!("ASSET_FOLDER={ASSETS_IN_CONTAINER}"));
-        }
         env.extend(self.env.iter().map(|(k, v)| format!("{k}={v}")));
         Ok(ContainerCreateBody {
             image: Some(image.to_owned()),

@@ -1,7 +1,11 @@
 //! The Docker strategy: one hardened container per job, running `nodetool worker` from the image
 //! `nodetool docker build-image` made; the request frame goes to the container's stdin and event
-//! frames come back on its stdout (the shared [`crate::protocol`]); streamed inputs are frames on
-//! the same stdin, written by one writer task ([`crate::protocol::pump_frames`]).
+//! frames come back on its stdout (the shared [`crate::protocol`]); streamed inputs and call
+//! replies are frames on the same stdin, written by one writer task
+//! ([`crate::protocol::pump_frames`]). The container's storage, temp storage, node cache and asset
+//! records are the parent's, served by a [`CallHandler`] beside the frame reader
+//! ([`DockerStrategy::with_services`]): the container keeps network `none` and gets no
+//! credentials.
 //!
 //! - [`DockerConfig`]: limits, user, network, mounts and pull policy, from settings.
 //! - [`DockerStrategy`]: [`ExecutionStrategy`] over bollard, plus [`DockerStrategy::reap_leftovers`].
@@ -31,6 +35,7 @@ use tokio_util::sync::CancellationToken;
 use nodetool_core::{Error, ErrorKind, Result};
 use nodetool_engine::EventSink;
 
+use crate::calls::{CallHandler, CallScope, ServiceOffer, WorkerServices};
 use crate::protocol::{
     pump_frames, read_frame, ChildFrame, ParentFrame, RemoteInputs, WorkerStdin, MAX_FRAME_BYTES,
 };
@@ -39,6 +44,7 @@ use crate::strategy::{
     Capabilities, ExecutionStrategy, JobError, JobHandle, JobOutcome, JobSpec, StrategyKind,
     WorkerRef,
 };
+use crate::subprocess::{unserved, CALL_DRAIN_LIMIT};
 
 /// The engine client crate, re-exported so callers need not pin its version.
 pub use bollard;
@@ -66,6 +72,8 @@ pub struct DockerStrategy {
     config: Arc<DockerConfig>,
     /// Images known to be present, so the per-job path skips an inspect round trip.
     present: Mutex<HashSet<String>>,
+    /// What containers get through calls (their storage, cache and asset records).
+    services: Option<WorkerServices>,
 }
 
 fn engine_unavailable(
@@ -125,7 +133,16 @@ impl DockerStrategy {
             docker,
             config: Arc::new(config),
             present: Mutex::new(HashSet::new()),
+            services: None,
         })
+    }
+
+    /// Lends `services` (the parent's storages, node cache and asset records) to every job
+    /// container. Without them a container's storage and asset operations fail with
+    /// `unsupported`.
+    pub fn with_services(mut self, services: WorkerServices) -> Self {
+        self.services = Some(services);
+        self
     }
 
     pub fn config(&self) -> &DockerConfig {
@@ -327,7 +344,14 @@ impl DockerStrategy {
         let job_id = spec.job_id.clone();
         let stdin = WorkerStdin::new(spec.streaming_inputs);
         let inputs = stdin.inputs.clone();
-        let task = tokio::spawn(run.drive(spec, attached.input, attached.output, stdin));
+        let calls = self.services.as_ref().map(|services| {
+            let scope = CallScope::for_job(&spec, services.keys);
+            (
+                services.offer(MAX_FRAME_BYTES),
+                CallHandler::new(services.clone(), scope, stdin.tx.clone(), MAX_FRAME_BYTES),
+            )
+        });
+        let task = tokio::spawn(run.drive(spec, attached.input, attached.output, stdin, calls));
         let handle = JobHandle::new(job_id, cancel, task).with_worker(WorkerRef::Container(id));
         Ok(match inputs {
             Some(inputs) => handle.with_inputs(inputs),
@@ -459,12 +483,17 @@ impl ContainerRun {
         mut input: Pin<Box<dyn AsyncWrite + Send>>,
         output: Output,
         stdin: WorkerStdin,
+        calls: Option<(ServiceOffer, Arc<CallHandler>)>,
     ) -> JobOutcome {
         let workflow_id = spec.workflow_id.clone();
         let tail = Arc::new(Mutex::new(Vec::<u8>::new()));
         let mut reader = stdout_reader(output, tail.clone());
 
-        let request = ParentFrame::request(spec);
+        let (offer, handler) = match calls {
+            Some((offer, handler)) => (Some(offer), Some(handler)),
+            None => (None, None),
+        };
+        let request = ParentFrame::request(spec, offer);
         let WorkerStdin {
             tx,
             rx: mut frames,
@@ -479,11 +508,16 @@ impl ContainerRun {
             }
         });
 
-        let end = self.read_loop(&mut reader, &tx, inputs.as_deref()).await;
-        // The worker is done: pushes fail, and with the last sender gone the writer closes
-        // stdin, the worker's cue to exit (its stdin reader holds it open).
+        let end = self
+            .read_loop(&mut reader, &tx, inputs.as_deref(), handler.as_ref())
+            .await;
+        // The worker is done: pushes fail, calls are refused, and with the last sender gone the
+        // writer closes stdin, the worker's cue to exit (its stdin reader holds it open).
         if let Some(inputs) = &inputs {
             inputs.close();
+        }
+        if let Some(h) = &handler {
+            h.close();
         }
         drop(tx);
         let mut outcome = match end {
@@ -517,6 +551,10 @@ impl ContainerRun {
             }
         };
         writer.abort();
+        // Whatever the worker left open (it died mid-upload, say) is aborted before the outcome.
+        if let Some(h) = &handler {
+            h.finish(CALL_DRAIN_LIMIT).await;
+        }
         if outcome.duration_secs == 0.0 {
             outcome.duration_secs = self.started.elapsed().as_secs_f64();
         }
@@ -540,6 +578,7 @@ impl ContainerRun {
         reader: &mut R,
         frames: &tokio::sync::mpsc::UnboundedSender<ParentFrame>,
         inputs: Option<&RemoteInputs>,
+        calls: Option<&Arc<CallHandler>>,
     ) -> End {
         let deadline = self
             .timeout
@@ -560,18 +599,13 @@ impl ContainerRun {
                 frame = read_frame::<_, ChildFrame>(reader, MAX_FRAME_BYTES) => match frame {
                     Ok(Some(ChildFrame::Event(e))) => self.sink.send(*e),
                     Ok(Some(ChildFrame::Outcome(o))) => return End::Outcome(*o),
-                    Ok(Some(ChildFrame::Call { call_id, op, .. })) => {
-                        let reply = ParentFrame::Reply {
-                            call_id,
-                            result: None,
-                            error: Some(JobError::new(
-                                ErrorKind::Unsupported,
-                                format!("the docker parent does not serve {op:?} calls yet"),
-                            )),
-                        };
+                    Ok(Some(ChildFrame::Call { call_id, op, args })) => match calls {
+                        Some(h) => h.dispatch(call_id, op, args),
                         // A closed writer means stdin broke; the read side will see the worker go.
-                        let _ = frames.send(reply);
-                    }
+                        None => {
+                            let _ = frames.send(unserved(call_id, &op));
+                        }
+                    },
                     Ok(Some(ChildFrame::InputAck { id, error })) => {
                         if let Some(inputs) = inputs {
                             inputs.ack(id, error);

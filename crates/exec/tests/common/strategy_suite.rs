@@ -47,11 +47,30 @@ fn normalise(events: &[EventEnvelope], job_id: &str) -> Vec<String> {
                 o.remove("job_id");
                 o.remove("duration");
             }
-            v.to_string().replace(job_id, "JOB")
+            sorted_keys(v).to_string().replace(job_id, "JOB")
         })
         .collect();
     out.sort();
     out
+}
+
+/// `v` with every object's keys in order: with serde_json's `preserve_order` (which a crate in
+/// the build may switch on) a job result's keys follow the order its outputs finished in.
+fn sorted_keys(v: Value) -> Value {
+    match v {
+        Value::Object(map) => {
+            let mut entries: Vec<(String, Value)> = map.into_iter().collect();
+            entries.sort_by(|a, b| a.0.cmp(&b.0));
+            Value::Object(
+                entries
+                    .into_iter()
+                    .map(|(k, v)| (k, sorted_keys(v)))
+                    .collect(),
+            )
+        }
+        Value::Array(items) => Value::Array(items.into_iter().map(sorted_keys).collect()),
+        other => other,
+    }
 }
 
 /// Seqs run 1..=n and exactly the last event is a terminal job_update with `status`.
