@@ -2,7 +2,7 @@
 # File backend throughput and memory, side by side with cp/cat on the same disk, in one run.
 #   benches/file_storage.sh [SIZE_MIB]   (default 1024)
 # Prints a Markdown table for BENCHMARKS.md. Each figure is the best of 3 runs (warm page cache
-# for every contender alike).
+# for every contender alike; `sync` before each run, untimed).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 size_mib=${1:-1024}
@@ -20,6 +20,9 @@ head -c $((size_mib * 1024 * 1024)) /dev/urandom > "$src"
 best_of() {
   local best=999999 t rss
   for _ in 1 2 3; do
+    # Start clean: no contender pays for the previous one's dirty pages (writeback and
+    # dirty-page throttling otherwise penalise whichever runs after the most writing).
+    sync
     /usr/bin/time -f '%e %M' -o "$work/time" "$@" >/dev/null 2>&1 </dev/null
     read -r t rss < "$work/time"
     best=$(awk -v a="$t" -v b="$best" 'BEGIN{print (a<b)?a:b}')

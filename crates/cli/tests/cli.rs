@@ -205,6 +205,19 @@ fn storage_round_trip_on_default_file_storage() {
     let out = env.run(&["storage", "get", "demo/hello.txt", "-"], &[]);
     assert!(!out.status.success());
     assert!(stderr(&out).contains("not found"), "{}", stderr(&out));
+    // A failed download to a file leaves the file that was there untouched.
+    let out = env.run(
+        &[
+            "storage",
+            "get",
+            "demo/hello.txt",
+            target.to_str().expect("utf8"),
+        ],
+        &[],
+    );
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("not found"), "{}", stderr(&out));
+    assert_eq!(std::fs::read(&target).expect("copy"), b"hello, nodetool\n");
 }
 
 #[test]

@@ -185,6 +185,16 @@ pub trait Storage: Send + Sync + fmt::Debug + 'static {
 
     async fn url(&self, key: &StorageKey) -> Result<String>;
 
+    /// Where the object's bytes live on this machine, for backends that keep each object as a
+    /// local file, so that a caller copying it into another local file can let the kernel do
+    /// the copy. Callers MUST only read through it and SHOULD open it once and read from that
+    /// handle (an upload replaces the file atomically). `None`: the backend is not local, or
+    /// the key is not one it would store (the normal calls then give the proper error).
+    fn local_path(&self, key: &StorageKey) -> Option<std::path::PathBuf> {
+        let _ = key;
+        None
+    }
+
     /// A URL that fetches the object directly from the backend for `expires_in`, bypassing our
     /// API. Backends that cannot sign return [`ErrorKind::Unsupported`].
     async fn presigned_url(&self, key: &StorageKey, expires_in: Duration) -> Result<String> {

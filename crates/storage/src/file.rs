@@ -201,6 +201,10 @@ impl Storage for FileStorage {
         self.require_metadata(key).await
     }
 
+    fn local_path(&self, key: &StorageKey) -> Option<PathBuf> {
+        self.path(key, "file.local_path").ok()
+    }
+
     async fn download(&self, key: &StorageKey, range: Option<ByteRange>) -> Result<Download> {
         const OP: &str = "file.download";
         let path = self.path(key, OP)?;

@@ -24,3 +24,26 @@ async fn storage_file_behaviour() {
         "temp files left behind: {leftovers:?}"
     );
 }
+
+#[tokio::test]
+async fn only_file_storage_offers_a_local_path_and_it_holds_the_bytes() {
+    use nodetool_core::{PutOptions, Storage, StorageKey};
+    let dir = tempfile::tempdir().expect("tempdir");
+    let file = FileStorage::new(dir.path().join("assets"), "/api/storage").expect("file storage");
+    let key = StorageKey::new("a/b.txt").expect("key");
+    file.upload_bytes(
+        &key,
+        bytes::Bytes::from_static(b"hello"),
+        PutOptions::default(),
+    )
+    .await
+    .expect("upload");
+    let path = file.local_path(&key).expect("file storage is local");
+    assert_eq!(std::fs::read(&path).expect("read"), b"hello");
+    // The reserved folder is no key of file storage, so no path either.
+    let reserved = StorageKey::new(".nodetool/tmp/x").expect("key");
+    assert_eq!(file.local_path(&reserved), None);
+
+    let memory = MemoryStorage::new("/api/storage");
+    assert_eq!(memory.local_path(&key), None);
+}
