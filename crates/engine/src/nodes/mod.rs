@@ -58,18 +58,35 @@ pub fn python_json(v: &Value) -> String {
 }
 
 fn write_py(v: &Value, out: &mut String) {
+    write_python_layout(v, out, json_scalar, write_py_str);
+}
+
+fn json_scalar(v: &Value, out: &mut String) {
     match v {
         Value::Null => out.push_str("null"),
         Value::Bool(b) => out.push_str(if *b { "true" } else { "false" }),
-        Value::Number(n) => out.push_str(&n.to_string()),
         Value::String(s) => write_py_str(s, out),
+        other => out.push_str(&other.to_string()),
+    }
+}
+
+/// Python's layout of lists and dicts (`[a, b]`, `{k: v}`, `", "` and `": "` separators), with
+/// `scalar` printing every non-container value and `key` every dict key: `json.dumps` and
+/// `repr` differ only there.
+pub(crate) fn write_python_layout(
+    v: &Value,
+    out: &mut String,
+    scalar: fn(&Value, &mut String),
+    key: fn(&str, &mut String),
+) {
+    match v {
         Value::Array(items) => {
             out.push('[');
             for (i, item) in items.iter().enumerate() {
                 if i > 0 {
                     out.push_str(", ");
                 }
-                write_py(item, out);
+                write_python_layout(item, out, scalar, key);
             }
             out.push(']');
         }
@@ -79,12 +96,13 @@ fn write_py(v: &Value, out: &mut String) {
                 if i > 0 {
                     out.push_str(", ");
                 }
-                write_py_str(k, out);
+                key(k, out);
                 out.push_str(": ");
-                write_py(item, out);
+                write_python_layout(item, out, scalar, key);
             }
             out.push('}');
         }
+        other => scalar(other, out),
     }
 }
 

@@ -207,6 +207,10 @@ pub(crate) fn python_str(v: &Value) -> String {
 }
 
 fn python_repr(v: &Value, out: &mut String) {
+    super::write_python_layout(v, out, repr_scalar, python_str_repr);
+}
+
+fn repr_scalar(v: &Value, out: &mut String) {
     match v {
         Value::Null => out.push_str("None"),
         Value::Bool(true) => out.push_str("True"),
@@ -216,28 +220,8 @@ fn python_repr(v: &Value, out: &mut String) {
             None => out.push_str(&n.to_string()),
         },
         Value::String(s) => python_str_repr(s, out),
-        Value::Array(items) => {
-            out.push('[');
-            for (i, item) in items.iter().enumerate() {
-                if i > 0 {
-                    out.push_str(", ");
-                }
-                python_repr(item, out);
-            }
-            out.push(']');
-        }
-        Value::Object(map) => {
-            out.push('{');
-            for (i, (k, item)) in map.iter().enumerate() {
-                if i > 0 {
-                    out.push_str(", ");
-                }
-                python_str_repr(k, out);
-                out.push_str(": ");
-                python_repr(item, out);
-            }
-            out.push('}');
-        }
+        // Containers never reach here (the layout handles them); print them anyway.
+        other => python_repr(other, out),
     }
 }
 
