@@ -41,7 +41,33 @@ use crate::registry::Registry;
 const MAX_SIDE: i64 = 4096;
 
 /// A pure image operation: parameters from the inputs, pixels in, pixels out.
-type ImageOp = fn(&NodeInputs, DynamicImage) -> Result<DynamicImage>;
+type ImageFn = fn(&NodeInputs, DynamicImage) -> Result<DynamicImage>;
+
+/// What an [`ImageOpNode`] does to its image.
+#[derive(Debug, Clone, Copy)]
+enum ImageOp {
+    Fn(ImageFn),
+    /// One of Pillow's fixed 3x3 `ImageFilter` kernels (no parameters).
+    Kernel(&'static Kernel),
+}
+
+impl ImageOp {
+    fn apply(
+        self,
+        params: &NodeInputs,
+        img: DynamicImage,
+        op_name: &'static str,
+    ) -> Result<DynamicImage> {
+        match self {
+            ImageOp::Fn(f) => f(params, img),
+            ImageOp::Kernel(k) => {
+                let mut raw = Raw::from(img);
+                raw.data = raw.kernel3x3(k);
+                raw.into_image(op_name)
+            }
+        }
+    }
+}
 
 /// A Pillow node: class path, title, operation name, its parameters (name, type, default),
 /// operation.
@@ -50,11 +76,11 @@ type PillowNode = (
     &'static str,
     &'static str,
     Vec<(&'static str, &'static str, Value)>,
-    ImageOp,
+    ImageFn,
 );
 
 pub fn register(r: &mut Registry) {
-    let ops: [(&str, &str, &str, ImageOp); 4] = [
+    let ops: [(&str, &str, &str, ImageFn); 4] = [
         ("nodetool.image.Resize", "Resize", "image.resize", resize),
         ("nodetool.image.Crop", "Crop", "image.crop", crop),
         ("nodetool.image.Scale", "Scale", "image.scale", scale),
@@ -74,7 +100,7 @@ pub fn register(r: &mut Registry) {
                 .input("bottom", "int", json!(512)),
             _ => spec.input("scale", "float", json!(1.0)),
         };
-        register_op(r, spec.output("output", "image"), op_name, op);
+        register_op(r, spec.output("output", "image"), op_name, ImageOp::Fn(op));
     }
 
     // Pillow nodes keep their old `lib.pillow.*` names and NodeTool's newer `lib.image.*` ones.
@@ -116,21 +142,6 @@ pub fn register(r: &mut Registry) {
             vec![],
             equalize,
         ),
-        (
-            "enhance.EdgeEnhance",
-            "Edge Enhance",
-            "image.edge_enhance",
-            vec![],
-            edge_enhance,
-        ),
-        (
-            "enhance.Sharpen",
-            "Sharpen",
-            "image.sharpen",
-            vec![],
-            sharpen,
-        ),
-        ("enhance.Detail", "Detail", "image.detail", vec![], detail),
         (
             "enhance.RankFilter",
             "Rank Filter",
@@ -186,22 +197,6 @@ pub fn register(r: &mut Registry) {
             expand,
         ),
         (
-            "filter.Contour",
-            "Contour",
-            "image.contour",
-            vec![],
-            contour,
-        ),
-        ("filter.Emboss", "Emboss", "image.emboss", vec![], emboss),
-        (
-            "filter.FindEdges",
-            "Find Edges",
-            "image.find_edges",
-            vec![],
-            find_edges,
-        ),
-        ("filter.Smooth", "Smooth", "image.smooth", vec![], smooth),
-        (
             "filter.GetChannel",
             "Get Channel",
             "image.get_channel",
@@ -209,6 +204,34 @@ pub fn register(r: &mut Registry) {
             get_channel,
         ),
     ];
+    // Pillow's fixed `ImageFilter` kernels: (class path, title, operation name, kernel).
+    let kernels: [(&str, &str, &str, &'static Kernel); 7] = [
+        (
+            "enhance.EdgeEnhance",
+            "Edge Enhance",
+            "image.edge_enhance",
+            &EDGE_ENHANCE,
+        ),
+        ("enhance.Sharpen", "Sharpen", "image.sharpen", &SHARPEN),
+        ("enhance.Detail", "Detail", "image.detail", &DETAIL),
+        ("filter.Contour", "Contour", "image.contour", &CONTOUR),
+        ("filter.Emboss", "Emboss", "image.emboss", &EMBOSS),
+        (
+            "filter.FindEdges",
+            "Find Edges",
+            "image.find_edges",
+            &FIND_EDGES,
+        ),
+        ("filter.Smooth", "Smooth", "image.smooth", &SMOOTH),
+    ];
+    let pillow = pillow
+        .into_iter()
+        .map(|(class, title, op_name, params, op)| (class, title, op_name, params, ImageOp::Fn(op)))
+        .chain(
+            kernels.into_iter().map(|(class, title, op_name, k)| {
+                (class, title, op_name, vec![], ImageOp::Kernel(k))
+            }),
+        );
     for (class, title, op_name, params, op) in pillow {
         let mut names = vec![format!("lib.pillow.{class}"), format!("lib.image.{class}")];
         // Newer NodeTool files UnsharpMask under filter.
@@ -318,7 +341,9 @@ impl NodeImpl for ImageOpNode {
         let (op, op_name, params) = (self.op, self.op_name, inputs.clone());
         let png = blocking(op_name, move || {
             let img = as_rgb(decode(&bytes, op_name)?.0);
-            let result = op(&params, img).map_err(|e| e.with_operation(op_name))?;
+            let result = op
+                .apply(&params, img, op_name)
+                .map_err(|e| e.with_operation(op_name))?;
             encode_png(&result, op_name)
         })
         .await?;
@@ -816,6 +841,7 @@ fn int_param(
 }
 
 /// A 3x3 Pillow `ImageFilter` kernel: weights (row 0 first), scale and offset.
+#[derive(Debug)]
 struct Kernel {
     weights: [f32; 9],
     scale: f32,
@@ -867,47 +893,6 @@ fn clip8(v: f32) -> u8 {
     } else {
         v as u8
     }
-}
-
-fn kernel_op(img: DynamicImage, k: &Kernel, op: &'static str) -> Result<DynamicImage> {
-    let mut raw = Raw::from(img);
-    raw.data = raw.kernel3x3(k);
-    raw.into_image(op)
-}
-
-/// `ImageFilter.CONTOUR`.
-fn contour(_: &NodeInputs, img: DynamicImage) -> Result<DynamicImage> {
-    kernel_op(img, &CONTOUR, "image.contour")
-}
-
-/// `ImageFilter.DETAIL`.
-fn detail(_: &NodeInputs, img: DynamicImage) -> Result<DynamicImage> {
-    kernel_op(img, &DETAIL, "image.detail")
-}
-
-/// `ImageFilter.EDGE_ENHANCE`.
-fn edge_enhance(_: &NodeInputs, img: DynamicImage) -> Result<DynamicImage> {
-    kernel_op(img, &EDGE_ENHANCE, "image.edge_enhance")
-}
-
-/// `ImageFilter.EMBOSS`: `128 + p(x, y) - p(x - 1, y + 1)` inside the border.
-fn emboss(_: &NodeInputs, img: DynamicImage) -> Result<DynamicImage> {
-    kernel_op(img, &EMBOSS, "image.emboss")
-}
-
-/// `ImageFilter.FIND_EDGES`.
-fn find_edges(_: &NodeInputs, img: DynamicImage) -> Result<DynamicImage> {
-    kernel_op(img, &FIND_EDGES, "image.find_edges")
-}
-
-/// `ImageFilter.SHARPEN`.
-fn sharpen(_: &NodeInputs, img: DynamicImage) -> Result<DynamicImage> {
-    kernel_op(img, &SHARPEN, "image.sharpen")
-}
-
-/// `ImageFilter.SMOOTH`.
-fn smooth(_: &NodeInputs, img: DynamicImage) -> Result<DynamicImage> {
-    kernel_op(img, &SMOOTH, "image.smooth")
 }
 
 /// `ImageOps.solarize`: samples at or above `threshold` are inverted.
