@@ -12,7 +12,7 @@ use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use axum::extract::{Request, State};
-use axum::http::{header, Method, StatusCode};
+use axum::http::{header, HeaderMap, Method, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
@@ -371,8 +371,30 @@ fn is_public(path: &str) -> bool {
 }
 
 /// The bearer token of `Authorization`, if any.
-fn bearer(req: &Request) -> Option<&str> {
-    let value = req.headers().get(header::AUTHORIZATION)?.to_str().ok()?;
+/// The user behind a WebSocket upgrade that must present a token: `Authorization: Bearer`, or
+/// `?api_key=` (browsers cannot set headers on a WebSocket). `Err` is the response to send:
+/// 401, or the provider's failure when it cannot be reached.
+pub(crate) async fn websocket_user(
+    auth: &Authenticator,
+    headers: &HeaderMap,
+    api_key: Option<String>,
+) -> std::result::Result<String, Response> {
+    let token = bearer(headers)
+        .map(str::to_owned)
+        .or(api_key.filter(|k| !k.is_empty()));
+    let Some(token) = token else {
+        return Err(ApiError::unauthorized("missing bearer token or api_key").into_response());
+    };
+    match auth.authenticate(&token).await {
+        Ok(user) => Ok(user),
+        Err(AuthError::Invalid(why)) => Err(ApiError::unauthorized(why).into_response()),
+        Err(AuthError::Unavailable(e)) => Err(ApiError::from(e).into_response()),
+    }
+}
+
+/// The token of an `Authorization: Bearer` header.
+fn bearer(headers: &HeaderMap) -> Option<&str> {
+    let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
     let (scheme, token) = value.trim().split_once(' ')?;
     scheme
         .eq_ignore_ascii_case("bearer")
@@ -410,7 +432,7 @@ pub async fn authenticate(State(state): State<AppState>, mut req: Request, next:
     if is_public(req.uri().path()) || req.method() == Method::OPTIONS {
         return next.run(req).await;
     }
-    let caller = match (&state.auth, bearer(&req)) {
+    let caller = match (&state.auth, bearer(req.headers())) {
         (Authenticator::Local, _) => Caller::User(LOCAL_USER.to_owned()),
         (auth, Some(token)) => match auth.authenticate(token).await {
             Ok(user) => Caller::User(user),

@@ -51,7 +51,7 @@ use serde::Deserialize;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::mpsc;
 
-use crate::auth::{AuthError, Authenticator, LOCAL_USER};
+use crate::auth::{websocket_user, Authenticator, LOCAL_USER};
 use crate::error::ApiError;
 use crate::metrics::StreamKind;
 use crate::AppState;
@@ -111,19 +111,10 @@ async fn upgrade(
                 .into_response();
             }
         },
-        auth => {
-            let token = bearer(&headers)
-                .map(str::to_owned)
-                .or(q.api_key.filter(|k| !k.is_empty()));
-            let Some(token) = token else {
-                return ApiError::unauthorized("missing bearer token or api_key").into_response();
-            };
-            match auth.authenticate(&token).await {
-                Ok(user) => user,
-                Err(AuthError::Invalid(why)) => return ApiError::unauthorized(why).into_response(),
-                Err(AuthError::Unavailable(e)) => return ApiError::from(e).into_response(),
-            }
-        }
+        auth => match websocket_user(auth, &headers, q.api_key).await {
+            Ok(user) => user,
+            Err(response) => return response,
+        },
     };
     let ws = match ws {
         Ok(ws) => ws,
@@ -131,15 +122,6 @@ async fn upgrade(
     };
     ws.max_message_size(MAX_FRAME)
         .on_upgrade(move |socket| session(state, user, socket))
-}
-
-fn bearer(headers: &HeaderMap) -> Option<&str> {
-    let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
-    let (scheme, token) = value.trim().split_once(' ')?;
-    scheme
-        .eq_ignore_ascii_case("bearer")
-        .then_some(token.trim())
-        .filter(|t| !t.is_empty())
 }
 
 /// Why a tokenless (local provider) request may not open a shell, or `None` if it may.

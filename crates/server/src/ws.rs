@@ -41,8 +41,8 @@ use std::sync::Arc;
 
 use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
 use axum::extract::{Query, State};
-use axum::http::{header, HeaderMap};
-use axum::response::{IntoResponse, Response};
+use axum::http::HeaderMap;
+use axum::response::Response;
 use axum::routing::get;
 use axum::Router;
 use futures::{SinkExt, StreamExt};
@@ -53,8 +53,7 @@ use serde_json::{json, Value};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
-use crate::auth::{AuthError, Authenticator, LOCAL_USER};
-use crate::error::ApiError;
+use crate::auth::{websocket_user, Authenticator, LOCAL_USER};
 use crate::jobs::{final_update, is_terminal};
 use crate::AppState;
 
@@ -70,34 +69,18 @@ struct WsQuery {
     api_key: Option<String>,
 }
 
-fn bearer(headers: &HeaderMap) -> Option<&str> {
-    let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
-    let (scheme, token) = value.trim().split_once(' ')?;
-    scheme
-        .eq_ignore_ascii_case("bearer")
-        .then_some(token.trim())
-        .filter(|t| !t.is_empty())
-}
-
 async fn upgrade(
     State(state): State<AppState>,
     Query(q): Query<WsQuery>,
     headers: HeaderMap,
     ws: WebSocketUpgrade,
 ) -> Response {
-    let token = bearer(&headers)
-        .map(str::to_owned)
-        .or(q.api_key.filter(|k| !k.is_empty()));
-    let user = match (&state.auth, token) {
-        (Authenticator::Local, _) => LOCAL_USER.to_owned(),
-        (auth, Some(token)) => match auth.authenticate(&token).await {
+    let user = match &state.auth {
+        Authenticator::Local => LOCAL_USER.to_owned(),
+        auth => match websocket_user(auth, &headers, q.api_key).await {
             Ok(user) => user,
-            Err(AuthError::Invalid(why)) => return ApiError::unauthorized(why).into_response(),
-            Err(AuthError::Unavailable(e)) => return ApiError::from(e).into_response(),
+            Err(response) => return response,
         },
-        (_, None) => {
-            return ApiError::unauthorized("missing bearer token or api_key").into_response()
-        }
     };
     // Clients send small command frames: tungstenite's default 128 KiB read buffer was most of
     // a socket's memory (142 KiB per idle client; 17 KiB with 8 KiB).
