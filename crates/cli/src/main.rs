@@ -105,3 +105,23 @@ pub(crate) fn load_settings() -> anyhow::Result<nodetool_config::Settings> {
     let sources = nodetool_config::Sources::from_process()?;
     Ok(nodetool_config::Settings::load(&sources)?)
 }
+
+/// How subprocess workers start: this binary, with an environment allow-listed from ours minus
+/// every secret setting (workers get storage and caches from us through calls, not settings).
+pub(crate) fn subprocess_config(
+    settings: &nodetool_config::Settings,
+) -> anyhow::Result<nodetool_exec::subprocess::SubprocessConfig> {
+    use anyhow::Context;
+    let sources = nodetool_config::Sources::from_process()?;
+    let secret_names: Vec<&str> = settings
+        .entries()
+        .into_iter()
+        .filter(|e| e.secret)
+        .map(|e| e.name)
+        .collect();
+    let mut cfg = nodetool_exec::subprocess::SubprocessConfig::new(
+        std::env::current_exe().context("locating the nodetool binary")?,
+    );
+    cfg.env = nodetool_exec::subprocess::allowed_env(&sources.env, &secret_names);
+    Ok(cfg)
+}

@@ -137,7 +137,7 @@ async fn run_isolated(
     job_timeout: Option<Duration>,
     args: &RunArgs,
 ) -> anyhow::Result<ExitCode> {
-    use nodetool_exec::subprocess::{allowed_env, SubprocessConfig, SubprocessStrategy};
+    use nodetool_exec::subprocess::SubprocessStrategy;
     use nodetool_exec::{ExecutionStrategy, JobSpec, StrategyKind};
 
     let settings = crate::load_settings()?;
@@ -151,17 +151,7 @@ async fn run_isolated(
         nodetool_exec::WorkerServices::new(EngineResources::from_resources(&resources).await?);
     let runner: Arc<dyn ExecutionStrategy> = match strategy {
         StrategyKind::Subprocess => {
-            let sources = nodetool_config::Sources::from_process()?;
-            let secret_names: Vec<&str> = settings
-                .entries()
-                .into_iter()
-                .filter(|e| e.secret)
-                .map(|e| e.name)
-                .collect();
-            let mut cfg = SubprocessConfig::new(
-                std::env::current_exe().context("locating the nodetool binary")?,
-            );
-            cfg.env = allowed_env(&sources.env, &secret_names);
+            let cfg = crate::subprocess_config(&settings)?;
             Arc::new(SubprocessStrategy::new(cfg).with_services(services))
         }
         StrategyKind::Docker => {

@@ -230,7 +230,7 @@ async fn job_manager(
     keys: nodetool_exec::KeyScope,
 ) -> anyhow::Result<nodetool_exec::JobExecutionManager> {
     use nodetool_engine::{Engine, EngineResources, Registry};
-    use nodetool_exec::subprocess::{allowed_env, SubprocessConfig, SubprocessStrategy};
+    use nodetool_exec::subprocess::SubprocessStrategy;
     use nodetool_exec::threaded::ThreadedStrategy;
     use nodetool_exec::{ExecutionStrategy, JobExecutionManager, ManagerConfig};
 
@@ -244,16 +244,7 @@ async fn job_manager(
         settings.thread_pool_size.max(1),
     )?)];
 
-    let sources = nodetool_config::Sources::from_process()?;
-    let secret_names: Vec<&str> = settings
-        .entries()
-        .into_iter()
-        .filter(|e| e.secret)
-        .map(|e| e.name)
-        .collect();
-    let mut cfg =
-        SubprocessConfig::new(std::env::current_exe().context("locating the nodetool binary")?);
-    cfg.env = allowed_env(&sources.env, &secret_names);
+    let cfg = crate::subprocess_config(settings)?;
     strategies.push(Arc::new(
         SubprocessStrategy::new(cfg).with_services(services.clone()),
     ));
