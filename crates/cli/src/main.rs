@@ -12,6 +12,11 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+// The server's per-request allocations cost less under mimalloc than glibc malloc
+// (docs/bench/server.md).
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Debug, Parser)]
 #[command(name = "nodetool", version, about = "NodeTool workflow runtime")]
 struct Cli {

@@ -106,7 +106,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
     };
     let manager = job_manager(&resources, store, keys).await?;
     let mut state = AppState::new(resources.clone(), auth.clone(), db).with_jobs(manager.clone());
-    state.options.presign_redirect = !args.no_presign_redirect;
+    state.options_mut().presign_redirect = !args.no_presign_redirect;
     let app = nodetool_server::router(state);
 
     // Before binding: SIGHUP is handled from the moment clients can connect.

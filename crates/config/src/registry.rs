@@ -147,6 +147,8 @@ pub const REGISTRY: &[SettingDef] = &[
         "Public base URL for file/memory storage (e.g. a CDN); beats NODETOOL_API_URL"),
     def("NODETOOL_MAX_UPLOAD_BYTES", K::Size, D::Value("1g"),
         "Largest accepted upload body"),
+    def("FILE_READ_CACHE_BYTES", K::Size, D::Value("32m"),
+        "Memory for small (<= 64 KiB) local-file objects kept after a read; 0 turns it off"),
     secret("NODETOOL_URL_SIGNING_KEY", "HMAC key for signed storage URLs (at least 16 characters)"),
     def("ASSET_TEMP_TTL", K::Seconds, D::Value("86400"),
         "Lifetime of temporary objects"),

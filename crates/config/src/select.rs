@@ -15,8 +15,13 @@ use crate::Settings;
 pub enum StoragePlan {
     /// Process-wide in-memory storage (`ENV=test`).
     Memory { base_url: String },
-    /// Files under `root`; URLs are `{base_url}/{key}`, served by the API.
-    File { root: PathBuf, base_url: String },
+    /// Files under `root`; URLs are `{base_url}/{key}`, served by the API. Small objects are
+    /// kept in memory after a read, up to `read_cache_bytes` (`FILE_READ_CACHE_BYTES`).
+    File {
+        root: PathBuf,
+        base_url: String,
+        read_cache_bytes: u64,
+    },
     S3 {
         bucket: String,
         /// Key prefix inside the bucket (`"temp/"` when temp shares the asset bucket).
@@ -112,6 +117,7 @@ pub fn asset_storage(s: &Settings, use_s3: bool) -> Result<Selection<StoragePlan
         plan: StoragePlan::File {
             root,
             base_url: storage_base_url(s),
+            read_cache_bytes: s.file_read_cache_bytes,
         },
     })
 }
@@ -135,7 +141,11 @@ pub fn temp_storage(s: &Settings, use_s3: bool) -> Result<Selection<StoragePlan>
                     "Supabase is configured but ASSET_TEMP_BUCKET is not set: local files under {}",
                     root.display()
                 ),
-                plan: StoragePlan::File { root, base_url },
+                plan: StoragePlan::File {
+                    root,
+                    base_url,
+                    read_cache_bytes: s.file_read_cache_bytes,
+                },
             });
         };
         let bucket = supabase_bucket(s, "ASSET_TEMP_BUCKET", temp_bucket)?;
@@ -184,7 +194,11 @@ pub fn temp_storage(s: &Settings, use_s3: bool) -> Result<Selection<StoragePlan>
             "no Supabase or S3 credentials set: local files under {}",
             root.display()
         ),
-        plan: StoragePlan::File { root, base_url },
+        plan: StoragePlan::File {
+            root,
+            base_url,
+            read_cache_bytes: s.file_read_cache_bytes,
+        },
     })
 }
 

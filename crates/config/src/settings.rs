@@ -191,6 +191,7 @@ pub struct Settings {
     pub nodetool_api_url: Option<String>,
     pub storage_public_url: Option<String>,
     pub max_upload_bytes: u64,
+    pub file_read_cache_bytes: u64,
     pub url_signing_key: Option<String>,
     pub asset_temp_ttl: Duration,
     pub db_path: PathBuf,
@@ -298,6 +299,7 @@ impl Settings {
             nodetool_api_url: r.get("NODETOOL_API_URL", parse::url)?,
             storage_public_url: r.get("NODETOOL_STORAGE_PUBLIC_URL", parse::url_or_path)?,
             max_upload_bytes: r.require("NODETOOL_MAX_UPLOAD_BYTES", parse::size)?,
+            file_read_cache_bytes: r.require("FILE_READ_CACHE_BYTES", parse::size)?,
             url_signing_key,
             asset_temp_ttl: r.require("ASSET_TEMP_TTL", parse::seconds)?,
             db_path: r

@@ -91,7 +91,7 @@ fn check(
             (Want::Memory(url), StoragePlan::Memory { base_url }) => {
                 assert_eq!(base_url, url, "{}", row.name)
             }
-            (Want::File(root_want, url), StoragePlan::File { root, base_url }) => {
+            (Want::File(root_want, url), StoragePlan::File { root, base_url, .. }) => {
                 assert_eq!(root, &cfg(root_want), "{}", row.name);
                 assert_eq!(base_url, url, "{}", row.name);
             }

@@ -311,13 +311,19 @@ pub fn build_storage_with(
                 None => storage,
             })
         }
-        StoragePlan::File { root, base_url } => {
-            let storage = FileStorage::new(root.clone(), base_url.clone()).map_err(|e| {
-                e.with_context(
-                    "hint",
-                    "check that the asset folder (ASSET_FOLDER / ASSET_BUCKET) is writable",
-                )
-            })?;
+        StoragePlan::File {
+            root,
+            base_url,
+            read_cache_bytes,
+        } => {
+            let storage = FileStorage::new(root.clone(), base_url.clone())
+                .map_err(|e| {
+                    e.with_context(
+                        "hint",
+                        "check that the asset folder (ASSET_FOLDER / ASSET_BUCKET) is writable",
+                    )
+                })?
+                .with_read_cache(*read_cache_bytes);
             Arc::new(match signer {
                 Some(s) => storage.with_signer(s.clone()),
                 None => storage,

@@ -7,6 +7,10 @@ use std::time::Duration;
 use nodetool_runtime::{ResourceOptions, Resources};
 use nodetool_server::{AppState, Authenticator};
 
+// As in the `nodetool` binary.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let port: u16 = std::env::var("PORT")

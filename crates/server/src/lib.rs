@@ -19,6 +19,7 @@ pub mod error;
 pub mod http;
 pub mod jobs;
 pub mod metrics;
+pub mod observe;
 pub mod storage_routes;
 pub mod terminal;
 pub mod tls;
@@ -65,9 +66,14 @@ impl ServerOptions {
     }
 }
 
-/// Everything a handler needs. Cheap to clone.
+/// Everything a handler needs. Cloning is one reference-count increment: axum clones the state
+/// for every extractor and middleware of every request.
+#[derive(Clone, Debug)]
+pub struct AppState(Arc<AppStateInner>);
+
+/// The fields behind [`AppState`] (reached through `Deref`).
 #[derive(Clone)]
-pub struct AppState {
+pub struct AppStateInner {
     pub resources: Arc<Resources>,
     pub auth: Authenticator,
     pub db: SqlitePool,
@@ -79,9 +85,17 @@ pub struct AppState {
     pub jobs: Option<nodetool_exec::JobExecutionManager>,
 }
 
-impl std::fmt::Debug for AppState {
+impl std::ops::Deref for AppState {
+    type Target = AppStateInner;
+
+    fn deref(&self) -> &AppStateInner {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for AppStateInner {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("AppState")
+        f.debug_struct("AppStateInner")
             .field("auth", &self.auth)
             .field("signer", &self.signer)
             .field("options", &self.options)
@@ -93,7 +107,7 @@ impl AppState {
     /// State with options from the settings and the signer the resources sign URLs with.
     pub fn new(resources: Arc<Resources>, auth: Authenticator, db: SqlitePool) -> Self {
         let options = ServerOptions::from_settings(resources.settings());
-        Self {
+        Self(Arc::new(AppStateInner {
             signer: resources.url_signer().cloned(),
             resources,
             auth,
@@ -101,20 +115,25 @@ impl AppState {
             metrics: Arc::new(Metrics::default()),
             options,
             jobs: None,
-        }
+        }))
     }
 
     /// Enables `/api/jobs` and `/ws` with this manager, and feeds the job metrics from it.
     pub fn with_jobs(mut self, manager: nodetool_exec::JobExecutionManager) -> Self {
         let metrics = self.metrics.clone();
         manager.on_finished(move |record| metrics.job_finished(record));
-        self.jobs = Some(manager);
+        Arc::make_mut(&mut self.0).jobs = Some(manager);
         self
     }
 
     pub fn with_options(mut self, options: ServerOptions) -> Self {
-        self.options = options;
+        Arc::make_mut(&mut self.0).options = options;
         self
+    }
+
+    /// The options, to change before the state is handed to [`router`].
+    pub fn options_mut(&mut self) -> &mut ServerOptions {
+        &mut Arc::make_mut(&mut self.0).options
     }
 }
 
@@ -134,11 +153,7 @@ pub fn router(state: AppState) -> Router {
         // the middleware does not, and the terminal has its own rules for the local provider.
         .merge(ws::routes())
         .merge(terminal::routes())
-        .layer(axum::middleware::from_fn_with_state(
-            state.clone(),
-            metrics::track,
-        ))
-        .layer(tower_http::trace::TraceLayer::new_for_http())
+        .layer(observe::ObserveLayer::new(state.metrics.clone()))
         .with_state(state)
 }
 

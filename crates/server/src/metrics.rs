@@ -21,9 +21,8 @@ use std::fmt::Write as _;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
-use axum::extract::{Request, State};
+use axum::extract::State;
 use axum::http::{header, HeaderValue, StatusCode};
-use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use nodetool_engine::Status;
 use nodetool_exec::JobRecord;
@@ -127,6 +126,13 @@ impl Metrics {
     pub fn storage_op(&self, op: &'static str, status: StatusCode) {
         let mut ops = self.storage_ops.lock().unwrap_or_else(|p| p.into_inner());
         *ops.entry((op, status.as_u16())).or_default() += 1;
+    }
+
+    /// Counts a request as received and in flight until the returned guard is dropped.
+    pub fn request_started(self: &Arc<Self>) -> InFlight {
+        self.requests_total.fetch_add(1, Ordering::Relaxed);
+        self.requests_in_flight.fetch_add(1, Ordering::Relaxed);
+        InFlight(self.clone())
     }
 
     pub fn requests_in_flight(&self) -> i64 {
@@ -310,77 +316,13 @@ fn render_cache(out: &mut String, hits: u64, misses: u64) {
     );
 }
 
-/// Decrements the in-flight gauge when the response body is done (or dropped), so a streaming
-/// download counts until its last byte.
-struct InFlight(Arc<Metrics>);
+/// Keeps a request counted as in flight (see [`Metrics::request_started`]).
+#[derive(Debug)]
+pub struct InFlight(Arc<Metrics>);
 
 impl Drop for InFlight {
     fn drop(&mut self) {
         self.0.requests_in_flight.fetch_sub(1, Ordering::Relaxed);
-    }
-}
-
-/// The stream kind of a response by its content type, if it is an event stream.
-fn stream_kind(response: &Response) -> Option<StreamKind> {
-    let ct = response
-        .headers()
-        .get(header::CONTENT_TYPE)?
-        .to_str()
-        .ok()?;
-    if ct.starts_with("text/event-stream") {
-        Some(StreamKind::Sse)
-    } else if ct.starts_with("application/x-ndjson") {
-        Some(StreamKind::Ndjson)
-    } else {
-        None
-    }
-}
-
-/// Middleware: counts requests, in-flight requests and open event streams. An event stream is
-/// recognised by its content type and counted until its body is dropped, which is when the
-/// stream ends or the client goes away.
-pub async fn track(State(state): State<AppState>, req: Request, next: Next) -> Response {
-    let metrics = state.metrics.clone();
-    metrics.requests_total.fetch_add(1, Ordering::Relaxed);
-    metrics.requests_in_flight.fetch_add(1, Ordering::Relaxed);
-    let guard = InFlight(metrics.clone());
-    let response = next.run(req).await;
-    let stream = stream_kind(&response).map(|kind| metrics.open_stream(kind));
-    let (parts, body) = response.into_parts();
-    let body = axum::body::Body::new(GuardedBody {
-        inner: body,
-        _guard: guard,
-        _stream: stream,
-    });
-    Response::from_parts(parts, body)
-}
-
-pin_project_lite::pin_project! {
-    struct GuardedBody {
-        #[pin]
-        inner: axum::body::Body,
-        _guard: InFlight,
-        _stream: Option<OpenStream>,
-    }
-}
-
-impl http_body::Body for GuardedBody {
-    type Data = bytes::Bytes;
-    type Error = axum::Error;
-
-    fn poll_frame(
-        self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<Option<Result<http_body::Frame<Self::Data>, Self::Error>>> {
-        self.project().inner.poll_frame(cx)
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
-    }
-
-    fn size_hint(&self) -> http_body::SizeHint {
-        self.inner.size_hint()
     }
 }
 

@@ -9,6 +9,7 @@ use nodetool_core::{
 };
 
 use crate::join_url;
+use crate::read_cache::{self, ReadCache, Stamp};
 use crate::signing::UrlSigner;
 
 /// Directory under the root that holds in-flight uploads; never a key.
@@ -26,12 +27,15 @@ const SMALL_OBJECT: u64 = 64 * 1024;
 ///   `.nodetool/` directory (temp files) is refused as a key;
 /// - uploads go to `root/.nodetool/tmp/` (same filesystem), are fsynced, then renamed into place,
 ///   so readers see the old or the new file, never a partial one;
-/// - the ETag is derived from inode, size and mtime: every upload creates a new inode.
+/// - the ETag is derived from inode, size and mtime: every upload creates a new inode;
+/// - with a read cache, a cached object is served only while its path still stats the same as
+///   the file it was read from (see `read_cache`).
 #[derive(Debug)]
 pub struct FileStorage {
     root: PathBuf,
     base_url: String,
     signer: Option<UrlSigner>,
+    read_cache: Option<ReadCache>,
 }
 
 impl FileStorage {
@@ -47,7 +51,15 @@ impl FileStorage {
             root,
             base_url: base_url.into(),
             signer: None,
+            read_cache: None,
         })
+    }
+
+    /// Keeps objects of up to 64 KiB in memory after they are read, up to `max_bytes` in all
+    /// (0: no cache). Each use is checked against the file with one `statx`.
+    pub fn with_read_cache(mut self, max_bytes: u64) -> Self {
+        self.read_cache = (max_bytes > 0).then(|| ReadCache::new(max_bytes));
+        self
     }
 
     /// URLs from [`Storage::url`] carry an expiring signature, so they work without a token.
@@ -162,6 +174,43 @@ fn read_cached(file: &std::fs::File, offset: u64, len: usize) -> Option<bytes::B
     Some(bytes::Bytes::from(buf))
 }
 
+/// `len` (at most [`SMALL_OBJECT`]) bytes at `start`: from the page cache on this thread when
+/// they are there, else on the blocking pool.
+async fn read_small(
+    file: std::fs::File,
+    start: u64,
+    len: u64,
+    key: &StorageKey,
+) -> Result<bytes::Bytes> {
+    const OP: &str = "file.download";
+    if let Some(bytes) = read_cached(&file, start, len as usize) {
+        return Ok(bytes);
+    }
+    let key = key.clone();
+    tokio::task::spawn_blocking(move || {
+        let mut buf = vec![0; len as usize];
+        std::os::unix::fs::FileExt::read_exact_at(&file, &mut buf, start)
+            .map_err(|e| io_err(e, OP, &key))?;
+        Ok::<_, Error>(bytes::Bytes::from(buf))
+    })
+    .await
+    .map_err(|e| Error::unexpected("read task failed").with_source(e))?
+}
+
+fn resolve(range: Option<ByteRange>, size: u64, key: &StorageKey) -> Result<std::ops::Range<u64>> {
+    match range {
+        Some(r) => r
+            .resolve(size)
+            .map_err(|e| e.with_operation("file.download").with_context("key", key)),
+        None => Ok(0..size),
+    }
+}
+
+/// A resolved range of an in-memory object (at most [`read_cache::MAX_OBJECT`] long).
+fn to_usize(range: &std::ops::Range<u64>) -> std::ops::Range<usize> {
+    range.start as usize..range.end as usize
+}
+
 #[async_trait]
 impl Storage for FileStorage {
     fn info(&self) -> StorageInfo {
@@ -183,6 +232,9 @@ impl Storage for FileStorage {
     ) -> Result<ObjectMeta> {
         const OP: &str = "file.upload";
         let path = self.path(key, OP)?;
+        if let Some(cache) = &self.read_cache {
+            cache.remove(key.as_str());
+        }
         let temp = self.temp_path();
         let content_type = opts.effective_content_type(key);
         let written = async {
@@ -208,6 +260,24 @@ impl Storage for FileStorage {
     async fn download(&self, key: &StorageKey, range: Option<ByteRange>) -> Result<Download> {
         const OP: &str = "file.download";
         let path = self.path(key, OP)?;
+        if let Some(cache) = &self.read_cache {
+            if let Some(entry) = cache.get(key.as_str()) {
+                // Same path resolution as the open below (follows symlinks).
+                match std::fs::metadata(&path) {
+                    Ok(md) if Stamp::of(&md) == entry.stamp => {
+                        let range = resolve(range, entry.meta.size, key)?;
+                        let body = entry.bytes.slice(to_usize(&range));
+                        return Ok(Download {
+                            meta: entry.meta.clone(),
+                            range,
+                            body: nodetool_core::storage::once(body),
+                        });
+                    }
+                    // Changed or gone: the open below says which.
+                    _ => cache.remove(key.as_str()),
+                }
+            }
+        }
         // One open, one fstat: the metadata describes exactly the bytes we stream. The open,
         // the fstat and the content-type xattr run inline: they are answered from the inode
         // cache in the common case, and a round trip through the blocking pool cost more than
@@ -220,32 +290,29 @@ impl Storage for FileStorage {
             return Err(not_found("file", key).with_operation(OP));
         }
         let meta = meta_from(key, &md, Some(&file), &path);
-        let range = match range {
-            Some(r) => r
-                .resolve(meta.size)
-                .map_err(|e| e.with_operation(OP).with_context("key", key))?,
-            None => 0..meta.size,
-        };
+        let range = resolve(range, meta.size, key)?;
         let len = range.end - range.start;
-        let body = if len <= SMALL_OBJECT {
-            let bytes = match read_cached(&file, range.start, len as usize) {
-                Some(bytes) => bytes,
-                None => {
-                    let key = key.clone();
-                    let start = range.start;
-                    tokio::task::spawn_blocking(move || {
-                        let mut buf = vec![0; len as usize];
-                        std::os::unix::fs::FileExt::read_exact_at(&file, &mut buf, start)
-                            .map_err(|e| io_err(e, OP, &key))?;
-                        Ok::<_, Error>(bytes::Bytes::from(buf))
-                    })
-                    .await
-                    .map_err(|e| Error::unexpected("read task failed").with_source(e))??
-                }
-            };
-            nodetool_core::storage::once(bytes)
-        } else {
-            crate::blocking_io::read_stream(file, range.start, len)
+        let body = match &self.read_cache {
+            // Read the whole object so that later ranges of it hit too. The stamp is the
+            // opened file's: a write racing this read changes the ctime, so the entry is
+            // never used for the new contents.
+            Some(cache) if meta.size <= read_cache::MAX_OBJECT => {
+                let bytes = read_small(file, 0, meta.size, key).await?;
+                let body = bytes.slice(to_usize(&range));
+                cache.insert(
+                    key.as_str(),
+                    read_cache::Entry {
+                        stamp: Stamp::of(&md),
+                        meta: meta.clone(),
+                        bytes,
+                    },
+                );
+                nodetool_core::storage::once(body)
+            }
+            _ if len <= SMALL_OBJECT => {
+                nodetool_core::storage::once(read_small(file, range.start, len, key).await?)
+            }
+            _ => crate::blocking_io::read_stream(file, range.start, len),
         };
         Ok(Download { meta, range, body })
     }
@@ -267,6 +334,9 @@ impl Storage for FileStorage {
     async fn delete(&self, key: &StorageKey) -> Result<()> {
         const OP: &str = "file.delete";
         let path = self.path(key, OP)?;
+        if let Some(cache) = &self.read_cache {
+            cache.remove(key.as_str());
+        }
         match tokio::fs::remove_file(&path).await {
             Ok(()) => {}
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),

@@ -8,6 +8,7 @@ pub mod blocking_io;
 mod file;
 pub mod gc;
 mod memory;
+mod read_cache;
 pub mod signing;
 
 pub use file::FileStorage;

@@ -25,6 +25,15 @@ async fn storage_file_behaviour() {
     );
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn storage_file_with_read_cache_behaviour() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let storage = FileStorage::new(dir.path().join("assets"), "/api/storage")
+        .expect("file storage")
+        .with_read_cache(1 << 20);
+    nodetool_testkit::storage_suite::run(Arc::new(storage)).await;
+}
+
 #[tokio::test]
 async fn only_file_storage_offers_a_local_path_and_it_holds_the_bytes() {
     use nodetool_core::{PutOptions, Storage, StorageKey};
