@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # File backend throughput and memory, side by side with cp/cat on the same disk, in one run.
 #   [BENCH_DIR=/dev/shm] benches/file_storage.sh [SIZE_MIB]   (default 1024)
-# Prints a Markdown table for BENCHMARKS.md. Each figure is the best of 3 runs (warm page cache
-# for every contender alike; `sync` before each run, untimed).
+# Prints a Markdown table for BENCHMARKS.md. Each figure is the best of ROUNDS (default 5)
+# interleaved rounds (warm page cache for every contender alike; a fresh target and `sync`
+# before each run, untimed).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 size_mib=${1:-1024}
@@ -19,30 +20,47 @@ mkdir -p "$work/config"
 src=$work/src.bin
 head -c $((size_mib * 1024 * 1024)) /dev/urandom > "$src"
 
-# best_of CMD...: seconds (best of 3) and peak RSS in KiB of the last run.
-best_of() {
-  local best=999999 t rss
-  for _ in 1 2 3; do
-    # Start clean: no contender pays for the previous one's dirty pages (writeback and
-    # dirty-page throttling otherwise penalise whichever runs after the most writing).
-    sync
-    /usr/bin/time -f '%e %M' -o "$work/time" "$@" >/dev/null 2>&1 </dev/null
-    read -r t rss < "$work/time"
-    best=$(awk -v a="$t" -v b="$best" 'BEGIN{print (a<b)?a:b}')
-  done
-  echo "$best $rss"
-}
+# Contenders: NAME -> command, and the untimed step that gives it a fresh target (every
+# contender creates its output file anew in every run, so none pays for freeing another's
+# file, or for truncating its own, inside its timing).
+declare -A cmd prep best rss
+names=(info cp dd put cat catmv get getnull catnull)
+obj=$work/config/assets/bench/obj.bin
+cmd[info]="'$bin' storage info";                                 prep[info]=":"
+cmd[cp]="cp '$src' '$work/cp.bin'";                              prep[cp]="rm -f '$work/cp.bin'"
+cmd[dd]="dd if='$src' of='$work/dd.bin' bs=1M conv=fsync status=none"; prep[dd]="rm -f '$work/dd.bin'"
+cmd[put]="'$bin' storage put bench/obj.bin '$src'";              prep[put]="rm -f '$obj'"
+cmd[cat]="cat '$src' > '$work/cat.out'";                         prep[cat]="rm -f '$work/cat.out'"
+cmd[catmv]="cat '$src' > '$work/cm.tmp' && mv '$work/cm.tmp' '$work/cm.out'"; prep[catmv]="rm -f '$work/cm.out'"
+cmd[get]="'$bin' storage get bench/obj.bin '$work/get.out'";     prep[get]="rm -f '$work/get.out'"
+cmd[getnull]="'$bin' storage get bench/obj.bin - > /dev/null";   prep[getnull]=":"
+cmd[catnull]="cat '$src' > /dev/null";                           prep[catnull]=":"
+for n in "${names[@]}"; do best[$n]=999999; done
 
-read -r base_t base_rss < <(best_of "$bin" storage info)
-read -r cp_t _ < <(best_of cp "$src" "$work/cp.bin")
-read -r dd_t _ < <(best_of dd if="$src" of="$work/dd.bin" bs=1M conv=fsync status=none)
-read -r put_t put_rss < <(best_of "$bin" storage put bench/obj.bin "$src")
-read -r cat_t _ < <(best_of sh -c "cat '$src' > '$work/cat.out'")
-read -r catmv_t _ < <(best_of sh -c "cat '$src' > '$work/cm.tmp' && rm -f '$work/cm.out' && mv '$work/cm.tmp' '$work/cm.out'")
-read -r get_t get_rss < <(best_of "$bin" storage get bench/obj.bin "$work/get.out")
-read -r getout_t _ < <(best_of sh -c "'$bin' storage get bench/obj.bin - > /dev/null")
-read -r catnull_t _ < <(best_of sh -c "cat '$src' > /dev/null")
+# The object every download reads (put's own runs replace it).
+"$bin" storage put bench/obj.bin "$src" >/dev/null 2>&1
+
+# ROUNDS rounds (default 5); each runs every contender once, in an order rotated by one per
+# round so that no contender always follows the same one. A contender's figure is its best
+# round; peak RSS is from its last run.
+rounds=${ROUNDS:-5}
+count=${#names[@]}
+for ((r = 0; r < rounds; r++)); do
+  for ((i = 0; i < count; i++)); do
+    n=${names[$(((i + r) % count))]}
+    sh -c "${prep[$n]}"
+    # Start clean: no contender pays for the previous one's dirty pages.
+    sync
+    /usr/bin/time -f '%e %M' -o "$work/time" sh -c "${cmd[$n]}" >/dev/null 2>&1 </dev/null
+    read -r t m < "$work/time"
+    best[$n]=$(awk -v a="$t" -v b="${best[$n]}" 'BEGIN{print (a<b)?a:b}')
+    rss[$n]=$m
+  done
+done
 cmp "$src" "$work/get.out"
+base_rss=${rss[info]} put_rss=${rss[put]} get_rss=${rss[get]}
+cp_t=${best[cp]} dd_t=${best[dd]} put_t=${best[put]} cat_t=${best[cat]} catmv_t=${best[catmv]}
+get_t=${best[get]} getout_t=${best[getnull]} catnull_t=${best[catnull]}
 
 mibs() { awk -v s="$size_mib" -v t="$1" 'BEGIN{ if (t<=0) t=0.001; printf "%.0f", s/t }'; }
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN{ if (a<=0) a=0.001; printf "%.2f", b/a }'; }

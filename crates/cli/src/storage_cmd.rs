@@ -10,8 +10,8 @@ use anyhow::Context;
 use clap::{Args, Subcommand};
 use futures::StreamExt;
 use indicatif::{ProgressBar, ProgressStyle};
-use nodetool_core::storage::ByteStream;
-use nodetool_core::{PutOptions, Storage, StorageKey, StoragePrefix};
+use nodetool_core::storage::{ByteStream, ObjectMeta, Progress};
+use nodetool_core::{ErrorKind, PutOptions, Storage, StorageKey, StoragePrefix};
 use nodetool_runtime::{ResourceOptions, Resources, StorageRole};
 use nodetool_storage::blocking_io;
 use std::io::Write;
@@ -278,27 +278,48 @@ async fn put(
     file: Option<&Path>,
     content_type: Option<String>,
 ) -> anyhow::Result<ExitCode> {
-    let (body, len) = match file {
+    let opts = PutOptions { content_type };
+    let (body, bar) = match file {
         Some(p) if p != Path::new("-") => {
             let f =
                 std::fs::File::open(p).with_context(|| format!("cannot open {}", p.display()))?;
             let len = f.metadata()?.len();
-            (blocking_io::read_stream(f, 0, len), Some(len))
+            let bar = progress(Some(len), "upload");
+            let tick = bar
+                .clone()
+                .map(|bar| -> Progress { Arc::new(move |n| bar.inc(n)) });
+            // File storage lets the kernel copy; other backends get the file as a stream.
+            match storage.upload_file(key, &f, opts.clone(), tick).await {
+                Err(e) if e.kind() == ErrorKind::Unsupported => {
+                    (blocking_io::read_stream(f, 0, len), bar)
+                }
+                stored => {
+                    if let Some(bar) = bar {
+                        bar.finish_and_clear();
+                    }
+                    report_stored(&stored?, storage.as_ref());
+                    return Ok(ExitCode::SUCCESS);
+                }
+            }
         }
         _ => {
             let body = ReaderStream::with_capacity(tokio::io::stdin(), blocking_io::FILE_CHUNK)
                 .map(|r| r.map_err(nodetool_core::Error::from))
                 .boxed();
-            (body, None)
+            (body, progress(None, "upload"))
         }
     };
-    let bar = progress(len, "upload");
     let meta = storage
-        .upload(key, counted(body, bar.clone()), PutOptions { content_type })
+        .upload(key, counted(body, bar.clone()), opts)
         .await?;
     if let Some(bar) = bar {
         bar.finish_and_clear();
     }
+    report_stored(&meta, storage.as_ref());
+    Ok(ExitCode::SUCCESS)
+}
+
+fn report_stored(meta: &ObjectMeta, storage: &dyn Storage) {
     eprintln!(
         "stored {} ({} bytes, {}) in {} storage",
         meta.key,
@@ -306,7 +327,6 @@ async fn put(
         meta.content_type.as_deref().unwrap_or("?"),
         storage.info().scheme
     );
-    Ok(ExitCode::SUCCESS)
 }
 
 async fn get(
@@ -342,31 +362,16 @@ async fn get(
     Ok(ExitCode::SUCCESS)
 }
 
-/// File storage to a local file: `std::io::copy` between two files lets the kernel copy
-/// (`copy_file_range`), with no pass through our memory; in 64 MiB steps for the progress bar.
-async fn copy_local(mut src: std::fs::File, p: &Path) -> anyhow::Result<()> {
-    const STEP: u64 = 64 * 1024 * 1024;
+/// File storage to a local file: the kernel copies (`copy_file_range`), with no pass through
+/// our memory.
+async fn copy_local(src: std::fs::File, p: &Path) -> anyhow::Result<()> {
     let len = src.metadata()?.len();
     let bar = progress(Some(len), "download");
-    let tick = bar.clone();
-    replace_file(p, move |mut out| async move {
-        tokio::task::spawn_blocking(move || -> std::io::Result<u64> {
-            let mut copied = 0;
-            loop {
-                let n = std::io::copy(&mut std::io::Read::take(&mut src, STEP), &mut out)?;
-                if n == 0 {
-                    break;
-                }
-                copied += n;
-                if let Some(bar) = &tick {
-                    bar.inc(n);
-                }
-            }
-            Ok(copied)
-        })
-        .await
-        .map_err(|e| nodetool_core::Error::unexpected("copy task failed").with_source(e))?
-        .map_err(nodetool_core::Error::from)
+    let tick = bar
+        .clone()
+        .map(|bar| -> Progress { Arc::new(move |n| bar.inc(n)) });
+    replace_file(p, move |out| {
+        blocking_io::copy_file(src, out, tick, |_| Ok(()))
     })
     .await?;
     if let Some(bar) = bar {

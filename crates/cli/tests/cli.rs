@@ -184,6 +184,37 @@ fn storage_round_trip_on_default_file_storage() {
     assert!(out.status.success(), "{}", stderr(&out));
     assert_eq!(std::fs::read(&target).expect("copy"), b"hello, nodetool\n");
 
+    // Put from a named file (file storage copies it in the kernel), then a missing file.
+    let out = env.run(
+        &[
+            "storage",
+            "put",
+            "demo/again.txt",
+            target.to_str().expect("utf8"),
+        ],
+        &[],
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(stderr(&out).contains("16 bytes, text/plain"), "{}", stderr(&out));
+    assert_eq!(
+        std::fs::read(env.config_dir().join("assets/demo/again.txt")).expect("file on disk"),
+        b"hello, nodetool\n"
+    );
+    let missing = env.dir.path().join("missing.txt");
+    let out = env.run(
+        &[
+            "storage",
+            "put",
+            "demo/none.txt",
+            missing.to_str().expect("utf8"),
+        ],
+        &[],
+    );
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("cannot open"), "{}", stderr(&out));
+    let out = env.run(&["storage", "rm", "demo/again.txt"], &[]);
+    assert!(out.status.success(), "{}", stderr(&out));
+
     let out = env.run(&["storage", "ls", "demo/", "--json"], &[]);
     let listed: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
     assert_eq!(listed[0]["key"], "demo/hello.txt");

@@ -31,6 +31,9 @@ pub struct ObjectMeta {
     pub content_type: Option<String>,
 }
 
+/// Told the number of bytes a copy has moved since it was last called (for progress bars).
+pub type Progress = std::sync::Arc<dyn Fn(u64) + Send + Sync>;
+
 /// Options for an upload.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct PutOptions {
@@ -193,6 +196,30 @@ pub trait Storage: Send + Sync + fmt::Debug + 'static {
     fn local_path(&self, key: &StorageKey) -> Option<std::path::PathBuf> {
         let _ = key;
         None
+    }
+
+    /// Stores the rest of `file` (from its current position) as `key`, with the guarantees of
+    /// [`upload`](Self::upload). Backends that keep each object as a local file SHOULD
+    /// implement it so that the kernel does the copy; the default answers
+    /// [`ErrorKind::Unsupported`], and the caller then streams the file through `upload`.
+    /// `progress`, when given, hears of the bytes as they are copied.
+    async fn upload_file(
+        &self,
+        key: &StorageKey,
+        file: &std::fs::File,
+        opts: PutOptions,
+        progress: Option<Progress>,
+    ) -> Result<ObjectMeta> {
+        let _ = (file, opts, progress);
+        Err(Error::new(
+            ErrorKind::Unsupported,
+            format!(
+                "{} storage cannot copy from a local file",
+                self.info().scheme
+            ),
+        )
+        .with_operation("storage.upload_file")
+        .with_context("key", key))
     }
 
     /// A URL that fetches the object directly from the backend for `expires_in`, bypassing our

@@ -7,7 +7,7 @@ use std::io::{Read, Seek, SeekFrom, Write};
 
 use bytes::Bytes;
 use futures::StreamExt;
-use nodetool_core::storage::ByteStream;
+use nodetool_core::storage::{ByteStream, Progress};
 use nodetool_core::{Error, Result};
 
 /// Chunk size of file streams.
@@ -96,4 +96,37 @@ where
         Some(e) => Err(e),
         None => written,
     }
+}
+
+/// Copies the rest of `src` into `out` on a blocking thread with `std::io::copy`, which lets the
+/// kernel copy between two files (`copy_file_range`) without a pass through our memory; in
+/// 64 MiB steps so that `progress` hears of it; then runs `finish` (e.g. `File::sync_data`).
+/// Returns the bytes copied. On an error the output is left partial: the caller owns cleanup.
+pub async fn copy_file<F>(
+    mut src: std::fs::File,
+    mut out: std::fs::File,
+    progress: Option<Progress>,
+    finish: F,
+) -> Result<u64>
+where
+    F: FnOnce(&mut std::fs::File) -> std::io::Result<()> + Send + 'static,
+{
+    const STEP: u64 = 64 * 1024 * 1024;
+    tokio::task::spawn_blocking(move || -> Result<u64> {
+        let mut copied = 0;
+        loop {
+            let n = std::io::copy(&mut (&mut src).take(STEP), &mut out)?;
+            if n == 0 {
+                break;
+            }
+            copied += n;
+            if let Some(progress) = &progress {
+                progress(n);
+            }
+        }
+        finish(&mut out)?;
+        Ok(copied)
+    })
+    .await
+    .map_err(|e| Error::unexpected("file copy thread failed").with_source(e))?
 }

@@ -3,7 +3,7 @@ use std::time::SystemTime;
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
-use nodetool_core::storage::{not_found, ByteStream, Download, ObjectMeta, PutOptions};
+use nodetool_core::storage::{not_found, ByteStream, Download, ObjectMeta, Progress, PutOptions};
 use nodetool_core::{
     ByteRange, Error, Result, Storage, StorageCapabilities, StorageInfo, StorageKey, StoragePrefix,
 };
@@ -92,24 +92,53 @@ impl FileStorage {
             .join(nodetool_core::id::new_id())
     }
 
-    async fn write_temp(&self, temp: &Path, body: ByteStream, content_type: &str) -> Result<()> {
-        let file = std::fs::File::create(temp)?;
-        let for_xattr = file.try_clone()?;
-        crate::blocking_io::write_stream(file, body, |f| f.sync_data()).await?;
-        let file = for_xattr;
-        let content_type = content_type.to_owned();
-        tokio::task::spawn_blocking(move || {
-            // Filesystems without user xattrs still work; the type is then guessed on read.
-            if let Err(e) =
-                xattr::FileExt::set_xattr(&file, XATTR_CONTENT_TYPE, content_type.as_bytes())
-            {
-                tracing::debug!(error = %e, "file storage: cannot record content type in an xattr");
+    /// Writes a new object through a temp file: `fill` writes and syncs it, the content type
+    /// goes on as an xattr, and the file is renamed into place. On any failure the temp file is
+    /// removed and the old object (if any) stays.
+    async fn store<F, Fut>(&self, key: &StorageKey, opts: PutOptions, fill: F) -> Result<ObjectMeta>
+    where
+        F: FnOnce(std::fs::File) -> Fut,
+        Fut: std::future::Future<Output = Result<u64>>,
+    {
+        const OP: &str = "file.upload";
+        let path = self.path(key, OP)?;
+        if let Some(cache) = &self.read_cache {
+            cache.remove(key.as_str());
+        }
+        let temp = self.temp_path();
+        let content_type = opts.effective_content_type(key);
+        let written = async {
+            let file = std::fs::File::create(&temp)?;
+            let for_xattr = file.try_clone()?;
+            fill(file).await?;
+            set_content_type(for_xattr, content_type).await?;
+            if let Some(parent) = path.parent() {
+                tokio::fs::create_dir_all(parent).await?;
             }
-        })
-        .await
-        .map_err(|e| Error::unexpected("xattr task failed").with_source(e))?;
-        Ok(())
+            tokio::fs::rename(&temp, &path).await?;
+            Ok::<_, Error>(())
+        }
+        .await;
+        if let Err(e) = written {
+            let _ = tokio::fs::remove_file(&temp).await;
+            return Err(e.with_operation(OP).with_context("key", key));
+        }
+        self.require_metadata(key).await
     }
+}
+
+/// Records the content type in an xattr (before the rename, so data and type appear together).
+/// Filesystems without user xattrs still work; the type is then guessed on read.
+async fn set_content_type(file: std::fs::File, content_type: String) -> Result<()> {
+    tokio::task::spawn_blocking(move || {
+        if let Err(e) =
+            xattr::FileExt::set_xattr(&file, XATTR_CONTENT_TYPE, content_type.as_bytes())
+        {
+            tracing::debug!(error = %e, "file storage: cannot record content type in an xattr");
+        }
+    })
+    .await
+    .map_err(|e| Error::unexpected("xattr task failed").with_source(e))
 }
 
 fn meta_from(
@@ -230,27 +259,30 @@ impl Storage for FileStorage {
         body: ByteStream,
         opts: PutOptions,
     ) -> Result<ObjectMeta> {
-        const OP: &str = "file.upload";
-        let path = self.path(key, OP)?;
-        if let Some(cache) = &self.read_cache {
-            cache.remove(key.as_str());
-        }
-        let temp = self.temp_path();
-        let content_type = opts.effective_content_type(key);
-        let written = async {
-            self.write_temp(&temp, body, &content_type).await?;
-            if let Some(parent) = path.parent() {
-                tokio::fs::create_dir_all(parent).await?;
-            }
-            tokio::fs::rename(&temp, &path).await?;
-            Ok::<_, Error>(())
-        }
-        .await;
-        if let Err(e) = written {
-            let _ = tokio::fs::remove_file(&temp).await;
-            return Err(e.with_operation(OP).with_context("key", key));
-        }
-        self.require_metadata(key).await
+        self.store(key, opts, |temp| {
+            crate::blocking_io::write_stream(temp, body, |f| f.sync_data())
+        })
+        .await
+    }
+
+    /// The kernel copies the file into the temp file (`copy_file_range`); the rest is as
+    /// [`upload`](Storage::upload).
+    async fn upload_file(
+        &self,
+        key: &StorageKey,
+        file: &std::fs::File,
+        opts: PutOptions,
+        progress: Option<Progress>,
+    ) -> Result<ObjectMeta> {
+        let src = file.try_clone().map_err(|e| {
+            Error::from(e)
+                .with_operation("file.upload")
+                .with_context("key", key)
+        })?;
+        self.store(key, opts, |temp| {
+            crate::blocking_io::copy_file(src, temp, progress, |f| f.sync_data())
+        })
+        .await
     }
 
     fn local_path(&self, key: &StorageKey) -> Option<PathBuf> {

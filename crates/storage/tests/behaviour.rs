@@ -35,7 +35,7 @@ async fn storage_file_with_read_cache_behaviour() {
 }
 
 #[tokio::test]
-async fn only_file_storage_offers_a_local_path_and_it_holds_the_bytes() {
+async fn only_file_storage_offers_a_local_path_and_copies_from_a_file() {
     use nodetool_core::{PutOptions, Storage, StorageKey};
     let dir = tempfile::tempdir().expect("tempdir");
     let file = FileStorage::new(dir.path().join("assets"), "/api/storage").expect("file storage");
@@ -55,4 +55,18 @@ async fn only_file_storage_offers_a_local_path_and_it_holds_the_bytes() {
 
     let memory = MemoryStorage::new("/api/storage");
     assert_eq!(memory.local_path(&key), None);
+
+    // Likewise only file storage copies from a local file itself.
+    let src = std::fs::File::open(&path).expect("open");
+    let copy = StorageKey::new("a/copy.txt").expect("key");
+    let meta = file
+        .upload_file(&copy, &src, PutOptions::default(), None)
+        .await
+        .expect("file storage copies from a file");
+    assert_eq!(meta.size, 5);
+    let err = memory
+        .upload_file(&copy, &src, PutOptions::default(), None)
+        .await
+        .expect_err("memory storage streams instead");
+    assert_eq!(err.kind(), nodetool_core::ErrorKind::Unsupported);
 }

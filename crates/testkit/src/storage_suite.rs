@@ -70,6 +70,7 @@ const CASES: &[(&str, Case)] = cases![
     large_streamed_upload_in_many_chunks,
     failed_stream_leaves_nothing_behind,
     failed_overwrite_keeps_previous_object,
+    upload_file_copies_or_is_unsupported,
     readers_never_see_a_partial_object,
     delete_is_idempotent,
     list_is_by_prefix_and_sorted,
@@ -425,6 +426,64 @@ async fn failed_overwrite_keeps_previous_object(ctx: Ctx) {
         .await;
     assert!(result.is_err());
     assert_eq!(ctx.get("keep.bin").await.as_ref(), b"original");
+}
+
+/// `upload_file` is optional (`Unsupported`), but where a backend offers it, it keeps every
+/// guarantee of `upload`: the bytes, the content type, and no change on failure.
+async fn upload_file_copies_or_is_unsupported(ctx: Ctx) {
+    use std::io::{Seek, SeekFrom, Write};
+    use std::sync::atomic::{AtomicU64, Ordering};
+
+    let data = pattern(3 * 1024 * 1024 + 17);
+    let mut src = tempfile::tempfile().expect("temp file");
+    src.write_all(&data).expect("write");
+    src.seek(SeekFrom::Start(0)).expect("seek");
+    let key = ctx.key("from-file.bin");
+    let copied = Arc::new(AtomicU64::new(0));
+    let progress: nodetool_core::storage::Progress = {
+        let copied = copied.clone();
+        Arc::new(move |n| {
+            copied.fetch_add(n, Ordering::Relaxed);
+        })
+    };
+    let stored = ctx
+        .storage
+        .upload_file(
+            &key,
+            &src,
+            PutOptions::content_type("application/x-suite"),
+            Some(progress),
+        )
+        .await;
+    match stored {
+        Err(e) if e.kind() == ErrorKind::Unsupported => {
+            let meta = ctx.storage.metadata(&key).await.expect("metadata");
+            assert!(meta.is_none(), "an unsupported upload_file stored {meta:?}");
+            return;
+        }
+        Err(e) => panic!("upload_file: {e}"),
+        Ok(meta) => {
+            assert_eq!(meta.size, data.len() as u64);
+            assert_eq!(meta.content_type.as_deref(), Some("application/x-suite"));
+        }
+    }
+    assert_eq!(ctx.get("from-file.bin").await.as_ref(), data.as_slice());
+    assert_eq!(
+        copied.load(Ordering::Relaxed),
+        data.len() as u64,
+        "progress"
+    );
+
+    // A source that cannot be read (opened write-only) fails and keeps the stored object.
+    ctx.put("from-file.bin", b"original").await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let write_only = std::fs::File::create(dir.path().join("w")).expect("create");
+    let result = ctx
+        .storage
+        .upload_file(&key, &write_only, PutOptions::default(), None)
+        .await;
+    assert!(result.is_err(), "reading a write-only file must fail");
+    assert_eq!(ctx.get("from-file.bin").await.as_ref(), b"original");
 }
 
 async fn readers_never_see_a_partial_object(ctx: Ctx) {
