@@ -370,10 +370,7 @@ async fn copy_local(src: std::fs::File, p: &Path) -> anyhow::Result<()> {
     let tick = bar
         .clone()
         .map(|bar| -> Progress { Arc::new(move |n| bar.inc(n)) });
-    replace_file(p, move |out| {
-        blocking_io::copy_file(src, out, tick, |_| Ok(()))
-    })
-    .await?;
+    replace_file(p, move |out| blocking_io::copy_file(src, out, tick, false)).await?;
     if let Some(bar) = bar {
         bar.finish_and_clear();
     }

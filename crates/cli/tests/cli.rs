@@ -195,7 +195,11 @@ fn storage_round_trip_on_default_file_storage() {
         &[],
     );
     assert!(out.status.success(), "{}", stderr(&out));
-    assert!(stderr(&out).contains("16 bytes, text/plain"), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("16 bytes, text/plain"),
+        "{}",
+        stderr(&out)
+    );
     assert_eq!(
         std::fs::read(env.config_dir().join("assets/demo/again.txt")).expect("file on disk"),
         b"hello, nodetool\n"

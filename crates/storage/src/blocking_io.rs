@@ -99,21 +99,21 @@ where
 }
 
 /// Copies the rest of `src` into `out` on a blocking thread with `std::io::copy`, which lets the
-/// kernel copy between two files (`copy_file_range`) without a pass through our memory; in
-/// 64 MiB steps so that `progress` hears of it; then runs `finish` (e.g. `File::sync_data`).
-/// Returns the bytes copied. On an error the output is left partial: the caller owns cleanup.
-pub async fn copy_file<F>(
+/// kernel copy between two files (`copy_file_range`) without a pass through our memory, in
+/// steps so that `progress` hears of it. With `sync`, `out` is durable on return
+/// (`fdatasync`), and a flusher thread writes back what is copied while the copy goes on, so
+/// the final sync waits for the last step only instead of the whole file. Returns the bytes
+/// copied. On an error the output is left partial: the caller owns cleanup.
+pub async fn copy_file(
     mut src: std::fs::File,
     mut out: std::fs::File,
     progress: Option<Progress>,
-    finish: F,
-) -> Result<u64>
-where
-    F: FnOnce(&mut std::fs::File) -> std::io::Result<()> + Send + 'static,
-{
-    const STEP: u64 = 64 * 1024 * 1024;
+    sync: bool,
+) -> Result<u64> {
+    const STEP: u64 = 16 * 1024 * 1024;
     tokio::task::spawn_blocking(move || -> Result<u64> {
         let mut copied = 0;
+        let mut flusher: Option<Flusher> = None;
         loop {
             let n = std::io::copy(&mut (&mut src).take(STEP), &mut out)?;
             if n == 0 {
@@ -123,10 +123,60 @@ where
             if let Some(progress) = &progress {
                 progress(n);
             }
+            if sync && n == STEP {
+                match &flusher {
+                    Some(f) => f.poke(),
+                    // Only files larger than one step get a flusher thread.
+                    None => flusher = Some(Flusher::start(&out)?),
+                }
+            }
         }
-        finish(&mut out)?;
+        if let Some(f) = flusher {
+            f.stop()?;
+        }
+        if sync {
+            out.sync_data()?;
+        }
         Ok(copied)
     })
     .await
     .map_err(|e| Error::unexpected("file copy thread failed").with_source(e))?
+}
+
+/// A thread that runs `fdatasync` on a file whenever poked (pokes while it is busy coalesce),
+/// so that writeback overlaps the writing.
+struct Flusher {
+    poke: std::sync::mpsc::SyncSender<()>,
+    thread: std::thread::JoinHandle<std::io::Result<()>>,
+}
+
+impl Flusher {
+    fn start(file: &std::fs::File) -> std::io::Result<Self> {
+        let file = file.try_clone()?;
+        let (poke, pokes) = std::sync::mpsc::sync_channel::<()>(1);
+        let thread = std::thread::Builder::new()
+            .name("nodetool-flush".into())
+            .spawn(move || {
+                while pokes.recv().is_ok() {
+                    file.sync_data()?;
+                }
+                Ok(())
+            })?;
+        let flusher = Self { poke, thread };
+        flusher.poke();
+        Ok(flusher)
+    }
+
+    fn poke(&self) {
+        // Full: a sync is already due, which covers this step too.
+        let _ = self.poke.try_send(());
+    }
+
+    /// Waits for the flusher's last sync; its error, if any, is the copy's.
+    fn stop(self) -> std::io::Result<()> {
+        drop(self.poke);
+        self.thread
+            .join()
+            .unwrap_or_else(|_| Err(std::io::Error::other("flusher thread panicked")))
+    }
 }

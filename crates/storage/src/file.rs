@@ -280,7 +280,7 @@ impl Storage for FileStorage {
                 .with_context("key", key)
         })?;
         self.store(key, opts, |temp| {
-            crate::blocking_io::copy_file(src, temp, progress, |f| f.sync_data())
+            crate::blocking_io::copy_file(src, temp, progress, true)
         })
         .await
     }

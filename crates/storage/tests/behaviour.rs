@@ -70,3 +70,24 @@ async fn only_file_storage_offers_a_local_path_and_copies_from_a_file() {
         .expect_err("memory storage streams instead");
     assert_eq!(err.kind(), nodetool_core::ErrorKind::Unsupported);
 }
+
+/// Larger than one copy step, so the flusher thread that writes back behind the copy runs.
+#[tokio::test]
+async fn file_storage_copies_a_multi_step_file_whole() {
+    use nodetool_core::{PutOptions, Storage, StorageKey};
+    use std::io::{Seek, SeekFrom, Write};
+    let dir = tempfile::tempdir().expect("tempdir");
+    let file = FileStorage::new(dir.path().join("assets"), "/api/storage").expect("file storage");
+    let data = nodetool_testkit::storage_suite::pattern(40 * 1024 * 1024 + 3);
+    let mut src = tempfile::tempfile_in(dir.path()).expect("temp file");
+    src.write_all(&data).expect("write");
+    src.seek(SeekFrom::Start(0)).expect("seek");
+    let key = StorageKey::new("big/object.bin").expect("key");
+    let meta = file
+        .upload_file(&key, &src, PutOptions::default(), None)
+        .await
+        .expect("upload_file");
+    assert_eq!(meta.size, data.len() as u64);
+    let path = file.local_path(&key).expect("local path");
+    assert!(std::fs::read(path).expect("read") == data, "bytes differ");
+}
