@@ -4,8 +4,10 @@
 //! (most of a 4 KiB GET's system time). An entry is used only while the path's current
 //! [`Stamp`] equals the stamp of the file it was read from, so a replaced file (new inode), an
 //! in-place write, truncate or xattr change (new ctime, which user space cannot set) is a miss,
-//! never stale bytes. What slips through is what also defeats the object's ETag: an inode freed
-//! and reused for a file of the same size within one coarse clock tick.
+//! never stale bytes. What slips through is what also defeats the object's ETag: a same-size
+//! rewrite in place, or an inode freed and reused for a file of the same size, within one tick
+//! of the filesystem's coarse clock (kernels since 6.13 give a fine-grained ctime to a change
+//! made after a stat, which closes the first case).
 
 use std::os::unix::fs::MetadataExt;
 use std::sync::Arc;
