@@ -293,12 +293,15 @@ pub fn register(r: &mut Registry) {
         "lib.pillow.Blend",
         "lib.image.Blend",
     ] {
-        r.register(Arc::new(BlendNode {
+        r.register(Arc::new(MultiImageNode {
             spec: NodeSpec::new(node_type, "Blend")
                 .required("image1", "image")
                 .required("image2", "image")
                 .input("alpha", "float", json!(0.5))
                 .output("output", "image"),
+            images: &["image1", "image2"],
+            op_name: "image.blend",
+            op: blend,
         }));
     }
 
@@ -352,59 +355,10 @@ impl NodeImpl for ImageOpNode {
     }
 }
 
-/// `lib.pillow.Blend`: `image1 + alpha * (image2 - image1)`; `image2` is first fitted to
-/// `image1`'s size when they differ, as NodeTool does.
-#[derive(Debug)]
-struct BlendNode {
-    spec: NodeSpec,
-}
-
-#[async_trait]
-impl NodeImpl for BlendNode {
-    fn spec(&self) -> &NodeSpec {
-        &self.spec
-    }
-
-    async fn process(
-        &self,
-        ctx: &ProcessingContext,
-        inputs: &NodeInputs,
-        out: &mut Emitter,
-    ) -> Result<()> {
-        const OP: &str = "image.blend";
-        let alpha = opt_f64(inputs, "alpha")?.unwrap_or(0.5);
-        if !(0.0..=1.0).contains(&alpha) {
-            return Err(param_error(
-                OP,
-                "alpha",
-                format!("{alpha} is not within 0..=1"),
-            ));
-        }
-        let first = image_bytes(ctx, inputs, "image1", OP).await?;
-        let second = image_bytes(ctx, inputs, "image2", OP).await?;
-        let png = blocking(OP, move || {
-            let a = as_rgb(decode(&first, OP)?.0);
-            let mut b = as_rgb(decode(&second, OP)?.0);
-            if (a.width(), a.height()) != (b.width(), b.height()) {
-                b = b.resize_to_fill(a.width(), a.height(), FilterType::Lanczos3);
-            }
-            let mut raw = Raw::from(a);
-            let other = Raw::from(b);
-            for (x, y) in raw.data.iter_mut().zip(other.data.iter()) {
-                *x = pil_blend(*x, *y, alpha);
-            }
-            encode_png(&raw.into_image(OP)?, OP)
-        })
-        .await?;
-        let image = store_temp_image(ctx, png).await?;
-        out.emit("output", image).await
-    }
-}
-
 /// Several images in (named inputs, each converted to RGB), one out.
 type MultiImageOp = fn(&NodeInputs, Vec<DynamicImage>) -> Result<DynamicImage>;
 
-/// `nodetool.image.Paste`, `lib.pillow.Composite`: every image input is downloaded, then the
+/// `nodetool.image.Paste`, `lib.pillow.Composite`, `lib.pillow.Blend`: every image input is downloaded, then the
 /// operation runs off the async workers.
 #[derive(Debug)]
 struct MultiImageNode {
@@ -632,6 +586,33 @@ async fn store_temp_image(ctx: &ProcessingContext, png: Vec<u8>) -> Result<Value
 }
 
 // ---- operations -----------------------------------------------------------------------------
+
+/// `lib.pillow.Blend`: `image1 + alpha * (image2 - image1)`; `image2` is first fitted to
+/// `image1`'s size when they differ, as NodeTool does.
+fn blend(inputs: &NodeInputs, images: Vec<DynamicImage>) -> Result<DynamicImage> {
+    const OP: &str = "image.blend";
+    let alpha = opt_f64(inputs, "alpha")?.unwrap_or(0.5);
+    if !(0.0..=1.0).contains(&alpha) {
+        return Err(param_error(
+            OP,
+            "alpha",
+            format!("{alpha} is not within 0..=1"),
+        ));
+    }
+    let mut it = images.into_iter();
+    let (Some(a), Some(mut b)) = (it.next(), it.next()) else {
+        return Err(Error::unexpected("blend needs two images").with_operation(OP));
+    };
+    if (a.width(), a.height()) != (b.width(), b.height()) {
+        b = b.resize_to_fill(a.width(), a.height(), FilterType::Lanczos3);
+    }
+    let mut raw = Raw::from(a);
+    let other = Raw::from(b);
+    for (x, y) in raw.data.iter_mut().zip(other.data.iter()) {
+        *x = pil_blend(*x, *y, alpha);
+    }
+    raw.into_image(OP)
+}
 
 fn param_error(op: &'static str, name: &'static str, msg: String) -> Error {
     Error::invalid_input(format!("input `{name}`: {msg}"))
