@@ -13,7 +13,7 @@ use std::sync::Arc;
 use common::strategy_suite::graph;
 use nodetool_core::ErrorKind;
 use nodetool_engine::{Graph, Status};
-use nodetool_exec::docker::{image, DockerConfig, DockerStrategy, PullPolicy};
+use nodetool_exec::docker::{DockerConfig, DockerStrategy, PullPolicy};
 use nodetool_exec::protocol::{read_frame, write_frame, ChildFrame, ParentFrame, MAX_FRAME_BYTES};
 use nodetool_exec::subprocess::{SubprocessConfig, SubprocessStrategy};
 use nodetool_exec::threaded::ThreadedStrategy;
@@ -397,27 +397,9 @@ async fn the_worker_acks_input_frames_while_the_job_runs() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn docker_jobs_take_streamed_inputs() {
     const TEST: &str = "docker_jobs_take_streamed_inputs";
-    let socket = Path::new("/var/run/docker.sock");
-    let client = match nodetool_exec::docker::connect_engine(socket).await {
-        Ok(c) => c,
-        Err(e) => {
-            nodetool_testkit::skip_or_fail(TEST, &format!("no Docker engine: {e}"));
-            return;
-        }
+    let Some((_, tag)) = common::worker_image(TEST).await else {
+        return;
     };
-    let binary = Path::new(WORKER);
-    let tag = image::pinned_tag(binary).unwrap();
-    if !image::image_exists(&client, &tag).await.unwrap() {
-        image::build_image(
-            &client,
-            binary,
-            std::slice::from_ref(&tag),
-            "1000:1000",
-            &["worker".into()],
-        )
-        .await
-        .unwrap();
-    }
     let dir = tempfile::tempdir().unwrap();
     let workspaces = dir.path().join("jobs");
     std::fs::create_dir_all(&workspaces).unwrap();

@@ -23,7 +23,7 @@ use nodetool_core::{
     Storage, StorageInfo, StorageKey, StoragePrefix,
 };
 use nodetool_engine::{EngineResources, Graph, Status};
-use nodetool_exec::docker::{image, DockerConfig, DockerStrategy, PullPolicy};
+use nodetool_exec::docker::{DockerConfig, DockerStrategy, PullPolicy};
 use nodetool_exec::subprocess::{SubprocessConfig, SubprocessStrategy};
 use nodetool_exec::{ExecutionStrategy, JobSpec, WorkerRef, WorkerServices};
 use nodetool_runtime::{ResourceOptions, Resources};
@@ -498,27 +498,9 @@ async fn a_worker_without_services_fails_storage_clearly() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn docker_workers_use_the_parents_services() {
     const TEST: &str = "docker_workers_use_the_parents_services";
-    let socket = Path::new("/var/run/docker.sock");
-    let client = match nodetool_exec::docker::connect_engine(socket).await {
-        Ok(c) => c,
-        Err(e) => {
-            nodetool_testkit::skip_or_fail(TEST, &format!("no Docker engine: {e}"));
-            return;
-        }
+    let Some((client, tag)) = common::worker_image(TEST).await else {
+        return;
     };
-    let binary = Path::new(WORKER);
-    let tag = image::pinned_tag(binary).unwrap();
-    if !image::image_exists(&client, &tag).await.unwrap() {
-        image::build_image(
-            &client,
-            binary,
-            std::slice::from_ref(&tag),
-            "1000:1000",
-            &["worker".into()],
-        )
-        .await
-        .unwrap();
-    }
     let dir = tempfile::tempdir().unwrap();
     let workspaces = dir.path().join("jobs");
     std::fs::create_dir_all(&workspaces).unwrap();

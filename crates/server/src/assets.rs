@@ -128,20 +128,9 @@ fn store(state: &AppState) -> Arc<dyn AssetStore> {
 fn home_folder(user: &str) -> AssetRecord {
     let epoch = DateTime::<Utc>::UNIX_EPOCH;
     AssetRecord {
-        id: user.to_owned(),
-        user_id: user.to_owned(),
-        workflow_id: None,
-        parent_id: String::new(),
-        name: "Home".to_owned(),
-        content_type: FOLDER.to_owned(),
-        size: None,
-        metadata: None,
-        duration: None,
-        node_id: None,
-        job_id: None,
-        storage_key: None,
         created_at: epoch,
         updated_at: epoch,
+        ..AssetRecord::new(user, user, "", "Home", FOLDER)
     }
 }
 
