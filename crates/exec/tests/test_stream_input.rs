@@ -5,6 +5,7 @@
 #![allow(clippy::unwrap_used)]
 
 mod common;
+mod docker_image;
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -397,7 +398,7 @@ async fn the_worker_acks_input_frames_while_the_job_runs() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn docker_jobs_take_streamed_inputs() {
     const TEST: &str = "docker_jobs_take_streamed_inputs";
-    let Some((_, tag)) = common::worker_image(TEST).await else {
+    let Some((_, tag)) = docker_image::worker_image(TEST).await else {
         return;
     };
     let dir = tempfile::tempdir().unwrap();

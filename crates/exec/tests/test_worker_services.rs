@@ -6,6 +6,7 @@
 #![allow(clippy::unwrap_used)]
 
 mod common;
+mod docker_image;
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -498,7 +499,7 @@ async fn a_worker_without_services_fails_storage_clearly() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn docker_workers_use_the_parents_services() {
     const TEST: &str = "docker_workers_use_the_parents_services";
-    let Some((client, tag)) = common::worker_image(TEST).await else {
+    let Some((client, tag)) = docker_image::worker_image(TEST).await else {
         return;
     };
     let dir = tempfile::tempdir().unwrap();
