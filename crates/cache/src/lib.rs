@@ -4,8 +4,6 @@
 //! `MEMCACHE_HOST` and `MEMCACHE_PORT` are set, else memory) and shares it with every job. Both
 //! caches are lossy: failures are logged and read as misses, never fail a job.
 
-pub mod codec;
-mod key;
 mod memcached;
 mod memory;
 mod uri;
@@ -13,9 +11,11 @@ mod uri;
 use std::sync::Arc;
 use std::time::Duration;
 
-pub use key::node_cache_key;
+// The key and the value encoding live in core (every process computes them; none needs a
+// backend to).
 pub use memcached::{memcached_exptime, MemcachedConfig, MemcachedNodeCache};
 pub use memory::{MemoryNodeCache, DEFAULT_MAX_BYTES};
+pub use nodetool_core::cache::{codec, node_cache_key};
 pub use nodetool_core::{CacheValue, NodeCache};
 pub use uri::{UriCache, DEFAULT_URI_MAX_ENTRIES, DEFAULT_URI_TTL};
 

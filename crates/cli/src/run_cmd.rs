@@ -9,8 +9,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use nodetool_engine::{
-    parse_workflow, Engine, EngineResources, Event, EventEnvelope, Registry, RunOptions,
-    RunRequest, Status,
+    parse_workflow, Engine, Event, EventEnvelope, RunOptions, RunRequest, Status,
 };
 use nodetool_runtime::{ResourceOptions, Resources};
 use serde_json::{Map, Value};
@@ -69,8 +68,8 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     let resources =
         Resources::new(settings, ResourceOptions::default()).with_asset_store(Arc::new(store));
     let engine = Engine::new(
-        Arc::new(Registry::builtin()),
-        EngineResources::from_resources(&resources).await?,
+        Arc::new(nodetool_nodes::registry()),
+        resources.engine_resources().await?,
     );
 
     let node_count = workflow.graph.nodes.len();
@@ -147,8 +146,7 @@ async fn run_isolated(
     let resources =
         Resources::new(settings, ResourceOptions::default()).with_asset_store(Arc::new(store));
     let settings = resources.settings().clone();
-    let services =
-        nodetool_exec::WorkerServices::new(EngineResources::from_resources(&resources).await?);
+    let services = nodetool_exec::WorkerServices::new(resources.engine_resources().await?);
     let runner: Arc<dyn ExecutionStrategy> = match strategy {
         StrategyKind::Subprocess => {
             let cfg = crate::subprocess_config(&settings)?;

@@ -229,16 +229,16 @@ async fn job_manager(
     store: nodetool_exec::JobStore,
     keys: nodetool_exec::KeyScope,
 ) -> anyhow::Result<nodetool_exec::JobExecutionManager> {
-    use nodetool_engine::{Engine, EngineResources, Registry};
+    use nodetool_engine::Engine;
     use nodetool_exec::subprocess::SubprocessStrategy;
     use nodetool_exec::threaded::ThreadedStrategy;
     use nodetool_exec::{ExecutionStrategy, JobExecutionManager, ManagerConfig};
 
     let settings = resources.settings();
-    let engine_resources = EngineResources::from_resources(resources).await?;
+    let engine_resources = resources.engine_resources().await?;
     let services =
         nodetool_exec::WorkerServices::new(engine_resources.clone()).with_key_scope(keys);
-    let engine = Engine::new(Arc::new(Registry::builtin()), engine_resources);
+    let engine = Engine::new(Arc::new(nodetool_nodes::registry()), engine_resources);
     let mut strategies: Vec<Arc<dyn ExecutionStrategy>> = vec![Arc::new(ThreadedStrategy::new(
         engine,
         settings.thread_pool_size.max(1),

@@ -1,9 +1,9 @@
-//! Every engine fixture (`crates/engine/tests/fixtures/`) through the `nodetool run` binary: the
+//! Every engine fixture (`crates/nodes/tests/fixtures/`) through the `nodetool run` binary: the
 //! printed result JSON (or, for failing cases, the exit code and the error on stderr) must match
 //! the expected file. Pixels of image outputs are checked by the engine's `fixtures` test; here
 //! the run uses in-memory storage (ENV=test), so an image output is checked to be an image ref.
 
-#[path = "../../engine/tests/fixtures/support.rs"]
+#[path = "../../nodes/tests/fixtures/support.rs"]
 mod support;
 
 use std::path::{Path, PathBuf};
@@ -12,7 +12,7 @@ use std::process::Command;
 use serde_json::{Map, Value};
 
 fn fixtures_root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../engine/tests/fixtures")
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../nodes/tests/fixtures")
 }
 
 fn nodetool_run(

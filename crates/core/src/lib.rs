@@ -14,7 +14,7 @@ pub mod storage;
 pub mod url;
 
 pub use assets::{AssetPage, AssetQuery, AssetRecord, AssetStore};
-pub use cache::{CacheValue, NodeCache};
+pub use cache::{node_cache_key, CacheValue, NodeCache};
 pub use error::{Error, ErrorKind, Result};
 pub use key::{StorageKey, StoragePrefix};
 pub use storage::{

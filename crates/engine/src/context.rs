@@ -37,18 +37,6 @@ pub struct EngineResources {
 }
 
 impl EngineResources {
-    /// Takes the process's asset storage, temp storage, asset record store (if it has one) and
-    /// node cache from `Resources`.
-    pub async fn from_resources(resources: &nodetool_runtime::Resources) -> Result<Self> {
-        Ok(Self {
-            asset_storage: resources.asset_storage()?,
-            temp_storage: resources.temp_storage()?,
-            asset_store: resources.asset_store(),
-            node_cache: resources.node_cache().await?,
-            node_cache_ttl: resources.node_cache_ttl(),
-        })
-    }
-
     /// The same resources with `store` for asset records.
     pub fn with_asset_store(mut self, store: Arc<dyn AssetStore>) -> Self {
         self.asset_store = Some(store);

@@ -2,8 +2,8 @@
 //!
 //! - [`graph`]: NodeTool graph JSON and workflow files ([`parse_workflow`]).
 //! - [`validate()`]: every problem of a graph, before anything runs.
-//! - [`node`]: the node contract ([`NodeImpl`], [`NodeSpec`]) and [`registry`] of built-ins
-//!   ([`nodes`]).
+//! - [`node`]: the node contract ([`NodeImpl`], [`NodeSpec`]) and the [`registry`] a run looks
+//!   node types up in (the built-in library is the `nodetool-nodes` crate).
 //! - [`runner`]: [`Engine::run`], one tokio task per node with bounded per-handle inboxes.
 //! - [`inputs`]: [`InputStreams`], values pushed into a running job's input nodes.
 //! - [`events`]: NodeTool's typed messages with `job_id` and `seq`.
@@ -17,7 +17,7 @@ pub mod events;
 pub mod graph;
 pub mod inputs;
 pub mod node;
-pub mod nodes;
+pub mod pyfmt;
 pub mod registry;
 pub mod runner;
 pub mod types;

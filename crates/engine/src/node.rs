@@ -335,13 +335,13 @@ pub fn value_to_text(v: &Value) -> String {
         Value::Bool(false) => "False".to_owned(),
         Value::String(s) => s.clone(),
         Value::Number(n) => n.to_string(),
-        other => crate::nodes::python_json(other),
+        other => crate::pyfmt::python_json(other),
     }
 }
 
-/// A message in a node's inbox.
+/// A message in a node's inbox, for nodes that read it raw ([`Inbox::next_msg`]).
 #[derive(Debug)]
-pub(crate) enum InMsg {
+pub enum InMsg {
     Item {
         handle: usize,
         value: Value,
@@ -520,8 +520,9 @@ impl Inbox {
         self.open.get(handle).copied().unwrap_or(false)
     }
 
-    /// The next raw message, `None` once every handle has ended.
-    pub(crate) async fn next_msg(&mut self) -> Result<Option<InMsg>> {
+    /// The next raw message, `None` once every handle has ended: for nodes that must see each
+    /// handle's end (ForEach-style control nodes).
+    pub async fn next_msg(&mut self) -> Result<Option<InMsg>> {
         if let Some((handle, value, permit)) = self.held.pop_front() {
             return Ok(Some(InMsg::Item {
                 handle,

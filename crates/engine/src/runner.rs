@@ -842,7 +842,7 @@ async fn actor_body(
         plan.emitter.start_firing();
 
         let key = plan.cacheable.then(|| {
-            nodetool_cache::node_cache_key(
+            nodetool_core::node_cache_key(
                 ctx.user_id(),
                 &spec.node_type,
                 &spec.version,

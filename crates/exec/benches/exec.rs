@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use nodetool_engine::{Engine, EngineResources, Graph, NullSink, Registry};
+use nodetool_engine::{Engine, Graph, NullSink};
 use nodetool_exec::subprocess::{SubprocessConfig, SubprocessStrategy};
 use nodetool_exec::threaded::ThreadedStrategy;
 use nodetool_exec::{
@@ -38,8 +38,8 @@ fn main() {
                 .unwrap();
         let resources = nodetool_runtime::Resources::new(settings, Default::default());
         let engine = Engine::new(
-            Arc::new(Registry::builtin()),
-            EngineResources::from_resources(&resources).await.unwrap(),
+            Arc::new(nodetool_nodes::registry()),
+            resources.engine_resources().await.unwrap(),
         );
         let threaded: Arc<dyn ExecutionStrategy> =
             Arc::new(ThreadedStrategy::new(engine, 2).unwrap());
@@ -127,8 +127,8 @@ fn main() {
             vec![Arc::new(
                 ThreadedStrategy::new(
                     Engine::new(
-                        Arc::new(Registry::builtin()),
-                        EngineResources::from_resources(&resources).await.unwrap(),
+                        Arc::new(nodetool_nodes::registry()),
+                        resources.engine_resources().await.unwrap(),
                     ),
                     2,
                 )

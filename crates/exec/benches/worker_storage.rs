@@ -16,7 +16,7 @@ use tokio::io::AsyncBufReadExt;
 use tokio::sync::mpsc;
 
 use nodetool_core::{ByteStream, PutOptions, Storage, StorageKey};
-use nodetool_engine::{EngineResources, Graph};
+use nodetool_engine::Graph;
 use nodetool_exec::calls::client::remote_resources;
 use nodetool_exec::calls::{CallClient, CallHandler, CallScope, WorkerServices};
 use nodetool_exec::protocol::{
@@ -122,7 +122,7 @@ async fn parent() {
     ))
     .unwrap();
     let resources = nodetool_runtime::Resources::new(settings, Default::default());
-    let res = EngineResources::from_resources(&resources).await.unwrap();
+    let res = resources.engine_resources().await.unwrap();
 
     // In-process: the file storage directly.
     let key = StorageKey::new("1/bench-local.bin").unwrap();

@@ -258,7 +258,13 @@ pub async fn run_worker() -> Result<()> {
         term.recv().await;
     };
     let (input, output) = stdio();
-    serve(input, output, Arc::new(Registry::builtin()), terminate).await
+    serve(
+        input,
+        output,
+        Arc::new(nodetool_nodes::registry()),
+        terminate,
+    )
+    .await
 }
 
 /// The process's stdin and stdout for frames: as non-blocking pipes when they are pipes (as

@@ -329,7 +329,7 @@ async fn the_worker_acks_input_frames_while_the_job_runs() {
     let worker = tokio::spawn(nodetool_exec::worker::serve(
         child_r,
         child_w,
-        Arc::new(nodetool_engine::Registry::builtin()),
+        Arc::new(nodetool_nodes::registry()),
         std::future::pending(),
     ));
 

@@ -47,10 +47,7 @@ async fn parent_resources(dir: &Path) -> (EngineResources, Arc<SqliteAssetStore>
     let store = Arc::new(SqliteAssetStore::in_memory().await.unwrap());
     let resources =
         Resources::new(settings, ResourceOptions::default()).with_asset_store(store.clone());
-    (
-        EngineResources::from_resources(&resources).await.unwrap(),
-        store,
-    )
+    (resources.engine_resources().await.unwrap(), store)
 }
 
 fn scope(user: &str, keys: KeyScope) -> CallScope {

@@ -67,7 +67,7 @@ impl Parent {
         let resources = Arc::new(
             Resources::new(settings, ResourceOptions::default()).with_asset_store(store.clone()),
         );
-        let engine = EngineResources::from_resources(&resources).await.unwrap();
+        let engine = resources.engine_resources().await.unwrap();
         Self {
             dir,
             resources,

@@ -14,6 +14,7 @@ use std::time::Duration;
 use nodetool_cache::{MemcachedConfig, NodeCacheConfig, UriCache};
 use nodetool_config::{CachePlan, Selection, Settings, StoragePlan};
 use nodetool_core::{AssetStore, CacheValue, NodeCache, Result, Storage};
+use nodetool_engine::EngineResources;
 use nodetool_storage::{FileStorage, MemoryStorage, UrlSigner};
 use nodetool_storage_s3::{S3Config, S3Storage};
 use nodetool_storage_supabase::{SupabaseConfig, SupabaseStorage};
@@ -182,6 +183,18 @@ impl Resources {
     /// TTL for node outputs unless a node says otherwise (`NODE_CACHE_TTL`).
     pub fn node_cache_ttl(&self) -> Duration {
         self.settings.node_cache_ttl
+    }
+
+    /// What the engine runs jobs with: this process's asset storage, temp storage, asset record
+    /// store (if it has one) and node cache.
+    pub async fn engine_resources(&self) -> Result<EngineResources> {
+        Ok(EngineResources {
+            asset_storage: self.asset_storage()?,
+            temp_storage: self.temp_storage()?,
+            asset_store: self.asset_store(),
+            node_cache: self.node_cache().await?,
+            node_cache_ttl: self.node_cache_ttl(),
+        })
     }
 
     pub fn uri_cache(&self) -> Arc<UriCache> {

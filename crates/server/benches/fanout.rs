@@ -92,7 +92,7 @@ fn serve(replay: usize, backlog: u32) {
     // The same runtime `nodetool serve` uses.
     let rt = tokio::runtime::Runtime::new().unwrap();
     rt.block_on(async move {
-        use nodetool_engine::{Engine, EngineResources, Registry};
+        use nodetool_engine::Engine;
         use nodetool_exec::threaded::ThreadedStrategy;
         use nodetool_exec::{JobExecutionManager, JobStore, ManagerConfig};
 
@@ -125,8 +125,8 @@ fn serve(replay: usize, backlog: u32) {
             Default::default(),
         ));
         let engine = Engine::new(
-            Arc::new(Registry::builtin()),
-            EngineResources::from_resources(&resources).await.unwrap(),
+            Arc::new(nodetool_nodes::registry()),
+            resources.engine_resources().await.unwrap(),
         );
         let store = JobStore::from_pool(db.clone()).await.unwrap();
         let manager = JobExecutionManager::new(

@@ -6,7 +6,7 @@ pub mod strategy_suite;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use nodetool_engine::{Engine, EngineResources, Registry};
+use nodetool_engine::Engine;
 
 /// An engine on test settings (in-memory/temp storage) under `dir`.
 pub async fn test_engine(dir: &std::path::Path) -> Engine {
@@ -14,8 +14,6 @@ pub async fn test_engine(dir: &std::path::Path) -> Engine {
     let settings = nodetool_config::Settings::load(&nodetool_config::Sources::new(env, dir))
         .expect("settings");
     let resources = nodetool_runtime::Resources::new(settings, Default::default());
-    let res = EngineResources::from_resources(&resources)
-        .await
-        .expect("resources");
-    Engine::new(Arc::new(Registry::builtin()), res)
+    let res = resources.engine_resources().await.expect("resources");
+    Engine::new(Arc::new(nodetool_nodes::registry()), res)
 }

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use nodetool_config::{Settings, Sources};
-use nodetool_engine::{Engine, EngineResources, Registry};
+use nodetool_engine::Engine;
 use nodetool_exec::threaded::ThreadedStrategy;
 use nodetool_exec::{JobExecutionManager, JobStore, ManagerConfig};
 use nodetool_runtime::{ResourceOptions, Resources};
@@ -66,8 +66,8 @@ pub async fn start_with(auth: &str, config: ManagerConfig) -> JobServer {
     let resources = Arc::new(Resources::new(settings, ResourceOptions::default()));
     let db = nodetool_server::db::open(&db_path).await.unwrap();
     let engine = Engine::new(
-        Arc::new(Registry::builtin()),
-        EngineResources::from_resources(&resources).await.unwrap(),
+        Arc::new(nodetool_nodes::registry()),
+        resources.engine_resources().await.unwrap(),
     );
     let store = JobStore::from_pool(db.clone()).await.unwrap();
     let manager = JobExecutionManager::new(

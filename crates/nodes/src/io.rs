@@ -1,0 +1,135 @@
+//! `nodetool.input.*` and `nodetool.output.*`: workflow inputs (replaced by job params by name)
+//! and outputs (collected into the job result by name).
+//!
+//! An input node emits its param (or default) once. In a run with input streams, an input node
+//! without a param is instead fed from outside: the runner streams the pushed values on its
+//! `output` and never calls the function below (see [`nodetool_engine::inputs`]).
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use serde_json::{json, Value};
+
+use nodetool_core::Result;
+
+use nodetool_engine::context::ProcessingContext;
+use nodetool_engine::node::{Emitter, Inbox, NodeImpl, NodeInputs, NodeKind, NodeSpec};
+use nodetool_engine::registry::Registry;
+
+use super::fn_node;
+
+pub fn register(r: &mut Registry) {
+    let inputs: [(&str, &str, &str, Value); 10] = [
+        ("StringInput", "String Input", "str", json!("")),
+        ("IntegerInput", "Integer Input", "int", json!(0)),
+        ("FloatInput", "Float Input", "float", json!(0.0)),
+        ("BooleanInput", "Boolean Input", "bool", json!(false)),
+        ("ImageInput", "Image Input", "image", Value::Null),
+        ("AudioInput", "Audio Input", "audio", Value::Null),
+        ("VideoInput", "Video Input", "video", Value::Null),
+        ("DocumentInput", "Document Input", "document", Value::Null),
+        (
+            "StringListInput",
+            "String List Input",
+            "list[str]",
+            json!([]),
+        ),
+        ("ColorInput", "Color Input", "dict", Value::Null),
+    ];
+    for (class, title, ty, default) in inputs {
+        let mut spec = NodeSpec::new(format!("nodetool.input.{class}"), title)
+            .input("name", "str", json!(""))
+            .input("value", ty, default)
+            .input("description", "str", json!(""))
+            .output("output", ty)
+            .kind(NodeKind::Input);
+        // NodeTool shows min/max on numeric inputs as UI hints; they are not enforced.
+        if ty == "int" || ty == "float" {
+            spec = spec
+                .input("min", ty, Value::Null)
+                .input("max", ty, Value::Null);
+        }
+        fn_node(r, spec, |i| Ok(i.value("value")));
+    }
+
+    let outputs: [(&str, &str); 12] = [
+        ("Output", "any"),
+        ("StringOutput", "str"),
+        ("IntegerOutput", "int"),
+        ("FloatOutput", "float"),
+        ("BooleanOutput", "bool"),
+        ("ListOutput", "list[any]"),
+        ("DictionaryOutput", "dict[str, any]"),
+        ("ImageOutput", "image"),
+        ("AudioOutput", "audio"),
+        ("VideoOutput", "video"),
+        ("DocumentOutput", "document"),
+        ("TextOutput", "str"),
+    ];
+    for (class, ty) in outputs {
+        r.register(Arc::new(OutputNode {
+            spec: NodeSpec::new(format!("nodetool.output.{class}"), "Output")
+                .input("name", "str", json!(""))
+                .input("value", ty, Value::Null)
+                .input("description", "str", json!(""))
+                .output("output", ty)
+                .consumes_stream()
+                .kind(NodeKind::Output),
+        }));
+    }
+}
+
+/// Every value that reaches `value` is one entry of `result[name]`, except `null`: as in
+/// NodeTool, a None reaching an output is "no value" and is not recorded.
+#[derive(Debug)]
+struct OutputNode {
+    spec: NodeSpec,
+}
+
+#[async_trait]
+impl NodeImpl for OutputNode {
+    fn spec(&self) -> &NodeSpec {
+        &self.spec
+    }
+
+    async fn process(
+        &self,
+        ctx: &ProcessingContext,
+        inputs: &NodeInputs,
+        out: &mut Emitter,
+    ) -> Result<()> {
+        let value = inputs.value("value");
+        if !value.is_null() {
+            ctx.record_output(&inputs.str("name")?, value.clone());
+        }
+        out.emit("output", value).await
+    }
+
+    async fn run_stream(
+        &self,
+        ctx: &ProcessingContext,
+        props: &NodeInputs,
+        inbox: &mut Inbox,
+        out: &mut Emitter,
+    ) -> Result<()> {
+        let name = props.str("name")?;
+        if inbox.handle_index("value").is_none() {
+            // Not wired: a literal value (if any) is the one output.
+            if props.get("value").is_some() {
+                return self.process(ctx, props, out).await;
+            }
+            return Ok(());
+        }
+        let mut last = None;
+        while let Some(value) = inbox.recv("value").await? {
+            if !value.is_null() {
+                ctx.record_output(&name, value.clone());
+            }
+            last = Some(value);
+        }
+        match last {
+            Some(value) => out.emit("output", value).await,
+            None => Ok(()),
+        }
+    }
+}

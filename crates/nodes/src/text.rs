@@ -1,0 +1,391 @@
+//! `nodetool.text.*`: string nodes, and FormatText / Template rendered with minijinja
+//! (Jinja2 syntax). Non-string values print as Python's `str()` prints them (`True`, `None`,
+//! `['a', 1]`, `{'k': 'v'}`, `1e+20`), as they do in NodeTool's Jinja2 and `str.join`.
+
+use serde_json::{json, Map, Value};
+
+use nodetool_core::{Error, ErrorKind, Result};
+
+use nodetool_engine::node::NodeSpec;
+use nodetool_engine::registry::Registry;
+
+use super::{fn_node, py_slice_indices};
+
+type StrFn = fn(&str) -> String;
+type StrPred = fn(&str, &str) -> bool;
+
+pub fn register(r: &mut Registry) {
+    fn_node(
+        r,
+        NodeSpec::new("nodetool.text.Concat", "Concatenate Text")
+            .input("a", "str", json!(""))
+            .input("b", "str", json!(""))
+            .output("output", "str"),
+        |i| Ok(json!(i.str("a")? + &i.str("b")?)),
+    );
+    fn_node(
+        r,
+        NodeSpec::new("nodetool.text.Join", "Join")
+            .input("strings", "list[any]", json!([]))
+            .input("separator", "str", json!(""))
+            .output("output", "str"),
+        |i| {
+            // separator.join(str(s) for s in strings)
+            let parts: Vec<String> = i.list("strings")?.iter().map(python_str).collect();
+            Ok(json!(parts.join(&i.str("separator")?)))
+        },
+    );
+    fn_node(
+        r,
+        NodeSpec::new("nodetool.text.Split", "Split Text")
+            .input("text", "str", json!(""))
+            .input("delimiter", "str", json!(","))
+            .output("output", "list[str]"),
+        |i| {
+            let text = i.str("text")?;
+            let delim = i.str("delimiter")?;
+            if delim.is_empty() {
+                return Err(Error::invalid_input("Split: empty delimiter"));
+            }
+            Ok(json!(text.split(delim.as_str()).collect::<Vec<_>>()))
+        },
+    );
+    fn_node(
+        r,
+        NodeSpec::new("nodetool.text.Replace", "Replace Text")
+            .input("text", "str", json!(""))
+            .input("old", "str", json!(""))
+            .input("new", "str", json!(""))
+            .output("output", "str"),
+        |i| {
+            let (text, old, new) = (i.str("text")?, i.str("old")?, i.str("new")?);
+            // Python's str.replace with "" inserts between every character; Rust's does too.
+            Ok(json!(text.replace(old.as_str(), &new)))
+        },
+    );
+    let unary: [(&str, &str, StrFn); 4] = [
+        ("ToUppercase", "To Uppercase", |s| s.to_uppercase()),
+        ("ToLowercase", "To Lowercase", |s| s.to_lowercase()),
+        ("Capitalize", "Capitalize", capitalize),
+        ("Strip", "Strip", |s| s.trim().to_owned()),
+    ];
+    for (class, title, f) in unary {
+        fn_node(
+            r,
+            NodeSpec::new(format!("nodetool.text.{class}"), title)
+                .input("text", "str", json!(""))
+                .output("output", "str"),
+            move |i| Ok(json!(f(&i.str("text")?))),
+        );
+    }
+    fn_node(
+        r,
+        NodeSpec::new("nodetool.text.Length", "Length")
+            .input("text", "str", json!(""))
+            .output("output", "int"),
+        |i| Ok(json!(i.str("text")?.chars().count())),
+    );
+    let preds: [(&str, &str, &str, StrPred); 3] = [
+        ("Contains", "Contains", "substring", |t, s| t.contains(s)),
+        ("StartsWith", "Starts With", "prefix", |t, s| {
+            t.starts_with(s)
+        }),
+        ("EndsWith", "Ends With", "suffix", |t, s| t.ends_with(s)),
+    ];
+    for (class, title, arg, f) in preds {
+        fn_node(
+            r,
+            NodeSpec::new(format!("nodetool.text.{class}"), title)
+                .input("text", "str", json!(""))
+                .input(arg, "str", json!(""))
+                .output("output", "bool"),
+            move |i| Ok(json!(f(&i.str("text")?, &i.str(arg)?))),
+        );
+    }
+    fn_node(
+        r,
+        NodeSpec::new("nodetool.text.Slice", "Slice Text")
+            .input("text", "str", json!(""))
+            .input("start", "int", Value::Null)
+            .input("stop", "int", Value::Null)
+            .input("step", "int", json!(1))
+            .output("output", "str"),
+        |i| {
+            let chars: Vec<char> = i.str("text")?.chars().collect();
+            let idx = py_slice_indices(
+                chars.len(),
+                i.opt_i64("start")?,
+                i.opt_i64("stop")?,
+                i.opt_i64("step")?.unwrap_or(1),
+            );
+            Ok(json!(idx.into_iter().map(|k| chars[k]).collect::<String>()))
+        },
+    );
+    fn_node(
+        r,
+        NodeSpec::new("nodetool.text.FormatText", "Format Text")
+            .input("template", "str", json!(""))
+            .output("output", "str")
+            .dynamic(),
+        |i| {
+            let template = normalize_format_template(&i.str("template")?);
+            let mut vars = Map::new();
+            for (k, v) in i.as_map() {
+                if k != "template" {
+                    vars.insert(k.to_lowercase(), v.clone());
+                }
+            }
+            render(&template, &Value::Object(vars)).map(Value::String)
+        },
+    );
+    fn_node(
+        r,
+        NodeSpec::new("nodetool.text.Template", "Template")
+            .input("string", "str", json!(""))
+            .input("values", "any", json!({}))
+            .output("output", "str"),
+        |i| {
+            let vars = match i.value("values") {
+                Value::Object(m) => Value::Object(m),
+                Value::Null => json!({}),
+                other => json!({ "value": other }),
+            };
+            render(&i.str("string")?, &vars).map(Value::String)
+        },
+    );
+}
+
+fn capitalize(s: &str) -> String {
+    let mut chars = s.chars();
+    match chars.next() {
+        Some(first) => first.to_uppercase().collect::<String>() + &chars.as_str().to_lowercase(),
+        None => String::new(),
+    }
+}
+
+/// Renders a Jinja2 template with `vars`. Undefined variables print as empty, as in Jinja2.
+pub fn render(template: &str, vars: &Value) -> Result<String> {
+    let mut env = minijinja::Environment::new();
+    env.set_formatter(python_formatter);
+    env.render_str(template, minijinja::Value::from_serialize(vars))
+        .map_err(|e| {
+            Error::new(ErrorKind::InvalidInput, format!("template error: {e}"))
+                .with_operation("text.render")
+        })
+}
+
+/// Prints `{{ value }}` as Jinja2 does: through Python's `str()`. Strings, ints and undefined
+/// keep minijinja's own printing.
+fn python_formatter(
+    out: &mut minijinja::Output<'_>,
+    state: &minijinja::State<'_, '_>,
+    value: &minijinja::Value,
+) -> std::result::Result<(), minijinja::Error> {
+    use minijinja::value::ValueKind;
+    match value.kind() {
+        ValueKind::None | ValueKind::Bool | ValueKind::Seq | ValueKind::Map => {}
+        ValueKind::Number if !value.is_integer() => {}
+        _ => return minijinja::escape_formatter(out, state, value),
+    }
+    let json = serde_json::to_value(value).map_err(|e| {
+        minijinja::Error::new(minijinja::ErrorKind::BadSerialization, e.to_string())
+    })?;
+    out.write_str(&python_str(&json))?;
+    Ok(())
+}
+
+/// Python's `str(value)` for a JSON value: strings as they are, everything else as `repr`.
+pub(crate) fn python_str(v: &Value) -> String {
+    match v {
+        Value::String(s) => s.clone(),
+        other => {
+            let mut out = String::new();
+            python_repr(other, &mut out);
+            out
+        }
+    }
+}
+
+fn python_repr(v: &Value, out: &mut String) {
+    super::write_python_layout(v, out, repr_scalar, python_str_repr);
+}
+
+fn repr_scalar(v: &Value, out: &mut String) {
+    match v {
+        Value::Null => out.push_str("None"),
+        Value::Bool(true) => out.push_str("True"),
+        Value::Bool(false) => out.push_str("False"),
+        Value::Number(n) => match n.as_f64().filter(|_| n.is_f64()) {
+            Some(f) => out.push_str(&python_float(f)),
+            None => out.push_str(&n.to_string()),
+        },
+        Value::String(s) => python_str_repr(s, out),
+        // Containers never reach here (the layout handles them); print them anyway.
+        other => python_repr(other, out),
+    }
+}
+
+/// `repr(str)`: single quotes unless the text has a single quote and no double quote.
+fn python_str_repr(s: &str, out: &mut String) {
+    let quote = if s.contains('\'') && !s.contains('"') {
+        '"'
+    } else {
+        '\''
+    };
+    out.push(quote);
+    for c in s.chars() {
+        match c {
+            '\\' => out.push_str("\\\\"),
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            c if c == quote => {
+                out.push('\\');
+                out.push(c);
+            }
+            c if (c as u32) < 0x20 || (0x7f..0xa0).contains(&(c as u32)) => {
+                out.push_str(&format!("\\x{:02x}", c as u32));
+            }
+            c => out.push(c),
+        }
+    }
+    out.push(quote);
+}
+
+/// `repr(float)`: the shortest round-trip digits, in exponent form below 1e-4 and from 1e16.
+fn python_float(f: f64) -> String {
+    if f.is_nan() {
+        return "nan".to_owned();
+    }
+    if f.is_infinite() {
+        return if f > 0.0 { "inf" } else { "-inf" }.to_owned();
+    }
+    let sci = format!("{f:e}");
+    let (mantissa, exp) = sci.split_once('e').unwrap_or((sci.as_str(), "0"));
+    let exp: i32 = exp.parse().unwrap_or(0);
+    if (-4..16).contains(&exp) {
+        let mut fixed = format!("{f}");
+        if !fixed.contains('.') {
+            fixed.push_str(".0");
+        }
+        fixed
+    } else {
+        let sign = if exp < 0 { '-' } else { '+' };
+        format!("{mantissa}e{sign}{:02}", exp.abs())
+    }
+}
+
+/// NodeTool's FormatText quirks, kept because workflows rely on them: a `{name}` single-brace
+/// placeholder means `{{ name }}`, and the variable name inside `{{ }}` is lower-cased.
+pub fn normalize_format_template(template: &str) -> String {
+    let chars: Vec<char> = template.chars().collect();
+    let mut out = String::with_capacity(template.len() + 8);
+    let mut i = 0;
+    while i < chars.len() {
+        let c = chars[i];
+        let next = chars.get(i + 1).copied();
+        if c == '{' && matches!(next, Some('{') | Some('%') | Some('#')) {
+            let close = match next {
+                Some('{') => "}}",
+                Some('%') => "%}",
+                _ => "#}",
+            };
+            let rest: String = chars[i + 2..].iter().collect();
+            let end = rest.find(close).map_or(rest.len(), |e| e);
+            let inner = &rest[..end];
+            out.push(c);
+            out.push(next.unwrap_or('{'));
+            if next == Some('{') {
+                out.push_str(&lowercase_leading_identifier(inner));
+            } else {
+                out.push_str(inner);
+            }
+            if end < rest.len() {
+                out.push_str(close);
+            }
+            i += 2 + inner.chars().count() + if end < rest.len() { 2 } else { 0 };
+            continue;
+        }
+        if c == '{' {
+            let ident: String = chars[i + 1..]
+                .iter()
+                .take_while(|ch| ch.is_alphanumeric() || **ch == '_')
+                .collect();
+            let after = chars.get(i + 1 + ident.chars().count()).copied();
+            if !ident.is_empty()
+                && after == Some('}')
+                && !ident.starts_with(|ch: char| ch.is_ascii_digit())
+            {
+                out.push_str("{{ ");
+                out.push_str(&ident.to_lowercase());
+                out.push_str(" }}");
+                i += ident.chars().count() + 2;
+                continue;
+            }
+        }
+        out.push(c);
+        i += 1;
+    }
+    out
+}
+
+fn lowercase_leading_identifier(inner: &str) -> String {
+    let trimmed = inner.trim_start();
+    let lead = inner.len() - trimmed.len();
+    let ident_len = trimmed
+        .find(|ch: char| !(ch.is_alphanumeric() || ch == '_'))
+        .unwrap_or(trimmed.len());
+    format!(
+        "{}{}{}",
+        &inner[..lead],
+        trimmed[..ident_len].to_lowercase(),
+        &trimmed[ident_len..]
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn values_print_as_python_str() {
+        assert_eq!(
+            python_str(&json!(["a", 1, null, true, 2.5, {"k": "it's"}])),
+            r#"['a', 1, None, True, 2.5, {'k': "it's"}]"#
+        );
+        assert_eq!(python_float(1e20), "1e+20");
+        assert_eq!(python_float(1.5e-5), "1.5e-05");
+        assert_eq!(python_float(0.0001), "0.0001");
+        assert_eq!(python_float(2.0), "2.0");
+        assert_eq!(python_float(-0.0), "-0.0");
+        assert_eq!(python_float(1234567890123456.0), "1234567890123456.0");
+        assert_eq!(
+            render(
+                "{{ a }}|{{ b }}|{{ c }}|{{ d }}|{{ e }}|{{ nope }}",
+                &json!({"a": true, "b": null, "c": [1, "x"], "d": 1e20, "e": "s"})
+            )
+            .unwrap(),
+            "True|None|[1, 'x']|1e+20|s|"
+        );
+    }
+
+    #[test]
+    fn format_template_quirks() {
+        assert_eq!(
+            normalize_format_template("{{ Index }}:{item} {% if x %}{{X|upper}}{% endif %}"),
+            "{{ index }}:{{ item }} {% if x %}{{x|upper}}{% endif %}"
+        );
+        assert_eq!(
+            normalize_format_template("{ not a var } {1}"),
+            "{ not a var } {1}"
+        );
+        assert_eq!(
+            render(
+                &normalize_format_template("{Name}-{{ n }}"),
+                &json!({"name": "a", "n": 2})
+            )
+            .unwrap(),
+            "a-2"
+        );
+    }
+}
