@@ -22,7 +22,9 @@ pub mod control;
 pub mod dictionary;
 pub mod image;
 pub mod io;
+pub mod json;
 pub mod list;
+pub mod markdown;
 pub mod math;
 pub mod test;
 pub mod text;
@@ -51,6 +53,9 @@ pub fn register_all(r: &mut Registry) {
     asset::register(r);
     asset_load::register(r);
     test::register(r);
+    // nodes-b
+    json::register(r);
+    markdown::register(r);
 }
 
 /// Registers a one-output function node.
