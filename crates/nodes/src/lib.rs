@@ -17,9 +17,11 @@ pub mod asset;
 pub mod asset_load;
 pub mod base;
 pub mod boolean;
+pub mod color_grading;
 pub mod constant;
 pub mod control;
 pub mod dictionary;
+pub mod grid;
 pub mod image;
 pub mod io;
 pub mod json;
@@ -55,6 +57,8 @@ pub fn register_all(r: &mut Registry) {
     test::register(r);
     // nodes-b
     json::register(r);
+    color_grading::register(r);
+    grid::register(r);
     markdown::register(r);
 }
 

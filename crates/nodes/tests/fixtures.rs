@@ -84,11 +84,25 @@ async fn every_fixture_matches_nodetool() {
                 };
                 for (i, (item, spec)) in items.iter().zip(&specs).enumerate() {
                     let label = format!("{}: image `{name}`[{i}]", case.name);
-                    match fetch_rgb(&res, item).await {
-                        Ok((w, h, rgb)) => {
+                    match (fetch_rgb(&res, item).await, case.expected_png(spec)) {
+                        (Ok((w, h, rgb)), Some(file)) => match image::open(&file) {
+                            Ok(want) => {
+                                let want = want.to_rgb8();
+                                problems.extend(support::compare_rgb(
+                                    &label,
+                                    spec,
+                                    (w, h),
+                                    &rgb,
+                                    (want.width(), want.height()),
+                                    want.as_raw(),
+                                ));
+                            }
+                            Err(e) => problems.push(format!("{label}: {}: {e}", file.display())),
+                        },
+                        (Ok((w, h, rgb)), None) => {
                             problems.extend(support::check_pixels(&label, spec, w, h, &rgb));
                         }
-                        Err(e) => problems.push(format!("{label}: {e}")),
+                        (Err(e), _) => problems.push(format!("{label}: {e}")),
                     }
                 }
             }
@@ -132,8 +146,8 @@ const COVERED_ELSEWHERE: &[(&str, &str)] = &[
 ];
 
 /// Every node family (namespace) the registry has is used by at least one fixture. The
-/// `lib.image.*` and `lib.pillow.__init__.*` names are aliases of `lib.pillow.*` and do not
-/// count as families.
+/// `lib.image.*`, `nodetool.lib.*` and `lib.pillow.__init__.*` names are aliases of
+/// `lib.pillow.*` and do not count as families.
 #[test]
 fn fixtures_cover_every_node_family() {
     let used: BTreeSet<String> = support::cases(&root())
@@ -159,6 +173,7 @@ fn fixtures_cover_every_node_family() {
         .types()
         .filter(|t| {
             !t.starts_with("lib.image.")
+                && !t.starts_with("nodetool.lib.")
                 && !t.starts_with("lib.pillow.__init__.")
                 && !elsewhere.contains(t)
         })
