@@ -20,6 +20,8 @@ pub mod boolean;
 pub mod color_grading;
 pub mod constant;
 pub mod control;
+pub mod data;
+mod data_query;
 pub mod dictionary;
 pub mod draw_text;
 pub mod grid;
@@ -75,6 +77,7 @@ pub fn register_all_with(r: &mut Registry, settings: &NodeSettings) {
     json::register(r);
     color_grading::register(r);
     grid::register(r);
+    data::register(r);
     draw_text::register(r, settings);
     markdown::register(r);
 }
