@@ -32,6 +32,7 @@ pub mod list;
 pub mod markdown;
 pub mod math;
 pub mod settings;
+pub mod sqlite;
 pub mod test;
 pub mod text;
 
@@ -78,6 +79,7 @@ pub fn register_all_with(r: &mut Registry, settings: &NodeSettings) {
     color_grading::register(r);
     grid::register(r);
     data::register(r);
+    sqlite::register(r, settings);
     draw_text::register(r, settings);
     markdown::register(r);
 }
