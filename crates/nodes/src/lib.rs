@@ -31,6 +31,7 @@ pub mod json;
 pub mod list;
 pub mod markdown;
 pub mod math;
+pub mod pdf;
 pub mod settings;
 pub mod sqlite;
 pub mod test;
@@ -80,6 +81,7 @@ pub fn register_all_with(r: &mut Registry, settings: &NodeSettings) {
     grid::register(r);
     data::register(r);
     sqlite::register(r, settings);
+    pdf::register(r);
     draw_text::register(r, settings);
     markdown::register(r);
 }
