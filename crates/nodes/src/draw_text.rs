@@ -89,7 +89,7 @@ struct RenderText {
 }
 
 #[derive(Debug, Clone, Copy, PartialEq)]
-enum Align {
+pub(crate) enum Align {
     Left,
     Center,
     Right,
@@ -146,7 +146,15 @@ impl NodeImpl for RenderText {
         let png = blocking(OP, move || {
             let font = load_font(&font_ref, font_path.as_deref())?;
             let mut img = as_rgb(decode(&bytes, OP)?.0).to_rgb8();
-            draw_text(&mut img, &font, size as f32, (x, y), &text, align, color);
+            draw_text(
+                &mut img,
+                &font,
+                size as f32,
+                (x as f32, y as f32),
+                &text,
+                align,
+                color,
+            );
             encode_png(&::image::DynamicImage::ImageRgb8(img), OP)
         })
         .await?;
@@ -157,7 +165,7 @@ impl NodeImpl for RenderText {
 
 /// NodeTool's `ColorRef` (`{type: "color", value}`) or a colour string; Pillow's default for
 /// this node is black.
-fn text_color(v: &Value) -> Result<[u8; 3]> {
+pub(crate) fn text_color(v: &Value) -> Result<[u8; 3]> {
     let text = match v {
         Value::Null => return Ok([0, 0, 0]),
         Value::String(s) => s.clone(),
@@ -180,7 +188,7 @@ fn text_color(v: &Value) -> Result<[u8; 3]> {
 // ---- fonts ----------------------------------------------------------------------------------
 
 /// Loads the font a `FontRef` (`{name, source, url, weight}`, or a bare name) names.
-fn load_font(font_ref: &Value, font_path: Option<&Path>) -> Result<FontArc> {
+pub(crate) fn load_font(font_ref: &Value, font_path: Option<&Path>) -> Result<FontArc> {
     let (name, source) = match font_ref {
         Value::String(s) => (s.clone(), "system".to_owned()),
         Value::Object(m) => (
@@ -349,12 +357,17 @@ fn layout(font: &FontArc, size: f32, line: &str) -> (Vec<(ab_glyph::GlyphId, i64
     (glyphs, pen)
 }
 
+/// Pillow's `ImageDraw.textlength`: the advance width of one line.
+pub(crate) fn text_length(font: &FontArc, size: f32, line: &str) -> f32 {
+    layout(font, size, line).1 as f32 / 64.0
+}
+
 /// Pillow's `ImageDraw.text` / `multiline_text` with anchor `la`, spacing 4.
-fn draw_text(
+pub(crate) fn draw_text(
     img: &mut ::image::RgbImage,
     font: &FontArc,
     size: f32,
-    (x, y): (i64, i64),
+    (x, y): (f32, f32),
     text: &str,
     align: Align,
     color: [u8; 3],
@@ -377,15 +390,14 @@ fn draw_text(
 
     let (w, h) = (img.width() as usize, img.height() as usize);
     let mut mask = vec![0u8; w * h];
-    let mut top = y as f32;
+    let mut top = y;
     for (glyphs, width) in &lines {
         let diff = (max_width - width) as f32 / 64.0;
-        let left = x as f32
-            + match align {
-                Align::Left => 0.0,
-                Align::Center => diff / 2.0,
-                Align::Right => diff,
-            };
+        let left = x + match align {
+            Align::Left => 0.0,
+            Align::Center => diff / 2.0,
+            Align::Right => diff,
+        };
         let baseline = top + ascender as f32;
         for &(id, pen) in glyphs {
             let glyph: Glyph =

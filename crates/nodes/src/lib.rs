@@ -36,6 +36,8 @@ pub mod settings;
 pub mod sqlite;
 pub mod test;
 pub mod text;
+pub mod video;
+mod video_subtitles;
 
 pub use nodetool_engine::pyfmt::{python_json, write_python_layout};
 
@@ -82,6 +84,7 @@ pub fn register_all_with(r: &mut Registry, settings: &NodeSettings) {
     data::register(r);
     sqlite::register(r, settings);
     pdf::register(r);
+    video::register(r, settings);
     draw_text::register(r, settings);
     markdown::register(r);
 }
