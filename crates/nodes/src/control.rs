@@ -1,6 +1,7 @@
 //! `nodetool.control.*`: If (pairs a value stream with a condition stream), ForEach and
 //! Collection (generators over a list), Collect (drains a stream into a list), and the stream
-//! operators of NodeTool's TypeScript base-nodes: Chunk, Count, Take, Drop, Last, Reroute.
+//! operators of NodeTool's TypeScript base-nodes: Chunk, Count, Take, Drop, Last, Reroute; and
+//! Loop, which feeds a body's result back into itself.
 
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -89,6 +90,20 @@ pub fn register(r: &mut Registry) {
     ] {
         r.register(Arc::new(StreamNode { spec, op }));
     }
+    r.register(Arc::new(Loop {
+        spec: NodeSpec::new("nodetool.control.Loop", "Loop")
+            .input("initial", "any", Value::Null)
+            .input("next", "any", Value::Null)
+            .input("condition", "bool", json!(true))
+            .input("max_iterations", "int", json!(DEFAULT_MAX_ITERATIONS))
+            .output("value", "any")
+            .output("index", "int")
+            .output("done", "any")
+            .feedback("next")
+            .feedback("condition")
+            .streaming()
+            .consumes_stream(),
+    }));
     r.register(Arc::new(StreamNode {
         spec: NodeSpec::new("nodetool.control.Reroute", "Reroute")
             .input("input_value", "any", Value::Null)
@@ -97,6 +112,138 @@ pub fn register(r: &mut Registry) {
             .streaming(),
         op: StreamOp::Reroute,
     }));
+}
+
+/// NodeTool's Loop bounds (TypeScript `kernel/src/loop.ts`).
+const DEFAULT_MAX_ITERATIONS: i64 = 10;
+const MAX_ITERATIONS_LIMIT: i64 = 1000;
+
+/// `nodetool.control.Loop` (NodeTool's TypeScript kernel): for each `initial` value, emits it on
+/// `value` with `index` 0, waits for the body to feed `next` (and `condition`, when wired) back,
+/// and runs again with `next` while the condition holds and fewer than `max_iterations` (1..=1000,
+/// default 10) passes have run; then emits the last `next` on `done`. The body runs at least once;
+/// with `condition` unwired it runs exactly `max_iterations` times. The edges into `next` and
+/// `condition` close a cycle, which validation allows only there. A run whose body stops feeding
+/// back (a branch that drops the value) ends without `done` when the graph is quiescent, instead
+/// of waiting forever. Each pass must feed back one value: the runs are sequential, so unlike
+/// NodeTool's correlation lineage, a second value for a pass is taken as the next pass's.
+#[derive(Debug)]
+struct Loop {
+    spec: NodeSpec,
+}
+
+#[async_trait]
+impl NodeImpl for Loop {
+    fn spec(&self) -> &NodeSpec {
+        &self.spec
+    }
+
+    async fn process(&self, _: &ProcessingContext, _: &NodeInputs, _: &mut Emitter) -> Result<()> {
+        Err(Error::unexpected("Loop runs through run_stream"))
+    }
+
+    async fn run_stream(
+        &self,
+        ctx: &ProcessingContext,
+        props: &NodeInputs,
+        inbox: &mut Inbox,
+        out: &mut Emitter,
+    ) -> Result<()> {
+        use nodetool_engine::node::Wake;
+        let max = props
+            .opt_i64("max_iterations")?
+            .unwrap_or(DEFAULT_MAX_ITERATIONS)
+            .clamp(1, MAX_ITERATIONS_LIMIT);
+        let (initial_h, next_h, cond_h) = (
+            inbox.handle_index("initial"),
+            inbox.handle_index("next"),
+            inbox.handle_index("condition"),
+        );
+        // Initial values waiting for their run; unwired, the literal is the one run.
+        let mut starts: VecDeque<Value> = VecDeque::new();
+        let mut initial_open = initial_h.is_some();
+        if initial_h.is_none() {
+            starts.push_back(props.value("initial"));
+        }
+        let (mut next_open, mut cond_open) = (next_h.is_some(), cond_h.is_some());
+        loop {
+            let start = match starts.pop_front() {
+                Some(v) => v,
+                None if initial_open => match inbox.recv("initial").await? {
+                    Some(v) => v,
+                    None => break,
+                },
+                None => break,
+            };
+            let mut iteration = 0i64;
+            out.emit("value", start).await?;
+            out.emit("index", json!(iteration)).await?;
+            let (mut next, mut cond): (Option<Value>, Option<bool>) = (None, None);
+            loop {
+                ctx.check_cancelled()?;
+                if let Some(n) = next.clone().filter(|_| cond_h.is_none() || cond.is_some()) {
+                    let again = cond.unwrap_or(true);
+                    if again && iteration + 1 < max {
+                        iteration += 1;
+                        next = None;
+                        cond = None;
+                        out.emit("value", n).await?;
+                        out.emit("index", json!(iteration)).await?;
+                        continue;
+                    }
+                    if again && cond_h.is_some() {
+                        ctx.log(
+                            nodetool_engine::events::Severity::Warning,
+                            format!(
+                                "Loop stopped after max_iterations ({max}) while its condition \
+                                 was still true."
+                            ),
+                        );
+                    }
+                    out.emit("done", n).await?;
+                    break;
+                }
+                let feedback_closed = (next.is_none() && !next_open)
+                    || (cond_h.is_some() && cond.is_none() && !cond_open);
+                if feedback_closed {
+                    ctx.log(
+                        nodetool_engine::events::Severity::Info,
+                        "Loop run ended without a result: its feedback input closed",
+                    );
+                    break;
+                }
+                match inbox.next_or_quiet().await? {
+                    Wake::Quiet => {
+                        ctx.log(
+                            nodetool_engine::events::Severity::Info,
+                            "Loop run ended without a result: the loop body stopped feeding back",
+                        );
+                        break;
+                    }
+                    Wake::Ended => {
+                        next_open = false;
+                        cond_open = false;
+                        initial_open = false;
+                    }
+                    Wake::Msg(InMsg::End { handle }) => {
+                        next_open &= Some(handle) != next_h;
+                        cond_open &= Some(handle) != cond_h;
+                        initial_open &= Some(handle) != initial_h;
+                    }
+                    Wake::Msg(InMsg::Item { handle, value, .. }) => {
+                        if Some(handle) == next_h {
+                            next = Some(value);
+                        } else if Some(handle) == cond_h {
+                            cond = Some(truthy(&value));
+                        } else if Some(handle) == initial_h {
+                            starts.push_back(value);
+                        }
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
 }
 
 /// What a [`StreamNode`] does with the items of its stream.
