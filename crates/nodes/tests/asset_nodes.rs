@@ -319,6 +319,49 @@ async fn save_json_writes_an_asset_and_emits_its_text() {
     assert_eq!(row.size, Some(on_disk.len() as i64));
 }
 
+/// SaveDataframe writes the frame as a CSV asset (pandas' `to_csv(index=False)` layout: header,
+/// rows, empty cells for missing values) and emits the DataframeRef naming it.
+#[tokio::test]
+async fn save_dataframe_writes_a_csv_asset() {
+    let dir = tempfile::tempdir().unwrap();
+    let (res, store) = file_resources(dir.path()).await;
+    let engine = Engine::new(Arc::new(nodetool_nodes::registry()), res.clone());
+    let o = run_graph(
+        &engine,
+        &[
+            (
+                "csv",
+                "nodetool.data.ImportCSV",
+                json!({"csv_data": "name,score\nAda,1.5\n\"B, b\",\n"}),
+            ),
+            (
+                "save",
+                "nodetool.data.SaveDataframe",
+                json!({"name": "scores.csv"}),
+            ),
+            ("out", "nodetool.output.Output", json!({"name": "df"})),
+        ],
+        &[
+            ("csv", "output", "save", "df"),
+            ("save", "output", "out", "value"),
+        ],
+    )
+    .await;
+    assert_eq!(o.status, Status::Completed, "{:?}", o.error);
+    let df = &o.result["df"][0];
+    assert_eq!(df["data"], json!([["Ada", 1.5], ["B, b", null]]));
+    let id = df["asset_id"].as_str().unwrap();
+    let row = store.get("1", id).await.unwrap().unwrap();
+    assert_eq!(
+        (row.name.as_str(), row.content_type.as_str()),
+        ("scores.csv", "text/csv")
+    );
+    let key = row.storage_key.unwrap();
+    assert_eq!(df["uri"], format!("asset://{key}"));
+    let text = std::fs::read_to_string(dir.path().join("assets").join(&key)).unwrap();
+    assert_eq!(text, "name,score\nAda,1.5\n\"B, b\",\n");
+}
+
 fn chrono_year() -> String {
     // Days since the epoch → year, independently of the node's own calendar code.
     let secs = std::time::SystemTime::now()
