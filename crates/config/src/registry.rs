@@ -191,6 +191,13 @@ pub const REGISTRY: &[SettingDef] = &[
         "GPU devices for Docker jobs, comma-separated (e.g. 0,1 or all)"),
     def("DOCKER_PULL_POLICY", K::Choice(DOCKER_PULL_POLICY_CHOICES), D::Value("missing"),
         "When to pull the worker image: never, missing or always (images are built locally)"),
+    // nodes-b: settings of built-in node types.
+    def("NODETOOL_WORKSPACE_DIR", K::Path, D::None,
+        "Workspace folder of lib.sqlite databases (one subfolder per user); unset, they are refused"),
+    def("FFMPEG_PATH", K::Text, D::Value("ffmpeg"),
+        "ffmpeg binary of the video nodes (a bare name is looked up in PATH)"),
+    def("FFMPEG_TIMEOUT_SECONDS", K::Seconds, D::Value("600"),
+        "Longest one ffmpeg run of a video node may take"),
 ];
 
 /// Every registered setting, in display order.

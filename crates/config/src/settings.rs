@@ -222,6 +222,10 @@ pub struct Settings {
     pub docker_gpu_devices: Option<Vec<String>>,
     /// `never`, `missing` or `always`.
     pub docker_pull_policy: &'static str,
+    // nodes-b: settings of built-in node types.
+    pub workspace_dir: Option<PathBuf>,
+    pub ffmpeg_path: String,
+    pub ffmpeg_timeout: Duration,
 
     config_dir: PathBuf,
     home: Option<PathBuf>,
@@ -328,6 +332,9 @@ impl Settings {
             docker_user: r.require("DOCKER_USER", text)?,
             docker_gpu_devices: r.get("DOCKER_GPU_DEVICES", parse::list)?,
             docker_pull_policy: r.choice("DOCKER_PULL_POLICY")?,
+            workspace_dir: r.path("NODETOOL_WORKSPACE_DIR")?,
+            ffmpeg_path: r.require("FFMPEG_PATH", text)?,
+            ffmpeg_timeout: r.require("FFMPEG_TIMEOUT_SECONDS", parse::seconds)?,
             config_dir: config_dir.clone(),
             home,
             resolved,

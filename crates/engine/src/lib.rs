@@ -18,6 +18,7 @@ pub mod graph;
 pub mod inputs;
 pub mod node;
 pub mod pyfmt;
+mod quiet;
 pub mod registry;
 pub mod runner;
 pub mod types;
@@ -28,7 +29,7 @@ pub use events::{Event, EventEnvelope, EventPoster, EventSink, NullSink, Status,
 pub use graph::{parse_workflow, Edge, EdgeType, Graph, Node, SyncMode, Workflow};
 pub use inputs::InputStreams;
 pub use node::{
-    Emitter, FnNode, Inbox, InputSpec, NodeImpl, NodeInputs, NodeKind, NodeSpec, OutputSpec,
+    Emitter, FnNode, Inbox, InputSpec, NodeImpl, NodeInputs, NodeKind, NodeSpec, OutputSpec, Wake,
 };
 pub use registry::Registry;
 pub use runner::{Engine, RunOptions, RunOutcome, RunRequest};

@@ -15,6 +15,7 @@ use nodetool_core::{Error, ErrorKind, Result};
 
 use crate::context::ProcessingContext;
 use crate::events::{EdgeStatus, EdgeUpdate, Event, EventPoster};
+use crate::quiet::Quiet;
 
 /// What role a node plays for the runner.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -68,6 +69,10 @@ pub struct NodeSpec {
     /// Implementation version, part of the cache key: bump it when behaviour changes.
     pub version: String,
     pub kind: NodeKind,
+    /// Inputs that may close a cycle (a loop's feedback, NodeTool's `Loop.next`/`condition`):
+    /// edges into them are left out of the cycle check, and the runner reports quiescence to
+    /// graphs that have them ([`Inbox::next_or_quiet`]).
+    pub feedback: Vec<String>,
 }
 
 impl NodeSpec {
@@ -83,6 +88,7 @@ impl NodeSpec {
             dynamic: false,
             version: "1".to_owned(),
             kind: NodeKind::Normal,
+            feedback: Vec::new(),
         }
     }
 
@@ -143,6 +149,12 @@ impl NodeSpec {
 
     pub fn kind(mut self, kind: NodeKind) -> Self {
         self.kind = kind;
+        self
+    }
+
+    /// Marks input `name` as a feedback input (see [`NodeSpec::feedback`]).
+    pub fn feedback(mut self, name: &str) -> Self {
+        self.feedback.push(name.to_owned());
         self
     }
 
@@ -375,6 +387,7 @@ pub struct Emitter {
     workflow_id: String,
     cancel: CancellationToken,
     finished: bool,
+    quiet: Option<Arc<Quiet>>,
 }
 
 impl Emitter {
@@ -394,7 +407,13 @@ impl Emitter {
             workflow_id,
             cancel,
             finished: false,
+            quiet: None,
         }
+    }
+
+    /// Counts this node's items in flight for quiescence (graphs with feedback inputs).
+    pub(crate) fn set_quiet(&mut self, quiet: Arc<Quiet>) {
+        self.quiet = Some(quiet);
     }
 
     /// Sends `value` on output `slot`. Waits while a downstream inbox is full; fails with
@@ -438,11 +457,17 @@ impl Emitter {
             };
             // A closed semaphore means the consumer finished: nobody wants the value.
             let Ok(permit) = permit else { continue };
-            let _ = route.tx.send(InMsg::Item {
+            if let Some(q) = &self.quiet {
+                q.sent();
+            }
+            let sent = route.tx.send(InMsg::Item {
                 handle: route.handle,
                 value: value.clone(),
                 permit: Some(permit),
             });
+            if let (Err(_), Some(q)) = (sent, &self.quiet) {
+                q.taken();
+            }
             route.counter += 1;
             self.poster.post(Event::EdgeUpdate(EdgeUpdate {
                 workflow_id: self.workflow_id.clone(),
@@ -487,6 +512,17 @@ pub struct Inbox {
     cancel: CancellationToken,
     // Items taken from the channel but not yet consumed (by `recv(handle)`).
     held: VecDeque<(usize, Value, Option<OwnedSemaphorePermit>)>,
+    quiet: Option<Arc<Quiet>>,
+}
+
+/// What [`Inbox::next_or_quiet`] woke for.
+#[derive(Debug)]
+pub enum Wake {
+    Msg(InMsg),
+    /// Every handle has ended.
+    Ended,
+    /// The graph is quiescent: nothing will arrive unless this node sends something.
+    Quiet,
 }
 
 impl Inbox {
@@ -504,6 +540,70 @@ impl Inbox {
             open,
             cancel,
             held: VecDeque::new(),
+            quiet: None,
+        }
+    }
+
+    /// Reports this node's waits for quiescence (graphs with feedback inputs).
+    pub(crate) fn set_quiet(&mut self, quiet: Arc<Quiet>) {
+        self.quiet = Some(quiet);
+    }
+
+    /// The next channel message, the actor counted as parked while it waits.
+    async fn wait_rx(&mut self) -> Result<Option<InMsg>> {
+        let parked = self.quiet.as_ref().map(Quiet::park);
+        let msg = tokio::select! {
+            biased;
+            _ = self.cancel.cancelled() => {
+                return Err(Error::new(ErrorKind::Cancelled, "job cancelled"));
+            }
+            m = self.rx.recv() => m,
+        };
+        drop(parked);
+        if let (Some(InMsg::Item { .. }), Some(q)) = (&msg, &self.quiet) {
+            q.taken();
+        }
+        Ok(msg)
+    }
+
+    /// Like [`next_msg`](Self::next_msg), but also wakes when the graph is quiescent (only in
+    /// graphs with feedback inputs; elsewhere it never reports `Quiet`).
+    pub async fn next_or_quiet(&mut self) -> Result<Wake> {
+        if !self.held.is_empty() || self.quiet.is_none() || !self.open.iter().any(|o| *o) {
+            return Ok(match self.next_msg().await? {
+                Some(m) => Wake::Msg(m),
+                None => Wake::Ended,
+            });
+        }
+        let quiet = self.quiet.clone();
+        let Some(quiet) = quiet else {
+            return Ok(Wake::Ended);
+        };
+        let msg = tokio::select! {
+            biased;
+            m = self.wait_rx() => m?,
+            _ = quiet.wait() => return Ok(Wake::Quiet),
+        };
+        Ok(match self.mark(msg) {
+            Some(m) => Wake::Msg(m),
+            None => Wake::Ended,
+        })
+    }
+
+    /// Records a handle's end; `None` (every producer gone) ends every handle.
+    fn mark(&mut self, msg: Option<InMsg>) -> Option<InMsg> {
+        match msg {
+            Some(InMsg::End { handle }) => {
+                if let Some(o) = self.open.get_mut(handle) {
+                    *o = false;
+                }
+                Some(InMsg::End { handle })
+            }
+            Some(item) => Some(item),
+            None => {
+                self.open.iter_mut().for_each(|o| *o = false);
+                None
+            }
         }
     }
 
@@ -533,27 +633,8 @@ impl Inbox {
         if !self.open.iter().any(|o| *o) {
             return Ok(None);
         }
-        let msg = tokio::select! {
-            biased;
-            _ = self.cancel.cancelled() => {
-                return Err(Error::new(ErrorKind::Cancelled, "job cancelled"));
-            }
-            m = self.rx.recv() => m,
-        };
-        match msg {
-            Some(InMsg::End { handle }) => {
-                if let Some(o) = self.open.get_mut(handle) {
-                    *o = false;
-                }
-                Ok(Some(InMsg::End { handle }))
-            }
-            Some(item) => Ok(Some(item)),
-            None => {
-                // Every producer is gone without saying so (it failed): treat as ended.
-                self.open.iter_mut().for_each(|o| *o = false);
-                Ok(None)
-            }
-        }
+        let msg = self.wait_rx().await?;
+        Ok(self.mark(msg))
     }
 
     /// The next item on any handle in arrival order, `None` once every handle has ended.
@@ -584,13 +665,7 @@ impl Inbox {
             if !self.open[idx] {
                 return Ok(None);
             }
-            let msg = tokio::select! {
-                biased;
-                _ = self.cancel.cancelled() => {
-                    return Err(Error::new(ErrorKind::Cancelled, "job cancelled"));
-                }
-                m = self.rx.recv() => m,
-            };
+            let msg = self.wait_rx().await?;
             match msg {
                 None => {
                     self.open.iter_mut().for_each(|o| *o = false);
@@ -623,8 +698,15 @@ impl Inbox {
         }
         self.held.clear();
         self.rx.close();
+        self.drain();
+    }
+
+    /// Drops what is left in the channel, counting the items for quiescence.
+    fn drain(&mut self) {
         while let Ok(msg) = self.rx.try_recv() {
-            drop(msg);
+            if let (InMsg::Item { .. }, Some(q)) = (&msg, &self.quiet) {
+                q.taken();
+            }
         }
     }
 }
@@ -634,6 +716,8 @@ impl Drop for Inbox {
         for sem in &self.capacity {
             sem.close();
         }
+        self.rx.close();
+        self.drain();
     }
 }
 

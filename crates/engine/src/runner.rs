@@ -21,6 +21,7 @@ use crate::events::{Event, EventPoster, EventSink, JobUpdate, NodeUpdate, Status
 use crate::graph::{EdgeType, Graph, SyncMode};
 use crate::inputs::{Feeds, InputStreams};
 use crate::node::{Emitter, InMsg, Inbox, NodeImpl, NodeInputs, NodeKind, Route};
+use crate::quiet::Quiet;
 use crate::registry::Registry;
 use crate::validate::validate;
 
@@ -130,6 +131,8 @@ struct NodePlan {
     emitter: Emitter,
     /// A streamed input node: the values pushed from outside, and the slot they go out on.
     feed: Option<(mpsc::Receiver<Value>, String)>,
+    /// Quiescence tracking, in graphs with feedback inputs.
+    quiet: Option<Arc<Quiet>>,
 }
 
 /// The first failure of a job; later ones are only logged.
@@ -365,6 +368,17 @@ impl Engine {
             }
         }
 
+        // Graphs with a feedback loop track quiescence (see `crate::quiet`).
+        let specs = || {
+            graph
+                .nodes
+                .iter()
+                .filter_map(|n| self.registry.get(&n.node_type))
+                .filter(|i| i.spec().kind != NodeKind::Inert)
+        };
+        let quiet = specs()
+            .any(|i| !i.spec().feedback.is_empty())
+            .then(|| Quiet::new(specs().count()));
         let mut plans = Vec::with_capacity(graph.nodes.len());
         for node in &graph.nodes {
             let imp = self.registry.get(&node.node_type).cloned().ok_or_else(|| {
@@ -425,14 +439,18 @@ impl Engine {
             let has_streaming_input = sticky.iter().any(|s| !s);
             let cacheable =
                 opts.use_cache && spec.cacheable && !spec.streaming && !has_streaming_input;
-            let emitter = Emitter::new(
+            let mut emitter = Emitter::new(
                 spec.streaming || feed.is_some(),
                 routes.remove(node.id.as_str()).unwrap_or_default(),
                 poster.clone(),
                 req.workflow_id.clone(),
                 cancel.clone(),
             );
-            let inbox = Inbox::new(handles.clone(), rx, capacity_sems, cancel.clone());
+            let mut inbox = Inbox::new(handles.clone(), rx, capacity_sems, cancel.clone());
+            if let Some(q) = &quiet {
+                emitter.set_quiet(q.clone());
+                inbox.set_quiet(q.clone());
+            }
             plans.push(NodePlan {
                 id: node.id.clone(),
                 sync_mode: node.sync_mode,
@@ -444,6 +462,7 @@ impl Engine {
                 inbox,
                 emitter,
                 feed,
+                quiet: quiet.clone(),
             });
         }
         for name in req.params.keys() {
@@ -723,6 +742,9 @@ async fn run_actor(
     };
     plan.inbox.close();
     plan.emitter.finish();
+    if let Some(q) = &plan.quiet {
+        q.finished();
+    }
     if let Err(err) = outcome {
         let cancelled = err.kind() == ErrorKind::Cancelled && job_cancel.is_cancelled();
         if cancelled {

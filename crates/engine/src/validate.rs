@@ -326,7 +326,7 @@ pub fn validate(
         }
     }
 
-    if let Some(cycle) = find_cycle_nodes(graph, &by_id) {
+    if let Some(cycle) = find_cycle_nodes(graph, &by_id, registry) {
         problems.push(problem(
             ProblemKind::Cycle,
             cycle.first().map(String::as_str),
@@ -346,11 +346,19 @@ pub fn validate(
 }
 
 /// Nodes on (or between) data cycles, or `None` for a DAG: Kahn's algorithm forwards, then
-/// backwards on what is left, strips every node that is not part of a cycle. O(V + E).
+/// backwards on what is left, strips every node that is not part of a cycle. O(V + E). Edges
+/// into a feedback input (a loop's `next`) may close a cycle and are left out.
 fn find_cycle_nodes(
     graph: &Graph,
     by_id: &HashMap<&str, &crate::graph::Node>,
+    registry: &Registry,
 ) -> Option<Vec<String>> {
+    let feedback = |e: &crate::graph::Edge| {
+        by_id
+            .get(e.target.as_str())
+            .and_then(|n| registry.get(&n.node_type))
+            .is_some_and(|i| i.spec().feedback.contains(&e.target_handle))
+    };
     let index: HashMap<&str, usize> = graph
         .nodes
         .iter()
@@ -360,7 +368,7 @@ fn find_cycle_nodes(
     let edges: Vec<(usize, usize)> = graph
         .edges
         .iter()
-        .filter(|e| e.edge_type == EdgeType::Data)
+        .filter(|e| e.edge_type == EdgeType::Data && !feedback(e))
         .filter(|e| by_id.contains_key(e.source.as_str()) && by_id.contains_key(e.target.as_str()))
         .filter_map(|e| {
             Some((

@@ -1,4 +1,5 @@
-//! Asset save nodes: `nodetool.image.SaveImage` and `nodetool.text.SaveText` store their input
+//! Asset save nodes: `nodetool.image.SaveImage`, `nodetool.text.SaveText` and
+//! `nodetool.dictionary.SaveJSON` store their input
 //! as a new user asset — blob and record — through [`ProcessingContext::create_asset_in`] and
 //! emit the asset's ref.
 //!
@@ -41,6 +42,16 @@ pub fn register(r: &mut Registry) {
             .input("folder", "folder", empty_folder())
             .input("name", "str", json!("%Y-%m-%d-%H-%M-%S.txt"))
             .output("output", "text"),
+    }));
+    r.register(Arc::new(SaveJson {
+        spec: NodeSpec::new("nodetool.dictionary.SaveJSON", "Save JSON")
+            .required("data", "any")
+            // NodeTool's `folder: str` was a local path; here it names a folder asset (a folder
+            // ref or its id), never a path on this machine.
+            .input("folder", "union[folder, str]", json!(""))
+            .input("name", "str", json!("%Y-%m-%d-%H-%M-%S.json"))
+            .input("indent", "int", json!(2))
+            .output("output", "str"),
     }));
 }
 
@@ -122,6 +133,43 @@ impl NodeImpl for SaveText {
         let name = placement.name.unwrap_or_default();
         log_saved(ctx, &name, &asset);
         out.emit("output", asset).await
+    }
+}
+
+/// `nodetool.dictionary.SaveJSON`: `json.dumps(data, indent=indent)` stored as an
+/// `application/json` asset (as SaveText stores text). The output is the JSON text, NodeTool's
+/// `str` output (its Python node returned the text when no folder was given).
+#[derive(Debug)]
+struct SaveJson {
+    spec: NodeSpec,
+}
+
+#[async_trait]
+impl NodeImpl for SaveJson {
+    fn spec(&self) -> &NodeSpec {
+        &self.spec
+    }
+
+    async fn process(
+        &self,
+        ctx: &ProcessingContext,
+        inputs: &NodeInputs,
+        out: &mut Emitter,
+    ) -> Result<()> {
+        let placement = placement(inputs)?;
+        let text = super::json::dumps(&inputs.value("data"), super::json::indent(inputs)?)
+            .map_err(|e| e.with_context("input", "data"))?;
+        let asset = ctx
+            .create_asset_in(
+                "json",
+                "application/json",
+                Bytes::from(text.clone().into_bytes()),
+                &placement,
+            )
+            .await?;
+        let name = placement.name.unwrap_or_default();
+        log_saved(ctx, &name, &asset);
+        out.emit("output", json!(text)).await
     }
 }
 

@@ -80,11 +80,17 @@ type PillowNode = (
 );
 
 pub fn register(r: &mut Registry) {
-    let ops: [(&str, &str, &str, ImageFn); 4] = [
+    let ops: [(&str, &str, &str, ImageFn); 5] = [
         ("nodetool.image.Resize", "Resize", "image.resize", resize),
         ("nodetool.image.Crop", "Crop", "image.crop", crop),
         ("nodetool.image.Scale", "Scale", "image.scale", scale),
         ("nodetool.image.Fit", "Fit", "image.fit", fit),
+        (
+            "nodetool.image.Blur",
+            "Blur",
+            "image.blur_typed",
+            typed_blur,
+        ),
     ];
     for (node_type, title, op_name, op) in ops {
         let spec = NodeSpec::new(node_type, title).required("image", "image");
@@ -92,6 +98,10 @@ pub fn register(r: &mut Registry) {
             "Resize" | "Fit" => {
                 spec.input("width", "int", json!(512))
                     .input("height", "int", json!(512))
+            }
+            "Blur" => {
+                spec.input("blur_type", "enum", json!("gaussian"))
+                    .input("size", "int", json!(5))
             }
             "Crop" => spec
                 .input("left", "int", json!(0))
@@ -237,6 +247,11 @@ pub fn register(r: &mut Registry) {
         // Newer NodeTool files UnsharpMask under filter.
         if class == "enhance.UnsharpMask" {
             names.push("lib.image.filter.UnsharpMask".to_owned());
+        }
+        // Bundled examples saved before the namespaces were flattened still use these.
+        if matches!(class, "enhance.Brightness" | "enhance.Contrast") {
+            names.push(format!("nodetool.lib.pillow.{class}"));
+            names.push(format!("nodetool.lib.image.{class}"));
         }
         for node_type in names {
             let mut spec = NodeSpec::new(node_type, title).required("image", "image");
@@ -546,7 +561,7 @@ pub(crate) fn decode(
 }
 
 /// NodeTool's `image_to_pil`: `PIL.Image.open(buffer).convert("RGB")`.
-fn as_rgb(image: DynamicImage) -> DynamicImage {
+pub(crate) fn as_rgb(image: DynamicImage) -> DynamicImage {
     match image {
         DynamicImage::ImageRgb8(_) => image,
         other => DynamicImage::ImageRgb8(other.to_rgb8()),
@@ -574,7 +589,7 @@ pub(crate) async fn blocking<T: Send + 'static>(
 }
 
 /// Stores a PNG in temp storage under the job and returns its image ref.
-async fn store_temp_image(ctx: &ProcessingContext, png: Vec<u8>) -> Result<Value> {
+pub(crate) async fn store_temp_image(ctx: &ProcessingContext, png: Vec<u8>) -> Result<Value> {
     let name = format!("{}.png", nodetool_core::id::new_id());
     let key = ctx.put_temp(&name, Bytes::from(png)).await?;
     Ok(json!({
@@ -614,7 +629,7 @@ fn blend(inputs: &NodeInputs, images: Vec<DynamicImage>) -> Result<DynamicImage>
     raw.into_image(OP)
 }
 
-fn param_error(op: &'static str, name: &'static str, msg: String) -> Error {
+pub(crate) fn param_error(op: &'static str, name: &'static str, msg: String) -> Error {
     Error::invalid_input(format!("input `{name}`: {msg}"))
         .with_operation(op)
         .with_context("input", name)
@@ -778,6 +793,64 @@ fn blur(i: &NodeInputs, img: DynamicImage) -> Result<DynamicImage> {
         return Ok(img);
     }
     Ok(img.blur(radius as f32))
+}
+
+/// `nodetool.image.Blur` (NodeTool's TypeScript image.ts): `size` 0..=100, 0 a no-op.
+/// `gaussian` has sigma `max(0.3, size / 2)` (the `image` crate's Gaussian, close to libvips');
+/// `box` averages a `k`x`k` square, `k` the odd number from `max(3, min(31, size))`; `motion`
+/// averages `w` pixels of the row, `w` the odd number from `max(3, size)`. Box and motion
+/// repeat the edge pixels and round to the nearest level.
+fn typed_blur(i: &NodeInputs, img: DynamicImage) -> Result<DynamicImage> {
+    const OP: &str = "image.blur_typed";
+    let size = int_param(i, "size", 5, (0, 100), OP)?;
+    let kind = i.str("blur_type")?;
+    if size == 0 {
+        return Ok(img);
+    }
+    let odd = |n: i64| if n % 2 == 0 { n + 1 } else { n };
+    let (kw, kh) = match kind.as_str() {
+        "gaussian" | "" => return Ok(img.blur((size as f32 * 0.5).max(0.3))),
+        "box" => {
+            let k = odd(size.clamp(3, 31));
+            (k, k)
+        }
+        "motion" => (odd(size.max(3)), 1),
+        other => {
+            return Err(param_error(
+                OP,
+                "blur_type",
+                format!("{other:?} is not one of \"gaussian\", \"box\", \"motion\""),
+            ))
+        }
+    };
+    let raw = Raw::from(img);
+    let (w, h, ch) = (raw.width as i64, raw.height as i64, raw.channels);
+    let (rx, ry) = (kw / 2, kh / 2);
+    let at = |x: i64, y: i64| (y * w + x) as usize * ch;
+    // Separable: exact integer sums along the row, then along the column.
+    let mut rows = vec![0u32; raw.data.len()];
+    for y in 0..h {
+        for x in 0..w {
+            for c in 0..raw.color_channels {
+                rows[at(x, y) + c] = (-rx..=rx)
+                    .map(|dx| u32::from(raw.data[at((x + dx).clamp(0, w - 1), y) + c]))
+                    .sum();
+            }
+        }
+    }
+    let mut out = raw.data.clone();
+    let n = (kw * kh) as f32;
+    for y in 0..h {
+        for x in 0..w {
+            for c in 0..raw.color_channels {
+                let sum: u32 = (-ry..=ry)
+                    .map(|dy| rows[at(x, (y + dy).clamp(0, h - 1)) + c])
+                    .sum();
+                out[at(x, y) + c] = (sum as f32 / n).round() as u8;
+            }
+        }
+    }
+    Raw { data: out, ..raw }.into_image(OP)
 }
 
 /// Pillow's `convert("L")`: ITU-R 601-2 luma, alpha dropped.
@@ -1150,7 +1223,7 @@ fn composite(_: &NodeInputs, images: Vec<DynamicImage>) -> Result<DynamicImage> 
 /// A `color` input: NodeTool's `ColorRef` (`{type: "color", value: "#RRGGBB"}`) or a bare string.
 /// Pillow's `ImageColor` forms `#rgb`, `#rrggbb`, `#rrggbbaa` (alpha ignored on RGB) and the
 /// basic CSS names are accepted.
-fn color_input(i: &NodeInputs, name: &'static str, op: &'static str) -> Result<[u8; 3]> {
+pub(crate) fn color_input(i: &NodeInputs, name: &'static str, op: &'static str) -> Result<[u8; 3]> {
     let v = i.value(name);
     let text = match &v {
         Value::Null => return Ok([255, 255, 255]),
@@ -1171,7 +1244,7 @@ fn color_input(i: &NodeInputs, name: &'static str, op: &'static str) -> Result<[
     })
 }
 
-fn parse_color(text: &str) -> Option<[u8; 3]> {
+pub(crate) fn parse_color(text: &str) -> Option<[u8; 3]> {
     let t = text.trim().to_ascii_lowercase();
     if let Some(hex) = t.strip_prefix('#') {
         let digit = |i: usize| u8::from_str_radix(hex.get(i..i + 1)?, 16).ok();

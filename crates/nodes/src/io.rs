@@ -34,7 +34,7 @@ pub fn register(r: &mut Registry) {
             "list[str]",
             json!([]),
         ),
-        ("ColorInput", "Color Input", "dict", Value::Null),
+        ("ColorInput", "Color Input", "color", Value::Null),
     ];
     for (class, title, ty, default) in inputs {
         let mut spec = NodeSpec::new(format!("nodetool.input.{class}"), title)

@@ -17,27 +17,53 @@ pub mod asset;
 pub mod asset_load;
 pub mod base;
 pub mod boolean;
+pub mod color_grading;
 pub mod constant;
 pub mod control;
+pub mod data;
+mod data_query;
 pub mod dictionary;
+pub mod draw_text;
+pub mod grid;
 pub mod image;
 pub mod io;
+pub mod json;
 pub mod list;
+pub mod markdown;
 pub mod math;
+pub mod pdf;
+pub mod settings;
+pub mod sqlite;
 pub mod test;
 pub mod text;
+pub mod video;
+mod video_subtitles;
 
 pub use nodetool_engine::pyfmt::{python_json, write_python_layout};
 
-/// A registry of every built-in node type.
+pub use settings::NodeSettings;
+
+/// A registry of every built-in node type, with default [`NodeSettings`] (bundled fonts only,
+/// no workspace, `ffmpeg` from `PATH`).
 pub fn registry() -> Registry {
+    registry_with(&NodeSettings::default())
+}
+
+/// A registry of every built-in node type configured by `settings` (from the process's
+/// `nodetool_config::Settings`: `FONT_PATH`, `NODETOOL_WORKSPACE_DIR`, `FFMPEG_PATH`).
+pub fn registry_with(settings: &NodeSettings) -> Registry {
     let mut r = Registry::new();
-    register_all(&mut r);
+    register_all_with(&mut r, settings);
     r
 }
 
-/// Registers every built-in node type.
+/// Registers every built-in node type with default [`NodeSettings`].
 pub fn register_all(r: &mut Registry) {
+    register_all_with(r, &NodeSettings::default());
+}
+
+/// Registers every built-in node type configured by `settings`.
+pub fn register_all_with(r: &mut Registry, settings: &NodeSettings) {
     constant::register(r);
     io::register(r);
     text::register(r);
@@ -51,6 +77,16 @@ pub fn register_all(r: &mut Registry) {
     asset::register(r);
     asset_load::register(r);
     test::register(r);
+    // nodes-b
+    json::register(r);
+    color_grading::register(r);
+    grid::register(r);
+    data::register(r);
+    sqlite::register(r, settings);
+    pdf::register(r);
+    video::register(r, settings);
+    draw_text::register(r, settings);
+    markdown::register(r);
 }
 
 /// Registers a one-output function node.

@@ -6,7 +6,8 @@ use serde_json::{json, Map, Value};
 
 use nodetool_core::{Error, ErrorKind, Result};
 
-use nodetool_engine::node::NodeSpec;
+use nodetool_engine::context::ProcessingContext;
+use nodetool_engine::node::{Emitter, Inbox, NodeImpl, NodeInputs, NodeSpec};
 use nodetool_engine::registry::Registry;
 
 use super::{fn_node, py_slice_indices};
@@ -140,19 +141,124 @@ pub fn register(r: &mut Registry) {
     );
     fn_node(
         r,
+        // NodeTool's Template (nodetool-base 50bbc4e and the TypeScript base-nodes) substitutes
+        // `{{ key }}` and `{key}` by regular expression; it is not Jinja2 (FormatText is).
         NodeSpec::new("nodetool.text.Template", "Template")
             .input("string", "str", json!(""))
             .input("values", "any", json!({}))
-            .output("output", "str"),
+            .output("output", "str")
+            .dynamic()
+            .cacheable()
+            .version("2"),
         |i| {
-            let vars = match i.value("values") {
-                Value::Object(m) => Value::Object(m),
-                Value::Null => json!({}),
-                other => json!({ "value": other }),
+            let mut vars = match i.value("values") {
+                Value::Object(m) => m,
+                _ => Map::new(),
             };
-            render(&i.str("string")?, &vars).map(Value::String)
+            for (k, v) in i.as_map() {
+                if k != "string" && k != "values" {
+                    vars.insert(k.clone(), v.clone());
+                }
+            }
+            Ok(json!(substitute(&i.str("string")?, &vars)))
         },
     );
+    r.register(std::sync::Arc::new(CollectText {
+        spec: NodeSpec::new("nodetool.text.Collect", "Collect")
+            .input("input_item", "str", json!(""))
+            .input("separator", "str", json!(""))
+            .output("output", "str")
+            .consumes_stream(),
+    }));
+}
+
+/// NodeTool's Template: for each variable in order, every `{{ key }}` (any inner whitespace)
+/// and every `{key}` not inside another pair of braces becomes `str(value)`. Placeholders of
+/// unknown variables stay as written. Later variables also see text substituted earlier, as
+/// Python's successive `re.sub` calls do.
+pub fn substitute(template: &str, vars: &Map<String, Value>) -> String {
+    let mut out = template.to_owned();
+    for (key, value) in vars {
+        let text = python_str(value);
+        let jinja = format!(r"\{{\{{\s*{}\s*\}}\}}", regex::escape(key));
+        if let Ok(re) = regex::Regex::new(&jinja) {
+            out = re.replace_all(&out, regex::NoExpand(&text)).into_owned();
+        }
+        out = replace_single_brace(&out, key, &text);
+    }
+    out
+}
+
+/// Python's `re.sub(r"(?<!\{)\{KEY\}(?!\})", value, text)`, without look-around support.
+fn replace_single_brace(text: &str, key: &str, value: &str) -> String {
+    let needle = format!("{{{key}}}");
+    let mut out = String::with_capacity(text.len());
+    let mut last = 0;
+    let mut from = 0;
+    while let Some(pos) = text[from..].find(&needle).map(|p| p + from) {
+        let end = pos + needle.len();
+        let before_brace = text[..pos].ends_with('{');
+        let after_brace = text[end..].starts_with('}');
+        if before_brace || after_brace {
+            from = pos + 1;
+            continue;
+        }
+        out.push_str(&text[last..pos]);
+        out.push_str(value);
+        last = end;
+        from = end;
+    }
+    out.push_str(&text[last..]);
+    out
+}
+
+/// `nodetool.text.Collect`: joins every streamed `input_item` with `separator` once the stream
+/// ends. NodeTool's Python version drops the first item of the stream; this one keeps every
+/// item. Non-string items print as Python's `str()` prints them.
+#[derive(Debug)]
+struct CollectText {
+    spec: NodeSpec,
+}
+
+#[async_trait::async_trait]
+impl NodeImpl for CollectText {
+    fn spec(&self) -> &NodeSpec {
+        &self.spec
+    }
+
+    async fn process(
+        &self,
+        _: &ProcessingContext,
+        i: &NodeInputs,
+        out: &mut Emitter,
+    ) -> Result<()> {
+        out.emit("output", json!(i.text("input_item"))).await
+    }
+
+    async fn run_stream(
+        &self,
+        ctx: &ProcessingContext,
+        props: &NodeInputs,
+        inbox: &mut Inbox,
+        out: &mut Emitter,
+    ) -> Result<()> {
+        if inbox.handle_index("input_item").is_none() {
+            return self.process(ctx, props, out).await;
+        }
+        // A wired separator is read once, before the items.
+        let separator = match inbox.handle_index("separator") {
+            Some(_) => inbox
+                .recv("separator")
+                .await?
+                .map_or_else(String::new, |v| python_str(&v)),
+            None => props.str("separator")?,
+        };
+        let mut items = Vec::new();
+        while let Some(item) = inbox.recv("input_item").await? {
+            items.push(python_str(&item));
+        }
+        out.emit("output", json!(items.join(&separator))).await
+    }
 }
 
 fn capitalize(s: &str) -> String {
@@ -167,11 +273,44 @@ fn capitalize(s: &str) -> String {
 pub fn render(template: &str, vars: &Value) -> Result<String> {
     let mut env = minijinja::Environment::new();
     env.set_formatter(python_formatter);
+    env.add_filter("truncate", truncate_filter);
     env.render_str(template, minijinja::Value::from_serialize(vars))
         .map_err(|e| {
             Error::new(ErrorKind::InvalidInput, format!("template error: {e}"))
                 .with_operation("text.render")
         })
+}
+
+/// Jinja2's `truncate(length=255, killwords=False, end='...', leeway=5)`: text up to
+/// `length + leeway` characters is kept; longer text is cut to `length - len(end)` characters
+/// (at the last space unless `killwords`) and `end` appended.
+fn truncate_filter(
+    value: String,
+    length: Option<usize>,
+    killwords: Option<bool>,
+    end: Option<String>,
+    leeway: Option<usize>,
+) -> std::result::Result<String, minijinja::Error> {
+    let length = length.unwrap_or(255);
+    let end = end.unwrap_or_else(|| "...".to_owned());
+    let end_len = end.chars().count();
+    if length < end_len {
+        return Err(minijinja::Error::new(
+            minijinja::ErrorKind::InvalidOperation,
+            format!("truncate: length {length} is shorter than the end marker {end:?}"),
+        ));
+    }
+    if value.chars().count() <= length + leeway.unwrap_or(5) {
+        return Ok(value);
+    }
+    let head: String = value.chars().take(length - end_len).collect();
+    let head = if killwords.unwrap_or(false) {
+        head
+    } else {
+        head.rsplit_once(' ')
+            .map_or(head.clone(), |(h, _)| h.to_owned())
+    };
+    Ok(head + &end)
 }
 
 /// Prints `{{ value }}` as Jinja2 does: through Python's `str()`. Strings, ints and undefined
@@ -253,7 +392,7 @@ fn python_str_repr(s: &str, out: &mut String) {
 }
 
 /// `repr(float)`: the shortest round-trip digits, in exponent form below 1e-4 and from 1e16.
-fn python_float(f: f64) -> String {
+pub(crate) fn python_float(f: f64) -> String {
     if f.is_nan() {
         return "nan".to_owned();
     }
@@ -367,6 +506,37 @@ mod tests {
             .unwrap(),
             "True|None|[1, 'x']|1e+20|s|"
         );
+    }
+
+    #[test]
+    fn template_substitutes_like_nodetool() {
+        let vars = json!({"name": "Ada", "n": 2, "flag": true});
+        let Value::Object(vars) = vars else { panic!() };
+        assert_eq!(
+            substitute(
+                "{{name}} {{ n }} {name} {{{name}}} {flag} {{body|upper}} {x}",
+                &vars
+            ),
+            "Ada 2 Ada {Ada} True {{body|upper}} {x}"
+        );
+    }
+
+    #[test]
+    fn truncate_matches_jinja2() {
+        let long = "The quick brown fox jumps over the lazy dog".to_owned();
+        assert_eq!(
+            truncate_filter(long.clone(), Some(20), None, None, None).unwrap(),
+            "The quick brown..."
+        );
+        assert_eq!(
+            truncate_filter(long.clone(), Some(20), Some(true), None, None).unwrap(),
+            "The quick brown f..."
+        );
+        assert_eq!(
+            truncate_filter(long.clone(), Some(40), None, None, None).unwrap(),
+            long
+        );
+        assert!(truncate_filter(long, Some(2), None, None, None).is_err());
     }
 
     #[test]

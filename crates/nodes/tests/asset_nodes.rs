@@ -272,6 +272,96 @@ async fn save_then_load_round_trips_through_files_and_sqlite() {
     assert_eq!(all.assets.len(), 4);
 }
 
+/// SaveJSON writes `json.dumps(data, indent)` as an `application/json` asset with its row, in
+/// the given folder (by ref or bare id), and emits the JSON text.
+#[tokio::test]
+async fn save_json_writes_an_asset_and_emits_its_text() {
+    let dir = tempfile::tempdir().unwrap();
+    let (res, store) = file_resources(dir.path()).await;
+    let engine = Engine::new(Arc::new(nodetool_nodes::registry()), res.clone());
+    let folder = make_folder(store.as_ref(), "1", "exports").await;
+    let o = run_graph(
+        &engine,
+        &[
+            (
+                "data",
+                "nodetool.constant.Dict",
+                json!({"value": {"name": "Zoë", "items": [1, 2.5]}}),
+            ),
+            (
+                "save",
+                "nodetool.dictionary.SaveJSON",
+                json!({"folder": folder, "name": "report-%Y.json", "indent": 1}),
+            ),
+            ("out", "nodetool.output.Output", json!({"name": "json"})),
+        ],
+        &[
+            ("data", "output", "save", "data"),
+            ("save", "output", "out", "value"),
+        ],
+    )
+    .await;
+    assert_eq!(o.status, Status::Completed, "{:?}", o.error);
+    let text = "{\n \"name\": \"Zo\\u00eb\",\n \"items\": [\n  1,\n  2.5\n ]\n}";
+    assert_eq!(o.result["json"], json!([text]));
+    let rows = store
+        .list(&AssetQuery::children("1", &folder, 10))
+        .await
+        .unwrap();
+    assert_eq!(rows.assets.len(), 1);
+    let row = &rows.assets[0];
+    assert_eq!(row.name, format!("report-{}.json", chrono_year()));
+    assert_eq!(row.content_type, "application/json");
+    let key = row.storage_key.clone().unwrap();
+    assert!(key.ends_with(".json"), "{key}");
+    let on_disk = std::fs::read_to_string(dir.path().join("assets").join(&key)).unwrap();
+    assert_eq!(on_disk, text);
+    assert_eq!(row.size, Some(on_disk.len() as i64));
+}
+
+/// SaveDataframe writes the frame as a CSV asset (pandas' `to_csv(index=False)` layout: header,
+/// rows, empty cells for missing values) and emits the DataframeRef naming it.
+#[tokio::test]
+async fn save_dataframe_writes_a_csv_asset() {
+    let dir = tempfile::tempdir().unwrap();
+    let (res, store) = file_resources(dir.path()).await;
+    let engine = Engine::new(Arc::new(nodetool_nodes::registry()), res.clone());
+    let o = run_graph(
+        &engine,
+        &[
+            (
+                "csv",
+                "nodetool.data.ImportCSV",
+                json!({"csv_data": "name,score\nAda,1.5\n\"B, b\",\n"}),
+            ),
+            (
+                "save",
+                "nodetool.data.SaveDataframe",
+                json!({"name": "scores.csv"}),
+            ),
+            ("out", "nodetool.output.Output", json!({"name": "df"})),
+        ],
+        &[
+            ("csv", "output", "save", "df"),
+            ("save", "output", "out", "value"),
+        ],
+    )
+    .await;
+    assert_eq!(o.status, Status::Completed, "{:?}", o.error);
+    let df = &o.result["df"][0];
+    assert_eq!(df["data"], json!([["Ada", 1.5], ["B, b", null]]));
+    let id = df["asset_id"].as_str().unwrap();
+    let row = store.get("1", id).await.unwrap().unwrap();
+    assert_eq!(
+        (row.name.as_str(), row.content_type.as_str()),
+        ("scores.csv", "text/csv")
+    );
+    let key = row.storage_key.unwrap();
+    assert_eq!(df["uri"], format!("asset://{key}"));
+    let text = std::fs::read_to_string(dir.path().join("assets").join(&key)).unwrap();
+    assert_eq!(text, "name,score\nAda,1.5\n\"B, b\",\n");
+}
+
 fn chrono_year() -> String {
     // Days since the epoch → year, independently of the node's own calendar code.
     let secs = std::time::SystemTime::now()
@@ -448,18 +538,20 @@ async fn a_bad_folder_is_refused_before_anything_is_written() {
         (other_users, ErrorKind::NotFound),
         (file.id.clone(), ErrorKind::InvalidInput),
     ] {
-        let o = run_graph(
-            &engine,
-            &[(
-                "save",
+        for (node_type, data) in [
+            (
                 "nodetool.text.SaveText",
                 json!({"text": "x", "folder": folder_ref(&folder)}),
-            )],
-            &[],
-        )
-        .await;
-        assert_eq!(o.status, Status::Failed, "{folder}");
-        assert_eq!(o.error.unwrap().kind(), kind, "{folder}");
+            ),
+            (
+                "nodetool.dictionary.SaveJSON",
+                json!({"data": {"a": 1}, "folder": folder_ref(&folder)}),
+            ),
+        ] {
+            let o = run_graph(&engine, &[("save", node_type, data)], &[]).await;
+            assert_eq!(o.status, Status::Failed, "{node_type} {folder}");
+            assert_eq!(o.error.unwrap().kind(), kind, "{node_type} {folder}");
+        }
     }
     assert!(blob_keys(&res).await.is_empty());
     let home = store
@@ -479,6 +571,7 @@ async fn without_a_store_saving_and_loading_fail_clearly_and_write_nothing() {
     let engine = Engine::new(Arc::new(nodetool_nodes::registry()), res.clone());
     for (node_type, data) in [
         ("nodetool.text.SaveText", json!({"text": "x"})),
+        ("nodetool.dictionary.SaveJSON", json!({"data": [1]})),
         (
             "nodetool.image.SaveImage",
             json!({"image": inline_image(&png(1, 1, 1))}),
