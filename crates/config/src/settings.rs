@@ -222,6 +222,8 @@ pub struct Settings {
     pub docker_gpu_devices: Option<Vec<String>>,
     /// `never`, `missing` or `always`.
     pub docker_pull_policy: &'static str,
+    /// Media refs and node HTTP fetches (the `NODETOOL_*` block at the end of the registry).
+    pub media: crate::media::MediaSettings,
 
     config_dir: PathBuf,
     home: Option<PathBuf>,
@@ -328,6 +330,7 @@ impl Settings {
             docker_user: r.require("DOCKER_USER", text)?,
             docker_gpu_devices: r.get("DOCKER_GPU_DEVICES", parse::list)?,
             docker_pull_policy: r.choice("DOCKER_PULL_POLICY")?,
+            media: crate::media::MediaSettings::read(&r)?,
             config_dir: config_dir.clone(),
             home,
             resolved,
@@ -495,9 +498,9 @@ fn invalid(r: &Resolved, why: &str) -> Error {
 }
 
 /// Typed access to the resolved values during [`Settings::load`].
-struct Reader<'a> {
+pub(crate) struct Reader<'a> {
     resolved: &'a [Resolved],
-    home: Option<&'a Path>,
+    pub(crate) home: Option<&'a Path>,
     config_dir: &'a Path,
 }
 
@@ -509,7 +512,11 @@ impl Reader<'_> {
             .ok_or_else(|| Error::unexpected(format!("setting {name} is not registered")))
     }
 
-    fn get<T>(&self, name: &str, parse: impl Fn(&str) -> Parsed<T>) -> Result<Option<T>> {
+    pub(crate) fn get<T>(
+        &self,
+        name: &str,
+        parse: impl Fn(&str) -> Parsed<T>,
+    ) -> Result<Option<T>> {
         let r = self.find(name)?;
         match &r.raw {
             None => Ok(None),
@@ -518,7 +525,7 @@ impl Reader<'_> {
     }
 
     /// For settings with a default, which therefore always have a value.
-    fn require<T>(&self, name: &str, parse: impl Fn(&str) -> Parsed<T>) -> Result<T> {
+    pub(crate) fn require<T>(&self, name: &str, parse: impl Fn(&str) -> Parsed<T>) -> Result<T> {
         self.get(name, parse)?
             .ok_or_else(|| Error::unexpected(format!("setting {name} has no default")))
     }

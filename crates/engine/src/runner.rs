@@ -5,7 +5,7 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::panic::AssertUnwindSafe;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use futures::FutureExt;
@@ -17,6 +17,7 @@ use tokio_util::sync::CancellationToken;
 use nodetool_core::{CacheValue, Error, ErrorKind, Result};
 
 use crate::context::{EngineResources, JobShared, ProcessingContext};
+use crate::control::{ControlInbox, ControlMsg, ControlPlane};
 use crate::events::{Event, EventPoster, EventSink, JobUpdate, NodeUpdate, Status};
 use crate::graph::{EdgeType, Graph, SyncMode};
 use crate::inputs::{Feeds, InputStreams};
@@ -120,6 +121,8 @@ fn cut(s: String) -> String {
 
 struct NodePlan {
     id: String,
+    /// The type the graph names (an alias runs its target's implementation).
+    node_type: String,
     imp: Arc<dyn NodeImpl>,
     sync_mode: SyncMode,
     props: Map<String, Value>,
@@ -130,6 +133,8 @@ struct NodePlan {
     emitter: Emitter,
     /// A streamed input node: the values pushed from outside, and the slot they go out on.
     feed: Option<(mpsc::Receiver<Value>, String)>,
+    /// A controlled node: it runs once per control event instead of once per input batch.
+    control: Option<ControlInbox>,
 }
 
 /// The first failure of a job; later ones are only logged.
@@ -208,6 +213,8 @@ impl Engine {
             resources: self.resources.clone(),
             secrets: Arc::new(opts.secrets.clone()),
             results: Mutex::new(Map::new()),
+            control: OnceLock::new(),
+            memory: Mutex::new(HashMap::new()),
         });
 
         // Streams another run already took are refused, and never opened or closed by this one.
@@ -232,7 +239,8 @@ impl Engine {
             Some(Err(err)) => {
                 failure.set(None, err);
             }
-            Some(Ok((plans, feeds))) => {
+            Some(Ok((plans, feeds, control))) => {
+                let _ = shared.control.set(control);
                 if let Some(s) = &streams {
                     s.open(feeds);
                 }
@@ -292,8 +300,10 @@ impl Engine {
         opts: &RunOptions,
         poster: &Arc<EventPoster>,
         cancel: &CancellationToken,
-    ) -> Result<(Vec<NodePlan>, Feeds)> {
+    ) -> Result<(Vec<NodePlan>, Feeds, ControlPlane)> {
         let graph = &req.graph;
+        let (control_plane, mut control_routes, mut control_inboxes) =
+            ControlPlane::build(graph, &self.registry);
         let data_edges: Vec<&crate::graph::Edge> = graph
             .edges
             .iter()
@@ -398,8 +408,12 @@ impl Engine {
             for (k, v) in node.data.iter().chain(node.dynamic_properties.iter()) {
                 props.insert(k.clone(), v.clone());
             }
+            // Nulled in place rather than removed, so a wired dynamic input keeps its position
+            // among the node's properties (dynamic inputs are ordered, e.g. Concat's).
             for h in &handles {
-                props.remove(h);
+                if let Some(v) = props.get_mut(h) {
+                    *v = Value::Null;
+                }
             }
             let mut feed = None;
             if spec.kind == NodeKind::Input {
@@ -423,11 +437,19 @@ impl Engine {
                 }
             }
             let has_streaming_input = sticky.iter().any(|s| !s);
-            let cacheable =
-                opts.use_cache && spec.cacheable && !spec.streaming && !has_streaming_input;
+            let control = control_inboxes.remove(&node.id);
+            let control_out = control_routes.remove(&node.id).unwrap_or_default();
+            // A cache hit replays data outputs only, so nodes on control edges always run.
+            let cacheable = opts.use_cache
+                && spec.cacheable
+                && !spec.streaming
+                && !has_streaming_input
+                && control.is_none()
+                && control_out.is_empty();
             let emitter = Emitter::new(
                 spec.streaming || feed.is_some(),
                 routes.remove(node.id.as_str()).unwrap_or_default(),
+                control_out,
                 poster.clone(),
                 req.workflow_id.clone(),
                 cancel.clone(),
@@ -435,6 +457,7 @@ impl Engine {
             let inbox = Inbox::new(handles.clone(), rx, capacity_sems, cancel.clone());
             plans.push(NodePlan {
                 id: node.id.clone(),
+                node_type: node.node_type.clone(),
                 sync_mode: node.sync_mode,
                 imp,
                 props,
@@ -444,6 +467,7 @@ impl Engine {
                 inbox,
                 emitter,
                 feed,
+                control,
             });
         }
         for name in req.params.keys() {
@@ -457,7 +481,7 @@ impl Engine {
                 tracing::warn!(job_id = %req.job_id, param = %name, "param matches no input node; ignored");
             }
         }
-        Ok((plans, feeds))
+        Ok((plans, feeds, control_plane))
     }
 
     async fn execute(
@@ -474,7 +498,7 @@ impl Engine {
             let ctx = ProcessingContext::new(
                 shared.clone(),
                 &plan.id,
-                &plan.imp.spec().node_type,
+                &plan.node_type,
                 &plan.imp.spec().title,
             );
             let failure = failure.clone();
@@ -796,6 +820,9 @@ async fn actor_body(
     if let Some((rx, slot)) = plan.feed.take() {
         return feed_body(plan, ctx, &title, &props, rx, &slot).await;
     }
+    if let Some(control) = plan.control.take() {
+        return controlled_body(plan, ctx, &title, &props, control, node_timeout).await;
+    }
 
     if spec.consumes_stream {
         ctx.post(node_update(
@@ -887,6 +914,120 @@ async fn actor_body(
             None,
         ));
         route_pending(&mut plan.emitter).await?;
+    }
+    Ok(())
+}
+
+/// A controlled node: waits until each wired data input has a value (or has ended), then runs
+/// once per `run` control event with the event's properties over its inputs, until `stop` or
+/// until every controller has finished. Data that arrives meanwhile replaces the cached input.
+async fn controlled_body(
+    plan: &mut NodePlan,
+    ctx: &ProcessingContext,
+    title: &str,
+    props: &NodeInputs,
+    mut control: ControlInbox,
+    node_timeout: Option<Duration>,
+) -> Result<()> {
+    let imp = plan.imp.clone();
+    let spec = imp.spec();
+    let n = plan.handles.len();
+    let mut latest: Vec<Option<Value>> = vec![None; n];
+    let mut ended = vec![false; n];
+    let take = |msg: InMsg, latest: &mut Vec<Option<Value>>, ended: &mut Vec<bool>| match msg {
+        InMsg::Item { handle, value, .. } => latest[handle] = Some(value),
+        InMsg::End { handle } => ended[handle] = true,
+    };
+    while (0..n).any(|h| latest[h].is_none() && !ended[h]) {
+        match plan.inbox.next_msg().await? {
+            Some(msg) => take(msg, &mut latest, &mut ended),
+            None => break,
+        }
+    }
+    let mut finished_controllers = 0;
+    loop {
+        let msg = tokio::select! {
+            biased;
+            _ = ctx.cancellation().cancelled() => {
+                return Err(Error::new(ErrorKind::Cancelled, "job cancelled"));
+            }
+            m = control.rx.recv() => m,
+        };
+        let (properties, reply) = match msg {
+            None | Some(ControlMsg::Stop) => break,
+            Some(ControlMsg::End) => {
+                finished_controllers += 1;
+                if finished_controllers >= control.controllers {
+                    break;
+                }
+                continue;
+            }
+            Some(ControlMsg::Run { properties, reply }) => (properties, reply),
+        };
+        while let Some(msg) = plan.inbox.try_next_msg() {
+            take(msg, &mut latest, &mut ended);
+        }
+        let outcome = async {
+            let mut inputs = props.clone();
+            for (h, v) in plan.handles.iter().zip(&latest) {
+                if let Some(v) = v {
+                    inputs.set(h.clone(), v.clone());
+                }
+            }
+            for (name, value) in properties {
+                if !spec.dynamic && spec.input_spec(&name).is_none() {
+                    return Err(Error::invalid_input(format!(
+                        "control event sets property `{name}`, which {} does not have",
+                        spec.node_type
+                    ))
+                    .with_operation("control.run")
+                    .with_context("property", name));
+                }
+                inputs.set(name, value);
+            }
+            ctx.post(node_update(
+                ctx,
+                title,
+                Status::Running,
+                Some(inputs.as_map()),
+                None,
+                None,
+            ));
+            plan.emitter.start_firing();
+            guarded(
+                ctx,
+                node_timeout,
+                imp.process(ctx, &inputs, &mut plan.emitter),
+            )
+            .await?;
+            let result = plan.emitter.last_values().clone();
+            ctx.post(node_update(
+                ctx,
+                title,
+                Status::Completed,
+                Some(inputs.as_map()),
+                Some(result.clone()),
+                None,
+            ));
+            route_pending(&mut plan.emitter).await?;
+            Ok(result)
+        }
+        .await;
+        match (outcome, reply) {
+            (Ok(result), Some(reply)) => {
+                let _ = reply.send(Ok(result));
+            }
+            (Ok(_), None) => {}
+            (Err(e), Some(reply)) => {
+                let _ = reply.send(Err(Error::new(
+                    e.kind(),
+                    format!("controlled node `{}` failed: {e}", plan.id),
+                )
+                .with_operation("control.run")));
+                return Err(e);
+            }
+            (Err(e), None) => return Err(e),
+        }
     }
     Ok(())
 }

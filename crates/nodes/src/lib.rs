@@ -17,14 +17,17 @@ pub mod asset;
 pub mod asset_load;
 pub mod base;
 pub mod boolean;
+pub mod catalog;
 pub mod constant;
 pub mod control;
 pub mod dictionary;
+pub mod dynamic_text;
 pub mod image;
 pub mod io;
 pub mod list;
 pub mod math;
 pub mod test;
+pub mod test_helper;
 pub mod text;
 
 pub use nodetool_engine::pyfmt::{python_json, write_python_layout};
@@ -41,6 +44,7 @@ pub fn register_all(r: &mut Registry) {
     constant::register(r);
     io::register(r);
     text::register(r);
+    dynamic_text::register(r);
     list::register(r);
     dictionary::register(r);
     boolean::register(r);
@@ -51,6 +55,9 @@ pub fn register_all(r: &mut Registry) {
     asset::register(r);
     asset_load::register(r);
     test::register(r);
+    test_helper::register(r);
+    // Last: marks what is still unimplemented, and aliases old names of what is.
+    catalog::register(r);
 }
 
 /// Registers a one-output function node.

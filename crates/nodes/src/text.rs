@@ -2,7 +2,7 @@
 //! (Jinja2 syntax). Non-string values print as Python's `str()` prints them (`True`, `None`,
 //! `['a', 1]`, `{'k': 'v'}`, `1e+20`), as they do in NodeTool's Jinja2 and `str.join`.
 
-use serde_json::{json, Map, Value};
+use serde_json::{json, Value};
 
 use nodetool_core::{Error, ErrorKind, Result};
 
@@ -121,38 +121,6 @@ pub fn register(r: &mut Registry) {
             Ok(json!(idx.into_iter().map(|k| chars[k]).collect::<String>()))
         },
     );
-    fn_node(
-        r,
-        NodeSpec::new("nodetool.text.FormatText", "Format Text")
-            .input("template", "str", json!(""))
-            .output("output", "str")
-            .dynamic(),
-        |i| {
-            let template = normalize_format_template(&i.str("template")?);
-            let mut vars = Map::new();
-            for (k, v) in i.as_map() {
-                if k != "template" {
-                    vars.insert(k.to_lowercase(), v.clone());
-                }
-            }
-            render(&template, &Value::Object(vars)).map(Value::String)
-        },
-    );
-    fn_node(
-        r,
-        NodeSpec::new("nodetool.text.Template", "Template")
-            .input("string", "str", json!(""))
-            .input("values", "any", json!({}))
-            .output("output", "str"),
-        |i| {
-            let vars = match i.value("values") {
-                Value::Object(m) => Value::Object(m),
-                Value::Null => json!({}),
-                other => json!({ "value": other }),
-            };
-            render(&i.str("string")?, &vars).map(Value::String)
-        },
-    );
 }
 
 fn capitalize(s: &str) -> String {
@@ -253,7 +221,7 @@ fn python_str_repr(s: &str, out: &mut String) {
 }
 
 /// `repr(float)`: the shortest round-trip digits, in exponent form below 1e-4 and from 1e16.
-fn python_float(f: f64) -> String {
+pub(crate) fn python_float(f: f64) -> String {
     if f.is_nan() {
         return "nan".to_owned();
     }

@@ -1,20 +1,24 @@
 //! Runs every recorded NodeTool conformance case and compares the result exactly, and the
 //! per-node / per-edge event sequences (global order varies between runs in the original).
+//!
+//! Two sets: `shared/conformance` (recorded with the original for the first sessions) and
+//! `tests/conformance` (recorded here with `tests/conformance/record.sh`, same format, plus an
+//! optional `params.json` and the PNGs of saved images in `expected/`, compared pixel by pixel).
 
 #![allow(clippy::unwrap_used)]
 
 mod common;
 
 use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
 
 use common::*;
-use nodetool_engine::{parse_workflow, RunOptions, Status};
+use nodetool_core::StorageKey;
+use nodetool_engine::{parse_workflow, Engine, RunOptions, Status};
 use serde_json::Value;
 
-#[tokio::test]
-async fn every_conformance_case_matches_the_recording() {
-    let dir = conformance_dir();
-    let mut cases: Vec<_> = std::fs::read_dir(&dir)
+fn cases_in(dir: &Path) -> Vec<PathBuf> {
+    let mut cases: Vec<_> = std::fs::read_dir(dir)
         .unwrap()
         .filter_map(|e| e.ok())
         .map(|e| e.path())
@@ -22,95 +26,206 @@ async fn every_conformance_case_matches_the_recording() {
         .collect();
     cases.sort();
     assert!(!cases.is_empty(), "no cases under {}", dir.display());
+    cases
+}
+
+/// Decodes a stored image ref (asset or temp storage) to RGB8.
+async fn stored_rgb(engine: &Engine, image: &Value) -> Result<(u32, u32, Vec<u8>), String> {
+    let res = engine.resources();
+    let uri = image["uri"].as_str().unwrap_or_default();
+    let (storage, key) = if let Some(k) = uri.strip_prefix("temp://") {
+        (&res.temp_storage, k)
+    } else if let Some(k) = uri.strip_prefix("asset://") {
+        (&res.asset_storage, k)
+    } else {
+        return Err(format!("not a stored image ref: {image}"));
+    };
+    let key = StorageKey::new(key).map_err(|e| e.to_string())?;
+    let got = storage
+        .download(&key, None)
+        .await
+        .map_err(|e| e.to_string())?;
+    let bytes = nodetool_core::storage::collect(got.body)
+        .await
+        .map_err(|e| e.to_string())?;
+    let img = image::load_from_memory(&bytes).map_err(|e| e.to_string())?;
+    let rgb = img.to_rgb8();
+    Ok((rgb.width(), rgb.height(), rgb.into_raw()))
+}
+
+/// Removes what differs between runs from a result: ids and storage URIs of refs.
+fn strip_refs(v: &Value) -> Value {
+    match v {
+        Value::Object(m) => Value::Object(
+            m.iter()
+                .filter(|(k, _)| !matches!(k.as_str(), "asset_id" | "uri" | "created_at"))
+                .map(|(k, x)| (k.clone(), strip_refs(x)))
+                .collect(),
+        ),
+        Value::Array(items) => Value::Array(items.iter().map(strip_refs).collect()),
+        other => other.clone(),
+    }
+}
+
+async fn check_case(engine: &Engine, case: &Path) -> Vec<String> {
+    let mut failures = Vec::new();
+    let name = case.file_name().unwrap().to_string_lossy().to_string();
+    let wf = parse_workflow(&std::fs::read_to_string(case.join("workflow.json")).unwrap())
+        .unwrap_or_else(|e| panic!("{name}: {e}"));
+    let expected: Value =
+        serde_json::from_str(&std::fs::read_to_string(case.join("outputs.json")).unwrap()).unwrap();
+    let params: Value = std::fs::read_to_string(case.join("params.json"))
+        .map(|t| serde_json::from_str(&t).unwrap())
+        .unwrap_or(Value::Null);
+    let recorded: Vec<Value> = std::fs::read_to_string(case.join("events.jsonl"))
+        .unwrap()
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+
+    let (outcome, events) = run(engine, wf.graph.clone(), params, RunOptions::default()).await;
+    let want_status = expected["status"].as_str().unwrap();
+    if outcome.status.as_str() != want_status {
+        failures.push(format!(
+            "{name}: status {} != {want_status} ({:?})",
+            outcome.status, outcome.error
+        ));
+        return failures;
+    }
+    // Every event is well-formed: job id, seq 1..=n in order, terminal job_update last.
+    let ours = to_values(&events);
+    for (i, e) in ours.iter().enumerate() {
+        assert_eq!(e["job_id"], Value::String(outcome.job_id.clone()), "{name}");
+        assert_eq!(e["seq"], Value::from(i as u64 + 1), "{name}");
+    }
+    assert_eq!(ours.last().unwrap()["type"], "job_update", "{name}");
+    if outcome.status != Status::Completed {
+        return failures;
+    }
+    let images: BTreeMap<String, Vec<String>> = expected
+        .get("images")
+        .and_then(Value::as_object)
+        .map(|m| {
+            m.iter()
+                .map(|(k, v)| {
+                    let files = v.as_array().cloned().unwrap_or_default();
+                    (
+                        k.clone(),
+                        files
+                            .iter()
+                            .filter_map(|f| f.as_str().map(str::to_owned))
+                            .collect(),
+                    )
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    let got = Value::Object(outcome.result.clone());
+    if strip_refs(&got) != strip_refs(&expected["result"]) {
+        failures.push(format!(
+            "{name}: result\n  got  {got}\n  want {}",
+            expected["result"]
+        ));
+    }
+    for (output, files) in &images {
+        let values = outcome.result.get(output).and_then(Value::as_array);
+        for (i, file) in files.iter().enumerate() {
+            let Some(value) = values.and_then(|v| v.get(i)) else {
+                failures.push(format!("{name}: no image {output}[{i}]"));
+                continue;
+            };
+            let want = image::open(case.join(file)).unwrap().to_rgb8();
+            match stored_rgb(engine, value).await {
+                Ok((w, h, rgb)) => {
+                    if (w, h) != want.dimensions() {
+                        failures.push(format!(
+                            "{name}: image {output}[{i}] is {w}x{h}, recorded {:?}",
+                            want.dimensions()
+                        ));
+                    } else if rgb != want.as_raw().as_slice() {
+                        let diff = rgb
+                            .iter()
+                            .zip(want.as_raw())
+                            .filter(|(a, b)| a != b)
+                            .count();
+                        failures.push(format!(
+                            "{name}: image {output}[{i}]: {diff} of {} channel values differ",
+                            rgb.len()
+                        ));
+                    }
+                }
+                Err(e) => failures.push(format!("{name}: image {output}[{i}]: {e}")),
+            }
+        }
+    }
+
+    let want_nodes = per_node_sequences(&recorded);
+    let got_nodes = per_node_sequences(&ours);
+    for (node, seq) in &want_nodes {
+        if got_nodes.get(node) != Some(seq) {
+            failures.push(format!(
+                "{name}: node {node} events {:?} != recorded {seq:?}",
+                got_nodes.get(node)
+            ));
+        }
+    }
+    // Nodes the original reports nothing for are its input nodes (dispatched, not run).
+    for node in got_nodes.keys().filter(|n| !want_nodes.contains_key(*n)) {
+        let t = &wf.graph.node(node).unwrap().node_type;
+        if !t.starts_with("nodetool.input.") {
+            failures.push(format!("{name}: unexpected events for node {node} ({t})"));
+        }
+    }
+    let want_edges: BTreeMap<_, _> = per_edge_counters(&recorded);
+    let got_edges = per_edge_counters(&ours);
+    if want_edges != got_edges {
+        failures.push(format!(
+            "{name}: edge counters {got_edges:?} != recorded {want_edges:?}"
+        ));
+    }
+    // Output updates: same values per output, in order.
+    let outputs = |evs: &[Value]| -> BTreeMap<String, Vec<Value>> {
+        let mut m: BTreeMap<String, Vec<Value>> = BTreeMap::new();
+        for e in evs.iter().filter(|e| e["type"] == "output_update") {
+            m.entry(e["output_name"].as_str().unwrap().to_owned())
+                .or_default()
+                .push(serde_json::json!([
+                    strip_refs(&e["value"]),
+                    e["output_type"]
+                ]));
+        }
+        m
+    };
+    if outputs(&recorded) != outputs(&ours) {
+        failures.push(format!(
+            "{name}: output_update values/types differ:\n  got  {:?}\n  want {:?}",
+            outputs(&ours),
+            outputs(&recorded)
+        ));
+    }
+    failures
+}
+
+async fn check_all(dir: &Path) {
     let engine = engine().await;
     let mut failures = Vec::new();
-    for case in &cases {
-        let name = case.file_name().unwrap().to_string_lossy().to_string();
-        let wf = parse_workflow(&std::fs::read_to_string(case.join("workflow.json")).unwrap())
-            .unwrap_or_else(|e| panic!("{name}: {e}"));
-        let expected: Value =
-            serde_json::from_str(&std::fs::read_to_string(case.join("outputs.json")).unwrap())
-                .unwrap();
-        let recorded: Vec<Value> = std::fs::read_to_string(case.join("events.jsonl"))
-            .unwrap()
-            .lines()
-            .filter(|l| !l.trim().is_empty())
-            .map(|l| serde_json::from_str(l).unwrap())
-            .collect();
-
-        let (outcome, events) = run(
-            &engine,
-            wf.graph.clone(),
-            Value::Null,
-            RunOptions::default(),
-        )
-        .await;
-        let want_status = expected["status"].as_str().unwrap();
-        if outcome.status.as_str() != want_status {
-            failures.push(format!(
-                "{name}: status {} != {want_status} ({:?})",
-                outcome.status, outcome.error
-            ));
-            continue;
-        }
-        if Value::Object(outcome.result.clone()) != expected["result"] {
-            failures.push(format!(
-                "{name}: result\n  got  {}\n  want {}",
-                Value::Object(outcome.result.clone()),
-                expected["result"]
-            ));
-        }
-
-        // Every event is well-formed: job id, seq 1..=n in order, terminal job_update last.
-        let ours = to_values(&events);
-        for (i, e) in ours.iter().enumerate() {
-            assert_eq!(e["job_id"], Value::String(outcome.job_id.clone()), "{name}");
-            assert_eq!(e["seq"], Value::from(i as u64 + 1), "{name}");
-        }
-        assert_eq!(ours.last().unwrap()["type"], "job_update", "{name}");
-        assert_eq!(outcome.status, Status::Completed);
-
-        let want_nodes = per_node_sequences(&recorded);
-        let got_nodes = per_node_sequences(&ours);
-        for (node, seq) in &want_nodes {
-            if got_nodes.get(node) != Some(seq) {
-                failures.push(format!(
-                    "{name}: node {node} events {:?} != recorded {seq:?}",
-                    got_nodes.get(node)
-                ));
-            }
-        }
-        // Nodes the original reports nothing for are its input nodes (dispatched, not run).
-        for node in got_nodes.keys().filter(|n| !want_nodes.contains_key(*n)) {
-            let t = &wf.graph.node(node).unwrap().node_type;
-            if !t.starts_with("nodetool.input.") {
-                failures.push(format!("{name}: unexpected events for node {node} ({t})"));
-            }
-        }
-        let want_edges: BTreeMap<_, _> = per_edge_counters(&recorded);
-        let got_edges = per_edge_counters(&ours);
-        if want_edges != got_edges {
-            failures.push(format!(
-                "{name}: edge counters {got_edges:?} != recorded {want_edges:?}"
-            ));
-        }
-        // Output updates: same values per output, in order.
-        let outputs = |evs: &[Value]| -> BTreeMap<String, Vec<Value>> {
-            let mut m: BTreeMap<String, Vec<Value>> = BTreeMap::new();
-            for e in evs.iter().filter(|e| e["type"] == "output_update") {
-                m.entry(e["output_name"].as_str().unwrap().to_owned())
-                    .or_default()
-                    .push(serde_json::json!([e["value"], e["output_type"]]));
-            }
-            m
-        };
-        if outputs(&recorded) != outputs(&ours) {
-            failures.push(format!("{name}: output_update values/types differ"));
-        }
+    for case in cases_in(dir) {
+        failures.extend(check_case(&engine, &case).await);
     }
     assert!(
         failures.is_empty(),
         "conformance failures:\n{}",
         failures.join("\n")
     );
+}
+
+#[tokio::test]
+async fn every_conformance_case_matches_the_recording() {
+    check_all(&conformance_dir()).await;
+}
+
+#[tokio::test]
+async fn every_case_recorded_here_matches_the_recording() {
+    check_all(&PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/conformance")).await;
 }

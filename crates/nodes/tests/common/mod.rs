@@ -100,9 +100,18 @@ pub fn with_dynamic(mut g: Graph, node: &str, props: &[&str]) -> Graph {
     g
 }
 
+/// `shared/` beside the repo clone (`NODETOOL_SHARED_DIR` overrides it, for a worktree that
+/// does not sit beside it).
+pub fn shared_dir() -> PathBuf {
+    match std::env::var_os("NODETOOL_SHARED_DIR") {
+        Some(dir) => PathBuf::from(dir),
+        None => PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../../shared"),
+    }
+}
+
 /// `/work/shared/conformance`, or a clear failure when shared/ is not beside the repo.
 pub fn conformance_dir() -> PathBuf {
-    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../../shared/conformance");
+    let dir = shared_dir().join("conformance");
     assert!(
         dir.is_dir(),
         "conformance fixtures not found at {} (shared/ must sit beside the repo clone)",
