@@ -20,7 +20,7 @@ use nodetool_engine::events::Severity;
 use nodetool_engine::node::{Emitter, NodeImpl, NodeInputs, NodeSpec};
 use nodetool_engine::registry::Registry;
 
-use super::image::{blocking, decode, encode_png, image_bytes, is_empty_ref};
+use super::image::{as_rgb, blocking, decode, encode_png, image_bytes, is_empty_ref};
 
 fn empty_folder() -> Value {
     json!({"type": "folder", "uri": "", "asset_id": null, "data": null})
@@ -65,10 +65,18 @@ impl NodeImpl for SaveImage {
         const OP: &str = "image.save";
         let placement = placement(inputs)?;
         let bytes = image_bytes(ctx, inputs, "image", OP).await?;
-        let png = blocking(OP, move || encode_png(&decode(&bytes, OP)?.0, OP)).await?;
-        let asset = ctx
+        // NodeTool saves `image_to_pil(image)`: oriented and converted to RGB.
+        let (png, (width, height)) = blocking(OP, move || {
+            let rgb = as_rgb(decode(&bytes, OP)?.0);
+            Ok((encode_png(&rgb, OP)?, (rgb.width(), rgb.height())))
+        })
+        .await?;
+        let mut asset = ctx
             .create_asset_in("image", "image/png", Bytes::from(png), &placement)
             .await?;
+        // The ImageRef metadata NodeTool attaches to a saved image.
+        asset["metadata"] =
+            serde_json::json!({"width": width, "height": height, "mode": "RGB", "format": "png"});
         let name = placement.name.unwrap_or_default();
         log_saved(ctx, &name, &asset);
         out.emit("output", asset).await

@@ -26,6 +26,7 @@ pub mod image;
 pub mod io;
 pub mod list;
 pub mod math;
+pub mod media;
 pub mod test;
 pub mod test_helper;
 pub mod text;

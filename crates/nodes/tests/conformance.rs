@@ -11,6 +11,7 @@ mod common;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use common::*;
 use nodetool_core::StorageKey;
@@ -58,7 +59,13 @@ fn strip_refs(v: &Value) -> Value {
     match v {
         Value::Object(m) => Value::Object(
             m.iter()
-                .filter(|(k, _)| !matches!(k.as_str(), "asset_id" | "uri" | "created_at"))
+                // Ids, storage URIs, and the content type our refs add.
+                .filter(|(k, _)| {
+                    !matches!(
+                        k.as_str(),
+                        "asset_id" | "uri" | "created_at" | "content_type"
+                    )
+                })
                 .map(|(k, x)| (k.clone(), strip_refs(x)))
                 .collect(),
         ),
@@ -67,7 +74,30 @@ fn strip_refs(v: &Value) -> Value {
     }
 }
 
-async fn check_case(engine: &Engine, case: &Path) -> Vec<String> {
+/// The largest per-channel difference allowed for an image output: 0 unless the case's
+/// `tolerance.json` (`{output: n, "why": ...}`) says otherwise, as it does for lossy formats
+/// whose decoders round differently (libjpeg in Pillow, zune-jpeg here).
+fn tolerance(case: &Path, output: &str) -> u8 {
+    std::fs::read_to_string(case.join("tolerance.json"))
+        .ok()
+        .and_then(|t| serde_json::from_str::<Value>(&t).ok())
+        .and_then(|v| v.get(output).and_then(Value::as_u64))
+        .map_or(0, |n| n.min(255) as u8)
+}
+
+/// `{{CASE_DIR}}` and `{{HTTP}}` in params, as `record.sh` replaces them.
+fn placeholders(params: &Value, case: &Path, base_url: Option<&str>) -> Value {
+    let text = params.to_string();
+    let dir = std::fs::canonicalize(case).unwrap();
+    let text = text.replace("{{CASE_DIR}}", &dir.display().to_string());
+    let text = match base_url {
+        Some(url) => text.replace("{{HTTP}}", url),
+        None => text,
+    };
+    serde_json::from_str(&text).unwrap()
+}
+
+async fn check_case(engine: &Engine, case: &Path, base_url: Option<&str>) -> Vec<String> {
     let mut failures = Vec::new();
     let name = case.file_name().unwrap().to_string_lossy().to_string();
     let wf = parse_workflow(&std::fs::read_to_string(case.join("workflow.json")).unwrap())
@@ -77,6 +107,7 @@ async fn check_case(engine: &Engine, case: &Path) -> Vec<String> {
     let params: Value = std::fs::read_to_string(case.join("params.json"))
         .map(|t| serde_json::from_str(&t).unwrap())
         .unwrap_or(Value::Null);
+    let params = placeholders(&params, case, base_url);
     let recorded: Vec<Value> = std::fs::read_to_string(case.join("events.jsonl"))
         .unwrap()
         .lines()
@@ -143,16 +174,22 @@ async fn check_case(engine: &Engine, case: &Path) -> Vec<String> {
                             "{name}: image {output}[{i}] is {w}x{h}, recorded {:?}",
                             want.dimensions()
                         ));
-                    } else if rgb != want.as_raw().as_slice() {
-                        let diff = rgb
+                    } else {
+                        let diffs: Vec<u8> = rgb
                             .iter()
                             .zip(want.as_raw())
-                            .filter(|(a, b)| a != b)
-                            .count();
-                        failures.push(format!(
-                            "{name}: image {output}[{i}]: {diff} of {} channel values differ",
-                            rgb.len()
-                        ));
+                            .map(|(a, b)| a.abs_diff(*b))
+                            .collect();
+                        let worst = diffs.iter().copied().max().unwrap_or(0);
+                        let allowed = tolerance(case, output);
+                        if worst > allowed {
+                            failures.push(format!(
+                                "{name}: image {output}[{i}]: {} of {} channel values differ, by \
+                                 up to {worst} (allowed {allowed})",
+                                diffs.iter().filter(|d| **d > 0).count(),
+                                rgb.len()
+                            ));
+                        }
                     }
                 }
                 Err(e) => failures.push(format!("{name}: image {output}[{i}]: {e}")),
@@ -211,7 +248,21 @@ async fn check_all(dir: &Path) {
     let engine = engine().await;
     let mut failures = Vec::new();
     for case in cases_in(dir) {
-        failures.extend(check_case(&engine, &case).await);
+        if !case.join("files").is_dir() {
+            failures.extend(check_case(&engine, &case, None).await);
+            continue;
+        }
+        // Refs to the case's own files: served over HTTP on loopback (that one port allowed
+        // by the guard), and readable as files (the case folder is a file root).
+        let (url, _) = serve_dir(case.join("files")).await;
+        let port: u16 = url.rsplit(':').next().unwrap().parse().unwrap();
+        let res = resources_with_media(
+            vec![std::fs::canonicalize(&case).unwrap()],
+            vec![("127.0.0.1".to_owned(), port)],
+        )
+        .await;
+        let engine = Engine::new(Arc::new(nodetool_nodes::registry()), res);
+        failures.extend(check_case(&engine, &case, Some(&url)).await);
     }
     assert!(
         failures.is_empty(),

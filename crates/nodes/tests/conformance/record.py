@@ -5,7 +5,11 @@ import json, os, shutil, sys
 def request(case):
     wf = json.load(open(os.path.join(case, "workflow.json")))
     params_path = os.path.join(case, "params.json")
-    params = json.load(open(params_path)) if os.path.exists(params_path) else {}
+    params = {}
+    if os.path.exists(params_path):
+        text = open(params_path).read().replace("{{CASE_DIR}}", os.path.abspath(case))
+        text = text.replace("{{HTTP}}", os.environ.get("HTTP", "http://127.0.0.1:9"))
+        params = json.loads(text)
     print(json.dumps({"graph": wf["graph"], "params": params, "user_id": "1", "auth_token": ""}))
 
 

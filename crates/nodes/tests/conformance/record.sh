@@ -16,6 +16,15 @@ home=$(dirname "$(readlink -f "$NT")")/home
 for c in "${cases[@]}"; do
   dir=$here/$c
   req=$dir/.request.json
+  # {{HTTP}} in params.json: a local server for CASE/files during the recording.
+  server=
+  if [ -d "$dir/files" ]; then
+    port=$("$python" -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+    "$python" -m http.server "$port" --bind 127.0.0.1 --directory "$dir/files" > /dev/null 2>&1 &
+    server=$!
+    export HTTP="http://127.0.0.1:$port"
+    sleep 1
+  fi
   "$python" "$here/record.py" request "$dir" > "$req"
   for run in 1 2; do
     set +e
@@ -23,6 +32,7 @@ for c in "${cases[@]}"; do
     echo $? > "$dir/.run$run.rc"
     set -e
   done
+  [ -z "$server" ] || kill "$server"
   "$python" "$here/record.py" finish "$dir" "$home"
   rm -f "$req" "$dir"/.run*
   echo "recorded $c"
