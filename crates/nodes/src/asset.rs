@@ -20,7 +20,7 @@ use nodetool_engine::events::Severity;
 use nodetool_engine::node::{Emitter, NodeImpl, NodeInputs, NodeSpec};
 use nodetool_engine::registry::Registry;
 
-use super::image::{as_rgb, blocking, decode, encode_png, image_bytes, is_empty_ref};
+use super::image::{blocking, decode, encode_png, image_bytes, is_empty_ref};
 
 fn empty_folder() -> Value {
     json!({"type": "folder", "uri": "", "asset_id": null, "data": null})
@@ -65,10 +65,16 @@ impl NodeImpl for SaveImage {
         const OP: &str = "image.save";
         let placement = placement(inputs)?;
         let bytes = image_bytes(ctx, inputs, "image", OP).await?;
-        // NodeTool saves `image_to_pil(image)`: oriented and converted to RGB.
-        let (png, (width, height)) = blocking(OP, move || {
-            let rgb = as_rgb(decode(&bytes, OP)?.0);
-            Ok((encode_png(&rgb, OP)?, (rgb.width(), rgb.height())))
+        // NodeTool saves `image_to_pil(image)`: oriented and converted to RGB as Pillow does;
+        // here alpha is kept too (the RGB channels are NodeTool's).
+        let (png, (width, height), mode) = blocking(OP, move || {
+            let img = crate::media::to_rgb_keep_alpha(decode(&bytes, OP)?.0);
+            let mode = if img.color().has_alpha() {
+                "RGBA"
+            } else {
+                "RGB"
+            };
+            Ok((encode_png(&img, OP)?, (img.width(), img.height()), mode))
         })
         .await?;
         let mut asset = ctx
@@ -76,7 +82,7 @@ impl NodeImpl for SaveImage {
             .await?;
         // The ImageRef metadata NodeTool attaches to a saved image.
         asset["metadata"] =
-            serde_json::json!({"width": width, "height": height, "mode": "RGB", "format": "png"});
+            serde_json::json!({"width": width, "height": height, "mode": mode, "format": "png"});
         let name = placement.name.unwrap_or_default();
         log_saved(ctx, &name, &asset);
         out.emit("output", asset).await

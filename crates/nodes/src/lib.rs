@@ -22,6 +22,8 @@ pub mod constant;
 pub mod control;
 pub mod dictionary;
 pub mod dynamic_text;
+pub mod folder;
+pub mod http;
 pub mod image;
 pub mod io;
 pub mod list;
@@ -57,6 +59,8 @@ pub fn register_all(r: &mut Registry) {
     asset_load::register(r);
     test::register(r);
     test_helper::register(r);
+    folder::register(r);
+    http::register(r);
     // Last: marks what is still unimplemented, and aliases old names of what is.
     catalog::register(r);
 }

@@ -136,6 +136,37 @@ pub fn to_rgb(image: DynamicImage) -> DynamicImage {
     }
 }
 
+/// [`to_rgb`], except that an image with alpha keeps it (as 8-bit RGBA, 16-bit channels by
+/// their high byte): what SaveImage stores, so that saving loses nothing NodeTool's RGB keeps.
+pub fn to_rgb_keep_alpha(image: DynamicImage) -> DynamicImage {
+    use ::image::{ImageBuffer, Rgba};
+    let (w, h) = (image.width(), image.height());
+    match image {
+        DynamicImage::ImageRgba8(_) => image,
+        DynamicImage::ImageLumaA8(_) => DynamicImage::ImageRgba8(image.to_rgba8()),
+        DynamicImage::ImageLumaA16(b) => {
+            let px = b.as_raw().chunks_exact(2).flat_map(|p| {
+                let v = (p[0] >> 8) as u8;
+                [v, v, v, (p[1] >> 8) as u8]
+            });
+            let raw: Vec<u8> = px.collect();
+            DynamicImage::ImageRgba8(
+                ImageBuffer::<Rgba<u8>, _>::from_raw(w, h, raw)
+                    .unwrap_or_else(|| ImageBuffer::new(w, h)),
+            )
+        }
+        DynamicImage::ImageRgba16(b) => {
+            let raw: Vec<u8> = b.as_raw().iter().map(|c| (c >> 8) as u8).collect();
+            DynamicImage::ImageRgba8(
+                ImageBuffer::<Rgba<u8>, _>::from_raw(w, h, raw)
+                    .unwrap_or_else(|| ImageBuffer::new(w, h)),
+            )
+        }
+        other if other.color().has_alpha() => DynamicImage::ImageRgba8(other.to_rgba8()),
+        other => to_rgb(other),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -57,21 +57,34 @@ async fn stored_rgb(engine: &Engine, image: &Value) -> Result<(u32, u32, Vec<u8>
 /// Removes what differs between runs from a result: ids and storage URIs of refs.
 fn strip_refs(v: &Value) -> Value {
     match v {
-        Value::Object(m) => Value::Object(
-            m.iter()
-                // Ids, storage URIs, and the content type our refs add.
-                .filter(|(k, _)| {
-                    !matches!(
-                        k.as_str(),
-                        "asset_id" | "uri" | "created_at" | "content_type"
-                    )
-                })
-                .map(|(k, x)| (k.clone(), strip_refs(x)))
-                .collect(),
-        ),
+        // SaveImage keeps alpha where NodeTool drops it (pixels are compared in RGB), so a
+        // saved ref's `metadata.mode` may say RGBA where the original says RGB.
+        Value::Object(m) if m.get("type") == Some(&Value::from("image")) => {
+            let mut m = m.clone();
+            if let Some(Value::Object(meta)) = m.get_mut("metadata") {
+                meta.remove("mode");
+            }
+            strip_fields(&m)
+        }
+        Value::Object(m) => strip_fields(m),
         Value::Array(items) => Value::Array(items.iter().map(strip_refs).collect()),
         other => other.clone(),
     }
+}
+
+fn strip_fields(m: &serde_json::Map<String, Value>) -> Value {
+    Value::Object(
+        m.iter()
+            // Ids, storage URIs, and the content type our refs add.
+            .filter(|(k, _)| {
+                !matches!(
+                    k.as_str(),
+                    "asset_id" | "uri" | "created_at" | "content_type"
+                )
+            })
+            .map(|(k, x)| (k.clone(), strip_refs(x)))
+            .collect(),
+    )
 }
 
 /// The largest per-channel difference allowed for an image output: 0 unless the case's
