@@ -21,6 +21,7 @@ pub mod catalog;
 pub mod constant;
 pub mod control;
 pub mod dictionary;
+pub mod docs;
 pub mod dynamic_text;
 pub mod folder;
 pub mod http;
