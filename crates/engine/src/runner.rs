@@ -309,13 +309,7 @@ impl Engine {
             .iter()
             .filter(|e| e.edge_type == EdgeType::Data)
             .collect();
-        let input_name = |n: &crate::graph::Node| {
-            n.data
-                .get("name")
-                .and_then(Value::as_str)
-                .unwrap_or("")
-                .to_owned()
-        };
+        let input_name = |n: &crate::graph::Node| n.input_name().to_owned();
         // Streamed: with input streams, every input node whose name has no param.
         let fed: HashSet<&str> = if opts.input_streams.is_some() {
             graph
@@ -475,7 +469,7 @@ impl Engine {
                 self.registry
                     .get(&n.node_type)
                     .is_some_and(|i| i.spec().kind == NodeKind::Input)
-                    && n.data.get("name").and_then(Value::as_str) == Some(name.as_str())
+                    && n.input_name() == name.as_str()
             });
             if !known {
                 tracing::warn!(job_id = %req.job_id, param = %name, "param matches no input node; ignored");

@@ -290,35 +290,26 @@ pub fn validate(
             }
         }
         if spec.kind == NodeKind::Input {
-            let name = node.data.get("name").and_then(Value::as_str).unwrap_or("");
-            if name.is_empty() {
-                problems.push(problem(
-                    ProblemKind::DuplicateInputName,
-                    Some(&node.id),
-                    None,
-                    format!("input node `{}` has no `name`", node.id),
-                ));
-            } else {
-                input_names
-                    .entry(name.to_owned())
-                    .or_default()
-                    .push(&node.id);
-                if let Some(param) = params.get(name) {
-                    let want = spec
-                        .input_spec("value")
-                        .map_or("any", |i| i.type_name.as_str());
-                    if !types::value_fits(param, want) {
-                        problems.push(problem(
-                            ProblemKind::BadParam,
-                            Some(&node.id),
-                            None,
-                            format!(
-                                "param `{name}` must be {want} for input node `{}`, got {}",
-                                node.id,
-                                types::type_of(param)
-                            ),
-                        ));
-                    }
+            let name = node.input_name();
+            input_names
+                .entry(name.to_owned())
+                .or_default()
+                .push(&node.id);
+            if let Some(param) = params.get(name) {
+                let want = spec
+                    .input_spec("value")
+                    .map_or("any", |i| i.type_name.as_str());
+                if !types::value_fits(param, want) {
+                    problems.push(problem(
+                        ProblemKind::BadParam,
+                        Some(&node.id),
+                        None,
+                        format!(
+                            "param `{name}` must be {want} for input node `{}`, got {}",
+                            node.id,
+                            types::type_of(param)
+                        ),
+                    ));
                 }
             }
         }

@@ -175,7 +175,10 @@ pub fn markdown(registry: &Registry, example_uses: &BTreeMap<String, usize>) -> 
             .collect::<Vec<_>>()
             .join(", ")
     );
-    let _ = writeln!(out, "| Type | Uses | Status | Needs |\n| --- | --- | --- | --- |");
+    let _ = writeln!(
+        out,
+        "| Type | Uses | Status | Needs |\n| --- | --- | --- | --- |"
+    );
     for e in &used {
         let needs = match (&e.alias_of, &e.needs) {
             (Some(target), _) => format!("older name of `{target}`"),

@@ -19,14 +19,14 @@ pub fn register(r: &mut Registry) {
     r.register(Arc::new(FolderPathInput {
         spec: NodeSpec::new("nodetool.input.FolderPathInput", "Folder Path Input")
             .input("name", "str", json!(""))
-            .input("value", "str", json!(""))
+            .input("value", PATH_TYPE, json!(""))
             .input("description", "str", json!(""))
             .output("output", "str")
             .kind(NodeKind::Input),
     }));
     r.register(Arc::new(LoadImageFolder {
         spec: NodeSpec::new("nodetool.image.LoadImageFolder", "Load Image Folder")
-            .input("folder", "str", json!(""))
+            .input("folder", PATH_TYPE, json!(""))
             .input("include_subdirectories", "bool", json!(false))
             .input(
                 "extensions",
@@ -38,6 +38,29 @@ pub fn register(r: &mut Registry) {
             .output("path", "str")
             .streaming(),
     }));
+}
+
+/// A path property: a string, or NodeTool's `{"type": "file_path" | "folder_path", "path"}`
+/// object (both appear in saved workflows).
+pub(crate) const PATH_TYPE: &str = "union[str, file_path]";
+
+/// The path text of a [`PATH_TYPE`] value (`""` for none).
+pub(crate) fn path_text(inputs: &NodeInputs, name: &str) -> Result<String> {
+    match inputs.value(name) {
+        Value::Null => Ok(String::new()),
+        Value::String(s) => Ok(s),
+        Value::Object(m) => match m.get("path") {
+            None | Some(Value::Null) => Ok(String::new()),
+            Some(Value::String(p)) => Ok(p.clone()),
+            Some(other) => Err(Error::invalid_input(format!(
+                "input `{name}`: `path` must be text, got {other}"
+            ))),
+        },
+        other => Err(Error::invalid_input(format!(
+            "input `{name}` must be a path (text or {{\"type\": \"file_path\", \"path\": ...}}), got {other}"
+        ))
+        .with_context("input", name.to_owned())),
+    }
 }
 
 /// A folder inside the job's roots, canonical, or why not.
@@ -73,7 +96,7 @@ impl NodeImpl for FolderPathInput {
         inputs: &NodeInputs,
         out: &mut Emitter,
     ) -> Result<()> {
-        let value = inputs.str("value")?;
+        let value = path_text(inputs, "value")?;
         if !value.is_empty() {
             folder_in_roots(ctx, &value, "input.folder_path").await?;
         }
@@ -186,7 +209,7 @@ impl NodeImpl for LoadImageFolder {
         out: &mut Emitter,
     ) -> Result<()> {
         const OP: &str = "image.load_folder";
-        let folder = inputs.str("folder")?;
+        let folder = path_text(inputs, "folder")?;
         if folder.is_empty() {
             return Err(Error::invalid_input("folder cannot be empty").with_operation(OP));
         }

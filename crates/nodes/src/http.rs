@@ -51,7 +51,11 @@ pub fn register(r: &mut Registry) {
         (
             NodeSpec::new("lib.http.DownloadFiles", "Download Files")
                 .input("urls", "list[str]", json!([]))
-                .input("output_folder", "str", json!("downloads"))
+                .input(
+                    "output_folder",
+                    crate::folder::PATH_TYPE,
+                    json!("downloads"),
+                )
                 .input("max_concurrent_downloads", "int", json!(5))
                 .output("success", "list[str]")
                 .output("failed", "list[str]"),
@@ -342,7 +346,7 @@ impl HttpNode {
                 other => other.to_string(),
             })
             .collect();
-        let folder = inputs.str("output_folder")?;
+        let folder = crate::folder::path_text(inputs, "output_folder")?;
         let roots = ctx.file_roots();
         let folder = tokio::task::spawn_blocking(move || download_folder(&folder, &roots))
             .await

@@ -33,7 +33,11 @@ fn docs_nodes_md_matches_the_registry() {
 fn every_type_the_examples_use_is_known() {
     let registry = nodetool_nodes::registry();
     let uses = docs::example_uses(&common::shared_dir().join("examples/nodetool-base")).unwrap();
-    assert!(uses.len() >= 100, "the 69 examples use 102 types, found {}", uses.len());
+    assert!(
+        uses.len() >= 100,
+        "the 69 examples use 102 types, found {}",
+        uses.len()
+    );
     let unknown: Vec<&String> = uses
         .keys()
         .filter(|t| docs::entry(&registry, t).status == Status::Missing)
