@@ -2,6 +2,7 @@
 //! call into the library crates, turn errors into messages and exit codes.
 
 mod docker_cmd;
+mod nodes_cmd;
 mod run_cmd;
 mod serve_cmd;
 mod settings_cmd;
@@ -49,6 +50,8 @@ enum Command {
         #[command(subcommand)]
         command: docker_cmd::DockerCommand,
     },
+    /// List the node types this build knows and what enables the ones it cannot run.
+    Nodes(nodes_cmd::NodesArgs),
     /// The child side of the subprocess and Docker strategies (reads a job on stdin; not for humans).
     #[command(hide = true)]
     Worker,
@@ -72,6 +75,7 @@ fn main() -> ExitCode {
             Command::Storage { command } => storage_cmd::run(command).await,
             Command::Docker { command } => docker_cmd::run(command).await,
             Command::Worker => worker_cmd::run().await,
+            Command::Nodes(args) => nodes_cmd::run(args),
         }
     });
     match result {

@@ -14,12 +14,14 @@
 //! # Ok(()) }
 //! ```
 
+mod media;
 mod parse;
 pub mod registry;
 mod select;
 mod settings;
 mod sources;
 
+pub use media::MediaSettings;
 pub use parse::{is_path_like, mask, size as parse_size};
 pub use registry::{registry, DefaultValue, SettingDef, ValueKind};
 pub use select::{

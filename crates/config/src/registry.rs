@@ -198,6 +198,23 @@ pub const REGISTRY: &[SettingDef] = &[
         "ffmpeg binary of the video nodes (a bare name is looked up in PATH)"),
     def("FFMPEG_TIMEOUT_SECONDS", K::Seconds, D::Value("600"),
         "Longest one ffmpeg run of a video node may take"),
+    // Media refs and HTTP fetches made by nodes (crate::media; ARCHITECTURE "crates/engine").
+    def("NODETOOL_DATA_URI_MAX_BYTES", K::Size, D::Value("32m"),
+        "Largest decoded data: URI or inline data in a media ref"),
+    def("NODETOOL_IMAGE_MAX_PIXELS", K::Count, D::Value("89478485"),
+        "Largest image nodes decode, in pixels (width x height), checked from the header first"),
+    def("NODETOOL_FILE_ROOTS", K::List, D::None,
+        "Folders file:// refs, plain paths and folder nodes may read, comma-separated (the asset folder is always one)"),
+    def("NODETOOL_HTTP_MAX_BYTES", K::Size, D::Value("64m"),
+        "Largest body an http(s):// ref or HTTP node downloads"),
+    def("NODETOOL_HTTP_TIMEOUT_SECONDS", K::Seconds, D::Value("30"),
+        "Deadline for one HTTP fetch by a node, redirects included"),
+    def("NODETOOL_HTTP_MAX_REDIRECTS", K::Integer, D::Value("5"),
+        "Redirects an HTTP fetch by a node follows (every hop is checked by the address guard)"),
+    def("NODETOOL_HTTP_ALLOW_PRIVATE", K::Bool, D::Value("false"),
+        "Let nodes fetch loopback, private, link-local, CGNAT and metadata addresses"),
+    def("NODETOOL_HTTP_ALLOW_HOSTS", K::List, D::None,
+        "host:port pairs nodes may fetch although they resolve to private addresses, comma-separated"),
 ];
 
 /// Every registered setting, in display order.

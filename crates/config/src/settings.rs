@@ -226,6 +226,8 @@ pub struct Settings {
     pub workspace_dir: Option<PathBuf>,
     pub ffmpeg_path: String,
     pub ffmpeg_timeout: Duration,
+    /// Media refs and node HTTP fetches (the `NODETOOL_*` block at the end of the registry).
+    pub media: crate::media::MediaSettings,
 
     config_dir: PathBuf,
     home: Option<PathBuf>,
@@ -335,6 +337,7 @@ impl Settings {
             workspace_dir: r.path("NODETOOL_WORKSPACE_DIR")?,
             ffmpeg_path: r.require("FFMPEG_PATH", text)?,
             ffmpeg_timeout: r.require("FFMPEG_TIMEOUT_SECONDS", parse::seconds)?,
+            media: crate::media::MediaSettings::read(&r)?,
             config_dir: config_dir.clone(),
             home,
             resolved,
@@ -502,9 +505,9 @@ fn invalid(r: &Resolved, why: &str) -> Error {
 }
 
 /// Typed access to the resolved values during [`Settings::load`].
-struct Reader<'a> {
+pub(crate) struct Reader<'a> {
     resolved: &'a [Resolved],
-    home: Option<&'a Path>,
+    pub(crate) home: Option<&'a Path>,
     config_dir: &'a Path,
 }
 
@@ -516,7 +519,11 @@ impl Reader<'_> {
             .ok_or_else(|| Error::unexpected(format!("setting {name} is not registered")))
     }
 
-    fn get<T>(&self, name: &str, parse: impl Fn(&str) -> Parsed<T>) -> Result<Option<T>> {
+    pub(crate) fn get<T>(
+        &self,
+        name: &str,
+        parse: impl Fn(&str) -> Parsed<T>,
+    ) -> Result<Option<T>> {
         let r = self.find(name)?;
         match &r.raw {
             None => Ok(None),
@@ -525,7 +532,7 @@ impl Reader<'_> {
     }
 
     /// For settings with a default, which therefore always have a value.
-    fn require<T>(&self, name: &str, parse: impl Fn(&str) -> Parsed<T>) -> Result<T> {
+    pub(crate) fn require<T>(&self, name: &str, parse: impl Fn(&str) -> Parsed<T>) -> Result<T> {
         self.get(name, parse)?
             .ok_or_else(|| Error::unexpected(format!("setting {name} has no default")))
     }

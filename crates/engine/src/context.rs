@@ -1,9 +1,9 @@
 //! [`ProcessingContext`]: what a node may use while it runs — job identity, cancellation,
 //! progress/log events, asset and temp storage, asset records, the node cache and secrets.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::fmt;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -15,10 +15,12 @@ use nodetool_core::{
     PutOptions, Result, Storage, StorageKey,
 };
 
+use crate::control::ControlPlane;
 use crate::events::{
     Event, EventPoster, LogUpdate, NodeProgress, Notification, OutputUpdate, PreviewUpdate,
     Severity,
 };
+use crate::media::{self, HttpFetch, MediaPolicy, MediaServices, UriKind};
 
 /// The storage, record and cache handles a job uses. The engine names no backend: whoever
 /// builds the engine (the CLI, the server, a worker) picks them.
@@ -34,6 +36,8 @@ pub struct EngineResources {
     pub node_cache: Arc<dyn NodeCache>,
     /// TTL for cached node outputs.
     pub node_cache_ttl: Duration,
+    /// Media-ref policy (size caps, file roots) and the HTTP fetcher, if any.
+    pub media: MediaServices,
 }
 
 impl EngineResources {
@@ -42,6 +46,21 @@ impl EngineResources {
         self.asset_store = Some(store);
         self
     }
+
+    /// The same resources with `media` for media refs and HTTP.
+    pub fn with_media(mut self, media: MediaServices) -> Self {
+        self.media = media;
+        self
+    }
+}
+
+/// The bytes of a media ref, with the media type when the source says it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Media {
+    pub bytes: Bytes,
+    /// From a `data:` URI, an HTTP `Content-Type`, a `memory://` object or the ref's own
+    /// `content_type`; `None` when nothing says (sniff the bytes).
+    pub content_type: Option<String>,
 }
 
 /// Where [`ProcessingContext::create_asset_in`] files a new asset.
@@ -65,6 +84,10 @@ pub(crate) struct JobShared {
     pub secrets: Arc<BTreeMap<String, String>>,
     /// `{output_name: [values...]}`, filled by output nodes.
     pub results: Mutex<Map<String, Value>>,
+    /// The control edges' queues, set once the graph is planned.
+    pub control: OnceLock<ControlPlane>,
+    /// `memory://` objects made during this job, dropped with it.
+    pub memory: Mutex<HashMap<String, (Bytes, String)>>,
 }
 
 /// The context one node runs with.
@@ -182,15 +205,7 @@ impl ProcessingContext {
     /// equals the value appended last under that name: NodeTool's `runner.outputs` rule, which
     /// keeps `on_any` re-firings from repeating a result (every value still gets its event).
     pub fn record_output(&self, name: &str, value: Value) {
-        self.post(Event::OutputUpdate(OutputUpdate {
-            node_id: self.node_id.clone(),
-            node_name: name.to_owned(),
-            output_name: name.to_owned(),
-            output_type: crate::types::type_of(&value).to_owned(),
-            value: value.clone(),
-            metadata: Map::new(),
-            workflow_id: Some(self.job.workflow_id.clone()),
-        }));
+        self.post_output(name, value.clone());
         let mut results = self.job.results.lock().unwrap_or_else(|p| p.into_inner());
         match results
             .entry(name.to_owned())
@@ -199,6 +214,57 @@ impl ProcessingContext {
             Value::Array(items) if items.last() == Some(&value) => {}
             Value::Array(items) => items.push(value),
             other => *other = Value::Array(vec![value]),
+        }
+    }
+
+    /// Posts an `output_update` for `name` without adding to the job result (NodeTool does
+    /// this for a None that reaches an output).
+    pub fn post_output(&self, name: &str, value: Value) {
+        self.post(Event::OutputUpdate(OutputUpdate {
+            node_id: self.node_id.clone(),
+            node_name: name.to_owned(),
+            output_name: name.to_owned(),
+            output_type: crate::types::type_of(&value).to_owned(),
+            value,
+            metadata: Map::new(),
+            workflow_id: Some(self.job.workflow_id.clone()),
+        }));
+    }
+
+    /// NodeTool's `_control_context` for a controller: `{target node id: {node_id, node_type,
+    /// node_title, properties: {name: {value, type, default}}}}` for every node this node's
+    /// control edges point at; empty for a node without control edges.
+    pub fn control_context(&self) -> Map<String, Value> {
+        self.job
+            .control
+            .get()
+            .map(|c| c.context_of(&self.node_id))
+            .unwrap_or_default()
+    }
+
+    /// Runs `target` (a node this node controls) once with `properties` over its inputs, and
+    /// returns that run's outputs: an agent's tool call. Errors: no control edge from this node
+    /// to `target`, the target failed or has finished, or the job is cancelled.
+    pub async fn run_controlled(
+        &self,
+        target: &str,
+        properties: Map<String, Value>,
+    ) -> Result<Map<String, Value>> {
+        let plane = self.job.control.get().ok_or_else(|| {
+            Error::invalid_input(format!("node `{}` has no control edges", self.node_id))
+                .with_operation("control.run")
+        })?;
+        let rx = plane.run(&self.node_id, target, properties)?;
+        tokio::select! {
+            biased;
+            _ = self.job.cancel.cancelled() => Err(Error::new(ErrorKind::Cancelled, "job cancelled")),
+            reply = rx => reply.unwrap_or_else(|_| {
+                Err(Error::invalid_input(format!(
+                    "controlled node `{target}` ended without answering (it failed or was stopped)"
+                ))
+                .with_operation("control.run")
+                .with_context("target", target))
+            }),
         }
     }
 
@@ -236,34 +302,162 @@ impl ProcessingContext {
         self.job.resources.asset_storage.url(&key).await
     }
 
-    /// Streams the bytes an asset ref (`{type, uri, asset_id?, data?}`) points to.
-    ///
-    /// `asset://KEY` reads asset storage and `temp://KEY` temp storage. A ref with only an
-    /// `asset_id` (as NodeTool's clients send) is looked up in the asset store for the job's user
-    /// and read from the record's blob key; without a store the id is taken as the key. Inline
-    /// `data` (bytes as a list of numbers or a string) is returned as is.
+    /// The media-ref policy of this process (size caps, pixel cap, file roots).
+    pub fn media_policy(&self) -> &MediaPolicy {
+        &self.job.resources.media.policy
+    }
+
+    /// The guarded HTTP client, or `Unsupported` in a process without one.
+    pub fn http(&self) -> Result<&Arc<dyn HttpFetch>> {
+        self.job.resources.media.http.as_ref().ok_or_else(|| {
+            Error::new(
+                ErrorKind::Unsupported,
+                "HTTP is not available in this process (no HTTP client was configured; a \
+                 worker's parent lends none)",
+            )
+            .with_operation("context.http")
+        })
+    }
+
+    /// The folders this job may read files from (`file://` refs, folder nodes).
+    pub fn file_roots(&self) -> Vec<std::path::PathBuf> {
+        self.media_policy().roots_for(self.owner())
+    }
+
+    /// Keeps `bytes` for the rest of the job under a new `memory://` URI.
+    pub fn put_memory(&self, bytes: Bytes, content_type: &str) -> String {
+        let uri = format!("memory://{}", nodetool_core::id::new_id());
+        self.job
+            .memory
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(uri.clone(), (bytes, content_type.to_owned()));
+        uri
+    }
+
+    /// Streams the bytes a media ref (`{type, uri, asset_id?, data?}`) points to; see
+    /// [`crate::media`] for every accepted form and the policy each obeys.
     pub async fn download_asset(&self, asset: &Value) -> Result<ByteStream> {
-        if let Some(data) = asset.get("data").filter(|d| !d.is_null()) {
-            return Ok(nodetool_core::storage::once(inline_bytes(data)?));
+        if let Some(storage_key) = self.storage_source(asset).await? {
+            let (storage, key) = storage_key;
+            return Ok(storage.download(&key, None).await?.body);
         }
-        let (storage, key) = self.locate(asset).await?;
-        Ok(storage.download(&key, None).await?.body)
+        let media = self.resolve_media(asset).await?;
+        Ok(nodetool_core::storage::once(media.bytes))
     }
 
     /// The whole asset in memory (small assets; use [`download_asset`](Self::download_asset)
     /// for large ones).
     pub async fn asset_bytes(&self, asset: &Value) -> Result<Bytes> {
-        nodetool_core::storage::collect(self.download_asset(asset).await?).await
+        Ok(self.resolve_media(asset).await?.bytes)
     }
 
-    async fn locate(&self, asset: &Value) -> Result<(Arc<dyn Storage>, StorageKey)> {
+    /// The bytes of a media ref and what is known of their type.
+    pub async fn resolve_media(&self, asset: &Value) -> Result<Media> {
+        const OP: &str = "context.resolve_media";
+        let policy = self.media_policy();
         let uri = asset.get("uri").and_then(Value::as_str).unwrap_or("");
-        if let Some(key) = uri.strip_prefix("asset://") {
-            return Ok((self.asset_storage().clone(), StorageKey::new(key)?));
+        let declared = asset
+            .get("content_type")
+            .and_then(Value::as_str)
+            .map(str::to_owned);
+        if let Ok(UriKind::Memory(_)) = media::classify_uri(uri) {
+            let memory = self.job.memory.lock().unwrap_or_else(|p| p.into_inner());
+            let (bytes, content_type) = memory.get(uri.trim()).cloned().ok_or_else(|| {
+                Error::not_found(format!(
+                    "{} is not an object of this job (memory:// objects live only in the job \
+                     that made them)",
+                    media::preview(uri)
+                ))
+                .with_operation(OP)
+            })?;
+            return Ok(Media {
+                bytes,
+                content_type: Some(content_type),
+            });
         }
-        if let Some(key) = uri.strip_prefix("temp://") {
-            return Ok((self.temp_storage().clone(), StorageKey::new(key)?));
+        if let Some(data) = asset.get("data").filter(|d| !d.is_null()) {
+            return Ok(Media {
+                bytes: media::inline_bytes(data, policy.data_max_bytes)?,
+                content_type: declared,
+            });
         }
+        if let Some((storage, key)) = self.storage_source(asset).await? {
+            let bytes =
+                nodetool_core::storage::collect(storage.download(&key, None).await?.body).await?;
+            return Ok(Media {
+                bytes,
+                content_type: declared,
+            });
+        }
+        match media::classify_uri(uri)? {
+            UriKind::Data(text) => {
+                let data = media::parse_data_uri(text, policy.data_max_bytes)?;
+                Ok(Media {
+                    bytes: Bytes::from(data.bytes),
+                    content_type: Some(data.media_type),
+                })
+            }
+            UriKind::Http(url) => {
+                let mut request = crate::media::HttpRequest::get(url);
+                request.max_bytes = Some(policy.http_max_bytes);
+                let response = self.http()?.fetch(request).await?;
+                if !(200..300).contains(&response.status) {
+                    return Err(Error::new(
+                        if response.status == 404 {
+                            ErrorKind::NotFound
+                        } else {
+                            ErrorKind::Unavailable
+                        },
+                        format!(
+                            "GET {} answered HTTP {}",
+                            media::preview(url),
+                            response.status
+                        ),
+                    )
+                    .with_operation(OP));
+                }
+                let content_type = response.content_type().map(str::to_owned);
+                Ok(Media {
+                    bytes: response.body,
+                    content_type: content_type.or(declared),
+                })
+            }
+            UriKind::File(path) => {
+                let roots = self.file_roots();
+                let bytes =
+                    tokio::task::spawn_blocking(move || media::read_file_in_roots(&path, &roots))
+                        .await
+                        .map_err(|e| Error::unexpected(format!("file read task failed: {e}")))??;
+                Ok(Media {
+                    bytes: Bytes::from(bytes),
+                    content_type: declared,
+                })
+            }
+            UriKind::Empty => Err(Error::invalid_input(
+                "the media ref is empty: it has no uri, asset_id or data",
+            )
+            .with_operation(OP)),
+            // Handled by storage_source.
+            UriKind::Asset(_) | UriKind::Temp(_) | UriKind::Memory(_) => {
+                Err(Error::unexpected("storage ref not resolved").with_operation(OP))
+            }
+        }
+    }
+
+    /// The storage and key of a ref that lives in our storages: its `asset_id` (the job user's
+    /// record; NodeTool gives it precedence over the uri, which may be stale), an `asset://`,
+    /// `temp://` or `/api/storage/` uri. `None` for every other form. Keys outside the job
+    /// user's part of the store are "not found" under multi-user auth.
+    async fn storage_source(
+        &self,
+        asset: &Value,
+    ) -> Result<Option<(Arc<dyn Storage>, StorageKey)>> {
+        const OP: &str = "context.download_asset";
+        if asset.get("data").is_some_and(|d| !d.is_null()) {
+            return Ok(None);
+        }
+        let uri = asset.get("uri").and_then(Value::as_str).unwrap_or("");
         if let Some(id) = asset
             .get("asset_id")
             .and_then(Value::as_str)
@@ -272,25 +466,37 @@ impl ProcessingContext {
             let key = match self.asset_store() {
                 Some(store) => {
                     let record = store.get(self.owner(), id).await?.ok_or_else(|| {
-                        Error::not_found(format!("no asset {id} for this user"))
-                            .with_operation("context.download_asset")
+                        Error::not_found(format!("no asset {id} for this user")).with_operation(OP)
                     })?;
                     record.key().ok_or_else(|| {
                         Error::invalid_input(format!("asset {id} is a folder, not a file"))
-                            .with_operation("context.download_asset")
+                            .with_operation(OP)
                     })?
                 }
                 None => StorageKey::new(id)?,
             };
-            return Ok((self.asset_storage().clone(), key));
+            return Ok(Some((self.asset_storage().clone(), key)));
         }
-        Err(Error::new(
-            ErrorKind::Unsupported,
-            format!(
-                "cannot load asset from uri {uri:?}: expected asset://, temp:// or an asset_id"
-            ),
-        )
-        .with_operation("context.download_asset"))
+        let (storage, key, temp) = match media::classify_uri(uri)? {
+            UriKind::Asset(key) => (self.asset_storage().clone(), key, false),
+            UriKind::Temp(key) => (self.temp_storage().clone(), key, true),
+            _ => return Ok(None),
+        };
+        let key = StorageKey::new(key)?;
+        if self.media_policy().user_scoped {
+            let user = format!("{}/", self.owner());
+            let job = format!("jobs/{}/", self.job_id());
+            let mine = key.as_str().starts_with(&user) || (temp && key.as_str().starts_with(&job));
+            if !mine {
+                return Err(Error::not_found(format!(
+                    "no {} object {} for this user",
+                    if temp { "temp" } else { "asset" },
+                    key.as_str()
+                ))
+                .with_operation(OP));
+            }
+        }
+        Ok(Some((storage, key)))
     }
 
     /// The asset record store, if this process has one (see [`EngineResources::asset_store`]).
@@ -438,26 +644,6 @@ impl ProcessingContext {
             .upload_bytes(&key, bytes, PutOptions::default())
             .await?;
         Ok(key)
-    }
-}
-
-fn inline_bytes(data: &Value) -> Result<Bytes> {
-    match data {
-        Value::String(s) => Ok(Bytes::from(s.clone().into_bytes())),
-        Value::Array(items) => items
-            .iter()
-            .map(|b| {
-                b.as_u64()
-                    .and_then(|b| u8::try_from(b).ok())
-                    .ok_or_else(|| {
-                        Error::invalid_input("inline asset data must be bytes (0..=255)")
-                    })
-            })
-            .collect::<Result<Vec<u8>>>()
-            .map(Bytes::from),
-        _ => Err(Error::invalid_input(
-            "inline asset data must be a string or a byte list",
-        )),
     }
 }
 

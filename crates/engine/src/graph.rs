@@ -75,6 +75,17 @@ pub struct Node {
     pub sync_mode: SyncMode,
 }
 
+impl Node {
+    /// The name an input node's param goes by: its `name` property, or (as NodeTool's
+    /// TypeScript runtime falls back) its id when the name is empty.
+    pub fn input_name(&self) -> &str {
+        match self.data.get("name").and_then(Value::as_str).map(str::trim) {
+            Some(name) if !name.is_empty() => name,
+            _ => &self.id,
+        }
+    }
+}
+
 /// One edge: `source.sourceHandle` → `target.targetHandle`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Edge {

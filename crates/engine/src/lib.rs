@@ -6,16 +6,20 @@
 //!   node types up in (the built-in library is the `nodetool-nodes` crate).
 //! - [`runner`]: [`Engine::run`], one tokio task per node with bounded per-handle inboxes.
 //! - [`inputs`]: [`InputStreams`], values pushed into a running job's input nodes.
+//! - [`media`]: media refs (every URI form) and their policy (caps, file roots, HTTP contract).
 //! - [`events`]: NodeTool's typed messages with `job_id` and `seq`.
 //! - [`context`]: the [`ProcessingContext`] nodes run with.
+//! - [`control`]: control edges (controllers that run other nodes on demand).
 //!
 //! The engine names no storage or cache backend: it takes them as trait objects in
 //! [`EngineResources`].
 
 pub mod context;
+pub mod control;
 pub mod events;
 pub mod graph;
 pub mod inputs;
+pub mod media;
 pub mod node;
 pub mod pyfmt;
 mod quiet;
@@ -24,13 +28,16 @@ pub mod runner;
 pub mod types;
 pub mod validate;
 
-pub use context::{AssetPlacement, EngineResources, ProcessingContext};
+pub use context::{AssetPlacement, EngineResources, Media, ProcessingContext};
+pub use control::{parse_control_value, ControlCommand, ControlEvent};
 pub use events::{Event, EventEnvelope, EventPoster, EventSink, NullSink, Status, VecSink};
 pub use graph::{parse_workflow, Edge, EdgeType, Graph, Node, SyncMode, Workflow};
 pub use inputs::InputStreams;
+pub use media::{HttpFetch, HttpRequest, HttpResponse, MediaPolicy, MediaServices};
 pub use node::{
-    Emitter, FnNode, Inbox, InputSpec, NodeImpl, NodeInputs, NodeKind, NodeSpec, OutputSpec, Wake,
+    Emitter, FnNode, Inbox, InputSpec, NodeImpl, NodeInputs, NodeKind, NodeOrigin, NodeSpec,
+    OutputSpec, Wake,
 };
-pub use registry::Registry;
+pub use registry::{Registry, Requirement, Unavailable};
 pub use runner::{Engine, RunOptions, RunOutcome, RunRequest};
 pub use validate::{validate, Problem, ProblemKind, ValidationError};

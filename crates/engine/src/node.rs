@@ -14,6 +14,9 @@ use tokio_util::sync::CancellationToken;
 use nodetool_core::{Error, ErrorKind, Result};
 
 use crate::context::ProcessingContext;
+use crate::control::{
+    parse_control_value, ControlEvent, ControlMsg, ControlRoute, CONTROL_HANDLE, CONTROL_OUTPUT,
+};
 use crate::events::{EdgeStatus, EdgeUpdate, Event, EventPoster};
 use crate::quiet::Quiet;
 
@@ -28,6 +31,28 @@ pub enum NodeKind {
     Output,
     /// Does nothing and is not run (Comment, Group).
     Inert,
+}
+
+/// Where a registered node type's implementation comes from (`docs/nodes.md` shows it).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
+pub enum NodeOrigin {
+    /// Rust code in this binary.
+    #[default]
+    Native,
+    /// Rust code that calls a model provider (needs its key or server).
+    Provider,
+    /// A Python node run through the Python worker bridge.
+    Python,
+}
+
+impl NodeOrigin {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            NodeOrigin::Native => "native",
+            NodeOrigin::Provider => "provider",
+            NodeOrigin::Python => "python",
+        }
+    }
 }
 
 /// One declared input (property).
@@ -66,6 +91,9 @@ pub struct NodeSpec {
     pub cacheable: bool,
     /// Accepts properties it does not declare (`dynamic_properties`).
     pub dynamic: bool,
+    /// May emit on output handles it does not declare (NodeTool's `supportsDynamicOutputs`:
+    /// e.g. `Prompt` forwards each variable on a handle of its name).
+    pub dynamic_outputs: bool,
     /// Implementation version, part of the cache key: bump it when behaviour changes.
     pub version: String,
     pub kind: NodeKind,
@@ -73,6 +101,7 @@ pub struct NodeSpec {
     /// edges into them are left out of the cycle check, and the runner reports quiescence to
     /// graphs that have them ([`Inbox::next_or_quiet`]).
     pub feedback: Vec<String>,
+    pub origin: NodeOrigin,
 }
 
 impl NodeSpec {
@@ -86,9 +115,11 @@ impl NodeSpec {
             consumes_stream: false,
             cacheable: false,
             dynamic: false,
+            dynamic_outputs: false,
             version: "1".to_owned(),
             kind: NodeKind::Normal,
             feedback: Vec::new(),
+            origin: NodeOrigin::Native,
         }
     }
 
@@ -142,6 +173,11 @@ impl NodeSpec {
         self
     }
 
+    pub fn dynamic_outputs(mut self) -> Self {
+        self.dynamic_outputs = true;
+        self
+    }
+
     pub fn version(mut self, version: &str) -> Self {
         self.version = version.to_owned();
         self
@@ -155,6 +191,11 @@ impl NodeSpec {
     /// Marks input `name` as a feedback input (see [`NodeSpec::feedback`]).
     pub fn feedback(mut self, name: &str) -> Self {
         self.feedback.push(name.to_owned());
+        self
+    }
+
+    pub fn origin(mut self, origin: NodeOrigin) -> Self {
+        self.origin = origin;
         self
     }
 
@@ -381,6 +422,8 @@ pub(crate) struct Route {
 pub struct Emitter {
     immediate: bool,
     routes: Vec<(String, Vec<Route>)>,
+    /// This node's outgoing control edges (it is a controller).
+    control: Vec<ControlRoute>,
     pending: Vec<(String, Value)>,
     last: Map<String, Value>,
     poster: Arc<EventPoster>,
@@ -394,6 +437,7 @@ impl Emitter {
     pub(crate) fn new(
         immediate: bool,
         routes: Vec<(String, Vec<Route>)>,
+        control: Vec<ControlRoute>,
         poster: Arc<EventPoster>,
         workflow_id: String,
         cancel: CancellationToken,
@@ -401,6 +445,7 @@ impl Emitter {
         Self {
             immediate,
             routes,
+            control,
             pending: Vec::new(),
             last: Map::new(),
             poster,
@@ -419,6 +464,15 @@ impl Emitter {
     /// Sends `value` on output `slot`. Waits while a downstream inbox is full; fails with
     /// [`ErrorKind::Cancelled`] when the job is cancelled meanwhile.
     pub async fn emit(&mut self, slot: &str, value: Value) -> Result<()> {
+        if self.is_control_slot(slot) {
+            // Control events are not results: never in `last_values` (nor the node cache).
+            if self.immediate {
+                self.route(slot, &value).await?;
+            } else {
+                self.pending.push((slot.to_owned(), value));
+            }
+            return Ok(());
+        }
         if self.immediate {
             self.route(slot, &value).await?;
             self.last.insert(slot.to_owned(), value);
@@ -443,7 +497,66 @@ impl Emitter {
         std::mem::take(&mut self.pending)
     }
 
+    /// Whether `slot` carries control events: NodeTool's two control outputs, or the source
+    /// handle of one of this node's control edges.
+    pub fn is_control_slot(&self, slot: &str) -> bool {
+        slot == CONTROL_HANDLE
+            || slot == CONTROL_OUTPUT
+            || self.control.iter().any(|r| r.slot == slot)
+    }
+
+    /// Whether an edge starts at output `slot` (an emit there reaches someone).
+    pub fn is_wired(&self, slot: &str) -> bool {
+        self.routes.iter().any(|(s, r)| s == slot && !r.is_empty())
+    }
+
+    /// Whether this node has outgoing control edges.
+    pub fn is_controller(&self) -> bool {
+        !self.control.is_empty()
+    }
+
+    /// Sends a control event along this node's control edges: those starting at `slot`, every
+    /// one for `__control_output__`, or only the one to the event's `target_node_id`.
+    fn route_control(&mut self, slot: &str, value: &Value) -> Result<()> {
+        let command = parse_control_value(value).map_err(|e| e.with_context("output", slot))?;
+        let mut sent_to: Vec<String> = Vec::new();
+        let mut matched = false;
+        for route in &self.control {
+            let wanted = match &command.target {
+                Some(t) => *t == route.target,
+                None => slot == CONTROL_OUTPUT || route.slot == slot,
+            };
+            // One event per target, even when two edges join the same pair.
+            if !wanted || sent_to.contains(&route.target) {
+                continue;
+            }
+            matched = true;
+            sent_to.push(route.target.clone());
+            let msg = match &command.event {
+                ControlEvent::Run(properties) => ControlMsg::Run {
+                    properties: properties.clone(),
+                    reply: None,
+                },
+                ControlEvent::Stop => ControlMsg::Stop,
+            };
+            // A closed queue means the target has finished: nobody wants the event. NodeTool
+            // posts no `message_sent` for control edges, only their `drained`.
+            let _ = route.tx.send(msg);
+        }
+        if let (Some(target), false) = (&command.target, matched) {
+            return Err(Error::invalid_input(format!(
+                "control event for node `{target}`, which this node does not control"
+            ))
+            .with_operation("control.route")
+            .with_context("target", target.clone()));
+        }
+        Ok(())
+    }
+
     pub(crate) async fn route(&mut self, slot: &str, value: &Value) -> Result<()> {
+        if self.is_control_slot(slot) {
+            return self.route_control(slot, value);
+        }
         let Some((_, routes)) = self.routes.iter_mut().find(|(s, _)| s == slot) else {
             return Ok(());
         };
@@ -485,6 +598,19 @@ impl Emitter {
             return;
         }
         self.finished = true;
+        let mut ended: Vec<&str> = Vec::new();
+        for route in &self.control {
+            if !ended.contains(&route.target.as_str()) {
+                ended.push(route.target.as_str());
+                let _ = route.tx.send(ControlMsg::End);
+            }
+            self.poster.post(Event::EdgeUpdate(EdgeUpdate {
+                workflow_id: self.workflow_id.clone(),
+                edge_id: route.edge_id.clone(),
+                status: EdgeStatus::Drained,
+                counter: None,
+            }));
+        }
         for (_, routes) in &self.routes {
             for route in routes {
                 let _ = route.tx.send(InMsg::End {
@@ -635,6 +761,27 @@ impl Inbox {
         }
         let msg = self.wait_rx().await?;
         Ok(self.mark(msg))
+    }
+
+    /// The next message already waiting, without blocking (`None`: nothing waiting).
+    pub(crate) fn try_next_msg(&mut self) -> Option<InMsg> {
+        if let Some((handle, value, permit)) = self.held.pop_front() {
+            return Some(InMsg::Item {
+                handle,
+                value,
+                permit,
+            });
+        }
+        match self.rx.try_recv() {
+            Ok(InMsg::End { handle }) => {
+                if let Some(o) = self.open.get_mut(handle) {
+                    *o = false;
+                }
+                Some(InMsg::End { handle })
+            }
+            Ok(item) => Some(item),
+            Err(_) => None,
+        }
     }
 
     /// The next item on any handle in arrival order, `None` once every handle has ended.

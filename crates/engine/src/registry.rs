@@ -1,14 +1,125 @@
-//! The node registry: NodeTool type name → implementation.
+//! The node registry: NodeTool type name → implementation, plus the types NodeTool ships that
+//! this process cannot run, each with what would enable it.
+//!
+//! A type is in one of three states:
+//! - **registered**: an implementation ([`Registry::register`]), native, provider-backed or
+//!   bridged to Python (its [`NodeSpec::origin`](crate::node::NodeSpec) says which);
+//! - **known but unavailable** ([`Registry::mark_unavailable`]): a NodeTool type with no
+//!   implementation here; validation says precisely what enables it, never "unknown";
+//! - **unknown**: neither (a typo, or a type NodeTool does not ship).
+//!
+//! Registering a type replaces its catalog entry, whatever the order of the two calls.
+//! An alias ([`Registry::alias`]) is a second name for a registered type.
 
 use std::collections::BTreeMap;
+use std::fmt;
 use std::sync::Arc;
 
-use crate::node::NodeImpl;
+use crate::graph::Node;
+use crate::node::{NodeImpl, NodeSpec};
+
+/// What a known but unavailable type needs before it can run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Requirement {
+    /// A Python node: runs through the Python worker bridge.
+    Python,
+    /// An AI node that needs a model provider (and its key).
+    Provider,
+    /// Not implemented in this runtime, and no bridge can run it.
+    Missing,
+}
+
+impl Requirement {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Requirement::Python => "python",
+            Requirement::Provider => "provider",
+            Requirement::Missing => "missing",
+        }
+    }
+}
+
+type Explain = Arc<dyn Fn(&Node) -> String + Send + Sync>;
+
+/// A NodeTool type this process knows but cannot run, and why.
+#[derive(Clone)]
+pub struct Unavailable {
+    pub node_type: String,
+    pub requirement: Requirement,
+    /// The NodeTool package that ships the type (e.g. `nodetool-base`), if known.
+    pub package: Option<String>,
+    /// Its declared properties and outputs, when NodeTool's metadata gives them (handles of a
+    /// wired edge are then checked, and `docs/nodes.md` lists them).
+    pub spec: Option<NodeSpec>,
+    explain: Explain,
+}
+
+impl Unavailable {
+    /// An entry whose explanation is the same for every node of the type.
+    pub fn new(
+        node_type: impl Into<String>,
+        requirement: Requirement,
+        why: impl Into<String>,
+    ) -> Self {
+        let why = why.into();
+        Self {
+            node_type: node_type.into(),
+            requirement,
+            package: None,
+            spec: None,
+            explain: Arc::new(move |_| why.clone()),
+        }
+    }
+
+    /// An entry whose explanation depends on the node (e.g. the provider its `model` names).
+    pub fn explained_by(
+        node_type: impl Into<String>,
+        requirement: Requirement,
+        explain: impl Fn(&Node) -> String + Send + Sync + 'static,
+    ) -> Self {
+        Self {
+            node_type: node_type.into(),
+            requirement,
+            package: None,
+            spec: None,
+            explain: Arc::new(explain),
+        }
+    }
+
+    pub fn with_package(mut self, package: impl Into<String>) -> Self {
+        self.package = Some(package.into());
+        self
+    }
+
+    pub fn with_spec(mut self, spec: NodeSpec) -> Self {
+        self.spec = Some(spec);
+        self
+    }
+
+    /// What enables this type, for one node of a graph: a full sentence that names the
+    /// setting or package to install.
+    pub fn explain(&self, node: &Node) -> String {
+        (self.explain)(node)
+    }
+}
+
+impl fmt::Debug for Unavailable {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Unavailable")
+            .field("node_type", &self.node_type)
+            .field("requirement", &self.requirement)
+            .field("package", &self.package)
+            .finish_non_exhaustive()
+    }
+}
 
 /// Node types by NodeTool type name. Cheap to share (`Arc<Registry>`); build once per process.
 #[derive(Debug, Clone, Default)]
 pub struct Registry {
     nodes: BTreeMap<String, Arc<dyn NodeImpl>>,
+    /// Alias → registered type name.
+    aliases: BTreeMap<String, String>,
+    unavailable: BTreeMap<String, Unavailable>,
 }
 
 impl Registry {
@@ -17,15 +128,49 @@ impl Registry {
         Self::default()
     }
 
-    /// Adds or replaces a node type.
+    /// Adds or replaces a node type; a catalog entry or alias of the same name is dropped.
     pub fn register(&mut self, node: Arc<dyn NodeImpl>) {
-        self.nodes.insert(node.spec().node_type.clone(), node);
+        let name = node.spec().node_type.clone();
+        self.unavailable.remove(&name);
+        self.aliases.remove(&name);
+        self.nodes.insert(name, node);
     }
 
+    /// Makes `alias` a second name of the registered type `target` (NodeTool renamed some
+    /// types; old workflows keep the old name). Ignored when `target` is not registered or
+    /// `alias` is a registered type of its own.
+    pub fn alias(&mut self, alias: impl Into<String>, target: &str) {
+        let alias = alias.into();
+        if self.nodes.contains_key(&alias) || !self.nodes.contains_key(target) {
+            return;
+        }
+        self.unavailable.remove(&alias);
+        self.aliases.insert(alias, target.to_owned());
+    }
+
+    /// Records a NodeTool type this process cannot run. Ignored for a type that is registered
+    /// (a real implementation always wins).
+    pub fn mark_unavailable(&mut self, entry: Unavailable) {
+        if self.get(&entry.node_type).is_some() {
+            return;
+        }
+        self.unavailable.insert(entry.node_type.clone(), entry);
+    }
+
+    /// The implementation of `node_type` (or of the type it is an alias of).
     pub fn get(&self, node_type: &str) -> Option<&Arc<dyn NodeImpl>> {
-        self.nodes.get(node_type)
+        match self.nodes.get(node_type) {
+            Some(n) => Some(n),
+            None => self.nodes.get(self.aliases.get(node_type)?),
+        }
     }
 
+    /// The catalog entry of a known type that cannot run here.
+    pub fn unavailable(&self, node_type: &str) -> Option<&Unavailable> {
+        self.unavailable.get(node_type)
+    }
+
+    /// Registered types (not aliases), in name order.
     pub fn len(&self) -> usize {
         self.nodes.len()
     }
@@ -34,8 +179,19 @@ impl Registry {
         self.nodes.is_empty()
     }
 
+    /// Registered type names (not aliases), in name order.
     pub fn types(&self) -> impl Iterator<Item = &str> {
         self.nodes.keys().map(String::as_str)
+    }
+
+    /// `(alias, target)` pairs, in alias order.
+    pub fn aliases(&self) -> impl Iterator<Item = (&str, &str)> {
+        self.aliases.iter().map(|(a, t)| (a.as_str(), t.as_str()))
+    }
+
+    /// Catalog entries of known types that cannot run here, in name order.
+    pub fn unavailable_types(&self) -> impl Iterator<Item = &Unavailable> {
+        self.unavailable.values()
     }
 
     /// Up to three registered types close to `node_type`: same class name in another namespace
@@ -46,6 +202,7 @@ impl Registry {
         let mut scored: Vec<(usize, &str)> = self
             .nodes
             .keys()
+            .chain(self.aliases.keys())
             .filter_map(|t| {
                 let lower = t.to_ascii_lowercase();
                 let class = class_name(&lower);
@@ -91,6 +248,13 @@ fn levenshtein(a: &str, b: &str) -> usize {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::node::FnNode;
+
+    fn node(t: &str) -> Arc<dyn NodeImpl> {
+        Arc::new(FnNode::new(NodeSpec::new(t, t), |_| {
+            Ok(serde_json::Value::Null)
+        }))
+    }
 
     #[test]
     fn suggests_typos_and_other_namespaces() {
@@ -100,10 +264,7 @@ mod tests {
             "nodetool.text.FormatText",
             "nodetool.list.Length",
         ] {
-            r.register(Arc::new(crate::node::FnNode::new(
-                crate::node::NodeSpec::new(t, t),
-                |_| Ok(serde_json::Value::Null),
-            )));
+            r.register(node(t));
         }
         assert!(r
             .suggest("nodetool.text.Concatt")
@@ -116,5 +277,46 @@ mod tests {
         );
         assert!(r.suggest("totally.unrelated.Thing").is_empty());
         assert_eq!(levenshtein("kitten", "sitting"), 3);
+    }
+
+    #[test]
+    fn a_real_implementation_replaces_the_catalog_entry_in_either_order() {
+        let entry = |t: &str| Unavailable::new(t, Requirement::Python, "needs the bridge");
+        let mut r = Registry::new();
+        r.mark_unavailable(entry("a.B"));
+        assert!(r.unavailable("a.B").is_some());
+        r.register(node("a.B"));
+        assert!(r.unavailable("a.B").is_none());
+        assert!(r.get("a.B").is_some());
+
+        r.register(node("c.D"));
+        r.mark_unavailable(entry("c.D"));
+        assert!(
+            r.unavailable("c.D").is_none(),
+            "registered first, then catalogued"
+        );
+    }
+
+    #[test]
+    fn aliases_resolve_to_their_target() {
+        let mut r = Registry::new();
+        r.register(node("lib.pillow.enhance.Brightness"));
+        r.mark_unavailable(Unavailable::new(
+            "nodetool.lib.pillow.enhance.Brightness",
+            Requirement::Python,
+            "x",
+        ));
+        r.alias(
+            "nodetool.lib.pillow.enhance.Brightness",
+            "lib.pillow.enhance.Brightness",
+        );
+        r.alias("x.Missing", "no.such.Target");
+        let got = r.get("nodetool.lib.pillow.enhance.Brightness").unwrap();
+        assert_eq!(got.spec().node_type, "lib.pillow.enhance.Brightness");
+        assert!(r
+            .unavailable("nodetool.lib.pillow.enhance.Brightness")
+            .is_none());
+        assert!(r.get("x.Missing").is_none());
+        assert_eq!(r.len(), 1, "aliases are not types of their own");
     }
 }

@@ -5,7 +5,7 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::panic::AssertUnwindSafe;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use futures::FutureExt;
@@ -17,6 +17,7 @@ use tokio_util::sync::CancellationToken;
 use nodetool_core::{CacheValue, Error, ErrorKind, Result};
 
 use crate::context::{EngineResources, JobShared, ProcessingContext};
+use crate::control::{ControlInbox, ControlMsg, ControlPlane};
 use crate::events::{Event, EventPoster, EventSink, JobUpdate, NodeUpdate, Status};
 use crate::graph::{EdgeType, Graph, SyncMode};
 use crate::inputs::{Feeds, InputStreams};
@@ -121,6 +122,8 @@ fn cut(s: String) -> String {
 
 struct NodePlan {
     id: String,
+    /// The type the graph names (an alias runs its target's implementation).
+    node_type: String,
     imp: Arc<dyn NodeImpl>,
     sync_mode: SyncMode,
     props: Map<String, Value>,
@@ -133,6 +136,8 @@ struct NodePlan {
     feed: Option<(mpsc::Receiver<Value>, String)>,
     /// Quiescence tracking, in graphs with feedback inputs.
     quiet: Option<Arc<Quiet>>,
+    /// A controlled node: it runs once per control event instead of once per input batch.
+    control: Option<ControlInbox>,
 }
 
 /// The first failure of a job; later ones are only logged.
@@ -211,6 +216,8 @@ impl Engine {
             resources: self.resources.clone(),
             secrets: Arc::new(opts.secrets.clone()),
             results: Mutex::new(Map::new()),
+            control: OnceLock::new(),
+            memory: Mutex::new(HashMap::new()),
         });
 
         // Streams another run already took are refused, and never opened or closed by this one.
@@ -235,7 +242,8 @@ impl Engine {
             Some(Err(err)) => {
                 failure.set(None, err);
             }
-            Some(Ok((plans, feeds))) => {
+            Some(Ok((plans, feeds, control))) => {
+                let _ = shared.control.set(control);
                 if let Some(s) = &streams {
                     s.open(feeds);
                 }
@@ -295,20 +303,16 @@ impl Engine {
         opts: &RunOptions,
         poster: &Arc<EventPoster>,
         cancel: &CancellationToken,
-    ) -> Result<(Vec<NodePlan>, Feeds)> {
+    ) -> Result<(Vec<NodePlan>, Feeds, ControlPlane)> {
         let graph = &req.graph;
+        let (control_plane, mut control_routes, mut control_inboxes) =
+            ControlPlane::build(graph, &self.registry);
         let data_edges: Vec<&crate::graph::Edge> = graph
             .edges
             .iter()
             .filter(|e| e.edge_type == EdgeType::Data)
             .collect();
-        let input_name = |n: &crate::graph::Node| {
-            n.data
-                .get("name")
-                .and_then(Value::as_str)
-                .unwrap_or("")
-                .to_owned()
-        };
+        let input_name = |n: &crate::graph::Node| n.input_name().to_owned();
         // Streamed: with input streams, every input node whose name has no param.
         let fed: HashSet<&str> = if opts.input_streams.is_some() {
             graph
@@ -412,8 +416,12 @@ impl Engine {
             for (k, v) in node.data.iter().chain(node.dynamic_properties.iter()) {
                 props.insert(k.clone(), v.clone());
             }
+            // Nulled in place rather than removed, so a wired dynamic input keeps its position
+            // among the node's properties (dynamic inputs are ordered, e.g. Concat's).
             for h in &handles {
-                props.remove(h);
+                if let Some(v) = props.get_mut(h) {
+                    *v = Value::Null;
+                }
             }
             let mut feed = None;
             if spec.kind == NodeKind::Input {
@@ -437,11 +445,19 @@ impl Engine {
                 }
             }
             let has_streaming_input = sticky.iter().any(|s| !s);
-            let cacheable =
-                opts.use_cache && spec.cacheable && !spec.streaming && !has_streaming_input;
+            let control = control_inboxes.remove(&node.id);
+            let control_out = control_routes.remove(&node.id).unwrap_or_default();
+            // A cache hit replays data outputs only, so nodes on control edges always run.
+            let cacheable = opts.use_cache
+                && spec.cacheable
+                && !spec.streaming
+                && !has_streaming_input
+                && control.is_none()
+                && control_out.is_empty();
             let mut emitter = Emitter::new(
                 spec.streaming || feed.is_some(),
                 routes.remove(node.id.as_str()).unwrap_or_default(),
+                control_out,
                 poster.clone(),
                 req.workflow_id.clone(),
                 cancel.clone(),
@@ -453,6 +469,7 @@ impl Engine {
             }
             plans.push(NodePlan {
                 id: node.id.clone(),
+                node_type: node.node_type.clone(),
                 sync_mode: node.sync_mode,
                 imp,
                 props,
@@ -463,6 +480,7 @@ impl Engine {
                 emitter,
                 feed,
                 quiet: quiet.clone(),
+                control,
             });
         }
         for name in req.params.keys() {
@@ -470,13 +488,13 @@ impl Engine {
                 self.registry
                     .get(&n.node_type)
                     .is_some_and(|i| i.spec().kind == NodeKind::Input)
-                    && n.data.get("name").and_then(Value::as_str) == Some(name.as_str())
+                    && n.input_name() == name.as_str()
             });
             if !known {
                 tracing::warn!(job_id = %req.job_id, param = %name, "param matches no input node; ignored");
             }
         }
-        Ok((plans, feeds))
+        Ok((plans, feeds, control_plane))
     }
 
     async fn execute(
@@ -493,7 +511,7 @@ impl Engine {
             let ctx = ProcessingContext::new(
                 shared.clone(),
                 &plan.id,
-                &plan.imp.spec().node_type,
+                &plan.node_type,
                 &plan.imp.spec().title,
             );
             let failure = failure.clone();
@@ -818,6 +836,9 @@ async fn actor_body(
     if let Some((rx, slot)) = plan.feed.take() {
         return feed_body(plan, ctx, &title, &props, rx, &slot).await;
     }
+    if let Some(control) = plan.control.take() {
+        return controlled_body(plan, ctx, &title, &props, control, node_timeout).await;
+    }
 
     if spec.consumes_stream {
         ctx.post(node_update(
@@ -909,6 +930,120 @@ async fn actor_body(
             None,
         ));
         route_pending(&mut plan.emitter).await?;
+    }
+    Ok(())
+}
+
+/// A controlled node: waits until each wired data input has a value (or has ended), then runs
+/// once per `run` control event with the event's properties over its inputs, until `stop` or
+/// until every controller has finished. Data that arrives meanwhile replaces the cached input.
+async fn controlled_body(
+    plan: &mut NodePlan,
+    ctx: &ProcessingContext,
+    title: &str,
+    props: &NodeInputs,
+    mut control: ControlInbox,
+    node_timeout: Option<Duration>,
+) -> Result<()> {
+    let imp = plan.imp.clone();
+    let spec = imp.spec();
+    let n = plan.handles.len();
+    let mut latest: Vec<Option<Value>> = vec![None; n];
+    let mut ended = vec![false; n];
+    let take = |msg: InMsg, latest: &mut Vec<Option<Value>>, ended: &mut Vec<bool>| match msg {
+        InMsg::Item { handle, value, .. } => latest[handle] = Some(value),
+        InMsg::End { handle } => ended[handle] = true,
+    };
+    while (0..n).any(|h| latest[h].is_none() && !ended[h]) {
+        match plan.inbox.next_msg().await? {
+            Some(msg) => take(msg, &mut latest, &mut ended),
+            None => break,
+        }
+    }
+    let mut finished_controllers = 0;
+    loop {
+        let msg = tokio::select! {
+            biased;
+            _ = ctx.cancellation().cancelled() => {
+                return Err(Error::new(ErrorKind::Cancelled, "job cancelled"));
+            }
+            m = control.rx.recv() => m,
+        };
+        let (properties, reply) = match msg {
+            None | Some(ControlMsg::Stop) => break,
+            Some(ControlMsg::End) => {
+                finished_controllers += 1;
+                if finished_controllers >= control.controllers {
+                    break;
+                }
+                continue;
+            }
+            Some(ControlMsg::Run { properties, reply }) => (properties, reply),
+        };
+        while let Some(msg) = plan.inbox.try_next_msg() {
+            take(msg, &mut latest, &mut ended);
+        }
+        let outcome = async {
+            let mut inputs = props.clone();
+            for (h, v) in plan.handles.iter().zip(&latest) {
+                if let Some(v) = v {
+                    inputs.set(h.clone(), v.clone());
+                }
+            }
+            for (name, value) in properties {
+                if !spec.dynamic && spec.input_spec(&name).is_none() {
+                    return Err(Error::invalid_input(format!(
+                        "control event sets property `{name}`, which {} does not have",
+                        spec.node_type
+                    ))
+                    .with_operation("control.run")
+                    .with_context("property", name));
+                }
+                inputs.set(name, value);
+            }
+            ctx.post(node_update(
+                ctx,
+                title,
+                Status::Running,
+                Some(inputs.as_map()),
+                None,
+                None,
+            ));
+            plan.emitter.start_firing();
+            guarded(
+                ctx,
+                node_timeout,
+                imp.process(ctx, &inputs, &mut plan.emitter),
+            )
+            .await?;
+            let result = plan.emitter.last_values().clone();
+            ctx.post(node_update(
+                ctx,
+                title,
+                Status::Completed,
+                Some(inputs.as_map()),
+                Some(result.clone()),
+                None,
+            ));
+            route_pending(&mut plan.emitter).await?;
+            Ok(result)
+        }
+        .await;
+        match (outcome, reply) {
+            (Ok(result), Some(reply)) => {
+                let _ = reply.send(Ok(result));
+            }
+            (Ok(_), None) => {}
+            (Err(e), Some(reply)) => {
+                let _ = reply.send(Err(Error::new(
+                    e.kind(),
+                    format!("controlled node `{}` failed: {e}", plan.id),
+                )
+                .with_operation("control.run")));
+                return Err(e);
+            }
+            (Err(e), None) => return Err(e),
+        }
     }
     Ok(())
 }

@@ -59,6 +59,33 @@ pub fn value_fits(value: &Value, declared: &str) -> bool {
     }
 }
 
+/// The `type` tags of NodeTool's typed values (`metadata/types.py` `BaseType` subclasses that
+/// travel as JSON objects).
+const TYPED_VALUES: &[&str] = &[
+    "image",
+    "audio",
+    "video",
+    "document",
+    "text",
+    "datetime",
+    "date",
+    "dataframe",
+    "model_3d",
+    "np_array",
+    "color",
+    "font",
+    "folder",
+    "asset",
+    "file",
+    "svg_element",
+    "language_model",
+    "image_model",
+    "tts_model",
+    "asr_model",
+    "video_model",
+    "embedding_model",
+];
+
 /// NodeTool's `output_type` for a value, as `output_update` reports it.
 pub fn type_of(value: &Value) -> &'static str {
     match value {
@@ -68,12 +95,14 @@ pub fn type_of(value: &Value) -> &'static str {
         Value::Number(_) => "int",
         Value::String(_) => "str",
         Value::Array(_) => "list",
+        // NodeTool's typed values (its `BaseType`s) report their own type; a plain dict is a dict.
         Value::Object(m) => match m.get("type").and_then(Value::as_str) {
-            Some("image") => "image",
-            Some("audio") => "audio",
-            Some("video") => "video",
-            Some("document") => "document",
-            _ => "dict",
+            Some(t) => TYPED_VALUES
+                .iter()
+                .find(|k| **k == t)
+                .copied()
+                .unwrap_or("dict"),
+            None => "dict",
         },
     }
 }

@@ -9,6 +9,7 @@ use serde_json::{Map, Value};
 
 use nodetool_core::{Error, ErrorKind};
 
+use crate::control::{CONTROL_HANDLE, CONTROL_OUTPUT};
 use crate::graph::{EdgeType, Graph};
 use crate::node::NodeKind;
 use crate::registry::Registry;
@@ -19,6 +20,8 @@ use crate::types;
 pub enum ProblemKind {
     DuplicateNodeId,
     UnknownNodeType,
+    /// A type NodeTool ships that this process cannot run; the message says what enables it.
+    UnavailableNodeType,
     MissingNode,
     UnknownHandle,
     DuplicateEdge,
@@ -92,6 +95,9 @@ fn output_type(
     if let Some(o) = imp.spec().output_spec(slot) {
         return Some(Some(o.type_name.clone()));
     }
+    if imp.spec().dynamic_outputs && !node.dynamic_outputs.contains_key(slot) {
+        return Some(Some("any".to_owned()));
+    }
     node.dynamic_outputs.get(slot).map(|meta| {
         meta.get("type")
             .and_then(Value::as_str)
@@ -118,7 +124,14 @@ pub fn validate(
                 format!("node id `{}` is used more than once", node.id),
             ));
         }
-        if registry.get(&node.node_type).is_none() {
+        if let Some(entry) = registry.unavailable(&node.node_type) {
+            problems.push(problem(
+                ProblemKind::UnavailableNodeType,
+                Some(&node.id),
+                None,
+                format!("node `{}`: {}", node.id, entry.explain(node)),
+            ));
+        } else if registry.get(&node.node_type).is_none() {
             let hint = registry.suggest(&node.node_type);
             let hint = if hint.is_empty() {
                 String::new()
@@ -139,15 +152,12 @@ pub fn validate(
 
     // Edges: ends exist, handles exist, types fit, one edge per input.
     let mut wired: BTreeMap<(&str, &str), Vec<String>> = BTreeMap::new();
+    let mut controlled: HashMap<&str, ()> = HashMap::new();
     for edge in &graph.edges {
         let eid = edge.display_id();
         if edge.edge_type == EdgeType::Control {
-            problems.push(problem(
-                ProblemKind::Unsupported,
-                Some(&edge.target),
-                Some(&eid),
-                format!("edge `{eid}`: control edges are not supported yet"),
-            ));
+            check_control_edge(edge, &eid, registry, &by_id, &mut problems);
+            controlled.insert(edge.target.as_str(), ());
             continue;
         }
         let src = by_id.get(edge.source.as_str());
@@ -265,7 +275,9 @@ pub fn validate(
                 }
             }
             let has_value = literal.is_some_and(|v| !v.is_null()) || !input.default.is_null();
-            if input.required && !has_value {
+            // A controlled node's properties may come with each control event.
+            let is_controlled = controlled.contains_key(node.id.as_str());
+            if input.required && !has_value && !is_controlled {
                 problems.push(problem(
                     ProblemKind::MissingInput,
                     Some(&node.id),
@@ -278,35 +290,26 @@ pub fn validate(
             }
         }
         if spec.kind == NodeKind::Input {
-            let name = node.data.get("name").and_then(Value::as_str).unwrap_or("");
-            if name.is_empty() {
-                problems.push(problem(
-                    ProblemKind::DuplicateInputName,
-                    Some(&node.id),
-                    None,
-                    format!("input node `{}` has no `name`", node.id),
-                ));
-            } else {
-                input_names
-                    .entry(name.to_owned())
-                    .or_default()
-                    .push(&node.id);
-                if let Some(param) = params.get(name) {
-                    let want = spec
-                        .input_spec("value")
-                        .map_or("any", |i| i.type_name.as_str());
-                    if !types::value_fits(param, want) {
-                        problems.push(problem(
-                            ProblemKind::BadParam,
-                            Some(&node.id),
-                            None,
-                            format!(
-                                "param `{name}` must be {want} for input node `{}`, got {}",
-                                node.id,
-                                types::type_of(param)
-                            ),
-                        ));
-                    }
+            let name = node.input_name();
+            input_names
+                .entry(name.to_owned())
+                .or_default()
+                .push(&node.id);
+            if let Some(param) = params.get(name) {
+                let want = spec
+                    .input_spec("value")
+                    .map_or("any", |i| i.type_name.as_str());
+                if !types::value_fits(param, want) {
+                    problems.push(problem(
+                        ProblemKind::BadParam,
+                        Some(&node.id),
+                        None,
+                        format!(
+                            "param `{name}` must be {want} for input node `{}`, got {}",
+                            node.id,
+                            types::type_of(param)
+                        ),
+                    ));
                 }
             }
         }
@@ -326,13 +329,31 @@ pub fn validate(
         }
     }
 
-    if let Some(cycle) = find_cycle_nodes(graph, &by_id, registry) {
+    if let Some(cycle) = find_cycle_nodes(graph, &by_id, registry, &[EdgeType::Data]) {
         problems.push(problem(
             ProblemKind::Cycle,
             cycle.first().map(String::as_str),
             None,
             format!(
                 "data cycle through nodes {}: a workflow must be acyclic",
+                cycle.join(", ")
+            ),
+        ));
+    } else if let Some(cycle) = find_cycle_nodes(
+        graph,
+        &by_id,
+        registry,
+        &[EdgeType::Data, EdgeType::Control],
+    ) {
+        // A controlled node runs only when its controller says so, and a controller starts only
+        // once it has its inputs: a loop through a control edge can never start.
+        problems.push(problem(
+            ProblemKind::Cycle,
+            cycle.first().map(String::as_str),
+            None,
+            format!(
+                "cycle through a control edge, nodes {}: a controller cannot wait for data from \
+                 (or control) a node that runs only when it is controlled",
                 cycle.join(", ")
             ),
         ));
@@ -345,6 +366,90 @@ pub fn validate(
     }
 }
 
+/// A control edge: both ends exist, it ends in `__control__`, it does not loop onto its source,
+/// its source handle is a control output or a declared one, and its target is a node that runs
+/// per firing (not an input, an output that drains a stream, or a comment).
+fn check_control_edge(
+    edge: &crate::graph::Edge,
+    eid: &str,
+    registry: &Registry,
+    by_id: &HashMap<&str, &crate::graph::Node>,
+    problems: &mut Vec<Problem>,
+) {
+    let mut push = |node: &str, kind, msg: String| {
+        problems.push(problem(kind, Some(node), Some(eid), msg));
+    };
+    for id in [&edge.source, &edge.target] {
+        if !by_id.contains_key(id.as_str()) {
+            push(
+                id,
+                ProblemKind::MissingNode,
+                format!("control edge `{eid}` refers to missing node `{id}`"),
+            );
+        }
+    }
+    if edge.target_handle != CONTROL_HANDLE {
+        push(
+            &edge.target,
+            ProblemKind::UnknownHandle,
+            format!(
+                "control edge `{eid}` must end in `{CONTROL_HANDLE}`, not `{}`",
+                edge.target_handle
+            ),
+        );
+    }
+    if edge.source == edge.target {
+        push(
+            &edge.source,
+            ProblemKind::Cycle,
+            format!(
+                "control edge `{eid}` connects node `{}` to itself",
+                edge.source
+            ),
+        );
+    }
+    if let Some(imp) = by_id
+        .get(edge.source.as_str())
+        .and_then(|n| registry.get(&n.node_type))
+    {
+        let h = edge.source_handle.as_str();
+        if h != CONTROL_HANDLE && h != CONTROL_OUTPUT && imp.spec().output_spec(h).is_none() {
+            push(
+                &edge.source,
+                ProblemKind::UnknownHandle,
+                format!(
+                    "control edge `{eid}`: node `{}` ({}) has no output `{h}` (controllers \
+                     send control events on `{CONTROL_HANDLE}`)",
+                    edge.source,
+                    imp.spec().node_type
+                ),
+            );
+        }
+    }
+    if let Some(imp) = by_id
+        .get(edge.target.as_str())
+        .and_then(|n| registry.get(&n.node_type))
+    {
+        let spec = imp.spec();
+        if spec.consumes_stream || matches!(spec.kind, NodeKind::Input | NodeKind::Inert) {
+            push(
+                &edge.target,
+                ProblemKind::Unsupported,
+                format!(
+                    "control edge `{eid}`: node `{}` ({}) cannot be controlled: it {}",
+                    edge.target,
+                    spec.node_type,
+                    match spec.kind {
+                        NodeKind::Input => "is a workflow input",
+                        NodeKind::Inert => "never runs",
+                        _ => "drains its input stream in one run",
+                    }
+                ),
+            );
+        }
+    }
+}
+
 /// Nodes on (or between) data cycles, or `None` for a DAG: Kahn's algorithm forwards, then
 /// backwards on what is left, strips every node that is not part of a cycle. O(V + E). Edges
 /// into a feedback input (a loop's `next`) may close a cycle and are left out.
@@ -352,6 +457,7 @@ fn find_cycle_nodes(
     graph: &Graph,
     by_id: &HashMap<&str, &crate::graph::Node>,
     registry: &Registry,
+    kinds: &[EdgeType],
 ) -> Option<Vec<String>> {
     let feedback = |e: &crate::graph::Edge| {
         by_id
@@ -368,7 +474,7 @@ fn find_cycle_nodes(
     let edges: Vec<(usize, usize)> = graph
         .edges
         .iter()
-        .filter(|e| e.edge_type == EdgeType::Data && !feedback(e))
+        .filter(|e| kinds.contains(&e.edge_type) && !feedback(e))
         .filter(|e| by_id.contains_key(e.source.as_str()) && by_id.contains_key(e.target.as_str()))
         .filter_map(|e| {
             Some((

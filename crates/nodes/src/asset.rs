@@ -76,10 +76,24 @@ impl NodeImpl for SaveImage {
         const OP: &str = "image.save";
         let placement = placement(inputs)?;
         let bytes = image_bytes(ctx, inputs, "image", OP).await?;
-        let png = blocking(OP, move || encode_png(&decode(&bytes, OP)?.0, OP)).await?;
-        let asset = ctx
+        // NodeTool saves `image_to_pil(image)`: oriented and converted to RGB as Pillow does;
+        // here alpha is kept too (the RGB channels are NodeTool's).
+        let (png, (width, height), mode) = blocking(OP, move || {
+            let img = crate::media::to_rgb_keep_alpha(decode(&bytes, OP)?.0);
+            let mode = if img.color().has_alpha() {
+                "RGBA"
+            } else {
+                "RGB"
+            };
+            Ok((encode_png(&img, OP)?, (img.width(), img.height()), mode))
+        })
+        .await?;
+        let mut asset = ctx
             .create_asset_in("image", "image/png", Bytes::from(png), &placement)
             .await?;
+        // The ImageRef metadata NodeTool attaches to a saved image.
+        asset["metadata"] =
+            serde_json::json!({"width": width, "height": height, "mode": mode, "format": "png"});
         let name = placement.name.unwrap_or_default();
         log_saved(ctx, &name, &asset);
         out.emit("output", asset).await

@@ -31,7 +31,7 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use serde_json::{json, Value};
 
-use nodetool_core::{Error, ErrorKind, Result};
+use nodetool_core::{Error, Result};
 
 use nodetool_engine::context::ProcessingContext;
 use nodetool_engine::node::{Emitter, NodeImpl, NodeInputs, NodeSpec};
@@ -469,8 +469,18 @@ impl NodeImpl for GetMetadataNode {
         let (format, color, (width, height)) = blocking(OP, move || {
             let reader = reader(&bytes, OP)?;
             let format = reader.format();
-            let decoder = reader.into_decoder().map_err(|e| decode_error(e, OP))?;
-            Ok((format, decoder.color_type(), decoder.dimensions()))
+            let mut decoder = reader.into_decoder().map_err(|e| decode_error(e, OP))?;
+            let (w, h) = decoder.dimensions();
+            // Sizes as NodeTool reports them: after exif_transpose.
+            let turned = matches!(
+                decoder.orientation(),
+                Ok(::image::metadata::Orientation::Rotate90
+                    | ::image::metadata::Orientation::Rotate270
+                    | ::image::metadata::Orientation::Rotate90FlipH
+                    | ::image::metadata::Orientation::Rotate270FlipH)
+            );
+            let size = if turned { (h, w) } else { (w, h) };
+            Ok((format, decoder.color_type(), size))
         })
         .await?;
         out.emit("format", json!(format_name(format))).await?;
@@ -516,9 +526,14 @@ pub(crate) async fn image_bytes(
         .with_operation(op)
         .with_context("input", name));
     }
-    ctx.asset_bytes(&image)
+    let bytes = ctx
+        .asset_bytes(&image)
         .await
-        .map_err(|e| e.with_context("input", name))
+        .map_err(|e| e.with_context("input", name))?;
+    // The decompression-bomb guard, from the header, before anything is decoded.
+    crate::media::check_pixels(&bytes, ctx.media_policy().image_max_pixels, op)
+        .map_err(|e| e.with_context("input", name))?;
+    Ok(bytes)
 }
 
 fn reader<'a>(bytes: &'a [u8], op: &'static str) -> Result<ImageReader<Cursor<&'a [u8]>>> {
@@ -531,41 +546,24 @@ fn reader<'a>(bytes: &'a [u8], op: &'static str) -> Result<ImageReader<Cursor<&'
         })
 }
 
-fn decode_error(e: ::image::ImageError, op: &'static str) -> Error {
-    let kind = match &e {
-        ::image::ImageError::Unsupported(_) => ErrorKind::Unsupported,
-        ::image::ImageError::Limits(_) => ErrorKind::TooLarge,
-        _ => ErrorKind::InvalidInput,
-    };
-    Error::new(kind, format!("cannot decode image: {e}"))
-        .with_operation(op)
-        .with_source(e)
-}
+pub(crate) use crate::media::decode_error;
 
-/// Decodes any supported format (the decoder's default memory limits apply).
+/// Decodes any supported format with its EXIF orientation applied (see [`crate::media`]);
+/// the pixel cap here is Pillow's default, the configured one is checked by [`image_bytes`].
 pub(crate) fn decode(
     bytes: &[u8],
     op: &'static str,
 ) -> Result<(DynamicImage, Option<ImageFormat>)> {
-    let reader = reader(bytes, op)?;
-    let format = reader.format();
-    if format.is_none() {
-        return Err(Error::invalid_input(
-            "cannot decode image: not a recognised image format (png, jpeg, webp)",
-        )
-        .with_operation(op)
-        .with_context("bytes", bytes.len()));
-    }
-    let image = reader.decode().map_err(|e| decode_error(e, op))?;
-    Ok((image, format))
+    crate::media::decode(
+        bytes,
+        nodetool_engine::media::DEFAULT_IMAGE_MAX_PIXELS * 2,
+        op,
+    )
 }
 
-/// NodeTool's `image_to_pil`: `PIL.Image.open(buffer).convert("RGB")`.
+/// NodeTool's `image_to_pil`: `PIL.Image.open(buffer)`, `exif_transpose`, `.convert("RGB")`.
 pub(crate) fn as_rgb(image: DynamicImage) -> DynamicImage {
-    match image {
-        DynamicImage::ImageRgb8(_) => image,
-        other => DynamicImage::ImageRgb8(other.to_rgb8()),
-    }
+    crate::media::to_rgb(image)
 }
 
 pub(crate) fn encode_png(image: &DynamicImage, op: &'static str) -> Result<Vec<u8>> {

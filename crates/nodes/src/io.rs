@@ -80,7 +80,8 @@ pub fn register(r: &mut Registry) {
 }
 
 /// Every value that reaches `value` is one entry of `result[name]`, except `null`: as in
-/// NodeTool, a None reaching an output is "no value" and is not recorded.
+/// NodeTool, a None reaching an output is "no value" and is not recorded (it still gets its
+/// `output_update`).
 #[derive(Debug)]
 struct OutputNode {
     spec: NodeSpec,
@@ -99,9 +100,7 @@ impl NodeImpl for OutputNode {
         out: &mut Emitter,
     ) -> Result<()> {
         let value = inputs.value("value");
-        if !value.is_null() {
-            ctx.record_output(&inputs.str("name")?, value.clone());
-        }
+        record(ctx, &inputs.str("name")?, &value);
         out.emit("output", value).await
     }
 
@@ -113,23 +112,26 @@ impl NodeImpl for OutputNode {
         out: &mut Emitter,
     ) -> Result<()> {
         let name = props.str("name")?;
-        if inbox.handle_index("value").is_none() {
-            // Not wired: a literal value (if any) is the one output.
-            if props.get("value").is_some() {
-                return self.process(ctx, props, out).await;
-            }
-            return Ok(());
-        }
         let mut last = None;
-        while let Some(value) = inbox.recv("value").await? {
-            if !value.is_null() {
-                ctx.record_output(&name, value.clone());
+        if inbox.handle_index("value").is_some() {
+            while let Some(value) = inbox.recv("value").await? {
+                record(ctx, &name, &value);
+                last = Some(value);
             }
-            last = Some(value);
         }
         match last {
             Some(value) => out.emit("output", value).await,
-            None => Ok(()),
+            // Nothing arrived (or not wired): NodeTool reports the literal value once, even
+            // when it is None.
+            None => self.process(ctx, props, out).await,
         }
+    }
+}
+
+fn record(ctx: &ProcessingContext, name: &str, value: &Value) {
+    if value.is_null() {
+        ctx.post_output(name, value.clone());
+    } else {
+        ctx.record_output(name, value.clone());
     }
 }

@@ -17,24 +17,31 @@ pub mod asset;
 pub mod asset_load;
 pub mod base;
 pub mod boolean;
+pub mod catalog;
 pub mod color_grading;
 pub mod constant;
 pub mod control;
 pub mod data;
 mod data_query;
 pub mod dictionary;
+pub mod docs;
 pub mod draw_text;
+pub mod dynamic_text;
+pub mod folder;
 pub mod grid;
+pub mod http;
 pub mod image;
 pub mod io;
 pub mod json;
 pub mod list;
 pub mod markdown;
 pub mod math;
+pub mod media;
 pub mod pdf;
 pub mod settings;
 pub mod sqlite;
 pub mod test;
+pub mod test_helper;
 pub mod text;
 pub mod video;
 mod video_subtitles;
@@ -67,6 +74,7 @@ pub fn register_all_with(r: &mut Registry, settings: &NodeSettings) {
     constant::register(r);
     io::register(r);
     text::register(r);
+    dynamic_text::register(r);
     list::register(r);
     dictionary::register(r);
     boolean::register(r);
@@ -87,6 +95,11 @@ pub fn register_all_with(r: &mut Registry, settings: &NodeSettings) {
     video::register(r, settings);
     draw_text::register(r, settings);
     markdown::register(r);
+    test_helper::register(r);
+    folder::register(r);
+    http::register(r);
+    // Last: marks what is still unimplemented, and aliases old names of what is.
+    catalog::register(r);
 }
 
 /// Registers a one-output function node.

@@ -2,7 +2,7 @@
 //! (Jinja2 syntax). Non-string values print as Python's `str()` prints them (`True`, `None`,
 //! `['a', 1]`, `{'k': 'v'}`, `1e+20`), as they do in NodeTool's Jinja2 and `str.join`.
 
-use serde_json::{json, Map, Value};
+use serde_json::{json, Value};
 
 use nodetool_core::{Error, ErrorKind, Result};
 
@@ -122,47 +122,6 @@ pub fn register(r: &mut Registry) {
             Ok(json!(idx.into_iter().map(|k| chars[k]).collect::<String>()))
         },
     );
-    fn_node(
-        r,
-        NodeSpec::new("nodetool.text.FormatText", "Format Text")
-            .input("template", "str", json!(""))
-            .output("output", "str")
-            .dynamic(),
-        |i| {
-            let template = normalize_format_template(&i.str("template")?);
-            let mut vars = Map::new();
-            for (k, v) in i.as_map() {
-                if k != "template" {
-                    vars.insert(k.to_lowercase(), v.clone());
-                }
-            }
-            render(&template, &Value::Object(vars)).map(Value::String)
-        },
-    );
-    fn_node(
-        r,
-        // NodeTool's Template (nodetool-base 50bbc4e and the TypeScript base-nodes) substitutes
-        // `{{ key }}` and `{key}` by regular expression; it is not Jinja2 (FormatText is).
-        NodeSpec::new("nodetool.text.Template", "Template")
-            .input("string", "str", json!(""))
-            .input("values", "any", json!({}))
-            .output("output", "str")
-            .dynamic()
-            .cacheable()
-            .version("2"),
-        |i| {
-            let mut vars = match i.value("values") {
-                Value::Object(m) => m,
-                _ => Map::new(),
-            };
-            for (k, v) in i.as_map() {
-                if k != "string" && k != "values" {
-                    vars.insert(k.clone(), v.clone());
-                }
-            }
-            Ok(json!(substitute(&i.str("string")?, &vars)))
-        },
-    );
     r.register(std::sync::Arc::new(CollectText {
         spec: NodeSpec::new("nodetool.text.Collect", "Collect")
             .input("input_item", "str", json!(""))
@@ -170,46 +129,6 @@ pub fn register(r: &mut Registry) {
             .output("output", "str")
             .consumes_stream(),
     }));
-}
-
-/// NodeTool's Template: for each variable in order, every `{{ key }}` (any inner whitespace)
-/// and every `{key}` not inside another pair of braces becomes `str(value)`. Placeholders of
-/// unknown variables stay as written. Later variables also see text substituted earlier, as
-/// Python's successive `re.sub` calls do.
-pub fn substitute(template: &str, vars: &Map<String, Value>) -> String {
-    let mut out = template.to_owned();
-    for (key, value) in vars {
-        let text = python_str(value);
-        let jinja = format!(r"\{{\{{\s*{}\s*\}}\}}", regex::escape(key));
-        if let Ok(re) = regex::Regex::new(&jinja) {
-            out = re.replace_all(&out, regex::NoExpand(&text)).into_owned();
-        }
-        out = replace_single_brace(&out, key, &text);
-    }
-    out
-}
-
-/// Python's `re.sub(r"(?<!\{)\{KEY\}(?!\})", value, text)`, without look-around support.
-fn replace_single_brace(text: &str, key: &str, value: &str) -> String {
-    let needle = format!("{{{key}}}");
-    let mut out = String::with_capacity(text.len());
-    let mut last = 0;
-    let mut from = 0;
-    while let Some(pos) = text[from..].find(&needle).map(|p| p + from) {
-        let end = pos + needle.len();
-        let before_brace = text[..pos].ends_with('{');
-        let after_brace = text[end..].starts_with('}');
-        if before_brace || after_brace {
-            from = pos + 1;
-            continue;
-        }
-        out.push_str(&text[last..pos]);
-        out.push_str(value);
-        last = end;
-        from = end;
-    }
-    out.push_str(&text[last..]);
-    out
 }
 
 /// `nodetool.text.Collect`: joins every streamed `input_item` with `separator` once the stream
@@ -505,19 +424,6 @@ mod tests {
             )
             .unwrap(),
             "True|None|[1, 'x']|1e+20|s|"
-        );
-    }
-
-    #[test]
-    fn template_substitutes_like_nodetool() {
-        let vars = json!({"name": "Ada", "n": 2, "flag": true});
-        let Value::Object(vars) = vars else { panic!() };
-        assert_eq!(
-            substitute(
-                "{{name}} {{ n }} {name} {{{name}}} {flag} {{body|upper}} {x}",
-                &vars
-            ),
-            "Ada 2 Ada {Ada} True {{body|upper}} {x}"
         );
     }
 

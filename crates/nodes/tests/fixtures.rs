@@ -356,10 +356,18 @@ const COVERED_ELSEWHERE: &[(&str, &str)] = &[
 /// `lib.pillow.*` and do not count as families.
 #[test]
 fn fixtures_cover_every_node_family() {
+    // Fixtures, and the conformance cases recorded with the original (tests/conformance).
+    let recorded = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/conformance");
+    let recorded: Vec<String> = std::fs::read_dir(&recorded)
+        .unwrap()
+        .filter_map(|e| std::fs::read_to_string(e.ok()?.path().join("workflow.json")).ok())
+        .collect();
     let used: BTreeSet<String> = support::cases(&root())
         .iter()
-        .flat_map(|c| {
-            let wf: Value = serde_json::from_str(&c.workflow_text()).unwrap();
+        .map(|c| c.workflow_text())
+        .chain(recorded)
+        .flat_map(|text| {
+            let wf: Value = serde_json::from_str(&text).unwrap();
             wf["graph"]["nodes"]
                 .as_array()
                 .cloned()

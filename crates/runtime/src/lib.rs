@@ -14,7 +14,10 @@ use std::time::Duration;
 use nodetool_cache::{MemcachedConfig, NodeCacheConfig, UriCache};
 use nodetool_config::{CachePlan, Selection, Settings, StoragePlan};
 use nodetool_core::{AssetStore, CacheValue, NodeCache, Result, Storage};
-use nodetool_engine::EngineResources;
+use nodetool_engine::{EngineResources, MediaPolicy, MediaServices};
+
+pub mod http;
+pub use http::{GuardedHttp, HttpPolicy};
 use nodetool_storage::{FileStorage, MemoryStorage, UrlSigner};
 use nodetool_storage_s3::{S3Config, S3Storage};
 use nodetool_storage_supabase::{SupabaseConfig, SupabaseStorage};
@@ -194,7 +197,44 @@ impl Resources {
             asset_store: self.asset_store(),
             node_cache: self.node_cache().await?,
             node_cache_ttl: self.node_cache_ttl(),
+            media: self.media_services(),
         })
+    }
+
+    /// The media-ref policy and the guarded HTTP client, from the `NODETOOL_*` media settings.
+    pub fn media_services(&self) -> MediaServices {
+        let m = &self.settings.media;
+        let asset_folder = match self.selection(StorageRole::Asset) {
+            Ok(Selection {
+                plan: StoragePlan::File { root, .. },
+                ..
+            }) => Some(root),
+            _ => None,
+        };
+        MediaServices {
+            policy: MediaPolicy {
+                data_max_bytes: m.data_uri_max_bytes,
+                image_max_pixels: m.image_max_pixels,
+                http_max_bytes: m.http_max_bytes,
+                file_roots: m.file_roots.clone(),
+                asset_folder,
+                // Multi-user auth: a job reads only its user's part of the store.
+                user_scoped: self.settings.auth_provider == nodetool_config::AuthProvider::Supabase,
+            },
+            http: Some(Arc::new(GuardedHttp::new(self.http_policy()))),
+        }
+    }
+
+    /// The node HTTP guard's policy from settings.
+    pub fn http_policy(&self) -> HttpPolicy {
+        let m = &self.settings.media;
+        HttpPolicy {
+            max_bytes: m.http_max_bytes,
+            timeout: m.http_timeout,
+            max_redirects: m.http_max_redirects,
+            allow_private: m.http_allow_private,
+            allow_hosts: m.http_allow_hosts.clone(),
+        }
     }
 
     pub fn uri_cache(&self) -> Arc<UriCache> {

@@ -100,9 +100,18 @@ pub fn with_dynamic(mut g: Graph, node: &str, props: &[&str]) -> Graph {
     g
 }
 
+/// `shared/` beside the repo clone (`NODETOOL_SHARED_DIR` overrides it, for a worktree that
+/// does not sit beside it).
+pub fn shared_dir() -> PathBuf {
+    match std::env::var_os("NODETOOL_SHARED_DIR") {
+        Some(dir) => PathBuf::from(dir),
+        None => PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../../shared"),
+    }
+}
+
 /// `/work/shared/conformance`, or a clear failure when shared/ is not beside the repo.
 pub fn conformance_dir() -> PathBuf {
-    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../../shared/conformance");
+    let dir = shared_dir().join("conformance");
     assert!(
         dir.is_dir(),
         "conformance fixtures not found at {} (shared/ must sit beside the repo clone)",
@@ -159,4 +168,51 @@ pub fn node_statuses(events: &[EventEnvelope], node: &str) -> Vec<String> {
     per_node_sequences(&to_values(events))
         .remove(node)
         .unwrap_or_default()
+}
+
+/// Serves the files of `dir` over HTTP on a free loopback port (`GET /{name}`) and returns the
+/// base URL and the number of requests served so far.
+pub async fn serve_dir(dir: PathBuf) -> (String, Arc<std::sync::atomic::AtomicUsize>) {
+    use axum::extract::{Path as UrlPath, State};
+    use axum::http::StatusCode;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let hits = Arc::new(AtomicUsize::new(0));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    let state = (dir, hits.clone());
+    let app = axum::Router::new()
+        .route(
+            "/{*name}",
+            axum::routing::get(
+                |State((dir, hits)): State<(PathBuf, Arc<AtomicUsize>)>,
+                 UrlPath(name): UrlPath<String>| async move {
+                    hits.fetch_add(1, Ordering::SeqCst);
+                    match std::fs::read(dir.join(name)) {
+                        Ok(bytes) => Ok(bytes),
+                        Err(_) => Err(StatusCode::NOT_FOUND),
+                    }
+                },
+            ),
+        )
+        .with_state(state);
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    (base, hits)
+}
+
+/// ENV=test resources whose media policy allows `roots` and whose HTTP guard lets exactly
+/// `allow_hosts` (`host:port`) through.
+pub async fn resources_with_media(
+    roots: Vec<PathBuf>,
+    allow_hosts: Vec<(String, u16)>,
+) -> EngineResources {
+    let res = test_resources().await;
+    let mut media = res.media.clone();
+    media.policy.file_roots = roots;
+    media.http = Some(Arc::new(nodetool_runtime::GuardedHttp::new(
+        nodetool_runtime::HttpPolicy {
+            allow_hosts,
+            ..nodetool_runtime::HttpPolicy::default()
+        },
+    )));
+    res.with_media(media)
 }

@@ -1,0 +1,247 @@
+//! The template nodes that take dynamic inputs: `nodetool.text.FormatText` (nodetool-base),
+//! `nodetool.text.Prompt` (its newer name in the TypeScript runtime, with `prompt` for
+//! `template`) and `nodetool.text.Template` (`string`, with variables from its `values` dict
+//! and from dynamic inputs; `{{ key }}` and `{key}` replaced by `str(value)` as nodetool-base
+//! and the TypeScript node do; never Jinja2).
+//!
+//! Every variable is a dynamic property (a literal in `dynamic_properties`, or a wired input of
+//! any name). As in the TypeScript runtime, each variable is also forwarded unchanged on an
+//! output handle of its own name when an edge starts there (an image used in the text can feed
+//! a node that wants the image itself).
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use serde_json::{json, Map, Value};
+
+use nodetool_core::Result;
+
+use nodetool_engine::context::ProcessingContext;
+use nodetool_engine::node::{Emitter, NodeImpl, NodeInputs, NodeSpec};
+use nodetool_engine::registry::Registry;
+
+use crate::text::{normalize_format_template, python_str, render};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    /// nodetool-base: lower-cased variable names, `{name}` placeholders.
+    FormatText,
+    /// TypeScript's FormatText successor.
+    Prompt,
+    /// `string` + `values` (and dynamic inputs).
+    Template,
+}
+
+#[derive(Debug)]
+struct TemplateNode {
+    spec: NodeSpec,
+    kind: Kind,
+}
+
+pub fn register(r: &mut Registry) {
+    let nodes = [
+        (
+            NodeSpec::new("nodetool.text.FormatText", "Format Text")
+                .input("template", "str", json!(""))
+                .output("output", "str"),
+            Kind::FormatText,
+        ),
+        (
+            NodeSpec::new("nodetool.text.Prompt", "Prompt")
+                .input("prompt", "str", json!(""))
+                .output("output", "str"),
+            Kind::Prompt,
+        ),
+        (
+            NodeSpec::new("nodetool.text.Template", "Template")
+                .input("string", "str", json!(""))
+                .input("values", "any", json!({}))
+                .output("output", "str"),
+            Kind::Template,
+        ),
+    ];
+    for (spec, kind) in nodes {
+        r.register(Arc::new(TemplateNode {
+            spec: spec.dynamic().dynamic_outputs(),
+            kind,
+        }));
+    }
+}
+
+/// `{name}` → `{{ name }}` for each known variable (not inside `{{ }}`).
+fn brace_placeholders(template: &str, names: &[&str]) -> String {
+    let mut out = template.to_owned();
+    for name in names {
+        let single = format!("{{{name}}}");
+        let mut rebuilt = String::with_capacity(out.len());
+        let mut rest = out.as_str();
+        while let Some(at) = rest.find(&single) {
+            let before = rest[..at].chars().last();
+            let after = rest[at + single.len()..].chars().next();
+            rebuilt.push_str(&rest[..at]);
+            if before == Some('{') || after == Some('}') {
+                rebuilt.push_str(&single);
+            } else {
+                rebuilt.push_str(&format!("{{{{ {name} }}}}"));
+            }
+            rest = &rest[at + single.len()..];
+        }
+        rebuilt.push_str(rest);
+        out = rebuilt;
+    }
+    out
+}
+
+/// Replaces `{{ key }}` (any spacing inside) and `{key}` (not part of `{{ }}`) with `value`.
+fn substitute(template: &str, key: &str, value: &str) -> String {
+    let mut out = String::with_capacity(template.len());
+    let mut i = 0;
+    let b = template.as_bytes();
+    while i < b.len() {
+        if template[i..].starts_with("{{") {
+            let inner = template[i + 2..].trim_start_matches([' ', '\t', '\n', '\r']);
+            if let Some(rest) = inner.strip_prefix(key) {
+                let rest = rest.trim_start_matches([' ', '\t', '\n', '\r']);
+                if let Some(after) = rest.strip_prefix("}}") {
+                    out.push_str(value);
+                    i = template.len() - after.len();
+                    continue;
+                }
+            }
+        }
+        if b[i] == b'{' && (i == 0 || b[i - 1] != b'{') {
+            if let Some(after) = template[i + 1..].strip_prefix(key) {
+                if let Some(after) = after.strip_prefix('}') {
+                    if !after.starts_with('}') {
+                        out.push_str(value);
+                        i = template.len() - after.len();
+                        continue;
+                    }
+                }
+            }
+        }
+        let ch = template[i..].chars().next().unwrap_or(' ');
+        out.push(ch);
+        i += ch.len_utf8();
+    }
+    out
+}
+
+impl TemplateNode {
+    fn text_input(&self) -> &'static str {
+        match self.kind {
+            Kind::FormatText => "template",
+            Kind::Prompt => "prompt",
+            Kind::Template => "string",
+        }
+    }
+
+    /// The variables: every input but the template (and, for Template, its `values` dict
+    /// first, then the dynamic inputs over it).
+    fn variables(&self, inputs: &NodeInputs) -> Map<String, Value> {
+        let mut vars = Map::new();
+        if self.kind == Kind::Template {
+            match inputs.value("values") {
+                Value::Object(m) => vars.extend(m),
+                Value::Null => {}
+                other => {
+                    vars.insert("value".to_owned(), other);
+                }
+            }
+        }
+        for (k, v) in inputs.as_map() {
+            if k == self.text_input() || (self.kind == Kind::Template && k == "values") {
+                continue;
+            }
+            vars.insert(k.clone(), v.clone());
+        }
+        vars
+    }
+}
+
+#[async_trait]
+impl NodeImpl for TemplateNode {
+    fn spec(&self) -> &NodeSpec {
+        &self.spec
+    }
+
+    async fn process(
+        &self,
+        _ctx: &ProcessingContext,
+        inputs: &NodeInputs,
+        out: &mut Emitter,
+    ) -> Result<()> {
+        let text = inputs.str(self.text_input())?;
+        let vars = self.variables(inputs);
+        let rendered = match self.kind {
+            Kind::FormatText => {
+                let lower: Map<String, Value> = vars
+                    .iter()
+                    .map(|(k, v)| (k.to_lowercase(), v.clone()))
+                    .collect();
+                render(&normalize_format_template(&text), &Value::Object(lower))?
+            }
+            Kind::Prompt => {
+                let names: Vec<&str> = vars.keys().map(String::as_str).collect();
+                render(
+                    &brace_placeholders(&text, &names),
+                    &Value::Object(vars.clone()),
+                )?
+            }
+            // Plain substitution, as both NodeTool runtimes do it (recorded with the Python
+            // original: Jinja2 statements come out as written); a placeholder without a value
+            // stays as it is.
+            Kind::Template => vars
+                .iter()
+                .fold(text, |acc, (k, v)| substitute(&acc, k, &python_str(v))),
+        };
+        for (name, value) in &vars {
+            if name != "output" && out.is_wired(name) {
+                out.emit(name, value.clone()).await?;
+            }
+        }
+        out.emit("output", json!(rendered)).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn template_substitutes_like_python() {
+        assert_eq!(
+            substitute(
+                "Hi {{name}}, {{  name }}! {name} {{name}} {{ other }} {{{name}}}",
+                "name",
+                "Ann"
+            ),
+            "Hi Ann, Ann! Ann Ann {{ other }} {Ann}"
+        );
+        assert_eq!(
+            substitute("{nam} {names} é{name}", "name", "x"),
+            "{nam} {names} éx"
+        );
+    }
+
+    #[test]
+    fn template_substitutes_every_variable_like_nodetool() {
+        let vars = serde_json::json!({"name": "Ada", "n": 2, "flag": true});
+        let Value::Object(vars) = vars else {
+            panic!("an object")
+        };
+        let out = vars.iter().fold(
+            "{{name}} {{ n }} {name} {{{name}}} {flag} {{body|upper}} {x}".to_owned(),
+            |acc, (k, v)| substitute(&acc, k, &python_str(v)),
+        );
+        assert_eq!(out, "Ada 2 Ada {Ada} True {{body|upper}} {x}");
+    }
+
+    #[test]
+    fn single_brace_placeholders_for_known_names_only() {
+        assert_eq!(
+            brace_placeholders("{a} {{a}} {b} {{ a }} {a}}", &["a"]),
+            "{{ a }} {{a}} {b} {{ a }} {a}}"
+        );
+    }
+}
