@@ -250,6 +250,13 @@ impl Transport {
                     self.target.key_setting
                 ),
             ),
+            400 if said.to_ascii_lowercase().contains("api key") => (
+                ErrorKind::PermissionDenied,
+                format!(
+                    "{provider} refused the credentials (HTTP 400); check {}{said}",
+                    self.target.key_setting
+                ),
+            ),
             404 if !model.is_empty() => (
                 ErrorKind::InvalidInput,
                 format!("model `{model}` does not exist at {provider} (HTTP 404){said}"),

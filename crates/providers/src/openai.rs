@@ -362,8 +362,11 @@ impl Decode for Decoder {
                         entry.id = id.to_owned();
                     }
                     if let Some(f) = c.get("function") {
+                        // OpenAI names the function in the first fragment; llama.cpp repeats it.
                         if let Some(name) = f.get("name").and_then(Value::as_str) {
-                            entry.name.push_str(name);
+                            if entry.name.is_empty() {
+                                entry.name = name.to_owned();
+                            }
                         }
                         if let Some(args) = f.get("arguments").and_then(Value::as_str) {
                             entry.arguments.push_str(args);
