@@ -132,7 +132,10 @@ for chunk in client.chat.completions.create(stream=True, stream_options={"includ
 with client.chat.completions.stream(**kwargs) as stream:
     for _ in stream:
         pass
-    final = stream.get_final_completion()
+    try:
+        final = stream.get_final_completion()
+    except openai.LengthFinishReasonError as e:
+        final = e.completion
 ChatCompletion.model_validate(final.to_dict())
 msg = final.choices[0].message
 calls = [{"id": c.id, "name": c.function.name, "arguments": c.function.arguments} for c in (msg.tool_calls or [])]
