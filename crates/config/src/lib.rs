@@ -15,12 +15,14 @@
 //! ```
 
 mod parse;
+mod providers;
 pub mod registry;
 mod select;
 mod settings;
 mod sources;
 
 pub use parse::{is_path_like, mask, size as parse_size};
+pub use providers::{ProviderValues, PROVIDER_SETTINGS};
 pub use registry::{registry, DefaultValue, SettingDef, ValueKind};
 pub use select::{
     asset_folder, asset_storage, node_cache, storage_base_url, temp_storage, CachePlan, Selection,
