@@ -23,13 +23,14 @@ pub mod runner;
 pub mod types;
 pub mod validate;
 
-pub use context::{AssetPlacement, EngineResources, ProcessingContext};
+pub use context::{AssetPlacement, EngineResources, Extensions, ProcessingContext};
 pub use events::{Event, EventEnvelope, EventPoster, EventSink, NullSink, Status, VecSink};
 pub use graph::{parse_workflow, Edge, EdgeType, Graph, Node, SyncMode, Workflow};
 pub use inputs::InputStreams;
 pub use node::{
     Emitter, FnNode, Inbox, InputSpec, NodeImpl, NodeInputs, NodeKind, NodeSpec, OutputSpec,
+    Preflight,
 };
 pub use registry::Registry;
 pub use runner::{Engine, RunOptions, RunOutcome, RunRequest};
-pub use validate::{validate, Problem, ProblemKind, ValidationError};
+pub use validate::{preflight, validate, Problem, ProblemKind, ValidationError};

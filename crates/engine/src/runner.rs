@@ -130,6 +130,7 @@ struct NodePlan {
     emitter: Emitter,
     /// A streamed input node: the values pushed from outside, and the slot they go out on.
     feed: Option<(mpsc::Receiver<Value>, String)>,
+    dynamic_outputs: Map<String, Value>,
 }
 
 /// The first failure of a job; later ones are only logged.
@@ -222,7 +223,10 @@ impl Engine {
             }
             other => other.clone(),
         };
-        let plans = match validate(&req.graph, &self.registry, &req.params).map_err(Error::from) {
+        let checked = validate(&req.graph, &self.registry, &req.params).and_then(|()| {
+            crate::validate::preflight(&req.graph, &self.registry, &self.resources, &opts.secrets)
+        });
+        let plans = match checked.map_err(Error::from) {
             Ok(()) if opts.input_streams.is_some() && streams.is_none() => None,
             Ok(()) => Some(self.plan(&req, &opts, &poster, &job_cancel)),
             Err(e) => Some(Err(e)),
@@ -444,6 +448,7 @@ impl Engine {
                 inbox,
                 emitter,
                 feed,
+                dynamic_outputs: node.dynamic_outputs.clone(),
             });
         }
         for name in req.params.keys() {
@@ -476,7 +481,8 @@ impl Engine {
                 &plan.id,
                 &plan.imp.spec().node_type,
                 &plan.imp.spec().title,
-            );
+            )
+            .with_dynamic_outputs(plan.dynamic_outputs.clone());
             let failure = failure.clone();
             let job_cancel = job_cancel.clone();
             let node_timeout = opts.node_timeout;

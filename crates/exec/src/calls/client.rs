@@ -677,6 +677,7 @@ pub fn remote_resources(
                 MAX_CHUNK_BYTES,
             )),
             node_cache_ttl: DEFAULT_CACHE_TTL,
+            extensions: Default::default(),
         };
     };
     let chunk = offer.max_chunk_bytes.clamp(1024, MAX_CHUNK_BYTES);
@@ -701,5 +702,7 @@ pub fn remote_resources(
         )),
         node_cache_ttl: Duration::try_from_secs_f64(offer.node_cache_ttl_secs)
             .unwrap_or(DEFAULT_CACHE_TTL),
+        // Workers hold no credentials: AI nodes refuse here before the job starts.
+        extensions: Default::default(),
     }
 }
