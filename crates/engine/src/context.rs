@@ -300,6 +300,11 @@ impl ProcessingContext {
         &self.job.resources.node_cache
     }
 
+    /// How long cached node outputs live in this process (`NODE_CACHE_TTL`).
+    pub fn node_cache_ttl(&self) -> Duration {
+        self.job.resources.node_cache_ttl
+    }
+
     /// The URL clients use to fetch an asset key.
     pub async fn asset_url(&self, key: &str) -> Result<String> {
         let key = StorageKey::new(key)?;

@@ -432,6 +432,23 @@ impl Emitter {
         Ok(())
     }
 
+    /// An emitter that routes nowhere and keeps what is emitted: for running a node inside
+    /// another one (an agent calling a node as a tool). Read it with [`Emitter::take_emitted`].
+    pub fn capture(ctx: &ProcessingContext) -> Self {
+        Self::new(
+            false,
+            Vec::new(),
+            ctx.job.poster.clone(),
+            ctx.workflow_id().to_owned(),
+            ctx.cancellation().clone(),
+        )
+    }
+
+    /// Everything emitted so far, in order, as `(slot, value)`.
+    pub fn take_emitted(&mut self) -> Vec<(String, Value)> {
+        self.take_pending()
+    }
+
     /// The last value emitted per slot in this firing (NodeTool's node_update `result`).
     pub fn last_values(&self) -> &Map<String, Value> {
         &self.last

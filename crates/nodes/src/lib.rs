@@ -13,6 +13,7 @@ use nodetool_core::Result;
 use nodetool_engine::node::{FnNode, NodeInputs, NodeSpec};
 use nodetool_engine::registry::Registry;
 
+pub mod ai;
 pub mod asset;
 pub mod asset_load;
 pub mod base;
@@ -51,6 +52,8 @@ pub fn register_all(r: &mut Registry) {
     asset::register(r);
     asset_load::register(r);
     test::register(r);
+    // Last: the agents take the node types registered so far as their node tools.
+    ai::register(r);
 }
 
 /// Registers a one-output function node.

@@ -54,6 +54,9 @@ impl OpenAiPeer {
         let app = Router::new()
             .route("/v1/chat/completions", post(chat))
             .route("/v1/models", get(list_models))
+            .route("/v1/images/generations", post(image))
+            .route("/v1/audio/transcriptions", post(transcribe))
+            .route("/v1/audio/speech", post(speech))
             .with_state(state);
         let (addr, task) = serve(app).await;
         Self { addr, script, task }
@@ -72,6 +75,86 @@ impl OpenAiPeer {
     pub fn script(&self) -> &Script {
         &self.script
     }
+}
+
+/// A 1×1 PNG, what `/v1/images/generations` draws (as `b64_json`, as gpt-image-1 answers).
+async fn image(State(s): State<PeerState>, req: Request) -> Response {
+    use base64::Engine as _;
+    let headers = header_pairs(req.headers());
+    let bytes = axum::body::to_bytes(req.into_body(), 1024 * 1024)
+        .await
+        .unwrap_or_default();
+    let body: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+    let model = body
+        .get("model")
+        .and_then(Value::as_str)
+        .unwrap_or("")
+        .to_owned();
+    s.script.record(Received {
+        path: "/v1/images/generations".into(),
+        headers,
+        body,
+    });
+    if !s.models.contains(&model) {
+        return json_response(
+            404,
+            &error_body(404, &format!("The model `{model}` does not exist")),
+            &[],
+        );
+    }
+    let png = base64::engine::general_purpose::STANDARD.encode(crate::gemini_double::PIXEL_PNG);
+    json_response(
+        200,
+        &json!({"created": CREATED, "data": [{"b64_json": png}],
+        "usage": {"input_tokens": 10, "output_tokens": 272, "total_tokens": 282}}),
+        &[],
+    )
+}
+
+/// `/v1/audio/transcriptions` (multipart): `{"text": …}` naming the uploaded byte count.
+async fn transcribe(State(s): State<PeerState>, req: Request) -> Response {
+    let headers = header_pairs(req.headers());
+    let bytes = axum::body::to_bytes(req.into_body(), 32 * 1024 * 1024)
+        .await
+        .unwrap_or_default();
+    let multipart = headers
+        .iter()
+        .any(|(k, v)| k == "content-type" && v.starts_with("multipart/form-data"));
+    s.script.record(Received {
+        path: "/v1/audio/transcriptions".into(),
+        headers,
+        body: json!({"bytes": bytes.len()}),
+    });
+    if !multipart {
+        return json_response(400, &error_body(400, "expected multipart/form-data"), &[]);
+    }
+    json_response(
+        200,
+        &json!({"text": format!("transcribed {} bytes", bytes.len())}),
+        &[],
+    )
+}
+
+/// `/v1/audio/speech`: a few bytes of "MP3" (an ID3 header and silence).
+async fn speech(State(s): State<PeerState>, req: Request) -> Response {
+    let headers = header_pairs(req.headers());
+    let bytes = axum::body::to_bytes(req.into_body(), 1024 * 1024)
+        .await
+        .unwrap_or_default();
+    let body: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+    s.script.record(Received {
+        path: "/v1/audio/speech".into(),
+        headers,
+        body,
+    });
+    let mut resp = Response::new(axum::body::Body::from(
+        b"ID3\x03\x00\x00\x00\x00\x00\x00silence".to_vec(),
+    ));
+    resp.headers_mut().insert(
+        "content-type",
+        axum::http::HeaderValue::from_static("audio/mpeg"),
+    );
+    resp
 }
 
 async fn list_models(State(s): State<PeerState>) -> Response {
