@@ -37,6 +37,9 @@ pub struct OpenAiConfig {
     pub max_completion_tokens: bool,
     /// Ask for a final usage chunk (`stream_options.include_usage`).
     pub stream_usage: bool,
+    /// Send a JSON schema as `{"type": "json_object", "schema": …}`: llama.cpp's server
+    /// (llama-cpp-python) refuses `json_schema` and reads the schema from there instead.
+    pub schema_in_json_object: bool,
     pub http: HttpOptions,
 }
 
@@ -56,6 +59,7 @@ impl OpenAiConfig {
         let provider = provider.into();
         Self {
             max_completion_tokens: provider == "openai",
+            schema_in_json_object: provider == "llama_cpp",
             provider,
             base_url: base_url.into().trim_end_matches('/').to_owned(),
             api_key: None,
@@ -142,18 +146,32 @@ impl OpenAiCompatible {
                 })
                 .collect();
             body.insert("tools".into(), Value::Array(tools));
+            // `auto` is every server's default with tools, so it is not sent: llama.cpp's
+            // server refuses an explicit `auto` when streaming.
             let choice = match &req.tool_choice {
-                ToolChoice::Auto => json!("auto"),
-                ToolChoice::None => json!("none"),
-                ToolChoice::Required => json!("required"),
-                ToolChoice::Tool(name) => json!({"type": "function", "function": {"name": name}}),
+                ToolChoice::Auto => None,
+                ToolChoice::None => Some(json!("none")),
+                ToolChoice::Required => Some(json!("required")),
+                ToolChoice::Tool(name) => {
+                    Some(json!({"type": "function", "function": {"name": name}}))
+                }
             };
-            body.insert("tool_choice".into(), choice);
+            if let Some(choice) = choice {
+                body.insert("tool_choice".into(), choice);
+            }
         }
         match &req.response_format {
             None => {}
             Some(ResponseFormat::JsonObject) => {
                 body.insert("response_format".into(), json!({"type": "json_object"}));
+            }
+            Some(ResponseFormat::JsonSchema { schema, .. })
+                if self.config.schema_in_json_object =>
+            {
+                body.insert(
+                    "response_format".into(),
+                    json!({"type": "json_object", "schema": schema}),
+                );
             }
             Some(ResponseFormat::JsonSchema {
                 name,

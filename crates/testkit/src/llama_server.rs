@@ -30,12 +30,17 @@ impl LlamaServer {
                 "--port",
                 &port.to_string(),
                 "--n_ctx",
-                // The function-calling chat format puts the tool schemas in the prompt.
-                "2048",
+                // Room for the tool schemas the function-calling format puts in the prompt and
+                // for the examples' max_tokens (8192); the KV cache of this model stays ~4 MB.
+                "16384",
                 "--n_threads",
                 "1",
                 "--chat_format",
                 "chatml-function-calling",
+                // Queue concurrent requests (two agents of one workflow) instead of cutting off
+                // the running stream, llama-cpp-python's default.
+                "--interrupt_requests",
+                "False",
             ])
             .stdin(Stdio::null())
             .stdout(Stdio::null())

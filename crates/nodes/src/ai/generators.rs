@@ -48,6 +48,8 @@ pub fn register(r: &mut Registry) {
             .output("record", "dict")
             .output("dataframe", "dataframe")
             .output("index", "int")
+            // Older saved workflows (the bundled Data Generator example) read the table here.
+            .output("output", "dataframe")
             .streaming(),
     }));
     r.register(Arc::new(StructuredOutputGenerator {
@@ -372,11 +374,9 @@ impl NodeImpl for DataGenerator {
             .iter()
             .map(|(n, t)| json!({"name": n, "data_type": t, "description": ""}))
             .collect();
-        out.emit(
-            "dataframe",
-            json!({"type": "dataframe", "uri": "", "asset_id": null, "data": data, "columns": columns_meta}),
-        )
-        .await
+        let frame = json!({"type": "dataframe", "uri": "", "asset_id": null, "data": data, "columns": columns_meta});
+        out.emit("dataframe", frame.clone()).await?;
+        out.emit("output", frame).await
     }
 }
 
