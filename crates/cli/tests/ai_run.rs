@@ -51,28 +51,60 @@ async fn run_retargets_models_and_names_missing_keys() {
     .unwrap();
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("Select a model") && err.contains("--model-override"), "{err}");
+    assert!(
+        err.contains("Select a model") && err.contains("--model-override"),
+        "{err}"
+    );
 
     // The flag retargets the saved file's empty model ref.
     let out = tokio::task::spawn_blocking({
         let (d, f) = (dir.path().to_owned(), file.to_owned());
-        let vars: Vec<(String, String)> = vars.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect();
+        let vars: Vec<(String, String)> = vars
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect();
         move || {
-            let vars: Vec<(&str, &str)> = vars.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
-            nodetool(&d, &["run", &f, "--model-override", "language_model=openai:gpt-test"], &vars)
+            let vars: Vec<(&str, &str)> =
+                vars.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+            nodetool(
+                &d,
+                &[
+                    "run",
+                    &f,
+                    "--model-override",
+                    "language_model=openai:gpt-test",
+                ],
+                &vars,
+            )
         }
     })
     .await
     .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let result: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(result["answer"], json!(["Hi from the peer."]));
-    assert_eq!(peer.script().received()[0].header("authorization"), Some(format!("Bearer {KEY}").as_str()));
+    assert_eq!(
+        peer.script().received()[0].header("authorization"),
+        Some(format!("Bearer {KEY}").as_str())
+    );
 
     // The setting does the same; a provider without its key is named.
     let out = tokio::task::spawn_blocking({
         let (d, f) = (dir.path().to_owned(), file.to_owned());
-        move || nodetool(&d, &["run", &f], &[("NODETOOL_MODEL_OVERRIDE", "language_model=anthropic:claude-x")])
+        move || {
+            nodetool(
+                &d,
+                &["run", &f],
+                &[(
+                    "NODETOOL_MODEL_OVERRIDE",
+                    "language_model=anthropic:claude-x",
+                )],
+            )
+        }
     })
     .await
     .unwrap();
