@@ -111,6 +111,8 @@ pub(crate) struct JobShared {
     pub poster: Arc<EventPoster>,
     pub resources: EngineResources,
     pub secrets: Arc<BTreeMap<String, String>>,
+    /// `RunOptions::use_cache`: nodes that cache on their own (model calls) honour it too.
+    pub use_cache: bool,
     /// `{output_name: [values...]}`, filled by output nodes.
     pub results: Mutex<Map<String, Value>>,
 }
@@ -298,6 +300,11 @@ impl ProcessingContext {
 
     pub fn node_cache(&self) -> &Arc<dyn NodeCache> {
         &self.job.resources.node_cache
+    }
+
+    /// Whether this job may read and fill the node cache (`--no-cache` says no).
+    pub fn use_cache(&self) -> bool {
+        self.job.use_cache
     }
 
     /// How long cached node outputs live in this process (`NODE_CACHE_TTL`).

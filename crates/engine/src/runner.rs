@@ -208,6 +208,7 @@ impl Engine {
             poster: poster.clone(),
             resources: self.resources.clone(),
             secrets: Arc::new(opts.secrets.clone()),
+            use_cache: opts.use_cache,
             results: Mutex::new(Map::new()),
         });
 
