@@ -38,7 +38,10 @@ impl EventSink for Timing {
     fn send(&self, env: EventEnvelope) {
         match &env.event {
             Event::Chunk(c) if !c.content.is_empty() => {
-                self.first.lock().unwrap().get_or_insert(self.start.elapsed());
+                self.first
+                    .lock()
+                    .unwrap()
+                    .get_or_insert(self.start.elapsed());
             }
             Event::NodeUpdate(n) if n.status == Status::Completed => {
                 *self.done.lock().unwrap() = Some(self.start.elapsed());
@@ -49,13 +52,24 @@ impl EventSink for Timing {
 }
 
 async fn node_round(engine: &Engine) -> (Duration, Duration) {
-    let graph = serde_json::from_value(json!({"nodes": [{"id": "a", "type": "nodetool.agents.Agent", "data": {
+    let graph = serde_json::from_value(
+        json!({"nodes": [{"id": "a", "type": "nodetool.agents.Agent", "data": {
         "model": {"type": "language_model", "provider": "llama_cpp", "id": "tiny"},
-        "system": SYSTEM, "prompt": PROMPT, "max_tokens": MAX_TOKENS}}], "edges": []}))
+        "system": SYSTEM, "prompt": PROMPT, "max_tokens": MAX_TOKENS}}], "edges": []}),
+    )
     .unwrap();
-    let timing = Arc::new(Timing { start: Instant::now(), first: Mutex::new(None), done: Mutex::new(None) });
+    let timing = Arc::new(Timing {
+        start: Instant::now(),
+        first: Mutex::new(None),
+        done: Mutex::new(None),
+    });
     let outcome = engine
-        .run(RunRequest::new(graph), RunOptions::default(), timing.clone(), CancellationToken::new())
+        .run(
+            RunRequest::new(graph),
+            RunOptions::default(),
+            timing.clone(),
+            CancellationToken::new(),
+        )
         .await;
     assert_eq!(outcome.status, Status::Completed, "{:?}", outcome.error);
     let first = timing.first.lock().unwrap().expect("a chunk");
@@ -69,7 +83,14 @@ fn curl_round(url: &str) -> (Duration, Duration) {
         "messages": [{"role": "system", "content": SYSTEM}, {"role": "user", "content": PROMPT}]});
     let start = Instant::now();
     let mut child = Command::new("curl")
-        .args(["-sN", "-H", "content-type: application/json", "-d", &body.to_string(), url])
+        .args([
+            "-sN",
+            "-H",
+            "content-type: application/json",
+            "-d",
+            &body.to_string(),
+            url,
+        ])
         .stdout(Stdio::piped())
         .spawn()
         .expect("curl");
@@ -79,7 +100,10 @@ fn curl_round(url: &str) -> (Duration, Duration) {
         let line = line.unwrap();
         if first.is_none() && line.starts_with("data: {") {
             let v: serde_json::Value = serde_json::from_str(&line[6..]).unwrap();
-            if v.pointer("/choices/0/delta/content").and_then(|c| c.as_str()).is_some_and(|c| !c.is_empty()) {
+            if v.pointer("/choices/0/delta/content")
+                .and_then(|c| c.as_str())
+                .is_some_and(|c| !c.is_empty())
+            {
                 first = Some(start.elapsed());
             }
         }
@@ -95,7 +119,10 @@ fn curl_round(url: &str) -> (Duration, Duration) {
 /// process start-up, which the node path does not pay.
 fn curl_overhead(models_url: &str) -> Duration {
     let start = Instant::now();
-    let out = Command::new("curl").args(["-s", models_url]).output().expect("curl");
+    let out = Command::new("curl")
+        .args(["-s", models_url])
+        .output()
+        .expect("curl");
     assert!(out.status.success());
     start.elapsed()
 }

@@ -558,6 +558,33 @@ async fn structured_outputs_extractor_and_classifier_with_cache() {
         0.0
     );
 
+    // --no-cache (RunOptions::use_cache = false) neither reads nor fills the model-call cache.
+    let before = peer.script().received().len();
+    peer.script()
+        .push([Reply::text("{\"category\": \"work\"}")]);
+    let owned = classify();
+    let nodes: Vec<(&str, &str, Value)> = owned
+        .iter()
+        .map(|(a, b, c)| (a.as_str(), *b, c.clone()))
+        .collect();
+    let no_cache = RunOptions {
+        use_cache: false,
+        ..RunOptions::default()
+    };
+    let (outcome, _) = common::run(
+        &engine,
+        common::graph(&nodes, &[("c", "output", "o", "value")]),
+        json!({}),
+        no_cache,
+    )
+    .await;
+    assert_eq!(outcome.result["label"], json!(["work"]));
+    assert_eq!(
+        peer.script().received().len() - before,
+        1,
+        "not served from the cache"
+    );
+
     // Too few categories.
     let (outcome, _) = run(
         &engine,

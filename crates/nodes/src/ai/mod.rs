@@ -185,9 +185,17 @@ pub(crate) async fn chat_stream(
     model: &ModelRef,
     req: ChatRequest,
 ) -> Result<ChatStream> {
-    let cache_key = req.cache_key(&model.provider).filter(|_| ctx.use_cache()).map(|k| {
-        nodetool_core::node_cache_key(ctx.user_id(), "provider.chat", "1", &CacheValue::String(k))
-    });
+    let cache_key = req
+        .cache_key(&model.provider)
+        .filter(|_| ctx.use_cache())
+        .map(|k| {
+            nodetool_core::node_cache_key(
+                ctx.user_id(),
+                "provider.chat",
+                "1",
+                &CacheValue::String(k),
+            )
+        });
     if let Some(key) = &cache_key {
         match ctx.node_cache().get(key).await {
             Ok(Some(CacheValue::String(text))) => {
