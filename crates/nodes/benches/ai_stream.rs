@@ -8,6 +8,8 @@
 //! event; for curl, the first `data:` line whose delta has non-empty `content`. Whole-stream
 //! time ends at the node's completion (`node_update completed`) or curl's `[DONE]`.
 
+#![allow(clippy::unwrap_used)] // a bench: a failed unwrap is a failed run
+
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
