@@ -38,6 +38,27 @@ pub struct RunArgs {
     /// (subprocess), or in a container (docker).
     #[arg(long, value_name = "STRATEGY", default_value = "threaded")]
     pub strategy: String,
+    /// Rewrite every model ref of a type before running, e.g.
+    /// `language_model=llama_cpp:tiny` (repeatable; also NODETOOL_MODEL_OVERRIDE).
+    #[arg(long, value_name = "TYPE=PROVIDER:MODEL")]
+    pub model_override: Vec<String>,
+}
+
+/// `--model-override` first, then `NODETOOL_MODEL_OVERRIDE` (the first rule for a type wins).
+fn apply_model_overrides(
+    workflow: &mut nodetool_engine::Workflow,
+    flags: &[String],
+) -> anyhow::Result<()> {
+    let mut items = flags.to_vec();
+    if let Ok(settings) = crate::load_settings() {
+        items.extend(settings.provider_values().model_overrides);
+    }
+    let overrides = nodetool_nodes::ai::parse_model_overrides(&items)?;
+    let changed = nodetool_nodes::ai::apply_model_overrides(&mut workflow.graph, &overrides);
+    if changed > 0 {
+        tracing::info!(changed, "model refs rewritten by --model-override");
+    }
+    Ok(())
 }
 
 pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
@@ -49,6 +70,8 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     };
     let workflow =
         parse_workflow(&text).with_context(|| format!("loading {}", args.file.display()))?;
+    let mut workflow = workflow;
+    apply_model_overrides(&mut workflow, &args.model_override)?;
     let params = parse_params(args.params.as_deref())?;
     let job_timeout = match args.timeout {
         Some(s) if s.is_finite() && s > 0.0 => Some(Duration::from_secs_f64(s)),

@@ -1,6 +1,7 @@
 //! [`ProcessingContext`]: what a node may use while it runs — job identity, cancellation,
 //! progress/log events, asset and temp storage, asset records, the node cache and secrets.
 
+use std::any::{Any, TypeId};
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 use std::sync::{Arc, Mutex, OnceLock};
@@ -38,9 +39,56 @@ pub struct EngineResources {
     pub node_cache_ttl: Duration,
     /// Media-ref policy (size caps, file roots) and the HTTP fetcher, if any.
     pub media: MediaServices,
+    /// Typed services a node library needs and the engine does not name (e.g. AI provider
+    /// clients); empty in processes that lend none.
+    pub extensions: Extensions,
+}
+
+/// A map from type to one shared value of it: how a host hands node libraries their services
+/// (`ProcessingContext::extension::<T>()`) without the engine depending on their crates.
+#[derive(Clone, Default)]
+pub struct Extensions {
+    values: BTreeMap<TypeId, (&'static str, Arc<dyn Any + Send + Sync>)>,
+}
+
+impl Extensions {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Adds (or replaces) the value of type `T`.
+    pub fn with<T: Any + Send + Sync>(mut self, value: Arc<T>) -> Self {
+        self.insert(value);
+        self
+    }
+
+    pub fn insert<T: Any + Send + Sync>(&mut self, value: Arc<T>) {
+        self.values
+            .insert(TypeId::of::<T>(), (std::any::type_name::<T>(), value));
+    }
+
+    pub fn get<T: Any + Send + Sync>(&self) -> Option<Arc<T>> {
+        self.values
+            .get(&TypeId::of::<T>())
+            .and_then(|(_, v)| v.clone().downcast::<T>().ok())
+    }
+}
+
+impl fmt::Debug for Extensions {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_list()
+            .entries(self.values.values().map(|(name, _)| name))
+            .finish()
+    }
 }
 
 impl EngineResources {
+    /// The same resources with `value` as an extension.
+    pub fn with_extension<T: Any + Send + Sync>(mut self, value: Arc<T>) -> Self {
+        self.extensions.insert(value);
+        self
+    }
+
     /// The same resources with `store` for asset records.
     pub fn with_asset_store(mut self, store: Arc<dyn AssetStore>) -> Self {
         self.asset_store = Some(store);
@@ -82,6 +130,8 @@ pub(crate) struct JobShared {
     pub poster: Arc<EventPoster>,
     pub resources: EngineResources,
     pub secrets: Arc<BTreeMap<String, String>>,
+    /// `RunOptions::use_cache`: nodes that cache on their own (model calls) honour it too.
+    pub use_cache: bool,
     /// `{output_name: [values...]}`, filled by output nodes.
     pub results: Mutex<Map<String, Value>>,
     /// The control edges' queues, set once the graph is planned.
@@ -97,6 +147,7 @@ pub struct ProcessingContext {
     node_id: String,
     node_type: String,
     node_name: String,
+    dynamic_outputs: Arc<Map<String, Value>>,
 }
 
 impl ProcessingContext {
@@ -111,7 +162,28 @@ impl ProcessingContext {
             node_id: node_id.to_owned(),
             node_type: node_type.to_owned(),
             node_name: node_name.to_owned(),
+            dynamic_outputs: Arc::new(Map::new()),
         }
+    }
+
+    pub(crate) fn with_dynamic_outputs(mut self, outputs: Map<String, Value>) -> Self {
+        self.dynamic_outputs = Arc::new(outputs);
+        self
+    }
+
+    /// The node's `dynamic_outputs` as saved in the graph (`{slot: {type, …}}`).
+    pub fn dynamic_outputs(&self) -> &Map<String, Value> {
+        &self.dynamic_outputs
+    }
+
+    /// The host's service of type `T` (see [`Extensions`]), if it lent one.
+    pub fn extension<T: Any + Send + Sync>(&self) -> Option<Arc<T>> {
+        self.job.resources.extensions.get::<T>()
+    }
+
+    /// Every secret passed in with the job.
+    pub fn secrets(&self) -> &BTreeMap<String, String> {
+        &self.job.secrets
     }
 
     pub fn job_id(&self) -> &str {
@@ -294,6 +366,16 @@ impl ProcessingContext {
 
     pub fn node_cache(&self) -> &Arc<dyn NodeCache> {
         &self.job.resources.node_cache
+    }
+
+    /// Whether this job may read and fill the node cache (`--no-cache` says no).
+    pub fn use_cache(&self) -> bool {
+        self.job.use_cache
+    }
+
+    /// How long cached node outputs live in this process (`NODE_CACHE_TTL`).
+    pub fn node_cache_ttl(&self) -> Duration {
+        self.job.resources.node_cache_ttl
     }
 
     /// The URL clients use to fetch an asset key.

@@ -221,6 +221,66 @@ fn text() -> String {
     "text".to_owned()
 }
 
+/// `tool_call_update`: an agent node is calling a tool.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ToolCallUpdate {
+    #[serde(default)]
+    pub node_id: Option<String>,
+    #[serde(default)]
+    pub thread_id: Option<String>,
+    #[serde(default)]
+    pub workflow_id: Option<String>,
+    #[serde(default)]
+    pub tool_call_id: Option<String>,
+    pub name: String,
+    #[serde(default)]
+    pub args: Map<String, Value>,
+    #[serde(default)]
+    pub message: Option<String>,
+    #[serde(default)]
+    pub step_id: Option<String>,
+    #[serde(default)]
+    pub agent_execution_id: Option<String>,
+}
+
+/// `prediction`: one finished model call of a node, with NodeTool's `Prediction` fields and
+/// the token counts of its provider-call log (`input_tokens`, `output_tokens`, …). `cost` is in
+/// NodeTool credits (1 credit = $0.01).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Prediction {
+    pub id: String,
+    pub user_id: String,
+    pub node_id: String,
+    #[serde(default)]
+    pub workflow_id: Option<String>,
+    #[serde(default)]
+    pub provider: Option<String>,
+    #[serde(default)]
+    pub model: Option<String>,
+    #[serde(default)]
+    pub node_type: Option<String>,
+    pub status: String,
+    #[serde(default)]
+    pub params: Map<String, Value>,
+    #[serde(default)]
+    pub cost: Option<f64>,
+    #[serde(default)]
+    pub error: Option<String>,
+    /// Seconds.
+    #[serde(default)]
+    pub duration: Option<f64>,
+    #[serde(default)]
+    pub input_tokens: u64,
+    #[serde(default)]
+    pub output_tokens: u64,
+    #[serde(default)]
+    pub total_tokens: u64,
+    #[serde(default)]
+    pub cached_tokens: Option<u64>,
+    #[serde(default)]
+    pub reasoning_tokens: Option<u64>,
+}
+
 /// One NodeTool message, tagged by `type`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
@@ -236,6 +296,8 @@ pub enum Event {
     PreviewUpdate(PreviewUpdate),
     SaveUpdate(SaveUpdate),
     Chunk(Chunk),
+    ToolCallUpdate(ToolCallUpdate),
+    Prediction(Prediction),
 }
 
 impl Event {
@@ -253,6 +315,8 @@ impl Event {
             Event::PreviewUpdate(_) => "preview_update",
             Event::SaveUpdate(_) => "save_update",
             Event::Chunk(_) => "chunk",
+            Event::ToolCallUpdate(_) => "tool_call_update",
+            Event::Prediction(_) => "prediction",
         }
     }
 }

@@ -28,7 +28,7 @@ pub mod runner;
 pub mod types;
 pub mod validate;
 
-pub use context::{AssetPlacement, EngineResources, Media, ProcessingContext};
+pub use context::{AssetPlacement, EngineResources, Extensions, Media, ProcessingContext};
 pub use control::{parse_control_value, ControlCommand, ControlEvent};
 pub use events::{Event, EventEnvelope, EventPoster, EventSink, NullSink, Status, VecSink};
 pub use graph::{parse_workflow, Edge, EdgeType, Graph, Node, SyncMode, Workflow};
@@ -36,8 +36,8 @@ pub use inputs::InputStreams;
 pub use media::{HttpFetch, HttpRequest, HttpResponse, MediaPolicy, MediaServices};
 pub use node::{
     Emitter, FnNode, Inbox, InputSpec, NodeImpl, NodeInputs, NodeKind, NodeOrigin, NodeSpec,
-    OutputSpec, Wake,
+    OutputSpec, Preflight, Wake,
 };
 pub use registry::{Registry, Requirement, Unavailable};
 pub use runner::{Engine, RunOptions, RunOutcome, RunRequest};
-pub use validate::{validate, Problem, ProblemKind, ValidationError};
+pub use validate::{preflight, validate, Problem, ProblemKind, ValidationError};

@@ -208,11 +208,33 @@ impl NodeSpec {
     }
 }
 
+/// What a node may check before its job starts ([`NodeImpl::preflight`]).
+#[derive(Debug)]
+pub struct Preflight<'a> {
+    pub node_id: &'a str,
+    /// The node's literal properties (declared defaults, `data`, dynamic properties); wired
+    /// inputs are absent.
+    pub props: &'a NodeInputs,
+    /// Inputs that have an edge (their values are only known when the job runs).
+    pub wired: &'a [String],
+    pub dynamic_outputs: &'a Map<String, Value>,
+    pub resources: &'a crate::context::EngineResources,
+    pub secrets: &'a std::collections::BTreeMap<String, String>,
+}
+
 /// A node type's behaviour. Object-safe: the registry holds `Arc<dyn NodeImpl>`, one instance per
 /// type shared by every job, so implementations keep no per-run state in `self`.
 #[async_trait]
 pub trait NodeImpl: Send + Sync + fmt::Debug + 'static {
     fn spec(&self) -> &NodeSpec;
+
+    /// Problems that would fail this node, found before the job starts: a missing API key
+    /// (naming the setting), no model selected, a service this process lacks. Each message
+    /// becomes a validation problem; the default finds none. Must not do I/O.
+    fn preflight(&self, node: &Preflight<'_>) -> Vec<String> {
+        let _ = node;
+        Vec::new()
+    }
 
     /// One firing: read `inputs`, emit outputs. A streaming node may emit the same slot many
     /// times; every emit of a streaming node reaches downstream before `emit` returns.
@@ -481,6 +503,24 @@ impl Emitter {
             self.pending.push((slot.to_owned(), value));
         }
         Ok(())
+    }
+
+    /// An emitter that routes nowhere and keeps what is emitted: for running a node inside
+    /// another one (an agent calling a node as a tool). Read it with [`Emitter::take_emitted`].
+    pub fn capture(ctx: &ProcessingContext) -> Self {
+        Self::new(
+            false,
+            Vec::new(),
+            Vec::new(),
+            ctx.job.poster.clone(),
+            ctx.workflow_id().to_owned(),
+            ctx.cancellation().clone(),
+        )
+    }
+
+    /// Everything emitted so far, in order, as `(slot, value)`.
+    pub fn take_emitted(&mut self) -> Vec<(String, Value)> {
+        self.take_pending()
     }
 
     /// The last value emitted per slot in this firing (NodeTool's node_update `result`).

@@ -138,6 +138,7 @@ struct NodePlan {
     quiet: Option<Arc<Quiet>>,
     /// A controlled node: it runs once per control event instead of once per input batch.
     control: Option<ControlInbox>,
+    dynamic_outputs: Map<String, Value>,
 }
 
 /// The first failure of a job; later ones are only logged.
@@ -215,6 +216,7 @@ impl Engine {
             poster: poster.clone(),
             resources: self.resources.clone(),
             secrets: Arc::new(opts.secrets.clone()),
+            use_cache: opts.use_cache,
             results: Mutex::new(Map::new()),
             control: OnceLock::new(),
             memory: Mutex::new(HashMap::new()),
@@ -232,7 +234,10 @@ impl Engine {
             }
             other => other.clone(),
         };
-        let plans = match validate(&req.graph, &self.registry, &req.params).map_err(Error::from) {
+        let checked = validate(&req.graph, &self.registry, &req.params).and_then(|()| {
+            crate::validate::preflight(&req.graph, &self.registry, &self.resources, &opts.secrets)
+        });
+        let plans = match checked.map_err(Error::from) {
             Ok(()) if opts.input_streams.is_some() && streams.is_none() => None,
             Ok(()) => Some(self.plan(&req, &opts, &poster, &job_cancel)),
             Err(e) => Some(Err(e)),
@@ -481,6 +486,7 @@ impl Engine {
                 feed,
                 quiet: quiet.clone(),
                 control,
+                dynamic_outputs: node.dynamic_outputs.clone(),
             });
         }
         for name in req.params.keys() {
@@ -513,7 +519,8 @@ impl Engine {
                 &plan.id,
                 &plan.node_type,
                 &plan.imp.spec().title,
-            );
+            )
+            .with_dynamic_outputs(plan.dynamic_outputs.clone());
             let failure = failure.clone();
             let job_cancel = job_cancel.clone();
             let node_timeout = opts.node_timeout;

@@ -31,6 +31,8 @@ pub enum ProblemKind {
     DuplicateInputName,
     Unsupported,
     BadParam,
+    /// A node's own precondition failed (`NodeImpl::preflight`): a missing API key, no model.
+    Requirement,
 }
 
 /// One thing wrong with a graph.
@@ -447,6 +449,62 @@ fn check_control_edge(
                 ),
             );
         }
+    }
+}
+
+/// Asks every node of a valid graph for the problems it would hit ([`NodeImpl::preflight`]),
+/// with the resources and secrets its job will run with, so that e.g. a missing API key fails
+/// the job before anything runs, naming the setting.
+pub fn preflight(
+    graph: &Graph,
+    registry: &Registry,
+    resources: &crate::context::EngineResources,
+    secrets: &BTreeMap<String, String>,
+) -> Result<(), ValidationError> {
+    let mut problems = Vec::new();
+    for node in &graph.nodes {
+        let Some(imp) = registry.get(&node.node_type) else {
+            continue;
+        };
+        let spec = imp.spec();
+        let wired: Vec<String> = graph
+            .edges
+            .iter()
+            .filter(|e| e.target == node.id && e.edge_type == EdgeType::Data)
+            .map(|e| e.target_handle.clone())
+            .collect();
+        let mut props = Map::new();
+        for input in &spec.inputs {
+            props.insert(input.name.clone(), input.default.clone());
+        }
+        for (k, v) in node.data.iter().chain(node.dynamic_properties.iter()) {
+            props.insert(k.clone(), v.clone());
+        }
+        for w in &wired {
+            props.remove(w);
+        }
+        let props = crate::node::NodeInputs::new(props);
+        let check = crate::node::Preflight {
+            node_id: &node.id,
+            props: &props,
+            wired: &wired,
+            dynamic_outputs: &node.dynamic_outputs,
+            resources,
+            secrets,
+        };
+        for message in imp.preflight(&check) {
+            problems.push(problem(
+                ProblemKind::Requirement,
+                Some(&node.id),
+                None,
+                format!("node `{}` ({}): {message}", node.id, node.node_type),
+            ));
+        }
+    }
+    if problems.is_empty() {
+        Ok(())
+    } else {
+        Err(ValidationError { problems })
     }
 }
 

@@ -13,6 +13,7 @@ use nodetool_core::Result;
 use nodetool_engine::node::{FnNode, NodeInputs, NodeSpec};
 use nodetool_engine::registry::Registry;
 
+pub mod ai;
 pub mod asset;
 pub mod asset_load;
 pub mod base;
@@ -98,7 +99,10 @@ pub fn register_all_with(r: &mut Registry, settings: &NodeSettings) {
     test_helper::register(r);
     folder::register(r);
     http::register(r);
-    // Last: marks what is still unimplemented, and aliases old names of what is.
+    // The agents take the node types registered so far as their node tools.
+    ai::register(r);
+    // Last: marks what is still unimplemented (and not registered above), and aliases old
+    // names of what is.
     catalog::register(r);
 }
 

@@ -349,6 +349,20 @@ const COVERED_ELSEWHERE: &[(&str, &str)] = &[
     ("nodetool.image.LoadImageAssets", "asset_nodes.rs"),
     ("nodetool.text.LoadTextAssets", "asset_nodes.rs"),
     ("nodetool.audio.LoadAudioAssets", "asset_nodes.rs"),
+    ("nodetool.agents.Agent", "ai_nodes.rs"),
+    ("nodetool.agents.ResearchAgent", "ai_nodes.rs"),
+    ("nodetool.agents.Summarizer", "ai_nodes.rs"),
+    ("nodetool.agents.Extractor", "ai_nodes.rs"),
+    ("nodetool.agents.Classifier", "ai_nodes.rs"),
+    ("anthropic.agents.ClaudeAgent", "ai_nodes.rs"),
+    ("nodetool.generators.ListGenerator", "ai_nodes.rs"),
+    ("nodetool.generators.DataGenerator", "ai_nodes.rs"),
+    (
+        "nodetool.generators.StructuredOutputGenerator",
+        "ai_nodes.rs",
+    ),
+    ("nodetool.generators.ChartGenerator", "ai_nodes.rs"),
+    ("nodetool.audio.TextToSpeech", "ai_nodes.rs"),
 ];
 
 /// Every node family (namespace) the registry has is used by at least one fixture. The

@@ -60,6 +60,8 @@ pub struct Resources {
     signer: Option<UrlSigner>,
     /// Asset records, in processes that own the database (see [`Resources::with_asset_store`]).
     asset_store: Option<Arc<dyn AssetStore>>,
+    /// AI provider clients and their usage meter, built from the provider settings.
+    providers: Arc<nodetool_providers::ProviderSet>,
 }
 
 /// A selected backend, for `nodetool storage info` and the startup log.
@@ -74,7 +76,9 @@ pub struct BackendReport {
 impl Resources {
     pub fn new(settings: Settings, options: ResourceOptions) -> Self {
         let uri_cache = Arc::new(UriCache::new(settings.uri_cache_ttl));
+        let providers = Arc::new(provider_set(&settings));
         Self {
+            providers,
             settings: Arc::new(settings),
             options,
             asset: Mutex::default(),
@@ -198,7 +202,14 @@ impl Resources {
             node_cache: self.node_cache().await?,
             node_cache_ttl: self.node_cache_ttl(),
             media: self.media_services(),
+            extensions: nodetool_engine::Extensions::new().with(self.providers.clone()),
         })
+    }
+
+    /// The process's AI provider clients (settings from the provider block; a job's secrets
+    /// beat them per call) and their usage meter, which `/metrics` renders.
+    pub fn providers(&self) -> &Arc<nodetool_providers::ProviderSet> {
+        &self.providers
     }
 
     /// The media-ref policy and the guarded HTTP client, from the `NODETOOL_*` media settings.
@@ -474,4 +485,17 @@ pub fn url_signing_key(settings: &Settings) -> Result<Vec<u8>> {
             .map_err(|e| io(e, "read")),
         Err(e) => Err(io(e, "create")),
     }
+}
+
+/// The provider clients of a process, from the settings' provider block.
+pub fn provider_set(settings: &Settings) -> nodetool_providers::ProviderSet {
+    let v = settings.provider_values();
+    let http = nodetool_providers::HttpOptions {
+        connect_timeout: v.connect_timeout,
+        idle_timeout: v.idle_timeout,
+        max_retries: v.max_retries,
+        max_response_bytes: v.max_response_bytes,
+        ..nodetool_providers::HttpOptions::default()
+    };
+    nodetool_providers::ProviderSet::new(nodetool_providers::ProviderSettings::new(v.values, http))
 }

@@ -337,7 +337,10 @@ pub async fn render(State(state): State<AppState>) -> Response {
     if let Some(manager) = &state.jobs {
         snapshot.active_jobs = Some(active_jobs(manager).await);
     }
-    let mut response = state.metrics.render(&snapshot).into_response();
+    let mut body = state.metrics.render(&snapshot);
+    // AI model calls, tokens and cost by provider and model (crates/providers' usage meter).
+    body.push_str(&state.resources.providers().meter().render_prometheus());
+    let mut response = body.into_response();
     response.headers_mut().insert(
         header::CONTENT_TYPE,
         HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),

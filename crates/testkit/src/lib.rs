@@ -4,9 +4,15 @@
 //! Dev-dependency only. A suite whose service is missing skips loudly when run by hand and fails
 //! when `NODETOOL_TEST_REQUIRE=1` (set by `.ci/run`).
 
+pub mod ai_env;
+pub mod anthropic_double;
 pub mod cache_suite;
+pub mod gemini_double;
+pub mod llama_server;
 pub mod memcached;
+pub mod openai_peer;
 pub mod s3_server;
+pub mod scripted;
 pub mod storage_suite;
 pub mod supabase_double;
 

@@ -679,6 +679,7 @@ pub fn remote_resources(
             node_cache_ttl: DEFAULT_CACHE_TTL,
             // No settings reach a worker: default media limits, no HTTP, no file roots.
             media: Default::default(),
+            extensions: Default::default(),
         };
     };
     let chunk = offer.max_chunk_bytes.clamp(1024, MAX_CHUNK_BYTES);
@@ -705,5 +706,7 @@ pub fn remote_resources(
             .unwrap_or(DEFAULT_CACHE_TTL),
         // No settings reach a worker: default media limits, no HTTP, no file roots.
         media: Default::default(),
+        // Workers hold no credentials: AI nodes refuse here before the job starts.
+        extensions: Default::default(),
     }
 }
