@@ -3,6 +3,7 @@
 
 mod docker_cmd;
 mod nodes_cmd;
+mod python_cmd;
 mod run_cmd;
 mod serve_cmd;
 mod settings_cmd;
@@ -52,6 +53,11 @@ enum Command {
     },
     /// List the node types this build knows and what enables the ones it cannot run.
     Nodes(nodes_cmd::NodesArgs),
+    /// The Python node bridge (NODETOOL_PYTHON).
+    Python {
+        #[command(subcommand)]
+        command: python_cmd::PythonCommand,
+    },
     /// The child side of the subprocess and Docker strategies (reads a job on stdin; not for humans).
     #[command(hide = true)]
     Worker,
@@ -74,6 +80,7 @@ fn main() -> ExitCode {
             Command::Settings { command } => settings_cmd::run(command),
             Command::Storage { command } => storage_cmd::run(command).await,
             Command::Docker { command } => docker_cmd::run(command).await,
+            Command::Python { command } => python_cmd::run(command).await,
             Command::Worker => worker_cmd::run().await,
             Command::Nodes(args) => nodes_cmd::run(args),
         }
@@ -132,5 +139,7 @@ pub(crate) fn subprocess_config(
         std::env::current_exe().context("locating the nodetool binary")?,
     );
     cfg.env = nodetool_exec::subprocess::allowed_env(&sources.env, &secret_names);
+    cfg.env
+        .extend(python_cmd::subprocess_env(settings, &sources.env));
     Ok(cfg)
 }

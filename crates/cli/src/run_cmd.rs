@@ -90,10 +90,13 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     let store = nodetool_assets::SqliteAssetStore::lazy(settings.db_path.clone());
     let resources =
         Resources::new(settings, ResourceOptions::default()).with_asset_store(Arc::new(store));
-    let engine = Engine::new(
-        Arc::new(nodetool_nodes::registry()),
-        resources.engine_resources().await?,
-    );
+    // Native nodes, then the Python worker's when the workflow needs a type they lack.
+    let (registry, bridge) = crate::python_cmd::registry(
+        resources.settings(),
+        crate::python_cmd::Need::For(&workflow.graph),
+    )
+    .await?;
+    let engine = Engine::new(Arc::new(registry), resources.engine_resources().await?);
 
     let node_count = workflow.graph.nodes.len();
     let (tx, rx) = tokio::sync::mpsc::unbounded_channel::<EventEnvelope>();
@@ -120,6 +123,12 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     };
     let outcome = engine.run(request, opts, Arc::new(tx), cancel).await;
     ctrl_c.abort();
+    if let Some(bridge) = &bridge {
+        bridge
+            .end_job(&outcome.job_id, outcome.status.as_str())
+            .await;
+        bridge.shutdown(Duration::from_secs(5)).await;
+    }
     // The sender is gone with the run; the printer drains what is left and stops.
     printer.await.context("event printer")??;
     report(outcome.into(), args.jsonl)
@@ -173,15 +182,36 @@ async fn run_isolated(
     let runner: Arc<dyn ExecutionStrategy> = match strategy {
         StrategyKind::Subprocess => {
             let cfg = crate::subprocess_config(&settings)?;
-            Arc::new(SubprocessStrategy::new(cfg).with_services(services))
+            let subprocess: Arc<dyn ExecutionStrategy> =
+                Arc::new(SubprocessStrategy::new(cfg).with_services(services));
+            // The worker starts its own Python worker; from ours it needs only the secrets
+            // the Python nodes declare, which the worker (reading no settings) cannot look up.
+            let (_, bridge) = crate::python_cmd::registry(
+                &settings,
+                crate::python_cmd::Need::For(&workflow.graph),
+            )
+            .await?;
+            let wrapped =
+                crate::python_cmd::LendPythonSecrets::wrap(subprocess, bridge.as_ref(), &settings);
+            if let Some(b) = bridge {
+                b.shutdown(Duration::from_secs(2)).await;
+            }
+            wrapped
         }
         StrategyKind::Docker => {
             let cfg = nodetool_exec::docker::config::DockerConfig::for_runtime(&settings)?;
-            Arc::new(
+            let docker: Arc<dyn ExecutionStrategy> = Arc::new(
                 nodetool_exec::docker::DockerStrategy::connect(cfg)
                     .await?
                     .with_services(services),
+            );
+            // Containers have no Python: a workflow with Python nodes is refused up front.
+            let (_, bridge) = crate::python_cmd::registry(
+                &settings,
+                crate::python_cmd::Need::For(&workflow.graph),
             )
+            .await?;
+            crate::python_cmd::RefusePythonNodes::wrap(docker, bridge.as_ref())
         }
         StrategyKind::Threaded => anyhow::bail!("threaded jobs run in-process, not in a worker"),
     };

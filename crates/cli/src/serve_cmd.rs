@@ -104,7 +104,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
     } else {
         nodetool_exec::KeyScope::UserPrefix
     };
-    let manager = job_manager(&resources, store, keys).await?;
+    let (manager, bridge) = job_manager(&resources, store, keys).await?;
     let mut state = AppState::new(resources.clone(), auth.clone(), db).with_jobs(manager.clone());
     state.options_mut().presign_redirect = !args.no_presign_redirect;
     let app = nodetool_server::router(state);
@@ -135,6 +135,9 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
     manager
         .shutdown(Duration::from_secs(args.shutdown_grace))
         .await;
+    if let Some(bridge) = &bridge {
+        bridge.shutdown(Duration::from_secs(5)).await;
+    }
     reaper.abort();
     result?;
     Ok(ExitCode::SUCCESS)
@@ -223,12 +226,16 @@ fn spawn_token_reload(
 
 /// The job manager: threaded and subprocess strategies always, Docker when its engine answers.
 /// `store` shares the server's database; workers use this process's resources through calls,
-/// with storage keys limited by `keys`.
+/// with storage keys limited by `keys`. Threaded jobs run Python nodes on this process's bridge
+/// (returned, for shutdown).
 async fn job_manager(
     resources: &Arc<Resources>,
     store: nodetool_exec::JobStore,
     keys: nodetool_exec::KeyScope,
-) -> anyhow::Result<nodetool_exec::JobExecutionManager> {
+) -> anyhow::Result<(
+    nodetool_exec::JobExecutionManager,
+    Option<nodetool_bridge::PythonBridge>,
+)> {
     use nodetool_engine::Engine;
     use nodetool_exec::subprocess::SubprocessStrategy;
     use nodetool_exec::threaded::ThreadedStrategy;
@@ -238,25 +245,45 @@ async fn job_manager(
     let engine_resources = resources.engine_resources().await?;
     let services =
         nodetool_exec::WorkerServices::new(engine_resources.clone()).with_key_scope(keys);
-    let engine = Engine::new(Arc::new(nodetool_nodes::registry()), engine_resources);
+    let (registry, bridge) =
+        crate::python_cmd::registry(settings, crate::python_cmd::Need::Always).await?;
+    let engine = Engine::new(Arc::new(registry), engine_resources);
     let mut strategies: Vec<Arc<dyn ExecutionStrategy>> = vec![Arc::new(ThreadedStrategy::new(
         engine,
         settings.thread_pool_size.max(1),
     )?)];
 
     let cfg = crate::subprocess_config(settings)?;
-    strategies.push(Arc::new(
-        SubprocessStrategy::new(cfg).with_services(services.clone()),
+    strategies.push(crate::python_cmd::LendPythonSecrets::wrap(
+        Arc::new(SubprocessStrategy::new(cfg).with_services(services.clone())),
+        bridge.as_ref(),
+        settings,
     ));
 
     match docker_strategy(settings, services).await {
-        Ok(d) => strategies.push(d),
+        Ok(d) => strategies.push(crate::python_cmd::RefusePythonNodes::wrap(
+            d,
+            bridge.as_ref(),
+        )),
         Err(e) => {
             tracing::info!(error = %e, "docker strategy unavailable; jobs run threaded or in subprocesses")
         }
     }
 
-    Ok(JobExecutionManager::new(store, strategies, ManagerConfig::from_settings(settings)).await?)
+    let manager =
+        JobExecutionManager::new(store, strategies, ManagerConfig::from_settings(settings)).await?;
+    if let Some(bridge) = &bridge {
+        // job.end lets the worker release what a finished threaded job loaded.
+        let bridge = bridge.clone();
+        let handle = tokio::runtime::Handle::current();
+        manager.on_finished(move |record| {
+            if record.strategy == nodetool_exec::StrategyKind::Threaded {
+                let (bridge, id, status) = (bridge.clone(), record.id.clone(), record.status);
+                handle.spawn(async move { bridge.end_job(&id, status.as_str()).await });
+            }
+        });
+    }
+    Ok((manager, bridge))
 }
 
 async fn docker_strategy(

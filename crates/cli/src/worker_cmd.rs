@@ -7,6 +7,10 @@
 use std::process::ExitCode;
 
 pub async fn run() -> anyhow::Result<ExitCode> {
-    nodetool_exec::worker::run_worker().await?;
+    // The built-in nodes, and a Python worker of its own for a job that names Python types.
+    let registry = crate::python_cmd::WorkerRegistry::from_process()?;
+    let result = nodetool_exec::worker::run_worker_with(registry.clone()).await;
+    registry.shutdown().await;
+    result?;
     Ok(ExitCode::SUCCESS)
 }

@@ -37,6 +37,8 @@ const CONFIGURE: &[&str] = &[
     "_API_KEY",
     "NODETOOL_FILE_ROOTS",
     "nodetool-",
+    // An AI node whose example names no model: the flag that picks one.
+    "--model-override",
 ];
 
 #[test]

@@ -17,6 +17,7 @@
 mod media;
 mod parse;
 mod providers;
+pub mod python;
 pub mod registry;
 mod select;
 mod settings;
@@ -25,6 +26,7 @@ mod sources;
 pub use media::MediaSettings;
 pub use parse::{is_path_like, mask, size as parse_size};
 pub use providers::{ProviderValues, PROVIDER_SETTINGS};
+pub use python::{PythonSettings, PYTHON_SETTINGS};
 pub use registry::{registry, DefaultValue, SettingDef, ValueKind};
 pub use select::{
     asset_folder, asset_storage, node_cache, storage_base_url, temp_storage, CachePlan, Selection,

@@ -244,6 +244,17 @@ pub const REGISTRY: &[SettingDef] = &[
     def("NODETOOL_AI_MAX_RESPONSE_BYTES", K::Size, D::Value("64m"), "Hard cap on one model response, streamed or not"),
     def("NODETOOL_MODEL_OVERRIDE", K::List, D::None,
         "Rewrite model refs before a run: type=provider:model, comma-separated (as nodetool run --model-override)"),
+    // Python node bridge (crate::python).
+    def("NODETOOL_PYTHON", K::Path, D::None,
+        "Python interpreter with nodetool-core and node packs, for Python nodes; unset: none"),
+    def("NODETOOL_PYTHON_WORKERS", K::Count, D::Value("1"),
+        "Python worker processes (each runs many nodes at once)"),
+    def("NODETOOL_BRIDGE_MAX_FRAME_SIZE", K::Size, D::Value("256m"),
+        "Largest Python bridge frame either way (the worker enforces the same cap)"),
+    def("NODETOOL_PYTHON_STARTUP_TIMEOUT", K::Seconds, D::Value("60"),
+        "Time a Python worker has to start and list its nodes"),
+    def("NODETOOL_PYTHON_HEALTH_TIMEOUT", K::Seconds, D::Value("30"),
+        "A busy Python worker that does not answer a health check this long is restarted"),
 ];
 
 /// Every registered setting, in display order.

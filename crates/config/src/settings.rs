@@ -9,6 +9,7 @@ use std::time::Duration;
 use nodetool_core::{Error, ErrorKind, Result};
 
 use crate::parse::{self, mask, Parsed};
+use crate::python::PythonSettings;
 use crate::registry::{self, DefaultValue, SettingDef, ValueKind, REGISTRY};
 use crate::sources::{self, SettingSource, Sources};
 
@@ -228,6 +229,8 @@ pub struct Settings {
     pub ffmpeg_timeout: Duration,
     /// Media refs and node HTTP fetches (the `NODETOOL_*` block at the end of the registry).
     pub media: crate::media::MediaSettings,
+    /// The Python node bridge's block (`NODETOOL_PYTHON`, ...).
+    pub python: PythonSettings,
 
     config_dir: PathBuf,
     home: Option<PathBuf>,
@@ -338,6 +341,13 @@ impl Settings {
             ffmpeg_path: r.require("FFMPEG_PATH", text)?,
             ffmpeg_timeout: r.require("FFMPEG_TIMEOUT_SECONDS", parse::seconds)?,
             media: crate::media::MediaSettings::read(&r)?,
+            python: PythonSettings {
+                interpreter: r.path("NODETOOL_PYTHON")?,
+                workers: r.require("NODETOOL_PYTHON_WORKERS", parse::count)?,
+                max_frame_bytes: r.require("NODETOOL_BRIDGE_MAX_FRAME_SIZE", frame_size)?,
+                startup_timeout: r.require("NODETOOL_PYTHON_STARTUP_TIMEOUT", parse::seconds)?,
+                health_timeout: r.require("NODETOOL_PYTHON_HEALTH_TIMEOUT", parse::seconds)?,
+            },
             config_dir: config_dir.clone(),
             home,
             resolved,
@@ -586,6 +596,15 @@ fn check_image(raw: &str) -> Parsed<String> {
         }
         _ => Err("is not a tagged image reference (e.g. nodetool-worker:0.1.0)".into()),
     }
+}
+
+/// A frame length prefix is 32 bits; below 1 MiB no node result fits.
+fn frame_size(raw: &str) -> Parsed<u64> {
+    let n = parse::size(raw)?;
+    if !(1024 * 1024..=u64::from(u32::MAX)).contains(&n) {
+        return Err("must be between 1 MiB and 4 GiB".into());
+    }
+    Ok(n)
 }
 
 fn check_signing_key(raw: &str) -> Parsed<String> {

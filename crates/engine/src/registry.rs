@@ -120,6 +120,8 @@ pub struct Registry {
     /// Alias → registered type name.
     aliases: BTreeMap<String, String>,
     unavailable: BTreeMap<String, Unavailable>,
+    /// Appended to validation's "unknown node type" problems that have no close suggestion.
+    unknown_hint: Option<String>,
 }
 
 impl Registry {
@@ -155,6 +157,16 @@ impl Registry {
             return;
         }
         self.unavailable.insert(entry.node_type.clone(), entry);
+    }
+
+    /// What would make more node types available (e.g. how to enable the Python bridge), said
+    /// by validation for an unknown type with no close match.
+    pub fn set_unknown_type_hint(&mut self, hint: impl Into<String>) {
+        self.unknown_hint = Some(hint.into());
+    }
+
+    pub fn unknown_type_hint(&self) -> Option<&str> {
+        self.unknown_hint.as_deref()
     }
 
     /// The implementation of `node_type` (or of the type it is an alias of).

@@ -13,6 +13,15 @@ fn base(t: &str) -> &str {
     t.split('[').next().unwrap_or(t).trim()
 }
 
+/// The element type of `list[T]` (`None` for a bare `list`).
+fn list_element(t: &str) -> Option<&str> {
+    let t = t.trim();
+    let t = t
+        .strip_prefix("Optional[")
+        .map_or(t, |s| s.strip_suffix(']').unwrap_or(s));
+    t.strip_prefix("list[")?.strip_suffix(']').map(str::trim)
+}
+
 fn is_any(t: &str) -> bool {
     matches!(base(t), "any" | "" | "Any" | "union" | "object")
 }
@@ -27,12 +36,21 @@ fn is_asset(t: &str) -> bool {
 /// Whether an output declared as `from` may be wired into an input declared as `to`.
 ///
 /// Lenient where NodeTool is: `any` matches everything and `int`/`float` mix. Strict where it
-/// is: a number or a list does not feed a `str`. Element types of containers are not compared.
+/// is: a number or a list does not feed a `str`. Element types of containers are not compared,
+/// except for NodeTool's "collect" rule: a non-list `T` may feed a `list[T]` input (the web
+/// app's `isConnectable` accepts `image` → `list[image]` and `str` → `list[any]`).
 pub fn compatible(from: &str, to: &str) -> bool {
     if is_any(from) || is_any(to) {
         return true;
     }
     let (f, t) = (base(from), base(to));
+    if t == "list" && f != "list" {
+        if let Some(elem) = list_element(to) {
+            if compatible(from, elem) {
+                return true;
+            }
+        }
+    }
     f == t
         || (f == "int" && t == "float")
         || (f == "float" && t == "int")
@@ -122,6 +140,12 @@ mod tests {
         assert!(!compatible("str", "int"));
         assert!(!compatible("list[str]", "str"));
         assert!(!compatible("dict", "list"));
+        // NodeTool's collect rule: T feeds list[T], not list[U], and a list is not collected.
+        assert!(compatible("str", "list[any]"));
+        assert!(compatible("image", "list[image]"));
+        assert!(compatible("int", "Optional[list[float]]"));
+        assert!(!compatible("str", "list[int]"));
+        assert!(!compatible("str", "list"));
     }
 
     #[test]

@@ -136,7 +136,10 @@ pub fn validate(
         } else if registry.get(&node.node_type).is_none() {
             let hint = registry.suggest(&node.node_type);
             let hint = if hint.is_empty() {
-                String::new()
+                registry
+                    .unknown_type_hint()
+                    .map(|h| format!("; {h}"))
+                    .unwrap_or_default()
             } else {
                 format!(" (did you mean {}?)", hint.join(", "))
             };

@@ -42,6 +42,21 @@ impl EventSink for FrameSink {
     }
 }
 
+/// Where a worker gets the node types for the job it has just read: the built-in library (an
+/// `Arc<Registry>`), or more — the binary adds the Python bridge's node types when the job's
+/// graph names types the library lacks.
+#[async_trait::async_trait]
+pub trait RegistrySource: Send + Sync + 'static {
+    async fn registry_for(&self, spec: &crate::strategy::JobSpec) -> Arc<Registry>;
+}
+
+#[async_trait::async_trait]
+impl RegistrySource for Arc<Registry> {
+    async fn registry_for(&self, _spec: &crate::strategy::JobSpec) -> Arc<Registry> {
+        self.clone()
+    }
+}
+
 /// Reads one request from `input`, runs it with the nodes of `registry` and the parent's
 /// resources (calls on `output`, replies on `input`), writes events and the outcome to `output`.
 /// `terminate` resolving (SIGTERM in the binary) or EOF on `input` cancels the job. Returns `Err`
@@ -50,7 +65,7 @@ impl EventSink for FrameSink {
 pub async fn serve<R, W, F>(
     mut input: R,
     mut output: W,
-    registry: Arc<Registry>,
+    registry: impl RegistrySource,
     terminate: F,
 ) -> Result<()>
 where
@@ -91,6 +106,7 @@ where
         }
     };
 
+    let registry = registry.registry_for(&spec).await;
     let cancel = CancellationToken::new();
     let (tx, mut rx) = mpsc::unbounded_channel::<ChildFrame>();
     let client = match &services {
@@ -248,6 +264,11 @@ async fn forward_inputs(
 /// the parent's resources; SIGTERM cancels the job. Reads no settings: nothing the worker does
 /// depends on its environment.
 pub async fn run_worker() -> Result<()> {
+    run_worker_with(Arc::new(nodetool_nodes::registry())).await
+}
+
+/// [`run_worker`] with the node types of `registry`.
+pub async fn run_worker_with(registry: impl RegistrySource) -> Result<()> {
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .map_err(|e| {
             Error::new(ErrorKind::Unavailable, "cannot install the SIGTERM handler")
@@ -258,13 +279,7 @@ pub async fn run_worker() -> Result<()> {
         term.recv().await;
     };
     let (input, output) = stdio();
-    serve(
-        input,
-        output,
-        Arc::new(nodetool_nodes::registry()),
-        terminate,
-    )
-    .await
+    serve(input, output, registry, terminate).await
 }
 
 /// The process's stdin and stdout for frames: as non-blocking pipes when they are pipes (as
