@@ -42,10 +42,12 @@ pub async fn run(command: PythonCommand) -> anyhow::Result<ExitCode> {
 
 /// This runtime's own secret settings: never handed to a node, whatever it declares.
 fn infrastructure_secrets(settings: &Settings) -> Vec<&'static str> {
+    // AI provider keys are the nodes' own secrets (NodeTool hands them to Python provider
+    // nodes too); every other secret setting is this runtime's credential.
     settings
         .entries()
         .into_iter()
-        .filter(|e| e.secret)
+        .filter(|e| e.secret && !nodetool_config::PROVIDER_SETTINGS.contains(&e.name))
         .map(|e| e.name)
         .collect()
 }

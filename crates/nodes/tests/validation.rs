@@ -38,6 +38,8 @@ fn every_problem_is_listed() {
             ("i2", "nodetool.input.StringInput", json!({"name": "dup"})),
             ("s", "nodetool.constant.String", json!({"value": "x"})),
             ("j", "nodetool.text.Join", json!({})),
+            ("l", "nodetool.constant.List", json!({"value": []})),
+            ("u", "nodetool.text.ToUppercase", json!({})),
         ],
         &[
             ("a", "output", "b", "text"),            // e1 cycle a -> b -> a
@@ -46,7 +48,7 @@ fn every_problem_is_listed() {
             ("s", "output", "cat", "missing_input"), // e4 unknown target handle
             ("ghost", "output", "cat", "b"),         // e5 missing node (+ duplicate into cat.b)
             ("num", "output", "j", "separator"),     // e6 int into str: type mismatch
-            ("s", "output", "j", "strings"),         // e7 str into list: type mismatch
+            ("l", "output", "u", "text"), // e7 list into str (str into a list would be a collect edge)
         ],
     );
     let err = validate(&g, &registry_with_required(), &Map::new()).unwrap_err();
