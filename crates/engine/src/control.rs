@@ -260,6 +260,15 @@ impl ControlPlane {
 /// value the graph gives it.
 fn describe_target(node: &crate::graph::Node, registry: &Registry) -> Value {
     let mut properties = BTreeMap::new();
+    // The title the user gave the node in the editor names it best (agents make tool names
+    // of it); else the type's own title.
+    let ui_title = node
+        .ui_properties
+        .as_ref()
+        .and_then(|u| u.get("title"))
+        .and_then(Value::as_str)
+        .filter(|t| !t.trim().is_empty())
+        .map(str::to_owned);
     let mut title = node.node_type.clone();
     if let Some(imp) = registry.get(&node.node_type) {
         let spec = imp.spec();
@@ -280,7 +289,7 @@ fn describe_target(node: &crate::graph::Node, registry: &Registry) -> Value {
     json!({
         "node_id": node.id,
         "node_type": node.node_type,
-        "node_title": title,
+        "node_title": ui_title.unwrap_or(title),
         "properties": properties,
     })
 }

@@ -869,3 +869,53 @@ async fn agents_call_nodes_exposed_as_tools() {
         "{answer}"
     );
 }
+
+#[tokio::test]
+async fn agents_drive_the_nodes_behind_their_control_edges_as_tools() {
+    // Agent ──control──▶ "Shout It" (ToUppercase) ──▶ output. The model calls the control tool
+    // with a property override; the controlled node runs with it, its outputs go back to the
+    // model and downstream; with no call the node never runs.
+    let (peer, engine, _) = peer_engine().await;
+    peer.script().push([
+        Reply::tool("shout_it", &json!({"text": "quiet words"}).to_string()),
+        Reply::text("Done shouting."),
+    ]);
+    let graph: nodetool_engine::Graph = serde_json::from_value(json!({
+        "nodes": [
+            {"id": "agent", "type": "nodetool.agents.Agent",
+             "data": {"model": model(), "prompt": "shout something"}},
+            {"id": "up", "type": "nodetool.text.ToUppercase", "data": {"text": "default"},
+             "ui_properties": {"title": "Shout It"}},
+            {"id": "loud", "type": "nodetool.output.Output", "data": {"name": "loud"}},
+            {"id": "answer", "type": "nodetool.output.Output", "data": {"name": "answer"}},
+        ],
+        "edges": [
+            {"id": "c1", "source": "agent", "sourceHandle": "__control__", "target": "up",
+             "targetHandle": "__control__", "edge_type": "control"},
+            {"id": "e1", "source": "up", "sourceHandle": "output", "target": "loud",
+             "targetHandle": "value"},
+            {"id": "e2", "source": "agent", "sourceHandle": "text", "target": "answer",
+             "targetHandle": "value"},
+        ],
+    }))
+    .unwrap();
+    let (outcome, events) = common::run(&engine, graph, json!({}), RunOptions::default()).await;
+    assert_eq!(outcome.status, Status::Completed, "{:?}", outcome.error);
+    assert_eq!(outcome.result["loud"], json!(["QUIET WORDS"]));
+    assert_eq!(outcome.result["answer"], json!(["Done shouting."]));
+
+    let sent = peer.script().received();
+    assert_eq!(sent.len(), 2);
+    let tools = sent[0].body["tools"].as_array().unwrap();
+    let tool = tools
+        .iter()
+        .find(|t| t["function"]["name"] == "shout_it")
+        .unwrap_or_else(|| panic!("no control tool offered: {tools:?}"));
+    let params = &tool["function"]["parameters"];
+    assert_eq!(params["properties"]["text"]["type"], "string");
+    assert_eq!(params["required"], json!([]));
+    // The controlled node's outputs are the tool's answer.
+    let answer = sent[1].body.to_string();
+    assert!(answer.contains("QUIET WORDS"), "{answer}");
+    assert_eq!(events_of(&events, "tool_call_update").len(), 1);
+}

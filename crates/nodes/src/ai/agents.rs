@@ -447,7 +447,9 @@ impl NodeImpl for Agent {
                 (inputs.str("system_prompt")?, prompt, turns, Vec::new())
             }
         };
-        let (tools, unavailable) = tools::resolve(ctx, &tool_names, &self.node_tools);
+        let (mut tools, unavailable) = tools::resolve(ctx, &tool_names, &self.node_tools);
+        // Nodes behind this agent's control edges are tools too (NodeTool's ControlNodeTool).
+        tools.extend(tools::control_tools(ctx));
         if !unavailable.is_empty() {
             ctx.log(
                 nodetool_engine::events::Severity::Warning,

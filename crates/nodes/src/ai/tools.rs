@@ -131,6 +131,132 @@ impl AgentTool for NodeAsTool {
     }
 }
 
+/// A node this agent drives through a control edge, offered to the model as a tool (NodeTool's
+/// `ControlNodeTool`): named after the node's title in snake_case, every argument optional (an
+/// empty call runs it with its current values), answered with that run's outputs.
+#[derive(Debug, Clone)]
+pub struct ControlTool {
+    target: String,
+    node_type: String,
+    title: String,
+    name: String,
+    properties: Map<String, Value>,
+}
+
+/// NodeTool's control tool name of a node title: non-alphanumerics become `_`, camelCase
+/// becomes snake_case, lower case, runs of `_` collapse, at most 64 characters
+/// (`"Image Enhancer"` → `image_enhancer`, `"ControlNode"` → `control_node`).
+pub fn control_tool_name(title: &str) -> String {
+    let chars: Vec<char> = title
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
+        .collect();
+    let mut out = String::with_capacity(chars.len() + 4);
+    for (i, &c) in chars.iter().enumerate() {
+        if i > 0 && c.is_ascii_uppercase() && chars[i - 1].is_ascii_lowercase() {
+            out.push('_');
+        }
+        if !(c == '_' && out.ends_with('_')) {
+            out.push(c.to_ascii_lowercase());
+        }
+    }
+    let name: String = out.trim_matches('_').chars().take(64).collect();
+    if name.is_empty() {
+        "control_node".to_owned()
+    } else {
+        name
+    }
+}
+
+/// The nodes this agent's control edges point at, as tools (none without control edges).
+/// Two targets with the same title get `_2`, `_3`, … so every tool name is unique.
+pub fn control_tools(ctx: &ProcessingContext) -> Vec<Arc<dyn AgentTool>> {
+    let mut tools: Vec<Arc<dyn AgentTool>> = Vec::new();
+    let mut used: Vec<String> = Vec::new();
+    for (target, info) in ctx.control_context() {
+        let title = info
+            .get("node_title")
+            .and_then(Value::as_str)
+            .unwrap_or(&target)
+            .to_owned();
+        let base = control_tool_name(&title);
+        let mut name = base.clone();
+        let mut n = 1;
+        while used.contains(&name) {
+            n += 1;
+            name = format!("{base}_{n}");
+        }
+        used.push(name.clone());
+        tools.push(Arc::new(ControlTool {
+            node_type: info
+                .get("node_type")
+                .and_then(Value::as_str)
+                .unwrap_or_default()
+                .to_owned(),
+            properties: info
+                .get("properties")
+                .and_then(Value::as_object)
+                .cloned()
+                .unwrap_or_default(),
+            target,
+            title,
+            name,
+        }));
+    }
+    tools
+}
+
+#[async_trait]
+impl AgentTool for ControlTool {
+    fn spec(&self) -> ToolSpec {
+        let mut properties = Map::new();
+        for (prop, info) in &self.properties {
+            let type_name = info.get("type").and_then(Value::as_str).unwrap_or("any");
+            let mut schema = json_schema_of(type_name);
+            if let (Value::Object(obj), Some(current)) = (&mut schema, info.get("value")) {
+                let shown: String = current.to_string().chars().take(200).collect();
+                obj.insert(
+                    "description".into(),
+                    json!(format!("{type_name}; current value: {shown}")),
+                );
+            }
+            properties.insert(prop.clone(), schema);
+        }
+        let mut description = format!(
+            "Control {}: trigger execution with optional property overrides",
+            self.title
+        );
+        if !properties.is_empty() {
+            let names: Vec<&str> = properties.keys().map(String::as_str).collect();
+            description.push_str(&format!(". Available properties: {}", names.join(", ")));
+        }
+        ToolSpec {
+            name: self.name.clone(),
+            description,
+            input_schema: json!({"type": "object", "properties": properties, "required": []}),
+        }
+    }
+
+    fn user_message(&self, args: &Map<String, Value>) -> String {
+        if args.is_empty() {
+            format!("Triggering {}", self.title)
+        } else {
+            let keys: Vec<&str> = args.keys().map(String::as_str).collect();
+            format!("Triggering {} with properties: {keys:?}", self.title)
+        }
+    }
+
+    async fn call(&self, ctx: &ProcessingContext, args: &Map<String, Value>) -> Result<Value> {
+        let outputs = ctx.run_controlled(&self.target, args.clone()).await?;
+        Ok(json!({
+            "node_id": self.target,
+            "node_type": self.node_type,
+            "result": outputs,
+            "status": "completed",
+        }))
+    }
+}
+
 /// The exposed node types registered in `r`, as tools.
 pub fn node_tools(r: &nodetool_engine::registry::Registry) -> Vec<NodeAsTool> {
     EXPOSED_NODE_TYPES
@@ -414,6 +540,16 @@ mod tests {
             tool_name("lib.browser.BrowserUseNode"),
             "lib_browser_BrowserUse"
         );
+    }
+
+    #[test]
+    fn node_titles_become_nodetool_control_tool_names() {
+        assert_eq!(control_tool_name("Image Enhancer"), "image_enhancer");
+        assert_eq!(control_tool_name("My-Node 123"), "my_node_123");
+        assert_eq!(control_tool_name("ControlNode"), "control_node");
+        assert_eq!(control_tool_name("Google Search"), "google_search");
+        assert_eq!(control_tool_name("--!!--"), "control_node");
+        assert_eq!(control_tool_name(&"Ab".repeat(60)).len(), 64);
     }
 
     #[test]
