@@ -93,7 +93,8 @@ impl NodeMetadata {
         };
         let mut spec = NodeSpec::new(&self.node_type, title)
             .version("python")
-            .origin(nodetool_engine::NodeOrigin::Python);
+            .origin(nodetool_engine::NodeOrigin::Python)
+            .description(self.description.clone());
         spec.inputs = self
             .properties
             .iter()

@@ -53,7 +53,14 @@ pub fn run(args: NodesArgs) -> anyhow::Result<ExitCode> {
         });
     }
     for e in docs::entries(&registry) {
-        println!("{:<60} {}", e.node_type, e.status.label());
+        match &e.alias_of {
+            Some(target) => println!(
+                "{:<60} {} (older name of {target})",
+                e.node_type,
+                e.status.label()
+            ),
+            None => println!("{:<60} {}", e.node_type, e.status.label()),
+        }
     }
     Ok(ExitCode::SUCCESS)
 }

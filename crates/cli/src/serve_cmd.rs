@@ -104,8 +104,10 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
     } else {
         nodetool_exec::KeyScope::UserPrefix
     };
-    let (manager, bridge) = job_manager(&resources, store, keys).await?;
-    let mut state = AppState::new(resources.clone(), auth.clone(), db).with_jobs(manager.clone());
+    let (manager, bridge, node_metadata) = job_manager(&resources, store, keys).await?;
+    let mut state = AppState::new(resources.clone(), auth.clone(), db)
+        .with_jobs(manager.clone())
+        .with_node_metadata(node_metadata);
     state.options_mut().presign_redirect = !args.no_presign_redirect;
     let app = nodetool_server::router(state);
 
@@ -227,7 +229,7 @@ fn spawn_token_reload(
 /// The job manager: threaded and subprocess strategies always, Docker when its engine answers.
 /// `store` shares the server's database; workers use this process's resources through calls,
 /// with storage keys limited by `keys`. Threaded jobs run Python nodes on this process's bridge
-/// (returned, for shutdown).
+/// (returned, for shutdown). Also returns NodeTool's metadata of every type it runs.
 async fn job_manager(
     resources: &Arc<Resources>,
     store: nodetool_exec::JobStore,
@@ -235,6 +237,7 @@ async fn job_manager(
 ) -> anyhow::Result<(
     nodetool_exec::JobExecutionManager,
     Option<nodetool_bridge::PythonBridge>,
+    Vec<serde_json::Value>,
 )> {
     use nodetool_engine::Engine;
     use nodetool_exec::subprocess::SubprocessStrategy;
@@ -247,6 +250,9 @@ async fn job_manager(
         nodetool_exec::WorkerServices::new(engine_resources.clone()).with_key_scope(keys);
     let (registry, bridge) =
         crate::python_cmd::registry(settings, crate::python_cmd::Need::Always).await?;
+    let node_metadata = nodetool_engine::metadata::registry_metadata(&registry, &|t| {
+        nodetool_nodes::ai::tools::EXPOSED_NODE_TYPES.contains(&t)
+    });
     let engine = Engine::new(Arc::new(registry), engine_resources);
     let mut strategies: Vec<Arc<dyn ExecutionStrategy>> = vec![Arc::new(ThreadedStrategy::new(
         engine,
@@ -283,7 +289,7 @@ async fn job_manager(
             }
         });
     }
-    Ok((manager, bridge))
+    Ok((manager, bridge, node_metadata))
 }
 
 async fn docker_strategy(

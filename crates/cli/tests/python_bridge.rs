@@ -505,6 +505,34 @@ async fn serve_runs_mixed_workflows_over_rest_and_ws_with_native_events() {
     );
     let again = server.rest_events(&mixed(), "threaded").await;
     assert_eq!(again.last().unwrap()["result"]["out"], json!(["abab!"]));
+
+    // The app's node menu lists the bridged types with the worker's own metadata.
+    let metadata: Vec<Value> = reqwest::get(format!("{}/api/nodes/metadata", server.url()))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let echo = metadata
+        .iter()
+        .find(|m| m["node_type"] == "bridgetest.basic.Echo")
+        .expect("bridged type in /api/nodes/metadata");
+    assert_eq!(echo["namespace"], "bridgetest.basic");
+    assert!(
+        echo["description"]
+            .as_str()
+            .unwrap()
+            .contains("Repeats a text"),
+        "{echo}"
+    );
+    let count = metadata
+        .iter()
+        .find(|m| m["node_type"] == "bridgetest.basic.Count")
+        .unwrap();
+    assert_eq!(count["is_streaming_output"], true);
+    assert!(metadata
+        .iter()
+        .any(|m| m["node_type"] == "nodetool.text.Concat"));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -277,3 +277,144 @@ fn sighup_rotates_the_static_token_at_once() {
     server.signal("TERM");
     assert!(server.wait_exit().success());
 }
+
+/// `GET path` with a bearer token and extra headers: (status, headers, body).
+fn get(server: &Server, path: &str, token: &str, extra: &str) -> (u16, String, Vec<u8>) {
+    let mut stream = std::net::TcpStream::connect(("127.0.0.1", server.port)).expect("connect");
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {token}\r\n{extra}Connection: close\r\n\r\n"
+    )
+    .expect("send");
+    let mut raw = Vec::new();
+    stream.read_to_end(&mut raw).expect("read");
+    let split = raw
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .expect("header end");
+    let head = String::from_utf8_lossy(&raw[..split]).into_owned();
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .expect("status code");
+    (status, head, raw[split + 4..].to_vec())
+}
+
+/// Undoes `Transfer-Encoding: chunked` when the server chose it.
+fn dechunk(head: &str, body: &[u8]) -> Vec<u8> {
+    if !head
+        .to_ascii_lowercase()
+        .contains("transfer-encoding: chunked")
+    {
+        return body.to_vec();
+    }
+    let mut out = Vec::new();
+    let mut rest = body;
+    loop {
+        let line_end = rest
+            .windows(2)
+            .position(|w| w == b"\r\n")
+            .expect("chunk size");
+        let size = usize::from_str_radix(
+            std::str::from_utf8(&rest[..line_end])
+                .expect("ascii size")
+                .trim(),
+            16,
+        )
+        .expect("hex size");
+        if size == 0 {
+            return out;
+        }
+        out.extend_from_slice(&rest[line_end + 2..line_end + 2 + size]);
+        rest = &rest[line_end + 2 + size + 2..];
+    }
+}
+
+#[test]
+fn node_metadata_lists_every_runnable_type_in_nodetools_shape() {
+    let env = Env::new();
+    env.write_secrets("SERVER_AUTH_TOKEN: meta-token-abcdef\n");
+    let server = Server::start(&env, &[], &[("AUTH_PROVIDER", "static")]);
+    assert_eq!(
+        server.status("/api/nodes/metadata", "wrong-token-000000"),
+        401
+    );
+
+    let (status, head, body) = get(&server, "/api/nodes/metadata", "meta-token-abcdef", "");
+    assert_eq!(status, 200, "{head}");
+    let list: Vec<serde_json::Value> =
+        serde_json::from_slice(&dechunk(&head, &body)).expect("a JSON array");
+    // Every type `nodetool nodes` lists as runnable (native or provider) appears.
+    let out = env.cmd(&["nodes"], &[]).output().expect("nodetool nodes");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let listing = String::from_utf8_lossy(&out.stdout).into_owned();
+    let runnable: Vec<&str> = listing
+        .lines()
+        .filter_map(|l| l.split_once(char::is_whitespace))
+        .filter(|(_, label)| matches!(label.trim(), "native" | "provider"))
+        .map(|(t, _)| t)
+        .collect();
+    assert!(runnable.len() > 100, "{listing}");
+    let served: Vec<&str> = list
+        .iter()
+        .filter_map(|m| m["node_type"].as_str())
+        .collect();
+    assert!(served.len() > 100, "{} types", served.len());
+    for t in &runnable {
+        assert!(served.contains(t), "{t} missing from /api/nodes/metadata");
+    }
+    // NodeTool's NodeMetadata fields, with TypeMetadata trees.
+    let concat = list
+        .iter()
+        .find(|m| m["node_type"] == "nodetool.text.Concat")
+        .expect("Concat");
+    for field in [
+        "title",
+        "description",
+        "namespace",
+        "node_type",
+        "layout",
+        "properties",
+        "outputs",
+        "the_model_info",
+        "recommended_models",
+        "basic_fields",
+        "required_settings",
+        "is_dynamic",
+        "is_streaming_output",
+        "expose_as_tool",
+        "supports_dynamic_outputs",
+    ] {
+        assert!(concat.get(field).is_some(), "{field} missing: {concat}");
+    }
+    assert_eq!(concat["namespace"], "nodetool.text");
+    assert_eq!(concat["properties"][0]["type"]["type"], "str");
+    assert_eq!(concat["outputs"][0]["name"], "output");
+    let tti = list
+        .iter()
+        .find(|m| m["node_type"] == "nodetool.image.TextToImage")
+        .expect("TextToImage");
+    assert_eq!(tti["expose_as_tool"], true);
+
+    // The app reloads it often: an ETag and a 304.
+    let etag = head
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix("etag: ")
+                .or_else(|| l.strip_prefix("ETag: "))
+        })
+        .expect("etag header")
+        .to_owned();
+    let (status, _, body) = get(
+        &server,
+        "/api/nodes/metadata",
+        "meta-token-abcdef",
+        &format!("If-None-Match: {etag}\r\n"),
+    );
+    assert_eq!((status, body.len()), (304, 0));
+}

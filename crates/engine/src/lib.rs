@@ -20,6 +20,7 @@ pub mod events;
 pub mod graph;
 pub mod inputs;
 pub mod media;
+pub mod metadata;
 pub mod node;
 pub mod pyfmt;
 mod quiet;

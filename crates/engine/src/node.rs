@@ -102,6 +102,8 @@ pub struct NodeSpec {
     /// graphs that have them ([`Inbox::next_or_quiet`]).
     pub feedback: Vec<String>,
     pub origin: NodeOrigin,
+    /// What the node does, for the app's node menu (NodeTool's `description`; may be empty).
+    pub description: String,
 }
 
 impl NodeSpec {
@@ -120,7 +122,13 @@ impl NodeSpec {
             kind: NodeKind::Normal,
             feedback: Vec::new(),
             origin: NodeOrigin::Native,
+            description: String::new(),
         }
+    }
+
+    pub fn description(mut self, text: impl Into<String>) -> Self {
+        self.description = text.into();
+        self
     }
 
     /// An optional input with a default.

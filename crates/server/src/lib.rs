@@ -1,5 +1,5 @@
-//! The nodetool HTTP API: storage routes, the assets API, jobs, `/ws`, `/ws/terminal`, auth,
-//! `/health` and `/metrics`.
+//! The nodetool HTTP API: storage routes, the assets API, jobs, node metadata, `/ws`,
+//! `/ws/terminal`, auth, `/health` and `/metrics`.
 //!
 //! [`router`] is a plain function of an [`AppState`]; [`serve`] (or [`tls::serve_tls`] for
 //! HTTPS) runs it on a listener until a shutdown future resolves, letting in-flight requests
@@ -19,6 +19,7 @@ pub mod error;
 pub mod http;
 pub mod jobs;
 pub mod metrics;
+pub mod nodes;
 pub mod observe;
 pub mod storage_routes;
 pub mod terminal;
@@ -83,6 +84,8 @@ pub struct AppStateInner {
     pub options: ServerOptions,
     /// Runs jobs for `/api/jobs` and `/ws`; `None` answers those with 503.
     pub jobs: Option<nodetool_exec::JobExecutionManager>,
+    /// `GET /api/nodes/metadata`: the JSON array of NodeTool `NodeMetadata`, rendered once.
+    pub node_metadata: nodes::MetadataBody,
 }
 
 impl std::ops::Deref for AppState {
@@ -115,6 +118,7 @@ impl AppState {
             metrics: Arc::new(Metrics::default()),
             options,
             jobs: None,
+            node_metadata: nodes::MetadataBody::default(),
         }))
     }
 
@@ -123,6 +127,13 @@ impl AppState {
         let metrics = self.metrics.clone();
         manager.on_finished(move |record| metrics.job_finished(record));
         Arc::make_mut(&mut self.0).jobs = Some(manager);
+        self
+    }
+
+    /// Serves `metadata` (NodeTool's `NodeMetadata` of every runnable type) at
+    /// `GET /api/nodes/metadata`.
+    pub fn with_node_metadata(mut self, metadata: Vec<serde_json::Value>) -> Self {
+        Arc::make_mut(&mut self.0).node_metadata = nodes::MetadataBody::new(&metadata);
         self
     }
 
@@ -145,6 +156,7 @@ pub fn router(state: AppState) -> Router {
         .merge(storage_routes::routes())
         .merge(assets::routes())
         .merge(jobs::routes())
+        .merge(nodes::routes())
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
             auth::authenticate,
