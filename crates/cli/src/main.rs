@@ -3,6 +3,7 @@
 
 mod docker_cmd;
 mod nodes_cmd;
+mod profile;
 mod python_cmd;
 mod run_cmd;
 mod serve_cmd;

@@ -1,4 +1,5 @@
-//! `nodetool run FILE [--params JSON] [--jsonl] [--no-cache]`: runs one workflow in-process.
+//! `nodetool run FILE [--params JSON] [--jsonl] [--no-cache] [--profile] [--trace FILE]`: runs
+//! one workflow in-process or in a worker.
 
 use std::collections::HashSet;
 use std::io::{IsTerminal, Write};
@@ -42,6 +43,36 @@ pub struct RunArgs {
     /// `language_model=llama_cpp:tiny` (repeatable; also NODETOOL_MODEL_OVERRIDE).
     #[arg(long, value_name = "TYPE=PROVIDER:MODEL")]
     pub model_override: Vec<String>,
+    /// Print a per-node table (wall time, outputs, output bytes) on stderr after the run.
+    #[arg(long)]
+    pub profile: bool,
+    /// Write the run's node timeline as Chrome trace-event JSON (open in Perfetto or
+    /// chrome://tracing).
+    #[arg(long, value_name = "FILE")]
+    pub trace: Option<PathBuf>,
+}
+
+impl RunArgs {
+    fn profiler(&self) -> Option<crate::profile::Profile> {
+        (self.profile || self.trace.is_some()).then(crate::profile::Profile::new)
+    }
+
+    /// Prints and writes what `--profile` and `--trace` asked for.
+    fn report_profile(&self, profile: Option<crate::profile::Profile>) -> anyhow::Result<()> {
+        let Some(mut profile) = profile else {
+            return Ok(());
+        };
+        profile.finish();
+        if self.profile {
+            profile.print_table()?;
+        }
+        if let Some(path) = &self.trace {
+            profile
+                .write_trace(path)
+                .with_context(|| format!("writing the trace to {}", path.display()))?;
+        }
+        Ok(())
+    }
 }
 
 /// `--model-override` first, then `NODETOOL_MODEL_OVERRIDE` (the first rule for a type wins).
@@ -100,7 +131,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
 
     let node_count = workflow.graph.nodes.len();
     let (tx, rx) = tokio::sync::mpsc::unbounded_channel::<EventEnvelope>();
-    let printer = tokio::spawn(print_events(rx, args.jsonl, node_count));
+    let printer = tokio::spawn(print_events(rx, args.jsonl, node_count, args.profiler()));
 
     let cancel = CancellationToken::new();
     let ctrl_c = {
@@ -130,7 +161,8 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         bridge.shutdown(Duration::from_secs(5)).await;
     }
     // The sender is gone with the run; the printer drains what is left and stops.
-    printer.await.context("event printer")??;
+    let profile = printer.await.context("event printer")??;
+    args.report_profile(profile)?;
     report(outcome.into(), args.jsonl)
 }
 
@@ -225,7 +257,7 @@ async fn run_isolated(
 
     let node_count = spec.graph.nodes.len();
     let (tx, rx) = tokio::sync::mpsc::unbounded_channel::<EventEnvelope>();
-    let printer = tokio::spawn(print_events(rx, args.jsonl, node_count));
+    let printer = tokio::spawn(print_events(rx, args.jsonl, node_count, args.profiler()));
     let mut handle = runner.start(spec, Arc::new(tx)).await?;
     let cancel = handle.cancel_token();
     let ctrl_c = tokio::spawn(async move {
@@ -237,7 +269,8 @@ async fn run_isolated(
     ctrl_c.abort();
     drop(handle);
     drop(runner);
-    printer.await.context("event printer")??;
+    let profile = printer.await.context("event printer")??;
+    args.report_profile(profile)?;
     report(outcome, args.jsonl)
 }
 
@@ -261,25 +294,34 @@ fn parse_params(raw: Option<&str>) -> anyhow::Result<Map<String, Value>> {
     }
 }
 
-/// `--jsonl`: every event on stdout. Otherwise, on a TTY, a progress bar on stderr.
+/// `--jsonl`: every event on stdout. Otherwise, on a TTY, a progress bar on stderr. Every
+/// event also goes to the profiler when `--profile`/`--trace` asked for one.
 async fn print_events(
     mut rx: tokio::sync::mpsc::UnboundedReceiver<EventEnvelope>,
     jsonl: bool,
     node_count: usize,
-) -> anyhow::Result<()> {
+    mut profile: Option<crate::profile::Profile>,
+) -> anyhow::Result<Option<crate::profile::Profile>> {
     if jsonl {
         // Not locked across awaits: a stdout lock is not Send.
         let mut out = std::io::stdout();
         while let Some(event) = rx.recv().await {
+            if let Some(p) = profile.as_mut() {
+                p.observe(&event);
+            }
             let mut line = serde_json::to_vec(&event)?;
             line.push(b'\n');
             out.write_all(&line)?;
         }
-        return Ok(());
+        return Ok(profile);
     }
     if !std::io::stderr().is_terminal() {
-        while rx.recv().await.is_some() {}
-        return Ok(());
+        while let Some(event) = rx.recv().await {
+            if let Some(p) = profile.as_mut() {
+                p.observe(&event);
+            }
+        }
+        return Ok(profile);
     }
     let bar = indicatif::ProgressBar::new(node_count as u64);
     bar.set_style(
@@ -289,6 +331,9 @@ async fn print_events(
     bar.enable_steady_tick(Duration::from_millis(120));
     let mut done = HashSet::new();
     while let Some(event) = rx.recv().await {
+        if let Some(p) = profile.as_mut() {
+            p.observe(&event);
+        }
         match &event.event {
             Event::NodeUpdate(n) => {
                 if n.status == Status::Running {
@@ -304,5 +349,5 @@ async fn print_events(
         }
     }
     bar.finish_and_clear();
-    Ok(())
+    Ok(profile)
 }

@@ -384,6 +384,75 @@ fn run_executes_the_example_workflow() {
     );
 }
 
+/// `--profile` prints a per-node table and `--trace` writes Chrome trace-event JSON, from the
+/// job's own events, the same way for an in-process and a worker run.
+#[test]
+fn run_profiles_and_traces_every_node_on_every_local_strategy() {
+    let env = Env::new();
+    let example = concat!(env!("CARGO_MANIFEST_DIR"), "/../../examples/hello.json");
+    for strategy in ["threaded", "subprocess"] {
+        let trace = env.dir.path().join(format!("{strategy}.trace.json"));
+        let trace_arg = trace.to_string_lossy().into_owned();
+        let out = env.run(
+            &[
+                "run",
+                example,
+                "--strategy",
+                strategy,
+                "--profile",
+                "--trace",
+                &trace_arg,
+            ],
+            &[],
+        );
+        assert!(out.status.success(), "{strategy}: {}", stderr(&out));
+        // The result on stdout is unchanged by profiling.
+        let result: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json result");
+        assert_eq!(result["shout"], serde_json::json!(["HELLO, WORLD!"]));
+
+        let table = stderr(&out);
+        assert!(table.contains("wall ms"), "{strategy}: {table}");
+        for node in ["name", "greet", "upper", "nums", "sort", "sum"] {
+            assert!(
+                table
+                    .lines()
+                    .any(|l| l.starts_with(node) && l.ends_with("completed")),
+                "{strategy}: no completed row for {node}: {table}"
+            );
+        }
+
+        let trace: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(&trace).expect("trace file")).expect("json");
+        let events = trace["traceEvents"].as_array().expect("traceEvents");
+        let by_node = |id: &str| {
+            events
+                .iter()
+                .find(|e| e["args"]["node_id"] == id)
+                .unwrap_or_else(|| panic!("{strategy}: no span for {id}: {trace}"))
+        };
+        assert_eq!(events.len(), 10, "{strategy}: one span per node: {trace}");
+        for e in events {
+            assert_eq!(e["ph"], "X");
+            assert!(e["ts"].is_u64() && e["dur"].is_u64() && e["tid"].as_u64() >= Some(1));
+        }
+        // An edge's target starts no earlier than its source started and ends after it ended.
+        let (greet, upper) = (by_node("greet"), by_node("upper"));
+        let end = |e: &serde_json::Value| e["ts"].as_u64().unwrap() + e["dur"].as_u64().unwrap();
+        assert!(upper["ts"].as_u64() >= greet["ts"].as_u64());
+        assert!(end(upper) >= end(greet));
+        assert_eq!(greet["cat"], "nodetool.text.FormatText");
+        assert!(greet["args"]["output_bytes"].as_u64() > Some(0));
+    }
+    // A trace that cannot be written is a clear error naming the file, not a panic.
+    let out = env.run(&["run", example, "--trace", "/nonexistent-dir/t.json"], &[]);
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("/nonexistent-dir/t.json"),
+        "{}",
+        stderr(&out)
+    );
+}
+
 /// `run --strategy subprocess`: the worker saves through its parent (no storage settings of its
 /// own), so the blob lands in the asset folder and the row in the database, where another
 /// worker and a threaded run list it.
