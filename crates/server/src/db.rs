@@ -1,5 +1,6 @@
 //! The SQLite database (`settings.db_path`). The asset table and its migrations belong to
-//! `nodetool_assets`, which the engine shares; the job store adds its own to the same file.
+//! `nodetool_assets`, which the engine shares; the job store and the workflow store
+//! ([`crate::workflows`]) add theirs to the same file.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -7,9 +8,12 @@ use std::sync::Arc;
 use nodetool_core::{AssetStore, Result};
 use sqlx::SqlitePool;
 
-/// Opens (creating if needed) the database at `path` and applies the asset migrations.
+/// Opens (creating if needed) the database at `path` and applies the asset and workflow
+/// migrations.
 pub async fn open(path: &Path) -> Result<SqlitePool> {
-    nodetool_assets::open_pool(path).await
+    let pool = nodetool_assets::open_pool(path).await?;
+    crate::workflows::migrate(&pool).await?;
+    Ok(pool)
 }
 
 /// The asset record store over a pool from [`open`]: what `/api/assets` uses, and what

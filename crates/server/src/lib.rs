@@ -24,6 +24,7 @@ pub mod observe;
 pub mod storage_routes;
 pub mod terminal;
 pub mod tls;
+pub mod workflows;
 pub mod ws;
 
 use std::future::Future;
@@ -157,6 +158,7 @@ pub fn router(state: AppState) -> Router {
         .merge(assets::routes())
         .merge(jobs::routes())
         .merge(nodes::routes())
+        .merge(workflows::routes())
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
             auth::authenticate,

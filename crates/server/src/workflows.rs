@@ -1,0 +1,351 @@
+//! `/api/workflows`: NodeTool's workflow store, per user, in the server's database.
+//!
+//! - `GET /api/workflows?limit=&cursor=` lists the caller's workflows, newest first, as
+//!   `{workflows, next}` (`next` is the cursor of the following page or `""`).
+//! - `POST /api/workflows` creates one from NodeTool's `WorkflowRequest`.
+//! - `GET /api/workflows/{id}`: the caller's own, or anyone's with `access: "public"`.
+//! - `PUT /api/workflows/{id}` updates the caller's own, or creates it under that id (the app
+//!   saves a new workflow by the id it made up); a public workflow of another user is
+//!   readable, not writable (403); a private one is "not found" (404), as is every other
+//!   user's object anywhere in the API.
+//! - `DELETE /api/workflows/{id}`: the caller's own only.
+//!
+//! A graph is saved as the editor sends it, problems and all: NodeTool autosaves drafts, so
+//! validation belongs to running, not saving. It must be a JSON object with `nodes` and `edges`
+//! arrays (else 400), and at most [`MAX_GRAPH_BYTES`]. A `user_id` in a body is ignored.
+
+use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
+use axum::routing::get;
+use axum::{Json, Router};
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
+use sqlx::{Row, SqlitePool};
+
+use crate::auth::AuthUser;
+use crate::error::{ApiError, ApiResult};
+use crate::AppState;
+
+const DEFAULT_PAGE: i64 = 100;
+const MAX_PAGE: i64 = 1000;
+/// A graph larger than this is refused: the bundled examples are under 100 KiB.
+pub const MAX_GRAPH_BYTES: usize = 8 * 1024 * 1024;
+const ACCESS: &[&str] = &["private", "public"];
+
+/// Applies the workflow migrations to the server's pool (idempotent).
+pub async fn migrate(pool: &SqlitePool) -> nodetool_core::Result<()> {
+    let mut migrator = sqlx::migrate!("./migrations");
+    // The asset and job stores keep their migrations in the same database.
+    migrator.set_ignore_missing(true);
+    migrator.run(pool).await.map_err(|e| {
+        nodetool_core::Error::new(
+            nodetool_core::ErrorKind::Unexpected,
+            "workflow store migration failed",
+        )
+        .with_operation("workflows.migrate")
+        .with_source(e)
+    })
+}
+
+pub fn routes() -> Router<AppState> {
+    Router::new()
+        .route("/api/workflows", get(list).post(create))
+        .route(
+            "/api/workflows/{id}",
+            get(get_one).put(put_one).delete(delete_one),
+        )
+}
+
+/// NodeTool's `Workflow` DTO.
+#[derive(Debug, Serialize)]
+struct WorkflowDto {
+    id: String,
+    user_id: String,
+    access: String,
+    name: String,
+    description: String,
+    tags: Vec<String>,
+    thumbnail: Option<String>,
+    thumbnail_url: Option<String>,
+    graph: Value,
+    settings: Option<Value>,
+    run_mode: Option<String>,
+    tool_name: Option<String>,
+    created_at: DateTime<Utc>,
+    updated_at: DateTime<Utc>,
+}
+
+/// NodeTool's `WorkflowRequest`; unknown fields (a `user_id`, say) are ignored.
+#[derive(Debug, Deserialize)]
+struct WorkflowRequest {
+    name: Option<String>,
+    description: Option<String>,
+    tags: Option<Vec<String>>,
+    access: Option<String>,
+    thumbnail: Option<String>,
+    graph: Option<Value>,
+    settings: Option<Value>,
+    run_mode: Option<String>,
+    tool_name: Option<String>,
+}
+
+impl WorkflowRequest {
+    fn check(&self) -> ApiResult<()> {
+        if let Some(access) = &self.access {
+            if !ACCESS.contains(&access.as_str()) {
+                return Err(ApiError::bad_request(format!(
+                    "access must be one of {ACCESS:?}, got {access:?}"
+                )));
+            }
+        }
+        if let Some(graph) = &self.graph {
+            check_graph(graph)?;
+        }
+        if self.name.as_deref().is_some_and(|n| n.len() > 1024) {
+            return Err(ApiError::bad_request("name is longer than 1024 bytes"));
+        }
+        Ok(())
+    }
+}
+
+fn check_graph(graph: &Value) -> ApiResult<()> {
+    let ok = graph.get("nodes").is_some_and(Value::is_array)
+        && graph.get("edges").is_some_and(Value::is_array);
+    if !ok {
+        return Err(ApiError::bad_request(
+            "graph must be a JSON object with `nodes` and `edges` arrays",
+        ));
+    }
+    let size = serde_json::to_vec(graph).map_or(0, |b| b.len());
+    if size > MAX_GRAPH_BYTES {
+        return Err(ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "too_large",
+            format!("graph is {size} bytes; the limit is {MAX_GRAPH_BYTES}"),
+        ));
+    }
+    Ok(())
+}
+
+fn row_to_dto(row: &sqlx::sqlite::SqliteRow) -> ApiResult<WorkflowDto> {
+    let parse = |col: &str| -> ApiResult<Option<Value>> {
+        let text: Option<String> = row.try_get(col)?;
+        text.map(|t| {
+            serde_json::from_str(&t).map_err(|e| {
+                ApiError::from(
+                    nodetool_core::Error::unexpected(format!("stored workflow {col} is not JSON"))
+                        .with_source(e),
+                )
+            })
+        })
+        .transpose()
+    };
+    let tags: Vec<String> = parse("tags")?
+        .and_then(|v| serde_json::from_value(v).ok())
+        .unwrap_or_default();
+    let thumbnail: Option<String> = row.try_get("thumbnail")?;
+    Ok(WorkflowDto {
+        id: row.try_get("id")?,
+        user_id: row.try_get("user_id")?,
+        access: row.try_get("access")?,
+        name: row.try_get("name")?,
+        description: row.try_get("description")?,
+        tags,
+        thumbnail_url: thumbnail.clone(),
+        thumbnail,
+        graph: parse("graph")?.unwrap_or_else(|| json!({"nodes": [], "edges": []})),
+        settings: parse("settings")?,
+        run_mode: row.try_get("run_mode")?,
+        tool_name: row.try_get("tool_name")?,
+        created_at: row.try_get("created_at")?,
+        updated_at: row.try_get("updated_at")?,
+    })
+}
+
+/// The row `id` as the caller may see it: their own or a public one; anything else is
+/// "not found" (never "forbidden": that would confirm another user's id exists).
+async fn visible(pool: &SqlitePool, user: &str, id: &str) -> ApiResult<sqlx::sqlite::SqliteRow> {
+    sqlx::query(
+        "SELECT * FROM nodetool_workflows WHERE id = ? AND (user_id = ? OR access = 'public')",
+    )
+    .bind(id)
+    .bind(user)
+    .fetch_optional(pool)
+    .await?
+    .ok_or_else(|| ApiError::not_found(format!("workflow {id} not found")))
+}
+
+#[derive(Debug, Deserialize)]
+struct ListQuery {
+    limit: Option<i64>,
+    cursor: Option<String>,
+}
+
+async fn list(
+    State(state): State<AppState>,
+    AuthUser(user): AuthUser,
+    Query(q): Query<ListQuery>,
+) -> ApiResult<Json<Value>> {
+    let limit = q.limit.unwrap_or(DEFAULT_PAGE);
+    if !(1..=MAX_PAGE).contains(&limit) {
+        return Err(ApiError::bad_request(format!(
+            "limit must be between 1 and {MAX_PAGE}, got {limit}"
+        )));
+    }
+    let cursor = q.cursor.filter(|c| !c.is_empty());
+    // Newest first: ids are UUIDv7 (or client ids, which sort among them by their text).
+    let rows = sqlx::query(
+        "SELECT * FROM nodetool_workflows WHERE user_id = ? AND (? IS NULL OR id < ?) \
+         ORDER BY id DESC LIMIT ?",
+    )
+    .bind(&user)
+    .bind(&cursor)
+    .bind(&cursor)
+    .bind(limit + 1)
+    .fetch_all(&state.db)
+    .await?;
+    let more = rows.len() as i64 > limit;
+    let mut workflows = Vec::new();
+    for row in rows.iter().take(limit as usize) {
+        workflows.push(row_to_dto(row)?);
+    }
+    let next = if more {
+        workflows.last().map(|w| w.id.clone()).unwrap_or_default()
+    } else {
+        String::new()
+    };
+    Ok(Json(json!({"workflows": workflows, "next": next})))
+}
+
+async fn create(
+    State(state): State<AppState>,
+    AuthUser(user): AuthUser,
+    Json(req): Json<WorkflowRequest>,
+) -> ApiResult<(StatusCode, Json<WorkflowDto>)> {
+    req.check()?;
+    let id = nodetool_core::id::new_id();
+    insert(&state.db, &user, &id, req).await?;
+    let row = visible(&state.db, &user, &id).await?;
+    Ok((StatusCode::OK, Json(row_to_dto(&row)?)))
+}
+
+async fn insert(pool: &SqlitePool, user: &str, id: &str, req: WorkflowRequest) -> ApiResult<()> {
+    let now = Utc::now();
+    let graph = req
+        .graph
+        .unwrap_or_else(|| json!({"nodes": [], "edges": []}));
+    sqlx::query(
+        "INSERT INTO nodetool_workflows (id, user_id, access, name, description, tags, \
+         thumbnail, graph, settings, run_mode, tool_name, created_at, updated_at) \
+         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+    )
+    .bind(id)
+    .bind(user)
+    .bind(req.access.as_deref().unwrap_or("private"))
+    .bind(req.name.as_deref().unwrap_or("Untitled"))
+    .bind(req.description.as_deref().unwrap_or(""))
+    .bind(serde_json::to_string(&req.tags.unwrap_or_default()).unwrap_or_else(|_| "[]".into()))
+    .bind(&req.thumbnail)
+    .bind(graph.to_string())
+    .bind(req.settings.as_ref().map(Value::to_string))
+    .bind(&req.run_mode)
+    .bind(&req.tool_name)
+    .bind(now)
+    .bind(now)
+    .execute(pool)
+    .await?;
+    Ok(())
+}
+
+async fn get_one(
+    State(state): State<AppState>,
+    AuthUser(user): AuthUser,
+    Path(id): Path<String>,
+) -> ApiResult<Json<WorkflowDto>> {
+    let row = visible(&state.db, &user, &id).await?;
+    Ok(Json(row_to_dto(&row)?))
+}
+
+async fn put_one(
+    State(state): State<AppState>,
+    AuthUser(user): AuthUser,
+    Path(id): Path<String>,
+    Json(req): Json<WorkflowRequest>,
+) -> ApiResult<Json<WorkflowDto>> {
+    req.check()?;
+    if id.is_empty()
+        || id.len() > 128
+        || !id
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+    {
+        return Err(ApiError::bad_request(
+            "a workflow id is 1-128 characters of letters, digits, '-' and '_'",
+        ));
+    }
+    let owner: Option<(String, String)> =
+        sqlx::query_as("SELECT user_id, access FROM nodetool_workflows WHERE id = ?")
+            .bind(&id)
+            .fetch_optional(&state.db)
+            .await?;
+    match owner {
+        None => insert(&state.db, &user, &id, req).await?,
+        Some((owner, _)) if owner == user => {
+            let now = Utc::now();
+            sqlx::query(
+                "UPDATE nodetool_workflows SET \
+                 name = COALESCE(?, name), description = COALESCE(?, description), \
+                 tags = COALESCE(?, tags), access = COALESCE(?, access), \
+                 thumbnail = COALESCE(?, thumbnail), graph = COALESCE(?, graph), \
+                 settings = COALESCE(?, settings), run_mode = COALESCE(?, run_mode), \
+                 tool_name = COALESCE(?, tool_name), updated_at = ? \
+                 WHERE id = ? AND user_id = ?",
+            )
+            .bind(&req.name)
+            .bind(&req.description)
+            .bind(req.tags.as_ref().map(|t| json!(t).to_string()))
+            .bind(&req.access)
+            .bind(&req.thumbnail)
+            .bind(req.graph.as_ref().map(Value::to_string))
+            .bind(req.settings.as_ref().map(Value::to_string))
+            .bind(&req.run_mode)
+            .bind(&req.tool_name)
+            .bind(now)
+            .bind(&id)
+            .bind(&user)
+            .execute(&state.db)
+            .await?;
+        }
+        Some((_, access)) if access == "public" => {
+            return Err(ApiError::forbidden(format!(
+                "workflow {id} is public: readable by everyone, writable by its owner only"
+            )));
+        }
+        Some(_) => return Err(ApiError::not_found(format!("workflow {id} not found"))),
+    }
+    let row = visible(&state.db, &user, &id).await?;
+    Ok(Json(row_to_dto(&row)?))
+}
+
+async fn delete_one(
+    State(state): State<AppState>,
+    AuthUser(user): AuthUser,
+    Path(id): Path<String>,
+) -> ApiResult<StatusCode> {
+    let done = sqlx::query("DELETE FROM nodetool_workflows WHERE id = ? AND user_id = ?")
+        .bind(&id)
+        .bind(&user)
+        .execute(&state.db)
+        .await?;
+    if done.rows_affected() == 0 {
+        // Someone else's public workflow: visible, so say why it cannot go.
+        return Err(match visible(&state.db, &user, &id).await {
+            Ok(_) => ApiError::forbidden(format!(
+                "workflow {id} is public: readable by everyone, deletable by its owner only"
+            )),
+            Err(e) => e,
+        });
+    }
+    Ok(StatusCode::NO_CONTENT)
+}
