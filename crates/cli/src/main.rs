@@ -10,6 +10,7 @@ mod serve_cmd;
 mod settings_cmd;
 mod storage_cmd;
 mod worker_cmd;
+mod workflows_cmd;
 
 use std::process::ExitCode;
 
@@ -59,6 +60,11 @@ enum Command {
         #[command(subcommand)]
         command: python_cmd::PythonCommand,
     },
+    /// The stored workflows `nodetool serve` offers at /api/workflows.
+    Workflows {
+        #[command(subcommand)]
+        command: workflows_cmd::WorkflowsCommand,
+    },
     /// The child side of the subprocess and Docker strategies (reads a job on stdin; not for humans).
     #[command(hide = true)]
     Worker,
@@ -84,6 +90,7 @@ fn main() -> ExitCode {
             Command::Python { command } => python_cmd::run(command).await,
             Command::Worker => worker_cmd::run().await,
             Command::Nodes(args) => nodes_cmd::run(args),
+            Command::Workflows { command } => workflows_cmd::run(command).await,
         }
     });
     match result {

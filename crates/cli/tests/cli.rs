@@ -626,3 +626,47 @@ fn serve_accepts_signed_urls_from_storage_url_and_requires_a_token_otherwise() {
     server.kill().expect("stop serve");
     let _ = server.wait();
 }
+
+/// `nodetool workflows`: import a file, list, export, run by id, and clear errors for a file
+/// that is not a workflow and an id that is not stored.
+#[test]
+fn workflows_import_list_export_and_run_by_id() {
+    let env = Env::new();
+    let example = concat!(env!("CARGO_MANIFEST_DIR"), "/../../examples/hello.json");
+    let out = env.run(&["workflows", "import", example], &[]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let id = stdout(&out).trim().to_owned();
+    assert_eq!(id.len(), 32, "a new id: {id}");
+
+    let out = env.run(&["workflows", "ls"], &[]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(stdout(&out).contains(&id), "{}", stdout(&out));
+    let out = env.run(&["workflows", "ls", "--json"], &[]);
+    let all: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    assert_eq!(all[0]["id"], serde_json::json!(id));
+    assert_eq!(all[0]["user_id"], "1");
+
+    let out = env.run(&["workflows", "export", &id], &[]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let exported: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    let original: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(example).unwrap()).unwrap();
+    assert_eq!(exported["graph"], original["graph"]);
+
+    let out = env.run(
+        &["workflows", "run", &id, "--params", r#"{"name": "store"}"#],
+        &[],
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    let result: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json result");
+    assert_eq!(result["greeting"], serde_json::json!(["Hello, store!"]));
+
+    let out = env.run(&["workflows", "export", "no-such-id"], &[]);
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("not found"), "{}", stderr(&out));
+    let bad = env.dir.path().join("bad.json");
+    std::fs::write(&bad, r#"{"nodes": "nope"}"#).unwrap();
+    let out = env.run(&["workflows", "import", bad.to_str().unwrap()], &[]);
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("nodes"), "{}", stderr(&out));
+}

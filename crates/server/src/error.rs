@@ -62,6 +62,11 @@ impl ApiError {
         self
     }
 
+    /// What the client is told.
+    pub fn message(&self) -> &str {
+        &self.0.message
+    }
+
     pub fn status(&self) -> StatusCode {
         self.0.status
     }

@@ -349,3 +349,70 @@ async fn delete_one(
     }
     Ok(StatusCode::NO_CONTENT)
 }
+
+/// The store as `nodetool workflows` uses it (the same rows the routes serve).
+pub mod store {
+    use super::*;
+
+    /// The caller's workflows, newest first, as NodeTool `Workflow` JSON.
+    pub async fn list(pool: &SqlitePool, user: &str) -> nodetool_core::Result<Vec<Value>> {
+        let rows =
+            sqlx::query("SELECT * FROM nodetool_workflows WHERE user_id = ? ORDER BY id DESC")
+                .bind(user)
+                .fetch_all(pool)
+                .await
+                .map_err(db_err)?;
+        rows.iter().map(|r| to_value(row_to_dto(r))).collect()
+    }
+
+    /// One workflow the caller may read.
+    pub async fn get(pool: &SqlitePool, user: &str, id: &str) -> nodetool_core::Result<Value> {
+        let row = visible(pool, user, id).await.map_err(|e| {
+            nodetool_core::Error::not_found(e.message().to_owned()).with_operation("workflows.get")
+        })?;
+        to_value(row_to_dto(&row))
+    }
+
+    /// Imports a NodeTool workflow file (a saved `Workflow` or a bare `{nodes, edges}`) as a
+    /// new workflow of `user`; returns its id.
+    pub async fn import(
+        pool: &SqlitePool,
+        user: &str,
+        file: &Value,
+    ) -> nodetool_core::Result<String> {
+        let graph = file.get("graph").cloned().unwrap_or_else(|| file.clone());
+        let text = |k: &str| file.get(k).and_then(Value::as_str).map(str::to_owned);
+        let req = WorkflowRequest {
+            name: text("name"),
+            description: text("description"),
+            tags: file
+                .get("tags")
+                .and_then(|t| serde_json::from_value(t.clone()).ok()),
+            access: Some("private".to_owned()),
+            thumbnail: None,
+            graph: Some(graph),
+            settings: file.get("settings").cloned().filter(|v| !v.is_null()),
+            run_mode: text("run_mode"),
+            tool_name: text("tool_name"),
+        };
+        let invalid = |e: ApiError| {
+            nodetool_core::Error::invalid_input(e.message().to_owned())
+                .with_operation("workflows.import")
+        };
+        req.check().map_err(invalid)?;
+        let id = nodetool_core::id::new_id();
+        insert(pool, user, &id, req).await.map_err(invalid)?;
+        Ok(id)
+    }
+
+    fn to_value(dto: ApiResult<WorkflowDto>) -> nodetool_core::Result<Value> {
+        let dto = dto.map_err(|e| nodetool_core::Error::unexpected(e.message().to_owned()))?;
+        serde_json::to_value(dto).map_err(|e| nodetool_core::Error::unexpected(e.to_string()))
+    }
+
+    fn db_err(e: sqlx::Error) -> nodetool_core::Error {
+        nodetool_core::Error::new(nodetool_core::ErrorKind::Unavailable, "database error")
+            .with_operation("workflows")
+            .with_source(e)
+    }
+}
