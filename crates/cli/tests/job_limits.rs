@@ -414,21 +414,21 @@ async fn job_timeout_is_one_ceiling_for_every_strategy_and_entry_point() {
     assert_eq!(rec["status"], "completed", "{rec}");
 }
 
-/// A server started with no setting at all runs Docker jobs with the default limits, runs the
-/// default image, and refuses any other a request names; an image listed in
-/// DOCKER_ALLOWED_IMAGES is the one that runs.
+/// A server started with no setting at all runs Docker jobs with the default limits (visible in
+/// `docker inspect` and in `settings show`), runs the default image, and refuses any other image
+/// a request names.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn docker_jobs_run_the_requested_image_under_default_limits() {
+async fn docker_jobs_of_a_server_with_no_settings_carry_default_limits() {
     let _serial = serial();
     let Some(client) =
-        docker_client("docker_jobs_run_the_requested_image_under_default_limits").await
+        docker_client("docker_jobs_of_a_server_with_no_settings_carry_default_limits").await
     else {
         return;
     };
     let env = Env::new();
     let pinned = worker_image(&env, &client).await;
 
-    // 1. No settings at all: every limit is on, visible in `docker inspect`.
+    // No settings at all: every limit is on, visible in `docker inspect`.
     let server = Server::start(&env, &[]);
     let (status, body) = server
         .submit(&json!({"graph": sleep_graph(SLOW), "execution_strategy": "docker"}))
@@ -514,9 +514,19 @@ async fn docker_jobs_run_the_requested_image_under_default_limits() {
             .contains("applies only to execution_strategy docker"),
         "{body}"
     );
-    drop(server);
+}
 
-    // 2. DOCKER_ALLOWED_IMAGES lets a request pick another image, and that image runs.
+/// DOCKER_ALLOWED_IMAGES lets a request pick another image, and that image is the one that runs;
+/// an image it does not list is still refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_requested_docker_image_is_the_image_that_runs() {
+    let _serial = serial();
+    let Some(client) = docker_client("a_requested_docker_image_is_the_image_that_runs").await
+    else {
+        return;
+    };
+    let env = Env::new();
+    let pinned = worker_image(&env, &client).await;
     let alt = pinned.replacen("nodetool-worker:", "nodetool-worker-alt:", 1);
     tag(&client, &pinned, &alt).await;
     let server = Server::start(&env, &[("DOCKER_ALLOWED_IMAGES", "nodetool-worker-alt:*")]);
