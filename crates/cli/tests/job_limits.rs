@@ -21,11 +21,8 @@ use nodetool_exec::docker::{bollard, image, JOB_LABEL};
 
 /// Every `nodetool serve` reaps the job containers it finds at start, so the tests of this file
 /// (each starts servers) take turns.
-static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
-
-fn serial() -> std::sync::MutexGuard<'static, ()> {
-    SERIAL.lock().unwrap_or_else(|p| p.into_inner())
-}
+/// (Async: the guard is held across awaits, and works across the tests' runtimes.)
+static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 /// A job that would run for 30 s: every deadline below ends it long before.
 const SLOW: f64 = 30.0;
@@ -321,7 +318,7 @@ fn assert_timed_out(what: &str, status: &Value, error: &Value, seconds: f64) {
 /// `failed` status and message, whatever the request asks for; a request may only lower it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn job_timeout_is_one_ceiling_for_every_strategy_and_entry_point() {
-    let _serial = serial();
+    let _serial = SERIAL.lock().await;
     let env = Env::new();
     let mut strategies = vec!["threaded", "subprocess"];
     if let Some(client) =
@@ -419,7 +416,7 @@ async fn job_timeout_is_one_ceiling_for_every_strategy_and_entry_point() {
 /// a request names.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn docker_jobs_of_a_server_with_no_settings_carry_default_limits() {
-    let _serial = serial();
+    let _serial = SERIAL.lock().await;
     let Some(client) =
         docker_client("docker_jobs_of_a_server_with_no_settings_carry_default_limits").await
     else {
@@ -520,7 +517,7 @@ async fn docker_jobs_of_a_server_with_no_settings_carry_default_limits() {
 /// an image it does not list is still refused.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_requested_docker_image_is_the_image_that_runs() {
-    let _serial = serial();
+    let _serial = SERIAL.lock().await;
     let Some(client) = docker_client("a_requested_docker_image_is_the_image_that_runs").await
     else {
         return;
@@ -574,7 +571,7 @@ async fn a_requested_docker_image_is_the_image_that_runs() {
 /// fail with a clear resource error, and the server carries on.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn subprocess_memory_limit_measures_allocations() {
-    let _serial = serial();
+    let _serial = SERIAL.lock().await;
     let env = Env::new();
     let server = Server::start(&env, &[]);
     let allocate = |mb: i64| {

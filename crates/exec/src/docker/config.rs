@@ -207,9 +207,10 @@ impl DockerConfig {
         Ok(())
     }
 
-    /// The image a job runs: the request's `docker_image` when [`DockerConfig::allowed_images`]
-    /// (or the default image) admits it, else [`DockerConfig::image`]. A malformed or
-    /// disallowed image is an error naming the setting; nothing falls back silently.
+    /// The image a job runs: [`DockerConfig::image`] when the request names none, else the
+    /// request's `docker_image` if it is the default image or [`DockerConfig::allowed_images`]
+    /// admits it. A malformed or disallowed image is an `InvalidInput` error naming the
+    /// setting; nothing falls back silently to another image.
     pub fn image_for(&self, requested: Option<&str>) -> Result<String> {
         let Some(image) = requested else {
             return Ok(self.image.clone());
