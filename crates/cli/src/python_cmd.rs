@@ -217,6 +217,10 @@ impl nodetool_exec::ExecutionStrategy for RefusePythonNodes {
         self.inner.capabilities()
     }
 
+    fn admit(&self, spec: &nodetool_exec::JobSpec) -> nodetool_core::Result<()> {
+        self.inner.admit(spec)
+    }
+
     async fn start(
         &self,
         spec: nodetool_exec::JobSpec,
@@ -296,6 +300,10 @@ impl nodetool_exec::ExecutionStrategy for LendPythonSecrets {
 
     fn capabilities(&self) -> nodetool_exec::Capabilities {
         self.inner.capabilities()
+    }
+
+    fn admit(&self, spec: &nodetool_exec::JobSpec) -> nodetool_core::Result<()> {
+        self.inner.admit(spec)
     }
 
     async fn start(

@@ -1,5 +1,6 @@
-//! `nodetool run FILE [--params JSON] [--jsonl] [--no-cache] [--profile] [--trace FILE]`: runs
-//! one workflow in-process or in a worker.
+//! `nodetool run FILE [--params JSON] [--jsonl] [--no-cache] [--strategy S] [--profile]
+//! [--trace FILE]`: runs one workflow through the same strategies and deadline as the server's
+//! jobs.
 
 use std::collections::HashSet;
 use std::io::{IsTerminal, Write};
@@ -9,12 +10,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use nodetool_engine::{
-    parse_workflow, Engine, Event, EventEnvelope, RunOptions, RunRequest, Status,
-};
+use nodetool_engine::{parse_workflow, Engine, Event, EventEnvelope, Status};
+use nodetool_exec::{ExecutionStrategy, JobSpec, StrategyKind};
 use nodetool_runtime::{ResourceOptions, Resources};
 use serde_json::{Map, Value};
-use tokio_util::sync::CancellationToken;
 
 /// Exit code of a run that was interrupted (as shells report SIGINT).
 const EXIT_CANCELLED: u8 = 130;
@@ -32,7 +31,8 @@ pub struct RunArgs {
     /// Neither read nor fill the node cache.
     #[arg(long)]
     pub no_cache: bool,
-    /// Fail the job after this many seconds.
+    /// Fail the job after this many seconds (at most JOB_TIMEOUT_SECONDS, which it may only
+    /// lower).
     #[arg(long, value_name = "SECONDS")]
     pub timeout: Option<f64>,
     /// Where the job runs: in this process (threaded), in a `nodetool worker` child
@@ -104,16 +104,12 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     let mut workflow = workflow;
     apply_model_overrides(&mut workflow, &args.model_override)?;
     let params = parse_params(args.params.as_deref())?;
-    let job_timeout = match args.timeout {
-        Some(s) if s.is_finite() && s > 0.0 => Some(Duration::from_secs_f64(s)),
+    let requested_timeout = match args.timeout {
+        Some(s) if s.is_finite() && s > 0.0 => Some(s),
         Some(s) => anyhow::bail!("--timeout must be a positive number of seconds, got {s}"),
         None => None,
     };
-
     let strategy: nodetool_exec::StrategyKind = args.strategy.parse()?;
-    if strategy != nodetool_exec::StrategyKind::Threaded {
-        return run_isolated(strategy, workflow, params, job_timeout, &args).await;
-    }
 
     let settings = crate::load_settings()?;
     // Asset records go to the same database `nodetool serve` uses (DB_PATH), opened on the first
@@ -121,49 +117,101 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     let store = nodetool_assets::SqliteAssetStore::lazy(settings.db_path.clone());
     let resources =
         Resources::new(settings, ResourceOptions::default()).with_asset_store(Arc::new(store));
-    // Native nodes, then the Python worker's when the workflow needs a type they lack.
-    let (registry, bridge) = crate::python_cmd::registry(
-        resources.settings(),
-        crate::python_cmd::Need::For(&workflow.graph),
-    )
-    .await?;
-    let engine = Engine::new(Arc::new(registry), resources.engine_resources().await?);
+    let settings = resources.settings().clone();
+    let (runner, bridge) = strategy_for(strategy, &resources, &workflow.graph).await?;
 
-    let node_count = workflow.graph.nodes.len();
+    // One job path for every strategy, as the server's: a `JobSpec` under the operator's
+    // deadline (`--timeout` may only lower JOB_TIMEOUT_SECONDS), started and awaited.
+    let mut spec = JobSpec::new(workflow.graph);
+    spec.workflow_id = workflow.id;
+    spec.params = params;
+    spec.use_cache = !args.no_cache;
+    spec.resource_limits.time_seconds =
+        nodetool_exec::effective_time_limit(requested_timeout, settings.job_timeout);
+
+    let node_count = spec.graph.nodes.len();
     let (tx, rx) = tokio::sync::mpsc::unbounded_channel::<EventEnvelope>();
     let printer = tokio::spawn(print_events(rx, args.jsonl, node_count, args.profiler()));
-
-    let cancel = CancellationToken::new();
-    let ctrl_c = {
-        let cancel = cancel.clone();
-        tokio::spawn(async move {
-            if tokio::signal::ctrl_c().await.is_ok() {
-                cancel.cancel();
-            }
-        })
-    };
-    let request = RunRequest {
-        workflow_id: workflow.id.clone(),
-        ..RunRequest::new(workflow.graph)
-    }
-    .with_params(params);
-    let opts = RunOptions {
-        use_cache: !args.no_cache,
-        job_timeout,
-        ..RunOptions::default()
-    };
-    let outcome = engine.run(request, opts, Arc::new(tx), cancel).await;
+    let mut handle = runner.start(spec, Arc::new(tx)).await?;
+    let job_id = handle.job_id().to_owned();
+    let cancel = handle.cancel_token();
+    let ctrl_c = tokio::spawn(async move {
+        if tokio::signal::ctrl_c().await.is_ok() {
+            cancel.cancel();
+        }
+    });
+    let outcome = handle.wait().await;
     ctrl_c.abort();
+    drop(handle);
+    drop(runner);
     if let Some(bridge) = &bridge {
-        bridge
-            .end_job(&outcome.job_id, outcome.status.as_str())
-            .await;
+        bridge.end_job(&job_id, outcome.status.as_str()).await;
         bridge.shutdown(Duration::from_secs(5)).await;
     }
     // The sender is gone with the run; the printer drains what is left and stops.
     let profile = printer.await.context("event printer")??;
     args.report_profile(profile)?;
-    report(outcome.into(), args.jsonl)
+    report(outcome, args.jsonl)
+}
+
+/// The strategy `nodetool run --strategy` names, built as `nodetool serve` builds it, and the
+/// Python bridge threaded jobs run Python nodes on (to end and shut down after the job).
+async fn strategy_for(
+    strategy: nodetool_exec::StrategyKind,
+    resources: &Resources,
+    graph: &nodetool_engine::Graph,
+) -> anyhow::Result<(
+    Arc<dyn ExecutionStrategy>,
+    Option<nodetool_bridge::PythonBridge>,
+)> {
+    use nodetool_exec::subprocess::SubprocessStrategy;
+    use nodetool_exec::threaded::ThreadedStrategy;
+
+    let settings = resources.settings();
+    match strategy {
+        StrategyKind::Threaded => {
+            // Native nodes, then the Python worker's when the workflow needs a type they lack.
+            let (registry, bridge) =
+                crate::python_cmd::registry(settings, crate::python_cmd::Need::For(graph)).await?;
+            let engine = Engine::new(Arc::new(registry), resources.engine_resources().await?);
+            let threaded = ThreadedStrategy::new(engine, settings.thread_pool_size.max(1))?;
+            Ok((Arc::new(threaded), bridge))
+        }
+        StrategyKind::Subprocess => {
+            // The worker gets no storage or cache settings: it asks this process, which lends it
+            // the same storages, node cache and asset records (DB_PATH) a threaded run uses.
+            let services = nodetool_exec::WorkerServices::new(resources.engine_resources().await?);
+            let cfg = crate::subprocess_config(settings)?;
+            let subprocess: Arc<dyn ExecutionStrategy> =
+                Arc::new(SubprocessStrategy::new(cfg).with_services(services));
+            // The worker starts its own Python worker; from ours it needs only the secrets
+            // the Python nodes declare, which the worker (reading no settings) cannot look up.
+            let (_, bridge) =
+                crate::python_cmd::registry(settings, crate::python_cmd::Need::For(graph)).await?;
+            let wrapped =
+                crate::python_cmd::LendPythonSecrets::wrap(subprocess, bridge.as_ref(), settings);
+            if let Some(b) = bridge {
+                b.shutdown(Duration::from_secs(2)).await;
+            }
+            Ok((wrapped, None))
+        }
+        StrategyKind::Docker => {
+            let services = nodetool_exec::WorkerServices::new(resources.engine_resources().await?);
+            let cfg = nodetool_exec::docker::config::DockerConfig::for_runtime(settings)?;
+            let docker: Arc<dyn ExecutionStrategy> = Arc::new(
+                nodetool_exec::docker::DockerStrategy::connect(cfg)
+                    .await?
+                    .with_services(services),
+            );
+            // Containers have no Python: a workflow with Python nodes is refused up front.
+            let (_, bridge) =
+                crate::python_cmd::registry(settings, crate::python_cmd::Need::For(graph)).await?;
+            Ok((
+                crate::python_cmd::RefusePythonNodes::wrap(docker, bridge.as_ref()),
+                None,
+            ))
+        }
+    }
 }
 
 /// Prints a finished job for a person: the outputs as JSON (unless `--jsonl` already printed
@@ -190,88 +238,6 @@ fn report(outcome: nodetool_exec::JobOutcome, jsonl: bool) -> anyhow::Result<Exi
             Ok(ExitCode::FAILURE)
         }
     }
-}
-
-/// `--strategy subprocess|docker`: the job runs in a worker through `nodetool_exec`.
-async fn run_isolated(
-    strategy: nodetool_exec::StrategyKind,
-    workflow: nodetool_engine::Workflow,
-    params: Map<String, Value>,
-    job_timeout: Option<Duration>,
-    args: &RunArgs,
-) -> anyhow::Result<ExitCode> {
-    use nodetool_exec::subprocess::SubprocessStrategy;
-    use nodetool_exec::{ExecutionStrategy, JobSpec, StrategyKind};
-
-    let settings = crate::load_settings()?;
-    // The worker gets no storage or cache settings: it asks this process, which lends it the
-    // same storages, node cache and asset records (DB_PATH) a threaded run uses.
-    let store = nodetool_assets::SqliteAssetStore::lazy(settings.db_path.clone());
-    let resources =
-        Resources::new(settings, ResourceOptions::default()).with_asset_store(Arc::new(store));
-    let settings = resources.settings().clone();
-    let services = nodetool_exec::WorkerServices::new(resources.engine_resources().await?);
-    let runner: Arc<dyn ExecutionStrategy> = match strategy {
-        StrategyKind::Subprocess => {
-            let cfg = crate::subprocess_config(&settings)?;
-            let subprocess: Arc<dyn ExecutionStrategy> =
-                Arc::new(SubprocessStrategy::new(cfg).with_services(services));
-            // The worker starts its own Python worker; from ours it needs only the secrets
-            // the Python nodes declare, which the worker (reading no settings) cannot look up.
-            let (_, bridge) = crate::python_cmd::registry(
-                &settings,
-                crate::python_cmd::Need::For(&workflow.graph),
-            )
-            .await?;
-            let wrapped =
-                crate::python_cmd::LendPythonSecrets::wrap(subprocess, bridge.as_ref(), &settings);
-            if let Some(b) = bridge {
-                b.shutdown(Duration::from_secs(2)).await;
-            }
-            wrapped
-        }
-        StrategyKind::Docker => {
-            let cfg = nodetool_exec::docker::config::DockerConfig::for_runtime(&settings)?;
-            let docker: Arc<dyn ExecutionStrategy> = Arc::new(
-                nodetool_exec::docker::DockerStrategy::connect(cfg)
-                    .await?
-                    .with_services(services),
-            );
-            // Containers have no Python: a workflow with Python nodes is refused up front.
-            let (_, bridge) = crate::python_cmd::registry(
-                &settings,
-                crate::python_cmd::Need::For(&workflow.graph),
-            )
-            .await?;
-            crate::python_cmd::RefusePythonNodes::wrap(docker, bridge.as_ref())
-        }
-        StrategyKind::Threaded => anyhow::bail!("threaded jobs run in-process, not in a worker"),
-    };
-    let mut spec = JobSpec::new(workflow.graph);
-    spec.workflow_id = workflow.id;
-    spec.params = params;
-    spec.use_cache = !args.no_cache;
-    spec.resource_limits.time_seconds = job_timeout
-        .or(settings.job_timeout)
-        .map(|d| d.as_secs_f64());
-
-    let node_count = spec.graph.nodes.len();
-    let (tx, rx) = tokio::sync::mpsc::unbounded_channel::<EventEnvelope>();
-    let printer = tokio::spawn(print_events(rx, args.jsonl, node_count, args.profiler()));
-    let mut handle = runner.start(spec, Arc::new(tx)).await?;
-    let cancel = handle.cancel_token();
-    let ctrl_c = tokio::spawn(async move {
-        if tokio::signal::ctrl_c().await.is_ok() {
-            cancel.cancel();
-        }
-    });
-    let outcome = handle.wait().await;
-    ctrl_c.abort();
-    drop(handle);
-    drop(runner);
-    let profile = printer.await.context("event printer")??;
-    args.report_profile(profile)?;
-    report(outcome, args.jsonl)
 }
 
 fn parse_params(raw: Option<&str>) -> anyhow::Result<Map<String, Value>> {

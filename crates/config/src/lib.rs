@@ -32,5 +32,8 @@ pub use select::{
     asset_folder, asset_storage, node_cache, storage_base_url, temp_storage, CachePlan, Selection,
     StoragePlan,
 };
-pub use settings::{AuthProvider, Environment, SettingEntry, Settings};
+pub use settings::{
+    docker_defaults, AuthProvider, DockerDefaults, Environment, SettingEntry, Settings,
+    DOCKER_MEMORY_CAP,
+};
 pub use sources::{SettingSource, Sources, CONFIG_DIR_VAR, SECRETS_FILE, SETTINGS_FILE};

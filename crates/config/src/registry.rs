@@ -63,6 +63,9 @@ pub enum DefaultValue {
     Value(&'static str),
     /// The number of CPUs the process may use.
     CpuCount,
+    /// Half the host's memory (`/proc/meminfo` `MemTotal`), at most 8 GiB
+    /// ([`crate::docker_defaults`]).
+    HalfHostMemory,
     /// A file or folder inside the config directory.
     InConfigDir(&'static str),
 }
@@ -175,17 +178,22 @@ pub const REGISTRY: &[SettingDef] = &[
         "Enable the terminal WebSocket (never in production)"),
     // Execution.
     def("THREAD_POOL_SIZE", K::Count, D::CpuCount, "Worker threads of the threaded strategy"),
-    def("MAX_WORKFLOW_THREADS", K::Count, D::None, "Jobs running at once; unset means no limit"),
-    def("JOB_TIMEOUT_SECONDS", K::Seconds, D::None, "Per-job deadline; unset means none"),
+    def("MAX_WORKFLOW_THREADS", K::Count, D::None,
+        "Jobs running at once, every strategy together (the rest wait as scheduled); unset: THREAD_POOL_SIZE"),
+    def("JOB_TIMEOUT_SECONDS", K::Seconds, D::None,
+        "Per-job deadline, a ceiling: a request's time_seconds may only lower it; unset means none"),
     def("DOCKER_IMAGE", K::Text, D::None,
         "Worker image for the Docker strategy (tagged, never :latest)"),
-    def("DOCKER_CPU_LIMIT", K::Cpus, D::None, "CPUs per Docker job (e.g. 1.5)"),
+    def("DOCKER_ALLOWED_IMAGES", K::List, D::None,
+        "Images a job request's docker_image may name besides DOCKER_IMAGE, comma-separated (a trailing * matches by prefix); unset: only DOCKER_IMAGE"),
+    def("DOCKER_CPU_LIMIT", K::Cpus, D::CpuCount, "CPUs per Docker job (e.g. 1.5); default: the host's CPUs"),
     SettingDef {
         aliases: &["DOCKER_MEM_LIMIT"],
-        ..def("DOCKER_MEMORY_LIMIT", K::Size, D::None, "Memory per Docker job (e.g. 2g)")
+        ..def("DOCKER_MEMORY_LIMIT", K::Size, D::HalfHostMemory,
+            "Memory per Docker job (e.g. 2g; no swap); default: half the host's memory, at most 8g")
     },
     def("DOCKER_SHM_SIZE", K::Size, D::None, "/dev/shm size per Docker job (e.g. 512m)"),
-    def("DOCKER_PIDS_LIMIT", K::Integer, D::None, "Process limit per Docker job"),
+    def("DOCKER_PIDS_LIMIT", K::Integer, D::Value("512"), "Process limit per Docker job"),
     def("DOCKER_USER", K::Text, D::Value("1000:1000"), "User (uid:gid) Docker jobs run as"),
     def("DOCKER_GPU_DEVICES", K::List, D::None,
         "GPU devices for Docker jobs, comma-separated (e.g. 0,1 or all)"),

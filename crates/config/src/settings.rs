@@ -213,12 +213,16 @@ pub struct Settings {
     pub max_workflow_threads: Option<usize>,
     pub job_timeout: Option<Duration>,
     pub docker_image: Option<String>,
-    pub docker_cpu_limit: Option<f64>,
-    /// Bytes.
-    pub docker_memory_limit: Option<u64>,
+    /// `DOCKER_ALLOWED_IMAGES`: images a request may name besides `docker_image`.
+    pub docker_allowed_images: Option<Vec<String>>,
+    /// CPUs (default: the host's, [`crate::docker_defaults`]).
+    pub docker_cpu_limit: f64,
+    /// Bytes (default: half the host's memory, at most 8 GiB).
+    pub docker_memory_limit: u64,
     /// Bytes.
     pub docker_shm_size: Option<u64>,
-    pub docker_pids_limit: Option<i64>,
+    /// Default 512.
+    pub docker_pids_limit: i64,
     pub docker_user: String,
     pub docker_gpu_devices: Option<Vec<String>>,
     /// `never`, `missing` or `always`.
@@ -330,10 +334,11 @@ impl Settings {
             max_workflow_threads: r.get("MAX_WORKFLOW_THREADS", parse::count)?,
             job_timeout: r.get("JOB_TIMEOUT_SECONDS", parse::seconds)?,
             docker_image,
-            docker_cpu_limit: r.get("DOCKER_CPU_LIMIT", parse::cpus)?,
-            docker_memory_limit: r.get("DOCKER_MEMORY_LIMIT", parse::size)?,
+            docker_allowed_images: r.get("DOCKER_ALLOWED_IMAGES", allowed_images)?,
+            docker_cpu_limit: r.require("DOCKER_CPU_LIMIT", parse::cpus)?,
+            docker_memory_limit: r.require("DOCKER_MEMORY_LIMIT", parse::size)?,
             docker_shm_size: r.get("DOCKER_SHM_SIZE", parse::size)?,
-            docker_pids_limit: r.get("DOCKER_PIDS_LIMIT", parse::integer)?,
+            docker_pids_limit: r.require("DOCKER_PIDS_LIMIT", parse::integer)?,
             docker_user: r.require("DOCKER_USER", text)?,
             docker_gpu_devices: r.get("DOCKER_GPU_DEVICES", parse::list)?,
             docker_pull_policy: r.choice("DOCKER_PULL_POLICY")?,
@@ -494,8 +499,70 @@ fn default_raw(default: DefaultValue, config_dir: &Path) -> Option<String> {
                 .unwrap_or(1)
                 .to_string(),
         ),
+        DefaultValue::HalfHostMemory => {
+            Some(format!("{}m", crate::docker_defaults().memory_bytes >> 20))
+        }
         DefaultValue::InConfigDir(name) => Some(config_dir.join(name).display().to_string()),
     }
+}
+
+/// What a Docker job gets when no `DOCKER_*` limit is set: the strongest isolation is safe by
+/// default.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct DockerDefaults {
+    /// The CPUs this process may use.
+    pub cpus: f64,
+    /// Half the host's memory, at most [`DOCKER_MEMORY_CAP`] (2 GiB when `/proc/meminfo` is
+    /// unreadable).
+    pub memory_bytes: u64,
+    pub pids: i64,
+}
+
+/// The most memory a Docker job gets by default, however large the host.
+pub const DOCKER_MEMORY_CAP: u64 = 8 << 30;
+
+/// The default Docker job limits on this host (`DOCKER_CPU_LIMIT`, `DOCKER_MEMORY_LIMIT`,
+/// `DOCKER_PIDS_LIMIT`).
+pub fn docker_defaults() -> DockerDefaults {
+    let cpus = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1) as f64;
+    let memory_bytes = host_memory_bytes()
+        .map(|total| (total / 2).min(DOCKER_MEMORY_CAP))
+        .unwrap_or(2 << 30)
+        // Whole MiB, so `settings show` prints it exactly.
+        & !((1 << 20) - 1);
+    DockerDefaults {
+        cpus,
+        memory_bytes,
+        pids: 512,
+    }
+}
+
+/// `MemTotal` of `/proc/meminfo`, in bytes.
+fn host_memory_bytes() -> Option<u64> {
+    let text = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let line = text.lines().find(|l| l.starts_with("MemTotal:"))?;
+    let kib: u64 = line
+        .trim_start_matches("MemTotal:")
+        .trim()
+        .trim_end_matches("kB")
+        .trim()
+        .parse()
+        .ok()?;
+    kib.checked_mul(1024)
+}
+
+/// Each entry a valid image reference (`name:tag`, never `latest`), or a prefix ending in `*`.
+fn allowed_images(raw: &str) -> Parsed<Vec<String>> {
+    let items = parse::list(raw)?;
+    for item in &items {
+        if item.ends_with('*') {
+            continue;
+        }
+        check_image(item).map_err(|why| format!("lists {item:?}, which {why}"))?;
+    }
+    Ok(items)
 }
 
 /// `NAME=value from SOURCE why`, with secret values masked.

@@ -85,7 +85,46 @@ fn defaults_with_no_env_and_no_files() {
     assert_eq!(s.docker_user, "1000:1000");
     assert!(!s.enable_terminal_ws);
     assert_eq!(s.memcache_port, None);
-    assert_eq!(s.docker_memory_limit, None);
+    // Docker jobs are limited with no setting at all: the host's CPUs, half its memory up to
+    // 8 GiB, 512 processes; and `settings show` prints each default.
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    assert_eq!(s.docker_cpu_limit, cpus as f64);
+    assert_eq!(s.docker_pids_limit, 512);
+    let total_kib: u64 = std::fs::read_to_string("/proc/meminfo")
+        .unwrap()
+        .lines()
+        .find_map(|l| l.strip_prefix("MemTotal:"))
+        .unwrap()
+        .trim()
+        .trim_end_matches("kB")
+        .trim()
+        .parse()
+        .unwrap();
+    let half = (total_kib * 1024 / 2).min(8 << 30);
+    assert!(
+        s.docker_memory_limit <= half && half - s.docker_memory_limit < 1 << 20,
+        "memory default {} for a host of {total_kib} KiB",
+        s.docker_memory_limit
+    );
+    assert_eq!(
+        s.docker_memory_limit,
+        nodetool_config::docker_defaults().memory_bytes
+    );
+    for (name, shown) in [
+        ("DOCKER_PIDS_LIMIT", "512".to_owned()),
+        ("DOCKER_CPU_LIMIT", cpus.to_string()),
+        (
+            "DOCKER_MEMORY_LIMIT",
+            format!("{}m", s.docker_memory_limit >> 20),
+        ),
+    ] {
+        assert_eq!(
+            s.entry(name).unwrap().value.as_deref(),
+            Some(shown.as_str()),
+            "{name}"
+        );
+    }
+    assert_eq!(s.docker_allowed_images, None);
     assert_eq!(s.max_workflow_threads, None);
     assert_eq!(s.job_timeout, None);
     assert!(s.server_auth_tokens().is_empty());
@@ -244,9 +283,9 @@ fn typed_values_parse() {
     assert!(s.is_production());
     assert_eq!(s.auth_provider, AuthProvider::Static);
     assert_eq!(s.server_auth_tokens(), vec!["old-token", "new-token"]);
-    assert_eq!(s.docker_cpu_limit, Some(1.5));
+    assert_eq!(s.docker_cpu_limit, 1.5);
     assert_eq!(s.docker_shm_size, Some(512 * 1024 * 1024));
-    assert_eq!(s.docker_pids_limit, Some(-1));
+    assert_eq!(s.docker_pids_limit, -1);
     assert_eq!(
         s.docker_gpu_devices,
         Some(vec!["0".to_string(), "1".to_string()])
@@ -273,7 +312,7 @@ fn typed_values_parse() {
 fn docker_mem_limit_is_an_alias() {
     let fx = Fixture::new().env(&[("DOCKER_MEM_LIMIT", "2g")]);
     let s = fx.load();
-    assert_eq!(s.docker_memory_limit, Some(2 * 1024 * 1024 * 1024));
+    assert_eq!(s.docker_memory_limit, 2 * 1024 * 1024 * 1024);
     let e = s.entry("DOCKER_MEMORY_LIMIT").unwrap();
     assert_eq!(e.via_alias, Some("DOCKER_MEM_LIMIT"));
     assert_eq!(e.source, SettingSource::Env);
@@ -286,7 +325,7 @@ fn docker_mem_limit_is_an_alias() {
     let s = Fixture::new()
         .env(&[("DOCKER_MEM_LIMIT", "2g"), ("DOCKER_MEMORY_LIMIT", "1g")])
         .load();
-    assert_eq!(s.docker_memory_limit, Some(1 << 30));
+    assert_eq!(s.docker_memory_limit, 1 << 30);
     assert_eq!(s.entry("DOCKER_MEMORY_LIMIT").unwrap().via_alias, None);
 
     // A higher level beats a lower one whatever the name.
@@ -294,7 +333,7 @@ fn docker_mem_limit_is_an_alias() {
         .env(&[("DOCKER_MEM_LIMIT", "256m")])
         .settings_yaml("DOCKER_MEMORY_LIMIT: 4g\n")
         .load();
-    assert_eq!(s.docker_memory_limit, Some(256 << 20));
+    assert_eq!(s.docker_memory_limit, 256 << 20);
 
     // Errors name the variable the user actually set.
     let msg = Fixture::new()
@@ -347,6 +386,11 @@ fn malformed_values_name_variable_and_source() {
             "DOCKER_IMAGE",
             "nodetool-worker:latest",
             "uses the :latest tag",
+        ),
+        (
+            "DOCKER_ALLOWED_IMAGES",
+            "nodetool-worker:*, other:latest",
+            "lists \"other:latest\", which uses the :latest tag",
         ),
         (
             "NODETOOL_STORAGE_PUBLIC_URL",

@@ -40,5 +40,5 @@ pub use node::{
     OutputSpec, Preflight, Wake,
 };
 pub use registry::{Registry, Requirement, Unavailable};
-pub use runner::{Engine, RunOptions, RunOutcome, RunRequest};
+pub use runner::{job_timeout_error, Engine, RunOptions, RunOutcome, RunRequest};
 pub use validate::{preflight, validate, Problem, ProblemKind, ValidationError};

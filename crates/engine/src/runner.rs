@@ -540,10 +540,7 @@ impl Engine {
                 Some((limit, at)) => tokio::select! {
                     r = set.join_next_with_id() => r,
                     _ = tokio::time::sleep_until(at), if !job_cancel.is_cancelled() => {
-                        failure.set(None, Error::new(
-                            ErrorKind::Timeout,
-                            format!("job exceeded its time limit of {:.3}s", limit.as_secs_f64()),
-                        ).with_operation("engine.run"));
+                        failure.set(None, job_timeout_error(limit));
                         job_cancel.cancel();
                         continue;
                     }
@@ -565,6 +562,17 @@ impl Engine {
             }
         }
     }
+}
+
+/// The error of a job that ran past its time limit. Strategies that end such a job themselves
+/// (a worker killed at the hard deadline) report this same error, so a time-out reads the same
+/// whatever ran the job.
+pub fn job_timeout_error(limit: Duration) -> Error {
+    Error::new(
+        ErrorKind::Timeout,
+        format!("job exceeded its time limit of {:.3}s", limit.as_secs_f64()),
+    )
+    .with_operation("engine.run")
 }
 
 /// Which data edges carry streams: every edge reachable from a streaming (generator) node or a

@@ -27,6 +27,7 @@ pub use calls::{KeyScope, WorkerServices};
 pub use manager::{JobEvents, JobExecutionManager, ManagerConfig};
 pub use store::{JobRecord, JobStore};
 pub use strategy::{
-    Capabilities, ExecutionStrategy, JobError, JobHandle, JobOutcome, JobSpec, RequestLimits,
-    ResourceLimits, RunJobRequest, StrategyKind, ValidRequest, WorkerRef,
+    effective_time_limit, Capabilities, ExecutionStrategy, JobError, JobHandle, JobOutcome,
+    JobSpec, RequestLimits, ResourceLimits, RunJobRequest, StrategyKind, ValidRequest, WorkerRef,
+    HARD_DEADLINE_GRACE,
 };

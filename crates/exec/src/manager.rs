@@ -33,7 +33,8 @@ use crate::strategy::{
 pub struct ManagerConfig {
     /// Jobs running at once; the rest wait as `scheduled`.
     pub max_concurrent_jobs: usize,
-    /// Time limit for jobs whose request sets none.
+    /// The operator's time limit (`JOB_TIMEOUT_SECONDS`): jobs whose request sets none get it,
+    /// and a request's own `time_seconds` may only lower it.
     pub default_timeout: Option<Duration>,
     /// Strategy for requests that name none.
     pub default_strategy: StrategyKind,
@@ -348,10 +349,10 @@ impl JobExecutionManager {
             )
             .with_operation("jobs.submit")
         })?;
-        let mut limits = valid.resource_limits;
-        if limits.time_seconds.is_none() {
-            limits.time_seconds = self.inner.config.default_timeout.map(|d| d.as_secs_f64());
-        }
+        // The operator's deadline is a ceiling: a request may only lower it.
+        let limits = valid
+            .resource_limits
+            .cap_time(self.inner.config.default_timeout);
         let spec = JobSpec {
             job_id: nodetool_core::id::new_id(),
             user_id: user_id.to_owned(),
@@ -362,7 +363,11 @@ impl JobExecutionManager {
             secrets,
             use_cache: valid.use_cache,
             streaming_inputs: valid.streaming_inputs,
+            docker_image: valid.docker_image,
         };
+        // What the strategy would refuse (an image outside the allow-list) is the caller's
+        // error now, not a failed job later.
+        strategy.admit(&spec)?;
         // A free slot now means the job starts now: record it as running in the same insert,
         // saving one store write on the fast path.
         let permit = self.inner.permits.clone().try_acquire_owned().ok();

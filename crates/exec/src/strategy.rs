@@ -59,13 +59,18 @@ impl FromStr for StrategyKind {
     }
 }
 
+/// How long past its time limit a job whose nodes ignore cancellation is given before the
+/// strategy ends it anyway (kills its worker, or abandons its task: threads cannot be killed).
+pub const HARD_DEADLINE_GRACE: Duration = Duration::from_secs(5);
+
 /// Limits for one job, in plain units. `None` means "no limit from the request".
 ///
 /// Strategies enforce what they can and say so in [`Capabilities`]: threaded enforces only
 /// `time_seconds`; subprocess turns the rest into rlimits; Docker into container limits.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct ResourceLimits {
-    /// Address-space limit (RLIMIT_AS) or container memory limit.
+    /// Memory the job may allocate: RLIMIT_DATA of a subprocess worker (heap and anonymous
+    /// mappings, not reserved address space), or the container's memory limit.
     pub memory_bytes: Option<u64>,
     /// CPU time (RLIMIT_CPU).
     pub cpu_seconds: Option<u64>,
@@ -83,6 +88,24 @@ pub struct ResourceLimits {
 impl ResourceLimits {
     pub fn timeout(&self) -> Option<Duration> {
         self.time_seconds.map(Duration::from_secs_f64)
+    }
+
+    /// Applies the operator's deadline (`JOB_TIMEOUT_SECONDS`) as a ceiling: the job gets the
+    /// smaller of its own `time_seconds` and `ceiling`. A request may lower the operator's limit,
+    /// never lift it; with no ceiling the request's limit (or none) stands.
+    pub fn cap_time(mut self, ceiling: Option<Duration>) -> Self {
+        self.time_seconds = effective_time_limit(self.time_seconds, ceiling);
+        self
+    }
+}
+
+/// The deadline a job runs under, in seconds: the smaller of what the caller asked for and the
+/// operator's ceiling. Every entry point (CLI `nodetool run`, REST, /ws) computes it here.
+pub fn effective_time_limit(requested: Option<f64>, ceiling: Option<Duration>) -> Option<f64> {
+    let ceiling = ceiling.map(|d| d.as_secs_f64());
+    match (requested, ceiling) {
+        (Some(r), Some(c)) => Some(r.min(c)),
+        (r, c) => r.or(c),
     }
 }
 
@@ -109,6 +132,11 @@ pub struct JobSpec {
     /// ([`JobHandle::inputs`]; `nodetool_engine::inputs` has the rules).
     #[serde(default)]
     pub streaming_inputs: bool,
+    /// Docker only: the image to run instead of the strategy's default (a request's
+    /// `docker_image`; the Docker strategy checks it against `DOCKER_ALLOWED_IMAGES`). Other
+    /// strategies refuse a spec that names one ([`ExecutionStrategy::admit`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub docker_image: Option<String>,
 }
 
 fn yes() -> bool {
@@ -128,6 +156,7 @@ impl fmt::Debug for JobSpec {
             .field("secrets", &self.secrets.keys().collect::<Vec<_>>())
             .field("use_cache", &self.use_cache)
             .field("streaming_inputs", &self.streaming_inputs)
+            .field("docker_image", &self.docker_image)
             .finish()
     }
 }
@@ -145,6 +174,7 @@ impl JobSpec {
             secrets: BTreeMap::new(),
             use_cache: true,
             streaming_inputs: false,
+            docker_image: None,
         }
     }
 }
@@ -263,11 +293,12 @@ impl JobOutcome {
         }
     }
 
+    /// The engine's own time-out outcome ([`nodetool_engine::job_timeout_error`]), for a job a
+    /// strategy had to end itself.
     pub fn timed_out(limit: Duration) -> Self {
-        Self::failed(JobError::new(
-            ErrorKind::Timeout,
-            format!("job exceeded its time limit of {:.3}s", limit.as_secs_f64()),
-        ))
+        Self::failed(JobError::from_error(&nodetool_engine::job_timeout_error(
+            limit,
+        )))
     }
 
     pub fn is_timeout(&self) -> bool {
@@ -437,8 +468,10 @@ pub struct Capabilities {
 /// - Events MUST reach `sink` as `EventEnvelope`s carrying `spec.job_id` and seqs increasing from
 ///   1 without gaps, ending with one terminal `job_update` whose status equals the outcome's.
 ///   `sink.send` never blocks, so strategies MUST NOT rely on back-pressure from it.
-/// - `spec.resource_limits.time_seconds` MUST be enforced (a `failed` outcome of kind `timeout`),
-///   even when a node ignores cancellation.
+/// - `spec.resource_limits.time_seconds` MUST be enforced (a `failed` outcome of kind `timeout`
+///   whose message is [`JobOutcome::timed_out`]'s, the engine's own wording), even when a node
+///   ignores cancellation: at the latest [`HARD_DEADLINE_GRACE`] past the limit.
+/// - `start` MUST refuse what [`ExecutionStrategy::admit`] refuses.
 /// - Cancellation ([`JobHandle::cancel`]) MUST end the job with `cancelled` (never `failed`),
 ///   also when cancelling kills a worker; cancelling twice or after the end is harmless.
 /// - Resources a job used (processes, containers, scratch directories) MUST be gone when `wait`
@@ -450,6 +483,20 @@ pub trait ExecutionStrategy: Send + Sync + fmt::Debug + 'static {
     fn name(&self) -> StrategyKind;
 
     fn capabilities(&self) -> Capabilities;
+
+    /// Checks, before a job is recorded, what this strategy would refuse at `start` for reasons
+    /// the caller can fix (an image outside the allow-list, say), so the caller gets the error
+    /// instead of a failed job. The default refuses a `docker_image` (only Docker runs images).
+    fn admit(&self, spec: &JobSpec) -> Result<()> {
+        match &spec.docker_image {
+            Some(image) => Err(Error::invalid_input(format!(
+                "docker_image {image:?} applies only to execution_strategy docker, not {}",
+                self.name()
+            ))
+            .with_operation("exec.validate")),
+            None => Ok(()),
+        }
+    }
 
     async fn start(&self, spec: JobSpec, sink: Arc<dyn EventSink>) -> Result<JobHandle>;
 }
@@ -601,7 +648,12 @@ impl RunJobRequest {
             graph,
             params,
             resource_limits,
-            docker_image: self.docker_image.clone().filter(|s| !s.is_empty()),
+            docker_image: self
+                .docker_image
+                .as_deref()
+                .map(str::trim)
+                .filter(|s| !s.is_empty())
+                .map(str::to_owned),
             use_cache: self.use_cache.unwrap_or(true),
             streaming_inputs: self.streaming_inputs.unwrap_or(false),
         })

@@ -30,7 +30,7 @@ use crate::protocol::{
 use crate::sink::TrackingSink;
 use crate::strategy::{
     Capabilities, ExecutionStrategy, JobError, JobHandle, JobOutcome, JobSpec, ResourceLimits,
-    StrategyKind, WorkerRef,
+    StrategyKind, WorkerRef, HARD_DEADLINE_GRACE,
 };
 
 /// Environment variables a worker may inherit (see [`allowed_env`]): locale, search path and
@@ -156,6 +156,7 @@ impl ExecutionStrategy for SubprocessStrategy {
     }
 
     async fn start(&self, spec: JobSpec, sink: Arc<dyn EventSink>) -> Result<JobHandle> {
+        self.admit(&spec)?;
         let cfg = self.config.clone();
         let mut builder = tempfile::Builder::new();
         builder.prefix("nodetool-job-");
@@ -180,6 +181,12 @@ impl ExecutionStrategy for SubprocessStrategy {
             .stderr(Stdio::piped())
             .process_group(0)
             .kill_on_drop(true);
+        if spec.resource_limits.memory_bytes.is_some() {
+            // mimalloc (the binary's allocator) maps its 1 GiB arena read-write up front when the
+            // kernel overcommits, which RLIMIT_DATA counts in full; committed on demand instead,
+            // the limit counts only what the job allocates.
+            cmd.env("MIMALLOC_ARENA_EAGER_COMMIT", "0");
+        }
         set_rlimits(&mut cmd, &spec.resource_limits);
         let mut child = cmd.spawn().map_err(|e| {
             start_err(format!("cannot start the worker {}", cfg.program.display()))
@@ -227,7 +234,11 @@ impl ExecutionStrategy for SubprocessStrategy {
 fn set_rlimits(cmd: &mut Command, limits: &ResourceLimits) {
     use nix::sys::resource::{setrlimit, Resource};
     let wanted: Vec<(Resource, u64)> = [
-        (Resource::RLIMIT_AS, limits.memory_bytes),
+        // RLIMIT_DATA (Linux >= 4.7: private writable mappings, i.e. heap and anonymous mmap)
+        // measures what a job allocates; RLIMIT_AS also counted the ~1.2 GiB of address space
+        // the idle worker merely reserves (allocator arena, thread stacks' guard areas), so a
+        // 256 MiB limit could not allocate 100 MiB.
+        (Resource::RLIMIT_DATA, limits.memory_bytes),
         (Resource::RLIMIT_CPU, limits.cpu_seconds),
         (Resource::RLIMIT_FSIZE, limits.file_size_bytes),
         (Resource::RLIMIT_NOFILE, limits.open_files),
@@ -334,7 +345,8 @@ async fn drive(
     let mut protocol_error: Option<Error> = None;
     let mut cancelled = false;
     let mut timed_out = false;
-    let hard_deadline = limit.map(|l| tokio::time::Instant::now() + l + cfg.grace);
+    // The worker's engine ends the job at its limit; the kill is for nodes that ignore that.
+    let hard_deadline = limit.map(|l| tokio::time::Instant::now() + l + HARD_DEADLINE_GRACE);
     let mut kill_at: Option<tokio::time::Instant> = None;
     let far = tokio::time::Instant::now() + Duration::from_secs(86_400 * 365);
 
@@ -493,9 +505,22 @@ fn crash_error(status: Option<ExitStatus>, stderr: &str, memory_limited: bool) -
             let name = signal_name(sig);
             let oom = alloc_failed || (memory_limited && sig == Signal::SIGKILL as i32);
             if oom {
+                // The allocator's own line says how much was asked for; a panic note after it
+                // says nothing.
+                let detail = stderr
+                    .lines()
+                    .rev()
+                    .find(|l| l.contains("memory allocation of") || l.contains("out of memory"))
+                    .map(|l| format!(": {}", l.trim()))
+                    .unwrap_or(detail);
+                let hint = if memory_limited {
+                    "; raise resource_limits.memory_mb"
+                } else {
+                    ""
+                };
                 JobError::new(
                     ErrorKind::TooLarge,
-                    format!("the worker ran out of memory (killed by {name}){detail}"),
+                    format!("the worker ran out of memory (killed by {name}){detail}{hint}"),
                 )
             } else {
                 JobError::new(

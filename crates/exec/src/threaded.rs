@@ -19,8 +19,9 @@ use crate::strategy::{
 };
 
 /// How long past its time limit a job that ignores cancellation is given before it is abandoned
-/// (its task keeps running on the pool; threads cannot be killed).
-pub const HARD_TIMEOUT_GRACE: Duration = Duration::from_secs(5);
+/// (its task keeps running on the pool; threads cannot be killed). The same grace as every
+/// strategy's ([`crate::strategy::HARD_DEADLINE_GRACE`]).
+pub const HARD_TIMEOUT_GRACE: Duration = crate::strategy::HARD_DEADLINE_GRACE;
 
 pub struct ThreadedStrategy {
     engine: Engine,
@@ -90,6 +91,7 @@ impl ExecutionStrategy for ThreadedStrategy {
     }
 
     async fn start(&self, spec: JobSpec, sink: Arc<dyn EventSink>) -> Result<JobHandle> {
+        self.admit(&spec)?;
         let pool = self.pool.as_ref().ok_or_else(|| {
             Error::new(ErrorKind::Unavailable, "the job thread pool is shut down")
                 .with_operation("exec.threaded.start")

@@ -152,13 +152,66 @@ fn container_carries_every_hardening_setting() {
 }
 
 #[test]
-fn no_limits_and_no_gpu_by_default() {
+fn safe_limits_and_no_gpu_by_default() {
+    // With no DOCKER_* setting at all, both ways of building a config limit every job.
+    let defaults = nodetool_config::docker_defaults();
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    assert_eq!(defaults.cpus, cpus as f64);
+    assert_eq!(defaults.pids, 512);
+    assert!(
+        defaults.memory_bytes > 0 && defaults.memory_bytes <= nodetool_config::DOCKER_MEMORY_CAP
+    );
+    for c in [
+        DockerConfig::new("/srv/jobs"),
+        DockerConfig::from_settings(&settings(&[]), "/srv/jobs", None).unwrap(),
+    ] {
+        let h = body(&c, &JobSpec::new(Graph::default()))
+            .host_config
+            .unwrap();
+        assert_eq!(h.memory, Some(defaults.memory_bytes as i64));
+        assert_eq!(h.memory_swap, h.memory, "no swap");
+        assert_eq!(h.nano_cpus, Some(cpus as i64 * 1_000_000_000));
+        assert_eq!(h.pids_limit, Some(512));
+        assert_eq!(h.device_requests, None, "no DOCKER_GPU_DEVICES: no GPU");
+        assert_eq!(h.network_mode.as_deref(), Some("none"));
+    }
+}
+
+#[test]
+fn a_requested_image_runs_only_when_allowed() {
+    let mut c = DockerConfig::new("/srv/jobs");
+    c.image = "nodetool-worker:1.0.0".into();
+    c.allowed_images = vec!["nodetool-worker-gpu:2.0.0".into(), "team/worker:*".into()];
+    assert_eq!(c.image_for(None).unwrap(), "nodetool-worker:1.0.0");
+    for ok in [
+        "nodetool-worker:1.0.0",
+        "nodetool-worker-gpu:2.0.0",
+        "team/worker:7",
+    ] {
+        assert_eq!(c.image_for(Some(ok)).unwrap(), ok);
+    }
+    for bad in ["nodetool-worker-gpu:2.0.1", "other:1", "team/workers:1"] {
+        let err = c.image_for(Some(bad)).unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::InvalidInput, "{bad}");
+        let msg = err.to_string();
+        assert!(
+            msg.contains(bad)
+                && msg.contains("not allowed")
+                && msg.contains("DOCKER_ALLOWED_IMAGES"),
+            "{msg}"
+        );
+    }
+    let err = c.image_for(Some("team/worker:latest")).unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::InvalidInput);
+    assert!(err.to_string().contains("latest"), "{err}");
+}
+
+#[test]
+fn no_gpu_and_no_network_by_default() {
     let c = DockerConfig::new("/srv/jobs");
     let h = body(&c, &JobSpec::new(Graph::default()))
         .host_config
         .unwrap();
-    assert_eq!(h.memory, None);
-    assert_eq!(h.nano_cpus, None);
     assert_eq!(h.device_requests, None, "no DOCKER_GPU_DEVICES: no GPU");
     assert_eq!(h.network_mode.as_deref(), Some("none"));
     assert_eq!(h.mounts.unwrap().len(), 1, "only the workspace");

@@ -274,3 +274,53 @@ async fn terminal_status_is_written_once() {
     assert_eq!(got.error, None);
     assert_eq!(got.params, json!({"a": 1}));
 }
+
+/// The manager's limits from settings are what the registry documents: MAX_WORKFLOW_THREADS
+/// unset falls back to THREAD_POOL_SIZE (not "no limit"), and JOB_TIMEOUT_SECONDS is the
+/// deadline a request may lower but not lift.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn manager_limits_follow_the_documented_settings() {
+    let load = |vars: &[(&str, &str)]| {
+        let dir = tempfile::tempdir().unwrap();
+        let env: std::collections::BTreeMap<String, String> = vars
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect();
+        nodetool_config::Settings::load(&nodetool_config::Sources::new(env, dir.path())).unwrap()
+    };
+    let c = ManagerConfig::from_settings(&load(&[("THREAD_POOL_SIZE", "3")]));
+    assert_eq!(c.max_concurrent_jobs, 3);
+    let doc = nodetool_config::registry::find("MAX_WORKFLOW_THREADS")
+        .unwrap()
+        .description;
+    assert!(doc.contains("unset: THREAD_POOL_SIZE"), "{doc}");
+    let c = ManagerConfig::from_settings(&load(&[
+        ("THREAD_POOL_SIZE", "3"),
+        ("MAX_WORKFLOW_THREADS", "5"),
+        ("JOB_TIMEOUT_SECONDS", "2"),
+    ]));
+    assert_eq!(c.max_concurrent_jobs, 5);
+    assert_eq!(c.default_timeout, Some(Duration::from_secs(2)));
+
+    // Through the manager: a request asking for 60 s gets 2, one asking for 1 gets 1.
+    let dir = tempfile::tempdir().unwrap();
+    let store = JobStore::open(&dir.path().join("jobs.db")).await.unwrap();
+    let m = JobExecutionManager::new(store, vec![threaded(dir.path()).await], c)
+        .await
+        .unwrap();
+    for (asked, got) in [(60.0, 2.0), (1.0, 1.0)] {
+        let r: RunJobRequest = serde_json::from_value(json!({
+            "graph": one("nodetool.test.Sleep", json!({"seconds": 30.0})),
+            "resource_limits": {"time_seconds": asked},
+        }))
+        .unwrap();
+        let id = m.submit(r, "u").await.unwrap();
+        let rec = m.wait(&id).await.unwrap();
+        assert_eq!(rec.status, Status::Failed, "asked {asked}");
+        let error = rec.error.unwrap_or_default();
+        assert!(
+            error.contains(&format!("time limit of {got:.3}s")),
+            "asked {asked}: {error}"
+        );
+    }
+}

@@ -73,6 +73,10 @@ pub struct DockerConfig {
     pub socket: PathBuf,
     /// Image for jobs that do not name one (`DOCKER_IMAGE`; default [`super::image::default_image`]).
     pub image: String,
+    /// `DOCKER_ALLOWED_IMAGES`: the images a request's `docker_image` may name besides
+    /// [`DockerConfig::image`] (always allowed). An entry ending in `*` matches by prefix
+    /// (`nodetool-worker:*`). Empty: requests may name only the default image.
+    pub allowed_images: Vec<String>,
     pub pull_policy: PullPolicy,
     /// `DOCKER_CPU_LIMIT`, in CPUs (→ `NanoCpus`).
     pub cpu_limit: Option<f64>,
@@ -102,17 +106,20 @@ pub struct DockerConfig {
 }
 
 impl DockerConfig {
-    /// Defaults: the local socket, image `nodetool-worker:<version>`, pull policy `missing`, no
-    /// limits, user 1000:1000, no GPU, no network, 64 MiB `/tmp`.
+    /// Defaults: the local socket, image `nodetool-worker:<version>`, pull policy `missing`, the
+    /// settings' default limits (pids 512, the host's CPUs, half the host's memory up to 8 GiB:
+    /// [`nodetool_config::docker_defaults`]), user 1000:1000, no GPU, no network, 64 MiB `/tmp`.
     pub fn new(workspace_root: impl Into<PathBuf>) -> Self {
+        let limits = nodetool_config::docker_defaults();
         Self {
             socket: PathBuf::from("/var/run/docker.sock"),
             image: super::image::default_image(),
+            allowed_images: Vec::new(),
             pull_policy: PullPolicy::Missing,
-            cpu_limit: None,
-            memory_limit: None,
+            cpu_limit: Some(limits.cpus),
+            memory_limit: Some(limits.memory_bytes),
             shm_size: None,
-            pids_limit: None,
+            pids_limit: Some(limits.pids),
             user: "1000:1000".to_owned(),
             gpu_devices: None,
             network: None,
@@ -135,10 +142,11 @@ impl DockerConfig {
         if let Some(image) = &settings.docker_image {
             c.image = image.clone();
         }
-        c.cpu_limit = settings.docker_cpu_limit;
-        c.memory_limit = settings.docker_memory_limit;
+        c.allowed_images = settings.docker_allowed_images.clone().unwrap_or_default();
+        c.cpu_limit = Some(settings.docker_cpu_limit);
+        c.memory_limit = Some(settings.docker_memory_limit);
         c.shm_size = settings.docker_shm_size;
-        c.pids_limit = settings.docker_pids_limit;
+        c.pids_limit = Some(settings.docker_pids_limit);
         c.user = settings.docker_user.clone();
         c.gpu_devices = settings.docker_gpu_devices.clone();
         c.pull_policy = settings.docker_pull_policy.parse()?;
@@ -197,6 +205,40 @@ impl DockerConfig {
             }
         }
         Ok(())
+    }
+
+    /// The image a job runs: [`DockerConfig::image`] when the request names none, else the
+    /// request's `docker_image` if it is the default image or [`DockerConfig::allowed_images`]
+    /// admits it. A malformed or disallowed image is an `InvalidInput` error naming the
+    /// setting; nothing falls back silently to another image.
+    pub fn image_for(&self, requested: Option<&str>) -> Result<String> {
+        let Some(image) = requested else {
+            return Ok(self.image.clone());
+        };
+        super::image::check_tag(image)?;
+        let allowed = image == self.image
+            || self
+                .allowed_images
+                .iter()
+                .any(|a| match a.strip_suffix('*') {
+                    Some(prefix) => image.starts_with(prefix),
+                    None => image == a,
+                });
+        if allowed {
+            return Ok(image.to_owned());
+        }
+        let permitted = std::iter::once(self.image.as_str())
+            .chain(self.allowed_images.iter().map(String::as_str))
+            .collect::<Vec<_>>()
+            .join(", ");
+        // InvalidInput, not PermissionDenied: the caller can fix it, and the message (which
+        // names only images, no secret) reaches them.
+        Err(Error::invalid_input(format!(
+            "docker_image {image:?} is not allowed here: jobs may run {permitted} \
+             (the operator lists more in DOCKER_ALLOWED_IMAGES)"
+        ))
+        .with_operation("docker.image")
+        .with_context("image", image))
     }
 
     /// The effective memory limit for a job: the smaller of the setting and the request's.

@@ -42,7 +42,7 @@ use crate::protocol::{
 use crate::sink::TrackingSink;
 use crate::strategy::{
     Capabilities, ExecutionStrategy, JobError, JobHandle, JobOutcome, JobSpec, StrategyKind,
-    WorkerRef,
+    WorkerRef, HARD_DEADLINE_GRACE,
 };
 use crate::subprocess::{unserved, CALL_DRAIN_LIMIT};
 
@@ -254,7 +254,12 @@ impl DockerStrategy {
             config::check_network(&net)?;
             config.network = Some(net);
         }
-        let image = options.image.unwrap_or_else(|| config.image.clone());
+        // The embedding caller's choice (options) is trusted; a request's goes through the
+        // allow-list.
+        let image = match options.image {
+            Some(image) => image,
+            None => config.image_for(spec.docker_image.as_deref())?,
+        };
         self.ensure_image(&image).await?;
 
         let workspace = prepare_workspace(&config, &spec.job_id).await?;
@@ -389,6 +394,12 @@ impl ExecutionStrategy for DockerStrategy {
             os_limits: false,
             isolated_env: true,
         }
+    }
+
+    fn admit(&self, spec: &JobSpec) -> Result<()> {
+        self.config
+            .image_for(spec.docker_image.as_deref())
+            .map(drop)
     }
 
     async fn start(&self, spec: JobSpec, sink: Arc<dyn EventSink>) -> Result<JobHandle> {
@@ -580,9 +591,14 @@ impl ContainerRun {
         inputs: Option<&RemoteInputs>,
         calls: Option<&Arc<CallHandler>>,
     ) -> End {
-        let deadline = self
-            .timeout
-            .map(|t| (tokio::time::Instant::from_std(self.started) + t, t));
+        // The worker's engine ends the job at its limit (with the same events as any strategy);
+        // the kill is for nodes that ignore that.
+        let deadline = self.timeout.map(|t| {
+            (
+                tokio::time::Instant::from_std(self.started) + t + HARD_DEADLINE_GRACE,
+                t,
+            )
+        });
         loop {
             let sleep = async {
                 match deadline {

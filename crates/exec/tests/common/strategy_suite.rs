@@ -245,6 +245,48 @@ async fn out_of_memory(s: &Arc<dyn ExecutionStrategy>) -> Result<(), String> {
     check_stream(&ev, &spec.job_id, Status::Failed)
 }
 
+/// The memory limit measures what a job allocates: 100 MiB fit in 256 MiB (RLIMIT_AS did not:
+/// the idle worker reserves about 1 GiB of address space), 400 MiB do not, and the smallest
+/// accepted limit still runs a job.
+async fn memory_limit_is_accurate(s: &Arc<dyn ExecutionStrategy>) -> Result<(), String> {
+    const MIB: u64 = 1024 * 1024;
+    for (megabytes, limit_mb, fits) in [(100, 256, true), (400, 256, false), (0, 32, true)] {
+        let mut spec = JobSpec::new(one(
+            "nodetool.test.Allocate",
+            json!({"megabytes": megabytes}),
+        ));
+        spec.resource_limits.memory_bytes = Some(limit_mb * MIB);
+        let (o, ev) = run_job(s, spec.clone()).await;
+        let what = format!("{megabytes} MiB under {limit_mb} MiB");
+        if fits {
+            expect(
+                o.status == Status::Completed,
+                format!("{what}: {:?} {:?}", o.status, o.error_text()),
+            )?;
+            expect(
+                o.result.get("result") == Some(&json!([megabytes])),
+                format!("{what}: result {:?}", o.result),
+            )?;
+            check_stream(&ev, &spec.job_id, Status::Completed)?;
+        } else {
+            expect(
+                o.status == Status::Failed,
+                format!("{what}: {:?}", o.status),
+            )?;
+            let text = o.error_text().unwrap_or_default();
+            expect(
+                text.contains("out of memory")
+                    && o.error
+                        .as_ref()
+                        .is_some_and(|e| e.error_kind() == nodetool_core::ErrorKind::TooLarge),
+                format!("{what}: error {:?}", o.error),
+            )?;
+            check_stream(&ev, &spec.job_id, Status::Failed)?;
+        }
+    }
+    Ok(())
+}
+
 /// Runs every case against `strategy`; panics listing each failure.
 pub async fn run(strategy: Arc<dyn ExecutionStrategy>, reference: Arc<dyn ExecutionStrategy>) {
     let caps = strategy.capabilities();
@@ -267,6 +309,10 @@ pub async fn run(strategy: Arc<dyn ExecutionStrategy>, reference: Arc<dyn Execut
     }
     if caps.memory_limit {
         record("out_of_memory", out_of_memory(&strategy).await);
+        record(
+            "memory_limit_is_accurate",
+            memory_limit_is_accurate(&strategy).await,
+        );
     }
     assert!(
         failures.is_empty(),
