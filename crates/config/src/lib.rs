@@ -20,6 +20,7 @@ mod providers;
 pub mod python;
 pub mod registry;
 mod select;
+mod server;
 mod settings;
 mod sources;
 
@@ -32,5 +33,6 @@ pub use select::{
     asset_folder, asset_storage, node_cache, storage_base_url, temp_storage, CachePlan, Selection,
     StoragePlan,
 };
+pub use server::{normalize_origin, ServerSettings};
 pub use settings::{AuthProvider, Environment, SettingEntry, Settings};
 pub use sources::{SettingSource, Sources, CONFIG_DIR_VAR, SECRETS_FILE, SETTINGS_FILE};
