@@ -140,7 +140,7 @@ fn origin_allowed(origin: &str, host: Option<&str>, allowed: &[String]) -> bool 
         // `null` (sandboxed frames, file://) and malformed values are never ours.
         return false;
     };
-    if allowed.iter().any(|a| *a == origin) {
+    if allowed.contains(&origin) {
         return true;
     }
     host.is_some_and(|h| {
