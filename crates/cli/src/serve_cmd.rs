@@ -57,6 +57,12 @@ pub struct ServeArgs {
 
 pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
     let settings = crate::load_settings()?;
+    // Before anything opens files: the connection cap is derived from this limit.
+    match nodetool_server::listen::raise_nofile_limit() {
+        Ok(n) => tracing::debug!(open_files = n, "open-file limit"),
+        Err(e) => tracing::warn!(error = %e, "cannot raise the open-file limit"),
+    }
+    let limits = nodetool_server::ConnLimits::from_settings(&settings);
     let auth = Authenticator::from_settings(&settings)?;
     if !auth.requires_token() && !args.host.is_loopback() && !args.allow_remote {
         anyhow::bail!(
@@ -105,10 +111,14 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
         nodetool_exec::KeyScope::UserPrefix
     };
     let (manager, bridge, node_metadata) = job_manager(&resources, store, keys).await?;
+    let db_handle = db.clone();
     let mut state = AppState::new(resources.clone(), auth.clone(), db)
         .with_jobs(manager.clone())
         .with_node_metadata(node_metadata);
     state.options_mut().presign_redirect = !args.no_presign_redirect;
+    // --allow-remote means other hosts reach us by name: the loopback Host check would refuse
+    // them.
+    state.options_mut().loopback_hosts_only = !args.allow_remote;
     let app = nodetool_server::router(state);
 
     // Before binding: SIGHUP is handled from the moment clients can connect.
@@ -121,14 +131,17 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
     let listener = bind(addr).with_context(|| format!("binding {addr}"))?;
     let local = listener.local_addr()?;
     let scheme = if tls.is_some() { "https" } else { "http" };
-    tracing::info!(addr = %local, %scheme, auth = ?auth, "nodetool server listening");
+    tracing::info!(addr = %local, %scheme, auth = ?auth, max_connections = limits.max_connections,
+        header_timeout_secs = limits.header_timeout.as_secs(), "nodetool server listening");
     eprintln!("nodetool serving on {scheme}://{local}");
 
     let grace = Duration::from_secs(args.shutdown_grace);
     let shutdown = nodetool_server::shutdown_signal();
     let result = match tls {
-        Some(tls) => nodetool_server::serve_tls(listener, app, tls, shutdown, grace).await,
-        None => nodetool_server::serve(listener, app, shutdown, grace).await,
+        Some(tls) => {
+            nodetool_server::serve_tls_with(listener, app, tls, limits, shutdown, grace).await
+        }
+        None => nodetool_server::serve_with(listener, app, limits, shutdown, grace).await,
     };
     if let Some(task) = token_reload {
         task.abort();
@@ -141,6 +154,12 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
         bridge.shutdown(Duration::from_secs(5)).await;
     }
     reaper.abort();
+    // Last: jobs recorded their outcome above. Without this the -wal file stays and a copy of
+    // the database file alone can lack tables.
+    drop(manager);
+    if let Err(e) = nodetool_server::db::close(&db_handle).await {
+        tracing::warn!(error = %e, "could not checkpoint the database on shutdown");
+    }
     result?;
     Ok(ExitCode::SUCCESS)
 }

@@ -20,6 +20,7 @@ mod providers;
 pub mod python;
 pub mod registry;
 mod select;
+mod server;
 mod settings;
 mod sources;
 
@@ -32,6 +33,7 @@ pub use select::{
     asset_folder, asset_storage, node_cache, storage_base_url, temp_storage, CachePlan, Selection,
     StoragePlan,
 };
+pub use server::{normalize_origin, ServerSettings};
 pub use settings::{
     docker_defaults, AuthProvider, DockerDefaults, Environment, SettingEntry, Settings,
     DOCKER_MEMORY_CAP,

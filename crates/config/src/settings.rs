@@ -235,6 +235,8 @@ pub struct Settings {
     pub media: crate::media::MediaSettings,
     /// The Python node bridge's block (`NODETOOL_PYTHON`, ...).
     pub python: PythonSettings,
+    /// The HTTP server's hardening block (`ALLOWED_ORIGINS`, ...).
+    pub server: crate::server::ServerSettings,
 
     config_dir: PathBuf,
     home: Option<PathBuf>,
@@ -353,6 +355,7 @@ impl Settings {
                 startup_timeout: r.require("NODETOOL_PYTHON_STARTUP_TIMEOUT", parse::seconds)?,
                 health_timeout: r.require("NODETOOL_PYTHON_HEALTH_TIMEOUT", parse::seconds)?,
             },
+            server: crate::server::ServerSettings::read(&r)?,
             config_dir: config_dir.clone(),
             home,
             resolved,

@@ -19,6 +19,8 @@ pub enum ErrorKind {
     RangeNotSatisfiable,
     /// A payload is over a configured limit.
     TooLarge,
+    /// The storage has no room left (disk full, quota, file size limit): HTTP 507.
+    StorageFull,
     /// Configuration is missing or malformed; the message names the setting.
     ConfigInvalid,
     /// Credentials were refused by a backend; the message names the variable to check.
@@ -45,6 +47,7 @@ impl ErrorKind {
             ErrorKind::InvalidInput => "invalid input",
             ErrorKind::RangeNotSatisfiable => "range not satisfiable",
             ErrorKind::TooLarge => "too large",
+            ErrorKind::StorageFull => "insufficient storage",
             ErrorKind::ConfigInvalid => "invalid configuration",
             ErrorKind::PermissionDenied => "permission denied",
             ErrorKind::RateLimited => "rate limited",
@@ -222,6 +225,7 @@ impl From<std::io::Error> for Error {
             Io::PermissionDenied => ErrorKind::PermissionDenied,
             Io::InvalidInput | Io::InvalidData => ErrorKind::InvalidInput,
             Io::TimedOut => ErrorKind::Timeout,
+            Io::StorageFull | Io::QuotaExceeded | Io::FileTooLarge => ErrorKind::StorageFull,
             Io::ConnectionRefused | Io::ConnectionReset | Io::ConnectionAborted => {
                 ErrorKind::Unavailable
             }

@@ -316,6 +316,11 @@ pub fn extension_for(content_type: &str) -> Option<&'static str> {
         .map(|(e, _)| *e)
 }
 
+/// First key segments that belong to the runtime, never to a user: `jobs/{job_id}/` holds jobs'
+/// temp objects, `temp` is the storage routes' temp mount, `.nodetool` file storage's own
+/// folder. A user id equal to one of them would share those keys, so auth refuses it.
+pub const RESERVED_USER_IDS: &[&str] = &["jobs", "temp", ".nodetool"];
+
 pub const OCTET_STREAM: &str = "application/octet-stream";
 
 /// One bidirectional table: the first row for a type is its preferred extension.

@@ -217,12 +217,13 @@ impl JobError {
 /// An [`ErrorKind`] from its name (`ErrorKind::as_str`); `Unexpected` for a name this build does
 /// not know (errors that crossed a process boundary).
 pub(crate) fn kind_from_name(name: &str) -> ErrorKind {
-    const KINDS: [ErrorKind; 13] = [
+    const KINDS: [ErrorKind; 14] = [
         ErrorKind::NotFound,
         ErrorKind::AlreadyExists,
         ErrorKind::InvalidInput,
         ErrorKind::RangeNotSatisfiable,
         ErrorKind::TooLarge,
+        ErrorKind::StorageFull,
         ErrorKind::ConfigInvalid,
         ErrorKind::PermissionDenied,
         ErrorKind::RateLimited,

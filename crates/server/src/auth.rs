@@ -180,8 +180,11 @@ impl SupabaseAuth {
             let mut validation = Validation::new(Algorithm::HS256);
             // Supabase user sessions carry aud "authenticated"; anon and service keys have no
             // `sub` and are refused below.
+            // jsonwebtoken checks `aud` only when the token has one: require it, and `nbf`
+            // when present.
             validation.set_audience(&["authenticated"]);
-            validation.set_required_spec_claims(&["exp", "sub"]);
+            validation.set_required_spec_claims(&["exp", "sub", "aud"]);
+            validation.validate_nbf = true;
             (DecodingKey::from_secret(secret.as_bytes()), validation)
         });
         let remote = match (jwt.is_some(), url) {
@@ -345,6 +348,14 @@ impl Authenticator {
         if user.contains('/') || StorageKey::new(user.as_str()).is_err() {
             tracing::warn!("identity provider returned a user id that is not a valid key segment");
             return Err(AuthError::Invalid("unusable user id"));
+        }
+        // `jobs/...` are other jobs' temp objects: a user called "jobs" must not own them.
+        if nodetool_core::storage::RESERVED_USER_IDS
+            .iter()
+            .any(|r| user.eq_ignore_ascii_case(r))
+        {
+            tracing::warn!(user = %user, "identity provider returned a reserved user id; refused");
+            return Err(AuthError::Invalid("unusable user id (reserved)"));
         }
         Ok(user)
     }

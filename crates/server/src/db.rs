@@ -21,3 +21,21 @@ pub async fn open(path: &Path) -> Result<SqlitePool> {
 pub fn asset_store(pool: &SqlitePool) -> Arc<dyn AssetStore> {
     Arc::new(nodetool_assets::SqliteAssetStore::with_pool(pool.clone()))
 }
+
+/// Clean shutdown: folds the WAL back into the main file (`wal_checkpoint(TRUNCATE)`) and closes
+/// every connection, so the database file alone is complete (a copy without its `-wal` has every
+/// table) and SQLite removes the `-wal` and `-shm` files as the last connection closes.
+pub async fn close(pool: &SqlitePool) -> Result<()> {
+    let checkpoint = sqlx::query("PRAGMA wal_checkpoint(TRUNCATE)")
+        .execute(pool)
+        .await;
+    pool.close().await;
+    checkpoint.map(|_| ()).map_err(|e| {
+        nodetool_core::Error::new(
+            nodetool_core::ErrorKind::Unavailable,
+            "WAL checkpoint failed",
+        )
+        .with_operation("db.close")
+        .with_source(e)
+    })
+}

@@ -67,6 +67,12 @@ impl ApiError {
         &self.0.message
     }
 
+    /// Replaces the wire kind (`{"error": {"kind"}}`), keeping the status.
+    pub fn with_kind(mut self, kind: &'static str) -> Self {
+        self.0.kind = kind;
+        self
+    }
+
     pub fn status(&self) -> StatusCode {
         self.0.status
     }
@@ -81,6 +87,7 @@ pub fn status_for(kind: ErrorKind) -> (StatusCode, &'static str) {
             (StatusCode::RANGE_NOT_SATISFIABLE, "range_not_satisfiable")
         }
         ErrorKind::TooLarge => (StatusCode::PAYLOAD_TOO_LARGE, "too_large"),
+        ErrorKind::StorageFull => (StatusCode::INSUFFICIENT_STORAGE, "insufficient_storage"),
         ErrorKind::AlreadyExists => (StatusCode::CONFLICT, "already_exists"),
         ErrorKind::PermissionDenied => (StatusCode::FORBIDDEN, "permission_denied"),
         ErrorKind::RateLimited => (StatusCode::SERVICE_UNAVAILABLE, "rate_limited"),
@@ -103,6 +110,11 @@ impl From<Error> for ApiError {
                     "a backend is unavailable; retry later".to_owned()
                 }
                 StatusCode::NOT_IMPLEMENTED => "not supported by this backend".to_owned(),
+                // The cause is the operator's to fix and names no path or secret: say it.
+                StatusCode::INSUFFICIENT_STORAGE => format!(
+                    "insufficient storage: {}; nothing was stored",
+                    storage_full_cause(&err)
+                ),
                 _ => "internal server error".to_owned(),
             }
         } else {
@@ -116,6 +128,25 @@ impl From<Error> for ApiError {
             headers: Vec::new(),
         }))
     }
+}
+
+/// The OS's words for a full storage (`No space left on device`, `Disk quota exceeded`, `File
+/// too large`), without the path or key the error's context carries.
+fn storage_full_cause(err: &Error) -> String {
+    let mut source = std::error::Error::source(err);
+    while let Some(s) = source {
+        if let Some(io) = s.downcast_ref::<std::io::Error>() {
+            return match io.kind() {
+                std::io::ErrorKind::QuotaExceeded => "the disk quota is exceeded".to_owned(),
+                std::io::ErrorKind::FileTooLarge => {
+                    "the file is too large for the storage".to_owned()
+                }
+                _ => "no space left on the storage device".to_owned(),
+            };
+        }
+        source = s.source();
+    }
+    "the storage backend is out of space".to_owned()
 }
 
 impl From<sqlx::Error> for ApiError {

@@ -151,8 +151,80 @@ pub fn object_headers(headers: &mut HeaderMap, meta: &ObjectMeta, with_type: boo
     }
 }
 
+/// Whether a browser would run or render something active (script, markup) from this type.
+/// Only known-passive types are inline-safe; anything else (HTML, SVG, XML, JS, PDF, unknown)
+/// counts as active, so a new dangerous type is not missed.
+pub fn is_active_content(content_type: &str) -> bool {
+    let t = content_type
+        .split(';')
+        .next()
+        .unwrap_or("")
+        .trim()
+        .to_ascii_lowercase();
+    let passive = match t.split_once('/') {
+        Some(("image", sub)) => !sub.contains("svg") && !sub.contains("xml"),
+        Some(("audio" | "video" | "font", _)) => true,
+        Some(("text", "plain" | "csv" | "markdown" | "tab-separated-values")) => true,
+        Some(("application", "json" | "octet-stream" | "zip" | "gzip" | "x-ndjson")) => true,
+        _ => false,
+    };
+    !passive
+}
+
+/// Headers on every response that carries user content: no sniffing into an active type, a
+/// sandbox (no script, no same-origin access) whatever the type, and active types downloaded
+/// instead of rendered from the API origin unless `inline_active` (the request came through
+/// the separate content domain, `NODETOOL_CONTENT_DOMAIN`).
+pub fn user_content_headers(headers: &mut HeaderMap, inline_active: bool) {
+    headers.insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
+    );
+    headers.insert(
+        header::CONTENT_SECURITY_POLICY,
+        HeaderValue::from_static("sandbox; default-src 'none'; img-src 'self'; media-src 'self'"),
+    );
+    let active = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_none_or(is_active_content);
+    if active && !inline_active {
+        headers.insert(
+            header::CONTENT_DISPOSITION,
+            HeaderValue::from_static("attachment"),
+        );
+    }
+}
+
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn active_types() {
+        for t in [
+            "text/html",
+            "text/html; charset=utf-8",
+            "image/svg+xml",
+            "application/xhtml+xml",
+            "text/xml",
+            "application/xml",
+            "application/javascript",
+            "text/javascript",
+            "application/pdf",
+            "",
+            "weird",
+        ] {
+            assert!(super::is_active_content(t), "{t}");
+        }
+        for t in [
+            "image/png",
+            "video/mp4",
+            "text/plain; charset=utf-8",
+            "application/json",
+        ] {
+            assert!(!super::is_active_content(t), "{t}");
+        }
+    }
+
     use super::*;
 
     #[test]

@@ -16,8 +16,10 @@ pub mod assets;
 pub mod auth;
 pub mod db;
 pub mod error;
+pub mod guard;
 pub mod http;
 pub mod jobs;
+pub mod listen;
 pub mod metrics;
 pub mod nodes;
 pub mod observe;
@@ -28,7 +30,6 @@ pub mod workflows;
 pub mod ws;
 
 use std::future::Future;
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -41,8 +42,9 @@ use sqlx::SqlitePool;
 
 pub use auth::{AuthUser, Authenticator, Caller, StaticTokens, LOCAL_USER};
 pub use error::ApiError;
+pub use listen::ConnLimits;
 pub use metrics::{Metrics, StreamKind};
-pub use tls::{serve_tls, TlsConfig};
+pub use tls::{serve_tls, serve_tls_with, TlsConfig};
 
 /// Per-server switches that are not settings.
 #[derive(Debug, Clone)]
@@ -55,6 +57,17 @@ pub struct ServerOptions {
     /// `/ws/terminal` is served (else 404): `NODETOOL_ENABLE_TERMINAL_WS` and `ENV` is not
     /// production. See [`terminal`].
     pub terminal: bool,
+    /// Under `AUTH_PROVIDER` none/local, serve only loopback `Host` values (see [`guard`]);
+    /// `nodetool serve --allow-remote` turns it off.
+    pub loopback_hosts_only: bool,
+    /// `ALLOWED_ORIGINS`, normalised.
+    pub allowed_origins: Vec<String>,
+    /// `NODETOOL_CONTENT_DOMAIN`.
+    pub content_domain: Option<String>,
+    /// `NODETOOL_WS_MAX_MESSAGE_BYTES`.
+    pub ws_max_message_bytes: usize,
+    /// `NODETOOL_MAX_JSON_BODY_BYTES`.
+    pub max_json_body_bytes: u64,
 }
 
 impl ServerOptions {
@@ -64,6 +77,12 @@ impl ServerOptions {
             max_upload_bytes: settings.max_upload_bytes,
             presign_redirect: true,
             terminal: settings.enable_terminal_ws && !settings.is_production(),
+            loopback_hosts_only: true,
+            allowed_origins: settings.server.allowed_origins.clone(),
+            content_domain: settings.server.content_domain.clone(),
+            ws_max_message_bytes: usize::try_from(settings.server.ws_max_message_bytes)
+                .unwrap_or(usize::MAX),
+            max_json_body_bytes: settings.server.max_json_body_bytes,
         }
     }
 }
@@ -167,6 +186,10 @@ pub fn router(state: AppState) -> Router {
         // the middleware does not, and the terminal has its own rules for the local provider.
         .merge(ws::routes())
         .merge(terminal::routes())
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            guard::guard,
+        ))
         .layer(observe::ObserveLayer::new(state.metrics.clone()))
         .with_state(state)
 }
@@ -176,10 +199,21 @@ async fn health() -> axum::Json<serde_json::Value> {
 }
 
 /// Serves `app` on `listener` until `shutdown` resolves; in-flight requests then finish (open
-/// streams get `grace` to complete before the server returns anyway).
+/// streams get `grace` to complete before the server returns anyway). Default [`ConnLimits`].
 pub async fn serve(
     listener: tokio::net::TcpListener,
     app: Router,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+    grace: Duration,
+) -> Result<()> {
+    serve_with(listener, app, ConnLimits::default(), shutdown, grace).await
+}
+
+/// [`serve`] with explicit connection limits (header timeout, connection cap).
+pub async fn serve_with(
+    listener: tokio::net::TcpListener,
+    app: Router,
+    limits: ConnLimits,
     shutdown: impl Future<Output = ()> + Send + 'static,
     grace: Duration,
 ) -> Result<()> {
@@ -188,12 +222,7 @@ pub async fn serve(
         shutdown.await;
         let _ = stopped_tx.send(());
     };
-    let server = axum::serve(
-        listener,
-        app.into_make_service_with_connect_info::<SocketAddr>(),
-    )
-    .with_graceful_shutdown(signal);
-    let server = std::pin::pin!(std::future::IntoFuture::into_future(server));
+    let server = std::pin::pin!(listen::serve(listener, app, limits, signal));
     let io_err = |e: std::io::Error| nodetool_core::Error::from(e).with_operation("server.serve");
     tokio::select! {
         r = server => r.map_err(io_err),

@@ -68,7 +68,8 @@ where
 
     fn call(&mut self, req: Request) -> Self::Future {
         let in_flight = self.metrics.request_started();
-        let span = tracing::debug_span!("request", method = %req.method(), uri = %req.uri());
+        let span =
+            tracing::debug_span!("request", method = %req.method(), uri = %RedactedUri(req.uri()));
         let start = (!span.is_disabled()).then(Instant::now);
         let inner = {
             let _entered = span.enter();
@@ -184,5 +185,77 @@ impl http_body::Body for GuardedBody {
 
     fn size_hint(&self) -> http_body::SizeHint {
         self.inner.size_hint()
+    }
+}
+
+/// Query parameters whose values are credentials (`/ws?api_key=`, signed URLs' `sig`, OAuth
+/// style tokens): never logged.
+const SECRET_PARAMS: &[&str] = &[
+    "api_key",
+    "apikey",
+    "key",
+    "token",
+    "access_token",
+    "refresh_token",
+    "id_token",
+    "sig",
+    "signature",
+    "password",
+    "secret",
+    "auth",
+    "authorization",
+];
+
+/// A URI as logs show it: the values of [`SECRET_PARAMS`] replaced by `REDACTED`.
+#[derive(Debug)]
+pub struct RedactedUri<'a>(pub &'a axum::http::Uri);
+
+impl std::fmt::Display for RedactedUri<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let Some(query) = self.0.query() else {
+            return write!(f, "{}", self.0);
+        };
+        let path = self.0.path();
+        if let (Some(scheme), Some(authority)) = (self.0.scheme_str(), self.0.authority()) {
+            write!(f, "{scheme}://{authority}")?;
+        }
+        write!(f, "{path}?{}", redact_query(query))
+    }
+}
+
+/// `query` with the value of every credential-like parameter replaced by `REDACTED`.
+pub fn redact_query(query: &str) -> String {
+    query
+        .split('&')
+        .map(|pair| {
+            let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
+            let decoded = percent_encoding::percent_decode_str(name).decode_utf8_lossy();
+            let secret = SECRET_PARAMS
+                .iter()
+                .any(|s| decoded.eq_ignore_ascii_case(s));
+            if secret && !value.is_empty() {
+                format!("{name}=REDACTED")
+            } else {
+                pair.to_owned()
+            }
+        })
+        .collect::<Vec<_>>()
+        .join("&")
+}
+
+#[cfg(test)]
+mod redact_tests {
+    #[test]
+    fn query_secrets_are_redacted() {
+        let uri: axum::http::Uri = "/ws?api_key=s3cr3t&x=1&API%5Fkey=t&sig=abc&expires=9"
+            .parse()
+            .unwrap_or_default();
+        let shown = super::RedactedUri(&uri).to_string();
+        assert_eq!(
+            shown,
+            "/ws?api_key=REDACTED&x=1&API%5Fkey=REDACTED&sig=REDACTED&expires=9"
+        );
+        let plain: axum::http::Uri = "/api/jobs".parse().unwrap_or_default();
+        assert_eq!(super::RedactedUri(&plain).to_string(), "/api/jobs");
     }
 }

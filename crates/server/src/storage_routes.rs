@@ -196,7 +196,7 @@ pub(crate) async fn serve_object(
             return Err(unsatisfiable(meta.size));
         }
         if head {
-            return head_response(meta, wanted);
+            return head_response(meta, wanted, via_content_domain(state, headers));
         }
     }
     let download = match storage.download(key, wanted).await {
@@ -213,6 +213,7 @@ pub(crate) async fn serve_object(
         }
         Err(e) => return Err(e.into()),
     };
+    let inline_active = via_content_domain(state, headers);
     if meta.is_none() && http::not_modified(headers, &download.meta) {
         return Ok(not_modified(&download.meta));
     }
@@ -227,6 +228,7 @@ pub(crate) async fn serve_object(
     let mut response = Response::new(body);
     let h = response.headers_mut();
     http::object_headers(h, &download.meta, true);
+    http::user_content_headers(h, inline_active);
     h.insert(header::CONTENT_LENGTH, HeaderValue::from(len));
     if wanted.is_some() {
         *response.status_mut() = StatusCode::PARTIAL_CONTENT;
@@ -235,12 +237,33 @@ pub(crate) async fn serve_object(
     Ok(response)
 }
 
+/// Did the request come through `NODETOOL_CONTENT_DOMAIN` (a separate origin for user
+/// content)?
+fn via_content_domain(state: &AppState, headers: &HeaderMap) -> bool {
+    let Some(domain) = state.options.content_domain.as_deref() else {
+        return false;
+    };
+    headers
+        .get(header::HOST)
+        .and_then(|v| v.to_str().ok())
+        .map(|h| {
+            let h = h.trim().to_ascii_lowercase();
+            match h.rsplit_once(':') {
+                Some((name, port)) if port.bytes().all(|b| b.is_ascii_digit()) => name.to_owned(),
+                _ => h,
+            }
+        })
+        .is_some_and(|h| h == domain)
+}
+
 fn head_response(
     meta: &ObjectMeta,
     wanted: Option<nodetool_core::ByteRange>,
+    inline_active: bool,
 ) -> ApiResult<Response> {
     let mut response = Response::new(Body::empty());
     http::object_headers(response.headers_mut(), meta, true);
+    http::user_content_headers(response.headers_mut(), inline_active);
     let len = match wanted {
         Some(r) => {
             let range = r.resolve(meta.size).map_err(|_| unsatisfiable(meta.size))?;

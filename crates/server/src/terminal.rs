@@ -8,8 +8,9 @@
 //! check, so only a client that proves it is local may open a shell: the TCP peer must be a
 //! loopback address, the request must carry no `Forwarded`/`X-Forwarded-For`/`X-Real-IP` header
 //! (a reverse proxy on the same host would otherwise make every client look local), and an
-//! `Origin` header, when present, must name localhost, 127.0.0.0/8 or [::1] (so a web page in
-//! the user's browser cannot open one). Anything else is 403. Behind a proxy, use `static` or
+//! `Origin` header, when present, must be the server's own or in `ALLOWED_ORIGINS` (checked by
+//! [`crate::guard`] for every `/ws*` route; here it must also name localhost, 127.0.0.0/8 or
+//! [::1]), so a web page in the user's browser cannot open one. Anything else is 403. Behind a proxy, use `static` or
 //! `supabase`.
 //!
 //! **The shell.** `$SHELL -l` (as the settings' environment gives it; else `/bin/bash`, else

@@ -113,12 +113,40 @@ pub async fn serve_tls(
     shutdown: impl Future<Output = ()> + Send + 'static,
     grace: Duration,
 ) -> Result<()> {
+    serve_tls_with(
+        listener,
+        app,
+        tls,
+        crate::ConnLimits::default(),
+        shutdown,
+        grace,
+    )
+    .await
+}
+
+/// [`serve_tls`] with the header timeout of `limits` (the connection cap is not applied to
+/// HTTPS yet).
+pub async fn serve_tls_with(
+    listener: tokio::net::TcpListener,
+    app: Router,
+    tls: TlsConfig,
+    limits: crate::ConnLimits,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+    grace: Duration,
+) -> Result<()> {
+    let header_timeout = limits.header_timeout;
     let io_err = |e: std::io::Error| Error::from(e).with_operation("server.serve_tls");
     let listener = listener.into_std().map_err(io_err)?;
     let handle = axum_server::Handle::<SocketAddr>::new();
-    let server = axum_server::tls_rustls::from_tcp_rustls(listener, tls.0)
+    let mut server = axum_server::tls_rustls::from_tcp_rustls(listener, tls.0)
         .map_err(io_err)?
         .handle(handle.clone());
+    // The same head/idle timeout as plain HTTP (`SERVER_HEADER_TIMEOUT`).
+    server
+        .http_builder()
+        .http1()
+        .timer(hyper_util::rt::TokioTimer::new())
+        .header_read_timeout(header_timeout);
     let stopper = tokio::spawn(async move {
         shutdown.await;
         handle.graceful_shutdown(Some(grace));

@@ -84,7 +84,12 @@ async fn upgrade(
     };
     // Clients send small command frames: tungstenite's default 128 KiB read buffer was most of
     // a socket's memory (142 KiB per idle client; 17 KiB with 8 KiB).
+    // A message over the cap is refused from its frame header, before it is buffered, and the
+    // socket is closed with 1009 (a 9 MiB JSON message used to cost ~1 GiB to parse).
+    let max = state.options.ws_max_message_bytes;
     ws.read_buffer_size(8 * 1024)
+        .max_message_size(max)
+        .max_frame_size(max)
         .on_upgrade(move |socket| session(state, user, socket))
 }
 
@@ -92,6 +97,8 @@ async fn upgrade(
 enum Out {
     Value(Value),
     Event(Box<EventEnvelope>),
+    /// A close frame; the writer stops after it.
+    Close(u16, String),
 }
 
 struct Session {
@@ -108,6 +115,7 @@ struct Session {
 
 async fn session(state: AppState, user: String, socket: WebSocket) {
     let _open = state.metrics.open_stream(crate::StreamKind::WebSocket);
+    let max_message = state.options.ws_max_message_bytes;
     let (mut sink, mut incoming) = socket.split();
     let (tx, mut rx) = mpsc::channel::<Out>(SOCKET_QUEUE);
     // NodeTool's default mode is binary until the client says otherwise.
@@ -115,6 +123,14 @@ async fn session(state: AppState, user: String, socket: WebSocket) {
     let writer_mode = binary.clone();
     let writer = tokio::spawn(async move {
         while let Some(out) = rx.recv().await {
+            if let Out::Close(code, reason) = out {
+                let frame = axum::extract::ws::CloseFrame {
+                    code,
+                    reason: reason.into(),
+                };
+                let _ = sink.send(Message::Close(Some(frame))).await;
+                break;
+            }
             let Some(msg) = encode(&out, writer_mode.load(Ordering::Relaxed)) else {
                 continue;
             };
@@ -143,7 +159,29 @@ async fn session(state: AppState, user: String, socket: WebSocket) {
                 s.binary.store(true, Ordering::Relaxed);
                 rmp_serde::from_slice::<Value>(&bytes).map_err(|e| e.to_string())
             }
-            Ok(Message::Close(_)) | Err(_) => break,
+            Ok(Message::Close(_)) => break,
+            Err(e) => {
+                let text = e.to_string();
+                if text.contains("Message too long") || text.contains("Space limit exceeded") {
+                    tracing::info!(user = %s.user, limit = max_message, "websocket message over the size cap; closing");
+                    let reason = format!(
+                        "message larger than {max_message} bytes (NODETOOL_WS_MAX_MESSAGE_BYTES)"
+                    );
+                    let _ = s.tx.send(Out::Close(1009, reason)).await;
+                    // Read on for a moment: closing a socket with unread bytes (the rest of
+                    // the oversized message) resets it, and the client would lose the close
+                    // frame.
+                    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(2);
+                    for _ in 0..10_000 {
+                        match tokio::time::timeout_at(deadline, incoming.next()).await {
+                            Ok(Some(Ok(Message::Close(_)))) | Ok(None) | Err(_) => break,
+                            Ok(Some(Err(e))) if e.to_string().contains("closed") => break,
+                            Ok(Some(_)) => {}
+                        }
+                    }
+                }
+                break;
+            }
             Ok(_) => continue,
         };
         let reply = match parsed {
@@ -170,6 +208,7 @@ fn encode(out: &Out, binary: bool) -> Option<Message> {
         (Out::Event(e), true) => {
             rmp_serde::to_vec_named(e.as_ref()).map(|b| Message::Binary(b.into()))
         }
+        (Out::Close(..), _) => return None,
         (Out::Value(v), false) => return Some(Message::Text(v.to_string().into())),
         (Out::Event(e), false) => {
             return match serde_json::to_string(e.as_ref()) {

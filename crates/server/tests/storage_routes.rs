@@ -361,7 +361,7 @@ async fn encoded_traversal_is_400_and_never_reaches_storage() {
             let body = if method == "PUT" { "x" } else { "" };
             let (status, text) = s
                 .raw(&format!(
-                    "{method} {path} HTTP/1.1\r\nHost: t\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                    "{method} {path} HTTP/1.1\r\nHost: localhost\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
                     body.len()
                 ))
                 .await;
@@ -454,7 +454,7 @@ async fn a_client_that_stops_reading_does_not_hurt_the_server() {
     let mut stalled = Vec::new();
     for _ in 0..4 {
         let mut conn = tokio::net::TcpStream::connect(s.addr).await.unwrap();
-        conn.write_all(b"GET /api/storage/big.bin HTTP/1.1\r\nHost: t\r\n\r\n")
+        conn.write_all(b"GET /api/storage/big.bin HTTP/1.1\r\nHost: localhost\r\n\r\n")
             .await
             .unwrap();
         let mut first = [0u8; 1024];
@@ -539,9 +539,11 @@ async fn graceful_shutdown_lets_in_flight_downloads_finish() {
     assert_eq!(r.status(), 201);
     // Start a download and read only its first bytes.
     let mut conn = tokio::net::TcpStream::connect(s.addr).await.unwrap();
-    conn.write_all(b"GET /api/storage/big.bin HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
-        .await
-        .unwrap();
+    conn.write_all(
+        b"GET /api/storage/big.bin HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n",
+    )
+    .await
+    .unwrap();
     let mut first = [0u8; 512];
     let n = conn.read(&mut first).await.unwrap();
     assert!(String::from_utf8_lossy(&first[..n]).starts_with("HTTP/1.1 200"));

@@ -158,7 +158,13 @@ async fn always_authenticated() {
         refused(&url(&s, ""), &[("x-forwarded-for", "192.0.2.7")]).await,
         403
     );
-    let mut ws = connect(&url(&s, ""), &[("origin", "http://localhost:7777")])
+    // Another local page is a foreign origin too (the guard's same-origin rule).
+    assert_eq!(
+        refused(&url(&s, ""), &[("origin", "http://localhost:1")]).await,
+        403
+    );
+    let own = s.url.clone();
+    let mut ws = connect(&url(&s, ""), &[("origin", own.as_str())])
         .await
         .unwrap();
     type_line(&mut ws, "echo local-$((40+2))\n").await;
