@@ -276,17 +276,25 @@ async fn json_bodies_over_the_cap_are_413_declared_or_streamed() {
 
 #[tokio::test]
 async fn an_oversized_ws_message_closes_with_1009_without_buffering_it() {
-    let s = start(&[("NODETOOL_WS_MAX_MESSAGE_BYTES", "256k")]).await;
+    // A configured cap (1 MiB against 256 KiB), then the default a user gets with no setting
+    // (the campaign's 9 MiB message against the 8 MiB default).
+    for (env, items) in [
+        (vec![("NODETOOL_WS_MAX_MESSAGE_BYTES", "256k")], 512 * 1024),
+        (vec![], 9 * 512 * 1024),
+    ] {
+        oversized_ws_message_is_refused(&env, items).await;
+    }
+}
+
+async fn oversized_ws_message_is_refused(env: &[(&str, &str)], items: usize) {
+    let s = start(env).await;
     let ws_url = format!("{}/ws", s.url.replacen("http://", "ws://", 1));
     for binary in [false, true] {
         let (mut ws, _) = tokio_tungstenite::connect_async(ws_url.as_str())
             .await
             .unwrap();
-        // 1 MiB against a 256 KiB cap: the frame header alone is enough to refuse it.
-        let payload = format!(
-            r#"{{"command":"ping","data":[{}0]}}"#,
-            "0,".repeat(512 * 1024)
-        );
+        // Over the cap: the frame header alone is enough to refuse it.
+        let payload = format!(r#"{{"command":"ping","data":[{}0]}}"#, "0,".repeat(items));
         let msg = if binary {
             Message::binary(payload.into_bytes())
         } else {
