@@ -82,6 +82,8 @@ pub struct SettingDef {
 
 pub const ENV_CHOICES: &[&str] = &["development", "production", "test"];
 pub const AUTH_PROVIDER_CHOICES: &[&str] = &["none", "local", "static", "supabase"];
+/// Execution strategies `ALLOWED_STRATEGIES` may name.
+pub const STRATEGY_CHOICES: &[&str] = &["threaded", "subprocess", "docker"];
 pub const DOCKER_PULL_POLICY_CHOICES: &[&str] = &["never", "missing", "always"];
 
 const fn def(
@@ -177,6 +179,9 @@ pub const REGISTRY: &[SettingDef] = &[
     def("THREAD_POOL_SIZE", K::Count, D::CpuCount, "Worker threads of the threaded strategy"),
     def("MAX_WORKFLOW_THREADS", K::Count, D::None, "Jobs running at once; unset means no limit"),
     def("JOB_TIMEOUT_SECONDS", K::Seconds, D::None, "Per-job deadline; unset means none"),
+    def("ALLOWED_STRATEGIES", K::List, D::None,
+        "Execution strategies jobs may use (threaded, subprocess, docker; comma-separated); \
+         unset: subprocess only under AUTH_PROVIDER=supabase, all three otherwise"),
     def("DOCKER_IMAGE", K::Text, D::None,
         "Worker image for the Docker strategy (tagged, never :latest)"),
     def("DOCKER_CPU_LIMIT", K::Cpus, D::None, "CPUs per Docker job (e.g. 1.5)"),
