@@ -100,7 +100,26 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
     );
 
     let temp = resources.temp_storage()?;
+    // The temp reaper's first sweep (now) also removes the temp folder's stale partial
+    // uploads; the asset folder's are swept once here, at start.
     let reaper = nodetool_storage::gc::spawn_reaper(temp, resources.temp_ttl(), REAP_EVERY);
+    {
+        let assets = resources.asset_storage()?;
+        tokio::spawn(async move {
+            if let Err(error) = assets
+                .reap_interrupted(nodetool_storage::gc::STALE_PARTIAL_UPLOAD)
+                .await
+            {
+                tracing::warn!(%error, "could not sweep partial uploads of the asset storage");
+            }
+        });
+    }
+    if nodetool_nodes::TEST_NODES {
+        tracing::warn!(
+            "this binary was built with the test-nodes feature: nodetool.test.* (Crash, \
+             Allocate, ...) are registered; never run it in production"
+        );
+    }
 
     let store = nodetool_exec::JobStore::from_pool(db.clone()).await?;
     // With a multi-user provider a worker's storage calls stay under its user's prefix, as the
@@ -331,6 +350,12 @@ async fn docker_strategy(
             "removed job containers left by a previous run"
         ),
         Err(e) => tracing::warn!(error = %e, "could not reap leftover job containers"),
+    }
+    if let Err(e) = strategy
+        .reap_workspaces(nodetool_exec::docker::STALE_WORKSPACE)
+        .await
+    {
+        tracing::warn!(error = %e, "could not reap leftover job workspaces");
     }
     Ok(Arc::new(strategy.with_services(services)))
 }

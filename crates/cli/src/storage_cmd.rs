@@ -166,11 +166,23 @@ pub async fn run(command: StorageCommand) -> anyhow::Result<ExitCode> {
                 chrono::Utc::now(),
             )
             .await?;
+            // Partial uploads a killed process left in the asset folder too (the temp sweep
+            // above cleaned the temp folder's).
+            let asset_leftovers = resources
+                .asset_storage()?
+                .reap_interrupted(nodetool_storage::gc::STALE_PARTIAL_UPLOAD)
+                .await?;
+            let workspaces = reap_docker_workspaces(resources.settings()).await;
             println!(
-                "scanned {} temp objects, deleted {} ({} bytes){}",
+                "scanned {} temp objects, deleted {} ({} bytes), removed {} partial uploads{}{}",
                 report.scanned,
                 report.deleted,
                 report.deleted_bytes,
+                report.interrupted + asset_leftovers,
+                match workspaces {
+                    Some(n) => format!(", removed {n} stale Docker job workspaces"),
+                    None => String::new(),
+                },
                 if report.failed > 0 {
                     format!(", {} could not be deleted (see log)", report.failed)
                 } else {
@@ -406,4 +418,30 @@ where
         .persist(p)
         .with_context(|| format!("cannot write {}", p.display()))?;
     Ok(())
+}
+
+/// Stale Docker job workspaces (of jobs whose container is gone), when a Docker engine
+/// answers; `None` when there is none to ask (nothing can be told live from stale then).
+async fn reap_docker_workspaces(settings: &nodetool_config::Settings) -> Option<usize> {
+    let cfg = nodetool_exec::docker::config::DockerConfig::for_runtime(settings).ok()?;
+    if !cfg.workspace_root.exists() {
+        return Some(0);
+    }
+    let strategy = tokio::time::timeout(
+        Duration::from_secs(5),
+        nodetool_exec::docker::DockerStrategy::connect(cfg),
+    )
+    .await
+    .ok()?
+    .ok()?;
+    match strategy
+        .reap_workspaces(nodetool_exec::docker::STALE_WORKSPACE)
+        .await
+    {
+        Ok(n) => Some(n),
+        Err(e) => {
+            tracing::warn!(error = %e, "could not reap stale Docker job workspaces");
+            None
+        }
+    }
 }

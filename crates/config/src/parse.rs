@@ -170,6 +170,20 @@ pub fn list(raw: &str) -> Parsed<Vec<String>> {
     Ok(items)
 }
 
+/// `ALLOWED_STRATEGIES`: a list of strategy names, each known, duplicates dropped.
+pub fn strategies(raw: &str) -> Parsed<Vec<&'static str>> {
+    let mut out = Vec::new();
+    for item in list(raw)? {
+        let s = choice(&item, crate::registry::STRATEGY_CHOICES).map_err(|_| {
+            format!("names {item:?}, which is not one of threaded, subprocess, docker")
+        })?;
+        if !out.contains(&s) {
+            out.push(s);
+        }
+    }
+    Ok(out)
+}
+
 /// Expands a leading `~` (alone or followed by `/`) to `home`; other paths are kept as given.
 pub fn path(raw: &str, home: Option<&Path>) -> PathBuf {
     match (raw, home) {

@@ -85,6 +85,8 @@ pub struct SettingDef {
 
 pub const ENV_CHOICES: &[&str] = &["development", "production", "test"];
 pub const AUTH_PROVIDER_CHOICES: &[&str] = &["none", "local", "static", "supabase"];
+/// Execution strategies `ALLOWED_STRATEGIES` may name.
+pub const STRATEGY_CHOICES: &[&str] = &["threaded", "subprocess", "docker"];
 pub const DOCKER_PULL_POLICY_CHOICES: &[&str] = &["never", "missing", "always"];
 
 const fn def(
@@ -195,6 +197,9 @@ pub const REGISTRY: &[SettingDef] = &[
         "Jobs running at once, every strategy together (the rest wait as scheduled); unset: THREAD_POOL_SIZE"),
     def("JOB_TIMEOUT_SECONDS", K::Seconds, D::None,
         "Per-job deadline, a ceiling: a request's time_seconds may only lower it; unset means none"),
+    def("ALLOWED_STRATEGIES", K::List, D::None,
+        "Execution strategies jobs may use (threaded, subprocess, docker; comma-separated); \
+         unset: subprocess only under AUTH_PROVIDER=supabase, all three otherwise"),
     def("DOCKER_IMAGE", K::Text, D::None,
         "Worker image for the Docker strategy (tagged, never :latest)"),
     def("DOCKER_ALLOWED_IMAGES", K::List, D::None,

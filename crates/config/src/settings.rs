@@ -68,6 +68,11 @@ impl AuthProvider {
         }
     }
 
+    /// Whether callers are distinct, untrusted users (each sees only their own data).
+    pub fn is_multi_user(self) -> bool {
+        self == AuthProvider::Supabase
+    }
+
     fn from_choice(s: &str) -> Self {
         match s {
             "none" => AuthProvider::None,
@@ -212,6 +217,10 @@ pub struct Settings {
     pub thread_pool_size: usize,
     pub max_workflow_threads: Option<usize>,
     pub job_timeout: Option<Duration>,
+    /// `ALLOWED_STRATEGIES`, resolved: never empty, each one of
+    /// [`STRATEGY_CHOICES`](crate::registry::STRATEGY_CHOICES), in the order given. Unset, the
+    /// threaded strategy (jobs inside the server process) is left out under multi-user auth.
+    pub allowed_strategies: Vec<&'static str>,
     pub docker_image: Option<String>,
     /// `DOCKER_ALLOWED_IMAGES`: images a request may name besides `docker_image`.
     pub docker_allowed_images: Option<Vec<String>>,
@@ -295,6 +304,7 @@ impl Settings {
             config_dir: &config_dir,
         };
         let docker_image = r.get("DOCKER_IMAGE", check_image)?;
+        let auth_provider = AuthProvider::from_choice(r.choice("AUTH_PROVIDER")?);
         let url_signing_key = r.get("NODETOOL_URL_SIGNING_KEY", check_signing_key)?;
         let settings = Settings {
             env: Environment::from_choice(r.choice("ENV")?),
@@ -328,13 +338,18 @@ impl Settings {
             font_path: r.path("FONT_PATH")?,
             comfy_folder: r.path("COMFY_FOLDER")?,
             chroma_path: r.path("CHROMA_PATH")?,
-            auth_provider: AuthProvider::from_choice(r.choice("AUTH_PROVIDER")?),
+            auth_provider,
             server_auth_token: r.get("SERVER_AUTH_TOKEN", text)?,
             auth_cache_ttl: r.require("AUTH_CACHE_TTL", parse::seconds)?,
             enable_terminal_ws: r.require("NODETOOL_ENABLE_TERMINAL_WS", parse::boolean)?,
             thread_pool_size: r.require("THREAD_POOL_SIZE", parse::count)?,
             max_workflow_threads: r.get("MAX_WORKFLOW_THREADS", parse::count)?,
             job_timeout: r.get("JOB_TIMEOUT_SECONDS", parse::seconds)?,
+            allowed_strategies: match r.get("ALLOWED_STRATEGIES", parse::strategies)? {
+                Some(list) => list,
+                None if auth_provider.is_multi_user() => vec!["subprocess"],
+                None => crate::registry::STRATEGY_CHOICES.to_vec(),
+            },
             docker_image,
             docker_allowed_images: r.get("DOCKER_ALLOWED_IMAGES", allowed_images)?,
             docker_cpu_limit: r.require("DOCKER_CPU_LIMIT", parse::cpus)?,

@@ -546,3 +546,37 @@ fn db_path_default_follows_the_config_dir_and_can_be_set() {
         .load();
     assert_eq!(s.db_path, PathBuf::from("/home/u/db/nt.sqlite"));
 }
+
+#[test]
+fn allowed_strategies_default_by_auth_provider_and_parse() {
+    let all = vec!["threaded", "subprocess", "docker"];
+    for provider in ["none", "local", "static"] {
+        let s = Fixture::new().env(&[("AUTH_PROVIDER", provider)]).load();
+        assert_eq!(s.allowed_strategies, all, "AUTH_PROVIDER={provider}");
+    }
+    // Multi-user auth: jobs never run inside the server process unless the operator says so.
+    let s = Fixture::new().env(&[("AUTH_PROVIDER", "supabase")]).load();
+    assert_eq!(s.allowed_strategies, vec!["subprocess"]);
+    let s = Fixture::new()
+        .env(&[
+            ("AUTH_PROVIDER", "supabase"),
+            ("ALLOWED_STRATEGIES", " Docker , subprocess,docker"),
+        ])
+        .load();
+    assert_eq!(s.allowed_strategies, vec!["docker", "subprocess"]);
+    let s = Fixture::new()
+        .env(&[("ALLOWED_STRATEGIES", "threaded")])
+        .load();
+    assert_eq!(s.allowed_strategies, vec!["threaded"]);
+
+    for bad in ["threaded,inline", "gpu", ",,"] {
+        let err = Fixture::new()
+            .env(&[("ALLOWED_STRATEGIES", bad)])
+            .load_err();
+        assert!(err.contains("ALLOWED_STRATEGIES"), "{bad}: {err}");
+    }
+    let err = Fixture::new()
+        .env(&[("ALLOWED_STRATEGIES", "threaded,inline")])
+        .load_err();
+    assert!(err.contains("\"inline\""), "{err}");
+}

@@ -198,6 +198,14 @@ pub trait Storage: Send + Sync + fmt::Debug + 'static {
         None
     }
 
+    /// Removes what interrupted writes left behind (a killed process's partial uploads) that
+    /// has not been touched for `older_than`, and returns how many leftovers it removed. Live
+    /// writes are never older than that bound. The default has nothing to clean.
+    async fn reap_interrupted(&self, older_than: std::time::Duration) -> Result<usize> {
+        let _ = older_than;
+        Ok(0)
+    }
+
     /// Stores the rest of `file` (from its current position) as `key`, with the guarantees of
     /// [`upload`](Self::upload). Backends that keep each object as a local file SHOULD
     /// implement it so that the kernel does the copy; the default answers

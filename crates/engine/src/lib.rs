@@ -19,6 +19,7 @@ pub mod control;
 pub mod events;
 pub mod graph;
 pub mod inputs;
+pub mod limits;
 pub mod media;
 pub mod metadata;
 pub mod node;

@@ -494,6 +494,10 @@ impl Emitter {
     /// Sends `value` on output `slot`. Waits while a downstream inbox is full; fails with
     /// [`ErrorKind::Cancelled`] when the job is cancelled meanwhile.
     pub async fn emit(&mut self, slot: &str, value: Value) -> Result<()> {
+        // Every value a node outputs is within the engine's caps, so chains that grow a value
+        // (a list extended with itself, text concatenated with itself) stop at the first
+        // node past the cap instead of exhausting memory further down.
+        crate::limits::check_value(format_args!("output {slot:?}"), &value)?;
         if self.is_control_slot(slot) {
             // Control events are not results: never in `last_values` (nor the node cache).
             if self.immediate {
@@ -921,8 +925,13 @@ impl Drop for Inbox {
 pub struct FnNode {
     spec: NodeSpec,
     #[allow(clippy::type_complexity)]
-    f: Box<dyn Fn(&NodeInputs) -> Result<Value> + Send + Sync>,
+    f: Arc<dyn Fn(&NodeInputs) -> Result<Value> + Send + Sync>,
 }
+
+/// Inputs weighing at least this much (items, plus text bytes / 64) run a function node on the
+/// blocking pool: sorting or deduplicating a big list must not hold an async worker, where the
+/// job's deadline and cancellation could not reach it. Small inputs stay inline (cheaper).
+const BLOCKING_WEIGHT: usize = 4096;
 
 impl FnNode {
     pub fn new(
@@ -931,7 +940,7 @@ impl FnNode {
     ) -> Self {
         Self {
             spec,
-            f: Box::new(f),
+            f: Arc::new(f),
         }
     }
 }
@@ -956,7 +965,19 @@ impl NodeImpl for FnNode {
         inputs: &NodeInputs,
         out: &mut Emitter,
     ) -> Result<()> {
-        let v = (self.f)(inputs)?;
+        let heavy = inputs
+            .as_map()
+            .values()
+            .any(|v| crate::limits::weight_at_least(v, BLOCKING_WEIGHT));
+        let v = if heavy {
+            let f = self.f.clone();
+            let inputs = inputs.clone();
+            tokio::task::spawn_blocking(move || f(&inputs))
+                .await
+                .map_err(|e| Error::unexpected(format!("node function ended abnormally: {e}")))??
+        } else {
+            (self.f)(inputs)?
+        };
         out.emit("output", v).await
     }
 }

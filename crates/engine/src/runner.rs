@@ -112,6 +112,9 @@ pub struct Engine {
 /// Cut long error texts in events, as NodeTool does.
 const MAX_ERROR_CHARS: usize = 1000;
 
+/// How long nodes get to end once a job is cancelled before the run abandons them.
+pub const CANCEL_GRACE: std::time::Duration = std::time::Duration::from_secs(3);
+
 fn cut(s: String) -> String {
     if s.chars().count() <= MAX_ERROR_CHARS {
         s
@@ -535,17 +538,44 @@ impl Engine {
         let deadline = opts
             .job_timeout
             .map(|d| (d, tokio::time::Instant::now() + d));
+        // Once the job is cancelled (failure, timeout or caller), nodes get CANCEL_GRACE to
+        // end; a node stuck in code that never yields is then abandoned, so the run (and the
+        // job's slot) always ends.
+        let mut abandon_at: Option<tokio::time::Instant> = None;
         loop {
-            let next = match deadline {
-                Some((limit, at)) => tokio::select! {
-                    r = set.join_next_with_id() => r,
-                    _ = tokio::time::sleep_until(at), if !job_cancel.is_cancelled() => {
-                        failure.set(None, job_timeout_error(limit));
-                        job_cancel.cancel();
-                        continue;
+            if abandon_at.is_none() && job_cancel.is_cancelled() {
+                abandon_at = Some(tokio::time::Instant::now() + CANCEL_GRACE);
+            }
+            let next = tokio::select! {
+                r = set.join_next_with_id() => r,
+                _ = async {
+                    match deadline {
+                        Some((_, at)) => tokio::time::sleep_until(at).await,
+                        None => std::future::pending().await,
                     }
-                },
-                None => set.join_next_with_id().await,
+                }, if !job_cancel.is_cancelled() => {
+                    let limit = deadline.map(|(d, _)| d).unwrap_or_default();
+                    failure.set(None, job_timeout_error(limit));
+                    job_cancel.cancel();
+                    continue;
+                }
+                _ = job_cancel.cancelled(), if abandon_at.is_none() => continue,
+                _ = async {
+                    match abandon_at {
+                        Some(at) => tokio::time::sleep_until(at).await,
+                        None => std::future::pending().await,
+                    }
+                } => {
+                    tracing::warn!(
+                        job_id = %shared.job_id,
+                        live_tasks = set.len(),
+                        "nodes ignored cancellation for {}s; abandoning them",
+                        CANCEL_GRACE.as_secs()
+                    );
+                    set.abort_all();
+                    set.detach_all();
+                    break;
+                }
             };
             match next {
                 None => break,

@@ -36,8 +36,10 @@ pub struct ManagerConfig {
     /// The operator's time limit (`JOB_TIMEOUT_SECONDS`): jobs whose request sets none get it,
     /// and a request's own `time_seconds` may only lower it.
     pub default_timeout: Option<Duration>,
-    /// Strategy for requests that name none.
+    /// Strategy for requests that name none (the first allowed one when this is not allowed).
     pub default_strategy: StrategyKind,
+    /// Strategies requests may use (`ALLOWED_STRATEGIES`); naming another is `PermissionDenied`.
+    pub allowed_strategies: Vec<StrategyKind>,
     /// Events kept per job for late and slow subscribers: one that falls further behind than
     /// this gets a lag notice for the gap. 131,072 lets 100 SSE clients follow a job emitting
     /// 100,000 events as fast as it can with no loss (docs/bench/server.md), for about 40 MiB
@@ -53,6 +55,11 @@ impl Default for ManagerConfig {
             max_concurrent_jobs: 16,
             default_timeout: None,
             default_strategy: StrategyKind::Threaded,
+            allowed_strategies: vec![
+                StrategyKind::Threaded,
+                StrategyKind::Subprocess,
+                StrategyKind::Docker,
+            ],
             replay_events: 131_072,
             retain_finished: Duration::from_secs(300),
         }
@@ -67,6 +74,11 @@ impl ManagerConfig {
                 .unwrap_or(settings.thread_pool_size)
                 .max(1),
             default_timeout: settings.job_timeout,
+            allowed_strategies: settings
+                .allowed_strategies
+                .iter()
+                .filter_map(|s| s.parse().ok())
+                .collect(),
             ..Self::default()
         }
     }
@@ -309,6 +321,44 @@ impl JobExecutionManager {
         self.inner.strategies.keys().copied().collect()
     }
 
+    /// The strategy a request gets: the one it names if the operator allows it, else the
+    /// default (or, when the default is not allowed, the first allowed one).
+    fn strategy_for(&self, requested: Option<StrategyKind>) -> Result<StrategyKind> {
+        let allowed = &self.inner.config.allowed_strategies;
+        let list = || {
+            allowed
+                .iter()
+                .map(|k| k.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        match requested {
+            Some(kind) if allowed.contains(&kind) => Ok(kind),
+            Some(kind) => Err(Error::new(
+                ErrorKind::PermissionDenied,
+                format!(
+                    "execution_strategy {kind} is not allowed on this server \
+                     (ALLOWED_STRATEGIES: {})",
+                    list()
+                ),
+            )
+            .with_operation("jobs.submit")),
+            None => {
+                let default = self.inner.config.default_strategy;
+                if allowed.contains(&default) {
+                    return Ok(default);
+                }
+                allowed.first().copied().ok_or_else(|| {
+                    Error::new(
+                        ErrorKind::PermissionDenied,
+                        "no execution strategy is allowed on this server (ALLOWED_STRATEGIES)",
+                    )
+                    .with_operation("jobs.submit")
+                })
+            }
+        }
+    }
+
     fn live(&self, job_id: &str) -> Option<Arc<LiveJob>> {
         self.inner
             .live
@@ -341,7 +391,7 @@ impl JobExecutionManager {
             );
         }
         let valid = request.validate()?;
-        let kind = valid.strategy.unwrap_or(self.inner.config.default_strategy);
+        let kind = self.strategy_for(valid.strategy)?;
         let strategy = self.inner.strategies.get(&kind).cloned().ok_or_else(|| {
             Error::new(
                 ErrorKind::Unsupported,

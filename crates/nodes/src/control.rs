@@ -324,6 +324,7 @@ impl NodeImpl for StreamNode {
         let mut seen = 0usize;
         let mut emitted = 0usize;
         let mut batch = Vec::new();
+        let mut budget = nodetool_engine::limits::Budget::new();
         let mut last = None;
         loop {
             let item = if wired {
@@ -336,8 +337,10 @@ impl NodeImpl for StreamNode {
             seen += 1;
             match self.op {
                 StreamOp::Chunk => {
+                    budget.add("the chunk", &item)?;
                     batch.push(item);
                     if batch.len() >= size {
+                        budget.reset();
                         out.emit("output", Value::Array(std::mem::take(&mut batch)))
                             .await?;
                         out.emit("index", json!(emitted)).await?;
@@ -559,7 +562,9 @@ impl NodeImpl for Collect {
             return self.process(ctx, props, out).await;
         }
         let mut items = Vec::new();
+        let mut budget = nodetool_engine::limits::Budget::new();
         while let Some(item) = inbox.recv("input_item").await? {
+            budget.add("the collected list", &item)?;
             items.push(item);
         }
         out.emit("output", Value::Array(items)).await

@@ -135,7 +135,11 @@ fn cell(text: &str) -> String {
 
 /// The whole document. `example_uses` is `{type: number of uses}` over the bundled examples.
 pub fn markdown(registry: &Registry, example_uses: &BTreeMap<String, usize>) -> String {
-    let all = entries(registry);
+    // The reference describes production builds, which have no `nodetool.test.*` nodes.
+    let all: Vec<Entry> = entries(registry)
+        .into_iter()
+        .filter(|e| !e.node_type.starts_with("nodetool.test."))
+        .collect();
     let mut out = String::new();
     let _ = writeln!(
         out,

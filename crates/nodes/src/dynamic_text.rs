@@ -9,6 +9,7 @@
 //! output handle of its own name when an edge starts there (an image used in the text can feed
 //! a node that wants the image itself).
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use async_trait::async_trait;
@@ -20,7 +21,43 @@ use nodetool_engine::context::ProcessingContext;
 use nodetool_engine::node::{Emitter, NodeImpl, NodeInputs, NodeSpec};
 use nodetool_engine::registry::Registry;
 
-use crate::text::{normalize_format_template, python_str, render};
+use crate::text::{normalize_format_template, python_str, render_until};
+
+/// Renders on the blocking pool, never on an async worker: a template can loop for as long as
+/// its fuel lasts, and the job's deadline and cancellation must still reach the runner. When
+/// this future is dropped (the job was cancelled), the render is told to stop. At most one
+/// render per CPU runs at once, so abandoned renders cannot pile up.
+async fn render_off_thread(template: String, vars: Value) -> Result<String> {
+    static SLOTS: std::sync::OnceLock<Arc<tokio::sync::Semaphore>> = std::sync::OnceLock::new();
+    let slots = SLOTS.get_or_init(|| {
+        let n = std::thread::available_parallelism().map_or(2, |n| n.get());
+        Arc::new(tokio::sync::Semaphore::new(n))
+    });
+    struct StopOnDrop(Arc<AtomicBool>);
+    impl Drop for StopOnDrop {
+        fn drop(&mut self) {
+            self.0.store(true, Ordering::Relaxed);
+        }
+    }
+    let permit = slots
+        .clone()
+        .acquire_owned()
+        .await
+        .map_err(|_| nodetool_core::Error::unexpected("template slots closed"))?;
+    let stop = Arc::new(AtomicBool::new(false));
+    let guard = StopOnDrop(stop.clone());
+    let rendered = tokio::task::spawn_blocking(move || {
+        let _permit = permit;
+        render_until(&template, &vars, &stop)
+    })
+    .await
+    .map_err(|e| {
+        nodetool_core::Error::unexpected(format!("template render ended abnormally: {e}"))
+    })?;
+    // Setting the flag of a finished render is harmless.
+    drop(guard);
+    rendered
+}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Kind {
@@ -93,8 +130,15 @@ fn brace_placeholders(template: &str, names: &[&str]) -> String {
 }
 
 /// Replaces `{{ key }}` (any spacing inside) and `{key}` (not part of `{{ }}`) with `value`.
-fn substitute(template: &str, key: &str, value: &str) -> String {
+fn substitute(template: &str, key: &str, value: &str) -> Result<String> {
     let mut out = String::with_capacity(template.len());
+    // Many placeholders times a long value: refuse before the text passes the cap.
+    let room = |out: &String| {
+        nodetool_engine::limits::check_text(
+            "the substituted template",
+            out.len() as u128 + value.len() as u128,
+        )
+    };
     let mut i = 0;
     let b = template.as_bytes();
     while i < b.len() {
@@ -103,6 +147,7 @@ fn substitute(template: &str, key: &str, value: &str) -> String {
             if let Some(rest) = inner.strip_prefix(key) {
                 let rest = rest.trim_start_matches([' ', '\t', '\n', '\r']);
                 if let Some(after) = rest.strip_prefix("}}") {
+                    room(&out)?;
                     out.push_str(value);
                     i = template.len() - after.len();
                     continue;
@@ -113,6 +158,7 @@ fn substitute(template: &str, key: &str, value: &str) -> String {
             if let Some(after) = template[i + 1..].strip_prefix(key) {
                 if let Some(after) = after.strip_prefix('}') {
                     if !after.starts_with('}') {
+                        room(&out)?;
                         out.push_str(value);
                         i = template.len() - after.len();
                         continue;
@@ -124,7 +170,7 @@ fn substitute(template: &str, key: &str, value: &str) -> String {
         out.push(ch);
         i += ch.len_utf8();
     }
-    out
+    Ok(out)
 }
 
 impl TemplateNode {
@@ -179,21 +225,22 @@ impl NodeImpl for TemplateNode {
                     .iter()
                     .map(|(k, v)| (k.to_lowercase(), v.clone()))
                     .collect();
-                render(&normalize_format_template(&text), &Value::Object(lower))?
+                render_off_thread(normalize_format_template(&text), Value::Object(lower)).await?
             }
             Kind::Prompt => {
                 let names: Vec<&str> = vars.keys().map(String::as_str).collect();
-                render(
-                    &brace_placeholders(&text, &names),
-                    &Value::Object(vars.clone()),
-                )?
+                render_off_thread(
+                    brace_placeholders(&text, &names),
+                    Value::Object(vars.clone()),
+                )
+                .await?
             }
             // Plain substitution, as both NodeTool runtimes do it (recorded with the Python
             // original: Jinja2 statements come out as written); a placeholder without a value
             // stays as it is.
             Kind::Template => vars
                 .iter()
-                .fold(text, |acc, (k, v)| substitute(&acc, k, &python_str(v))),
+                .try_fold(text, |acc, (k, v)| substitute(&acc, k, &python_str(v)))?,
         };
         for (name, value) in &vars {
             if name != "output" && out.is_wired(name) {
@@ -215,11 +262,12 @@ mod tests {
                 "Hi {{name}}, {{  name }}! {name} {{name}} {{ other }} {{{name}}}",
                 "name",
                 "Ann"
-            ),
+            )
+            .unwrap(),
             "Hi Ann, Ann! Ann Ann {{ other }} {Ann}"
         );
         assert_eq!(
-            substitute("{nam} {names} é{name}", "name", "x"),
+            substitute("{nam} {names} é{name}", "name", "x").unwrap(),
             "{nam} {names} éx"
         );
     }
@@ -232,7 +280,7 @@ mod tests {
         };
         let out = vars.iter().fold(
             "{{name}} {{ n }} {name} {{{name}}} {flag} {{body|upper}} {x}".to_owned(),
-            |acc, (k, v)| substitute(&acc, k, &python_str(v)),
+            |acc, (k, v)| substitute(&acc, k, &python_str(v)).unwrap(),
         );
         assert_eq!(out, "Ada 2 Ada {Ada} True {{body|upper}} {x}");
     }

@@ -51,6 +51,10 @@ pub use nodetool_engine::pyfmt::{python_json, write_python_layout};
 
 pub use settings::NodeSettings;
 
+/// Whether this build registers the `nodetool.test.*` nodes (cargo feature `test-nodes`, which
+/// only test builds enable). Binaries log a warning when it is on.
+pub const TEST_NODES: bool = cfg!(feature = "test-nodes");
+
 /// A registry of every built-in node type, with default [`NodeSettings`] (bundled fonts only,
 /// no workspace, `ffmpeg` from `PATH`).
 pub fn registry() -> Registry {
@@ -85,7 +89,11 @@ pub fn register_all_with(r: &mut Registry, settings: &NodeSettings) {
     image::register(r);
     asset::register(r);
     asset_load::register(r);
-    test::register(r);
+    // Crash, Allocate, Panic…: only in builds for tests (the feature is enabled by the
+    // dev-dependencies of the crates whose tests run them), never in a production binary.
+    if TEST_NODES {
+        test::register(r);
+    }
     // nodes-b
     json::register(r);
     color_grading::register(r);

@@ -9,7 +9,56 @@ use nodetool_core::{Error, Result};
 use nodetool_engine::node::NodeSpec;
 use nodetool_engine::registry::Registry;
 
+use nodetool_engine::limits;
+
 use super::{fn_node, py_slice_indices};
+
+/// A string equal for two values exactly when `serde_json`'s `==` says they are (dict entries
+/// in any order, `0.0 == -0.0`), so set operations hash instead of comparing every pair.
+pub(crate) fn value_key(v: &Value) -> String {
+    fn write(v: &Value, out: &mut String) {
+        match v {
+            Value::Number(n) if n.as_f64() == Some(0.0) && n.is_f64() => out.push_str("0.0"),
+            Value::Array(a) => {
+                out.push('[');
+                for x in a {
+                    write(x, out);
+                    out.push(',');
+                }
+                out.push(']');
+            }
+            Value::Object(m) => {
+                let mut entries: Vec<_> = m.iter().collect();
+                entries.sort_by(|a, b| a.0.cmp(b.0));
+                out.push('{');
+                for (k, x) in entries {
+                    out.push_str(&Value::String(k.clone()).to_string());
+                    out.push(':');
+                    write(x, out);
+                    out.push(',');
+                }
+                out.push('}');
+            }
+            other => out.push_str(&other.to_string()),
+        }
+    }
+    let mut out = String::new();
+    write(v, &mut out);
+    out
+}
+
+/// The values of `items` whose key is new to `seen`, first occurrence first.
+fn push_unseen<'a>(
+    items: impl Iterator<Item = &'a Value>,
+    seen: &mut std::collections::HashSet<String>,
+    out: &mut Vec<Value>,
+) {
+    for v in items {
+        if seen.insert(value_key(v)) {
+            out.push(v.clone());
+        }
+    }
+}
 
 /// Python's ordering for the JSON values a list holds: numbers with numbers, strings with
 /// strings, booleans as numbers; anything else cannot be compared.
@@ -148,11 +197,7 @@ pub fn register(r: &mut Registry) {
     fn_node(r, values_spec("Dedupe", "Dedupe", "list[any]"), |i| {
         // First occurrence wins, so the output order is deterministic.
         let mut out: Vec<Value> = Vec::new();
-        for v in i.list("values")? {
-            if !out.contains(&v) {
-                out.push(v);
-            }
-        }
+        push_unseen(i.list("values")?.iter(), &mut Default::default(), &mut out);
         Ok(Value::Array(out))
     });
     fn_node(r, values_spec("Reverse", "Reverse", "list[any]"), |i| {
@@ -288,15 +333,20 @@ pub fn register(r: &mut Registry) {
             move |i| {
                 let (a, b) = (i.list("list1")?, i.list("list2")?);
                 let mut out: Vec<Value> = Vec::new();
-                let mut push = |v: &Value| {
-                    if !out.contains(v) {
-                        out.push(v.clone());
-                    }
-                };
+                let mut seen = std::collections::HashSet::new();
+                let in_b: std::collections::HashSet<String> = b.iter().map(value_key).collect();
                 match class {
-                    "Union" => a.iter().chain(b.iter()).for_each(&mut push),
-                    "Intersection" => a.iter().filter(|v| b.contains(v)).for_each(&mut push),
-                    _ => a.iter().filter(|v| !b.contains(v)).for_each(&mut push),
+                    "Union" => push_unseen(a.iter().chain(b.iter()), &mut seen, &mut out),
+                    "Intersection" => push_unseen(
+                        a.iter().filter(|v| in_b.contains(&value_key(v))),
+                        &mut seen,
+                        &mut out,
+                    ),
+                    _ => push_unseen(
+                        a.iter().filter(|v| !in_b.contains(&value_key(v))),
+                        &mut seen,
+                        &mut out,
+                    ),
                 }
                 Ok(Value::Array(out))
             },
@@ -314,23 +364,20 @@ pub fn register(r: &mut Registry) {
             if step == 0 {
                 return Err(Error::invalid_input("step must not be 0"));
             }
+            // In i128: `stop - start` of two i64 cannot overflow there.
+            let (start_w, stop_w, step_w) = (start as i128, stop as i128, step as i128);
             let count = if step > 0 {
-                (stop - start + step - 1) / step
+                (stop_w - start_w + step_w - 1) / step_w
             } else {
-                (start - stop - step - 1) / -step
-            };
-            if count > 10_000_000 {
-                return Err(Error::new(
-                    nodetool_core::ErrorKind::TooLarge,
-                    "range over 10M items",
-                ));
+                (start_w - stop_w - step_w - 1) / -step_w
             }
-            let mut out = Vec::new();
-            let mut x = start;
-            while (step > 0 && x < stop) || (step < 0 && x > stop) {
-                out.push(json!(x));
-                x += step;
-            }
+            .max(0);
+            limits::check_items("range", count as u128)?;
+            // In i128 again: `k * step` may pass i64 even though every item lies between
+            // start and stop.
+            let out = (0..count)
+                .map(|k| json!((start_w + k * step_w) as i64))
+                .collect();
             Ok(Value::Array(out))
         },
     );

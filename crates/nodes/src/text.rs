@@ -2,9 +2,13 @@
 //! (Jinja2 syntax). Non-string values print as Python's `str()` prints them (`True`, `None`,
 //! `['a', 1]`, `{'k': 'v'}`, `1e+20`), as they do in NodeTool's Jinja2 and `str.join`.
 
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
 use serde_json::{json, Value};
 
 use nodetool_core::{Error, ErrorKind, Result};
+use nodetool_engine::limits;
 
 use nodetool_engine::context::ProcessingContext;
 use nodetool_engine::node::{Emitter, Inbox, NodeImpl, NodeInputs, NodeSpec};
@@ -173,8 +177,11 @@ impl NodeImpl for CollectText {
             None => props.str("separator")?,
         };
         let mut items = Vec::new();
+        let mut budget = nodetool_engine::limits::Budget::new();
         while let Some(item) = inbox.recv("input_item").await? {
-            items.push(python_str(&item));
+            let text = python_str(&item);
+            budget.add_counts("the collected text", 1, text.len() + separator.len())?;
+            items.push(text);
         }
         out.emit("output", json!(items.join(&separator))).await
     }
@@ -189,15 +196,112 @@ fn capitalize(s: &str) -> String {
 }
 
 /// Renders a Jinja2 template with `vars`. Undefined variables print as empty, as in Jinja2.
+/// Bounded: at most [`limits::TEMPLATE_FUEL`] instructions and [`limits::MAX_TEXT_BYTES`] of
+/// output.
 pub fn render(template: &str, vars: &Value) -> Result<String> {
+    render_until(template, vars, &Arc::new(AtomicBool::new(false)))
+}
+
+/// [`render`] that stops early (as `Cancelled`) once `stop` is set: checked at every output
+/// write and every step of a `range()` loop; loops that do neither run out of fuel.
+pub fn render_until(template: &str, vars: &Value, stop: &Arc<AtomicBool>) -> Result<String> {
+    render_with_fuel(template, vars, stop, limits::TEMPLATE_FUEL)
+}
+
+fn render_with_fuel(
+    template: &str,
+    vars: &Value,
+    stop: &Arc<AtomicBool>,
+    fuel: u64,
+) -> Result<String> {
+    let fail = |e: minijinja::Error| {
+        let kind = match e.kind() {
+            minijinja::ErrorKind::OutOfFuel => ErrorKind::TooLarge,
+            _ => ErrorKind::InvalidInput,
+        };
+        let detail = match e.kind() {
+            minijinja::ErrorKind::OutOfFuel => format!(
+                "template error: the template ran more than {fuel} instructions (a loop too big?)"
+            ),
+            _ => format!("template error: {e}"),
+        };
+        Error::new(kind, detail).with_operation("text.render")
+    };
     let mut env = minijinja::Environment::new();
     env.set_formatter(python_formatter);
     env.add_filter("truncate", truncate_filter);
-    env.render_str(template, minijinja::Value::from_serialize(vars))
-        .map_err(|e| {
-            Error::new(ErrorKind::InvalidInput, format!("template error: {e}"))
-                .with_operation("text.render")
-        })
+    env.set_fuel(Some(fuel));
+    let range_flag = stop.clone();
+    env.add_function(
+        "range",
+        move |lower: isize, upper: Option<isize>, step: Option<isize>| {
+            let inner = minijinja::functions::range(lower, upper, step)?;
+            let stop = range_flag.clone();
+            Ok::<_, minijinja::Error>(minijinja::Value::make_object_iterable(
+                inner,
+                move |v| match v.try_iter() {
+                    Ok(it) => {
+                        let stop = stop.clone();
+                        Box::new(it.take_while(move |_| !stop.load(Ordering::Relaxed)))
+                    }
+                    Err(_) => Box::new(std::iter::empty()),
+                },
+            ))
+        },
+    );
+    let tmpl = env.template_from_str(template).map_err(fail)?;
+    let mut out = CappedWriter {
+        buf: Vec::new(),
+        stop,
+    };
+    let result = tmpl
+        .render_captured_to(minijinja::Value::from_serialize(vars), &mut out)
+        .map(drop);
+    if stop.load(Ordering::Relaxed) {
+        return Err(
+            Error::new(ErrorKind::Cancelled, "template rendering stopped")
+                .with_operation("text.render"),
+        );
+    }
+    if out.buf.len() > limits::MAX_TEXT_BYTES {
+        return Err(
+            limits::check_text("the rendered template", out.buf.len() as u128)
+                .err()
+                .unwrap_or_else(|| Error::unexpected("output cap"))
+                .with_operation("text.render"),
+        );
+    }
+    result.map_err(fail)?;
+    String::from_utf8(out.buf).map_err(|e| {
+        Error::unexpected(format!("template output is not UTF-8: {e}"))
+            .with_operation("text.render")
+    })
+}
+
+/// The render's output: refuses to grow past the text cap, and stops once the caller's flag
+/// is set.
+struct CappedWriter<'a> {
+    buf: Vec<u8>,
+    stop: &'a AtomicBool,
+}
+
+impl std::io::Write for CappedWriter<'_> {
+    fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
+        if self.stop.load(Ordering::Relaxed) {
+            return Err(std::io::Error::other("stopped"));
+        }
+        if self.buf.len() + data.len() > limits::MAX_TEXT_BYTES {
+            // Marks the overflow for the caller, which reports it as TooLarge.
+            self.buf.resize(limits::MAX_TEXT_BYTES + 1, 0);
+            return Err(std::io::Error::other("output too large"));
+        }
+        self.buf.extend_from_slice(data);
+        Ok(data.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
 }
 
 /// Jinja2's `truncate(length=255, killwords=False, end='...', leeway=5)`: text up to
@@ -425,6 +529,40 @@ mod tests {
             .unwrap(),
             "True|None|[1, 'x']|1e+20|s|"
         );
+    }
+
+    #[test]
+    fn loops_run_out_of_fuel_and_stop_when_told() {
+        let stop = Arc::new(AtomicBool::new(false));
+        // Nested loops over data (no range, no output): only the fuel ends them.
+        let xs: Vec<i64> = (0..2000).collect();
+        let e = render_with_fuel(
+            "{% for a in xs %}{% for b in xs %}{% endfor %}{% endfor %}",
+            &json!({"xs": xs}),
+            &stop,
+            1_000_000,
+        )
+        .unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::TooLarge, "{e}");
+        assert!(e.message().contains("1000000 instructions"), "{e}");
+        // Enough fuel: the same shape, smaller, renders.
+        let out = render_with_fuel(
+            "{% for a in xs %}{% for b in xs %}.{% endfor %}{% endfor %}",
+            &json!({"xs": [1, 2]}),
+            &stop,
+            1_000_000,
+        )
+        .unwrap();
+        assert_eq!(out, "....");
+        // A set flag stops a range loop that writes nothing.
+        stop.store(true, Ordering::Relaxed);
+        let e = render_until(
+            "{% for i in range(100000) %}{% for j in range(100000) %}{% endfor %}{% endfor %}",
+            &json!({}),
+            &stop,
+        )
+        .unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::Cancelled, "{e}");
     }
 
     #[test]

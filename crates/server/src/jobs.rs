@@ -112,7 +112,15 @@ async fn submit(
 ) -> ApiResult<Response> {
     let manager = manager(&state)?;
     // `request.user_id` is ignored by the manager; the authenticated user owns the job.
-    let job_id = manager.submit(request, &user).await?;
+    let job_id = manager.submit(request, &user).await.map_err(|e| {
+        // The manager's refusals (ALLOWED_STRATEGIES) are the caller's to read, unlike a
+        // backend's PermissionDenied, whose text the generic mapping hides.
+        if e.kind() == nodetool_core::ErrorKind::PermissionDenied {
+            ApiError::forbidden(e.message())
+        } else {
+            ApiError::from(e)
+        }
+    })?;
     if q.stream {
         let events = manager.subscribe(&job_id, 0)?;
         tracing::info!(%job_id, user = %user, "job submitted (streaming)");

@@ -705,9 +705,10 @@ fn pong() -> Value {
 fn api_message(e: nodetool_core::Error) -> String {
     use nodetool_core::ErrorKind;
     match e.kind() {
-        ErrorKind::InvalidInput | ErrorKind::Unsupported | ErrorKind::NotFound => {
-            e.message().to_owned()
-        }
+        ErrorKind::InvalidInput
+        | ErrorKind::Unsupported
+        | ErrorKind::NotFound
+        | ErrorKind::PermissionDenied => e.message().to_owned(),
         ErrorKind::Unavailable => "the job manager is unavailable; retry later".to_owned(),
         _ => {
             tracing::error!(error = %e, "websocket command failed");

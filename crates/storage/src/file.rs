@@ -1,5 +1,9 @@
+use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::SystemTime;
+
+use rustix::fs::{AtFlags, Mode, OFlags};
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
@@ -8,6 +12,7 @@ use nodetool_core::{
     ByteRange, Error, Result, Storage, StorageCapabilities, StorageInfo, StorageKey, StoragePrefix,
 };
 
+use crate::beneath;
 use crate::join_url;
 use crate::read_cache::{self, ReadCache, Stamp};
 use crate::signing::UrlSigner;
@@ -19,6 +24,8 @@ const RESERVED: &str = ".nodetool";
 const XATTR_CONTENT_TYPE: &str = "user.nodetool.content_type";
 /// Objects (or ranges) up to this size are read whole when opened.
 const SMALL_OBJECT: u64 = 64 * 1024;
+/// In-flight uploads, under the root (same filesystem, so the final rename is atomic).
+pub(crate) const TEMP_DIR: &str = ".nodetool/tmp";
 
 /// Objects as files under a root directory (`~/.config/nodetool/assets` by default).
 ///
@@ -33,6 +40,8 @@ const SMALL_OBJECT: u64 = 64 * 1024;
 #[derive(Debug)]
 pub struct FileStorage {
     root: PathBuf,
+    /// The root, opened once: every path is resolved beneath it, never through a link.
+    root_fd: Arc<OwnedFd>,
     base_url: String,
     signer: Option<UrlSigner>,
     read_cache: Option<ReadCache>,
@@ -47,8 +56,16 @@ impl FileStorage {
                 .with_operation("file.new")
                 .with_context("root", root.display())
         })?;
+        let root_fd: OwnedFd = std::fs::File::open(&root)
+            .map_err(|e| {
+                Error::from(e)
+                    .with_operation("file.new")
+                    .with_context("root", root.display())
+            })?
+            .into();
         Ok(Self {
             root,
+            root_fd: Arc::new(root_fd),
             base_url: base_url.into(),
             signer: None,
             read_cache: None,
@@ -85,11 +102,18 @@ impl FileStorage {
         Ok(path)
     }
 
-    fn temp_path(&self) -> PathBuf {
-        self.root
-            .join(RESERVED)
-            .join("tmp")
-            .join(nodetool_core::id::new_id())
+    /// Opens `key`'s file for reading (non-blocking open, so a FIFO cannot hang us), refusing
+    /// links anywhere on its path.
+    fn open_object(&self, key: &StorageKey, op: &'static str) -> Result<std::fs::File> {
+        self.path(key, op)?;
+        beneath::open(
+            &self.root_fd,
+            key.as_str(),
+            OFlags::RDONLY | OFlags::NONBLOCK,
+            Mode::empty(),
+        )
+        .map(std::fs::File::from)
+        .map_err(|e| io_err(e, op, key))
     }
 
     /// Writes a new object through a temp file: `fill` writes and syncs it, the content type
@@ -101,26 +125,44 @@ impl FileStorage {
         Fut: std::future::Future<Output = Result<u64>>,
     {
         const OP: &str = "file.upload";
-        let path = self.path(key, OP)?;
+        self.path(key, OP)?;
         if let Some(cache) = &self.read_cache {
             cache.remove(key.as_str());
         }
-        let temp = self.temp_path();
         let content_type = opts.effective_content_type(key);
+        let root = self.root_fd.clone();
+        let temp_name = nodetool_core::id::new_id();
+        let temp_dir = beneath::create_dirs(&root, TEMP_DIR).map_err(|e| io_err(e, OP, key))?;
+        // The key goes on once, below.
+        let io = |e: std::io::Error| {
+            if beneath::is_link_refusal(&e) {
+                link_refused_bare()
+            } else {
+                Error::from(e)
+            }
+        };
         let written = async {
-            let file = std::fs::File::create(&temp)?;
-            let for_xattr = file.try_clone()?;
+            let file: std::fs::File = rustix::fs::openat(
+                &temp_dir,
+                temp_name.as_str(),
+                OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+                Mode::from_raw_mode(0o644),
+            )
+            .map_err(|e| io(e.into()))?
+            .into();
+            let for_xattr = file.try_clone().map_err(io)?;
             fill(file).await?;
             set_content_type(for_xattr, content_type).await?;
-            if let Some(parent) = path.parent() {
-                tokio::fs::create_dir_all(parent).await?;
-            }
-            tokio::fs::rename(&temp, &path).await?;
+            let (parent, name) = beneath::split(key.as_str());
+            let parent_dir = beneath::create_dirs(&root, parent).map_err(io)?;
+            // The last component is replaced as a name: a link there is replaced, not followed.
+            rustix::fs::renameat(&temp_dir, temp_name.as_str(), &parent_dir, name)
+                .map_err(|e| io(e.into()))?;
             Ok::<_, Error>(())
         }
         .await;
         if let Err(e) = written {
-            let _ = tokio::fs::remove_file(&temp).await;
+            let _ = rustix::fs::unlinkat(&temp_dir, temp_name.as_str(), AtFlags::empty());
             return Err(e.with_operation(OP).with_context("key", key));
         }
         self.require_metadata(key).await
@@ -141,17 +183,11 @@ async fn set_content_type(file: std::fs::File, content_type: String) -> Result<(
     .map_err(|e| Error::unexpected("xattr task failed").with_source(e))
 }
 
-fn meta_from(
-    key: &StorageKey,
-    md: &std::fs::Metadata,
-    file: Option<&std::fs::File>,
-    path: &Path,
-) -> ObjectMeta {
+/// The object's metadata from its open file (`fgetxattr`: never through a path).
+fn meta_from(key: &StorageKey, md: &std::fs::Metadata, file: &std::fs::File) -> ObjectMeta {
     use std::os::unix::fs::MetadataExt;
     let modified = md.modified().unwrap_or(SystemTime::UNIX_EPOCH);
-    let content_type = file
-        .map(|f| xattr::FileExt::get_xattr(f, XATTR_CONTENT_TYPE))
-        .unwrap_or_else(|| xattr::get(path, XATTR_CONTENT_TYPE))
+    let content_type = xattr::FileExt::get_xattr(file, XATTR_CONTENT_TYPE)
         .ok()
         .flatten()
         .and_then(|v| String::from_utf8(v).ok())
@@ -172,11 +208,28 @@ fn meta_from(
 }
 
 fn io_err(e: std::io::Error, op: &'static str, key: &StorageKey) -> Error {
-    if e.kind() == std::io::ErrorKind::NotFound {
+    if beneath::is_link_refusal(&e) {
+        link_refused(op, key)
+    } else if e.kind() == std::io::ErrorKind::NotFound {
         not_found("file", key).with_operation(op)
     } else {
         Error::from(e).with_operation(op).with_context("key", key)
     }
+}
+
+/// A key whose path crosses a symbolic link inside the root: never followed.
+fn link_refused(op: &'static str, key: &StorageKey) -> Error {
+    link_refused_bare()
+        .with_operation(op)
+        .with_context("key", key)
+}
+
+fn link_refused_bare() -> Error {
+    Error::new(
+        nodetool_core::ErrorKind::PermissionDenied,
+        "the object's path inside the storage folder is a symbolic link; file storage does not \
+         follow links",
+    )
 }
 
 /// Reads `len` bytes at `offset` only if the page cache holds them all (`RWF_NOWAIT`), so the
@@ -285,8 +338,28 @@ impl Storage for FileStorage {
         .await
     }
 
+    /// `None` (the caller then streams a download) when a link lies on the path: a path handed
+    /// out is opened by code that follows links.
     fn local_path(&self, key: &StorageKey) -> Option<PathBuf> {
-        self.path(key, "file.local_path").ok()
+        let path = self.path(key, "file.local_path").ok()?;
+        let mut at = self.root.clone();
+        for segment in key.segments() {
+            at.push(segment);
+            match std::fs::symlink_metadata(&at) {
+                Ok(md) if md.file_type().is_symlink() => return None,
+                _ => {}
+            }
+        }
+        Some(path)
+    }
+
+    /// Deletes partial uploads in `.nodetool/tmp/` whose last write is older than
+    /// `older_than` (a live upload writes, and so touches its file, far more often).
+    async fn reap_interrupted(&self, older_than: std::time::Duration) -> Result<usize> {
+        let root = self.root_fd.clone();
+        tokio::task::spawn_blocking(move || reap_temp_files(&root, older_than))
+            .await
+            .map_err(|e| Error::unexpected("reap task failed").with_source(e))?
     }
 
     async fn download(&self, key: &StorageKey, range: Option<ByteRange>) -> Result<Download> {
@@ -294,8 +367,10 @@ impl Storage for FileStorage {
         let path = self.path(key, OP)?;
         if let Some(cache) = &self.read_cache {
             if let Some(entry) = cache.get(key.as_str()) {
-                // Same path resolution as the open below (follows symlinks).
-                match std::fs::metadata(&path) {
+                // The stat follows no link at the end; a link on the way could only lead to
+                // the very inode the entry was read from (beneath the root), which is the
+                // object itself.
+                match std::fs::symlink_metadata(&path) {
                     Ok(md) if Stamp::of(&md) == entry.stamp => {
                         let range = resolve(range, entry.meta.size, key)?;
                         let body = entry.bytes.slice(to_usize(&range));
@@ -316,12 +391,12 @@ impl Storage for FileStorage {
         // all three (most of a 4 KiB GET's CPU time). Data reads never block a runtime worker:
         // small objects are read with RWF_NOWAIT, which only answers from the page cache, and
         // go to the blocking pool otherwise; large ones stream from a reader thread.
-        let file = std::fs::File::open(&path).map_err(|e| io_err(e, OP, key))?;
+        let file = self.open_object(key, OP)?;
         let md = file.metadata().map_err(|e| io_err(e, OP, key))?;
         if !md.is_file() {
             return Err(not_found("file", key).with_operation(OP));
         }
-        let meta = meta_from(key, &md, Some(&file), &path);
+        let meta = meta_from(key, &md, &file);
         let range = resolve(range, meta.size, key)?;
         let len = range.end - range.start;
         let body = match &self.read_cache {
@@ -351,13 +426,29 @@ impl Storage for FileStorage {
 
     async fn metadata(&self, key: &StorageKey) -> Result<Option<ObjectMeta>> {
         const OP: &str = "file.metadata";
-        let path = self.path(key, OP)?;
+        self.path(key, OP)?;
         let key = key.clone();
-        tokio::task::spawn_blocking(move || match std::fs::metadata(&path) {
-            Ok(md) if md.is_file() => Ok(Some(meta_from(&key, &md, None, &path))),
-            Ok(_) => Ok(None),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-            Err(e) => Err(io_err(e, OP, &key)),
+        let root = self.root_fd.clone();
+        tokio::task::spawn_blocking(move || {
+            let file = match beneath::open(
+                &root,
+                key.as_str(),
+                OFlags::RDONLY | OFlags::NONBLOCK,
+                Mode::empty(),
+            ) {
+                Ok(fd) => std::fs::File::from(fd),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+                // A directory or a file on the way (`ENOTDIR`) is no object either.
+                Err(e) if e.raw_os_error() == Some(rustix::io::Errno::NOTDIR.raw_os_error()) => {
+                    return Ok(None)
+                }
+                Err(e) => return Err(io_err(e, OP, &key)),
+            };
+            match file.metadata() {
+                Ok(md) if md.is_file() => Ok(Some(meta_from(&key, &md, &file))),
+                Ok(_) => Ok(None),
+                Err(e) => Err(io_err(e, OP, &key)),
+            }
         })
         .await
         .map_err(|e| Error::unexpected("metadata task failed").with_source(e))?
@@ -365,28 +456,19 @@ impl Storage for FileStorage {
 
     async fn delete(&self, key: &StorageKey) -> Result<()> {
         const OP: &str = "file.delete";
-        let path = self.path(key, OP)?;
+        self.path(key, OP)?;
         if let Some(cache) = &self.read_cache {
             cache.remove(key.as_str());
         }
-        match tokio::fs::remove_file(&path).await {
-            Ok(()) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
-            Err(e) => return Err(io_err(e, OP, key)),
-        }
-        // Prune directories the delete emptied, up to (not including) the root.
-        let mut dir = path.parent();
-        while let Some(d) = dir {
-            if d == self.root || tokio::fs::remove_dir(d).await.is_err() {
-                break;
-            }
-            dir = d.parent();
-        }
-        Ok(())
+        let root = self.root_fd.clone();
+        let key = key.clone();
+        tokio::task::spawn_blocking(move || delete_blocking(&root, &key))
+            .await
+            .map_err(|e| Error::unexpected("delete task failed").with_source(e))?
     }
 
     async fn list(&self, prefix: &StoragePrefix) -> Result<Vec<ObjectMeta>> {
-        let root = self.root.clone();
+        let root = self.root_fd.clone();
         let prefix = prefix.clone();
         tokio::task::spawn_blocking(move || list_blocking(&root, &prefix))
             .await
@@ -403,66 +485,200 @@ impl Storage for FileStorage {
     }
 }
 
-fn list_blocking(root: &Path, prefix: &StoragePrefix) -> Result<Vec<ObjectMeta>> {
+fn reap_temp_files(root: &OwnedFd, older_than: std::time::Duration) -> Result<usize> {
+    const OP: &str = "file.reap_interrupted";
+    let dir = match beneath::open(
+        root,
+        TEMP_DIR,
+        OFlags::RDONLY | OFlags::DIRECTORY,
+        Mode::empty(),
+    ) {
+        Ok(d) => d,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(0),
+        Err(e) => return Err(Error::from(e).with_operation(OP)),
+    };
+    let cutoff = SystemTime::now()
+        .checked_sub(older_than)
+        .unwrap_or(SystemTime::UNIX_EPOCH);
+    let mut removed = 0;
+    let entries = rustix::fs::Dir::read_from(&dir)
+        .map_err(|e| Error::from(std::io::Error::from(e)).with_operation(OP))?;
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        if name.to_bytes() == b"." || name.to_bytes() == b".." {
+            continue;
+        }
+        let Ok(st) = rustix::fs::statat(&dir, name, AtFlags::SYMLINK_NOFOLLOW) else {
+            continue;
+        };
+        let modified = SystemTime::UNIX_EPOCH
+            + std::time::Duration::new(st.st_mtime.max(0) as u64, st.st_mtime_nsec as u32);
+        if modified >= cutoff || rustix::fs::FileType::from_raw_mode(st.st_mode).is_dir() {
+            continue;
+        }
+        match rustix::fs::unlinkat(&dir, name, AtFlags::empty()) {
+            Ok(()) => removed += 1,
+            Err(rustix::io::Errno::NOENT) => {}
+            Err(e) => tracing::warn!(error = %e, "file storage: cannot remove a partial upload"),
+        }
+    }
+    if removed > 0 {
+        tracing::info!(
+            removed,
+            "file storage: removed partial uploads left by an interrupted process"
+        );
+    }
+    Ok(removed)
+}
+
+/// Unlinks the object (refusing a link in its place or on its path), then prunes the
+/// directories the delete emptied, up to (not including) the root.
+fn delete_blocking(root: &OwnedFd, key: &StorageKey) -> Result<()> {
+    const OP: &str = "file.delete";
+    let (parent, name) = beneath::split(key.as_str());
+    let dir = match beneath::open(
+        root,
+        parent,
+        OFlags::RDONLY | OFlags::DIRECTORY,
+        Mode::empty(),
+    ) {
+        Ok(d) => d,
+        Err(e)
+            if e.kind() == std::io::ErrorKind::NotFound
+                || e.raw_os_error() == Some(rustix::io::Errno::NOTDIR.raw_os_error()) =>
+        {
+            return Ok(())
+        }
+        Err(e) => return Err(io_err(e, OP, key)),
+    };
+    match rustix::fs::statat(&dir, name, AtFlags::SYMLINK_NOFOLLOW) {
+        Ok(st)
+            if rustix::fs::FileType::from_raw_mode(st.st_mode) == rustix::fs::FileType::Symlink =>
+        {
+            return Err(link_refused(OP, key))
+        }
+        Ok(_) => {}
+        Err(rustix::io::Errno::NOENT) => return Ok(()),
+        Err(e) => return Err(io_err(e.into(), OP, key)),
+    }
+    match rustix::fs::unlinkat(&dir, name, AtFlags::empty()) {
+        Ok(()) | Err(rustix::io::Errno::NOENT) => {}
+        Err(e) => return Err(io_err(e.into(), OP, key)),
+    }
+    let mut rel = parent;
+    while !rel.is_empty() {
+        let (up, name) = beneath::split(rel);
+        let Ok(up_dir) = beneath::open(root, up, OFlags::RDONLY | OFlags::DIRECTORY, Mode::empty())
+        else {
+            break;
+        };
+        if rustix::fs::unlinkat(&up_dir, name, AtFlags::REMOVEDIR).is_err() {
+            break;
+        }
+        rel = up;
+    }
+    Ok(())
+}
+
+fn list_blocking(root: &OwnedFd, prefix: &StoragePrefix) -> Result<Vec<ObjectMeta>> {
+    use rustix::fs::FileType;
+    let list_err = |e: std::io::Error, rel: &str| {
+        if beneath::is_link_refusal(&e) {
+            Error::new(
+                nodetool_core::ErrorKind::PermissionDenied,
+                "the listed folder inside the storage folder is a symbolic link; file storage \
+                 does not follow links",
+            )
+            .with_operation("file.list")
+            .with_context("dir", rel)
+        } else {
+            Error::from(e)
+                .with_operation("file.list")
+                .with_context("dir", rel)
+        }
+    };
     // Start at the deepest directory the prefix names in full: "a/b/c" walks root/a/b.
     let dir_part = match prefix.as_str().rfind('/') {
-        Some(i) => &prefix.as_str()[..i],
-        None => "",
+        Some(i) => prefix.as_str()[..i].to_owned(),
+        None => String::new(),
     };
-    let mut start = root.to_path_buf();
-    if !dir_part.is_empty() {
-        start.extend(dir_part.split('/'));
-    }
+    let dir_flags = OFlags::RDONLY | OFlags::DIRECTORY;
+    let start = match beneath::open(root, &dir_part, dir_flags, Mode::empty()) {
+        Ok(fd) => fd,
+        Err(e)
+            if e.kind() == std::io::ErrorKind::NotFound
+                || e.raw_os_error() == Some(rustix::io::Errno::NOTDIR.raw_os_error()) =>
+        {
+            return Ok(Vec::new())
+        }
+        Err(e) => return Err(list_err(e, &dir_part)),
+    };
     let mut out = Vec::new();
-    let mut stack = vec![(start, dir_part.to_owned())];
+    let mut stack = vec![(start, dir_part)];
     while let Some((dir, rel)) = stack.pop() {
-        let entries = match std::fs::read_dir(&dir) {
-            Ok(entries) => entries,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
-            Err(e) => {
-                return Err(Error::from(e)
-                    .with_operation("file.list")
-                    .with_context("dir", dir.display()))
-            }
-        };
+        let entries = rustix::fs::Dir::read_from(&dir).map_err(|e| list_err(e.into(), &rel))?;
         for entry in entries {
-            let entry = entry.map_err(|e| Error::from(e).with_operation("file.list"))?;
-            let Ok(name) = entry.file_name().into_string() else {
-                tracing::warn!(path = %entry.path().display(), "file storage: skipping non-UTF-8 name");
+            let entry = entry.map_err(|e| list_err(e.into(), &rel))?;
+            let Ok(name) = entry.file_name().to_str().map(str::to_owned) else {
+                tracing::warn!(dir = %rel, "file storage: skipping non-UTF-8 name");
                 continue;
             };
-            if rel.is_empty() && name == RESERVED {
+            if name == "." || name == ".." || (rel.is_empty() && name == RESERVED) {
                 continue;
             }
             let child = if rel.is_empty() {
-                name
+                name.clone()
             } else {
                 format!("{rel}/{name}")
             };
-            let file_type = entry
-                .file_type()
-                .map_err(|e| Error::from(e).with_operation("file.list"))?;
-            if file_type.is_dir() {
-                // Only descend where keys could still match the prefix.
-                let as_dir = format!("{child}/");
-                if as_dir.starts_with(prefix.as_str()) || prefix.as_str().starts_with(&as_dir) {
-                    stack.push((entry.path(), child));
-                }
-            } else if file_type.is_file() && child.starts_with(prefix.as_str()) {
-                let Ok(key) = StorageKey::new(child.clone()) else {
-                    tracing::warn!(name = %child, "file storage: skipping a file whose name is not a valid key");
-                    continue;
+            let mut file_type = entry.file_type();
+            if file_type == FileType::Unknown {
+                // Filesystems without d_type: ask, without following a link.
+                file_type = match rustix::fs::statat(&dir, name.as_str(), AtFlags::SYMLINK_NOFOLLOW)
+                {
+                    Ok(st) => FileType::from_raw_mode(st.st_mode),
+                    Err(_) => continue,
                 };
-                match entry.metadata() {
-                    Ok(md) => out.push(meta_from(&key, &md, None, &entry.path())),
-                    // Deleted between readdir and stat: not listed.
-                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                    Err(e) => {
-                        return Err(Error::from(e)
-                            .with_operation("file.list")
-                            .with_context("key", key))
+            }
+            match file_type {
+                FileType::Directory => {
+                    // Only descend where keys could still match the prefix.
+                    let as_dir = format!("{child}/");
+                    if as_dir.starts_with(prefix.as_str()) || prefix.as_str().starts_with(&as_dir) {
+                        match beneath::open(&dir, &name, dir_flags, Mode::empty()) {
+                            Ok(sub) => stack.push((sub, child)),
+                            // Gone or replaced by a link since readdir: not listed.
+                            Err(_) => continue,
+                        }
                     }
                 }
+                FileType::RegularFile if child.starts_with(prefix.as_str()) => {
+                    let Ok(key) = StorageKey::new(child.clone()) else {
+                        tracing::warn!(name = %child, "file storage: skipping a file whose name is not a valid key");
+                        continue;
+                    };
+                    let file = match beneath::open(
+                        &dir,
+                        &name,
+                        OFlags::RDONLY | OFlags::NONBLOCK,
+                        Mode::empty(),
+                    ) {
+                        Ok(fd) => std::fs::File::from(fd),
+                        // Deleted or replaced (by a link) between readdir and open: not listed.
+                        Err(_) => continue,
+                    };
+                    match file.metadata() {
+                        Ok(md) if md.is_file() => out.push(meta_from(&key, &md, &file)),
+                        Ok(_) => {}
+                        Err(e) => {
+                            return Err(Error::from(e)
+                                .with_operation("file.list")
+                                .with_context("key", key))
+                        }
+                    }
+                }
+                // Links (and anything else) are never followed nor listed.
+                _ => {}
             }
         }
     }

@@ -14,7 +14,13 @@ pub struct GcReport {
     pub deleted_bytes: u64,
     /// Objects that were expired but could not be deleted (logged with their cause).
     pub failed: usize,
+    /// Leftovers of interrupted writes removed (partial uploads of a killed process).
+    pub interrupted: usize,
 }
+
+/// A partial upload untouched for this long belongs to no live writer: a stream that stalls
+/// this long has long been cut off by the HTTP timeouts.
+pub const STALE_PARTIAL_UPLOAD: Duration = Duration::from_secs(3600);
 
 /// Deletes every object under `prefix` last modified before `now - ttl`.
 pub async fn reap(
@@ -28,6 +34,10 @@ pub async fn reap(
         .checked_sub_signed(ttl)
         .unwrap_or(DateTime::<Utc>::MIN_UTC);
     let mut report = GcReport::default();
+    match storage.reap_interrupted(STALE_PARTIAL_UPLOAD).await {
+        Ok(n) => report.interrupted = n,
+        Err(error) => tracing::warn!(%error, "temp gc: could not sweep partial uploads"),
+    }
     for meta in storage.list(prefix).await? {
         report.scanned += 1;
         if meta.last_modified >= cutoff {
@@ -49,6 +59,7 @@ pub async fn reap(
         scanned = report.scanned,
         deleted = report.deleted,
         failed = report.failed,
+        interrupted = report.interrupted,
         "temp gc sweep"
     );
     Ok(report)
@@ -111,7 +122,8 @@ mod tests {
                 scanned: 1,
                 deleted: 1,
                 deleted_bytes: 5,
-                failed: 0
+                failed: 0,
+                interrupted: 0,
             }
         );
         let report = reap(&storage, &StoragePrefix::all(), ttl, Utc::now())

@@ -4,6 +4,7 @@
 //! The remote backends (S3, Supabase) live in their own crates because they pull in SDKs; all of
 //! them keep the one contract of [`nodetool_core::Storage`].
 
+mod beneath;
 pub mod blocking_io;
 mod file;
 pub mod gc;

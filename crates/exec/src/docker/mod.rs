@@ -242,6 +242,37 @@ impl DockerStrategy {
         Ok(removed)
     }
 
+    /// Removes job workspaces (`<workspace_root>/nodetool-job-*`) that no existing job
+    /// container uses and that nothing has changed for `min_age` (a job about to create its
+    /// container has a fresh one). A killed server's jobs leave theirs behind; the server calls
+    /// this on start, after [`reap_leftovers`](Self::reap_leftovers), and so does
+    /// `nodetool storage gc`. Returns how many it removed.
+    pub async fn reap_workspaces(&self, min_age: Duration) -> Result<usize> {
+        let mut filters = std::collections::HashMap::new();
+        filters.insert("label".to_owned(), vec![JOB_LABEL.to_owned()]);
+        let opts = ListContainersOptionsBuilder::default()
+            .all(true)
+            .filters(&filters)
+            .build();
+        let live: HashSet<String> = self
+            .docker
+            .list_containers(Some(opts))
+            .await
+            .map_err(|e| engine_unavailable(&self.config.socket, e))?
+            .into_iter()
+            .flat_map(|c| c.names.unwrap_or_default())
+            .map(|n| n.trim_start_matches('/').to_owned())
+            .collect();
+        let root = self.config.workspace_root.clone();
+        let removed = tokio::task::spawn_blocking(move || stale_workspaces(&root, &live, min_age))
+            .await
+            .map_err(|e| Error::unexpected("the workspace reaper failed").with_source(e))?;
+        if removed > 0 {
+            tracing::info!(removed, "removed job workspaces left by a previous run");
+        }
+        Ok(removed)
+    }
+
     /// Starts `spec` with per-job Docker options (image, granted network).
     pub async fn start_with(
         &self,
@@ -406,6 +437,47 @@ impl ExecutionStrategy for DockerStrategy {
         self.start_with(spec, sink, DockerJobOptions::default())
             .await
     }
+}
+
+/// A workspace untouched for this long whose container is gone belongs to no job.
+pub const STALE_WORKSPACE: Duration = Duration::from_secs(120);
+
+fn stale_workspaces(root: &Path, live: &HashSet<String>, min_age: Duration) -> usize {
+    let entries = match std::fs::read_dir(root) {
+        Ok(e) => e,
+        Err(e) => {
+            if e.kind() != std::io::ErrorKind::NotFound {
+                tracing::warn!(path = %root.display(), error = %e, "cannot list job workspaces");
+            }
+            return 0;
+        }
+    };
+    let cutoff = std::time::SystemTime::now()
+        .checked_sub(min_age)
+        .unwrap_or(std::time::UNIX_EPOCH);
+    let mut removed = 0;
+    for entry in entries.flatten() {
+        let Ok(name) = entry.file_name().into_string() else {
+            continue;
+        };
+        if !name.starts_with("nodetool-job-") || live.contains(&name) {
+            continue;
+        }
+        // Not a link (never followed), a directory, and idle for `min_age`.
+        let Ok(md) = std::fs::symlink_metadata(entry.path()) else {
+            continue;
+        };
+        if !md.is_dir() || md.modified().map_or(true, |m| m > cutoff) {
+            continue;
+        }
+        match std::fs::remove_dir_all(entry.path()) {
+            Ok(()) => removed += 1,
+            Err(e) => {
+                tracing::warn!(path = %entry.path().display(), error = %e, "cannot remove a stale job workspace")
+            }
+        }
+    }
+    removed
 }
 
 /// Creates `<workspace_root>/<job_id>`, owned by the container user so the job can write to it.
