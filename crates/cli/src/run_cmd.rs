@@ -148,7 +148,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         bridge.end_job(&job_id, outcome.status.as_str()).await;
         bridge.shutdown(Duration::from_secs(5)).await;
     }
-    // The sender is gone with the run; the printer drains what is left and stops.
+    // The printer ends at the terminal `job_update`, which every strategy sends last.
     let profile = printer.await.context("event printer")??;
     args.report_profile(profile)?;
     report(outcome, args.jsonl)
@@ -261,7 +261,8 @@ fn parse_params(raw: Option<&str>) -> anyhow::Result<Map<String, Value>> {
 }
 
 /// `--jsonl`: every event on stdout. Otherwise, on a TTY, a progress bar on stderr. Every
-/// event also goes to the profiler when `--profile`/`--trace` asked for one.
+/// event also goes to the profiler when `--profile`/`--trace` asked for one. Ends after the
+/// terminal `job_update`.
 async fn print_events(
     mut rx: tokio::sync::mpsc::UnboundedReceiver<EventEnvelope>,
     jsonl: bool,
@@ -278,6 +279,9 @@ async fn print_events(
             let mut line = serde_json::to_vec(&event)?;
             line.push(b'\n');
             out.write_all(&line)?;
+            if is_terminal(&event) {
+                break;
+            }
         }
         return Ok(profile);
     }
@@ -285,6 +289,9 @@ async fn print_events(
         while let Some(event) = rx.recv().await {
             if let Some(p) = profile.as_mut() {
                 p.observe(&event);
+            }
+            if is_terminal(&event) {
+                break;
             }
         }
         return Ok(profile);
@@ -313,7 +320,16 @@ async fn print_events(
             }
             _ => {}
         }
+        if is_terminal(&event) {
+            break;
+        }
     }
     bar.finish_and_clear();
     Ok(profile)
+}
+
+/// The job's last event. The printer stops there rather than at the channel's end: a threaded
+/// job abandoned at its hard deadline keeps its sender alive on the thread it blocks.
+fn is_terminal(event: &EventEnvelope) -> bool {
+    matches!(&event.event, Event::JobUpdate(u) if u.status.is_terminal())
 }

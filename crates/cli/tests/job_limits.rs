@@ -194,10 +194,22 @@ impl Server {
     }
 }
 
-/// `nodetool run --jsonl --strategy S FILE [extra]`: the terminal `job_update` and the exit code.
+/// `nodetool run --jsonl --strategy S FILE [extra]` on the slow graph: the terminal `job_update`
+/// and the exit code.
 fn cli_job(env: &Env, strategy: &str, extra: &[&str], vars: &[(&str, &str)]) -> (Value, i32) {
-    let file = env.path("slow.json");
-    std::fs::write(&file, sleep_graph(SLOW).to_string()).unwrap();
+    cli_job_on(env, &sleep_graph(SLOW), strategy, extra, vars)
+}
+
+/// [`cli_job`] on any graph.
+fn cli_job_on(
+    env: &Env,
+    graph: &Value,
+    strategy: &str,
+    extra: &[&str],
+    vars: &[(&str, &str)],
+) -> (Value, i32) {
+    let file = env.path("job.json");
+    std::fs::write(&file, graph.to_string()).unwrap();
     let file = file.display().to_string();
     let mut args = vec!["run", "--jsonl", "--strategy", strategy];
     args.extend_from_slice(extra);
@@ -409,6 +421,40 @@ async fn job_timeout_is_one_ceiling_for_every_strategy_and_entry_point() {
         .rest_job(json!({"graph": sleep_graph(0.0), "execution_strategy": "threaded"}))
         .await;
     assert_eq!(rec["status"], "completed", "{rec}");
+}
+
+/// A node that blocks its thread and ignores cancellation still ends at the deadline (plus the
+/// hard-deadline grace) with the same time-out outcome, on every strategy: the worker is killed,
+/// or the threaded task abandoned so `nodetool run` exits.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_ignoring_cancellation_still_ends_at_the_deadline() {
+    let _serial = SERIAL.lock().await;
+    let env = Env::new();
+    let mut strategies = vec!["threaded", "subprocess"];
+    if let Some(client) =
+        docker_client("a_node_ignoring_cancellation_still_ends_at_the_deadline").await
+    {
+        worker_image(&env, &client).await;
+        strategies.push("docker");
+    }
+    // Far beyond the hang guard: only the hard deadline can end this job in time.
+    let blocking = graph("nodetool.test.Block", json!({"seconds": 600.0}));
+    for strategy in strategies {
+        let (update, code) = cli_job_on(
+            &env,
+            &blocking,
+            strategy,
+            &[],
+            &[("JOB_TIMEOUT_SECONDS", "1")],
+        );
+        assert_timed_out(
+            &format!("blocked node, nodetool run --strategy {strategy}"),
+            &update["status"],
+            &update["error"],
+            1.0,
+        );
+        assert_eq!(code, 1, "{strategy}");
+    }
 }
 
 /// A server started with no setting at all runs Docker jobs with the default limits (visible in

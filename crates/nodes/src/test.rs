@@ -1,5 +1,5 @@
-//! `nodetool.test.*`: nodes that exercise the runner and the execution strategies (sleep, fail,
-//! progress, streams, big outputs, memory, panics, crashes).
+//! `nodetool.test.*`: nodes that exercise the runner and the execution strategies (sleep, block,
+//! fail, progress, streams, big outputs, memory, panics, crashes).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -20,6 +20,7 @@ const MAX_ALLOCATE_MB: i64 = 64 * 1024;
 #[derive(Debug, Clone, Copy)]
 enum Kind {
     Sleep,
+    Block,
     Fail,
     Progress,
     Generate,
@@ -45,6 +46,13 @@ pub fn register(r: &mut Registry) {
                 .output("output", "any")
                 .cacheable(),
             Kind::Sleep,
+        ),
+        (
+            // Blocks its thread and never looks at cancellation: what a hard deadline is for.
+            t("Block")
+                .input("seconds", "float", json!(0.0))
+                .output("output", "any"),
+            Kind::Block,
         ),
         (
             t("Fail")
@@ -110,6 +118,14 @@ impl NodeImpl for TestNode {
                 }
                 ctx.sleep(Duration::from_secs_f64(secs)).await?;
                 out.emit("output", i.value("value")).await
+            }
+            Kind::Block => {
+                let secs = i.f64("seconds").unwrap_or(0.0);
+                if !(0.0..=86_400.0).contains(&secs) {
+                    return Err(Error::invalid_input("seconds must be within 0..=86400"));
+                }
+                std::thread::sleep(Duration::from_secs_f64(secs));
+                out.emit("output", json!(secs)).await
             }
             Kind::Fail => Err(Error::new(ErrorKind::Unexpected, i.str("message")?)
                 .with_operation("nodetool.test.Fail")),
