@@ -188,16 +188,71 @@ fn capitalize(s: &str) -> String {
     }
 }
 
+/// Template instructions one render may run (minijinja's fuel). A template is user input: without
+/// a bound, nested `{% for %}` over `range(100000)` runs for hours. A loop over 10 000 items with
+/// a few filters in its body takes well under a million.
+pub const TEMPLATE_FUEL: u64 = 10_000_000;
+
+/// Longest text one render may produce.
+pub const MAX_RENDER_BYTES: usize = 16 * 1024 * 1024;
+
+/// The render's output, refusing to grow past [`MAX_RENDER_BYTES`].
+#[derive(Debug, Default)]
+struct CappedOutput {
+    buf: Vec<u8>,
+    over: bool,
+}
+
+impl std::io::Write for CappedOutput {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+        if self.buf.len() + bytes.len() > MAX_RENDER_BYTES {
+            self.over = true;
+            return Err(std::io::Error::other("template output limit reached"));
+        }
+        self.buf.extend_from_slice(bytes);
+        Ok(bytes.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
 /// Renders a Jinja2 template with `vars`. Undefined variables print as empty, as in Jinja2.
+/// A render runs at most [`TEMPLATE_FUEL`] instructions (else `InvalidInput`) and produces at
+/// most [`MAX_RENDER_BYTES`] (else `TooLarge`).
 pub fn render(template: &str, vars: &Value) -> Result<String> {
     let mut env = minijinja::Environment::new();
     env.set_formatter(python_formatter);
     env.add_filter("truncate", truncate_filter);
-    env.render_str(template, minijinja::Value::from_serialize(vars))
-        .map_err(|e| {
-            Error::new(ErrorKind::InvalidInput, format!("template error: {e}"))
-                .with_operation("text.render")
-        })
+    env.set_fuel(Some(TEMPLATE_FUEL));
+    let failed = |e: minijinja::Error| {
+        let msg = if e.kind() == minijinja::ErrorKind::OutOfFuel {
+            format!(
+                "template error: the template ran more than {TEMPLATE_FUEL} instructions \
+                 (a loop that is too large?)"
+            )
+        } else {
+            format!("template error: {e}")
+        };
+        Error::new(ErrorKind::InvalidInput, msg).with_operation("text.render")
+    };
+    let compiled = env.template_from_str(template).map_err(failed)?;
+    let mut out = CappedOutput::default();
+    if let Err(e) = compiled.render_captured_to(minijinja::Value::from_serialize(vars), &mut out) {
+        if out.over {
+            return Err(Error::new(
+                ErrorKind::TooLarge,
+                format!("template output is over {MAX_RENDER_BYTES} bytes"),
+            )
+            .with_operation("text.render"));
+        }
+        return Err(failed(e));
+    }
+    String::from_utf8(out.buf).map_err(|_| {
+        Error::new(ErrorKind::Unexpected, "template output is not UTF-8")
+            .with_operation("text.render")
+    })
 }
 
 /// Jinja2's `truncate(length=255, killwords=False, end='...', leeway=5)`: text up to
@@ -425,6 +480,35 @@ mod tests {
             .unwrap(),
             "True|None|[1, 'x']|1e+20|s|"
         );
+    }
+
+    // Found while writing the template_render fuzz target: templates are user input, and these
+    // ran for hours (10^10 loop iterations) or returned 100 MB before renders were bounded.
+    #[test]
+    fn renders_are_bounded() {
+        let err = render(
+            "{% for i in range(100000) %}{% for j in range(100000) %}{% endfor %}{% endfor %}",
+            &json!({}),
+        )
+        .unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::InvalidInput);
+        assert!(err.message().contains("instructions"), "{err}");
+
+        let err = render(
+            "{% for i in range(100) %}{{ 'x' * 1000000 }}{% endfor %}",
+            &json!({}),
+        )
+        .unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::TooLarge, "{err}");
+
+        // Real templates stay far inside the bounds.
+        let items: Vec<usize> = (0..10_000).collect();
+        let out = render(
+            "{% for i in items %}{{ loop.index }}:{{ i|string|upper }};{% endfor %}",
+            &json!({ "items": items }),
+        )
+        .unwrap();
+        assert!(out.ends_with("10000:9999;"), "{}", &out[out.len() - 20..]);
     }
 
     #[test]
