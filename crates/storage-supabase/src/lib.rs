@@ -935,7 +935,7 @@ mod tests {
             );
         }
         assert_eq!(decode_name("other!client").as_deref(), Some("other!client"));
-        // Found by the storage_keys fuzz target's property: a sign is not a hex digit, so a
+        // Found while writing the storage_keys fuzz target: a sign is not a hex digit, so a
         // name another client wrote as `a!+2fb` is not the key `a/b`.
         assert_eq!(decode_name("a!+2fb").as_deref(), Some("a!+2fb"));
         assert_eq!(decode_name("x!-1").as_deref(), Some("x!-1"));
