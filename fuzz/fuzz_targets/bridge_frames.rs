@@ -16,10 +16,14 @@ fn check_payload(payload: &[u8]) {
     };
     let json = to_json(&msg.data);
     // What we send decodes to the same message head.
-    let out = OutFrame::message(&msg.kind, msg.request_id.as_deref(), &msg.data);
-    let bytes = out.to_vec();
+    // What the bridge sends is built from JSON (worker values pass through `to_json` first).
+    let out = OutFrame::message(&msg.kind, msg.request_id.as_deref(), &to_msgpack(&json));
+    let mut bytes = Vec::new();
+    futures::executor::block_on(out.write_to(&mut bytes)).expect("writing to a Vec");
     let len = u32::from_be_bytes(bytes[..4].try_into().expect("4 bytes")) as usize;
     assert_eq!(len, bytes.len() - 4, "length prefix");
+    assert_eq!(len, out.len());
+    assert_eq!(out.to_vec(), bytes[4..]);
     let back = decode_frame(&bytes[4..]).expect("an OutFrame decodes");
     assert_eq!(back.kind, msg.kind);
     assert_eq!(back.request_id, msg.request_id);

@@ -35,12 +35,7 @@ fn run(data: &[u8]) {
         // Messages are built from user text: formatting them must not panic either.
         let _ = e.to_string();
     }
-    let checked = preflight(
-        &workflow.graph,
-        registry,
-        resources(),
-        &BTreeMap::new(),
-    );
+    let checked = preflight(&workflow.graph, registry, resources(), &BTreeMap::new());
     if let Err(e) = &checked {
         let _ = e.to_string();
     }
