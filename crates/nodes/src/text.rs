@@ -195,6 +195,9 @@ fn capitalize(s: &str) -> String {
     }
 }
 
+/// Longest text one render may produce (the engine's text cap).
+pub const MAX_RENDER_BYTES: usize = limits::MAX_TEXT_BYTES;
+
 /// Renders a Jinja2 template with `vars`. Undefined variables print as empty, as in Jinja2.
 /// Bounded: at most [`limits::TEMPLATE_FUEL`] instructions and [`limits::MAX_TEXT_BYTES`] of
 /// output.
@@ -531,6 +534,8 @@ mod tests {
         );
     }
 
+    // Found while writing the template_render fuzz target: templates are user input, and these
+    // ran for hours (10^10 loop iterations) or returned 100 MB before renders were bounded.
     #[test]
     fn loops_run_out_of_fuel_and_stop_when_told() {
         let stop = Arc::new(AtomicBool::new(false));

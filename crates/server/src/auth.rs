@@ -414,8 +414,8 @@ fn bearer(headers: &HeaderMap) -> Option<&str> {
 }
 
 /// The decoded path a URL signature covers: `/storage/...` aliases are checked as
-/// `/api/storage/...`, which is what storage URLs are built with.
-pub(crate) fn signed_path(raw_path: &str) -> Option<String> {
+/// `/api/storage/...`, which is what storage URLs are built with. Public for the fuzz targets.
+pub fn signed_path(raw_path: &str) -> Option<String> {
     let path = nodetool_storage::signing::decoded_path(raw_path);
     if path.starts_with("/api/storage/") {
         Some(path)

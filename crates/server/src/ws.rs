@@ -153,11 +153,11 @@ async fn session(state: AppState, user: String, socket: WebSocket) {
         let parsed = match frame {
             Ok(Message::Text(text)) => {
                 s.binary.store(false, Ordering::Relaxed);
-                serde_json::from_str::<Value>(text.as_str()).map_err(|e| e.to_string())
+                decode_text_frame(text.as_str())
             }
             Ok(Message::Binary(bytes)) => {
                 s.binary.store(true, Ordering::Relaxed);
-                rmp_serde::from_slice::<Value>(&bytes).map_err(|e| e.to_string())
+                decode_binary_frame(&bytes)
             }
             Ok(Message::Close(_)) => break,
             Err(e) => {
@@ -200,6 +200,17 @@ async fn session(state: AppState, user: String, socket: WebSocket) {
     drop(s);
     let _ = writer.await;
     tracing::debug!("websocket closed");
+}
+
+/// Decodes a client's text frame (JSON). Public for the fuzz targets (`fuzz/`), which must
+/// reach the decoder the socket uses.
+pub fn decode_text_frame(text: &str) -> Result<Value, String> {
+    serde_json::from_str::<Value>(text).map_err(|e| e.to_string())
+}
+
+/// Decodes a client's binary frame (MessagePack). Public for the fuzz targets.
+pub fn decode_binary_frame(bytes: &[u8]) -> Result<Value, String> {
+    rmp_serde::from_slice::<Value>(bytes).map_err(|e| e.to_string())
 }
 
 fn encode(out: &Out, binary: bool) -> Option<Message> {
