@@ -210,8 +210,17 @@ pub fn decode_text_frame(text: &str) -> Result<Value, String> {
 
 /// Decodes a client's binary frame (MessagePack). Public for the fuzz targets.
 pub fn decode_binary_frame(bytes: &[u8]) -> Result<Value, String> {
-    rmp_serde::from_slice::<Value>(bytes).map_err(|e| e.to_string())
+    use serde::Deserialize;
+    let mut de = rmp_serde::Deserializer::from_read_ref(bytes);
+    // rmp-serde allows 1024 levels; each costs stack in the recursive decode, so a small frame
+    // of nested arrays could overflow a worker thread's stack. JSON text frames stop at
+    // serde_json's 128: MessagePack frames get the same bound.
+    de.set_max_depth(MAX_FRAME_DEPTH);
+    Value::deserialize(&mut de).map_err(|e| e.to_string())
 }
+
+/// Nesting a `/ws` command may have, in either encoding (serde_json's own limit).
+pub const MAX_FRAME_DEPTH: usize = 128;
 
 fn encode(out: &Out, binary: bool) -> Option<Message> {
     let result = match (out, binary) {
@@ -724,6 +733,33 @@ fn api_message(e: nodetool_core::Error) -> String {
         _ => {
             tracing::error!(error = %e, "websocket command failed");
             "internal server error".to_owned()
+        }
+    }
+}
+
+#[cfg(test)]
+mod frame_tests {
+    use super::*;
+
+    /// `n` nested one-element arrays around a nil, as MessagePack and as JSON.
+    fn nested(n: usize) -> (Vec<u8>, String) {
+        let mut mp = vec![0x91; n];
+        mp.push(0xc0);
+        (mp, format!("{}null{}", "[".repeat(n), "]".repeat(n)))
+    }
+
+    #[test]
+    fn deeply_nested_frames_are_refused_in_both_encodings_without_overflowing() {
+        let (mp, json) = nested(100);
+        assert!(decode_binary_frame(&mp).is_ok());
+        assert!(decode_text_frame(&json).is_ok());
+        // Far past the limit: a clear error, never a stack overflow (rmp-serde's own limit is
+        // 1024, which a debug build's stack does not survive).
+        for n in [MAX_FRAME_DEPTH + 1, 1000, 100_000] {
+            let (mp, json) = nested(n);
+            let err = decode_binary_frame(&mp).unwrap_err();
+            assert!(err.contains("depth"), "{err}");
+            assert!(decode_text_frame(&json).is_err());
         }
     }
 }
