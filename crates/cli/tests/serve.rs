@@ -99,19 +99,7 @@ impl Server {
 
     /// Status code of `GET path` with `Authorization: Bearer token`, over plain HTTP.
     fn status(&self, path: &str, token: &str) -> u16 {
-        let mut stream = std::net::TcpStream::connect(("127.0.0.1", self.port)).expect("connect");
-        write!(
-            stream,
-            "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {token}\r\nConnection: close\r\n\r\n"
-        )
-        .expect("send");
-        let mut response = String::new();
-        stream.read_to_string(&mut response).expect("read");
-        response
-            .split_whitespace()
-            .nth(1)
-            .and_then(|s| s.parse().ok())
-            .expect("status code")
+        get(self, path, token, "").0
     }
 
     /// Polls until `old` is refused and `new` accepted, or fails after [`WAIT`].

@@ -33,6 +33,14 @@ const MAX_PAGE: i64 = 1000;
 pub const MAX_GRAPH_BYTES: usize = 8 * 1024 * 1024;
 const ACCESS: &[&str] = &["private", "public"];
 
+/// Another user's public workflow: readable, so the refusal says why (unlike a private one,
+/// which is "not found").
+fn not_owner(id: &str, verb: &str) -> ApiError {
+    ApiError::forbidden(format!(
+        "workflow {id} is public: readable by everyone, {verb} by its owner only"
+    ))
+}
+
 /// Applies the workflow migrations to the server's pool (idempotent).
 pub async fn migrate(pool: &SqlitePool) -> nodetool_core::Result<()> {
     let mut migrator = sqlx::migrate!("./migrations");
@@ -222,12 +230,12 @@ async fn create(
     State(state): State<AppState>,
     AuthUser(user): AuthUser,
     Json(req): Json<WorkflowRequest>,
-) -> ApiResult<(StatusCode, Json<WorkflowDto>)> {
+) -> ApiResult<Json<WorkflowDto>> {
     req.check()?;
     let id = nodetool_core::id::new_id();
     insert(&state.db, &user, &id, req).await?;
     let row = visible(&state.db, &user, &id).await?;
-    Ok((StatusCode::OK, Json(row_to_dto(&row)?)))
+    Ok(Json(row_to_dto(&row)?))
 }
 
 async fn insert(pool: &SqlitePool, user: &str, id: &str, req: WorkflowRequest) -> ApiResult<()> {
@@ -317,11 +325,7 @@ async fn put_one(
             .execute(&state.db)
             .await?;
         }
-        Some((_, access)) if access == "public" => {
-            return Err(ApiError::forbidden(format!(
-                "workflow {id} is public: readable by everyone, writable by its owner only"
-            )));
-        }
+        Some((_, access)) if access == "public" => return Err(not_owner(&id, "changed")),
         Some(_) => return Err(ApiError::not_found(format!("workflow {id} not found"))),
     }
     let row = visible(&state.db, &user, &id).await?;
@@ -341,9 +345,7 @@ async fn delete_one(
     if done.rows_affected() == 0 {
         // Someone else's public workflow: visible, so say why it cannot go.
         return Err(match visible(&state.db, &user, &id).await {
-            Ok(_) => ApiError::forbidden(format!(
-                "workflow {id} is public: readable by everyone, deletable by its owner only"
-            )),
+            Ok(_) => not_owner(&id, "deleted"),
             Err(e) => e,
         });
     }
@@ -368,7 +370,14 @@ pub mod store {
     /// One workflow the caller may read.
     pub async fn get(pool: &SqlitePool, user: &str, id: &str) -> nodetool_core::Result<Value> {
         let row = visible(pool, user, id).await.map_err(|e| {
-            nodetool_core::Error::not_found(e.message().to_owned()).with_operation("workflows.get")
+            // "Not found" stays that; anything else (the database) is not the caller's fault.
+            let err = if e.status() == StatusCode::NOT_FOUND {
+                nodetool_core::Error::not_found(e.message().to_owned())
+            } else {
+                let kind = nodetool_core::ErrorKind::Unavailable;
+                nodetool_core::Error::new(kind, e.message().to_owned())
+            };
+            err.with_operation("workflows.get")
         })?;
         to_value(row_to_dto(&row))
     }

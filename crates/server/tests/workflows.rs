@@ -33,6 +33,12 @@ impl User<'_> {
     async fn get(&self, path: &str) -> reqwest::Response {
         self.req(reqwest::Method::GET, path).send().await.unwrap()
     }
+    async fn delete(&self, path: &str) -> reqwest::Response {
+        self.req(reqwest::Method::DELETE, path)
+            .send()
+            .await
+            .unwrap()
+    }
     async fn send(&self, method: reqwest::Method, path: &str, body: Value) -> reqwest::Response {
         self.req(method, path).json(&body).send().await.unwrap()
     }
@@ -93,11 +99,7 @@ async fn workflows_are_per_user_with_public_read_only_sharing() {
         )
         .await;
     assert_eq!(r.status(), 404);
-    let r = bob
-        .req(Method::DELETE, &format!("/api/workflows/{id}"))
-        .send()
-        .await
-        .unwrap();
+    let r = bob.delete(&format!("/api/workflows/{id}")).await;
     assert_eq!(r.status(), 404);
     let page: Value = bob.get("/api/workflows").await.json().await.unwrap();
     assert_eq!(page["workflows"], json!([]));
@@ -130,11 +132,7 @@ async fn workflows_are_per_user_with_public_read_only_sharing() {
         .await;
     assert_eq!(r.status(), 403);
     assert_eq!(error_kind(r).await, "forbidden");
-    let r = bob
-        .req(Method::DELETE, &format!("/api/workflows/{id}"))
-        .send()
-        .await
-        .unwrap();
+    let r = bob.delete(&format!("/api/workflows/{id}")).await;
     assert_eq!(r.status(), 403);
     let again: Value = alice
         .get(&format!("/api/workflows/{id}"))
@@ -169,11 +167,7 @@ async fn workflows_are_per_user_with_public_read_only_sharing() {
     assert_eq!(b["graph"], graph());
 
     // Delete: gone for the owner too.
-    let r = alice
-        .req(Method::DELETE, &format!("/api/workflows/{id}"))
-        .send()
-        .await
-        .unwrap();
+    let r = alice.delete(&format!("/api/workflows/{id}")).await;
     assert_eq!(r.status(), 204);
     assert_eq!(
         alice.get(&format!("/api/workflows/{id}")).await.status(),
