@@ -1,6 +1,6 @@
-//! `/ws` frames: the server's JSON (text) and MessagePack (binary) decoders, the command shape,
-//! `run_job`'s `RunJobRequest` and its validation against the default registry, and the
-//! replies' encoding back in the client's format. Runs on a 2 MiB stack, as a tokio worker does.
+//! `/ws` frames: the server's JSON (text) and MessagePack (binary) decoders, the typed command
+//! decoder (`wire::parse_frame`), `run_job`'s `RunJobRequest` and its validation against the
+//! default registry, and the replies' encoding back in the client's format. Runs on a 2 MiB stack, as a tokio worker does.
 #![no_main]
 
 use std::sync::OnceLock;
@@ -25,6 +25,12 @@ fn handle(frame: Value) {
     assert_eq!(back, frame, "msgpack round trip");
     let text = frame.to_string();
     let _ = decode_text_frame(&text);
+    // The typed decoder the socket uses; a refusal is a frame both encoders must write.
+    if let Err(refusal) = nodetool_server::wire::parse_frame(frame.clone()) {
+        let refusal = nodetool_server::wire::Frame::from(refusal);
+        refusal.to_json().expect("an error frame encodes as JSON");
+        refusal.to_msgpack().expect("an error frame encodes as MessagePack");
+    }
     let Some(command) = frame.get("command").and_then(Value::as_str) else {
         return;
     };

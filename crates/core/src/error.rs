@@ -5,8 +5,11 @@
 
 use std::fmt;
 
-/// What went wrong, as far as a caller needs to branch on it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+/// What went wrong, as far as a caller needs to branch on it. On the wire (serde) a kind is its
+/// snake_case name (`not_found`, `invalid_input`, …); the server's one table maps it to an HTTP
+/// status and a wire error code.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
 #[non_exhaustive]
 pub enum ErrorKind {
     /// The object, job or record does not exist.

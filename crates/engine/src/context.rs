@@ -138,6 +138,8 @@ pub(crate) struct JobShared {
     pub control: OnceLock<ControlPlane>,
     /// `memory://` objects made during this job, dropped with it.
     pub memory: Mutex<HashMap<String, (Bytes, String)>>,
+    /// `RunOptions::pause`: nodes wait at their next firing while it is closed.
+    pub pause: Option<crate::pause::PauseGate>,
 }
 
 /// The context one node runs with.
@@ -210,6 +212,15 @@ impl ProcessingContext {
     /// should select on it; every `emit` and inbox read already does.
     pub fn cancellation(&self) -> &CancellationToken {
         &self.job.cancel
+    }
+
+    /// A node boundary: waits while the job is paused ([`crate::pause`]); `Cancelled` when the
+    /// job is cancelled meanwhile.
+    pub(crate) async fn pause_point(&self) -> Result<()> {
+        match &self.job.pause {
+            Some(gate) => gate.wait_open(&self.job.cancel).await,
+            None => Ok(()),
+        }
     }
 
     pub fn is_cancelled(&self) -> bool {

@@ -22,6 +22,13 @@ pub enum Status {
     Failed,
     Cancelled,
     Suspended,
+    /// A running job whose nodes are held at their next node boundary
+    /// ([`crate::pause::PauseGate`]); its `job_update` events say so. Not terminal.
+    Paused,
+    /// NodeTool's status for a job that ran out of time. The engine and the strategies report a
+    /// time-out as `failed` with a `timeout` error ([`crate::job_timeout_error`]); only the
+    /// server's `/ws` layer says `timed_out`, for NodeTool clients.
+    TimedOut,
 }
 
 impl Status {
@@ -33,13 +40,19 @@ impl Status {
             Status::Failed => "failed",
             Status::Cancelled => "cancelled",
             Status::Suspended => "suspended",
+            Status::Paused => "paused",
+            Status::TimedOut => "timed_out",
         }
     }
 
     pub fn is_terminal(self) -> bool {
         matches!(
             self,
-            Status::Completed | Status::Failed | Status::Cancelled | Status::Suspended
+            Status::Completed
+                | Status::Failed
+                | Status::Cancelled
+                | Status::Suspended
+                | Status::TimedOut
         )
     }
 }

@@ -10,6 +10,7 @@
 //! - [`events`]: NodeTool's typed messages with `job_id` and `seq`.
 //! - [`context`]: the [`ProcessingContext`] nodes run with.
 //! - [`control`]: control edges (controllers that run other nodes on demand).
+//! - [`pause`]: [`PauseGate`], holding a running job's nodes between node boundaries.
 //!
 //! The engine names no storage or cache backend: it takes them as trait objects in
 //! [`EngineResources`].
@@ -23,6 +24,7 @@ pub mod limits;
 pub mod media;
 pub mod metadata;
 pub mod node;
+pub mod pause;
 pub mod pyfmt;
 mod quiet;
 pub mod registry;
@@ -40,6 +42,9 @@ pub use node::{
     Emitter, FnNode, Inbox, InputSpec, NodeImpl, NodeInputs, NodeKind, NodeOrigin, NodeSpec,
     OutputSpec, Preflight, Wake,
 };
+pub use pause::PauseGate;
 pub use registry::{Registry, Requirement, Unavailable};
-pub use runner::{job_timeout_error, Engine, RunOptions, RunOutcome, RunRequest};
+pub use runner::{
+    is_job_timeout_message, job_timeout_error, Engine, RunOptions, RunOutcome, RunRequest,
+};
 pub use validate::{preflight, validate, Problem, ProblemKind, ValidationError};

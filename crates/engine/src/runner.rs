@@ -43,6 +43,8 @@ pub struct RunOptions {
     /// name has no param streams the values pushed through this handle and ends when its stream
     /// is ended (see [`crate::inputs`]). `None`: input nodes emit their param or default once.
     pub input_streams: Option<InputStreams>,
+    /// Pause the job from outside ([`crate::pause`] has the semantics); `None`: never paused.
+    pub pause: Option<crate::pause::PauseGate>,
 }
 
 impl Default for RunOptions {
@@ -54,6 +56,7 @@ impl Default for RunOptions {
             inbox_capacity: 8,
             secrets: BTreeMap::new(),
             input_streams: None,
+            pause: None,
         }
     }
 }
@@ -208,6 +211,38 @@ impl Engine {
             duration: None,
         };
         poster.post(Event::JobUpdate(job_update(Status::Running)));
+        // Pausing and resuming show as job_updates (one when the job starts paused).
+        let pause_events = opts.pause.clone().map(|gate| {
+            let poster = poster.clone();
+            let workflow_id = req.workflow_id.clone();
+            let mut changes = gate.subscribe();
+            let update = move |paused: bool| {
+                let (status, message) = if paused {
+                    (Status::Paused, "Job paused")
+                } else {
+                    (Status::Running, "Job resumed")
+                };
+                poster.post(Event::JobUpdate(JobUpdate {
+                    status,
+                    workflow_id: Some(workflow_id.clone()),
+                    message: Some(message.to_owned()),
+                    result: None,
+                    error: None,
+                    traceback: None,
+                    run_state: None,
+                    duration: None,
+                }));
+            };
+            if gate.is_paused() {
+                update(true);
+            }
+            tokio::spawn(async move {
+                while changes.changed().await.is_ok() {
+                    let paused = *changes.borrow_and_update();
+                    update(paused);
+                }
+            })
+        });
 
         let job_cancel = cancel.child_token();
         let failure = Arc::new(FirstFailure::default());
@@ -223,6 +258,7 @@ impl Engine {
             results: Mutex::new(Map::new()),
             control: OnceLock::new(),
             memory: Mutex::new(HashMap::new()),
+            pause: opts.pause.clone(),
         });
 
         // Streams another run already took are refused, and never opened or closed by this one.
@@ -260,6 +296,9 @@ impl Engine {
             }
         }
 
+        if let Some(task) = pause_events {
+            task.abort();
+        }
         let duration = started.elapsed();
         let result = std::mem::take(&mut *shared.results.lock().unwrap_or_else(|p| p.into_inner()));
         let (status, error, failed_node) = match failure.take() {
@@ -600,9 +639,17 @@ impl Engine {
 pub fn job_timeout_error(limit: Duration) -> Error {
     Error::new(
         ErrorKind::Timeout,
-        format!("job exceeded its time limit of {:.3}s", limit.as_secs_f64()),
+        format!("{JOB_TIMEOUT_WORDS} {:.3}s", limit.as_secs_f64()),
     )
     .with_operation("engine.run")
+}
+
+const JOB_TIMEOUT_WORDS: &str = "job exceeded its time limit of";
+
+/// Whether a job's error text (`job_update.error`, a job record's `error`) is the job time-out
+/// of [`job_timeout_error`], whichever strategy reported it.
+pub fn is_job_timeout_message(text: &str) -> bool {
+    text.contains(JOB_TIMEOUT_WORDS)
 }
 
 /// Which data edges carry streams: every edge reachable from a streaming (generator) node or a
@@ -886,6 +933,7 @@ async fn actor_body(
     }
 
     if spec.consumes_stream {
+        ctx.pause_point().await?;
         ctx.post(node_update(
             ctx,
             &title,
@@ -915,6 +963,7 @@ async fn actor_body(
 
     let mut batcher = Batcher::new(plan.sync_mode, plan.sticky.clone());
     while let Some(values) = batcher.next(&mut plan.inbox).await? {
+        ctx.pause_point().await?;
         let mut inputs = props.clone();
         for (h, v) in plan.handles.iter().zip(values) {
             inputs.set(h.clone(), v);
@@ -1025,6 +1074,7 @@ async fn controlled_body(
             }
             Some(ControlMsg::Run { properties, reply }) => (properties, reply),
         };
+        ctx.pause_point().await?;
         while let Some(msg) = plan.inbox.try_next_msg() {
             take(msg, &mut latest, &mut ended);
         }

@@ -241,6 +241,8 @@ struct LiveJob {
     streaming: bool,
     /// The strategy's input side, once it has started the job.
     inputs: watch::Sender<Option<Arc<dyn JobInputs>>>,
+    /// The job's pause switch (also in its spec; honoured by the threaded strategy).
+    pause: nodetool_engine::PauseGate,
 }
 
 struct Inner {
@@ -403,8 +405,12 @@ impl JobExecutionManager {
         let limits = valid
             .resource_limits
             .cap_time(self.inner.config.default_timeout);
+        let job_id = match valid.job_id {
+            Some(id) => self.unused_job_id(id).await?,
+            None => nodetool_core::id::new_id(),
+        };
         let spec = JobSpec {
-            job_id: nodetool_core::id::new_id(),
+            job_id,
             user_id: user_id.to_owned(),
             workflow_id: valid.workflow_id,
             graph: valid.graph,
@@ -414,6 +420,7 @@ impl JobExecutionManager {
             use_cache: valid.use_cache,
             streaming_inputs: valid.streaming_inputs,
             docker_image: valid.docker_image,
+            pause: nodetool_engine::PauseGate::default(),
         };
         // What the strategy would refuse (an image outside the allow-list) is the caller's
         // error now, not a failed job later.
@@ -449,6 +456,7 @@ impl JobExecutionManager {
             hub: EventHub::new(self.inner.config.replay_events),
             streaming: spec.streaming_inputs,
             inputs: watch::Sender::new(None),
+            pause: spec.pause.clone(),
         });
         let job_id = spec.job_id.clone();
         self.inner
@@ -586,6 +594,101 @@ impl JobExecutionManager {
                 Err(ended(job_id, op, status))
             }
         }
+    }
+
+    /// A client's job id, if no job (of any user: ids are global) has it yet; `AlreadyExists`
+    /// otherwise. The store's primary key catches a race between two submits of one id.
+    async fn unused_job_id(&self, id: String) -> Result<String> {
+        if self.live(&id).is_some() || self.inner.store.get(&id).await?.is_some() {
+            return Err(Error::new(
+                ErrorKind::AlreadyExists,
+                format!("job_id {id} is already in use; send a new id for a new run"),
+            )
+            .with_operation("jobs.submit")
+            .with_context("job_id", id));
+        }
+        Ok(id)
+    }
+
+    /// Pauses `user_id`'s job between node boundaries (`nodetool_engine::pause` has the
+    /// semantics); it keeps its slot. `Ok(false)` when it was already paused. A queued job
+    /// starts paused. Errors: no such job (or another user's) → `NotFound`; a job that has
+    /// ended → `Unavailable`; a job on a strategy that runs it out of process → `Unsupported`.
+    pub async fn pause(&self, job_id: &str, user_id: &str) -> Result<bool> {
+        let live = self.controllable(job_id, user_id, "jobs.pause").await?;
+        Ok(live.pause.pause())
+    }
+
+    /// Lets a paused job go on; `Ok(false)` when it was not paused. Errors as for
+    /// [`pause`](Self::pause).
+    pub async fn resume(&self, job_id: &str, user_id: &str) -> Result<bool> {
+        let live = self.controllable(job_id, user_id, "jobs.resume").await?;
+        Ok(live.pause.resume())
+    }
+
+    /// Whether the job is live and paused.
+    pub fn is_paused(&self, job_id: &str) -> bool {
+        self.live(job_id)
+            .is_some_and(|l| l.pause.is_paused() && !l.record.borrow().status.is_terminal())
+    }
+
+    /// The live, unfinished job of `user_id` that pause and resume act on.
+    async fn controllable(
+        &self,
+        job_id: &str,
+        user_id: &str,
+        op: &'static str,
+    ) -> Result<Arc<LiveJob>> {
+        let Some(live) = self.live(job_id).filter(|l| l.user_id == user_id) else {
+            return match self.inner.store.get(job_id).await? {
+                Some(rec) if rec.user_id == user_id => Err(ended(job_id, op, rec.status)),
+                _ => Err(not_found(job_id).with_operation(op)),
+            };
+        };
+        let (status, strategy) = {
+            let r = live.record.borrow();
+            (r.status, r.strategy)
+        };
+        if status.is_terminal() {
+            return Err(ended(job_id, op, status));
+        }
+        if strategy != StrategyKind::Threaded {
+            return Err(Error::new(
+                ErrorKind::Unsupported,
+                format!(
+                    "pause and resume work on threaded jobs; this one runs on the {strategy}                      strategy"
+                ),
+            )
+            .with_operation(op)
+            .with_context("job_id", job_id));
+        }
+        Ok(live)
+    }
+
+    /// Where a `scheduled` job stands among the jobs waiting for a slot (1: next), by
+    /// submission time; `None` for a job that is not waiting.
+    pub fn queue_position(&self, job_id: &str) -> Option<usize> {
+        let live = self.inner.live.lock().unwrap_or_else(|p| p.into_inner());
+        let mut waiting: Vec<(chrono::DateTime<Utc>, String)> = live
+            .values()
+            .filter_map(|l| {
+                let r = l.record.borrow();
+                (r.status == Status::Scheduled).then(|| (r.created_at, r.id.clone()))
+            })
+            .collect();
+        waiting.sort();
+        waiting
+            .iter()
+            .position(|(_, id)| id == job_id)
+            .map(|i| i + 1)
+    }
+
+    /// The seq of the newest event a live job has published (0: none yet); `None` once the job
+    /// has left memory.
+    pub fn last_seq(&self, job_id: &str) -> Option<u64> {
+        let live = self.live(job_id)?;
+        let st = live.hub.lock();
+        Some(st.buffer.back().map_or(0, |e| e.seq))
     }
 
     /// Waits until the job has ended and returns its final record.

@@ -137,6 +137,10 @@ pub struct JobSpec {
     /// strategies refuse a spec that names one ([`ExecutionStrategy::admit`]).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub docker_image: Option<String>,
+    /// Pauses the job between node boundaries (`nodetool_engine::pause`). In-process only: the
+    /// threaded strategy hands it to the engine; it does not cross to a worker.
+    #[serde(skip)]
+    pub pause: nodetool_engine::PauseGate,
 }
 
 fn yes() -> bool {
@@ -175,6 +179,7 @@ impl JobSpec {
             use_cache: true,
             streaming_inputs: false,
             docker_image: None,
+            pause: nodetool_engine::PauseGate::default(),
         }
     }
 }
@@ -563,8 +568,10 @@ impl RequestLimits {
     }
 }
 
-/// NodeTool's `run_job_request` (`reference/nodetool-execution.md` §3.2). `job_id` and `user_id`
-/// from the client are ignored: the manager allocates the id and the caller names the user.
+/// NodeTool's `run_job_request` (`reference/nodetool-execution.md` §3.2). `user_id` from the
+/// client is ignored (the caller names the user). A `job_id` is the client's id for the job
+/// (NodeTool's web client makes one per run): checked by [`RunJobRequest::validate`] and used
+/// as given; without one the manager allocates an id.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct RunJobRequest {
     #[serde(default, rename = "type")]
@@ -599,9 +606,33 @@ pub struct RunJobRequest {
     pub streaming_inputs: Option<bool>,
 }
 
+/// Longest client job id accepted (a UUID is 36 characters).
+pub const MAX_JOB_ID_LEN: usize = 64;
+
+/// A client's job id: 1 to [`MAX_JOB_ID_LEN`] ASCII letters, digits, `-` or `_` (a UUID, with
+/// or without dashes, fits), so it is safe in paths, labels, logs and URLs.
+pub fn valid_job_id(id: &str) -> Result<String> {
+    let ok = !id.is_empty()
+        && id.len() <= MAX_JOB_ID_LEN
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+    if ok {
+        Ok(id.to_owned())
+    } else {
+        let shown: String = id.chars().take(MAX_JOB_ID_LEN).collect();
+        Err(Error::invalid_input(format!(
+            "job_id {shown:?} is not a valid job id: use 1 to {MAX_JOB_ID_LEN} letters, digits,              '-' or '_' (a UUID fits)"
+        ))
+        .with_operation("exec.validate"))
+    }
+}
+
 /// A request after [`RunJobRequest::validate`].
 #[derive(Debug, Clone)]
 pub struct ValidRequest {
+    /// The client's job id, if it sent one.
+    pub job_id: Option<String>,
     pub strategy: Option<StrategyKind>,
     pub workflow_id: String,
     pub graph: Graph,
@@ -643,7 +674,12 @@ impl RunJobRequest {
             .map(RequestLimits::validate)
             .transpose()?
             .unwrap_or_default();
+        let job_id = match self.job_id.as_deref() {
+            None | Some("") => None,
+            Some(id) => Some(valid_job_id(id)?),
+        };
         Ok(ValidRequest {
+            job_id,
             strategy,
             workflow_id: self.workflow_id.clone().unwrap_or_default(),
             graph,

@@ -126,6 +126,7 @@ pub async fn run_in_process(
     let limit = spec.resource_limits.timeout();
     let workflow_id = spec.workflow_id.clone();
     let job_id = spec.job_id.clone();
+    let pause = spec.pause.clone();
     let request = RunRequest {
         job_id: spec.job_id,
         user_id: spec.user_id,
@@ -138,6 +139,7 @@ pub async fn run_in_process(
         job_timeout: limit,
         secrets: spec.secrets,
         input_streams: inputs,
+        pause: Some(pause),
         ..RunOptions::default()
     };
     let run = engine.run(request, opts, tracking.clone(), cancel.clone());

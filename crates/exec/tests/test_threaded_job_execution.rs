@@ -51,9 +51,18 @@ async fn manager_runs_a_job_and_records_it() {
     let mut req = request(one("nodetool.test.Sleep", json!({"value": "hi"})));
     req.user_id = Some("someone-else".into());
     req.job_id = Some("client-hint".into());
-    let id = m.submit(req, "u1").await.unwrap();
-    assert_ne!(id, "client-hint");
+    let id = m.submit(req.clone(), "u1").await.unwrap();
+    // The client's job id is the job's (NodeTool's web client makes one per run).
+    assert_eq!(id, "client-hint");
     let rec = m.wait(&id).await.unwrap();
+    // The same id again is refused, by any user, once the job has ended too.
+    for user in ["u1", "u2"] {
+        let err = m.submit(req.clone(), user).await.unwrap_err();
+        assert_eq!(err.kind(), nodetool_core::ErrorKind::AlreadyExists, "{err}");
+    }
+    req.job_id = Some("../escape".into());
+    let err = m.submit(req, "u1").await.unwrap_err();
+    assert_eq!(err.kind(), nodetool_core::ErrorKind::InvalidInput, "{err}");
     assert_eq!(rec.status, Status::Completed, "{rec:?}");
     assert_eq!(rec.user_id, "u1");
     assert_eq!(rec.result, Some(json!({"result": ["hi"]})));

@@ -78,24 +78,10 @@ impl ApiError {
     }
 }
 
-/// The HTTP status and wire kind for an error kind.
+/// The HTTP status and wire kind for an error kind: the one table in [`crate::wire`].
 pub fn status_for(kind: ErrorKind) -> (StatusCode, &'static str) {
-    match kind {
-        ErrorKind::NotFound => (StatusCode::NOT_FOUND, "not_found"),
-        ErrorKind::InvalidInput => (StatusCode::BAD_REQUEST, "invalid_input"),
-        ErrorKind::RangeNotSatisfiable => {
-            (StatusCode::RANGE_NOT_SATISFIABLE, "range_not_satisfiable")
-        }
-        ErrorKind::TooLarge => (StatusCode::PAYLOAD_TOO_LARGE, "too_large"),
-        ErrorKind::StorageFull => (StatusCode::INSUFFICIENT_STORAGE, "insufficient_storage"),
-        ErrorKind::AlreadyExists => (StatusCode::CONFLICT, "already_exists"),
-        ErrorKind::PermissionDenied => (StatusCode::FORBIDDEN, "permission_denied"),
-        ErrorKind::RateLimited => (StatusCode::SERVICE_UNAVAILABLE, "rate_limited"),
-        ErrorKind::Unavailable => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
-        ErrorKind::Timeout => (StatusCode::SERVICE_UNAVAILABLE, "timeout"),
-        ErrorKind::Unsupported => (StatusCode::NOT_IMPLEMENTED, "unsupported"),
-        _ => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
-    }
+    let w = crate::wire::wire_error(kind);
+    (w.status, w.code)
 }
 
 impl From<Error> for ApiError {

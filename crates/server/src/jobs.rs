@@ -21,14 +21,14 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use bytes::Bytes;
-use futures::Stream;
-use nodetool_engine::{Event, EventEnvelope};
 use nodetool_exec::{JobEvents, JobExecutionManager, JobRecord, RunJobRequest};
 use serde::Deserialize;
 use serde_json::{json, Value};
 
 use crate::auth::AuthUser;
 use crate::error::{ApiError, ApiResult};
+pub use crate::wire::is_terminal;
+use crate::wire::{follow, Control, FinalUpdate, Followed, JobList, JobView};
 use crate::AppState;
 
 /// How often an idle SSE stream gets a keep-alive comment.
@@ -67,36 +67,6 @@ pub(crate) async fn owned_job(
     }
 }
 
-/// The wire form of a job record (no worker pid or container id).
-pub fn job_json(r: &JobRecord) -> Value {
-    json!({
-        "id": r.id,
-        "user_id": r.user_id,
-        "workflow_id": r.workflow_id,
-        "job_type": "workflow",
-        "status": r.status.as_str(),
-        "execution_strategy": r.strategy.to_string(),
-        "params": r.params,
-        "created_at": r.created_at,
-        "started_at": r.started_at,
-        "finished_at": r.finished_at,
-        "error": r.error,
-        "result": r.result,
-    })
-}
-
-/// The one event a client gets for a job that ended and left memory: its final status.
-pub fn final_update(r: &JobRecord) -> Value {
-    json!({
-        "type": "job_update",
-        "job_id": r.id,
-        "workflow_id": r.workflow_id,
-        "status": r.status.as_str(),
-        "error": r.error,
-        "result": r.result,
-    })
-}
-
 #[derive(Debug, Deserialize)]
 struct SubmitQuery {
     #[serde(default)]
@@ -108,9 +78,11 @@ async fn submit(
     AuthUser(user): AuthUser,
     Query(q): Query<SubmitQuery>,
     headers: HeaderMap,
-    Json(request): Json<RunJobRequest>,
+    Json(mut request): Json<RunJobRequest>,
 ) -> ApiResult<Response> {
     let manager = manager(&state)?;
+    // The client job id is `/ws`'s (NodeTool's web client); REST allocates one, as before.
+    request.job_id = None;
     // `request.user_id` is ignored by the manager; the authenticated user owns the job.
     let job_id = manager.submit(request, &user).await.map_err(|e| {
         // The manager's refusals (ALLOWED_STRATEGIES) are the caller's to read, unlike a
@@ -124,11 +96,11 @@ async fn submit(
     if q.stream {
         let events = manager.subscribe(&job_id, 0)?;
         tracing::info!(%job_id, user = %user, "job submitted (streaming)");
-        return Ok(stream_response(&headers, events, 0, None));
+        return Ok(stream_response(&headers, Some(events), 0, None));
     }
     let rec = owned_job(manager, &job_id, &user).await?;
     tracing::info!(%job_id, user = %user, "job submitted");
-    Ok(Json(job_json(&rec)).into_response())
+    Ok(Json(JobView::of(&rec)).into_response())
 }
 
 #[derive(Debug, Deserialize)]
@@ -140,23 +112,23 @@ async fn list(
     State(state): State<AppState>,
     AuthUser(user): AuthUser,
     Query(q): Query<ListQuery>,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<Json<JobList>> {
     let manager = manager(&state)?;
     let limit = q.limit.unwrap_or(100).clamp(1, MAX_LIST);
     let jobs = manager.list(&user, limit).await?;
-    Ok(Json(json!({
-        "jobs": jobs.iter().map(job_json).collect::<Vec<_>>(),
-        "next_start_key": Value::Null,
-    })))
+    Ok(Json(JobList {
+        jobs: jobs.iter().map(JobView::of).collect(),
+        next_start_key: None,
+    }))
 }
 
 async fn get_job(
     State(state): State<AppState>,
     AuthUser(user): AuthUser,
     Path(id): Path<String>,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<Json<JobView>> {
     let rec = owned_job(manager(&state)?, &id, &user).await?;
-    Ok(Json(job_json(&rec)))
+    Ok(Json(JobView::of(&rec)))
 }
 
 async fn cancel(
@@ -190,13 +162,13 @@ async fn events(
     let rec = owned_job(manager, &id, &user).await?;
     let since = last_event_id(&headers).or(q.since_seq).unwrap_or_default();
     match manager.subscribe(&id, since) {
-        Ok(events) => Ok(stream_response(&headers, events, since, None)),
+        Ok(events) => Ok(stream_response(&headers, Some(events), since, None)),
         // Ended and evicted from memory: the record is all there is.
         Err(e) if e.kind() == nodetool_core::ErrorKind::NotFound => Ok(stream_response(
             &headers,
-            JobEventsOrDone::Done,
+            None,
             since,
-            Some(final_update(&rec)),
+            Some(JobView::of(&rec).final_update()),
         )),
         Err(e) => Err(e.into()),
     }
@@ -220,112 +192,27 @@ fn wants_ndjson(headers: &HeaderMap) -> bool {
         .is_some_and(|v| v.contains("application/x-ndjson"))
 }
 
-/// A live subscription, or nothing (the job is gone from memory).
-enum JobEventsOrDone {
-    Live(JobEvents),
-    Done,
-}
-
-impl From<JobEvents> for JobEventsOrDone {
-    fn from(e: JobEvents) -> Self {
-        JobEventsOrDone::Live(e)
+/// A [`follow`]ed item with its type name, as SSE and NDJSON write it.
+fn sse_parts(item: &Followed) -> (&'static str, serde_json::Result<Vec<u8>>) {
+    match item {
+        Followed::Event(e) => (e.event.type_name(), serde_json::to_vec(e.as_ref())),
+        // The same `{"type": "lag", ...}` as `/ws` sends.
+        Followed::Lag(notice) => ("lag", serde_json::to_vec(&Control::Lag(notice.clone()))),
+        Followed::Final(u) => ("job_update", serde_json::to_vec(u)),
     }
-}
-
-/// True for the event after which a job sends nothing more.
-pub fn is_terminal(e: &EventEnvelope) -> bool {
-    matches!(&e.event, Event::JobUpdate(u) if u.status.is_terminal())
-}
-
-/// The job's events after `since` until its terminal `job_update`, then `tail` (if any) once.
-/// A gap in the seqs (the client fell further behind than the job's replay buffer) becomes a
-/// `lag` item naming the missed seqs, so loss is never silent.
-fn event_stream(
-    events: JobEventsOrDone,
-    since: u64,
-    tail: Option<Value>,
-) -> impl Stream<Item = Result<Item, Infallible>> + Send {
-    struct St {
-        events: JobEventsOrDone,
-        tail: Option<Value>,
-        last: u64,
-        /// An event held back while its lag notice goes out first.
-        pending: Option<EventEnvelope>,
-        ended: bool,
-    }
-    let st = St {
-        events,
-        tail,
-        last: since,
-        pending: None,
-        ended: false,
-    };
-    futures::stream::unfold(st, |mut st| async move {
-        if st.ended {
-            return None;
-        }
-        if let Some(e) = st.pending.take() {
-            st.last = e.seq;
-            st.ended = is_terminal(&e);
-            return Some((Ok(Item::Event(Box::new(e))), st));
-        }
-        let next = match &mut st.events {
-            JobEventsOrDone::Live(ev) => ev.next().await,
-            JobEventsOrDone::Done => None,
-        };
-        match next {
-            Some(e) if e.seq > st.last + 1 => {
-                let notice = lag_notice(&e.job_id, st.last + 1, e.seq - 1);
-                st.pending = Some(e);
-                Some((Ok(Item::Raw(notice)), st))
-            }
-            Some(e) => {
-                st.last = e.seq;
-                st.ended = is_terminal(&e);
-                Some((Ok(Item::Event(Box::new(e))), st))
-            }
-            None => {
-                st.ended = true;
-                st.events = JobEventsOrDone::Done;
-                st.tail.take().map(|t| (Ok(Item::Raw(t)), st))
-            }
-        }
-    })
-}
-
-/// Sent in place of events that left the replay buffer before this client read them; the same
-/// shape as `/ws`'s notice. It carries no SSE `id`, so `Last-Event-ID` stays at the last real event.
-fn lag_notice(job_id: &str, from: u64, to: u64) -> Value {
-    json!({
-        "type": "lag",
-        "job_id": job_id,
-        "missed_from_seq": from,
-        "missed_to_seq": to,
-        "message": "this client fell behind the job's replay buffer; these events are lost to it",
-    })
-}
-
-enum Item {
-    Event(Box<EventEnvelope>),
-    Raw(Value),
 }
 
 fn stream_response(
     headers: &HeaderMap,
-    events: impl Into<JobEventsOrDone>,
+    events: Option<JobEvents>,
     since: u64,
-    tail: Option<Value>,
+    tail: Option<FinalUpdate>,
 ) -> Response {
     use futures::StreamExt;
-    let stream = event_stream(events.into(), since, tail);
+    let stream = follow(events, since, tail);
     if wants_ndjson(headers) {
         let lines = stream.map(|item| {
-            let Ok(item) = item;
-            let mut line = match item {
-                Item::Event(e) => serde_json::to_vec(e.as_ref()),
-                Item::Raw(v) => serde_json::to_vec(&v),
-            }
-            .unwrap_or_else(|e| {
+            let mut line = sse_parts(&item).1.unwrap_or_else(|e| {
                 format!(r#"{{"type":"error","message":"unserializable event: {e}"}}"#).into_bytes()
             });
             line.push(b'\n');
@@ -341,16 +228,17 @@ fn stream_response(
         return resp;
     }
     let sse = stream.map(|item| {
-        let Ok(item) = item;
-        let ev = match item {
-            Item::Event(e) => SseEvent::default()
-                .id(e.seq.to_string())
-                .event(e.event.type_name())
-                .json_data(e.as_ref()),
-            Item::Raw(v) => SseEvent::default()
-                .event(v["type"].as_str().unwrap_or("message"))
-                .json_data(&v),
-        };
+        let (name, data) = sse_parts(&item);
+        let ev = data.map(|bytes| {
+            let ev = SseEvent::default()
+                .event(name)
+                .data(String::from_utf8_lossy(&bytes));
+            // Only real events carry an id, so `Last-Event-ID` stays at the last one.
+            match &item {
+                Followed::Event(e) => ev.id(e.seq.to_string()),
+                _ => ev,
+            }
+        });
         Ok::<_, Infallible>(ev.unwrap_or_else(|e| {
             SseEvent::default().event("error").data(format!(
                 r#"{{"type":"error","message":"unserializable event: {e}"}}"#

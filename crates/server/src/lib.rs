@@ -26,6 +26,7 @@ pub mod observe;
 pub mod storage_routes;
 pub mod terminal;
 pub mod tls;
+pub mod wire;
 pub mod workflows;
 pub mod ws;
 

@@ -1,12 +1,24 @@
 //! `/ws`: NodeTool's unified WebSocket protocol.
 //!
 //! Frames are `{"command": <name>, "data": {...}}`, JSON in text frames or MessagePack in binary
-//! frames. Replies and events go out in the format of the client's last frame (`set_mode`
-//! overrides it). Commands: `run_job` (reply carries `job_id`; the job's events then stream on
-//! this socket), `reconnect_job` (`job_id`, `since_seq`: replay after that seq, then live),
-//! `cancel_job`, `get_status`, `set_mode`, `ping`, `stream_input`, `end_input_stream`. The
-//! control frame `{"type":"ping"}` gets `{"type":"pong","ts"}`. Each command gets one reply:
-//! `{"command", "message", ...}` or `{"command", "error", "message"}`.
+//! frames; every frame's type is in [`crate::wire`] (decoded by [`wire::parse_frame`], answered
+//! with [`wire::Reply`], [`wire::ErrorFrame`] or [`wire::Control`]). Replies and events go out in
+//! the format of the client's last frame (`set_mode` overrides it). Commands: `run_job` (a
+//! client `job_id` is used as the job's id, see [`nodetool_exec::valid_job_id`]; the reply
+//! carries `job_id` and `status`, a queued job also gets a `job_update` `queued` with its
+//! `queue_position`; the job's events then stream on this socket), `reconnect_job` (`job_id`,
+//! `last_seq`, alias `since_seq`: a `job_resumed` reply, then the events after that seq, then
+//! live ones; a `last_seq` past the job's newest event is `invalid_input`), `cancel_job`,
+//! `pause_job` / `resume_job` (threaded jobs; [`nodetool_engine::pause`] has the semantics; on a
+//! job that has ended: `not_running`), `get_status`, `set_mode`, `ping`, `stream_input`,
+//! `end_input_stream`. The control frame `{"type":"ping"}` gets `{"type":"pong","ts"}`; any
+//! other frame with a `type` and no `command` (the web client's `client_tools_manifest`) is
+//! ignored. Each command gets one reply: `{"command", "message", ...}` or
+//! `{"command", "error", "message"}`.
+//!
+//! Events carry `seq` and NodeTool's `job_seq` (the same number). Statuses are NodeTool's:
+//! `queued` for a job waiting for a slot, `paused`, and `timed_out` for a job that ran out of
+//! time (REST and SSE keep the record's `scheduled` / `failed`).
 //!
 //! Streamed inputs: a job submitted with `"streaming_inputs": true` (not NodeTool's field; its
 //! default is off) keeps every input node without a param open. `stream_input` (`job_id`,
@@ -23,14 +35,17 @@
 //! without `streaming_inputs`), `invalid_input` (a wrong-typed value, an input fed by params, a
 //! push after the end), `busy`.
 //!
-//! Auth happens before the upgrade (401 otherwise): `Authorization: Bearer` or `?api_key=`. A
-//! `user_id` in any command is ignored; a job of another user is "not found".
+//! Auth happens before the upgrade (401 otherwise): `Authorization: Bearer` or `?api_key=`.
+//! `?resume_job=<job id>` (NodeTool's routing hint for multi-instance deployments) is accepted;
+//! one process holds every job here, so it needs no routing. A `user_id` in any command is
+//! ignored; a job of another user is "not found".
 //!
 //! Fan-out: each socket has one bounded outgoing queue; one task per streamed job feeds it and
 //! waits when it is full, so a slow client only slows its own forwarders. The manager's
 //! subscription then resyncs from the job's replay buffer, so nothing is lost unless the client
 //! falls further behind than that buffer; then it gets a `{"type":"lag"}` notice naming the
-//! missed seqs, and can `reconnect_job` or fetch the job's result.
+//! missed seqs ([`wire::follow`], shared with SSE), and can `reconnect_job` or fetch the job's
+//! result.
 //!
 //! Jobs outlive the socket: a disconnect stops the streaming, not the job (reconnect with
 //! `reconnect_job`).
@@ -46,15 +61,18 @@ use axum::response::Response;
 use axum::routing::get;
 use axum::Router;
 use futures::{SinkExt, StreamExt};
-use nodetool_engine::EventEnvelope;
 use nodetool_exec::{JobExecutionManager, RunJobRequest};
 use serde::Deserialize;
-use serde_json::{json, Value};
+use serde_json::Value;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
 use crate::auth::{websocket_user, Authenticator, LOCAL_USER};
-use crate::jobs::{final_update, is_terminal};
+use crate::wire::{
+    self, wire_error, ActiveJob, Command, Control, ErrorFrame, FinalUpdate, Frame, Inbound,
+    InputApplied, InputCommand, JobControlled, JobResumed, JobStarted, JobView, Mode, Reply,
+    StatusReply, WsStatus,
+};
 use crate::AppState;
 
 /// Outgoing frames queued per socket before job forwarders wait.
@@ -67,6 +85,8 @@ pub fn routes() -> Router<AppState> {
 #[derive(Debug, Deserialize)]
 struct WsQuery {
     api_key: Option<String>,
+    /// NodeTool's hint naming the run to route this socket to.
+    resume_job: Option<String>,
 }
 
 async fn upgrade(
@@ -82,6 +102,9 @@ async fn upgrade(
             Err(response) => return response,
         },
     };
+    if let Some(job) = &q.resume_job {
+        tracing::debug!(user = %user, resume_job = %job, "websocket resume hint (single instance: nothing to route)");
+    }
     // Clients send small command frames: tungstenite's default 128 KiB read buffer was most of
     // a socket's memory (142 KiB per idle client; 17 KiB with 8 KiB).
     // A message over the cap is refused from its frame header, before it is buffered, and the
@@ -95,8 +118,7 @@ async fn upgrade(
 
 /// Something to send; encoded in the socket's mode when it is written.
 enum Out {
-    Value(Value),
-    Event(Box<EventEnvelope>),
+    Frame(Box<Frame>),
     /// A close frame; the writer stops after it.
     Close(u16, String),
 }
@@ -123,15 +145,18 @@ async fn session(state: AppState, user: String, socket: WebSocket) {
     let writer_mode = binary.clone();
     let writer = tokio::spawn(async move {
         while let Some(out) = rx.recv().await {
-            if let Out::Close(code, reason) = out {
-                let frame = axum::extract::ws::CloseFrame {
-                    code,
-                    reason: reason.into(),
-                };
-                let _ = sink.send(Message::Close(Some(frame))).await;
-                break;
-            }
-            let Some(msg) = encode(&out, writer_mode.load(Ordering::Relaxed)) else {
+            let frame = match out {
+                Out::Close(code, reason) => {
+                    let frame = axum::extract::ws::CloseFrame {
+                        code,
+                        reason: reason.into(),
+                    };
+                    let _ = sink.send(Message::Close(Some(frame))).await;
+                    break;
+                }
+                Out::Frame(frame) => frame,
+            };
+            let Some(msg) = encode(&frame, writer_mode.load(Ordering::Relaxed)) else {
                 continue;
             };
             if sink.send(msg).await.is_err() {
@@ -186,10 +211,10 @@ async fn session(state: AppState, user: String, socket: WebSocket) {
         };
         let reply = match parsed {
             Ok(v) => s.handle(v).await,
-            Err(details) => Some(json!({"error": "invalid_command", "details": details})),
+            Err(details) => Some(ErrorFrame::undecodable(details).into()),
         };
         if let Some(reply) = reply {
-            if s.tx.send(Out::Value(reply)).await.is_err() {
+            if s.tx.send(Out::Frame(Box::new(reply))).await.is_err() {
                 break;
             }
         }
@@ -222,101 +247,96 @@ pub fn decode_binary_frame(bytes: &[u8]) -> Result<Value, String> {
 /// Nesting a `/ws` command may have, in either encoding (serde_json's own limit).
 pub const MAX_FRAME_DEPTH: usize = 128;
 
-fn encode(out: &Out, binary: bool) -> Option<Message> {
-    let result = match (out, binary) {
-        (Out::Value(v), true) => rmp_serde::to_vec_named(v).map(|b| Message::Binary(b.into())),
-        (Out::Event(e), true) => {
-            rmp_serde::to_vec_named(e.as_ref()).map(|b| Message::Binary(b.into()))
-        }
-        (Out::Close(..), _) => return None,
-        (Out::Value(v), false) => return Some(Message::Text(v.to_string().into())),
-        (Out::Event(e), false) => {
-            return match serde_json::to_string(e.as_ref()) {
-                Ok(s) => Some(Message::Text(s.into())),
-                Err(err) => {
-                    tracing::warn!(error = %err, "cannot encode an event as JSON");
-                    None
-                }
+fn encode(frame: &Frame, binary: bool) -> Option<Message> {
+    if binary {
+        match frame.to_msgpack() {
+            Ok(b) => Some(Message::Binary(b.into())),
+            Err(err) => {
+                tracing::warn!(error = %err, "cannot encode a frame as MessagePack");
+                None
             }
         }
-    };
-    match result {
-        Ok(m) => Some(m),
-        Err(err) => {
-            tracing::warn!(error = %err, "cannot encode a frame as MessagePack");
-            None
+    } else {
+        match frame.to_json() {
+            Ok(s) => Some(Message::Text(s.into())),
+            Err(err) => {
+                tracing::warn!(error = %err, "cannot encode a frame as JSON");
+                None
+            }
         }
     }
 }
 
-fn error_reply(command: &str, error: &str, message: impl Into<String>) -> Value {
-    json!({"command": command, "error": error, "message": message.into()})
-}
-
-fn job_id_of(data: &Value) -> Option<String> {
-    data.get("job_id")
-        .and_then(Value::as_str)
-        .filter(|s| !s.is_empty())
-        .map(str::to_owned)
+/// The `/ws` error for a failed job operation: the table's code, and the error's own message
+/// for the caller's mistakes (a generic line, and a log entry, for server-side failures).
+fn op_error(command: &str, job_id: &str, e: nodetool_core::Error) -> ErrorFrame {
+    let kind = e.kind();
+    let code = wire_error(kind).ws;
+    let message = if code == "internal" {
+        tracing::error!(error = %e, job_id, "{command} failed");
+        "internal server error".to_owned()
+    } else {
+        e.message().to_owned()
+    };
+    ErrorFrame::new(command, code, message)
+        .job(job_id)
+        .kind(kind)
 }
 
 impl Session {
     /// One reply per frame (`None` for nothing to say).
-    async fn handle(&mut self, frame: Value) -> Option<Value> {
-        if frame.get("type").and_then(Value::as_str) == Some("ping") {
-            return Some(pong());
+    async fn handle(&mut self, frame: Value) -> Option<Frame> {
+        match wire::parse_frame(frame) {
+            Err(e) => Some(e.into()),
+            Ok(Inbound::Ping) => Some(Control::pong().into()),
+            Ok(Inbound::Ignored(kind)) => {
+                tracing::debug!(user = %self.user, frame_type = %kind, "ignoring a non-command websocket frame");
+                None
+            }
+            Ok(Inbound::Command(command)) => self.command(command).await,
         }
-        let Some(command) = frame.get("command").and_then(Value::as_str) else {
-            return Some(json!({
-                "error": "invalid_message",
-                "message": "a frame needs a \"command\" (or is {\"type\":\"ping\"})",
-            }));
-        };
-        let command = command.to_owned();
-        let data = frame.get("data").cloned().unwrap_or_else(|| json!({}));
-        if !data.is_object() {
-            return Some(error_reply(
-                &command,
-                "invalid_command",
-                "\"data\" must be an object",
-            ));
-        }
-        Some(match command.as_str() {
-            "ping" => pong(),
-            "set_mode" => match data.get("mode").and_then(Value::as_str) {
-                Some("binary") => {
-                    self.binary.store(true, Ordering::Relaxed);
-                    json!({"command": command, "message": "Mode set to binary", "mode": "binary"})
+    }
+
+    async fn command(&mut self, command: Command) -> Option<Frame> {
+        Some(match command {
+            Command::Ping => Control::pong().into(),
+            Command::SetMode(mode) => {
+                self.binary.store(mode == Mode::Binary, Ordering::Relaxed);
+                let name = if mode == Mode::Binary {
+                    "binary"
+                } else {
+                    "text"
+                };
+                Reply::SetMode {
+                    message: format!("Mode set to {name}"),
+                    mode,
                 }
-                Some("text") => {
-                    self.binary.store(false, Ordering::Relaxed);
-                    json!({"command": command, "message": "Mode set to text", "mode": "text"})
-                }
-                _ => error_reply(
-                    &command,
-                    "invalid_command",
-                    "mode must be \"binary\" or \"text\"",
-                ),
-            },
-            "run_job" => return self.run_job(data).await,
-            "reconnect_job" => return self.reconnect_job(data).await,
-            "cancel_job" => self.cancel_job(data).await,
-            "get_status" => self.get_status(data).await,
-            "stream_input" | "end_input_stream" => return self.input_command(&command, data).await,
-            _ => error_reply(
-                &command,
-                "unknown_command",
-                format!("unknown command {command:?}"),
-            ),
+                .into()
+            }
+            Command::RunJob(request) => return self.run_job(*request).await,
+            Command::ReconnectJob { job_id, last_seq } => {
+                return self.reconnect_job(job_id, last_seq).await
+            }
+            Command::CancelJob { job_id } => self.cancel_job(job_id).await,
+            Command::PauseJob { job_id } => self.pause_job(job_id, true).await,
+            Command::ResumeJob { job_id } => self.pause_job(job_id, false).await,
+            Command::GetStatus { job_id } => self.get_status(job_id).await,
+            Command::StreamInput(input) => return self.input_command("stream_input", input).await,
+            Command::EndInputStream(input) => {
+                return self.input_command("end_input_stream", input).await
+            }
         })
     }
 
-    fn manager(&self, command: &str) -> Result<JobExecutionManager, Value> {
+    fn manager(&self, command: &str) -> Result<JobExecutionManager, Box<Frame>> {
         self.manager.clone().ok_or_else(|| {
-            error_reply(
-                command,
-                "unavailable",
-                "job execution is not enabled on this server",
+            Box::new(
+                ErrorFrame::new(
+                    command,
+                    "unavailable",
+                    "job execution is not enabled on this server",
+                )
+                .into(),
             )
         })
     }
@@ -327,202 +347,253 @@ impl Session {
         manager: &JobExecutionManager,
         command: &str,
         job_id: &str,
-    ) -> Result<nodetool_exec::JobRecord, Value> {
+    ) -> Result<nodetool_exec::JobRecord, Box<Frame>> {
         match manager.get(job_id).await {
             Ok(Some(rec)) if rec.user_id == self.user => Ok(rec),
-            Ok(_) => Err(
-                json!({"command": command, "error": "not_found", "message": "Job not found", "job_id": job_id}),
-            ),
+            Ok(_) => Err(Box::new(
+                ErrorFrame::new(command, "not_found", "Job not found")
+                    .job(job_id)
+                    .into(),
+            )),
             Err(e) => {
                 tracing::error!(error = %e, job_id, "job lookup failed");
-                Err(error_reply(command, "internal", "job lookup failed"))
+                Err(Box::new(
+                    ErrorFrame::new(command, "internal", "job lookup failed").into(),
+                ))
             }
         }
     }
 
     /// Queues a frame; a closed socket is noticed by the read loop.
-    async fn send(&self, v: Value) {
-        let _ = self.tx.send(Out::Value(v)).await;
+    async fn send(&self, frame: impl Into<Frame>) {
+        let _ = self.tx.send(Out::Frame(Box::new(frame.into()))).await;
     }
 
     /// `None` when the reply was already sent (before the job's events).
-    async fn run_job(&mut self, data: Value) -> Option<Value> {
+    async fn run_job(&mut self, request: RunJobRequest) -> Option<Frame> {
         let manager = match self.manager("run_job") {
             Ok(m) => m,
-            Err(e) => return Some(e),
-        };
-        let request: RunJobRequest = match serde_json::from_value(data) {
-            Ok(r) => r,
-            Err(e) => return Some(error_reply("run_job", "invalid_command", e.to_string())),
+            Err(e) => return Some(*e),
         };
         match manager.submit(request, &self.user).await {
             Ok(job_id) => {
-                let workflow_id = manager
-                    .get(&job_id)
-                    .await
-                    .ok()
-                    .flatten()
-                    .map(|r| r.workflow_id);
+                let rec = manager.get(&job_id).await.ok().flatten();
+                let view = rec.as_ref().map(JobView::of);
+                let status = view.as_ref().map_or(WsStatus::Running, |v| {
+                    v.ws_status(manager.is_paused(&job_id))
+                });
+                let queue_position = manager.queue_position(&job_id);
                 tracing::info!(%job_id, user = %self.user, "job submitted over websocket");
                 // The reply goes out before the first event, so the client knows the id.
-                self.send(json!({"command": "run_job", "message": "Job started", "job_id": job_id, "workflow_id": workflow_id})).await;
+                self.send(Reply::RunJob(JobStarted {
+                    message: "Job started",
+                    job_id: job_id.clone(),
+                    workflow_id: view.as_ref().map(|v| v.workflow_id.clone()),
+                    status,
+                    queue_position,
+                }))
+                .await;
+                if let (Some(position), Some(view)) = (queue_position, &view) {
+                    self.send(Control::Queued {
+                        job_id: job_id.clone(),
+                        workflow_id: view.workflow_id.clone(),
+                        status: WsStatus::Queued,
+                        queue_position: position,
+                    })
+                    .await;
+                }
                 self.stream(&manager, &job_id, 0, None);
                 None
             }
-            Err(e) => Some(error_reply("run_job", "job_rejected", api_message(e))),
+            Err(e) => {
+                let kind = e.kind();
+                Some(
+                    ErrorFrame::new("run_job", "job_rejected", api_message(e))
+                        .kind(kind)
+                        .into(),
+                )
+            }
         }
     }
 
     /// `None` when the reply was already sent (before the job's events).
-    async fn reconnect_job(&mut self, data: Value) -> Option<Value> {
-        let manager = match self.manager("reconnect_job") {
+    async fn reconnect_job(&mut self, job_id: String, last_seq: u64) -> Option<Frame> {
+        const COMMAND: &str = "reconnect_job";
+        let manager = match self.manager(COMMAND) {
             Ok(m) => m,
-            Err(e) => return Some(e),
+            Err(e) => return Some(*e),
         };
-        let Some(job_id) = job_id_of(&data) else {
-            return Some(error_reply(
-                "reconnect_job",
-                "invalid_command",
-                "job_id is required",
-            ));
-        };
-        let since = data.get("since_seq").and_then(Value::as_u64).unwrap_or(0);
-        let rec = match self.owned(&manager, "reconnect_job", &job_id).await {
+        let rec = match self.owned(&manager, COMMAND, &job_id).await {
             Ok(r) => r,
-            Err(e) => return Some(e),
+            Err(e) => return Some(*e),
         };
-        self.send(json!({
-            "command": "reconnect_job",
-            "message": format!("Reconnecting to job {job_id}"),
-            "job_id": job_id,
-            "workflow_id": rec.workflow_id,
-            "since_seq": since,
+        let job_seq = manager.last_seq(&job_id);
+        if let Some(newest) = job_seq.filter(|newest| last_seq > *newest) {
+            return Some(
+                ErrorFrame::new(
+                    COMMAND,
+                    "invalid_input",
+                    format!(
+                        "last_seq {last_seq} is past job {job_id}'s newest event ({newest}); \
+                         send the job_seq of the last event received (0 for all)"
+                    ),
+                )
+                .job(job_id)
+                .kind(nodetool_core::ErrorKind::InvalidInput)
+                .into(),
+            );
+        }
+        let view = JobView::of(&rec);
+        self.send(Reply::ReconnectJob(JobResumed {
+            kind: "job_resumed",
+            message: format!("Reconnecting to job {job_id}"),
+            job_id: job_id.clone(),
+            workflow_id: view.workflow_id.clone(),
+            status: view.ws_status(manager.is_paused(&job_id)),
+            last_seq,
+            since_seq: last_seq,
+            job_seq,
         }))
         .await;
-        self.stream(&manager, &job_id, since, Some(final_update(&rec)));
+        self.stream(&manager, &job_id, last_seq, Some(view.final_update()));
         None
     }
 
-    async fn cancel_job(&mut self, data: Value) -> Value {
-        let manager = match self.manager("cancel_job") {
+    async fn cancel_job(&mut self, job_id: String) -> Frame {
+        const COMMAND: &str = "cancel_job";
+        let manager = match self.manager(COMMAND) {
             Ok(m) => m,
-            Err(e) => return e,
+            Err(e) => return *e,
         };
-        let Some(job_id) = job_id_of(&data) else {
-            return error_reply("cancel_job", "invalid_command", "job_id is required");
-        };
-        if let Err(e) = self.owned(&manager, "cancel_job", &job_id).await {
-            return e;
+        if let Err(e) = self.owned(&manager, COMMAND, &job_id).await {
+            return *e;
         }
         match manager.cancel(&job_id).await {
             // The job's own cancelled job_update still streams to this socket.
-            Ok(true) => {
-                json!({"command": "cancel_job", "message": "Job cancellation requested", "job_id": job_id})
+            Ok(true) => Reply::CancelJob {
+                message: "Job cancellation requested",
+                job_id,
             }
+            .into(),
             Ok(false) => {
-                json!({"command": "cancel_job", "error": "not_running", "message": "Job not found or already completed", "job_id": job_id})
+                ErrorFrame::new(COMMAND, "not_running", "Job not found or already completed")
+                    .job(job_id)
+                    .into()
             }
-            Err(e) => error_reply("cancel_job", "internal", api_message(e)),
+            Err(e) => ErrorFrame::new(COMMAND, "internal", api_message(e)).into(),
         }
     }
 
-    async fn get_status(&mut self, data: Value) -> Value {
-        let manager = match self.manager("get_status") {
-            Ok(m) => m,
-            Err(e) => return e,
-        };
-        match job_id_of(&data) {
-            Some(job_id) => match self.owned(&manager, "get_status", &job_id).await {
-                Ok(rec) => json!({
-                    "command": "get_status",
-                    "job_id": rec.id,
-                    "workflow_id": rec.workflow_id,
-                    "status": rec.status.as_str(),
-                    "error": rec.error,
-                }),
-                Err(_) => json!({"command": "get_status", "job_id": job_id, "status": "not_found"}),
-            },
-            None => {
-                let mut active = Vec::new();
-                for job_id in self.streams.keys() {
-                    if let Ok(Some(rec)) = manager.get(job_id).await {
-                        active.push(json!({
-                            "job_id": rec.id,
-                            "workflow_id": rec.workflow_id,
-                            "status": rec.status.as_str(),
-                        }));
-                    }
-                }
-                json!({"command": "get_status", "active_jobs": active})
-            }
-        }
-    }
-
-    /// `stream_input` / `end_input_stream`: checks the fields and the job's owner here, then
-    /// queues the command on the job's input queue, which replies (`None`: nothing to send now).
-    async fn input_command(&mut self, command: &str, data: Value) -> Option<Value> {
+    /// `pause_job` (`pause`) or `resume_job`.
+    async fn pause_job(&mut self, job_id: String, pause: bool) -> Frame {
+        let command = if pause { "pause_job" } else { "resume_job" };
         let manager = match self.manager(command) {
             Ok(m) => m,
-            Err(e) => return Some(e),
+            Err(e) => return *e,
         };
-        let Some(job_id) = job_id_of(&data) else {
-            return Some(error_reply(
-                command,
-                "invalid_command",
-                "job_id is required",
-            ));
+        let result = if pause {
+            manager.pause(&job_id, &self.user).await
+        } else {
+            manager.resume(&job_id, &self.user).await
         };
-        let Some(input) = data
-            .get("input")
-            .and_then(Value::as_str)
-            .filter(|s| !s.is_empty())
-        else {
-            return Some(error_reply(
-                command,
-                "invalid_command",
-                "input (the input node's name) is required",
-            ));
-        };
-        let handle = match data.get("handle") {
-            None | Some(Value::Null) => "output",
-            Some(Value::String(h)) if !h.is_empty() => h.as_str(),
-            Some(_) => {
-                return Some(error_reply(
-                    command,
-                    "invalid_command",
-                    "handle must be a non-empty string",
-                ))
-            }
-        };
-        let value = if command == "stream_input" {
-            match data.get("value") {
-                Some(v) => Some(v.clone()),
-                None => {
-                    return Some(error_reply(command, "invalid_command", "value is required"));
+        match result {
+            Ok(changed) => {
+                let status = match manager.get(&job_id).await {
+                    Ok(Some(rec)) => JobView::of(&rec).ws_status(manager.is_paused(&job_id)),
+                    _ if pause => WsStatus::Paused,
+                    _ => WsStatus::Running,
+                };
+                let done = JobControlled {
+                    message: match (pause, changed) {
+                        (true, true) => "Job paused",
+                        (true, false) => "Job already paused",
+                        (false, true) => "Job resumed",
+                        (false, false) => "Job was not paused",
+                    },
+                    job_id,
+                    status,
+                    changed,
+                };
+                if pause {
+                    Reply::PauseJob(done).into()
+                } else {
+                    Reply::ResumeJob(done).into()
                 }
             }
-        } else {
-            None
+            Err(e) => op_error(command, &job_id, e).into(),
+        }
+    }
+
+    async fn get_status(&mut self, job_id: Option<String>) -> Frame {
+        const COMMAND: &str = "get_status";
+        let manager = match self.manager(COMMAND) {
+            Ok(m) => m,
+            Err(e) => return *e,
         };
-        let rec = match self.owned(&manager, command, &job_id).await {
+        let reply = match job_id {
+            Some(job_id) => match self.owned(&manager, COMMAND, &job_id).await {
+                Ok(rec) => {
+                    let view = JobView::of(&rec);
+                    StatusReply::Job {
+                        status: view.ws_status(manager.is_paused(&job_id)),
+                        queue_position: manager.queue_position(&job_id),
+                        job_id: view.id,
+                        workflow_id: view.workflow_id,
+                        error: view.error,
+                    }
+                }
+                Err(_) => StatusReply::NotFound {
+                    job_id,
+                    status: "not_found",
+                },
+            },
+            None => {
+                let mut active_jobs = Vec::new();
+                for job_id in self.streams.keys() {
+                    if let Ok(Some(rec)) = manager.get(job_id).await {
+                        let view = JobView::of(&rec);
+                        active_jobs.push(ActiveJob {
+                            status: view.ws_status(manager.is_paused(job_id)),
+                            job_id: view.id,
+                            workflow_id: view.workflow_id,
+                        });
+                    }
+                }
+                StatusReply::Active { active_jobs }
+            }
+        };
+        Reply::GetStatus(reply).into()
+    }
+
+    /// `stream_input` / `end_input_stream`: checks the job's owner and that it runs, then
+    /// queues the command on the job's input queue, which replies (`None`: nothing to send now).
+    async fn input_command(&mut self, command: &'static str, input: InputCommand) -> Option<Frame> {
+        let manager = match self.manager(command) {
+            Ok(m) => m,
+            Err(e) => return Some(*e),
+        };
+        let rec = match self.owned(&manager, command, &input.job_id).await {
             Ok(r) => r,
-            Err(e) => return Some(e),
+            Err(e) => return Some(*e),
         };
         if rec.status.is_terminal() {
-            return Some(json!({
-                "command": command,
-                "error": "not_running",
-                "message": format!("job {job_id} is no longer running ({})", rec.status.as_str()),
-                "job_id": job_id,
-                "input": input,
-            }));
+            return Some(
+                ErrorFrame::new(
+                    command,
+                    "not_running",
+                    format!(
+                        "job {} is no longer running ({})",
+                        input.job_id,
+                        rec.status.as_str()
+                    ),
+                )
+                .job(input.job_id)
+                .input(input.input)
+                .into(),
+            );
         }
-        let op = InputOp {
-            job_id: job_id.clone(),
-            input: input.to_owned(),
-            handle: handle.to_owned(),
-            value,
-        };
+        let job_id = input.job_id.clone();
+        let op = InputOp { command, input };
         self.inputs.retain(|_, q| !q.is_closed());
         let queue = self.inputs.entry(job_id.clone()).or_insert_with(|| {
             let (tx, rx) = mpsc::channel(INPUT_QUEUE);
@@ -538,25 +609,31 @@ impl Session {
         // Never wait here: a full queue must not stop this socket's other commands.
         match queue.try_send(op) {
             Ok(()) => None,
-            Err(mpsc::error::TrySendError::Full(op)) => Some(json!({
-                "command": op.command(),
-                "error": "busy",
-                "message": format!(
-                    "{INPUT_QUEUE} input commands for job {} are already waiting; \
-                     this one was not applied (retry after their replies)",
-                    op.job_id
-                ),
-                "job_id": op.job_id,
-                "input": op.input,
-            })),
+            Err(mpsc::error::TrySendError::Full(op)) => Some(
+                ErrorFrame::new(
+                    op.command,
+                    "busy",
+                    format!(
+                        "{INPUT_QUEUE} input commands for job {} are already waiting; \
+                         this one was not applied (retry after their replies)",
+                        op.input.job_id
+                    ),
+                )
+                .job(op.input.job_id)
+                .input(op.input.input)
+                .into(),
+            ),
             // The queue ended with its job between the check and now.
-            Err(mpsc::error::TrySendError::Closed(op)) => Some(json!({
-                "command": op.command(),
-                "error": "not_running",
-                "message": format!("job {} is no longer running", op.job_id),
-                "job_id": op.job_id,
-                "input": op.input,
-            })),
+            Err(mpsc::error::TrySendError::Closed(op)) => Some(
+                ErrorFrame::new(
+                    op.command,
+                    "not_running",
+                    format!("job {} is no longer running", op.input.job_id),
+                )
+                .job(op.input.job_id)
+                .input(op.input.input)
+                .into(),
+            ),
         }
     }
 
@@ -567,43 +644,20 @@ impl Session {
         manager: &JobExecutionManager,
         job_id: &str,
         since: u64,
-        gone: Option<Value>,
+        gone: Option<FinalUpdate>,
     ) {
         if let Some(old) = self.streams.remove(job_id) {
             old.abort();
         }
         self.streams.retain(|_, t| !t.is_finished());
         let tx = self.tx.clone();
-        let subscription = manager.subscribe(job_id, since);
-        let job = job_id.to_owned();
+        let events = manager.subscribe(job_id, since).ok();
+        let tail = if events.is_none() { gone } else { None };
         let task = tokio::spawn(async move {
-            let mut events = match subscription {
-                Ok(ev) => ev,
-                Err(_) => {
-                    if let Some(v) = gone {
-                        let _ = tx.send(Out::Value(v)).await;
-                    }
-                    return;
-                }
-            };
-            let mut last = since;
-            while let Some(e) = events.next().await {
-                if e.seq > last + 1 {
-                    // Older than the replay buffer: say so rather than skip silently.
-                    let notice = json!({
-                        "type": "lag",
-                        "job_id": job,
-                        "missed_from_seq": last + 1,
-                        "missed_to_seq": e.seq - 1,
-                        "message": "this client fell behind the job's replay buffer; these events are lost to it",
-                    });
-                    if tx.send(Out::Value(notice)).await.is_err() {
-                        return;
-                    }
-                }
-                last = e.seq;
-                let terminal = is_terminal(&e);
-                if tx.send(Out::Event(Box::new(e))).await.is_err() || terminal {
+            let items = wire::follow(events, since, tail);
+            let mut items = std::pin::pin!(items);
+            while let Some(item) = items.next().await {
+                if tx.send(Out::Frame(Box::new(item.into()))).await.is_err() {
                     return;
                 }
             }
@@ -617,66 +671,49 @@ pub const INPUT_QUEUE: usize = 64;
 
 /// One `stream_input` (with a value) or `end_input_stream` (without).
 struct InputOp {
-    job_id: String,
-    input: String,
-    handle: String,
-    value: Option<Value>,
+    command: &'static str,
+    input: InputCommand,
 }
 
 impl InputOp {
-    fn command(&self) -> &'static str {
-        if self.value.is_some() {
-            "stream_input"
-        } else {
-            "end_input_stream"
-        }
-    }
-
-    async fn run(self, manager: &JobExecutionManager, user: &str) -> Value {
-        let command = self.command();
-        let result = match self.value {
+    async fn run(self, manager: &JobExecutionManager, user: &str) -> Frame {
+        let InputCommand {
+            job_id,
+            input,
+            handle,
+            value,
+        } = self.input;
+        let result = match value {
             Some(value) => {
                 manager
-                    .stream_input(&self.job_id, user, &self.input, &self.handle, value)
+                    .stream_input(&job_id, user, &input, &handle, value)
                     .await
             }
             None => {
                 manager
-                    .end_input_stream(&self.job_id, user, &self.input, &self.handle)
+                    .end_input_stream(&job_id, user, &input, &handle)
                     .await
             }
         };
         match result {
-            Ok(()) => json!({
-                "command": command,
-                "message": if command == "stream_input" { "Input value pushed" } else { "Input stream ended" },
-                "job_id": self.job_id,
-                "input": self.input,
-                "handle": self.handle,
-            }),
-            Err(e) => {
-                use nodetool_core::ErrorKind;
-                let code = match e.kind() {
-                    ErrorKind::NotFound => "not_found",
-                    ErrorKind::InvalidInput => "invalid_input",
-                    ErrorKind::Unsupported => "not_supported",
-                    ErrorKind::Unavailable => "not_running",
-                    _ => "internal",
+            Ok(()) => {
+                let applied = InputApplied {
+                    message: if self.command == "stream_input" {
+                        "Input value pushed"
+                    } else {
+                        "Input stream ended"
+                    },
+                    job_id,
+                    input,
+                    handle,
                 };
-                let message = if code == "internal" {
-                    tracing::error!(error = %e, job_id = %self.job_id, "{command} failed");
-                    "internal server error".to_owned()
+                if self.command == "stream_input" {
+                    Reply::StreamInput(applied).into()
                 } else {
-                    e.message().to_owned()
-                };
-                json!({
-                    "command": command,
-                    "error": code,
-                    "message": message,
-                    "job_id": self.job_id,
-                    "input": self.input,
-                })
+                    Reply::EndInputStream(applied).into()
+                }
             }
+            Err(e) => op_error(self.command, &job_id, e).input(input).into(),
         }
     }
 }
@@ -691,11 +728,11 @@ async fn run_input_queue(
     mut ops: mpsc::Receiver<InputOp>,
     out: mpsc::WeakSender<Out>,
 ) {
-    let reply = |v: Value| {
+    let reply = |frame: Frame| {
         let out = out.clone();
         async move {
             if let Some(tx) = out.upgrade() {
-                let _ = tx.send(Out::Value(v)).await;
+                let _ = tx.send(Out::Frame(Box::new(frame))).await;
             }
         }
     };
@@ -715,11 +752,6 @@ async fn run_input_queue(
     }
 }
 
-fn pong() -> Value {
-    let ts = chrono::Utc::now().timestamp_micros() as f64 / 1e6;
-    json!({"type": "pong", "ts": ts})
-}
-
 /// The client-safe message of an error: the error's own for the caller's mistakes, a generic
 /// line (and a log entry) for server-side failures, which can name paths and backends.
 fn api_message(e: nodetool_core::Error) -> String {
@@ -728,6 +760,7 @@ fn api_message(e: nodetool_core::Error) -> String {
         ErrorKind::InvalidInput
         | ErrorKind::Unsupported
         | ErrorKind::NotFound
+        | ErrorKind::AlreadyExists
         | ErrorKind::PermissionDenied => e.message().to_owned(),
         ErrorKind::Unavailable => "the job manager is unavailable; retry later".to_owned(),
         _ => {
