@@ -45,7 +45,7 @@ pub fn routes() -> Router<AppState> {
 
 /// NodeTool's `Asset` DTO (reference §6.2).
 #[derive(Debug, Serialize)]
-struct AssetDto {
+pub(crate) struct AssetDto {
     #[serde(rename = "type")]
     kind: &'static str,
     id: String,
@@ -87,7 +87,7 @@ fn etag(row: &AssetRecord) -> String {
         .collect()
 }
 
-async fn into_dto(row: AssetRecord, storage: &dyn Storage) -> AssetDto {
+pub(crate) async fn into_dto(row: AssetRecord, storage: &dyn Storage) -> AssetDto {
     let get_url = match row.key() {
         Some(key) => match storage.url(&key).await {
             Ok(url) => Some(url),
@@ -120,12 +120,12 @@ async fn into_dto(row: AssetRecord, storage: &dyn Storage) -> AssetDto {
 }
 
 /// The record store over the server's database.
-fn store(state: &AppState) -> Arc<dyn AssetStore> {
+pub(crate) fn store(state: &AppState) -> Arc<dyn AssetStore> {
     crate::db::asset_store(&state.db)
 }
 
 /// The user's root folder: NodeTool gives "Home" the user's id.
-fn home_folder(user: &str) -> AssetRecord {
+pub(crate) fn home_folder(user: &str) -> AssetRecord {
     let epoch = DateTime::<Utc>::UNIX_EPOCH;
     AssetRecord {
         created_at: epoch,
@@ -134,7 +134,7 @@ fn home_folder(user: &str) -> AssetRecord {
     }
 }
 
-async fn find(state: &AppState, user: &str, id: &str) -> ApiResult<AssetRecord> {
+pub(crate) async fn find(state: &AppState, user: &str, id: &str) -> ApiResult<AssetRecord> {
     // Other users' assets are "not found", not "forbidden": existence is not disclosed.
     store(state)
         .get(user, id)
@@ -157,7 +157,7 @@ async fn check_parent(state: &AppState, user: &str, parent_id: &str) -> ApiResul
 }
 
 #[derive(Debug, Deserialize)]
-struct ListQuery {
+pub(crate) struct ListQuery {
     parent_id: Option<String>,
     content_type: Option<String>,
     workflow_id: Option<String>,
@@ -168,13 +168,13 @@ struct ListQuery {
 }
 
 #[derive(Debug, Serialize)]
-struct AssetList {
+pub(crate) struct AssetList {
     /// The cursor for the next page; `null` on the last page.
     next: Option<String>,
     assets: Vec<AssetDto>,
 }
 
-async fn list(
+pub(crate) async fn list(
     State(state): State<AppState>,
     AuthUser(user): AuthUser,
     Query(q): Query<ListQuery>,
@@ -210,7 +210,7 @@ async fn list(
     Ok(Json(AssetList { next, assets }))
 }
 
-async fn get_one(
+pub(crate) async fn get_one(
     State(state): State<AppState>,
     AuthUser(user): AuthUser,
     Path(id): Path<String>,
@@ -413,14 +413,14 @@ async fn stream_field(
 
 /// NodeTool's `AssetUpdateRequest` (rename, move, retype, metadata). `user_id` is ignored.
 #[derive(Debug, Deserialize)]
-struct UpdateRequest {
+pub(crate) struct UpdateRequest {
     name: Option<String>,
     parent_id: Option<String>,
     content_type: Option<String>,
     metadata: Option<Value>,
 }
 
-async fn update(
+pub(crate) async fn update(
     State(state): State<AppState>,
     AuthUser(user): AuthUser,
     Path(id): Path<String>,
@@ -465,7 +465,7 @@ async fn update(
 }
 
 /// Every asset below `id`, breadth first.
-async fn descendants(state: &AppState, user: &str, id: &str) -> ApiResult<Vec<String>> {
+pub(crate) async fn descendants(state: &AppState, user: &str, id: &str) -> ApiResult<Vec<String>> {
     let store = store(state);
     let mut out = Vec::new();
     let mut seen = HashSet::new();
@@ -490,11 +490,11 @@ async fn descendants(state: &AppState, user: &str, id: &str) -> ApiResult<Vec<St
 }
 
 #[derive(Debug, Serialize)]
-struct Deleted {
+pub(crate) struct Deleted {
     deleted_asset_ids: Vec<String>,
 }
 
-async fn delete(
+pub(crate) async fn delete(
     State(state): State<AppState>,
     AuthUser(user): AuthUser,
     Path(id): Path<String>,

@@ -97,6 +97,25 @@ pub fn final_update(r: &JobRecord) -> Value {
     })
 }
 
+/// The one submit path of every REST entry point (`POST /api/jobs`, a stored workflow's
+/// `run`): the manager validates and starts the job for `user`.
+pub(crate) async fn submit_request(
+    manager: &JobExecutionManager,
+    request: RunJobRequest,
+    user: &str,
+) -> ApiResult<String> {
+    // `request.user_id` is ignored by the manager; the authenticated user owns the job.
+    manager.submit(request, user).await.map_err(|e| {
+        // The manager's refusals (ALLOWED_STRATEGIES) are the caller's to read, unlike a
+        // backend's PermissionDenied, whose text the generic mapping hides.
+        if e.kind() == nodetool_core::ErrorKind::PermissionDenied {
+            ApiError::forbidden(e.message())
+        } else {
+            ApiError::from(e)
+        }
+    })
+}
+
 #[derive(Debug, Deserialize)]
 struct SubmitQuery {
     #[serde(default)]
@@ -111,16 +130,7 @@ async fn submit(
     Json(request): Json<RunJobRequest>,
 ) -> ApiResult<Response> {
     let manager = manager(&state)?;
-    // `request.user_id` is ignored by the manager; the authenticated user owns the job.
-    let job_id = manager.submit(request, &user).await.map_err(|e| {
-        // The manager's refusals (ALLOWED_STRATEGIES) are the caller's to read, unlike a
-        // backend's PermissionDenied, whose text the generic mapping hides.
-        if e.kind() == nodetool_core::ErrorKind::PermissionDenied {
-            ApiError::forbidden(e.message())
-        } else {
-            ApiError::from(e)
-        }
-    })?;
+    let job_id = submit_request(manager, request, &user).await?;
     if q.stream {
         let events = manager.subscribe(&job_id, 0)?;
         tracing::info!(%job_id, user = %user, "job submitted (streaming)");
@@ -132,25 +142,30 @@ async fn submit(
 }
 
 #[derive(Debug, Deserialize)]
-struct ListQuery {
+pub(crate) struct ListQuery {
     limit: Option<u32>,
+    /// Only this workflow's jobs (NodeTool's `workflow_id` filter), among the newest `limit`.
+    workflow_id: Option<String>,
 }
 
-async fn list(
+pub(crate) async fn list(
     State(state): State<AppState>,
     AuthUser(user): AuthUser,
     Query(q): Query<ListQuery>,
 ) -> ApiResult<Json<Value>> {
     let manager = manager(&state)?;
     let limit = q.limit.unwrap_or(100).clamp(1, MAX_LIST);
-    let jobs = manager.list(&user, limit).await?;
+    let mut jobs = manager.list(&user, limit).await?;
+    if let Some(wf) = q.workflow_id.as_deref().filter(|w| !w.is_empty()) {
+        jobs.retain(|j| j.workflow_id == wf);
+    }
     Ok(Json(json!({
         "jobs": jobs.iter().map(job_json).collect::<Vec<_>>(),
         "next_start_key": Value::Null,
     })))
 }
 
-async fn get_job(
+pub(crate) async fn get_job(
     State(state): State<AppState>,
     AuthUser(user): AuthUser,
     Path(id): Path<String>,
@@ -159,7 +174,7 @@ async fn get_job(
     Ok(Json(job_json(&rec)))
 }
 
-async fn cancel(
+pub(crate) async fn cancel(
     State(state): State<AppState>,
     AuthUser(user): AuthUser,
     Path(id): Path<String>,

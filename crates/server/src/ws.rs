@@ -103,6 +103,8 @@ enum Out {
 
 struct Session {
     user: String,
+    /// The workflow store, for `run_job {workflow_id}` without a graph.
+    db: sqlx::SqlitePool,
     manager: Option<JobExecutionManager>,
     tx: mpsc::Sender<Out>,
     /// true: MessagePack binary frames; false: JSON text.
@@ -142,6 +144,7 @@ async fn session(state: AppState, user: String, socket: WebSocket) {
     });
     let mut s = Session {
         user,
+        db: state.db.clone(),
         manager: state.jobs.clone(),
         tx,
         binary,
@@ -351,10 +354,15 @@ impl Session {
             Ok(m) => m,
             Err(e) => return Some(e),
         };
-        let request: RunJobRequest = match serde_json::from_value(data) {
+        let mut request: RunJobRequest = match serde_json::from_value(data) {
             Ok(r) => r,
             Err(e) => return Some(error_reply("run_job", "invalid_command", e.to_string())),
         };
+        if let Err(e) =
+            crate::workflows::resolve_stored_graph(&self.db, &self.user, &mut request).await
+        {
+            return Some(error_reply("run_job", "job_rejected", api_message(e)));
+        }
         match manager.submit(request, &self.user).await {
             Ok(job_id) => {
                 let workflow_id = manager
