@@ -16,8 +16,10 @@
 //!   null}}`. An unknown procedure is `NOT_FOUND` ("No procedure found on path …"); an input
 //!   that is not JSON is `PARSE_ERROR`; a batch input that is not an object, a batch larger than
 //!   [`MAX_BATCH`], several paths without `batch=1`, or an input of the wrong shape are
-//!   `BAD_REQUEST`; a body over `NODETOOL_MAX_JSON_BODY_BYTES` is `PAYLOAD_TOO_LARGE`. A
-//!   request-level error (nothing could be called) is one error object, not an array.
+//!   `BAD_REQUEST`. A request-level error (nothing could be called) is one error object, not
+//!   an array. A body over `NODETOOL_MAX_JSON_BODY_BYTES` is refused with 413 by the
+//!   server-wide guard when its length is declared (the API's error shape: tRPC never sees
+//!   it); a chunked one is cut off at the cap and answered here as `PAYLOAD_TOO_LARGE`.
 //!
 //! Procedures: `workflows.{list,get,create,update,delete,autosave,examples}`,
 //! `workflows.versions.{list,create,restore,delete}`, `assets.{list,get,update,delete,children,

@@ -9,7 +9,7 @@
 //!   the example's `name` or its file stem, `package` its `package_name` (default
 //!   [`DEFAULT_PACKAGE`], the package the app asks for).
 //!
-//! Files are read per request (the folder is small and may change under a running server);
+//! `created_at`/`updated_at` are the file's modification time. Files are read per request (the folder is small and may change under a running server);
 //! a file that is not a JSON object is skipped with a debug log. Without a folder the list is
 //! empty. Any authenticated user may read them.
 
@@ -18,7 +18,7 @@ use std::path::{Path as FsPath, PathBuf};
 use axum::extract::{Path, Query, State};
 use axum::routing::get;
 use axum::{Json, Router};
-use chrono::Utc;
+use chrono::{DateTime, Utc};
 use serde::Deserialize;
 use serde_json::{json, Value};
 
@@ -43,6 +43,8 @@ pub fn routes() -> Router<AppState> {
 struct Example {
     file: String,
     body: Value,
+    /// The file's modification time: `created_at` and `updated_at`.
+    modified: DateTime<Utc>,
 }
 
 impl Example {
@@ -84,7 +86,6 @@ impl Example {
 
     /// NodeTool's `Workflow` shape; `graph` only when `with_graph`.
     fn to_json(&self, with_graph: bool) -> Value {
-        let now = Utc::now();
         let graph = if with_graph {
             self.body
                 .get("graph")
@@ -96,8 +97,8 @@ impl Example {
         json!({
             "id": self.file,
             "access": "public",
-            "created_at": now,
-            "updated_at": now,
+            "created_at": self.modified,
+            "updated_at": self.modified,
             "name": self.name(),
             "tool_name": null,
             "description": self.text("description"),
@@ -166,20 +167,27 @@ async fn load(dir: Option<&FsPath>) -> ApiResult<Vec<Example>> {
             continue;
         }
         let path = entry.path();
-        match tokio::fs::metadata(&path).await {
-            Ok(m) if m.is_file() && m.len() <= MAX_EXAMPLE_BYTES => {}
+        let modified = match tokio::fs::metadata(&path).await {
+            Ok(m) if m.is_file() && m.len() <= MAX_EXAMPLE_BYTES => m
+                .modified()
+                .map(DateTime::<Utc>::from)
+                .unwrap_or(DateTime::<Utc>::UNIX_EPOCH),
             _ => {
                 tracing::debug!(file = %file, "skipping an example that is not a small file");
                 continue;
             }
-        }
+        };
         let parsed = tokio::fs::read(&path)
             .await
             .ok()
             .and_then(|b| serde_json::from_slice::<Value>(&b).ok())
             .filter(Value::is_object);
         match parsed {
-            Some(body) => out.push(Example { file, body }),
+            Some(body) => out.push(Example {
+                file,
+                body,
+                modified,
+            }),
             None => tracing::debug!(file = %file, "skipping an example that is not a JSON object"),
         }
     }
