@@ -98,6 +98,8 @@ pub(crate) async fn into_dto(row: AssetRecord, storage: &dyn Storage) -> AssetDt
         },
         None => None,
     };
+    let thumb_url =
+        crate::asset_thumbs::thumb_key(&row).map(|_| format!("/api/assets/{}/thumbnail", row.id));
     AssetDto {
         kind: "asset",
         etag: etag(&row),
@@ -114,8 +116,8 @@ pub(crate) async fn into_dto(row: AssetRecord, storage: &dyn Storage) -> AssetDt
         duration: row.duration,
         node_id: row.node_id,
         job_id: row.job_id,
+        thumb_url,
         get_url,
-        thumb_url: None,
     }
 }
 
@@ -225,7 +227,7 @@ pub(crate) async fn get_one(
 }
 
 /// NodeTool's `AssetCreateRequest`; unknown fields (a `user_id`, say) are ignored.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Default, Deserialize)]
 struct CreateRequest {
     workflow_id: Option<String>,
     parent_id: Option<String>,
@@ -246,6 +248,8 @@ async fn create(
     let storage = state.resources.asset_storage()?;
     let mut request: Option<CreateRequest> = None;
     let mut blob: Option<(StorageKey, nodetool_core::ObjectMeta)> = None;
+    // The upload's own file name: the asset's name when no `json` field names one.
+    let mut file_name: Option<String> = None;
 
     let parsed: ApiResult<()> = async {
         while let Some(mut field) = form
@@ -269,17 +273,15 @@ async fn create(
                     })?);
                 }
                 Some("file") => {
-                    let Some(req) = &request else {
-                        return Err(ApiError::bad_request(
-                            "the json field must come before the file field",
-                        ));
-                    };
                     if blob.is_some() {
                         return Err(ApiError::bad_request("only one file per asset"));
                     }
-                    let content_type = req
-                        .content_type
-                        .clone()
+                    // The `json` field may come before or after (or not at all): a type it
+                    // named first wins, else the part's own type, else its file name's.
+                    file_name = field.file_name().map(str::to_owned);
+                    let content_type = request
+                        .as_ref()
+                        .and_then(|r| r.content_type.clone())
                         .filter(|t| !t.is_empty() && t != FOLDER)
                         .or_else(|| field.content_type().map(str::to_owned))
                         .or_else(|| {
@@ -310,7 +312,17 @@ async fn create(
 
     let result = async {
         parsed?;
-        let req = request.ok_or_else(|| ApiError::bad_request("missing the json field"))?;
+        // Without a `json` field the file alone makes the asset (named after the upload, in
+        // the caller's home); with neither there is nothing to create.
+        if request.is_none() && blob.is_none() {
+            return Err(ApiError::bad_request(
+                "an asset upload needs a file field, a json field, or both",
+            ));
+        }
+        let mut req = request.unwrap_or_default();
+        if req.name.as_deref().is_none_or(|n| n.trim().is_empty()) {
+            req.name = file_name.clone();
+        }
         let parent_id = req.parent_id.clone().unwrap_or_else(|| user.clone());
         check_parent(&state, &user, &parent_id).await?;
         let content_type = match (&blob, req.content_type.as_deref()) {
@@ -519,6 +531,12 @@ pub(crate) async fn delete(
                 .delete(&key)
                 .await
                 .map_err(|e| ApiError::from(e.with_context("asset", &row.id)))?;
+        }
+        if let Some(thumb) = crate::asset_thumbs::thumb_key(&row) {
+            // A cached thumbnail: regenerated on demand, so a failure here only leaves a file.
+            if let Err(e) = storage.delete(&thumb).await {
+                tracing::warn!(asset = %row.id, error = %e, "could not remove an asset's thumbnail");
+            }
         }
         store(&state).delete(&user, &row.id).await?;
         deleted.push(row.id);

@@ -13,6 +13,7 @@
 //! exactly their path.
 
 pub mod asset_queries;
+pub mod asset_thumbs;
 pub mod assets;
 pub mod auth;
 pub mod config_route;
@@ -186,6 +187,7 @@ pub fn router(state: AppState) -> Router {
         .merge(storage_routes::routes())
         .merge(assets::routes())
         .merge(asset_queries::routes())
+        .merge(asset_thumbs::routes())
         .merge(jobs::routes())
         .merge(job_queries::routes())
         .merge(nodes::routes())
