@@ -247,7 +247,13 @@ async fn call(state: &AppState, user: &str, path: &str, input: Value) -> CallRes
     match path {
         "workflows.list" => ok(workflows::list(s(), u(), Query(arg(path, &input)?)).await),
         "workflows.get" => ok(workflows::get_one(s(), u(), Path(id()?)).await),
-        "workflows.create" => ok(workflows::create(s(), u(), Json(arg(path, &input)?)).await),
+        "workflows.create" => ok(workflows::create(
+            s(),
+            u(),
+            Query(Default::default()),
+            Json(arg(path, &input)?),
+        )
+        .await),
         "workflows.update" => {
             let body = body_without(&input, &["id"]);
             ok(workflows::put_one(s(), u(), Path(id()?), Json(arg(path, &body)?)).await)

@@ -224,11 +224,8 @@ pub(crate) async fn search(
     Ok(Json(json!({"workflows": workflows, "next": null})))
 }
 
-pub(crate) async fn one(
-    State(state): State<AppState>,
-    AuthUser(_user): AuthUser,
-    Path((package, name)): Path<(String, String)>,
-) -> ApiResult<Json<Value>> {
+/// The example `name` of `package` in the Workflow shape with its graph; 404 if none.
+pub(crate) async fn find(state: &AppState, package: &str, name: &str) -> ApiResult<Value> {
     let examples = load(state.options.examples_dir.as_deref()).await?;
     examples
         .iter()
@@ -236,8 +233,16 @@ pub(crate) async fn one(
             e.package() == package
                 && (e.name() == name || e.file.trim_end_matches(".json") == name || e.file == name)
         })
-        .map(|e| Json(e.to_json(true)))
+        .map(|e| e.to_json(true))
         .ok_or_else(|| {
             ApiError::not_found(format!("example {name:?} not found in package {package:?}"))
         })
+}
+
+pub(crate) async fn one(
+    State(state): State<AppState>,
+    AuthUser(_user): AuthUser,
+    Path((package, name)): Path<(String, String)>,
+) -> ApiResult<Json<Value>> {
+    Ok(Json(find(&state, &package, &name).await?))
 }

@@ -96,6 +96,19 @@ pub(crate) struct WorkflowRequest {
     settings: Option<Value>,
     run_mode: Option<String>,
     tool_name: Option<String>,
+    /// Create from an example (NodeTool's create-from-example flow; also `?from_example_name=`
+    /// on `POST /api/workflows`): its graph when the request has none, or an empty one.
+    #[serde(default)]
+    from_example_name: Option<String>,
+    #[serde(default)]
+    from_example_package: Option<String>,
+}
+
+/// `POST /api/workflows?from_example_package=&from_example_name=`.
+#[derive(Debug, Default, Deserialize)]
+pub(crate) struct FromExample {
+    from_example_name: Option<String>,
+    from_example_package: Option<String>,
 }
 
 impl WorkflowRequest {
@@ -289,9 +302,29 @@ pub(crate) async fn list(
 pub(crate) async fn create(
     State(state): State<AppState>,
     AuthUser(user): AuthUser,
-    Json(req): Json<WorkflowRequest>,
+    Query(from): Query<FromExample>,
+    Json(mut req): Json<WorkflowRequest>,
 ) -> ApiResult<Json<WorkflowDto>> {
     req.check()?;
+    let name = req.from_example_name.take().or(from.from_example_name);
+    let package = req
+        .from_example_package
+        .take()
+        .or(from.from_example_package);
+    let empty = req.graph.as_ref().is_none_or(|g| {
+        g.get("nodes")
+            .and_then(Value::as_array)
+            .is_none_or(Vec::is_empty)
+    });
+    if let Some(name) = name.filter(|n| !n.is_empty()) {
+        if empty {
+            let package =
+                package.unwrap_or_else(|| crate::workflow_examples::DEFAULT_PACKAGE.to_owned());
+            let example = crate::workflow_examples::find(&state, &package, &name).await?;
+            req.graph = example.get("graph").cloned();
+            req.check()?;
+        }
+    }
     let id = nodetool_core::id::new_id();
     insert(&state.db, &user, &id, req).await?;
     let row = visible(&state.db, &user, &id).await?;
@@ -466,6 +499,8 @@ pub mod store {
             settings: file.get("settings").cloned().filter(|v| !v.is_null()),
             run_mode: text("run_mode"),
             tool_name: text("tool_name"),
+            from_example_name: None,
+            from_example_package: None,
         };
         let invalid = |e: ApiError| {
             nodetool_core::Error::invalid_input(e.message().to_owned())

@@ -103,6 +103,44 @@ async fn examples_come_from_the_configured_folder() {
     let items: Value = r.json().await.unwrap();
     assert_eq!(items[0]["result"]["data"], found);
 
+    // Create from an example: the REST query and tRPC's input field; a stored copy of the
+    // caller's, with the example's graph.
+    let post = |path: &str, body: Value| {
+        s.client
+            .post(s.u(path))
+            .bearer_auth(jwt(SECRET, "alice", 3600))
+            .json(&body)
+            .send()
+    };
+    let r = post(
+        "/api/workflows?from_example_name=Hello",
+        json!({"name": "mine", "graph": {"nodes": [], "edges": []}}),
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.status(), 200);
+    let w: Value = r.json().await.unwrap();
+    assert_eq!(
+        (w["graph"].clone(), w["user_id"].as_str()),
+        (file["graph"].clone(), Some("alice"))
+    );
+    let r = post(
+        "/trpc/workflows.create?batch=1",
+        json!({"0": {"name": "t", "from_example_package": "pack", "from_example_name": "Tagged"}}),
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.status(), 200);
+    let items: Value = r.json().await.unwrap();
+    assert_eq!(items[0]["result"]["data"]["name"], "t");
+    let r = post(
+        "/api/workflows?from_example_name=Nope",
+        json!({"name": "x"}),
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.status(), 404);
+
     // No token: 401.
     let r = s
         .client
