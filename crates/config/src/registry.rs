@@ -146,6 +146,8 @@ pub const REGISTRY: &[SettingDef] = &[
         "Supabase project URL; with SUPABASE_KEY selects Supabase storage"),
     secret("SUPABASE_KEY", "Supabase service-role key (server side only)"),
     secret("SUPABASE_JWT_SECRET", "Supabase JWT secret for verifying user tokens"),
+    def("SUPABASE_ANON_KEY", K::Text, D::None,
+        "Supabase anon (public) key the web app signs in with; GET /api/config serves it"),
     def("NODETOOL_API_URL", K::Url, D::None,
         "Public base URL of this API, used to build absolute storage URLs"),
     def("NODETOOL_STORAGE_PUBLIC_URL", K::UrlOrPath, D::None,
@@ -191,6 +193,8 @@ pub const REGISTRY: &[SettingDef] = &[
         "Time a client has to send a request head; also how long an idle keep-alive connection stays open"),
     def("SERVER_MAX_CONNECTIONS", K::Count, D::None,
         "Open connections served at once (more wait to be accepted); unset: 3/4 of the open-file limit"),
+    def("NODETOOL_EXAMPLES_DIR", K::Path, D::None,
+        "Folder of example workflow JSON files served at /api/workflows/examples; unset: ./examples when the working directory has one"),
     // Execution.
     def("THREAD_POOL_SIZE", K::Count, D::CpuCount, "Worker threads of the threaded strategy"),
     def("MAX_WORKFLOW_THREADS", K::Count, D::None,

@@ -1,6 +1,7 @@
 //! The HTTP server's hardening settings (the "HTTP server" block of the registry), read into one
 //! plain struct `nodetool serve` hands to the server crate.
 
+use std::path::PathBuf;
 use std::time::Duration;
 
 use nodetool_core::Result;
@@ -23,6 +24,10 @@ pub struct ServerSettings {
     pub header_timeout: Duration,
     /// `None`: derived from the open-file limit at start.
     pub max_connections: Option<usize>,
+    /// Folder of example workflows for `/api/workflows/examples` (`NODETOOL_EXAMPLES_DIR`).
+    pub examples_dir: Option<PathBuf>,
+    /// Supabase's public anon key, served to the web app by `/api/config` (`SUPABASE_ANON_KEY`).
+    pub supabase_anon_key: Option<String>,
 }
 
 impl ServerSettings {
@@ -34,6 +39,8 @@ impl ServerSettings {
             max_json_body_bytes: r.require("NODETOOL_MAX_JSON_BODY_BYTES", positive_size)?,
             header_timeout: r.require("SERVER_HEADER_TIMEOUT", positive_seconds)?,
             max_connections: r.get("SERVER_MAX_CONNECTIONS", parse::count)?,
+            examples_dir: r.get("NODETOOL_EXAMPLES_DIR", |raw| Ok(parse::path(raw, r.home)))?,
+            supabase_anon_key: r.get("SUPABASE_ANON_KEY", |raw| Ok(raw.trim().to_owned()))?,
         })
     }
 }

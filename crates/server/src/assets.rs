@@ -45,7 +45,7 @@ pub fn routes() -> Router<AppState> {
 
 /// NodeTool's `Asset` DTO (reference §6.2).
 #[derive(Debug, Serialize)]
-struct AssetDto {
+pub(crate) struct AssetDto {
     #[serde(rename = "type")]
     kind: &'static str,
     id: String,
@@ -87,7 +87,7 @@ fn etag(row: &AssetRecord) -> String {
         .collect()
 }
 
-async fn into_dto(row: AssetRecord, storage: &dyn Storage) -> AssetDto {
+pub(crate) async fn into_dto(row: AssetRecord, storage: &dyn Storage) -> AssetDto {
     let get_url = match row.key() {
         Some(key) => match storage.url(&key).await {
             Ok(url) => Some(url),
@@ -98,6 +98,8 @@ async fn into_dto(row: AssetRecord, storage: &dyn Storage) -> AssetDto {
         },
         None => None,
     };
+    let thumb_url =
+        crate::asset_thumbs::thumb_key(&row).map(|_| format!("/api/assets/{}/thumbnail", row.id));
     AssetDto {
         kind: "asset",
         etag: etag(&row),
@@ -114,18 +116,18 @@ async fn into_dto(row: AssetRecord, storage: &dyn Storage) -> AssetDto {
         duration: row.duration,
         node_id: row.node_id,
         job_id: row.job_id,
+        thumb_url,
         get_url,
-        thumb_url: None,
     }
 }
 
 /// The record store over the server's database.
-fn store(state: &AppState) -> Arc<dyn AssetStore> {
+pub(crate) fn store(state: &AppState) -> Arc<dyn AssetStore> {
     crate::db::asset_store(&state.db)
 }
 
 /// The user's root folder: NodeTool gives "Home" the user's id.
-fn home_folder(user: &str) -> AssetRecord {
+pub(crate) fn home_folder(user: &str) -> AssetRecord {
     let epoch = DateTime::<Utc>::UNIX_EPOCH;
     AssetRecord {
         created_at: epoch,
@@ -134,7 +136,7 @@ fn home_folder(user: &str) -> AssetRecord {
     }
 }
 
-async fn find(state: &AppState, user: &str, id: &str) -> ApiResult<AssetRecord> {
+pub(crate) async fn find(state: &AppState, user: &str, id: &str) -> ApiResult<AssetRecord> {
     // Other users' assets are "not found", not "forbidden": existence is not disclosed.
     store(state)
         .get(user, id)
@@ -157,7 +159,7 @@ async fn check_parent(state: &AppState, user: &str, parent_id: &str) -> ApiResul
 }
 
 #[derive(Debug, Deserialize)]
-struct ListQuery {
+pub(crate) struct ListQuery {
     parent_id: Option<String>,
     content_type: Option<String>,
     workflow_id: Option<String>,
@@ -168,13 +170,13 @@ struct ListQuery {
 }
 
 #[derive(Debug, Serialize)]
-struct AssetList {
+pub(crate) struct AssetList {
     /// The cursor for the next page; `null` on the last page.
     next: Option<String>,
     assets: Vec<AssetDto>,
 }
 
-async fn list(
+pub(crate) async fn list(
     State(state): State<AppState>,
     AuthUser(user): AuthUser,
     Query(q): Query<ListQuery>,
@@ -210,7 +212,7 @@ async fn list(
     Ok(Json(AssetList { next, assets }))
 }
 
-async fn get_one(
+pub(crate) async fn get_one(
     State(state): State<AppState>,
     AuthUser(user): AuthUser,
     Path(id): Path<String>,
@@ -225,7 +227,7 @@ async fn get_one(
 }
 
 /// NodeTool's `AssetCreateRequest`; unknown fields (a `user_id`, say) are ignored.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Default, Deserialize)]
 struct CreateRequest {
     workflow_id: Option<String>,
     parent_id: Option<String>,
@@ -246,6 +248,8 @@ async fn create(
     let storage = state.resources.asset_storage()?;
     let mut request: Option<CreateRequest> = None;
     let mut blob: Option<(StorageKey, nodetool_core::ObjectMeta)> = None;
+    // The upload's own file name: the asset's name when no `json` field names one.
+    let mut file_name: Option<String> = None;
 
     let parsed: ApiResult<()> = async {
         while let Some(mut field) = form
@@ -269,17 +273,15 @@ async fn create(
                     })?);
                 }
                 Some("file") => {
-                    let Some(req) = &request else {
-                        return Err(ApiError::bad_request(
-                            "the json field must come before the file field",
-                        ));
-                    };
                     if blob.is_some() {
                         return Err(ApiError::bad_request("only one file per asset"));
                     }
-                    let content_type = req
-                        .content_type
-                        .clone()
+                    // The `json` field may come before or after (or not at all): a type it
+                    // named first wins, else the part's own type, else its file name's.
+                    file_name = field.file_name().map(str::to_owned);
+                    let content_type = request
+                        .as_ref()
+                        .and_then(|r| r.content_type.clone())
                         .filter(|t| !t.is_empty() && t != FOLDER)
                         .or_else(|| field.content_type().map(str::to_owned))
                         .or_else(|| {
@@ -310,7 +312,17 @@ async fn create(
 
     let result = async {
         parsed?;
-        let req = request.ok_or_else(|| ApiError::bad_request("missing the json field"))?;
+        // Without a `json` field the file alone makes the asset (named after the upload, in
+        // the caller's home); with neither there is nothing to create.
+        if request.is_none() && blob.is_none() {
+            return Err(ApiError::bad_request(
+                "an asset upload needs a file field, a json field, or both",
+            ));
+        }
+        let mut req = request.unwrap_or_default();
+        if req.name.as_deref().is_none_or(|n| n.trim().is_empty()) {
+            req.name = file_name.clone();
+        }
         let parent_id = req.parent_id.clone().unwrap_or_else(|| user.clone());
         check_parent(&state, &user, &parent_id).await?;
         let content_type = match (&blob, req.content_type.as_deref()) {
@@ -413,14 +425,14 @@ async fn stream_field(
 
 /// NodeTool's `AssetUpdateRequest` (rename, move, retype, metadata). `user_id` is ignored.
 #[derive(Debug, Deserialize)]
-struct UpdateRequest {
+pub(crate) struct UpdateRequest {
     name: Option<String>,
     parent_id: Option<String>,
     content_type: Option<String>,
     metadata: Option<Value>,
 }
 
-async fn update(
+pub(crate) async fn update(
     State(state): State<AppState>,
     AuthUser(user): AuthUser,
     Path(id): Path<String>,
@@ -465,7 +477,7 @@ async fn update(
 }
 
 /// Every asset below `id`, breadth first.
-async fn descendants(state: &AppState, user: &str, id: &str) -> ApiResult<Vec<String>> {
+pub(crate) async fn descendants(state: &AppState, user: &str, id: &str) -> ApiResult<Vec<String>> {
     let store = store(state);
     let mut out = Vec::new();
     let mut seen = HashSet::new();
@@ -490,11 +502,11 @@ async fn descendants(state: &AppState, user: &str, id: &str) -> ApiResult<Vec<St
 }
 
 #[derive(Debug, Serialize)]
-struct Deleted {
+pub(crate) struct Deleted {
     deleted_asset_ids: Vec<String>,
 }
 
-async fn delete(
+pub(crate) async fn delete(
     State(state): State<AppState>,
     AuthUser(user): AuthUser,
     Path(id): Path<String>,
@@ -519,6 +531,12 @@ async fn delete(
                 .delete(&key)
                 .await
                 .map_err(|e| ApiError::from(e.with_context("asset", &row.id)))?;
+        }
+        if let Some(thumb) = crate::asset_thumbs::thumb_key(&row) {
+            // A cached thumbnail: regenerated on demand, so a failure here only leaves a file.
+            if let Err(e) = storage.delete(&thumb).await {
+                tracing::warn!(asset = %row.id, error = %e, "could not remove an asset's thumbnail");
+            }
         }
         store(&state).delete(&user, &row.id).await?;
         deleted.push(row.id);

@@ -76,6 +76,28 @@ impl ApiError {
     pub fn status(&self) -> StatusCode {
         self.0.status
     }
+
+    /// The wire kind (`{"error": {"kind"}}`).
+    pub fn kind(&self) -> &'static str {
+        self.0.kind
+    }
+
+    /// Logs the error as a response would (a 5xx with its cause at `error`), for transports
+    /// that answer in their own shape (tRPC).
+    pub fn log(&self) {
+        let this = &self.0;
+        match (&this.cause, this.status.is_server_error()) {
+            (Some(cause), true) => {
+                tracing::error!(status = this.status.as_u16(), error = %cause, "request failed")
+            }
+            (Some(cause), false) => {
+                tracing::debug!(status = this.status.as_u16(), error = %cause, "request refused")
+            }
+            (None, _) => {
+                tracing::debug!(status = this.status.as_u16(), message = %this.message, "request refused")
+            }
+        }
+    }
 }
 
 /// The HTTP status and wire kind for an error kind: the one table in [`crate::wire`].
@@ -147,18 +169,8 @@ impl From<sqlx::Error> for ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
+        self.log();
         let this = *self.0;
-        match (&this.cause, this.status.is_server_error()) {
-            (Some(cause), true) => {
-                tracing::error!(status = this.status.as_u16(), error = %cause, "request failed")
-            }
-            (Some(cause), false) => {
-                tracing::debug!(status = this.status.as_u16(), error = %cause, "request refused")
-            }
-            (None, _) => {
-                tracing::debug!(status = this.status.as_u16(), message = %this.message, "request refused")
-            }
-        }
         let body = serde_json::json!({
             "error": { "kind": this.kind, "message": this.message }
         });

@@ -67,6 +67,27 @@ pub(crate) async fn owned_job(
     }
 }
 
+/// The one submit path of every REST entry point (`POST /api/jobs`, a stored workflow's
+/// `run`): the manager validates and starts the job for `user`.
+pub(crate) async fn submit_request(
+    manager: &JobExecutionManager,
+    mut request: RunJobRequest,
+    user: &str,
+) -> ApiResult<String> {
+    // The client job id is `/ws`'s (NodeTool's web client); REST allocates one, as before.
+    request.job_id = None;
+    // `request.user_id` is ignored by the manager; the authenticated user owns the job.
+    manager.submit(request, user).await.map_err(|e| {
+        // The manager's refusals (ALLOWED_STRATEGIES) are the caller's to read, unlike a
+        // backend's PermissionDenied, whose text the generic mapping hides.
+        if e.kind() == nodetool_core::ErrorKind::PermissionDenied {
+            ApiError::forbidden(e.message())
+        } else {
+            ApiError::from(e)
+        }
+    })
+}
+
 #[derive(Debug, Deserialize)]
 struct SubmitQuery {
     #[serde(default)]
@@ -78,21 +99,10 @@ async fn submit(
     AuthUser(user): AuthUser,
     Query(q): Query<SubmitQuery>,
     headers: HeaderMap,
-    Json(mut request): Json<RunJobRequest>,
+    Json(request): Json<RunJobRequest>,
 ) -> ApiResult<Response> {
     let manager = manager(&state)?;
-    // The client job id is `/ws`'s (NodeTool's web client); REST allocates one, as before.
-    request.job_id = None;
-    // `request.user_id` is ignored by the manager; the authenticated user owns the job.
-    let job_id = manager.submit(request, &user).await.map_err(|e| {
-        // The manager's refusals (ALLOWED_STRATEGIES) are the caller's to read, unlike a
-        // backend's PermissionDenied, whose text the generic mapping hides.
-        if e.kind() == nodetool_core::ErrorKind::PermissionDenied {
-            ApiError::forbidden(e.message())
-        } else {
-            ApiError::from(e)
-        }
-    })?;
+    let job_id = submit_request(manager, request, &user).await?;
     if q.stream {
         let events = manager.subscribe(&job_id, 0)?;
         tracing::info!(%job_id, user = %user, "job submitted (streaming)");
@@ -104,25 +114,30 @@ async fn submit(
 }
 
 #[derive(Debug, Deserialize)]
-struct ListQuery {
+pub(crate) struct ListQuery {
     limit: Option<u32>,
+    /// Only this workflow's jobs (NodeTool's `workflow_id` filter), among the newest `limit`.
+    workflow_id: Option<String>,
 }
 
-async fn list(
+pub(crate) async fn list(
     State(state): State<AppState>,
     AuthUser(user): AuthUser,
     Query(q): Query<ListQuery>,
 ) -> ApiResult<Json<JobList>> {
     let manager = manager(&state)?;
     let limit = q.limit.unwrap_or(100).clamp(1, MAX_LIST);
-    let jobs = manager.list(&user, limit).await?;
+    let mut jobs = manager.list(&user, limit).await?;
+    if let Some(wf) = q.workflow_id.as_deref().filter(|w| !w.is_empty()) {
+        jobs.retain(|j| j.workflow_id == wf);
+    }
     Ok(Json(JobList {
         jobs: jobs.iter().map(JobView::of).collect(),
         next_start_key: None,
     }))
 }
 
-async fn get_job(
+pub(crate) async fn get_job(
     State(state): State<AppState>,
     AuthUser(user): AuthUser,
     Path(id): Path<String>,
@@ -131,7 +146,7 @@ async fn get_job(
     Ok(Json(JobView::of(&rec)))
 }
 
-async fn cancel(
+pub(crate) async fn cancel(
     State(state): State<AppState>,
     AuthUser(user): AuthUser,
     Path(id): Path<String>,

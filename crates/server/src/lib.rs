@@ -12,12 +12,16 @@
 //! Single-user providers (none/local/static) own the whole store. Signed URLs grant GET/HEAD of
 //! exactly their path.
 
+pub mod asset_queries;
+pub mod asset_thumbs;
 pub mod assets;
 pub mod auth;
+pub mod config_route;
 pub mod db;
 pub mod error;
 pub mod guard;
 pub mod http;
+pub mod job_queries;
 pub mod jobs;
 pub mod listen;
 pub mod metrics;
@@ -26,7 +30,11 @@ pub mod observe;
 pub mod storage_routes;
 pub mod terminal;
 pub mod tls;
+pub mod trpc;
 pub mod wire;
+pub mod workflow_examples;
+pub mod workflow_run;
+pub mod workflow_versions;
 pub mod workflows;
 pub mod ws;
 
@@ -69,6 +77,8 @@ pub struct ServerOptions {
     pub ws_max_message_bytes: usize,
     /// `NODETOOL_MAX_JSON_BODY_BYTES`.
     pub max_json_body_bytes: u64,
+    /// `NODETOOL_EXAMPLES_DIR`, or `./examples` when it exists (see [`workflow_examples`]).
+    pub examples_dir: Option<std::path::PathBuf>,
 }
 
 impl ServerOptions {
@@ -84,6 +94,7 @@ impl ServerOptions {
             ws_max_message_bytes: usize::try_from(settings.server.ws_max_message_bytes)
                 .unwrap_or(usize::MAX),
             max_json_body_bytes: settings.server.max_json_body_bytes,
+            examples_dir: workflow_examples::default_dir(settings.server.examples_dir.as_deref()),
         }
     }
 }
@@ -176,9 +187,16 @@ pub fn router(state: AppState) -> Router {
         .route("/metrics", get(metrics::render))
         .merge(storage_routes::routes())
         .merge(assets::routes())
+        .merge(asset_queries::routes())
+        .merge(asset_thumbs::routes())
         .merge(jobs::routes())
+        .merge(job_queries::routes())
         .merge(nodes::routes())
         .merge(workflows::routes())
+        .merge(workflow_run::routes())
+        .merge(workflow_versions::routes())
+        .merge(workflow_examples::routes())
+        .merge(trpc::routes())
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
             auth::authenticate,
@@ -187,6 +205,8 @@ pub fn router(state: AppState) -> Router {
         // the middleware does not, and the terminal has its own rules for the local provider.
         .merge(ws::routes())
         .merge(terminal::routes())
+        // Read by the app before anyone signs in.
+        .merge(config_route::routes())
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
             guard::guard,

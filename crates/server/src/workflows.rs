@@ -67,7 +67,7 @@ pub fn routes() -> Router<AppState> {
 
 /// NodeTool's `Workflow` DTO.
 #[derive(Debug, Serialize)]
-struct WorkflowDto {
+pub(crate) struct WorkflowDto {
     id: String,
     user_id: String,
     access: String,
@@ -86,7 +86,7 @@ struct WorkflowDto {
 
 /// NodeTool's `WorkflowRequest`; unknown fields (a `user_id`, say) are ignored.
 #[derive(Debug, Deserialize)]
-struct WorkflowRequest {
+pub(crate) struct WorkflowRequest {
     name: Option<String>,
     description: Option<String>,
     tags: Option<Vec<String>>,
@@ -96,6 +96,19 @@ struct WorkflowRequest {
     settings: Option<Value>,
     run_mode: Option<String>,
     tool_name: Option<String>,
+    /// Create from an example (NodeTool's create-from-example flow; also `?from_example_name=`
+    /// on `POST /api/workflows`): its graph when the request has none, or an empty one.
+    #[serde(default)]
+    from_example_name: Option<String>,
+    #[serde(default)]
+    from_example_package: Option<String>,
+}
+
+/// `POST /api/workflows?from_example_package=&from_example_name=`.
+#[derive(Debug, Default, Deserialize)]
+pub(crate) struct FromExample {
+    from_example_name: Option<String>,
+    from_example_package: Option<String>,
 }
 
 impl WorkflowRequest {
@@ -117,7 +130,7 @@ impl WorkflowRequest {
     }
 }
 
-fn check_graph(graph: &Value) -> ApiResult<()> {
+pub(crate) fn check_graph(graph: &Value) -> ApiResult<()> {
     let ok = graph.get("nodes").is_some_and(Value::is_array)
         && graph.get("edges").is_some_and(Value::is_array);
     if !ok {
@@ -136,7 +149,7 @@ fn check_graph(graph: &Value) -> ApiResult<()> {
     Ok(())
 }
 
-fn row_to_dto(row: &sqlx::sqlite::SqliteRow) -> ApiResult<WorkflowDto> {
+pub(crate) fn row_to_dto(row: &sqlx::sqlite::SqliteRow) -> ApiResult<WorkflowDto> {
     let parse = |col: &str| -> ApiResult<Option<Value>> {
         let text: Option<String> = row.try_get(col)?;
         text.map(|t| {
@@ -173,7 +186,11 @@ fn row_to_dto(row: &sqlx::sqlite::SqliteRow) -> ApiResult<WorkflowDto> {
 
 /// The row `id` as the caller may see it: their own or a public one; anything else is
 /// "not found" (never "forbidden": that would confirm another user's id exists).
-async fn visible(pool: &SqlitePool, user: &str, id: &str) -> ApiResult<sqlx::sqlite::SqliteRow> {
+pub(crate) async fn visible(
+    pool: &SqlitePool,
+    user: &str,
+    id: &str,
+) -> ApiResult<sqlx::sqlite::SqliteRow> {
     sqlx::query(
         "SELECT * FROM nodetool_workflows WHERE id = ? AND (user_id = ? OR access = 'public')",
     )
@@ -184,13 +201,69 @@ async fn visible(pool: &SqlitePool, user: &str, id: &str) -> ApiResult<sqlx::sql
     .ok_or_else(|| ApiError::not_found(format!("workflow {id} not found")))
 }
 
+/// The row `id` if `user` owns it. Another user's public workflow is 403 (the caller can see
+/// it, so the refusal says why: `verb` names what only the owner may do); a private one, or none,
+/// is 404.
+pub(crate) async fn owned(
+    pool: &SqlitePool,
+    user: &str,
+    id: &str,
+    verb: &str,
+) -> ApiResult<sqlx::sqlite::SqliteRow> {
+    let row = visible(pool, user, id).await?;
+    let owner: String = row.try_get("user_id")?;
+    if owner != user {
+        return Err(not_owner(id, verb));
+    }
+    Ok(row)
+}
+
+/// `run_job {workflow_id}` without a `graph` (on `/ws`, and `POST /api/workflows/{id}/run`):
+/// fills `request.graph` from the stored workflow the caller may read (their own, or a public
+/// one, which then runs as the caller). A request that carries a graph is left alone; one
+/// with neither stays as it is, for the manager's own "needs a graph" refusal. Another user's
+/// private workflow is "not found", as everywhere.
+pub async fn resolve_stored_graph(
+    pool: &SqlitePool,
+    user: &str,
+    request: &mut nodetool_exec::RunJobRequest,
+) -> nodetool_core::Result<()> {
+    if request.graph.is_some() {
+        return Ok(());
+    }
+    let Some(id) = request.workflow_id.clone().filter(|id| !id.is_empty()) else {
+        return Ok(());
+    };
+    let row = visible(pool, user, &id).await.map_err(|e| {
+        if e.status() == StatusCode::NOT_FOUND {
+            nodetool_core::Error::not_found(e.message().to_owned())
+        } else {
+            nodetool_core::Error::new(nodetool_core::ErrorKind::Unavailable, "database error")
+        }
+        .with_operation("workflows.resolve_graph")
+    })?;
+    let text: String = row.try_get("graph").map_err(|e| {
+        nodetool_core::Error::unexpected("stored workflow row has no graph")
+            .with_operation("workflows.resolve_graph")
+            .with_source(e)
+    })?;
+    let graph = serde_json::from_str(&text).map_err(|e| {
+        nodetool_core::Error::invalid_input(format!(
+            "stored workflow {id} has a graph that cannot run: {e}"
+        ))
+        .with_operation("workflows.resolve_graph")
+    })?;
+    request.graph = Some(graph);
+    Ok(())
+}
+
 #[derive(Debug, Deserialize)]
-struct ListQuery {
+pub(crate) struct ListQuery {
     limit: Option<i64>,
     cursor: Option<String>,
 }
 
-async fn list(
+pub(crate) async fn list(
     State(state): State<AppState>,
     AuthUser(user): AuthUser,
     Query(q): Query<ListQuery>,
@@ -226,12 +299,32 @@ async fn list(
     Ok(Json(json!({"workflows": workflows, "next": next})))
 }
 
-async fn create(
+pub(crate) async fn create(
     State(state): State<AppState>,
     AuthUser(user): AuthUser,
-    Json(req): Json<WorkflowRequest>,
+    Query(from): Query<FromExample>,
+    Json(mut req): Json<WorkflowRequest>,
 ) -> ApiResult<Json<WorkflowDto>> {
     req.check()?;
+    let name = req.from_example_name.take().or(from.from_example_name);
+    let package = req
+        .from_example_package
+        .take()
+        .or(from.from_example_package);
+    let empty = req.graph.as_ref().is_none_or(|g| {
+        g.get("nodes")
+            .and_then(Value::as_array)
+            .is_none_or(Vec::is_empty)
+    });
+    if let Some(name) = name.filter(|n| !n.is_empty()) {
+        if empty {
+            let package =
+                package.unwrap_or_else(|| crate::workflow_examples::DEFAULT_PACKAGE.to_owned());
+            let example = crate::workflow_examples::find(&state, &package, &name).await?;
+            req.graph = example.get("graph").cloned();
+            req.check()?;
+        }
+    }
     let id = nodetool_core::id::new_id();
     insert(&state.db, &user, &id, req).await?;
     let row = visible(&state.db, &user, &id).await?;
@@ -266,7 +359,7 @@ async fn insert(pool: &SqlitePool, user: &str, id: &str, req: WorkflowRequest) -
     Ok(())
 }
 
-async fn get_one(
+pub(crate) async fn get_one(
     State(state): State<AppState>,
     AuthUser(user): AuthUser,
     Path(id): Path<String>,
@@ -275,7 +368,7 @@ async fn get_one(
     Ok(Json(row_to_dto(&row)?))
 }
 
-async fn put_one(
+pub(crate) async fn put_one(
     State(state): State<AppState>,
     AuthUser(user): AuthUser,
     Path(id): Path<String>,
@@ -332,7 +425,7 @@ async fn put_one(
     Ok(Json(row_to_dto(&row)?))
 }
 
-async fn delete_one(
+pub(crate) async fn delete_one(
     State(state): State<AppState>,
     AuthUser(user): AuthUser,
     Path(id): Path<String>,
@@ -342,6 +435,9 @@ async fn delete_one(
         .bind(&user)
         .execute(&state.db)
         .await?;
+    if done.rows_affected() > 0 {
+        crate::workflow_versions::delete_all(&state.db, &id).await?;
+    }
     if done.rows_affected() == 0 {
         // Someone else's public workflow: visible, so say why it cannot go.
         return Err(match visible(&state.db, &user, &id).await {
@@ -403,6 +499,8 @@ pub mod store {
             settings: file.get("settings").cloned().filter(|v| !v.is_null()),
             run_mode: text("run_mode"),
             tool_name: text("tool_name"),
+            from_example_name: None,
+            from_example_package: None,
         };
         let invalid = |e: ApiError| {
             nodetool_core::Error::invalid_input(e.message().to_owned())

@@ -125,6 +125,8 @@ enum Out {
 
 struct Session {
     user: String,
+    /// The workflow store, for `run_job {workflow_id}` without a graph.
+    db: sqlx::SqlitePool,
     manager: Option<JobExecutionManager>,
     tx: mpsc::Sender<Out>,
     /// true: MessagePack binary frames; false: JSON text.
@@ -167,6 +169,7 @@ async fn session(state: AppState, user: String, socket: WebSocket) {
     });
     let mut s = Session {
         user,
+        db: state.db.clone(),
         manager: state.jobs.clone(),
         tx,
         binary,
@@ -375,6 +378,12 @@ impl Session {
             Ok(m) => m,
             Err(e) => return Some(*e),
         };
+        let mut request = request;
+        if let Err(e) =
+            crate::workflows::resolve_stored_graph(&self.db, &self.user, &mut request).await
+        {
+            return Some(ErrorFrame::new("run_job", "job_rejected", api_message(e)).into());
+        }
         match manager.submit(request, &self.user).await {
             Ok(job_id) => {
                 let rec = manager.get(&job_id).await.ok().flatten();
