@@ -132,6 +132,7 @@ pub(crate) fn unserved(call_id: u64, op: &str) -> ParentFrame {
     ParentFrame::Reply {
         call_id,
         result: None,
+        data: None,
         error: Some(crate::calls::CallError::new(
             ErrorKind::Unsupported,
             format!("worker call {op:?}: this runtime lends its workers no storage, cache or asset records"),
@@ -276,8 +277,8 @@ where
             frame = frame_rx.recv() => match frame.unwrap_or(Ok(None)) {
                 Ok(Some(ChildFrame::Event(e))) => sink.send(*e),
                 Ok(Some(ChildFrame::Outcome(o))) => break End::Outcome(*o),
-                Ok(Some(ChildFrame::Call { call_id, op, args })) => match &handler {
-                    Some(h) => h.dispatch(call_id, op, args),
+                Ok(Some(ChildFrame::Call { call_id, op, args, data })) => match &handler {
+                    Some(h) => h.dispatch(call_id, op, args, data),
                     None => {
                         let _ = tx.send(unserved(call_id, &op));
                     }
