@@ -1,15 +1,18 @@
 //! The subprocess/Docker worker protocol (`nodetool_exec::protocol`): a byte stream of
 //! length-prefixed JSON frames, read as the worker reads its stdin (`ParentFrame`) and as the
 //! parent reads the worker's stdout (`ChildFrame`). Every frame that decodes must encode and
-//! decode again (the two sides use the same types).
+//! decode again (the two sides use the same types), attachments (raw bytes after a call's or a
+//! reply's JSON) included.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use nodetool_exec::protocol::{encode_frame, read_frame, ChildFrame, ParentFrame, MAX_FRAME_BYTES};
+use nodetool_exec::protocol::{
+    encode_frame, read_frame, Attachment, ChildFrame, ParentFrame, MAX_FRAME_BYTES,
+};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
-fn read_all<T: DeserializeOwned + Serialize>(data: &[u8]) {
+fn read_all<T: DeserializeOwned + Serialize + Attachment>(data: &[u8]) {
     let mut stream = data;
     // Frames are at least 4 bytes, so this ends.
     for _ in 0..=data.len() / 4 {

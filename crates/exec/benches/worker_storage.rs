@@ -91,9 +91,10 @@ async fn child() {
                 call_id,
                 result,
                 error,
+                data,
             })) = read_frame::<_, ParentFrame>(&mut stdin, MAX_FRAME_BYTES).await
             {
-                client.deliver(call_id, ParentFrame::reply_answer(result, error));
+                client.deliver(call_id, ParentFrame::reply_answer(result, error, data));
             }
         }
     });
@@ -134,7 +135,34 @@ async fn parent() {
     }
     let (local_up, local_down) = (median(ups), median(downs));
 
-    // Through a worker process.
+    // Through a worker process, raw chunks and (the previous wire format) base64 chunks, in
+    // the same run.
+    let (remote_up, remote_down) = through_worker(&res, true).await;
+    let (b64_up, b64_down) = through_worker(&res, false).await;
+
+    println!("64 MiB through file storage, median of {ROUNDS}:");
+    for (what, local, remote, b64) in [
+        ("upload", local_up, remote_up, b64_up),
+        ("download", local_down, remote_down, b64_down),
+    ] {
+        println!(
+            "  {what:8} in-process {:>8.1} ms ({:>6.0} MiB/s)   through a worker {:>8.1} ms ({:>6.0} MiB/s, {:.2}x)   base64 chunks {:>8.1} ms ({:>6.0} MiB/s)",
+            local.as_secs_f64() * 1e3,
+            rate(local),
+            remote.as_secs_f64() * 1e3,
+            rate(remote),
+            remote.as_secs_f64() / local.as_secs_f64(),
+            b64.as_secs_f64() * 1e3,
+            rate(b64),
+        );
+    }
+}
+
+/// Median upload and download through a worker process; `binary`: chunks as attachments.
+async fn through_worker(
+    res: &nodetool_engine::EngineResources,
+    binary: bool,
+) -> (Duration, Duration) {
     let mut child = tokio::process::Command::new(std::env::current_exe().unwrap())
         .arg(CHILD_ARG)
         .stdin(Stdio::piped())
@@ -155,7 +183,10 @@ async fn parent() {
         tx.clone(),
         MAX_FRAME_BYTES,
     );
-    let request = ParentFrame::request(spec, Some(services.offer(MAX_FRAME_BYTES)));
+    let mut offer = services.offer(MAX_FRAME_BYTES);
+    // Off: chunks as base64 inside the JSON, what a parent without `binary_chunks` gets.
+    offer.binary_chunks = binary;
+    let request = ParentFrame::request(spec, Some(offer));
     drop(tx);
     let writer = tokio::spawn(async move {
         pump_frames(&mut child_in, &request, &mut rx).await.ok();
@@ -163,10 +194,14 @@ async fn parent() {
     let reader = tokio::spawn({
         let handler = handler.clone();
         async move {
-            while let Ok(Some(ChildFrame::Call { call_id, op, args })) =
-                read_frame::<_, ChildFrame>(&mut child_out, MAX_FRAME_BYTES).await
+            while let Ok(Some(ChildFrame::Call {
+                call_id,
+                op,
+                args,
+                data,
+            })) = read_frame::<_, ChildFrame>(&mut child_out, MAX_FRAME_BYTES).await
             {
-                handler.dispatch(call_id, op, args);
+                handler.dispatch(call_id, op, args, data);
             }
         }
     });
@@ -187,22 +222,7 @@ async fn parent() {
     handler.finish(Duration::from_secs(10)).await;
     writer.await.unwrap();
     assert_eq!(ups.len(), ROUNDS, "the worker reported every round");
-    let (remote_up, remote_down) = (median(ups), median(downs));
-
-    println!("64 MiB through file storage, median of {ROUNDS}:");
-    for (what, local, remote) in [
-        ("upload", local_up, remote_up),
-        ("download", local_down, remote_down),
-    ] {
-        println!(
-            "  {what:8} in-process {:>8.1} ms ({:>6.0} MiB/s)   through a worker {:>8.1} ms ({:>6.0} MiB/s)   {:.2}x",
-            local.as_secs_f64() * 1e3,
-            rate(local),
-            remote.as_secs_f64() * 1e3,
-            rate(remote),
-            remote.as_secs_f64() / local.as_secs_f64()
-        );
-    }
+    (median(ups), median(downs))
 }
 
 fn main() {

@@ -6,6 +6,8 @@
 //! - [`calls`]: the worker's storage, cache and asset-record calls to its parent: the worker's
 //!   [`calls::CallClient`] and remote backends, the parent's [`calls::CallHandler`].
 //! - [`threaded`]: the engine on a dedicated thread pool.
+//! - `session`: one worker session (request, frames, calls, cancel, hard deadline, outcome)
+//!   shared by the subprocess and Docker strategies.
 //! - [`subprocess`]: one `nodetool worker` child per job, rlimits, process group.
 //! - [`worker`]: the child side of the protocol (what `nodetool worker` runs).
 //! - [`docker`]: one container per job.
@@ -16,6 +18,7 @@ pub mod calls;
 pub mod docker;
 pub mod manager;
 pub mod protocol;
+mod session;
 pub mod sink;
 pub mod store;
 pub mod strategy;

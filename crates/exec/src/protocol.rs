@@ -1,8 +1,13 @@
 //! The worker protocol between a parent (subprocess or Docker strategy) and `nodetool worker`.
 //!
 //! Framing: every frame is a 4-byte big-endian payload length followed by that many bytes of
-//! UTF-8 JSON (JSON rather than MessagePack so a captured stream is readable; bytes inside
-//! values are base64). There is no line limit; a frame larger than the reader's maximum
+//! UTF-8 JSON (JSON rather than MessagePack so a captured stream is readable). Bytes do not go
+//! inside the JSON: a call or reply that moves bytes (an upload or download chunk) sets bit 31
+//! of the length prefix and carries them raw after the JSON, as a 4-byte big-endian length and
+//! the bytes ([`Attachment`]), so a chunk crosses the pipe with no encoding at all. A worker
+//! sends attachments only when the parent's offer says `binary_chunks`, and asks for them in
+//! replies per call, so older peers keep base64 inside the JSON. There is no line limit; a frame
+//! (or attachment) larger than the reader's maximum
 //! ([`MAX_FRAME_BYTES`] by default) is an error before anything is allocated, and so are a stream
 //! that ends inside a frame and a payload that is not a valid frame. Each direction is a sequence
 //! of frames until EOF.
@@ -45,6 +50,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
+use bytes::Bytes;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -69,6 +75,9 @@ pub const STREAMING_INPUTS_VERSION: u32 = 2;
 /// The first version whose parents serve calls (announced by the request's `services`).
 pub const CALLS_VERSION: u32 = 3;
 
+/// Bit 31 of a length prefix: an [`Attachment`] follows the frame's JSON.
+const ATTACHMENT_FLAG: u32 = 1 << 31;
+
 /// Default largest frame (64 MiB).
 pub const MAX_FRAME_BYTES: usize = 64 * 1024 * 1024;
 
@@ -91,6 +100,9 @@ pub enum ParentFrame {
         result: Option<Value>,
         #[serde(default)]
         error: Option<CallError>,
+        /// Raw bytes after the JSON (a download chunk asked for with `binary`).
+        #[serde(skip)]
+        data: Option<Bytes>,
     },
     /// A value for the streamed input `input` (its output `handle`); answered by an
     /// [`ChildFrame::InputAck`] with the same `id`.
@@ -129,10 +141,11 @@ impl ParentFrame {
     pub fn reply_answer(
         result: Option<Value>,
         error: Option<CallError>,
-    ) -> std::result::Result<Value, CallError> {
+        data: Option<Bytes>,
+    ) -> std::result::Result<(Value, Option<Bytes>), CallError> {
         match error {
             Some(e) => Err(e),
-            None => Ok(result.unwrap_or(Value::Null)),
+            None => Ok((result.unwrap_or(Value::Null), data)),
         }
     }
 }
@@ -150,6 +163,9 @@ pub enum ChildFrame {
         op: String,
         #[serde(default)]
         args: Value,
+        /// Raw bytes after the JSON (an upload chunk, when the offer has `binary_chunks`).
+        #[serde(skip)]
+        data: Option<Bytes>,
     },
     /// The answer to the [`ParentFrame::InputPush`] or [`ParentFrame::InputEnd`] with this `id`:
     /// no error means the engine took it.
@@ -164,35 +180,146 @@ fn proto_err(kind: ErrorKind, msg: impl Into<String>) -> Error {
     Error::new(kind, msg).with_operation("worker.protocol")
 }
 
-/// Encodes one frame (length prefix + JSON).
-pub fn encode_frame<T: Serialize>(frame: &T) -> Result<Vec<u8>> {
+/// Frames that may carry raw bytes after their JSON (see the module's framing).
+pub trait Attachment {
+    /// The bytes to send after the JSON.
+    fn attachment(&self) -> Option<&Bytes> {
+        None
+    }
+
+    /// Takes the bytes read after the JSON; `false` when this frame carries none (an error).
+    fn attach(&mut self, _data: Bytes) -> bool {
+        false
+    }
+}
+
+impl Attachment for ParentFrame {
+    fn attachment(&self) -> Option<&Bytes> {
+        match self {
+            ParentFrame::Reply { data, .. } => data.as_ref(),
+            _ => None,
+        }
+    }
+
+    fn attach(&mut self, bytes: Bytes) -> bool {
+        match self {
+            ParentFrame::Reply { data, .. } => {
+                *data = Some(bytes);
+                true
+            }
+            _ => false,
+        }
+    }
+}
+
+impl Attachment for ChildFrame {
+    fn attachment(&self) -> Option<&Bytes> {
+        match self {
+            ChildFrame::Call { data, .. } => data.as_ref(),
+            _ => None,
+        }
+    }
+
+    fn attach(&mut self, bytes: Bytes) -> bool {
+        match self {
+            ChildFrame::Call { data, .. } => {
+                *data = Some(bytes);
+                true
+            }
+            _ => false,
+        }
+    }
+}
+
+/// A frame as plain JSON (tests, tools) carries no bytes.
+impl Attachment for Value {}
+
+/// A frame read but not decoded (its JSON, and the attachment if any).
+#[derive(Debug)]
+pub struct RawFrame {
+    pub json: Vec<u8>,
+    pub data: Option<Bytes>,
+}
+
+impl RawFrame {
+    /// Decodes the JSON as `T` and hands it the attachment.
+    pub fn decode<T: DeserializeOwned + Attachment>(self) -> Result<T> {
+        let len = self.json.len();
+        let mut frame: T = serde_json::from_slice(&self.json).map_err(|e| {
+            let preview: String = String::from_utf8_lossy(&self.json[..len.min(80)]).into_owned();
+            proto_err(
+                ErrorKind::InvalidInput,
+                format!("garbled frame of {len} bytes: {e} (starts with {preview:?})"),
+            )
+        })?;
+        if let Some(data) = self.data {
+            if !frame.attach(data) {
+                return Err(proto_err(
+                    ErrorKind::InvalidInput,
+                    "a frame of a kind that carries no bytes has an attachment",
+                ));
+            }
+        }
+        Ok(frame)
+    }
+}
+
+/// The length prefix of `len` bytes, with the attachment flag when one follows.
+fn prefix(len: usize, flag: bool, what: &str) -> Result<[u8; 4]> {
+    let len32 = u32::try_from(len)
+        .ok()
+        .filter(|l| l & ATTACHMENT_FLAG == 0)
+        .ok_or_else(|| {
+            proto_err(
+                ErrorKind::TooLarge,
+                format!("{what} of {len} bytes does not fit the length prefix"),
+            )
+        })?;
+    Ok((len32 | if flag { ATTACHMENT_FLAG } else { 0 }).to_be_bytes())
+}
+
+/// Encodes one frame (length prefix + JSON, then the attachment if any).
+pub fn encode_frame<T: Serialize + Attachment>(frame: &T) -> Result<Vec<u8>> {
+    let (head, data) = encode_head(frame)?;
+    let mut buf = head;
+    if let Some(data) = data {
+        buf.extend_from_slice(data);
+    }
+    Ok(buf)
+}
+
+/// Length prefix + JSON (+ the attachment's length prefix), and the attachment to send after it.
+fn encode_head<T: Serialize + Attachment>(frame: &T) -> Result<(Vec<u8>, Option<&Bytes>)> {
     let mut buf = vec![0u8; 4];
     serde_json::to_writer(&mut buf, frame).map_err(|e| {
         proto_err(ErrorKind::Unexpected, "cannot encode a worker frame").with_source(e)
     })?;
-    let len = buf.len() - 4;
-    let len32 = u32::try_from(len).map_err(|_| {
-        proto_err(
-            ErrorKind::TooLarge,
-            format!("frame of {len} bytes does not fit the 4-byte length prefix"),
-        )
-    })?;
-    buf[..4].copy_from_slice(&len32.to_be_bytes());
-    Ok(buf)
+    let data = frame.attachment();
+    let head = prefix(buf.len() - 4, data.is_some(), "frame")?;
+    buf[..4].copy_from_slice(&head);
+    if let Some(data) = data {
+        buf.extend_from_slice(&prefix(data.len(), false, "attachment")?);
+    }
+    Ok((buf, data))
 }
 
 /// Writes one frame and flushes.
 pub async fn write_frame<W, T>(w: &mut W, frame: &T) -> Result<()>
 where
     W: AsyncWrite + Unpin,
-    T: Serialize,
+    T: Serialize + Attachment,
 {
-    let buf = encode_frame(frame)?;
-    w.write_all(&buf).await.map_err(|e| {
+    let write_failed = |e| {
         proto_err(ErrorKind::Unavailable, "cannot write a worker frame")
             .with_source(e)
             .set_temporary(false)
-    })?;
+    };
+    let (head, data) = encode_head(frame)?;
+    w.write_all(&head).await.map_err(write_failed)?;
+    // The attachment goes as it is: no copy into the head's buffer.
+    if let Some(data) = data {
+        w.write_all(data).await.map_err(write_failed)?;
+    }
     w.flush().await.map_err(|e| {
         proto_err(ErrorKind::Unavailable, "cannot flush a worker frame")
             .with_source(e)
@@ -205,7 +332,18 @@ where
 pub async fn read_frame<R, T>(r: &mut R, max_bytes: usize) -> Result<Option<T>>
 where
     R: AsyncRead + Unpin,
-    T: DeserializeOwned,
+    T: DeserializeOwned + Attachment,
+{
+    match read_raw_frame(r, max_bytes).await? {
+        Some(raw) => raw.decode().map(Some),
+        None => Ok(None),
+    }
+}
+
+/// Reads one frame's JSON and attachment without decoding them.
+pub async fn read_raw_frame<R>(r: &mut R, max_bytes: usize) -> Result<Option<RawFrame>>
+where
+    R: AsyncRead + Unpin,
 {
     let mut head = [0u8; 4];
     let mut got = 0;
@@ -222,7 +360,8 @@ where
         }
         got += n;
     }
-    let len = u32::from_be_bytes(head) as usize;
+    let word = u32::from_be_bytes(head);
+    let len = (word & !ATTACHMENT_FLAG) as usize;
     if len > max_bytes {
         let hint = if head
             .iter()
@@ -240,6 +379,35 @@ where
             format!("frame of {len} bytes exceeds the limit of {max_bytes} bytes{hint}"),
         ));
     }
+    let json = read_exactly(r, len, "frame").await?;
+    let data = if word & ATTACHMENT_FLAG != 0 {
+        let mut head = [0u8; 4];
+        r.read_exact(&mut head).await.map_err(|e| {
+            if e.kind() == std::io::ErrorKind::UnexpectedEof {
+                proto_err(
+                    ErrorKind::Unexpected,
+                    "the stream ended inside an attachment's length",
+                )
+            } else {
+                read_failed(e)
+            }
+        })?;
+        let data_len = u32::from_be_bytes(head) as usize;
+        if data_len > max_bytes {
+            return Err(proto_err(
+                ErrorKind::TooLarge,
+                format!("attachment of {data_len} bytes exceeds the limit of {max_bytes} bytes"),
+            ));
+        }
+        Some(Bytes::from(read_exactly(r, data_len, "attachment").await?))
+    } else {
+        None
+    };
+    Ok(Some(RawFrame { json, data }))
+}
+
+/// Reads `len` bytes.
+async fn read_exactly<R: AsyncRead + Unpin>(r: &mut R, len: usize, what: &str) -> Result<Vec<u8>> {
     // Filled by reading rather than zeroed first: frames carrying chunks are megabytes.
     let mut payload = Vec::with_capacity(len);
     while payload.len() < len {
@@ -253,19 +421,14 @@ where
             return Err(proto_err(
                 ErrorKind::Unexpected,
                 format!(
-                    "the stream ended inside a frame ({} of {len} bytes)",
+                    "the stream ended inside a{} {what} ({} of {len} bytes)",
+                    if what.starts_with('a') { "n" } else { "" },
                     payload.len()
                 ),
             ));
         }
     }
-    serde_json::from_slice(&payload).map(Some).map_err(|e| {
-        let preview: String = String::from_utf8_lossy(&payload[..len.min(80)]).into_owned();
-        proto_err(
-            ErrorKind::InvalidInput,
-            format!("garbled frame of {len} bytes: {e} (starts with {preview:?})"),
-        )
-    })
+    Ok(payload)
 }
 
 /// Writes `first`, then every frame sent on `rx` until all its senders are gone, then shuts `w`
@@ -479,6 +642,58 @@ mod tests {
             .await
             .unwrap()
             .is_none());
+    }
+
+    #[tokio::test]
+    async fn attachments_cross_raw_and_only_on_frames_that_carry_them() {
+        let data = Bytes::from((0..=255u8).cycle().take(70_000).collect::<Vec<u8>>());
+        let call = ChildFrame::Call {
+            call_id: 3,
+            op: "storage.upload_chunk".into(),
+            args: json!({"upload": 1, "offset": 0}),
+            data: Some(data.clone()),
+        };
+        let mut buf = Vec::new();
+        write_frame(&mut buf, &call).await.unwrap();
+        // The bytes follow the JSON as they are: no base64 anywhere.
+        assert!(buf.windows(data.len()).any(|w| w == &data[..]));
+        assert_eq!(buf, encode_frame(&call).unwrap());
+        let mut r = buf.as_slice();
+        let Some(ChildFrame::Call {
+            call_id, data: got, ..
+        }) = read_frame::<_, ChildFrame>(&mut r, MAX_FRAME_BYTES)
+            .await
+            .unwrap()
+        else {
+            panic!("expected a call")
+        };
+        assert_eq!((call_id, got), (3, Some(data.clone())));
+
+        // The flag on a frame kind that carries no bytes is a protocol error.
+        let mut flagged = encode_frame(&outcome()).unwrap();
+        flagged[0] |= 0x80;
+        flagged.extend_from_slice(&[0, 0, 0, 1, 9]);
+        let err = read_frame::<_, ChildFrame>(&mut flagged.as_slice(), MAX_FRAME_BYTES)
+            .await
+            .unwrap_err();
+        assert!(err.to_string().contains("carries no bytes"), "{err}");
+
+        // An attachment over the limit, or cut short, is refused before or while reading it.
+        let small = encode_frame(&call).unwrap();
+        let err = read_frame::<_, ChildFrame>(&mut small.as_slice(), 60_000)
+            .await
+            .unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::TooLarge, "{err}");
+        let cut = &small[..small.len() - 10];
+        let err = read_frame::<_, ChildFrame>(&mut &cut[..], MAX_FRAME_BYTES)
+            .await
+            .unwrap_err();
+        assert!(err.to_string().contains("inside an attachment"), "{err}");
+        let cut = &small[..small.len() - data.len() - 2];
+        let err = read_frame::<_, ChildFrame>(&mut &cut[..], MAX_FRAME_BYTES)
+            .await
+            .unwrap_err();
+        assert!(err.to_string().contains("attachment's length"), "{err}");
     }
 
     #[tokio::test]

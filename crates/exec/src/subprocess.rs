@@ -7,9 +7,9 @@
 //! [`WorkerServices`] ([`SubprocessStrategy::with_services`]), so the environment carries no
 //! storage or cache settings at all.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::BTreeMap;
 use std::path::PathBuf;
-use std::process::{ExitStatus, Stdio};
+use std::process::Stdio;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -24,13 +24,12 @@ use nodetool_core::{Error, ErrorKind, Result};
 use nodetool_engine::EventSink;
 
 use crate::calls::{CallHandler, CallScope, WorkerServices};
-use crate::protocol::{
-    pump_frames, read_frame, ChildFrame, ParentFrame, WorkerStdin, MAX_FRAME_BYTES,
-};
+use crate::protocol::{WorkerStdin, MAX_FRAME_BYTES};
+use crate::session::{self, signal_name, Exit, Session, StderrTail, WorkerControl};
 use crate::sink::TrackingSink;
 use crate::strategy::{
-    Capabilities, ExecutionStrategy, JobError, JobHandle, JobOutcome, JobSpec, ResourceLimits,
-    StrategyKind, WorkerRef, HARD_DEADLINE_GRACE,
+    Capabilities, ExecutionStrategy, JobError, JobHandle, JobSpec, ResourceLimits, StrategyKind,
+    WorkerRef,
 };
 
 /// Environment variables a worker may inherit (see [`allowed_env`]): locale, search path and
@@ -66,10 +65,6 @@ pub fn allowed_env(
         .map(|(k, v)| (k.clone(), v.clone()))
         .collect()
 }
-
-/// How long a finished job waits for its worker's calls in flight (and aborted uploads) to
-/// settle before its outcome is reported anyway.
-pub(crate) const CALL_DRAIN_LIMIT: Duration = Duration::from_secs(30);
 
 /// How to start workers.
 #[derive(Debug, Clone)]
@@ -214,10 +209,46 @@ impl ExecutionStrategy for SubprocessStrategy {
                 ),
             )
         });
-        let task = tokio::spawn(async move {
-            let outcome = drive(&cfg, &mut child, pid, spec, sink, token, stdin, calls).await;
-            // Whatever is left of the group (grandchildren) goes with the job.
+        let (Some(worker_in), Some(worker_out)) = (child.stdin.take(), child.stdout.take()) else {
             let _ = killpg(Pid::from_raw(pid as i32), Signal::SIGKILL);
+            return Err(start_err("the worker's stdin or stdout is not a pipe"));
+        };
+        // stderr: a bounded tail for error messages.
+        let tail = StderrTail::new(cfg.stderr_tail_bytes);
+        let stderr_task = child.stderr.take().map(|mut err| {
+            let tail = tail.clone();
+            tokio::spawn(async move {
+                let mut chunk = vec![0u8; 8192];
+                while let Ok(n) = err.read(&mut chunk).await {
+                    if n == 0 {
+                        break;
+                    }
+                    tail.push(&chunk[..n]);
+                }
+            })
+        });
+        let control = GroupControl {
+            pid,
+            child: tokio::sync::Mutex::new(child),
+            tail,
+            stderr_task: Mutex::new(stderr_task),
+            memory_limited: spec.resource_limits.memory_bytes.is_some(),
+        };
+        let session = Session {
+            sink: TrackingSink::new(spec.job_id.clone(), sink),
+            spec,
+            cancel: token,
+            stdout: worker_out,
+            stdin: worker_in,
+            frames: stdin,
+            calls,
+            max_frame_bytes: cfg.max_frame_bytes,
+            grace: cfg.grace,
+            started: Instant::now(),
+            what: "worker",
+        };
+        let task = tokio::spawn(async move {
+            let outcome = session::run(session, &control).await;
             drop(scratch);
             outcome
         });
@@ -270,218 +301,64 @@ fn signal_group(pid: u32, signal: Signal) {
     }
 }
 
-#[derive(Debug, Default)]
-struct StderrTail {
-    buf: VecDeque<u8>,
-}
-
-#[allow(clippy::too_many_arguments)]
-async fn drive(
-    cfg: &SubprocessConfig,
-    child: &mut Child,
+/// The subprocess side of a [`session`]: the worker's process group.
+struct GroupControl {
     pid: u32,
-    spec: JobSpec,
-    sink: Arc<dyn EventSink>,
-    cancel: CancellationToken,
-    stdin_frames: WorkerStdin,
-    calls: Option<(crate::calls::ServiceOffer, Arc<CallHandler>)>,
-) -> JobOutcome {
-    let started = Instant::now();
-    let tracking = TrackingSink::new(spec.job_id.clone(), sink);
-    let workflow_id = spec.workflow_id.clone();
-    let limit = spec.resource_limits.timeout();
-    let memory_limited = spec.resource_limits.memory_bytes.is_some();
+    child: tokio::sync::Mutex<Child>,
+    tail: Arc<StderrTail>,
+    stderr_task: Mutex<Option<tokio::task::JoinHandle<()>>>,
+    memory_limited: bool,
+}
 
-    // stderr: keep a bounded tail for error messages, log the rest.
-    let tail = Arc::new(Mutex::new(StderrTail::default()));
-    let stderr_task = child.stderr.take().map(|mut err| {
-        let tail = tail.clone();
-        let cap = cfg.stderr_tail_bytes;
-        tokio::spawn(async move {
-            let mut chunk = vec![0u8; 8192];
-            while let Ok(n) = err.read(&mut chunk).await {
-                if n == 0 {
-                    break;
-                }
-                let mut t = tail.lock().unwrap_or_else(|p| p.into_inner());
-                t.buf.extend(&chunk[..n]);
-                let excess = t.buf.len().saturating_sub(cap);
-                t.buf.drain(..excess);
+#[async_trait]
+impl WorkerControl for GroupControl {
+    async fn terminate(&self) {
+        signal_group(self.pid, Signal::SIGTERM);
+    }
+
+    async fn kill(&self) {
+        signal_group(self.pid, Signal::SIGKILL);
+    }
+
+    async fn wait_exit(&self, grace: Duration) -> Exit {
+        use std::os::unix::process::ExitStatusExt;
+        let mut child = self.child.lock().await;
+        let status = match tokio::time::timeout(grace, child.wait()).await {
+            Ok(r) => r.ok(),
+            Err(_) => {
+                signal_group(self.pid, Signal::SIGKILL);
+                child.wait().await.ok()
             }
-        })
-    });
-
-    // stdin: the request, then held open for replies and input frames (EOF tells the worker we
-    // are gone).
-    let stdin = child.stdin.take();
-    let (offer, handler) = match calls {
-        Some((offer, handler)) => (Some(offer), Some(handler)),
-        None => (None, None),
-    };
-    let request = ParentFrame::request(spec, offer);
-    let WorkerStdin {
-        tx: reply_tx,
-        rx: mut frames_rx,
-        inputs,
-    } = stdin_frames;
-    let stdin_task = tokio::spawn(async move {
-        let Some(mut stdin) = stdin else {
-            return;
         };
-        if let Err(e) = pump_frames(&mut stdin, &request, &mut frames_rx).await {
-            tracing::debug!(error = %e, "cannot write to the worker's stdin");
+        status
+            .map(|s| Exit {
+                code: s.code(),
+                signal: s.signal(),
+            })
+            .unwrap_or_default()
+    }
+
+    async fn crashed(&self, exit: &Exit) -> JobError {
+        // stderr is complete once the worker is gone; wait briefly for its last bytes.
+        let task = self
+            .stderr_task
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
+        if let Some(t) = task {
+            let _ = tokio::time::timeout(Duration::from_secs(1), t).await;
         }
-    });
-    // Once the worker is done, pushes fail instead of waiting for an ack.
-    let close_inputs = || {
-        if let Some(i) = &inputs {
-            i.close();
-        }
-    };
-
-    let mut reply_tx = Some(reply_tx);
-    let mut stdout = child.stdout.take();
-    let mut outcome: Option<JobOutcome> = None;
-    let mut protocol_error: Option<Error> = None;
-    let mut cancelled = false;
-    let mut timed_out = false;
-    // The worker's engine ends the job at its limit; the kill is for nodes that ignore that.
-    let hard_deadline = limit.map(|l| tokio::time::Instant::now() + l + HARD_DEADLINE_GRACE);
-    let mut kill_at: Option<tokio::time::Instant> = None;
-    let far = tokio::time::Instant::now() + Duration::from_secs(86_400 * 365);
-
-    if let Some(out) = stdout.as_mut() {
-        loop {
-            tokio::select! {
-                frame = read_frame::<_, ChildFrame>(out, cfg.max_frame_bytes) => match frame {
-                    Ok(Some(ChildFrame::Event(ev))) => tracking.send(*ev),
-                    Ok(Some(ChildFrame::Outcome(o))) => {
-                        outcome = Some(*o);
-                        // Closing stdin lets the worker's runtime finish its blocking stdin read
-                        // and exit; the call handler lets go of stdin too.
-                        reply_tx = None;
-                        close_inputs();
-                        if let Some(h) = &handler {
-                            h.close();
-                        }
-                    }
-                    Ok(Some(ChildFrame::InputAck { id, error })) => {
-                        if let Some(i) = &inputs {
-                            i.ack(id, error);
-                        }
-                    }
-                    Ok(Some(ChildFrame::Call { call_id, op, args })) => match &handler {
-                        Some(h) => h.dispatch(call_id, op, args),
-                        None => {
-                            if let Some(tx) = &reply_tx {
-                                let _ = tx.send(unserved(call_id, &op));
-                            }
-                        }
-                    },
-                    Ok(None) => break,
-                    Err(e) => {
-                        protocol_error = Some(e);
-                        signal_group(pid, Signal::SIGKILL);
-                        break;
-                    }
-                },
-                _ = cancel.cancelled(), if !cancelled => {
-                    cancelled = true;
-                    signal_group(pid, Signal::SIGTERM);
-                    kill_at = Some(tokio::time::Instant::now() + cfg.grace);
-                }
-                _ = tokio::time::sleep_until(hard_deadline.unwrap_or(far)), if hard_deadline.is_some() && !timed_out => {
-                    timed_out = true;
-                    signal_group(pid, Signal::SIGKILL);
-                }
-                _ = tokio::time::sleep_until(kill_at.unwrap_or(far)), if kill_at.is_some() => {
-                    kill_at = None;
-                    signal_group(pid, Signal::SIGKILL);
-                }
-            }
-        }
-    }
-    drop(reply_tx);
-    close_inputs();
-    // Whatever the worker left open (it died mid-upload, say) is aborted before the outcome.
-    if let Some(h) = &handler {
-        h.finish(CALL_DRAIN_LIMIT).await;
+        crash_error(exit, &self.tail.text(), self.memory_limited)
     }
 
-    // stdout is closed; the worker should be exiting. Give it the grace period, then kill.
-    let status: Option<ExitStatus> = match tokio::time::timeout(cfg.grace, child.wait()).await {
-        Ok(r) => r.ok(),
-        Err(_) => {
-            signal_group(pid, Signal::SIGKILL);
-            child.wait().await.ok()
-        }
-    };
-    stdin_task.abort();
-    if let Some(t) = stderr_task {
-        let _ = tokio::time::timeout(Duration::from_secs(1), t).await;
+    async fn cleanup(&self) {
+        // Whatever is left of the group (grandchildren) goes with the job.
+        signal_group(self.pid, Signal::SIGKILL);
     }
-    let stderr_text = {
-        let t = tail.lock().unwrap_or_else(|p| p.into_inner());
-        String::from_utf8_lossy(&t.buf.iter().copied().collect::<Vec<u8>>()).into_owned()
-    };
-
-    let mut final_outcome = if cancelled {
-        JobOutcome::cancelled()
-    } else if timed_out {
-        JobOutcome::timed_out(limit.unwrap_or_default())
-    } else if let Some(e) = protocol_error {
-        JobOutcome::failed(JobError::new(
-            e.kind(),
-            format!(
-                "the worker broke the protocol: {e}{}",
-                describe_exit(status)
-            ),
-        ))
-    } else if let Some(o) = outcome {
-        o
-    } else {
-        JobOutcome::failed(crash_error(status, &stderr_text, memory_limited))
-    };
-    if final_outcome.duration_secs == 0.0 {
-        final_outcome.duration_secs = started.elapsed().as_secs_f64();
-    }
-    tracking.finish(&workflow_id, &final_outcome);
-    final_outcome
-}
-
-/// The reply to a call when the strategy lends its workers nothing.
-pub(crate) fn unserved(call_id: u64, op: &str) -> ParentFrame {
-    ParentFrame::Reply {
-        call_id,
-        result: None,
-        error: Some(crate::calls::CallError::new(
-            ErrorKind::Unsupported,
-            format!("worker call {op:?}: this runtime lends its workers no storage, cache or asset records"),
-        )),
-    }
-}
-
-fn describe_exit(status: Option<ExitStatus>) -> String {
-    use std::os::unix::process::ExitStatusExt;
-    match status {
-        None => String::new(),
-        Some(s) => match (s.code(), s.signal()) {
-            (Some(c), _) => format!(" (worker exited with code {c})"),
-            (_, Some(sig)) => format!(" (worker killed by {})", signal_name(sig)),
-            _ => String::new(),
-        },
-    }
-}
-
-fn signal_name(sig: i32) -> String {
-    Signal::try_from(sig)
-        .map(|s| s.as_str().to_owned())
-        .unwrap_or_else(|_| format!("signal {sig}"))
 }
 
 /// The error for a worker that ended without an outcome frame.
-fn crash_error(status: Option<ExitStatus>, stderr: &str, memory_limited: bool) -> JobError {
-    use std::os::unix::process::ExitStatusExt;
+fn crash_error(exit: &Exit, stderr: &str, memory_limited: bool) -> JobError {
     let last_line = stderr
         .lines()
         .rev()
@@ -494,13 +371,13 @@ fn crash_error(status: Option<ExitStatus>, stderr: &str, memory_limited: bool) -
         format!(": {last_line}")
     };
     let alloc_failed = stderr.contains("memory allocation of") || stderr.contains("out of memory");
-    let Some(status) = status else {
+    if !exit.known() {
         return JobError::new(
             ErrorKind::Unexpected,
             format!("the worker vanished{detail}"),
         );
-    };
-    match (status.code(), status.signal()) {
+    }
+    match (exit.code, exit.signal) {
         (_, Some(sig)) => {
             let name = signal_name(sig);
             let oom = alloc_failed || (memory_limited && sig == Signal::SIGKILL as i32);

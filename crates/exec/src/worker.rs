@@ -17,8 +17,6 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use serde_json::Value;
-
 use nodetool_core::{Error, ErrorKind, Result};
 use nodetool_engine::{Engine, EventEnvelope, EventSink, InputStreams, Registry};
 
@@ -26,8 +24,8 @@ use crate::calls::client::remote_resources;
 use crate::calls::CallClient;
 
 use crate::protocol::{
-    read_frame, write_frame, ChildFrame, ParentFrame, MAX_FRAME_BYTES, MIN_PROTOCOL_VERSION,
-    PROTOCOL_VERSION,
+    read_frame, read_raw_frame, write_frame, ChildFrame, ParentFrame, MAX_FRAME_BYTES,
+    MIN_PROTOCOL_VERSION, PROTOCOL_VERSION,
 };
 use crate::strategy::JobError;
 use crate::threaded::run_in_process;
@@ -139,7 +137,8 @@ where
                         call_id,
                         result,
                         error,
-                    })) => client.deliver(call_id, ParentFrame::reply_answer(result, error)),
+                        data,
+                    })) => client.deliver(call_id, ParentFrame::reply_answer(result, error, data)),
                     Ok(Some(ParentFrame::Request { .. })) => {
                         tracing::warn!("ignoring a second request frame");
                     }
@@ -196,12 +195,15 @@ where
 /// not know (from a newer parent) is logged and skipped rather than cancelling the job.
 async fn read_parent_frame<R: AsyncRead + Unpin>(input: &mut R) -> Result<Option<ParentFrame>> {
     loop {
-        let Some(raw) = read_frame::<_, Value>(input, MAX_FRAME_BYTES).await? else {
+        let Some(raw) = read_raw_frame(input, MAX_FRAME_BYTES).await? else {
             return Ok(None);
         };
-        match serde_json::from_value::<ParentFrame>(raw.clone()) {
+        let kind = serde_json::from_slice::<FrameKind>(&raw.json)
+            .ok()
+            .and_then(|k| k.frame);
+        match raw.decode::<ParentFrame>() {
             Ok(frame) => return Ok(Some(frame)),
-            Err(e) => match raw.get("frame").and_then(Value::as_str) {
+            Err(e) => match kind.as_deref() {
                 Some(kind) if !KNOWN_FRAMES.contains(&kind) => {
                     tracing::warn!(
                         frame = kind,
@@ -209,12 +211,21 @@ async fn read_parent_frame<R: AsyncRead + Unpin>(input: &mut R) -> Result<Option
                     );
                 }
                 _ => {
-                    return Err(Error::invalid_input(format!("garbled parent frame: {e}"))
-                        .with_operation("worker.protocol"))
+                    return Err(Error::invalid_input(format!(
+                        "garbled parent frame: {}",
+                        e.message()
+                    ))
+                    .with_operation("worker.protocol"))
                 }
             },
         }
     }
+}
+
+/// Just the tag of a frame, to tell an unknown kind from a garbled one.
+#[derive(serde::Deserialize)]
+struct FrameKind {
+    frame: Option<String>,
 }
 
 /// The `frame` tags of [`ParentFrame`].

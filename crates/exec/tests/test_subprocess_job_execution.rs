@@ -100,6 +100,36 @@ async fn broken_workers_fail_the_job_clearly() {
     }
 }
 
+/// A cancel that arrives while a frame is half read must not throw the reader out of step: the
+/// rest of the frame still decodes (the worker here ignores SIGTERM and finishes its frame).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cancel_while_a_frame_is_half_read_keeps_the_stream_in_step() {
+    use nodetool_exec::protocol::{encode_frame, ChildFrame};
+    let dir = tempfile::tempdir().unwrap();
+    // The worker's own outcome, marked so the test can tell it from one the parent made up.
+    let mut sent = nodetool_exec::JobOutcome::cancelled();
+    sent.result
+        .insert("marker".to_owned(), json!(["from the worker"]));
+    let frame = encode_frame(&ChildFrame::Outcome(Box::new(sent.clone()))).unwrap();
+    let octal = |b: &[u8]| b.iter().map(|b| format!("\\{b:03o}")).collect::<String>();
+    let script = format!(
+        "trap '' TERM; printf '{}'; sleep 1; printf '{}'; sleep 1",
+        octal(&frame[..2]),
+        octal(&frame[2..])
+    );
+    let s = fake_worker(dir.path(), &script);
+    let spec = JobSpec::new(one("nodetool.test.Sleep", json!({})));
+    let sink = nodetool_engine::VecSink::new();
+    let mut h = s.start(spec, sink.clone()).await.unwrap();
+    tokio::time::sleep(std::time::Duration::from_millis(400)).await;
+    h.cancel();
+    let o = tokio::time::timeout(std::time::Duration::from_secs(30), h.wait())
+        .await
+        .expect("hung");
+    assert_eq!(o.status, Status::Cancelled, "{:?}", o.error_text());
+    assert_eq!(o.result, sent.result, "the worker's frame was lost: {o:?}");
+}
+
 #[test]
 fn env_allow_list_drops_secrets_and_settings() {
     let env: BTreeMap<String, String> = [

@@ -66,10 +66,22 @@ struct Pipe {
 }
 
 fn connect(services: WorkerServices, scope: CallScope, chunk_frame_limit: usize) -> Pipe {
+    connect_with(services, scope, chunk_frame_limit, true)
+}
+
+/// `binary`: chunks cross as frame attachments (today's parents) or as base64 (what an older
+/// parent's offer, without `binary_chunks`, gets).
+fn connect_with(
+    services: WorkerServices,
+    scope: CallScope,
+    chunk_frame_limit: usize,
+    binary: bool,
+) -> Pipe {
     let (child_end, parent_end) = tokio::io::duplex(256 * 1024);
     let (mut child_r, mut child_w) = tokio::io::split(child_end);
     let (mut parent_r, mut parent_w) = tokio::io::split(parent_end);
-    let offer = services.offer(chunk_frame_limit);
+    let mut offer = services.offer(chunk_frame_limit);
+    offer.binary_chunks = binary;
 
     // Worker: calls out, replies in.
     let (calls_tx, mut calls_rx) = mpsc::unbounded_channel::<ChildFrame>();
@@ -88,9 +100,10 @@ fn connect(services: WorkerServices, scope: CallScope, chunk_frame_limit: usize)
                 call_id,
                 result,
                 error,
+                data,
             })) = read_frame::<_, ParentFrame>(&mut child_r, MAX_FRAME_BYTES).await
             {
-                client.deliver(call_id, ParentFrame::reply_answer(result, error));
+                client.deliver(call_id, ParentFrame::reply_answer(result, error, data));
             }
             client.close();
         }
@@ -109,10 +122,14 @@ fn connect(services: WorkerServices, scope: CallScope, chunk_frame_limit: usize)
     tokio::spawn({
         let handler = handler.clone();
         async move {
-            while let Ok(Some(ChildFrame::Call { call_id, op, args })) =
-                read_frame::<_, ChildFrame>(&mut parent_r, MAX_FRAME_BYTES).await
+            while let Ok(Some(ChildFrame::Call {
+                call_id,
+                op,
+                args,
+                data,
+            })) = read_frame::<_, ChildFrame>(&mut parent_r, MAX_FRAME_BYTES).await
             {
-                handler.dispatch(call_id, op, args);
+                handler.dispatch(call_id, op, args, data);
             }
         }
     });
@@ -148,13 +165,23 @@ fn body_of(bytes: &Bytes, chunk: usize) -> ByteStream {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn remote_storage_round_trips_in_chunks() {
+    round_trip_in_chunks(true).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn remote_storage_round_trips_in_base64_chunks_with_an_older_parent() {
+    round_trip_in_chunks(false).await;
+}
+
+async fn round_trip_in_chunks(binary: bool) {
     let dir = tempfile::tempdir().unwrap();
     let (res, _) = parent_resources(dir.path()).await;
     // A small frame limit: 10 MiB crosses in chunks of well under 1 MiB.
-    let pipe = connect(
+    let pipe = connect_with(
         WorkerServices::new(res.clone()),
         scope("1", KeyScope::WholeStore),
         MIB,
+        binary,
     );
     let remote = &pipe.worker.asset_storage;
     let data = pattern(10 * MIB + 17);
@@ -458,12 +485,14 @@ async fn concurrent_calls_complete_out_of_order() {
             id,
             op::METADATA.into(),
             json!({"role": "asset", "key": "slow"}),
+            None,
         );
     }
     handler.dispatch(
         99,
         op::METADATA.into(),
         json!({"role": "asset", "key": "k1"}),
+        None,
     );
     let (id, _, error) = reply(&mut rx).await;
     assert_eq!(id, 99);
@@ -484,6 +513,7 @@ async fn reply(
             call_id,
             result,
             error,
+            ..
         })) => (call_id, result, error),
         other => panic!("expected a reply, got {other:?}"),
     }
@@ -496,7 +526,18 @@ async fn raw(
     op: &str,
     args: Value,
 ) -> std::result::Result<Value, ErrorKind> {
-    handler.dispatch(7, op.to_owned(), args);
+    raw_with(handler, rx, op, args, None).await
+}
+
+/// [`raw`] with bytes attached to the call.
+async fn raw_with(
+    handler: &Arc<CallHandler>,
+    rx: &mut mpsc::UnboundedReceiver<ParentFrame>,
+    op: &str,
+    args: Value,
+    data: Option<Bytes>,
+) -> std::result::Result<Value, ErrorKind> {
+    handler.dispatch(7, op.to_owned(), args, data);
     let (id, result, error) = reply(rx).await;
     assert_eq!(id, 7);
     match error {
@@ -530,6 +571,18 @@ async fn bad_calls_get_error_replies() {
     );
     assert_eq!(
         raw(&h, rx, op::METADATA, Value::Null).await,
+        Err(ErrorKind::InvalidInput)
+    );
+    // Bytes on a call that carries none.
+    assert_eq!(
+        raw_with(
+            &h,
+            rx,
+            op::METADATA,
+            json!({"role": "asset", "key": "1/a"}),
+            Some(Bytes::from_static(b"x"))
+        )
+        .await,
         Err(ErrorKind::InvalidInput)
     );
     assert_eq!(
@@ -586,30 +639,45 @@ async fn bad_calls_get_error_replies() {
         Err(ErrorKind::InvalidInput)
     );
 
-    // Chunks: not base64, over the limit, out of order. Each aborts its upload.
+    // Chunks: not base64, over the limit (as base64 or attached), out of order, data twice,
+    // no data. Each aborts its upload.
     let open = |name: &str| json!({"role": "asset", "key": format!("1/{name}")});
-    for (name, chunk, want) in [
+    let big = Some(Bytes::from(vec![0u8; 60 * 1024]));
+    let hi = Some(Bytes::from_static(b"hi"));
+    for (name, chunk, data, want) in [
         (
             "a.bin",
             json!({"offset": 0, "data": "%%%"}),
+            None,
             ErrorKind::InvalidInput,
         ),
         (
             "b.bin",
             json!({"offset": 0, "data": nodetool_b64(&vec![0u8; 60 * 1024])}),
+            None,
             ErrorKind::TooLarge,
         ),
         (
             "c.bin",
             json!({"offset": 5, "data": "aGk="}),
+            None,
             ErrorKind::InvalidInput,
         ),
+        ("d.bin", json!({"offset": 0}), big, ErrorKind::TooLarge),
+        (
+            "e.bin",
+            json!({"offset": 0, "data": "aGk="}),
+            hi.clone(),
+            ErrorKind::InvalidInput,
+        ),
+        ("f.bin", json!({"offset": 0}), None, ErrorKind::InvalidInput),
+        ("g.bin", json!({"offset": 1}), hi, ErrorKind::InvalidInput),
     ] {
         let id = raw(&h, rx, op::UPLOAD_OPEN, open(name)).await.unwrap()["upload"].clone();
         let mut args = chunk;
         args["upload"] = id.clone();
         assert_eq!(
-            raw(&h, rx, op::UPLOAD_CHUNK, args).await,
+            raw_with(&h, rx, op::UPLOAD_CHUNK, args, data).await,
             Err(want),
             "{name}"
         );
@@ -651,6 +719,7 @@ async fn bad_calls_get_error_replies() {
         8,
         op::METADATA.into(),
         json!({"role": "asset", "key": "1/ok.txt"}),
+        None,
     );
     assert!(rx.recv().await.is_none(), "the reply channel is released");
 }

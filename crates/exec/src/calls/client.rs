@@ -34,7 +34,8 @@ use super::{
 };
 use crate::protocol::ChildFrame;
 
-type Answer = std::result::Result<Value, CallError>;
+/// A reply: its JSON result and the bytes attached to it, or the parent's error.
+type Answer = std::result::Result<(Value, Option<Bytes>), CallError>;
 
 /// Sends calls to the parent and pairs replies with them. Cheap to clone (shared state).
 #[derive(Clone)]
@@ -113,6 +114,17 @@ impl CallClient {
 
     /// Runs `op` on the parent and returns its result. Waits for a free slot first.
     pub async fn call(&self, op: &'static str, args: Value) -> Result<Value> {
+        self.call_with(op, args, None).await.map(|(value, _)| value)
+    }
+
+    /// [`CallClient::call`] with bytes attached to the call, returning the reply's attachment
+    /// too (see the framing in [`crate::protocol`]).
+    pub async fn call_with(
+        &self,
+        op: &'static str,
+        args: Value,
+        data: Option<Bytes>,
+    ) -> Result<(Value, Option<Bytes>)> {
         if let Some(why) = &self.inner.offline {
             return Err(Error::new(ErrorKind::Unsupported, why.clone()).with_operation(op));
         }
@@ -128,6 +140,7 @@ impl CallClient {
                 call_id: id,
                 op: op.to_owned(),
                 args,
+                data,
             };
             if out.send(frame).is_err() {
                 st.waiting.remove(&id);
@@ -137,7 +150,7 @@ impl CallClient {
         };
         let _forget = Forget { client: self, id };
         match answer.await {
-            Ok(Ok(value)) => Ok(value),
+            Ok(Ok(answer)) => Ok(answer),
             Ok(Err(e)) => Err(e.to_error().with_operation(op)),
             Err(_) => Err(gone(op)),
         }
@@ -244,6 +257,8 @@ pub struct RemoteStorage {
     role: Role,
     info: StorageInfo,
     chunk: usize,
+    /// Chunks cross as frame attachments (the parent's offer said `binary_chunks`).
+    binary: bool,
 }
 
 impl RemoteStorage {
@@ -253,7 +268,15 @@ impl RemoteStorage {
             role,
             info,
             chunk: max_chunk_bytes.clamp(1024, MAX_CHUNK_BYTES),
+            binary: false,
         }
+    }
+
+    /// Sends and asks for chunk bytes raw, as frame attachments (a parent whose offer has
+    /// `binary_chunks`); base64 inside the JSON otherwise.
+    pub fn with_binary_chunks(mut self, on: bool) -> Self {
+        self.binary = on;
+        self
     }
 
     fn args(&self, key: &StorageKey) -> Value {
@@ -277,7 +300,9 @@ struct DownloadOpened {
 #[derive(Deserialize)]
 struct Chunk {
     offset: u64,
-    data: String,
+    /// base64, when the chunk was not asked for as an attachment.
+    #[serde(default)]
+    data: Option<String>,
     done: bool,
 }
 
@@ -321,13 +346,24 @@ impl Storage for RemoteStorage {
             };
             while !bytes.is_empty() {
                 let piece = bytes.split_to(bytes.len().min(self.chunk));
-                self.client
-                    .call(
-                        op::UPLOAD_CHUNK,
-                        json!({"upload": id, "offset": offset, "data": encode_b64(&piece)}),
-                    )
-                    .await?;
-                offset += piece.len() as u64;
+                let len = piece.len() as u64;
+                if self.binary {
+                    self.client
+                        .call_with(
+                            op::UPLOAD_CHUNK,
+                            json!({"upload": id, "offset": offset}),
+                            Some(piece),
+                        )
+                        .await?;
+                } else {
+                    self.client
+                        .call(
+                            op::UPLOAD_CHUNK,
+                            json!({"upload": id, "offset": offset, "data": encode_b64(&piece)}),
+                        )
+                        .await?;
+                }
+                offset += len;
             }
         }
         let meta: WireMeta = self
@@ -349,6 +385,7 @@ impl Storage for RemoteStorage {
         );
         let reading = Reading {
             client: self.client.clone(),
+            binary: self.binary,
             id: opened.download,
             offset: opened.start,
             done: false,
@@ -396,6 +433,7 @@ impl Storage for RemoteStorage {
 /// A download in progress: one `download_next` call per chunk.
 struct Reading {
     client: CallClient,
+    binary: bool,
     id: u64,
     /// Where the next chunk must start (checked, so a reordered reply cannot corrupt data).
     offset: u64,
@@ -410,13 +448,26 @@ fn download_stream(reading: Reading) -> ByteStream {
             return None;
         }
         loop {
-            let chunk: Result<Chunk> = st
+            let answer = st
                 .client
-                .call_as(op::DOWNLOAD_NEXT, json!({"download": st.id}))
-                .await;
-            let chunk = match chunk {
+                .call_with(
+                    op::DOWNLOAD_NEXT,
+                    json!({"download": st.id, "binary": st.binary}),
+                    None,
+                )
+                .await
+                .and_then(|(value, data)| {
+                    let chunk: Chunk = serde_json::from_value(value).map_err(|e| {
+                        Error::new(
+                            ErrorKind::Unexpected,
+                            format!("the parent's download chunk does not decode: {e}"),
+                        )
+                    })?;
+                    Ok((chunk, data))
+                });
+            let (chunk, attached) = match answer {
                 Ok(c) => c,
-                Err(e) => return Some((Err(e), None)),
+                Err(e) => return Some((Err(e.with_operation(op::DOWNLOAD_NEXT)), None)),
             };
             if chunk.offset != st.offset {
                 let e = Error::new(
@@ -429,9 +480,21 @@ fn download_stream(reading: Reading) -> ByteStream {
                 .with_operation(op::DOWNLOAD_NEXT);
                 return Some((Err(e), None));
             }
-            let data = match decode_b64(&chunk.data) {
-                Ok(d) => Bytes::from(d),
-                Err(e) => return Some((Err(e.with_operation(op::DOWNLOAD_NEXT)), None)),
+            let data = match (attached, chunk.data) {
+                (Some(bytes), None) => bytes,
+                (None, Some(text)) => match decode_b64(&text) {
+                    Ok(d) => Bytes::from(d),
+                    Err(e) => return Some((Err(e.with_operation(op::DOWNLOAD_NEXT)), None)),
+                },
+                (None, None) if chunk.done => Bytes::new(),
+                _ => {
+                    let e = Error::new(
+                        ErrorKind::Unexpected,
+                        "a download chunk without data, or with data twice",
+                    )
+                    .with_operation(op::DOWNLOAD_NEXT);
+                    return Some((Err(e), None));
+                }
             };
             st.offset += data.len() as u64;
             if chunk.done {
@@ -684,12 +747,10 @@ pub fn remote_resources(
     };
     let chunk = offer.max_chunk_bytes.clamp(1024, MAX_CHUNK_BYTES);
     let storage = |role, descr: &super::StorageDescription| {
-        Arc::new(RemoteStorage::new(
-            client.clone(),
-            role,
-            descr.to_info(),
-            chunk,
-        )) as Arc<dyn Storage>
+        Arc::new(
+            RemoteStorage::new(client.clone(), role, descr.to_info(), chunk)
+                .with_binary_chunks(offer.binary_chunks),
+        ) as Arc<dyn Storage>
     };
     EngineResources {
         asset_storage: storage(Role::Asset, &offer.asset_storage),

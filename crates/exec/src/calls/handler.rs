@@ -72,6 +72,7 @@ impl WorkerServices {
             asset_records: r.asset_store.is_some(),
             max_chunk_bytes: chunk_limit(max_frame_bytes),
             max_calls_in_flight: MAX_CALLS_IN_FLIGHT,
+            binary_chunks: true,
         }
     }
 }
@@ -212,7 +213,9 @@ struct OpenUpload {
 struct UploadChunk {
     upload: u64,
     offset: u64,
-    data: String,
+    /// base64, from workers that send no attachment.
+    #[serde(default)]
+    data: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -231,6 +234,14 @@ struct OpenDownload {
 #[derive(Deserialize)]
 struct DownloadId {
     download: u64,
+}
+
+#[derive(Deserialize)]
+struct DownloadNext {
+    download: u64,
+    /// Reply with the chunk as the frame's attachment instead of base64.
+    #[serde(default)]
+    binary: bool,
 }
 
 #[derive(Deserialize)]
@@ -305,7 +316,7 @@ impl CallHandler {
     }
 
     /// Serves one call on its own task and replies with the same `call_id`. Returns at once.
-    pub fn dispatch(self: &Arc<Self>, call_id: u64, op: String, args: Value) {
+    pub fn dispatch(self: &Arc<Self>, call_id: u64, op: String, args: Value, data: Option<Bytes>) {
         if self.transfers().closed {
             tracing::warn!(call_id, op = %op, "refused a worker call after its job ended");
             return;
@@ -322,7 +333,9 @@ impl CallHandler {
         };
         let this = self.clone();
         self.tasks.spawn(async move {
-            let served = AssertUnwindSafe(this.serve(&op, args)).catch_unwind().await;
+            let served = AssertUnwindSafe(this.serve(&op, args, data))
+                .catch_unwind()
+                .await;
             let answer = match served {
                 Ok(Ok(value)) => Ok(value),
                 Ok(Err(e)) => {
@@ -342,17 +355,19 @@ impl CallHandler {
         });
     }
 
-    fn reply(&self, call_id: u64, answer: std::result::Result<Value, CallError>) {
+    fn reply(&self, call_id: u64, answer: std::result::Result<(Value, Option<Bytes>), CallError>) {
         let frame = match answer {
-            Ok(value) => ParentFrame::Reply {
+            Ok((value, data)) => ParentFrame::Reply {
                 call_id,
                 result: Some(value),
                 error: None,
+                data,
             },
             Err(error) => ParentFrame::Reply {
                 call_id,
                 result: None,
                 error: Some(error),
+                data: None,
             },
         };
         let replies = self.replies.lock().unwrap_or_else(|p| p.into_inner());
@@ -432,10 +447,28 @@ impl CallHandler {
         Ok(value)
     }
 
-    async fn serve(&self, op: &str, a: Value) -> Result<Value> {
+    async fn serve(
+        &self,
+        op: &str,
+        a: Value,
+        data: Option<Bytes>,
+    ) -> Result<(Value, Option<Bytes>)> {
+        match op {
+            op::UPLOAD_CHUNK => self
+                .upload_chunk(args(op, a)?, data)
+                .await
+                .map(|v| (v, None)),
+            op::DOWNLOAD_NEXT => self.download_next(args(op, a)?).await,
+            _ if data.is_some() => Err(Error::invalid_input(format!(
+                "{op} carries no bytes, but the call has an attachment"
+            ))),
+            _ => self.serve_json(op, a).await.map(|v| (v, None)),
+        }
+    }
+
+    async fn serve_json(&self, op: &str, a: Value) -> Result<Value> {
         match op {
             op::UPLOAD_OPEN => self.upload_open(args(op, a)?),
-            op::UPLOAD_CHUNK => self.upload_chunk(args(op, a)?).await,
             op::UPLOAD_COMMIT => {
                 let UploadId { upload } = args(op, a)?;
                 let meta = self.commit(upload).await?;
@@ -447,7 +480,6 @@ impl CallHandler {
                 Ok(Value::Null)
             }
             op::DOWNLOAD_OPEN => self.download_open(args(op, a)?).await,
-            op::DOWNLOAD_NEXT => self.download_next(args(op, a)?).await,
             op::DOWNLOAD_CLOSE => {
                 let DownloadId { download } = args(op, a)?;
                 self.transfers().downloads.remove(&download);
@@ -606,9 +638,17 @@ impl CallHandler {
             .ok_or_else(|| Error::not_found(format!("no open upload {id}")))
     }
 
-    async fn upload_chunk(&self, a: UploadChunk) -> Result<Value> {
+    async fn upload_chunk(&self, a: UploadChunk, attached: Option<Bytes>) -> Result<Value> {
         let upload = self.session(a.upload)?;
-        let data = match decode_b64(&a.data) {
+        let data = match (attached, a.data) {
+            (Some(bytes), None) => Ok(bytes),
+            (None, Some(text)) => decode_b64(&text).map(Bytes::from),
+            (Some(_), Some(_)) => Err(Error::invalid_input(
+                "an upload chunk has both base64 data and an attachment",
+            )),
+            (None, None) => Err(Error::invalid_input("an upload chunk without data")),
+        };
+        let data = match data {
             Ok(d) => d,
             Err(e) => {
                 let _ = self.abort(a.upload).await;
@@ -640,7 +680,7 @@ impl CallHandler {
             return Err(Error::invalid_input("the upload is already committed"));
         };
         let len = data.len() as u64;
-        if tx.send(UploadMsg::Chunk(Bytes::from(data))).await.is_err() {
+        if tx.send(UploadMsg::Chunk(data)).await.is_err() {
             // The storage stopped reading: it failed, and its result says why.
             drop(w);
             return Err(match self.commit_task(a.upload).await {
@@ -727,7 +767,7 @@ impl CallHandler {
         Ok(reply)
     }
 
-    async fn download_next(&self, a: DownloadId) -> Result<Value> {
+    async fn download_next(&self, a: DownloadNext) -> Result<(Value, Option<Bytes>)> {
         let reading = self
             .transfers()
             .downloads
@@ -761,7 +801,14 @@ impl CallHandler {
         if done {
             self.transfers().downloads.remove(&a.download);
         }
-        Ok(json!({"offset": offset, "done": done, "data": encode_b64(&buf)}))
+        Ok(if a.binary {
+            (json!({"offset": offset, "done": done}), Some(buf.freeze()))
+        } else {
+            (
+                json!({"offset": offset, "done": done, "data": encode_b64(&buf)}),
+                None,
+            )
+        })
     }
 
     async fn cache_get(&self, a: CacheKey) -> Result<Value> {

@@ -11,17 +11,19 @@
 //!   (at most [`MAX_CALLS_IN_FLIGHT`]; beyond that a call is refused at once with `rate limited`,
 //!   so a slow call never holds up the job's events) with the parent's [`WorkerServices`].
 //!
-//! Operations (`op` of a call; `args` and the reply's `result` are JSON objects; bytes are
-//! base64, at most the offer's `max_chunk_bytes` per call):
+//! Operations (`op` of a call; `args` and the reply's `result` are JSON objects; chunk bytes,
+//! at most the offer's `max_chunk_bytes` per call, travel raw as the frame's attachment when the
+//! offer has `binary_chunks` — an upload chunk's on the call, a download chunk's on the reply
+//! to a `download_next` with `binary: true` — and as base64 `data` otherwise):
 //!
 //! | op | args | result |
 //! |---|---|---|
 //! | `storage.upload_open` | `role`, `key`, `content_type?` | `{upload}` |
-//! | `storage.upload_chunk` | `upload`, `offset`, `data` | `null` |
+//! | `storage.upload_chunk` | `upload`, `offset`, `data` (or the attachment) | `null` |
 //! | `storage.upload_commit` | `upload` | object meta |
 //! | `storage.upload_abort` | `upload` | `null` |
 //! | `storage.download_open` | `role`, `key`, `range?` | `{download, meta, start, end}` |
-//! | `storage.download_next` | `download` | `{offset, data, done}` |
+//! | `storage.download_next` | `download`, `binary?` | `{offset, data, done}` (`data` as the attachment with `binary`) |
 //! | `storage.download_close` | `download` | `null` |
 //! | `storage.metadata` | `role`, `key` | object meta or `null` |
 //! | `storage.delete` | `role`, `key` | `null` |
@@ -221,6 +223,10 @@ pub struct ServiceOffer {
     pub max_chunk_bytes: usize,
     /// Calls the worker may have in flight.
     pub max_calls_in_flight: usize,
+    /// The parent takes and gives chunk bytes as frame attachments (no base64). Absent from
+    /// older parents, whose workers then send base64.
+    #[serde(default)]
+    pub binary_chunks: bool,
 }
 
 /// A storage as the worker sees it through its parent (`StorageInfo` over the wire).

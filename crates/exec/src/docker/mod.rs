@@ -29,22 +29,19 @@ use bollard::query_parameters::{
 use bollard::Docker;
 use bytes::Bytes;
 use futures::StreamExt;
-use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::io::AsyncRead;
 use tokio_util::sync::CancellationToken;
 
 use nodetool_core::{Error, ErrorKind, Result};
 use nodetool_engine::EventSink;
 
-use crate::calls::{CallHandler, CallScope, ServiceOffer, WorkerServices};
-use crate::protocol::{
-    pump_frames, read_frame, ChildFrame, ParentFrame, RemoteInputs, WorkerStdin, MAX_FRAME_BYTES,
-};
+use crate::calls::{CallHandler, CallScope, WorkerServices};
+use crate::protocol::{WorkerStdin, MAX_FRAME_BYTES};
+use crate::session::{self, Exit, Session, StderrTail, WorkerControl};
 use crate::sink::TrackingSink;
 use crate::strategy::{
-    Capabilities, ExecutionStrategy, JobError, JobHandle, JobOutcome, JobSpec, StrategyKind,
-    WorkerRef, HARD_DEADLINE_GRACE,
+    Capabilities, ExecutionStrategy, JobError, JobHandle, JobSpec, StrategyKind, WorkerRef,
 };
-use crate::subprocess::{unserved, CALL_DRAIN_LIMIT};
 
 /// The engine client crate, re-exported so callers need not pin its version.
 pub use bollard;
@@ -368,15 +365,6 @@ impl DockerStrategy {
         tracing::debug!(job_id = %spec.job_id, container = %id, image = %image, "job container started");
 
         let cancel = CancellationToken::new();
-        let run = ContainerRun {
-            docker: self.docker.clone(),
-            container: id.clone(),
-            workspace,
-            sink: TrackingSink::new(spec.job_id.clone(), sink),
-            cancel: cancel.clone(),
-            timeout: spec.resource_limits.timeout(),
-            started: Instant::now(),
-        };
         let job_id = spec.job_id.clone();
         let stdin = WorkerStdin::new(spec.streaming_inputs);
         let inputs = stdin.inputs.clone();
@@ -387,7 +375,27 @@ impl DockerStrategy {
                 CallHandler::new(services.clone(), scope, stdin.tx.clone(), MAX_FRAME_BYTES),
             )
         });
-        let task = tokio::spawn(run.drive(spec, attached.input, attached.output, stdin, calls));
+        let tail = StderrTail::new(STDERR_TAIL);
+        let control = ContainerControl {
+            docker: self.docker.clone(),
+            container: id.clone(),
+            workspace,
+            tail: tail.clone(),
+        };
+        let session = Session {
+            sink: TrackingSink::new(spec.job_id.clone(), sink),
+            spec,
+            cancel: cancel.clone(),
+            stdout: stdout_reader(attached.output, tail),
+            stdin: attached.input,
+            frames: stdin,
+            calls,
+            max_frame_bytes: MAX_FRAME_BYTES,
+            grace: EXIT_GRACE,
+            started: Instant::now(),
+            what: "docker worker",
+        };
+        let task = tokio::spawn(async move { session::run(session, &control).await });
         let handle = JobHandle::new(job_id, cancel, task).with_worker(WorkerRef::Container(id));
         Ok(match inputs {
             Some(inputs) => handle.with_inputs(inputs),
@@ -538,176 +546,43 @@ type Output = Pin<
     Box<dyn futures::Stream<Item = std::result::Result<LogOutput, bollard::errors::Error>> + Send>,
 >;
 
-/// One running job container; [`ContainerRun::drive`] is its only owner.
-struct ContainerRun {
+/// The Docker side of a [`session`]: one job container and its workspace.
+struct ContainerControl {
     docker: Docker,
     container: String,
     workspace: PathBuf,
-    sink: Arc<TrackingSink>,
-    cancel: CancellationToken,
-    timeout: Option<Duration>,
-    started: Instant,
+    tail: Arc<StderrTail>,
 }
 
-/// Why the read loop stopped.
-enum End {
-    Outcome(JobOutcome),
-    Cancelled,
-    TimedOut(Duration),
-    /// stdout closed without an outcome (the worker died).
-    Eof,
-    Protocol(Error),
+impl ContainerControl {
+    async fn signal(&self, signal: &str) {
+        let opts = KillContainerOptionsBuilder::default()
+            .signal(signal)
+            .build();
+        if let Err(e) = self
+            .docker
+            .kill_container(&self.container, Some(opts))
+            .await
+        {
+            // 409: not running any more, which is what we wanted.
+            if !is_status(&e, 409) && !is_status(&e, 404) {
+                tracing::warn!(container = %self.container, signal, error = %e, "cannot signal a job container");
+            }
+        }
+    }
 }
 
-impl ContainerRun {
-    async fn drive(
-        self,
-        spec: JobSpec,
-        mut input: Pin<Box<dyn AsyncWrite + Send>>,
-        output: Output,
-        stdin: WorkerStdin,
-        calls: Option<(ServiceOffer, Arc<CallHandler>)>,
-    ) -> JobOutcome {
-        let workflow_id = spec.workflow_id.clone();
-        let tail = Arc::new(Mutex::new(Vec::<u8>::new()));
-        let mut reader = stdout_reader(output, tail.clone());
-
-        let (offer, handler) = match calls {
-            Some((offer, handler)) => (Some(offer), Some(handler)),
-            None => (None, None),
-        };
-        let request = ParentFrame::request(spec, offer);
-        let WorkerStdin {
-            tx,
-            rx: mut frames,
-            inputs,
-        } = stdin;
-        let container = self.container.clone();
-        // One writer owns stdin: the request, then replies and input frames, then EOF.
-        let mut writer = tokio::spawn(async move {
-            // A write failure means the worker is already gone; the read side reports why.
-            if let Err(e) = pump_frames(&mut input, &request, &mut frames).await {
-                tracing::debug!(container = %container, error = %e, "cannot write to the worker's stdin");
-            }
-        });
-
-        let end = self
-            .read_loop(&mut reader, &tx, inputs.as_deref(), handler.as_ref())
-            .await;
-        // The worker is done: pushes fail, calls are refused, and with the last sender gone the
-        // writer closes stdin, the worker's cue to exit (its stdin reader holds it open).
-        if let Some(inputs) = &inputs {
-            inputs.close();
-        }
-        if let Some(h) = &handler {
-            h.close();
-        }
-        drop(tx);
-        let mut outcome = match end {
-            End::Outcome(o) => {
-                self.close_stdin(&mut writer).await;
-                self.wait_exit(EXIT_GRACE).await;
-                o
-            }
-            End::Cancelled => {
-                self.kill().await;
-                JobOutcome::cancelled()
-            }
-            End::TimedOut(limit) => {
-                self.kill().await;
-                JobOutcome::timed_out(limit)
-            }
-            End::Eof => {
-                self.close_stdin(&mut writer).await;
-                let code = self.wait_exit(EXIT_GRACE).await;
-                self.died_outcome(code, &tail).await
-            }
-            End::Protocol(e) => {
-                self.kill().await;
-                JobOutcome::failed(JobError::new(
-                    e.kind(),
-                    format!(
-                        "the docker worker broke the protocol: {e}{}",
-                        stderr_hint(&tail)
-                    ),
-                ))
-            }
-        };
-        writer.abort();
-        // Whatever the worker left open (it died mid-upload, say) is aborted before the outcome.
-        if let Some(h) = &handler {
-            h.finish(CALL_DRAIN_LIMIT).await;
-        }
-        if outcome.duration_secs == 0.0 {
-            outcome.duration_secs = self.started.elapsed().as_secs_f64();
-        }
-        if let Err(e) = remove_container(&self.docker, &self.container).await {
-            tracing::warn!(container = %self.container, error = %e, "cannot remove a job container");
-        }
-        remove_workspace(self.workspace.clone()).await;
-        self.sink.finish(&workflow_id, &outcome);
-        outcome
+#[async_trait]
+impl WorkerControl for ContainerControl {
+    async fn terminate(&self) {
+        self.signal("SIGTERM").await;
     }
 
-    /// Waits (at most the exit grace) for the writer to flush and close the worker's stdin.
-    async fn close_stdin(&self, writer: &mut tokio::task::JoinHandle<()>) {
-        if tokio::time::timeout(EXIT_GRACE, writer).await.is_err() {
-            tracing::debug!(container = %self.container, "the worker's stdin did not close in time");
-        }
+    async fn kill(&self) {
+        self.signal("SIGKILL").await;
     }
 
-    async fn read_loop<R: AsyncRead + Unpin>(
-        &self,
-        reader: &mut R,
-        frames: &tokio::sync::mpsc::UnboundedSender<ParentFrame>,
-        inputs: Option<&RemoteInputs>,
-        calls: Option<&Arc<CallHandler>>,
-    ) -> End {
-        // The worker's engine ends the job at its limit (with the same events as any strategy);
-        // the kill is for nodes that ignore that.
-        let deadline = self.timeout.map(|t| {
-            (
-                tokio::time::Instant::from_std(self.started) + t + HARD_DEADLINE_GRACE,
-                t,
-            )
-        });
-        loop {
-            let sleep = async {
-                match deadline {
-                    Some((at, _)) => tokio::time::sleep_until(at).await,
-                    None => std::future::pending().await,
-                }
-            };
-            // Once the worker reported its terminal status, a late cancel must not contradict it.
-            let cancellable = !self.sink.terminal_sent();
-            tokio::select! {
-                biased;
-                _ = self.cancel.cancelled(), if cancellable => return End::Cancelled,
-                _ = sleep => return End::TimedOut(deadline.map(|d| d.1).unwrap_or_default()),
-                frame = read_frame::<_, ChildFrame>(reader, MAX_FRAME_BYTES) => match frame {
-                    Ok(Some(ChildFrame::Event(e))) => self.sink.send(*e),
-                    Ok(Some(ChildFrame::Outcome(o))) => return End::Outcome(*o),
-                    Ok(Some(ChildFrame::Call { call_id, op, args })) => match calls {
-                        Some(h) => h.dispatch(call_id, op, args),
-                        // A closed writer means stdin broke; the read side will see the worker go.
-                        None => {
-                            let _ = frames.send(unserved(call_id, &op));
-                        }
-                    },
-                    Ok(Some(ChildFrame::InputAck { id, error })) => {
-                        if let Some(inputs) = inputs {
-                            inputs.ack(id, error);
-                        }
-                    }
-                    Ok(None) => return End::Eof,
-                    Err(e) => return End::Protocol(e),
-                },
-            }
-        }
-    }
-
-    /// Waits up to `grace` for the container to exit; returns its exit code if it did.
-    async fn wait_exit(&self, grace: Duration) -> Option<i64> {
+    async fn wait_exit(&self, grace: Duration) -> Exit {
         let wait = async {
             let mut s = self.docker.wait_container(
                 &self.container,
@@ -723,31 +598,15 @@ impl ContainerRun {
             }
         };
         match tokio::time::timeout(grace, wait).await {
-            Ok(code) => code,
+            Ok(code) => code.map(Exit::from_shell_code).unwrap_or_default(),
             Err(_) => {
                 self.kill().await;
-                None
+                Exit::default()
             }
         }
     }
 
-    async fn kill(&self) {
-        let opts = KillContainerOptionsBuilder::default()
-            .signal("SIGKILL")
-            .build();
-        if let Err(e) = self
-            .docker
-            .kill_container(&self.container, Some(opts))
-            .await
-        {
-            // 409: not running any more, which is what we wanted.
-            if !is_status(&e, 409) && !is_status(&e, 404) {
-                tracing::warn!(container = %self.container, error = %e, "cannot kill a job container");
-            }
-        }
-    }
-
-    async fn died_outcome(&self, code: Option<i64>, tail: &Mutex<Vec<u8>>) -> JobOutcome {
+    async fn crashed(&self, exit: &Exit) -> JobError {
         let state = self
             .docker
             .inspect_container(
@@ -758,43 +617,48 @@ impl ContainerRun {
             .ok()
             .and_then(|c| c.state);
         let oom = state.as_ref().and_then(|s| s.oom_killed).unwrap_or(false);
-        let code = code.or_else(|| state.as_ref().and_then(|s| s.exit_code));
         if oom {
-            return JobOutcome::failed(JobError::new(
+            return JobError::new(
                 ErrorKind::TooLarge,
                 "the job ran out of memory: the docker worker was killed by the container's \
                  memory limit (out of memory; raise DOCKER_MEMORY_LIMIT or resource_limits.memory_mb)",
-            ));
+            );
         }
-        let how = match code {
-            Some(c) if c > 128 => format!("was killed by signal {}", signal_name(c - 128)),
-            Some(c) => format!("exited with code {c}"),
-            None => "vanished".to_owned(),
+        let exit = if exit.known() {
+            *exit
+        } else {
+            state
+                .as_ref()
+                .and_then(|s| s.exit_code)
+                .map(Exit::from_shell_code)
+                .unwrap_or_default()
         };
-        JobOutcome::failed(JobError::new(
+        JobError::new(
             ErrorKind::Unexpected,
             format!(
-                "the docker worker {how} before reporting an outcome (the job crashed){}",
-                stderr_hint(tail)
+                "the docker worker {exit} before reporting an outcome (the job crashed){}",
+                stderr_hint(&self.tail)
             ),
-        ))
+        )
+    }
+
+    async fn cleanup(&self) {
+        if let Err(e) = remove_container(&self.docker, &self.container).await {
+            tracing::warn!(container = %self.container, error = %e, "cannot remove a job container");
+        }
+        remove_workspace(self.workspace.clone()).await;
     }
 }
 
 /// stdout of the attach stream as bytes; stderr goes to the (bounded) tail buffer.
-fn stdout_reader(output: Output, tail: Arc<Mutex<Vec<u8>>>) -> impl AsyncRead + Unpin {
+fn stdout_reader(output: Output, tail: Arc<StderrTail>) -> impl AsyncRead + Unpin + Send {
     let stdout = output.filter_map(move |item| {
         let out = match item {
             Ok(LogOutput::StdOut { message }) | Ok(LogOutput::Console { message }) => {
                 Some(Ok(message))
             }
             Ok(LogOutput::StdErr { message }) => {
-                let mut t = tail.lock().unwrap_or_else(|p| p.into_inner());
-                t.extend_from_slice(&message);
-                if t.len() > STDERR_TAIL {
-                    let cut = t.len() - STDERR_TAIL;
-                    t.drain(..cut);
-                }
+                tail.push(&message);
                 None
             }
             Ok(LogOutput::StdIn { .. }) => None,
@@ -805,26 +669,8 @@ fn stdout_reader(output: Output, tail: Arc<Mutex<Vec<u8>>>) -> impl AsyncRead + 
     tokio_util::io::StreamReader::new(Box::pin(stdout).map(|r: std::io::Result<Bytes>| r))
 }
 
-fn signal_name(n: i64) -> String {
-    let name = match n {
-        1 => "SIGHUP",
-        2 => "SIGINT",
-        4 => "SIGILL",
-        6 => "SIGABRT",
-        7 => "SIGBUS",
-        8 => "SIGFPE",
-        9 => "SIGKILL",
-        11 => "SIGSEGV",
-        13 => "SIGPIPE",
-        15 => "SIGTERM",
-        _ => return n.to_string(),
-    };
-    format!("{n} ({name})")
-}
-
-fn stderr_hint(tail: &Mutex<Vec<u8>>) -> String {
-    let t = tail.lock().unwrap_or_else(|p| p.into_inner());
-    let text = String::from_utf8_lossy(&t);
+fn stderr_hint(tail: &StderrTail) -> String {
+    let text = tail.text();
     let text = text.trim();
     if text.is_empty() {
         String::new()
