@@ -16,6 +16,8 @@ pub mod calls;
 pub mod docker;
 pub mod manager;
 pub mod protocol;
+pub mod reap;
+pub mod scheduler;
 pub mod sink;
 pub mod store;
 pub mod strategy;
