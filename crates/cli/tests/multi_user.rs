@@ -448,9 +448,14 @@ async fn symlinks_in_the_asset_folder_are_refused_by_the_routes_and_jobs() {
     let assets = tempfile::tempdir().unwrap();
     let folder = assets.path().to_str().unwrap().to_owned();
     let server = Server::start(&[("ASSET_FOLDER", folder.as_str())]);
-    assert_eq!(server.put(ALICE, "/api/storage/alice/a.txt", "mine").await, 201);
     assert_eq!(
-        server.put(BOB, "/api/storage/bob/secret.txt", "bob-secret").await,
+        server.put(ALICE, "/api/storage/alice/a.txt", "mine").await,
+        201
+    );
+    assert_eq!(
+        server
+            .put(BOB, "/api/storage/bob/secret.txt", "bob-secret")
+            .await,
         201
     );
     let alice = assets.path().join("alice");
@@ -476,7 +481,9 @@ async fn symlinks_in_the_asset_folder_are_refused_by_the_routes_and_jobs() {
         assert!(matches!(head, 403 | 404), "HEAD {path}: {head}");
     }
     // No write through a linked folder, no delete of the link's target.
-    let status = server.put(ALICE, "/api/storage/alice/dir/planted.txt", "x").await;
+    let status = server
+        .put(ALICE, "/api/storage/alice/dir/planted.txt", "x")
+        .await;
     assert!(matches!(status, 403 | 404), "PUT through a link: {status}");
     assert!(!bob.join("planted.txt").exists());
     let status = server
@@ -488,7 +495,10 @@ async fn symlinks_in_the_asset_folder_are_refused_by_the_routes_and_jobs() {
         .unwrap()
         .status()
         .as_u16();
-    assert!(status != 204 || bob.join("secret.txt").exists(), "DELETE through a link: {status}");
+    assert!(
+        status != 204 || bob.join("secret.txt").exists(),
+        "DELETE through a link: {status}"
+    );
     assert_eq!(
         std::fs::read_to_string(bob.join("secret.txt")).unwrap(),
         "bob-secret"
@@ -505,3 +515,76 @@ async fn symlinks_in_the_asset_folder_are_refused_by_the_routes_and_jobs() {
     server.still_serves().await;
 }
 
+/// Sends a request head announcing a large body, then trickles it a few bytes a second; returns
+/// what the server answered and whether it closed the connection, within `within`.
+fn trickle(port: u16, head: &str, within: Duration) -> (String, bool) {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.write_all(head.as_bytes()).unwrap();
+    s.set_read_timeout(Some(Duration::from_millis(500)))
+        .unwrap();
+    let deadline = Instant::now() + within;
+    let mut answer = Vec::new();
+    while Instant::now() < deadline {
+        // A write may fail once the server has closed: that is the point.
+        let _ = s.write_all(b"xxxx");
+        let mut buf = [0u8; 4096];
+        match s.read(&mut buf) {
+            Ok(0) => return (String::from_utf8_lossy(&answer).into_owned(), true),
+            Ok(n) => answer.extend_from_slice(&buf[..n]),
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) => {}
+            Err(_) => return (String::from_utf8_lossy(&answer).into_owned(), true),
+        }
+    }
+    (String::from_utf8_lossy(&answer).into_owned(), false)
+}
+
+/// Issue 15 item 10, the body half: a request body that trickles (slowloris after the head)
+/// gets 408 and its connection is closed, on an upload route and on a JSON route; nothing is
+/// stored, and the server goes on answering. A body at a normal pace is unaffected.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_trickling_body_gets_408_and_frees_the_connection() {
+    let server = Server::start(&[("SERVER_BODY_TIMEOUT", "2")]);
+    let bearer = token(ALICE);
+    for (what, head) in [
+        (
+            "upload",
+            format!(
+                "PUT /api/storage/alice/slow.txt HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {bearer}\r\nContent-Type: text/plain\r\nContent-Length: 1000000\r\n\r\n"
+            ),
+        ),
+        (
+            "json",
+            format!(
+                "POST /api/jobs HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {bearer}\r\nContent-Type: application/json\r\nContent-Length: 1000000\r\n\r\n"
+            ),
+        ),
+    ] {
+        let started = Instant::now();
+        let (answer, closed) = trickle(server.port, &head, Duration::from_secs(20));
+        assert!(answer.starts_with("HTTP/1.1 408"), "{what}: {answer:?}");
+        assert!(answer.contains("SERVER_BODY_TIMEOUT"), "{what}: {answer}");
+        assert!(closed, "{what}: the connection stayed open");
+        assert!(started.elapsed() < Duration::from_secs(10), "{what}");
+        server.still_serves().await;
+    }
+    assert_eq!(
+        server.get(ALICE, "/api/storage/alice/slow.txt").await.0,
+        404
+    );
+    // A body sent at once is fine, large or small.
+    let big = vec![b'a'; 4 << 20];
+    let r = server
+        .http
+        .put(server.url("/api/storage/alice/big.bin"))
+        .bearer_auth(token(ALICE))
+        .body(big)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 201);
+}

@@ -189,6 +189,8 @@ pub const REGISTRY: &[SettingDef] = &[
         "Largest JSON request body accepted by the REST API (uploads have NODETOOL_MAX_UPLOAD_BYTES)"),
     def("SERVER_HEADER_TIMEOUT", K::Seconds, D::Value("15"),
         "Time a client has to send a request head; also how long an idle keep-alive connection stays open"),
+    def("SERVER_BODY_TIMEOUT", K::Seconds, D::Value("30"),
+        "A request body must deliver at least 16 KiB in every window this long, else 408 and the connection is closed (slow bodies)"),
     def("SERVER_MAX_CONNECTIONS", K::Count, D::None,
         "Open connections served at once (more wait to be accepted); unset: 3/4 of the open-file limit"),
     // Execution.

@@ -14,6 +14,7 @@
 
 pub mod assets;
 pub mod auth;
+pub mod body_timeout;
 pub mod db;
 pub mod error;
 pub mod guard;
@@ -68,6 +69,8 @@ pub struct ServerOptions {
     pub ws_max_message_bytes: usize,
     /// `NODETOOL_MAX_JSON_BODY_BYTES`.
     pub max_json_body_bytes: u64,
+    /// `SERVER_BODY_TIMEOUT` (see [`body_timeout`]); zero turns the check off.
+    pub body_timeout: Duration,
 }
 
 impl ServerOptions {
@@ -83,6 +86,7 @@ impl ServerOptions {
             ws_max_message_bytes: usize::try_from(settings.server.ws_max_message_bytes)
                 .unwrap_or(usize::MAX),
             max_json_body_bytes: settings.server.max_json_body_bytes,
+            body_timeout: settings.server.body_timeout,
         }
     }
 }
@@ -189,6 +193,11 @@ pub fn router(state: AppState) -> Router {
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
             guard::guard,
+        ))
+        // Outside the guard, so the guard's JSON cap wraps the paced body and keeps its 413.
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            body_timeout::body_timeout,
         ))
         .layer(observe::ObserveLayer::new(state.metrics.clone()))
         .with_state(state)
