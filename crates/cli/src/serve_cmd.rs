@@ -122,13 +122,9 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
     }
 
     let store = nodetool_exec::JobStore::from_pool(db.clone()).await?;
-    // With a multi-user provider a worker's storage calls stay under its user's prefix, as the
-    // storage routes do.
-    let keys = if auth.is_single_user() {
-        nodetool_exec::KeyScope::WholeStore
-    } else {
-        nodetool_exec::KeyScope::UserPrefix
-    };
+    // One key scope for the storage routes and every job, whatever its strategy: with a
+    // multi-user provider a job's storage access stays under its user's prefix.
+    let keys = auth.key_scope();
     let (manager, bridge, node_metadata) = job_manager(&resources, store, keys).await?;
     let db_handle = db.clone();
     let mut state = AppState::new(resources.clone(), auth.clone(), db)
@@ -283,9 +279,10 @@ async fn job_manager(
     use nodetool_exec::{ExecutionStrategy, JobExecutionManager, ManagerConfig};
 
     let settings = resources.settings();
-    let engine_resources = resources.engine_resources().await?;
-    let services =
-        nodetool_exec::WorkerServices::new(engine_resources.clone()).with_key_scope(keys);
+    let mut engine_resources = resources.engine_resources().await?;
+    // Threaded jobs (and the Python bridge inside them) and workers' calls apply the same scope.
+    engine_resources.media.policy.key_scope = keys;
+    let services = nodetool_exec::WorkerServices::new(engine_resources.clone());
     let (registry, bridge) =
         crate::python_cmd::registry(settings, crate::python_cmd::Need::Always).await?;
     let node_metadata = nodetool_engine::metadata::registry_metadata(&registry, &|t| {

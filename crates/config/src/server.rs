@@ -22,6 +22,8 @@ pub struct ServerSettings {
     pub max_json_body_bytes: u64,
     /// Bounds a request head being sent and an idle keep-alive connection.
     pub header_timeout: Duration,
+    /// A request body must deliver 16 KiB in every window this long (`SERVER_BODY_TIMEOUT`).
+    pub body_timeout: Duration,
     /// `None`: derived from the open-file limit at start.
     pub max_connections: Option<usize>,
     /// Folder of example workflows for `/api/workflows/examples` (`NODETOOL_EXAMPLES_DIR`).
@@ -38,6 +40,7 @@ impl ServerSettings {
             ws_max_message_bytes: r.require("NODETOOL_WS_MAX_MESSAGE_BYTES", positive_size)?,
             max_json_body_bytes: r.require("NODETOOL_MAX_JSON_BODY_BYTES", positive_size)?,
             header_timeout: r.require("SERVER_HEADER_TIMEOUT", positive_seconds)?,
+            body_timeout: r.require("SERVER_BODY_TIMEOUT", positive_seconds)?,
             max_connections: r.get("SERVER_MAX_CONNECTIONS", parse::count)?,
             examples_dir: r.get("NODETOOL_EXAMPLES_DIR", |raw| Ok(parse::path(raw, r.home)))?,
             supabase_anon_key: r.get("SUPABASE_ANON_KEY", |raw| Ok(raw.trim().to_owned()))?,

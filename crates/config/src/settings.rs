@@ -216,6 +216,10 @@ pub struct Settings {
     pub enable_terminal_ws: bool,
     pub thread_pool_size: usize,
     pub max_workflow_threads: Option<usize>,
+    /// `MAX_JOBS_PER_USER`: jobs one user runs at once; `None`: only the total bounds them.
+    pub max_jobs_per_user: Option<usize>,
+    /// `MAX_QUEUED_JOBS_PER_USER`: jobs one user may have waiting.
+    pub max_queued_jobs_per_user: usize,
     pub job_timeout: Option<Duration>,
     /// `ALLOWED_STRATEGIES`, resolved: never empty, each one of
     /// [`STRATEGY_CHOICES`](crate::registry::STRATEGY_CHOICES), in the order given. Unset, the
@@ -344,6 +348,8 @@ impl Settings {
             enable_terminal_ws: r.require("NODETOOL_ENABLE_TERMINAL_WS", parse::boolean)?,
             thread_pool_size: r.require("THREAD_POOL_SIZE", parse::count)?,
             max_workflow_threads: r.get("MAX_WORKFLOW_THREADS", parse::count)?,
+            max_jobs_per_user: r.get("MAX_JOBS_PER_USER", parse::count)?,
+            max_queued_jobs_per_user: r.require("MAX_QUEUED_JOBS_PER_USER", parse::count)?,
             job_timeout: r.get("JOB_TIMEOUT_SECONDS", parse::seconds)?,
             allowed_strategies: match r.get("ALLOWED_STRATEGIES", parse::strategies)? {
                 Some(list) => list,

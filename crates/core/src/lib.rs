@@ -10,6 +10,7 @@ pub mod cache;
 pub mod error;
 pub mod id;
 pub mod key;
+pub mod scope;
 pub mod storage;
 pub mod url;
 
@@ -17,6 +18,7 @@ pub use assets::{AssetPage, AssetQuery, AssetRecord, AssetStore};
 pub use cache::{node_cache_key, CacheValue, NodeCache};
 pub use error::{Error, ErrorKind, Result};
 pub use key::{StorageKey, StoragePrefix};
+pub use scope::{KeyScope, ScopedStorage};
 pub use storage::{
     ByteRange, ByteStream, Download, ObjectMeta, PutOptions, Storage, StorageCapabilities,
     StorageInfo,

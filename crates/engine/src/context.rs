@@ -13,7 +13,7 @@ use tokio_util::sync::CancellationToken;
 
 use nodetool_core::{
     AssetPage, AssetQuery, AssetRecord, AssetStore, ByteStream, Error, ErrorKind, NodeCache,
-    PutOptions, Result, Storage, StorageKey,
+    PutOptions, Result, ScopedStorage, Storage, StorageKey,
 };
 
 use crate::control::ControlPlane;
@@ -99,6 +99,17 @@ impl EngineResources {
     pub fn with_media(mut self, media: MediaServices) -> Self {
         self.media = media;
         self
+    }
+
+    /// The resources a job of `owner` runs with: under [`KeyScope::UserPrefix`](nodetool_core::KeyScope::UserPrefix) both storages
+    /// refuse every key outside `{owner}/` (`nodetool_core::ScopedStorage`), whatever node or
+    /// bridge asks; under the whole-store scope they are these.
+    pub fn for_owner(&self, owner: &str) -> Self {
+        let scope = self.media.policy.key_scope;
+        let mut out = self.clone();
+        out.asset_storage = ScopedStorage::wrap(self.asset_storage.clone(), scope, owner);
+        out.temp_storage = ScopedStorage::wrap(self.temp_storage.clone(), scope, owner);
+        out
     }
 }
 
@@ -568,6 +579,7 @@ impl ProcessingContext {
                 }
                 None => StorageKey::new(id)?,
             };
+            self.own_key(&key, false, OP)?;
             return Ok(Some((self.asset_storage().clone(), key)));
         }
         let (storage, key, temp) = match media::classify_uri(uri)? {
@@ -576,20 +588,26 @@ impl ProcessingContext {
             _ => return Ok(None),
         };
         let key = StorageKey::new(key)?;
-        if self.media_policy().user_scoped {
-            let user = format!("{}/", self.owner());
-            let job = format!("jobs/{}/", self.job_id());
-            let mine = key.as_str().starts_with(&user) || (temp && key.as_str().starts_with(&job));
-            if !mine {
-                return Err(Error::not_found(format!(
-                    "no {} object {} for this user",
-                    if temp { "temp" } else { "asset" },
-                    key.as_str()
-                ))
-                .with_operation(OP));
-            }
-        }
+        self.own_key(&key, temp, OP)?;
         Ok(Some((storage, key)))
+    }
+
+    /// Another user's key is "not found" to this job (the storages would refuse it too, as
+    /// `PermissionDenied`; a ref should not tell whether the object exists).
+    fn own_key(&self, key: &StorageKey, temp: bool, op: &'static str) -> Result<()> {
+        if self
+            .media_policy()
+            .key_scope
+            .permits(self.owner(), key.as_str())
+        {
+            return Ok(());
+        }
+        Err(Error::not_found(format!(
+            "no {} object {} for this user",
+            if temp { "temp" } else { "asset" },
+            key.as_str()
+        ))
+        .with_operation(op))
     }
 
     /// The asset record store, if this process has one (see [`EngineResources::asset_store`]).
@@ -730,9 +748,15 @@ impl ProcessingContext {
         store.list(&query).await
     }
 
-    /// Writes an intermediate to temp storage under this job's prefix and returns its key.
+    /// Writes an intermediate to temp storage under this job's prefix and returns its key:
+    /// `jobs/{job}/{name}`, or `{user}/jobs/{job}/{name}` under [`KeyScope::UserPrefix`](nodetool_core::KeyScope::UserPrefix), so
+    /// the object is this job's and this user's.
     pub async fn put_temp(&self, name: &str, bytes: Bytes) -> Result<StorageKey> {
-        let key = StorageKey::new(format!("jobs/{}/{}", self.job_id(), name))?;
+        let prefix = self
+            .media_policy()
+            .key_scope
+            .temp_prefix(self.owner(), self.job_id());
+        let key = StorageKey::new(format!("{prefix}{name}"))?;
         self.temp_storage()
             .upload_bytes(&key, bytes, PutOptions::default())
             .await?;

@@ -27,7 +27,7 @@ use base64::engine::DecodePaddingMode;
 use base64::Engine as _;
 use bytes::Bytes;
 
-use nodetool_core::{Error, ErrorKind, Result};
+use nodetool_core::{Error, ErrorKind, KeyScope, Result};
 
 /// Limits and roots for media refs. Built from settings by whoever builds the engine; the
 /// defaults are the settings' defaults.
@@ -43,11 +43,14 @@ pub struct MediaPolicy {
     /// Folders `file://` URIs and plain paths may read from (`NODETOOL_FILE_ROOTS`).
     pub file_roots: Vec<PathBuf>,
     /// The local asset folder, when assets are files: a root too (only the user's own
-    /// `{user}/` folder under it when `user_scoped`).
+    /// `{user}/` folder under it under [`KeyScope::UserPrefix`]).
     pub asset_folder: Option<PathBuf>,
-    /// Multi-user auth: a job may read only keys under `{user}/` (and its own `jobs/{job}/`
-    /// temp objects); anything else is "not found". Single-user providers own the whole store.
-    pub user_scoped: bool,
+    /// Which storage keys a job may touch: the process's one [`KeyScope`], the rule the HTTP
+    /// storage routes and the worker-call handler apply too. Under [`KeyScope::UserPrefix`]
+    /// (multi-user auth) a job reads and writes only keys under `{user}/` (its temp objects go
+    /// to `{user}/jobs/{job}/`); another user's key is "not found". Single-user providers own
+    /// the whole store.
+    pub key_scope: KeyScope,
 }
 
 /// Pillow's `Image.MAX_IMAGE_PIXELS`.
@@ -61,7 +64,7 @@ impl Default for MediaPolicy {
             http_max_bytes: 64 << 20,
             file_roots: Vec::new(),
             asset_folder: None,
-            user_scoped: false,
+            key_scope: KeyScope::WholeStore,
         }
     }
 }
@@ -71,7 +74,7 @@ impl MediaPolicy {
     pub fn roots_for(&self, owner: &str) -> Vec<PathBuf> {
         let mut roots = self.file_roots.clone();
         if let Some(folder) = &self.asset_folder {
-            roots.push(if self.user_scoped {
+            roots.push(if self.key_scope == KeyScope::UserPrefix {
                 folder.join(owner)
             } else {
                 folder.clone()

@@ -252,7 +252,12 @@ impl Engine {
             workflow_id: req.workflow_id.clone(),
             cancel: job_cancel.clone(),
             poster: poster.clone(),
-            resources: self.resources.clone(),
+            // Every storage access of this job is scoped to its user.
+            resources: self.resources.for_owner(if req.user_id.is_empty() {
+                "anonymous"
+            } else {
+                &req.user_id
+            }),
             secrets: Arc::new(opts.secrets.clone()),
             use_cache: opts.use_cache,
             results: Mutex::new(Map::new()),

@@ -18,6 +18,8 @@ pub mod calls;
 pub mod docker;
 pub mod manager;
 pub mod protocol;
+pub mod reap;
+pub mod scheduler;
 mod session;
 pub mod sink;
 pub mod store;

@@ -1,8 +1,9 @@
 //! [`JobExecutionManager`]: submit, get, list, cancel, wait, subscribe, shutdown.
 //!
 //! Each job has one owner task, the only writer of its record (memory and SQLite). Jobs wait as
-//! `scheduled` for one of `max_concurrent_jobs` permits, then run on the strategy the request
-//! names. Events go to a per-job hub: a broadcast for live subscribers plus a bounded replay
+//! `scheduled` for one of `max_concurrent_jobs` slots ([`crate::scheduler`]: per-user caps and
+//! queue limits, freed slots shared round-robin between users), then run on the strategy the
+//! request names. Events go to a per-job hub: a broadcast for live subscribers plus a bounded replay
 //! buffer, so a late subscriber asks for "everything after seq N".
 //!
 //! Streamed inputs ([`JobExecutionManager::stream_input`], [`JobExecutionManager::end_input_stream`])
@@ -17,12 +18,13 @@ use std::time::Duration;
 
 use chrono::Utc;
 use serde_json::Value;
-use tokio::sync::{broadcast, watch, OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{broadcast, watch};
 use tokio_util::sync::CancellationToken;
 
 use nodetool_core::{Error, ErrorKind, Result};
 use nodetool_engine::{EventEnvelope, EventSink, Status};
 
+use crate::scheduler::{Admission, Scheduler, SchedulerLimits};
 use crate::store::{JobRecord, JobStore};
 use crate::strategy::{
     ExecutionStrategy, JobInputs, JobOutcome, JobSpec, RunJobRequest, StrategyKind, WorkerRef,
@@ -33,6 +35,11 @@ use crate::strategy::{
 pub struct ManagerConfig {
     /// Jobs running at once; the rest wait as `scheduled`.
     pub max_concurrent_jobs: usize,
+    /// Jobs one user runs at once (`MAX_JOBS_PER_USER`); `None`: only the total bounds them.
+    pub max_jobs_per_user: Option<usize>,
+    /// Jobs one user may have waiting (`MAX_QUEUED_JOBS_PER_USER`); a submission past it is
+    /// `RateLimited` with a `retry_after` context.
+    pub max_queued_jobs_per_user: usize,
     /// The operator's time limit (`JOB_TIMEOUT_SECONDS`): jobs whose request sets none get it,
     /// and a request's own `time_seconds` may only lower it.
     pub default_timeout: Option<Duration>,
@@ -53,6 +60,8 @@ impl Default for ManagerConfig {
     fn default() -> Self {
         Self {
             max_concurrent_jobs: 16,
+            max_jobs_per_user: None,
+            max_queued_jobs_per_user: usize::MAX,
             default_timeout: None,
             default_strategy: StrategyKind::Threaded,
             allowed_strategies: vec![
@@ -73,6 +82,8 @@ impl ManagerConfig {
                 .max_workflow_threads
                 .unwrap_or(settings.thread_pool_size)
                 .max(1),
+            max_jobs_per_user: settings.max_jobs_per_user,
+            max_queued_jobs_per_user: settings.max_queued_jobs_per_user,
             default_timeout: settings.job_timeout,
             allowed_strategies: settings
                 .allowed_strategies
@@ -249,7 +260,7 @@ struct Inner {
     store: JobStore,
     strategies: HashMap<StrategyKind, Arc<dyn ExecutionStrategy>>,
     config: ManagerConfig,
-    permits: Arc<Semaphore>,
+    scheduler: Arc<Scheduler>,
     live: Mutex<HashMap<String, Arc<LiveJob>>>,
     accepting: AtomicBool,
     owners: tokio_util::task::TaskTracker,
@@ -297,7 +308,8 @@ impl JobExecutionManager {
         for job in &interrupted {
             tracing::warn!(job_id = %job.id, "marked failed: the runtime restarted while it ran");
             if let Some(WorkerRef::Pid(pid)) = job.worker {
-                reap_process_group(pid);
+                // Only if that pid is still this job's worker (pids are reused).
+                crate::reap::reap_worker_group(pid, &job.id, job.created_at);
             }
         }
         let strategies = strategies.into_iter().map(|s| (s.name(), s)).collect();
@@ -305,7 +317,11 @@ impl JobExecutionManager {
             inner: Arc::new(Inner {
                 store,
                 strategies,
-                permits: Arc::new(Semaphore::new(config.max_concurrent_jobs.max(1))),
+                scheduler: Scheduler::new(SchedulerLimits {
+                    total: config.max_concurrent_jobs,
+                    per_user: config.max_jobs_per_user,
+                    queued_per_user: config.max_queued_jobs_per_user,
+                }),
                 config,
                 live: Mutex::new(HashMap::new()),
                 accepting: AtomicBool::new(true),
@@ -426,22 +442,23 @@ impl JobExecutionManager {
         // error now, not a failed job later.
         strategy.admit(&spec)?;
         // A free slot now means the job starts now: record it as running in the same insert,
-        // saving one store write on the fast path.
-        let permit = self.inner.permits.clone().try_acquire_owned().ok();
+        // saving one store write on the fast path. A full queue for this user is refused here.
+        let permit = self.inner.scheduler.admit(&spec.user_id)?;
+        let starts_now = matches!(permit, Admission::Now(_));
         let created_at = Utc::now();
         let record = JobRecord {
             id: spec.job_id.clone(),
             user_id: spec.user_id.clone(),
             workflow_id: spec.workflow_id.clone(),
             strategy: kind,
-            status: if permit.is_some() {
+            status: if starts_now {
                 Status::Running
             } else {
                 Status::Scheduled
             },
             params: Value::Object(spec.params.clone()),
             created_at,
-            started_at: permit.is_some().then_some(created_at),
+            started_at: starts_now.then_some(created_at),
             finished_at: None,
             error: None,
             result: None,
@@ -804,21 +821,6 @@ async fn until_ended(
     }
 }
 
-/// Kills a process group a previous process recorded, if it still looks like one of our workers.
-fn reap_process_group(pid: u32) {
-    use nix::sys::signal::{killpg, Signal};
-    // A pid may have been reused since: only kill a process whose command line says `worker`.
-    let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
-    let is_worker = cmdline.split(|b| *b == 0).any(|arg| arg == b"worker");
-    if is_worker {
-        if let Err(e) = killpg(nix::unistd::Pid::from_raw(pid as i32), Signal::SIGKILL) {
-            tracing::debug!(pid, error = %e, "leftover worker group already gone");
-        } else {
-            tracing::warn!(pid, "killed a leftover worker process group");
-        }
-    }
-}
-
 /// The one writer of a job's record.
 async fn owner(
     inner: Arc<Inner>,
@@ -826,7 +828,7 @@ async fn owner(
     spec: JobSpec,
     live: Arc<LiveJob>,
     record: watch::Sender<JobRecord>,
-    permit: Option<OwnedSemaphorePermit>,
+    permit: Admission,
 ) {
     let job_id = spec.job_id.clone();
     let workflow_id = spec.workflow_id.clone();
@@ -905,18 +907,22 @@ async fn run_owned(
     spec: JobSpec,
     live: &Arc<LiveJob>,
     record: &watch::Sender<JobRecord>,
-    permit: Option<OwnedSemaphorePermit>,
+    permit: Admission,
 ) -> JobOutcome {
     let job_id = spec.job_id.clone();
-    let _permit = match permit {
+    let _slot = match permit {
         // Recorded as running at submit.
-        Some(p) => p,
-        None => {
-            // Wait for a slot as `scheduled`; a cancel meanwhile ends the job without running it.
+        Admission::Now(slot) => slot,
+        Admission::Queued(ticket) => {
+            // Wait for a slot as `scheduled`; a cancel meanwhile ends the job without running it
+            // (and gives its place in the queue up).
             let p = tokio::select! {
-                p = inner.permits.clone().acquire_owned() => match p {
+                p = ticket.wait() => match p {
                     Ok(p) => p,
-                    Err(_) => return JobOutcome::cancelled(),
+                    Err(e) => return JobOutcome::failed(crate::strategy::JobError::new(
+                        e.kind(),
+                        e.to_string(),
+                    )),
                 },
                 _ = live.cancel.cancelled() => return JobOutcome::cancelled(),
             };

@@ -170,6 +170,8 @@ impl ExecutionStrategy for SubprocessStrategy {
             .env_clear()
             .envs(&cfg.env)
             .env("TMPDIR", scratch.path())
+            // Who this process is, for a restarted parent's reaper (`crate::reap`).
+            .env(crate::reap::WORKER_JOB_ENV, &spec.job_id)
             .current_dir(scratch.path())
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())

@@ -804,7 +804,7 @@ async fn the_parent_enforces_the_job_owner() {
     );
     assert!(records.delete("alice", "a1").await.unwrap());
 
-    // Keys: only under alice/ (and the job's temp area); a record may not point elsewhere.
+    // Keys: only under alice/; a record may not point elsewhere.
     let remote = &pipe.worker.asset_storage;
     remote
         .upload_bytes(
@@ -827,7 +827,19 @@ async fn the_parent_enforces_the_job_owner() {
     }
     let err = remote.list(&StoragePrefix::all()).await.unwrap_err();
     assert_eq!(err.kind(), ErrorKind::PermissionDenied);
+    // A job's temp objects are its user's (`{user}/jobs/{job}/`, KeyScope::temp_prefix); the
+    // shared `jobs/` area is no user's under multi-user auth.
     pipe.worker
+        .temp_storage
+        .upload_bytes(
+            &key("alice/jobs/job-1/t"),
+            Bytes::from_static(b"t"),
+            PutOptions::default(),
+        )
+        .await
+        .unwrap();
+    let err = pipe
+        .worker
         .temp_storage
         .upload_bytes(
             &key("jobs/job-1/t"),
@@ -835,7 +847,8 @@ async fn the_parent_enforces_the_job_owner() {
             PutOptions::default(),
         )
         .await
-        .unwrap();
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::PermissionDenied, "{err}");
     let mut bad = AssetRecord::new("a2", "alice", "alice", "n", "text/plain");
     bad.storage_key = Some("mallory/x.txt".into());
     assert_eq!(

@@ -299,7 +299,10 @@ async fn a_redirect_to_loopback_is_refused_before_it_is_followed() {
     );
     tokio::spawn(async move { axum::serve(listener, app).await });
     let res = resources_with_media(vec![], vec![("127.0.0.1".to_owned(), front.port())]).await;
-    assert!(!res.media.policy.user_scoped);
+    assert_eq!(
+        res.media.policy.key_scope,
+        nodetool_core::KeyScope::WholeStore
+    );
     let err = refused(
         &res,
         json!({"type": "image", "uri": format!("http://{front}/image.png")}),
@@ -344,7 +347,7 @@ async fn another_users_asset_is_not_found() {
     let o = read_as(&res, "bob", by_id).await;
     assert_eq!(o.error.unwrap().kind(), ErrorKind::NotFound);
     // Under multi-user auth, Bob's asset:// to Alice's key is not found either.
-    res.media.policy.user_scoped = true;
+    res.media.policy.key_scope = nodetool_core::KeyScope::UserPrefix;
     let by_key = json!({"type": "image", "uri": asset["uri"]});
     let o = read_as(&res, "bob", by_key.clone()).await;
     assert_eq!(o.error.unwrap().kind(), ErrorKind::NotFound);

@@ -212,6 +212,13 @@ impl Resources {
         &self.providers
     }
 
+    /// Which storage keys a user owns in this process: the whole store under a single-user
+    /// auth provider, `{user}/` under a multi-user one (`supabase`). The one rule jobs of every
+    /// strategy and the HTTP storage routes apply.
+    pub fn key_scope(&self) -> nodetool_core::KeyScope {
+        nodetool_core::KeyScope::for_auth(self.settings.auth_provider.is_multi_user())
+    }
+
     /// The media-ref policy and the guarded HTTP client, from the `NODETOOL_*` media settings.
     pub fn media_services(&self) -> MediaServices {
         let m = &self.settings.media;
@@ -229,8 +236,8 @@ impl Resources {
                 http_max_bytes: m.http_max_bytes,
                 file_roots: m.file_roots.clone(),
                 asset_folder,
-                // Multi-user auth: a job reads only its user's part of the store.
-                user_scoped: self.settings.auth_provider == nodetool_config::AuthProvider::Supabase,
+                // Multi-user auth: a job reads and writes only its user's part of the store.
+                key_scope: self.key_scope(),
             },
             http: Some(Arc::new(GuardedHttp::new(self.http_policy()))),
         }

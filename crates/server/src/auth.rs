@@ -320,6 +320,12 @@ impl Authenticator {
         matches!(self, Authenticator::Local | Authenticator::Static { .. })
     }
 
+    /// Which storage keys a caller owns: the rule every storage route applies, and the one
+    /// jobs get (`nodetool_core::KeyScope`).
+    pub fn key_scope(&self) -> nodetool_core::KeyScope {
+        nodetool_core::KeyScope::for_auth(!self.is_single_user())
+    }
+
     /// True when a token is needed at all.
     pub fn requires_token(&self) -> bool {
         !matches!(self, Authenticator::Local)

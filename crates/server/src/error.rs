@@ -108,6 +108,23 @@ pub fn status_for(kind: ErrorKind) -> (StatusCode, &'static str) {
 
 impl From<Error> for ApiError {
     fn from(err: Error) -> Self {
+        // A limit of ours that says when to come back (the job manager's per-user queue):
+        // 429 with `Retry-After`, and the message, which names the limit and nothing else.
+        if err.kind() == ErrorKind::RateLimited {
+            if let Some(secs) = err
+                .context_value("retry_after")
+                .and_then(|v| HeaderValue::from_str(v).ok())
+            {
+                let message = err.message().to_owned();
+                return Self(Box::new(Inner {
+                    status: StatusCode::TOO_MANY_REQUESTS,
+                    kind: "rate_limited",
+                    message,
+                    cause: Some(err),
+                    headers: vec![(header::RETRY_AFTER, secs)],
+                }));
+            }
+        }
         let (status, kind) = status_for(err.kind());
         let message = if status.is_server_error() || status == StatusCode::FORBIDDEN {
             // Backend errors name buckets, paths and credentials variables: log them, send a

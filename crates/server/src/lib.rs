@@ -16,6 +16,7 @@ pub mod asset_queries;
 pub mod asset_thumbs;
 pub mod assets;
 pub mod auth;
+pub mod body_timeout;
 pub mod config_route;
 pub mod db;
 pub mod error;
@@ -79,6 +80,8 @@ pub struct ServerOptions {
     pub max_json_body_bytes: u64,
     /// `NODETOOL_EXAMPLES_DIR`, or `./examples` when it exists (see [`workflow_examples`]).
     pub examples_dir: Option<std::path::PathBuf>,
+    /// `SERVER_BODY_TIMEOUT` (see [`body_timeout`]); zero turns the check off.
+    pub body_timeout: Duration,
 }
 
 impl ServerOptions {
@@ -95,6 +98,7 @@ impl ServerOptions {
                 .unwrap_or(usize::MAX),
             max_json_body_bytes: settings.server.max_json_body_bytes,
             examples_dir: workflow_examples::default_dir(settings.server.examples_dir.as_deref()),
+            body_timeout: settings.server.body_timeout,
         }
     }
 }
@@ -210,6 +214,11 @@ pub fn router(state: AppState) -> Router {
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
             guard::guard,
+        ))
+        // Outside the guard, so the guard's JSON cap wraps the paced body and keeps its 413.
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            body_timeout::body_timeout,
         ))
         .layer(observe::ObserveLayer::new(state.metrics.clone()))
         .with_state(state)

@@ -770,7 +770,9 @@ fn api_message(e: nodetool_core::Error) -> String {
         | ErrorKind::Unsupported
         | ErrorKind::NotFound
         | ErrorKind::AlreadyExists
-        | ErrorKind::PermissionDenied => e.message().to_owned(),
+        | ErrorKind::PermissionDenied
+        // The job manager's per-user queue limit: the message names it and when to retry.
+        | ErrorKind::RateLimited => e.message().to_owned(),
         ErrorKind::Unavailable => "the job manager is unavailable; retry later".to_owned(),
         _ => {
             tracing::error!(error = %e, "websocket command failed");

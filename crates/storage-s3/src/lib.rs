@@ -524,6 +524,22 @@ fn map_error(err: opendal::Error, target: &Target) -> Error {
                 "S3 at {endpoint} refused the request on bucket '{bucket}'; check S3_ACCESS_KEY_ID and S3_SECRET_ACCESS_KEY (and the bucket policy)"
             ),
         )
+    } else if has("XMinioStorageFull")
+        || has("QuotaExceeded")
+        || has("InsufficientStorage")
+        || has("507 Insufficient Storage")
+    {
+        // A full or over-quota store (MinIO's drive threshold, provider quotas, HTTP 507): the
+        // client's `507`, not a retryable outage.
+        (
+            ErrorKind::StorageFull,
+            format!("S3 at {endpoint} is out of space or over its quota for bucket '{bucket}'"),
+        )
+    } else if has("EntityTooLarge") {
+        (
+            ErrorKind::TooLarge,
+            format!("the object is larger than S3 at {endpoint} accepts (bucket '{bucket}')"),
+        )
     } else if has("NoSuchBucket") {
         (
             ErrorKind::NotFound,
@@ -796,5 +812,26 @@ mod tests {
         assert_eq!(map_error(range, &t).kind(), ErrorKind::RangeNotSatisfiable);
         let changed = opendal::Error::new(opendal::ErrorKind::ConditionNotMatch, "412");
         assert!(map_error(changed, &t).is_temporary());
+
+        // Out of space or quota: StorageFull (the HTTP edge's 507), never retried.
+        for code in [
+            "XMinioStorageFull",
+            "QuotaExceeded",
+            "InsufficientStorage",
+            "507 Insufficient Storage",
+        ] {
+            let full = opendal::Error::new(
+                opendal::ErrorKind::Unexpected,
+                format!("S3Error {{ code: \"{code}\", message: \"...\" }}"),
+            );
+            let e = map_error(full, &t);
+            assert_eq!(e.kind(), ErrorKind::StorageFull, "{code}");
+            assert!(!e.is_temporary(), "{code}");
+        }
+        let big = opendal::Error::new(
+            opendal::ErrorKind::Unexpected,
+            "S3Error { code: \"EntityTooLarge\", message: \"Your proposed upload exceeds the maximum allowed size\" }",
+        );
+        assert_eq!(map_error(big, &t).kind(), ErrorKind::TooLarge);
     }
 }

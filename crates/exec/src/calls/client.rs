@@ -765,8 +765,15 @@ pub fn remote_resources(
         )),
         node_cache_ttl: Duration::try_from_secs_f64(offer.node_cache_ttl_secs)
             .unwrap_or(DEFAULT_CACHE_TTL),
-        // No settings reach a worker: default media limits, no HTTP, no file roots.
-        media: Default::default(),
+        // No settings reach a worker: default media limits, no HTTP, no file roots; the
+        // parent's key scope, so keys are laid out as the parent checks them.
+        media: nodetool_engine::MediaServices {
+            policy: nodetool_engine::MediaPolicy {
+                key_scope: offer.key_scope,
+                ..Default::default()
+            },
+            http: None,
+        },
         // Workers hold no credentials: AI nodes refuse here before the job starts.
         extensions: Default::default(),
     }

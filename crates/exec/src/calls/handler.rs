@@ -48,16 +48,20 @@ pub struct WorkerServices {
 }
 
 impl WorkerServices {
-    /// `resources` with [`KeyScope::WholeStore`] (single-user auth providers).
+    /// `resources` with their own key scope (`resources.media.policy.key_scope`, the one the
+    /// process's threaded jobs and HTTP routes apply).
     pub fn new(resources: EngineResources) -> Self {
         Self {
+            keys: resources.media.policy.key_scope,
             resources,
-            keys: KeyScope::default(),
         }
     }
 
+    /// The same services with `keys` as the key scope (of the workers and of the lent
+    /// resources alike).
     pub fn with_key_scope(mut self, keys: KeyScope) -> Self {
         self.keys = keys;
+        self.resources.media.policy.key_scope = keys;
         self
     }
 
@@ -73,6 +77,7 @@ impl WorkerServices {
             max_chunk_bytes: chunk_limit(max_frame_bytes),
             max_calls_in_flight: MAX_CALLS_IN_FLIGHT,
             binary_chunks: true,
+            key_scope: self.keys,
         }
     }
 }

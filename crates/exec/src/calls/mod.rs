@@ -48,8 +48,8 @@
 //! job's user only — a user id sent by the worker is ignored, and a record's `job_id` is the
 //! job's. Storage keys go through [`CallScope::check_key`]: today's single-user auth providers
 //! own the whole store ([`KeyScope::WholeStore`]); a multi-user deployment
-//! ([`KeyScope::UserPrefix`]) restricts a job to `{user_id}/…` (and, in temp storage, to its own
-//! `jobs/{job_id}/…`), as the HTTP storage routes do. Node-cache keys are not restricted: they
+//! ([`KeyScope::UserPrefix`]) restricts a job to `{user_id}/…` (its temp objects are
+//! `{user_id}/jobs/{job_id}/…`), the rule the HTTP storage routes and threaded jobs apply. Node-cache keys are not restricted: they
 //! are content hashes that include the user id (`nodetool_cache::node_cache_key`).
 
 pub mod client;
@@ -227,6 +227,10 @@ pub struct ServiceOffer {
     /// older parents, whose workers then send base64.
     #[serde(default)]
     pub binary_chunks: bool,
+    /// The parent's key scope, so the worker's engine lays out keys (a job's temp objects
+    /// under `{user}/jobs/{job}/` in a multi-user process) as the parent will check them.
+    #[serde(default)]
+    pub key_scope: KeyScope,
 }
 
 /// A storage as the worker sees it through its parent (`StorageInfo` over the wire).
@@ -482,16 +486,8 @@ impl From<WirePage> for AssetPage {
     }
 }
 
-/// Which storage keys a job's worker may touch (see the module docs).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum KeyScope {
-    /// Single-user auth providers (none, local, static): the whole store is the user's.
-    #[default]
-    WholeStore,
-    /// Multi-user auth providers: keys under `{user_id}/`, plus `jobs/{job_id}/` in temp storage
-    /// (where `ProcessingContext::put_temp` writes).
-    UserPrefix,
-}
+/// Which storage keys a job's worker may touch: the process's one rule (see the module docs).
+pub use nodetool_core::KeyScope;
 
 /// The job a [`CallHandler`] serves: its owner, its id, and the key rule.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -517,14 +513,6 @@ impl CallScope {
         }
     }
 
-    fn allowed_prefixes(&self, role: Role) -> Vec<String> {
-        let mut out = vec![format!("{}/", self.user_id)];
-        if role == Role::Temp {
-            out.push(format!("jobs/{}/", self.job_id));
-        }
-        out
-    }
-
     /// May the job touch `key` in `role` storage? `PermissionDenied` naming the key if not.
     pub fn check_key(&self, role: Role, key: &StorageKey) -> Result<()> {
         self.check(role, key.as_str(), "key")
@@ -537,29 +525,19 @@ impl CallScope {
     }
 
     fn check(&self, role: Role, path: &str, what: &'static str) -> Result<()> {
-        match self.keys {
-            KeyScope::WholeStore => Ok(()),
-            KeyScope::UserPrefix => {
-                if self
-                    .allowed_prefixes(role)
-                    .iter()
-                    .any(|p| path.starts_with(p.as_str()))
-                {
-                    Ok(())
-                } else {
-                    Err(Error::new(
-                        ErrorKind::PermissionDenied,
-                        format!(
-                            "{what} {path:?} is outside this job's part of {} storage ({})",
-                            role.as_str(),
-                            self.allowed_prefixes(role).join(" or ")
-                        ),
-                    )
-                    .with_operation("worker.call.scope")
-                    .with_context(what, path))
-                }
-            }
+        if self.keys.permits(&self.user_id, path) {
+            return Ok(());
         }
+        Err(Error::new(
+            ErrorKind::PermissionDenied,
+            format!(
+                "{what} {path:?} is outside this job's part of {} storage ({}/)",
+                role.as_str(),
+                self.user_id
+            ),
+        )
+        .with_operation("worker.call.scope")
+        .with_context(what, path))
     }
 }
 
@@ -596,9 +574,11 @@ mod tests {
             let err = s.check_key(Role::Asset, &key(k)).unwrap_err();
             assert_eq!(err.kind(), ErrorKind::PermissionDenied, "{k}");
         }
-        // Temp storage also has the job's own area, and only its own.
-        assert!(s.check_key(Role::Temp, &key("jobs/j1/x")).is_ok());
-        assert!(s.check_key(Role::Temp, &key("jobs/j2/x")).is_err());
+        // A job's temp objects are under its user's folder; the shared `jobs/` area is no
+        // user's (a user id cannot be `jobs`).
+        assert!(s.check_key(Role::Temp, &key("u1/jobs/j1/x")).is_ok());
+        assert!(s.check_key(Role::Temp, &key("jobs/j1/x")).is_err());
+        assert!(s.check_key(Role::Temp, &key("u2/jobs/j1/x")).is_err());
         assert!(s.check_prefix(Role::Asset, "u1/").is_ok());
         assert!(s.check_prefix(Role::Asset, "").is_err());
         assert!(s.check_prefix(Role::Asset, "u").is_err());

@@ -15,6 +15,33 @@ use crate::strategy::{JobSpec, ResourceLimits};
 /// The label every job container carries (`nodetool.job_id=<id>`); reaping looks for it.
 pub const JOB_LABEL: &str = "nodetool.job_id";
 
+/// The label naming the server instance that made a job container (`nodetool.instance=<id>`):
+/// on a shared Docker engine a server reaps only its own containers.
+pub const INSTANCE_LABEL: &str = "nodetool.instance";
+
+/// This runtime's instance id, kept next to its database (`{DB_PATH}.instance`) so that it
+/// survives restarts; created (a new UUIDv7) the first time.
+pub fn instance_id(db_path: &std::path::Path) -> Result<String> {
+    let path = std::path::PathBuf::from(format!("{}.instance", db_path.display()));
+    let io_err = |e: std::io::Error| {
+        Error::from(e)
+            .with_operation("docker.instance_id")
+            .with_context("file", path.display())
+    };
+    match std::fs::read_to_string(&path) {
+        Ok(s) if !s.trim().is_empty() => return Ok(s.trim().to_owned()),
+        Ok(_) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(io_err(e)),
+    }
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).map_err(io_err)?;
+    }
+    let id = nodetool_core::id::new_id();
+    std::fs::write(&path, format!("{id}\n")).map_err(io_err)?;
+    Ok(id)
+}
+
 /// Where the job's workspace is mounted in the container.
 pub const WORKSPACE_IN_CONTAINER: &str = "/workspace";
 
@@ -94,8 +121,14 @@ pub struct DockerConfig {
     pub network: Option<String>,
     /// Host directory under which each job gets `<job_id>/`, mounted at `/workspace`.
     pub workspace_root: PathBuf,
-    /// The local asset folder, mounted read-only at `/assets` (only for file storage).
+    /// The local asset folder, mounted read-only at `/assets` (only for file storage); under
+    /// [`KeyScope::UserPrefix`] only the job's user's `{user}/` folder is (when it exists).
     pub asset_folder: Option<PathBuf>,
+    /// This server's instance id ([`instance_id`]), put on every container as
+    /// [`INSTANCE_LABEL`]; `None`: containers carry none, and only exited ones are reaped.
+    pub instance_id: Option<String>,
+    /// Which keys a user owns (the auth provider's [`KeyScope`]).
+    pub key_scope: nodetool_core::KeyScope,
     /// Size of the `/tmp` tmpfs, in bytes.
     pub tmp_size: u64,
     /// Run `docker-init` as PID 1, so the worker sees signals like any process does.
@@ -125,6 +158,8 @@ impl DockerConfig {
             network: None,
             workspace_root: workspace_root.into(),
             asset_folder: None,
+            key_scope: nodetool_core::KeyScope::WholeStore,
+            instance_id: None,
             tmp_size: 64 * 1024 * 1024,
             init: true,
             env: Vec::new(),
@@ -151,6 +186,7 @@ impl DockerConfig {
         c.gpu_devices = settings.docker_gpu_devices.clone();
         c.pull_policy = settings.docker_pull_policy.parse()?;
         c.asset_folder = asset_folder;
+        c.key_scope = nodetool_core::KeyScope::for_auth(settings.auth_provider.is_multi_user());
         c.validate()?;
         Ok(c)
     }
@@ -164,12 +200,15 @@ impl DockerConfig {
             _ => None,
         };
         let workspaces = settings.config_dir().join("workspaces");
+        let instance = instance_id(&settings.db_path)?;
         std::fs::create_dir_all(&workspaces).map_err(|e| {
             nodetool_core::Error::from(e)
                 .with_operation("docker.config")
                 .with_context("dir", workspaces.display())
         })?;
-        Self::from_settings(settings, workspaces, asset_folder)
+        let mut c = Self::from_settings(settings, workspaces, asset_folder)?;
+        c.instance_id = Some(instance);
+        Ok(c)
     }
 
     /// Checks what Docker would otherwise accept silently: a root user, host networking,
@@ -278,7 +317,20 @@ impl DockerConfig {
             read_only: Some(false),
             ..Default::default()
         }];
-        if let Some(assets) = &self.asset_folder {
+        let assets = match (&self.asset_folder, self.key_scope) {
+            (Some(all), nodetool_core::KeyScope::WholeStore) => Some(all.clone()),
+            // Another user's files are not even in the container.
+            (Some(all), nodetool_core::KeyScope::UserPrefix) => {
+                let owner = if spec.user_id.is_empty() {
+                    "anonymous"
+                } else {
+                    spec.user_id.as_str()
+                };
+                Some(all.join(owner)).filter(|d| d.is_dir())
+            }
+            (None, _) => None,
+        };
+        if let Some(assets) = &assets {
             mounts.push(Mount {
                 target: Some(ASSETS_IN_CONTAINER.to_owned()),
                 source: Some(assets.display().to_string()),
@@ -336,6 +388,9 @@ impl DockerConfig {
         };
         let mut labels = HashMap::new();
         labels.insert(JOB_LABEL.to_owned(), spec.job_id.clone());
+        if let Some(instance) = &self.instance_id {
+            labels.insert(INSTANCE_LABEL.to_owned(), instance.clone());
+        }
         // Home and scratch live in the workspace and the tmpfs (the root is read-only). Nothing
         // else: the worker reads no settings, and its storage, cache and asset records are the
         // parent's, through calls. The asset folder stays mounted read-only (DESIGN §5) for nodes

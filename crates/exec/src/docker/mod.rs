@@ -22,6 +22,7 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use bollard::container::LogOutput;
+use bollard::models::ContainerSummaryStateEnum;
 use bollard::query_parameters::{
     AttachContainerOptionsBuilder, CreateContainerOptionsBuilder, CreateImageOptionsBuilder,
     KillContainerOptionsBuilder, ListContainersOptionsBuilder, RemoveContainerOptionsBuilder,
@@ -45,7 +46,7 @@ use crate::strategy::{
 
 /// The engine client crate, re-exported so callers need not pin its version.
 pub use bollard;
-pub use config::{DockerConfig, PullPolicy, JOB_LABEL};
+pub use config::{instance_id, DockerConfig, PullPolicy, INSTANCE_LABEL, JOB_LABEL};
 
 /// How long a finished worker gets to exit after its outcome frame (or EOF) before it is killed.
 const EXIT_GRACE: Duration = Duration::from_secs(10);
@@ -209,8 +210,11 @@ impl DockerStrategy {
         Ok(())
     }
 
-    /// Removes every container labelled [`JOB_LABEL`] (left by a previous process that died).
-    /// Returns how many were removed. The manager calls this on start.
+    /// Removes the job containers (labelled [`JOB_LABEL`]) a previous process of this instance
+    /// left: every one labelled with our [`INSTANCE_LABEL`], running or not, and those of no
+    /// instance (older versions, or a config without an instance id) only once they are not
+    /// running. Another instance's containers on a shared engine are never touched. Returns how
+    /// many were removed. The server calls this on start.
     pub async fn reap_leftovers(&self) -> Result<usize> {
         let mut filters = std::collections::HashMap::new();
         filters.insert("label".to_owned(), vec![JOB_LABEL.to_owned()]);
@@ -226,6 +230,28 @@ impl DockerStrategy {
         let mut removed = 0;
         for c in list {
             let Some(id) = c.id else { continue };
+            let instance = c
+                .labels
+                .as_ref()
+                .and_then(|l| l.get(config::INSTANCE_LABEL))
+                .cloned();
+            let live = matches!(
+                c.state,
+                Some(
+                    ContainerSummaryStateEnum::RUNNING
+                        | ContainerSummaryStateEnum::PAUSED
+                        | ContainerSummaryStateEnum::RESTARTING
+                )
+            );
+            let ours = match (&instance, &self.config.instance_id) {
+                (Some(theirs), Some(mine)) => theirs == mine,
+                (None, _) => !live,
+                (Some(_), None) => false,
+            };
+            if !ours {
+                tracing::debug!(container = %id, instance = ?instance, live, "job container of another instance; left alone");
+                continue;
+            }
             match remove_container(&self.docker, &id).await {
                 Ok(()) => removed += 1,
                 Err(e) => {
