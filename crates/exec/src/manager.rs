@@ -130,12 +130,12 @@ impl EventHub {
     /// Publishes the held terminal event (its status set to the recorded one, which wins when a
     /// cancel raced the strategy, and its error and result to the recorded ones when the outcome
     /// could not be written), then closes: live subscribers end after draining.
-    fn release_and_close(&self, record: &JobRecord) {
+    fn release_and_close(&self, record: &JobRecord, unrecorded: bool) {
         let status = record.status;
         let mut st = self.lock();
         if let Some(mut event) = st.held.take() {
             if let nodetool_engine::Event::JobUpdate(update) = &mut event.event {
-                if update.status == Status::Completed && status != Status::Completed {
+                if unrecorded {
                     update.result = None;
                     update.error.clone_from(&record.error);
                 }
@@ -766,6 +766,34 @@ async fn until_ended(
     }
 }
 
+/// Attempts at writing a job's outcome before it is reported as not recorded.
+const FINISH_ATTEMPTS: u32 = 5;
+
+/// [`JobStore::finish`], retried with backoff (100 ms, doubling: about 1.5 s in all).
+async fn record_outcome(
+    store: &JobStore,
+    job_id: &str,
+    status: Status,
+    error: Option<&str>,
+    result: Option<&Value>,
+    at: chrono::DateTime<Utc>,
+) -> Result<bool> {
+    let mut delay = Duration::from_millis(100);
+    let mut attempt = 1;
+    loop {
+        match store.finish(job_id, status, error, result, at).await {
+            Ok(written) => return Ok(written),
+            Err(e) if attempt < FINISH_ATTEMPTS => {
+                tracing::warn!(job_id, attempt, error = %e, "cannot record the job's outcome; retrying");
+                tokio::time::sleep(delay).await;
+                delay *= 2;
+                attempt += 1;
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}
+
 /// Kills a process group a previous process recorded, if it still looks like one of our workers.
 fn reap_process_group(pid: u32) {
     use nix::sys::signal::{killpg, Signal};
@@ -807,25 +835,47 @@ async fn owner(
     }
 
     let now = Utc::now();
-    let error = outcome.error_text();
-    let result =
+    let mut status = outcome.status;
+    let mut error = outcome.error_text();
+    let mut result =
         (outcome.status == Status::Completed).then(|| Value::Object(outcome.result.clone()));
-    if let Err(e) = inner
-        .store
-        .finish(
-            &job_id,
-            outcome.status,
-            error.as_deref(),
-            result.as_ref(),
-            now,
-        )
-        .await
+    // The terminal event waits for a durable record: an outcome the store would not take is
+    // reported as what it is, never as the `completed` nobody can read back.
+    let mut unrecorded = false;
+    if let Err(e) = record_outcome(
+        &inner.store,
+        &job_id,
+        status,
+        error.as_deref(),
+        result.as_ref(),
+        now,
+    )
+    .await
     {
-        tracing::error!(job_id = %job_id, error = %e, "cannot record the job's outcome");
+        tracing::error!(job_id = %job_id, error = %e, status = status.as_str(),
+            "the job's outcome could not be recorded; reporting it failed (unavailable)");
+        let text = format!(
+            "unavailable: the job's outcome ({}) could not be recorded in the job store: {}; \
+             its result is lost",
+            status.as_str(),
+            e
+        );
+        // A smaller write (no result) may still fit; then the record agrees with the client.
+        if let Err(e) = inner
+            .store
+            .finish(&job_id, Status::Failed, Some(&text), None, now)
+            .await
+        {
+            tracing::error!(job_id = %job_id, error = %e, "cannot record the job as failed either");
+        }
+        status = Status::Failed;
+        error = Some(text);
+        result = None;
+        unrecorded = true;
     }
     record.send_modify(|r| {
         if !r.status.is_terminal() {
-            r.status = outcome.status;
+            r.status = status;
             r.error = error;
             r.result = result;
             r.finished_at = Some(now);
@@ -844,7 +894,7 @@ async fn owner(
         }
     }
     // Only now, with the outcome recorded, do clients see the terminal event.
-    live.hub.release_and_close(&record.borrow());
+    live.hub.release_and_close(&record.borrow(), unrecorded);
 
     // Keep the finished job (and its replay buffer) around for late readers, then forget it.
     let retain = inner.config.retain_finished;
