@@ -14,6 +14,7 @@
 //! # Ok(()) }
 //! ```
 
+pub mod database;
 mod media;
 mod parse;
 mod providers;
@@ -24,6 +25,7 @@ mod server;
 mod settings;
 mod sources;
 
+pub use database::DatabaseSettings;
 pub use media::MediaSettings;
 pub use parse::{is_path_like, mask, size as parse_size};
 pub use providers::{ProviderValues, PROVIDER_SETTINGS};

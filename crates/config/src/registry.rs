@@ -160,6 +160,11 @@ pub const REGISTRY: &[SettingDef] = &[
     def("ASSET_TEMP_TTL", K::Seconds, D::Value("86400"),
         "Lifetime of temporary objects"),
     def("DB_PATH", K::Path, D::InConfigDir("nodetool.db"), "SQLite database file"),
+    // Database (crate::database).
+    def("JOB_EVENTS_MAX_PER_JOB", K::Count, D::Value("10000"),
+        "Events of one job kept in the database (the latest), replayable after a restart"),
+    def("JOB_EVENT_RETENTION", K::Seconds, D::Value("7d"),
+        "How long a finished job's events stay in the database"),
     // Caches.
     def("MEMCACHE_HOST", K::Text, D::None,
         "Memcached host; with MEMCACHE_PORT selects the memcached node cache"),

@@ -201,6 +201,8 @@ pub struct Settings {
     pub url_signing_key: Option<String>,
     pub asset_temp_ttl: Duration,
     pub db_path: PathBuf,
+    /// The job-event limits.
+    pub database: crate::database::DatabaseSettings,
     pub memcache_host: Option<String>,
     pub memcache_port: Option<u16>,
     pub node_cache_max_bytes: u64,
@@ -334,6 +336,7 @@ impl Settings {
             db_path: r
                 .path("DB_PATH")?
                 .unwrap_or_else(|| config_dir.join("nodetool.db")),
+            database: crate::database::DatabaseSettings::read(&r)?,
             memcache_host: r.get("MEMCACHE_HOST", text)?,
             memcache_port: r.get("MEMCACHE_PORT", parse::port)?,
             node_cache_max_bytes: r.require("NODE_CACHE_MAX_BYTES", parse::size)?,

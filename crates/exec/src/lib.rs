@@ -12,13 +12,16 @@
 //! - [`worker`]: the child side of the protocol (what `nodetool worker` runs).
 //! - [`docker`]: one container per job.
 //! - [`manager`]: [`JobExecutionManager`] (submit, get, list, cancel, wait, subscribe, shutdown).
-//! - [`store`]: job records in SQLite.
+//! - [`store`]: job records and job events in SQLite.
+//! - [`event_log`]: batched writes of every job's events to the store, for replay after a restart.
 
 pub mod calls;
 pub mod docker;
+pub mod event_log;
 pub mod manager;
 pub mod protocol;
 pub mod reap;
+mod replay;
 pub mod scheduler;
 mod session;
 pub mod sink;
@@ -29,6 +32,7 @@ pub mod threaded;
 pub mod worker;
 
 pub use calls::{KeyScope, WorkerServices};
+pub use event_log::{EventLog, EventLogConfig};
 pub use manager::{JobEvents, JobExecutionManager, ManagerConfig};
 pub use store::{JobRecord, JobStore};
 pub use strategy::{

@@ -24,6 +24,8 @@ use tokio_util::sync::CancellationToken;
 use nodetool_core::{Error, ErrorKind, Result};
 use nodetool_engine::{EventEnvelope, EventSink, Status};
 
+use crate::event_log::{EventLog, EventLogConfig};
+use crate::replay::StoredEvents;
 use crate::scheduler::{Admission, Scheduler, SchedulerLimits};
 use crate::store::{JobRecord, JobStore};
 use crate::strategy::{
@@ -54,6 +56,9 @@ pub struct ManagerConfig {
     pub replay_events: usize,
     /// How long a finished job stays in memory (events replayable) before only the store has it.
     pub retain_finished: Duration,
+    /// Persist every job's events in the job store (batched), so replay survives a restart;
+    /// `None` keeps them in memory only.
+    pub event_log: Option<EventLogConfig>,
 }
 
 impl Default for ManagerConfig {
@@ -71,6 +76,7 @@ impl Default for ManagerConfig {
             ],
             replay_events: 131_072,
             retain_finished: Duration::from_secs(300),
+            event_log: Some(EventLogConfig::default()),
         }
     }
 }
@@ -90,6 +96,7 @@ impl ManagerConfig {
                 .iter()
                 .filter_map(|s| s.parse().ok())
                 .collect(),
+            event_log: Some(EventLogConfig::from_settings(settings)),
             ..Self::default()
         }
     }
@@ -109,16 +116,19 @@ struct HubState {
     /// The job's terminal `job_update`, held back until the owner has recorded the outcome, so a
     /// client that reacts to the event never reads a stale record.
     held: Option<EventEnvelope>,
+    /// Where published events are persisted (in publish order).
+    log: Option<EventLog>,
 }
 
 impl EventHub {
-    fn new(capacity: usize) -> Arc<Self> {
+    fn new(capacity: usize, log: Option<EventLog>) -> Arc<Self> {
         let (tx, _) = broadcast::channel(1024);
         Arc::new(Self {
             state: Mutex::new(HubState {
                 buffer: VecDeque::new(),
                 tx: Some(tx),
                 held: None,
+                log,
             }),
             capacity: capacity.max(1),
         })
@@ -128,12 +138,18 @@ impl EventHub {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Publishes the held terminal event (its status set to the recorded `status`, which wins
-    /// when a cancel raced the strategy), then closes: live subscribers end after draining.
-    fn release_and_close(&self, status: Status) {
+    /// Publishes the held terminal event (its status set to the recorded one, which wins when a
+    /// cancel raced the strategy, and its error and result to the recorded ones when the outcome
+    /// could not be written), then closes: live subscribers end after draining.
+    fn release_and_close(&self, record: &JobRecord, unrecorded: bool) {
+        let status = record.status;
         let mut st = self.lock();
         if let Some(mut event) = st.held.take() {
             if let nodetool_engine::Event::JobUpdate(update) = &mut event.event {
+                if unrecorded {
+                    update.result = None;
+                    update.error.clone_from(&record.error);
+                }
                 update.status = status;
             }
             st.publish(event, self.capacity);
@@ -160,6 +176,9 @@ impl HubState {
     fn publish(&mut self, event: EventEnvelope, capacity: usize) {
         if self.buffer.len() >= capacity {
             self.buffer.pop_front();
+        }
+        if let Some(log) = &self.log {
+            log.record(&event);
         }
         self.buffer.push_back(event.clone());
         if let Some(tx) = &self.tx {
@@ -188,7 +207,9 @@ impl EventSink for EventHub {
 /// last event.
 #[derive(Debug)]
 pub struct JobEvents {
-    hub: Arc<EventHub>,
+    /// `None` for a job that is no longer in memory: `stored` replays it.
+    hub: Option<Arc<EventHub>>,
+    stored: Option<StoredEvents>,
     backlog: VecDeque<EventEnvelope>,
     rx: Option<broadcast::Receiver<EventEnvelope>>,
     last_seq: u64,
@@ -197,14 +218,17 @@ pub struct JobEvents {
     catching_up: bool,
 }
 
-/// Events copied from the replay buffer at a time.
-const REPLAY_BATCH: usize = 256;
+/// Events copied from the replay buffer (or read from the store) at a time.
+pub(crate) const REPLAY_BATCH: usize = 256;
 
 impl JobEvents {
     /// The next event, or `None` when the job has ended and everything was delivered. A
     /// subscriber that falls behind the broadcast resyncs from the replay buffer; events older
     /// than the buffer are skipped.
     pub async fn next(&mut self) -> Option<EventEnvelope> {
+        if let Some(stored) = &mut self.stored {
+            return stored.next(&mut self.last_seq).await;
+        }
         loop {
             if let Some(e) = self.backlog.pop_front() {
                 if e.seq > self.last_seq {
@@ -214,7 +238,10 @@ impl JobEvents {
                 continue;
             }
             if self.catching_up {
-                self.backlog = self.hub.since(self.last_seq, REPLAY_BATCH);
+                let Some(hub) = &self.hub else {
+                    return None;
+                };
+                self.backlog = hub.since(self.last_seq, REPLAY_BATCH);
                 if !self.backlog.is_empty() {
                     continue;
                 }
@@ -258,6 +285,8 @@ struct LiveJob {
 
 struct Inner {
     store: JobStore,
+    /// Persists job events (`config.event_log`).
+    event_log: Option<EventLog>,
     strategies: HashMap<StrategyKind, Arc<dyn ExecutionStrategy>>,
     config: ManagerConfig,
     scheduler: Arc<Scheduler>,
@@ -313,8 +342,13 @@ impl JobExecutionManager {
             }
         }
         let strategies = strategies.into_iter().map(|s| (s.name(), s)).collect();
+        let event_log = match config.event_log {
+            Some(cfg) => Some(EventLog::start(store.clone(), cfg).await),
+            None => None,
+        };
         Ok(Self {
             inner: Arc::new(Inner {
+                event_log,
                 store,
                 strategies,
                 scheduler: Scheduler::new(SchedulerLimits {
@@ -470,7 +504,10 @@ impl JobExecutionManager {
             user_id: spec.user_id.clone(),
             cancel: CancellationToken::new(),
             record: rx,
-            hub: EventHub::new(self.inner.config.replay_events),
+            hub: EventHub::new(
+                self.inner.config.replay_events,
+                self.inner.event_log.clone(),
+            ),
             streaming: spec.streaming_inputs,
             inputs: watch::Sender::new(None),
             pause: spec.pause.clone(),
@@ -729,14 +766,30 @@ impl JobExecutionManager {
     }
 
     /// The job's events after `since_seq` (0: all kept), then live ones until the job ends.
-    /// `NotFound` when the job is no longer in memory.
+    /// A job no longer in memory (finished long ago, or before a restart) is replayed from
+    /// the store's event log, ending with its terminal `job_update` (made from its record when
+    /// the log has none); a job the store does not know yields nothing. `NotFound` only when
+    /// events are kept in memory only (`ManagerConfig::event_log` is `None`).
     pub fn subscribe(&self, job_id: &str, since_seq: u64) -> Result<JobEvents> {
-        let live = self.live(job_id).ok_or_else(|| not_found(job_id))?;
+        let Some(live) = self.live(job_id) else {
+            if self.inner.event_log.is_none() {
+                return Err(not_found(job_id));
+            }
+            return Ok(JobEvents {
+                hub: None,
+                stored: Some(StoredEvents::new(self.inner.store.clone(), job_id)),
+                backlog: VecDeque::new(),
+                rx: None,
+                last_seq: since_seq,
+                catching_up: false,
+            });
+        };
         // Subscribe under the lock, so every event after the buffer's current end also reaches
         // `rx`; the replay is then read a batch at a time (overlaps are dropped by seq).
         let rx = live.hub.lock().tx.as_ref().map(|tx| tx.subscribe());
         Ok(JobEvents {
-            hub: live.hub.clone(),
+            hub: Some(live.hub.clone()),
+            stored: None,
             backlog: VecDeque::new(),
             rx,
             last_seq: since_seq,
@@ -766,8 +819,20 @@ impl JobExecutionManager {
     }
 
     /// Stops accepting jobs, lets running ones finish for up to `grace`, cancels the rest and
-    /// waits for their owners to record the outcome.
+    /// waits for their owners to record the outcome, then for their events to be written.
     pub async fn shutdown(&self, grace: Duration) {
+        self.shutdown_jobs(grace).await;
+        self.flush_events().await;
+    }
+
+    /// Waits until every event published so far is in the store (a no-op without an event log).
+    pub async fn flush_events(&self) {
+        if let Some(log) = &self.inner.event_log {
+            log.flush().await;
+        }
+    }
+
+    async fn shutdown_jobs(&self, grace: Duration) {
         self.inner.accepting.store(false, Ordering::Release);
         self.inner.owners.close();
         if tokio::time::timeout(grace, self.inner.owners.wait())
@@ -821,6 +886,34 @@ async fn until_ended(
     }
 }
 
+/// Attempts at writing a job's outcome before it is reported as not recorded.
+const FINISH_ATTEMPTS: u32 = 5;
+
+/// [`JobStore::finish`], retried with backoff (100 ms, doubling: about 1.5 s in all).
+async fn record_outcome(
+    store: &JobStore,
+    job_id: &str,
+    status: Status,
+    error: Option<&str>,
+    result: Option<&Value>,
+    at: chrono::DateTime<Utc>,
+) -> Result<bool> {
+    let mut delay = Duration::from_millis(100);
+    let mut attempt = 1;
+    loop {
+        match store.finish(job_id, status, error, result, at).await {
+            Ok(written) => return Ok(written),
+            Err(e) if attempt < FINISH_ATTEMPTS => {
+                tracing::warn!(job_id, attempt, error = %e, "cannot record the job's outcome; retrying");
+                tokio::time::sleep(delay).await;
+                delay *= 2;
+                attempt += 1;
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}
+
 /// The one writer of a job's record.
 async fn owner(
     inner: Arc<Inner>,
@@ -847,25 +940,47 @@ async fn owner(
     }
 
     let now = Utc::now();
-    let error = outcome.error_text();
-    let result =
+    let mut status = outcome.status;
+    let mut error = outcome.error_text();
+    let mut result =
         (outcome.status == Status::Completed).then(|| Value::Object(outcome.result.clone()));
-    if let Err(e) = inner
-        .store
-        .finish(
-            &job_id,
-            outcome.status,
-            error.as_deref(),
-            result.as_ref(),
-            now,
-        )
-        .await
+    // The terminal event waits for a durable record: an outcome the store would not take is
+    // reported as what it is, never as the `completed` nobody can read back.
+    let mut unrecorded = false;
+    if let Err(e) = record_outcome(
+        &inner.store,
+        &job_id,
+        status,
+        error.as_deref(),
+        result.as_ref(),
+        now,
+    )
+    .await
     {
-        tracing::error!(job_id = %job_id, error = %e, "cannot record the job's outcome");
+        tracing::error!(job_id = %job_id, error = %e, status = status.as_str(),
+            "the job's outcome could not be recorded; reporting it failed (unavailable)");
+        let text = format!(
+            "unavailable: the job's outcome ({}) could not be recorded in the job store: {}; \
+             its result is lost",
+            status.as_str(),
+            e
+        );
+        // A smaller write (no result) may still fit; then the record agrees with the client.
+        if let Err(e) = inner
+            .store
+            .finish(&job_id, Status::Failed, Some(&text), None, now)
+            .await
+        {
+            tracing::error!(job_id = %job_id, error = %e, "cannot record the job as failed either");
+        }
+        status = Status::Failed;
+        error = Some(text);
+        result = None;
+        unrecorded = true;
     }
     record.send_modify(|r| {
         if !r.status.is_terminal() {
-            r.status = outcome.status;
+            r.status = status;
             r.error = error;
             r.result = result;
             r.finished_at = Some(now);
@@ -884,7 +999,7 @@ async fn owner(
         }
     }
     // Only now, with the outcome recorded, do clients see the terminal event.
-    live.hub.release_and_close(record.borrow().status);
+    live.hub.release_and_close(&record.borrow(), unrecorded);
 
     // Keep the finished job (and its replay buffer) around for late readers, then forget it.
     let retain = inner.config.retain_finished;

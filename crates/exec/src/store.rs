@@ -1,8 +1,9 @@
-//! Job records in SQLite (`settings.db_path`, shared with other crates' tables).
+//! Job records and job events in SQLite (`settings.db_path`, shared with other crates' tables).
 //!
 //! Only a job's owner task writes its row. Status changes are compare-and-set on the current
 //! status, so a terminal status is written once and `cancelled` is never overwritten.
 
+use std::collections::HashMap;
 use std::path::Path;
 use std::str::FromStr;
 use std::time::Duration;
@@ -16,7 +17,7 @@ use sqlx::sqlite::{
 use sqlx::{Row, SqlitePool};
 
 use nodetool_core::{Error, ErrorKind, Result};
-use nodetool_engine::Status;
+use nodetool_engine::{EventEnvelope, Status};
 
 use crate::strategy::{StrategyKind, WorkerRef};
 
@@ -207,6 +208,102 @@ impl JobStore {
         rows.iter().map(from_row).collect()
     }
 
+    /// Appends events (`(job_id, seq, envelope JSON)`) in one transaction, ignoring seqs already
+    /// stored, then trims each job in the batch to its latest `max_per_job` events.
+    pub async fn append_events(
+        &self,
+        events: &[(String, u64, String)],
+        max_per_job: u64,
+    ) -> Result<()> {
+        if events.is_empty() {
+            return Ok(());
+        }
+        let err = db_err("job_events.append");
+        let mut tx = self.pool.begin().await.map_err(&err)?;
+        // 3 variables a row: far below SQLite's 32,766.
+        for chunk in events.chunks(500) {
+            let mut q = sqlx::QueryBuilder::<sqlx::Sqlite>::new(
+                "INSERT INTO job_events (job_id, seq, event) ",
+            );
+            q.push_values(chunk, |mut row, (job, seq, event)| {
+                row.push_bind(job)
+                    .push_bind(i64::try_from(*seq).unwrap_or(i64::MAX))
+                    .push_bind(event);
+            });
+            q.push(" ON CONFLICT (job_id, seq) DO NOTHING");
+            q.build().execute(&mut *tx).await.map_err(&err)?;
+        }
+        let mut newest: HashMap<&str, u64> = HashMap::new();
+        for (job, seq, _) in events {
+            let e = newest.entry(job.as_str()).or_default();
+            *e = (*e).max(*seq);
+        }
+        for (job, seq) in newest {
+            if seq > max_per_job {
+                sqlx::query("DELETE FROM job_events WHERE job_id = ? AND seq <= ?")
+                    .bind(job)
+                    .bind(i64::try_from(seq - max_per_job).unwrap_or(i64::MAX))
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(&err)?;
+            }
+        }
+        tx.commit().await.map_err(&err)?;
+        Ok(())
+    }
+
+    /// Up to `limit` stored events of a job with a seq above `after`, in seq order.
+    pub async fn events_after(
+        &self,
+        job_id: &str,
+        after: u64,
+        limit: u32,
+    ) -> Result<Vec<EventEnvelope>> {
+        let rows = sqlx::query(
+            "SELECT event FROM job_events WHERE job_id = ? AND seq > ? ORDER BY seq LIMIT ?",
+        )
+        .bind(job_id)
+        .bind(i64::try_from(after).unwrap_or(i64::MAX))
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(db_err("job_events.read"))?;
+        rows.iter()
+            .map(|r| {
+                let text: String = r.try_get("event").map_err(db_err("job_events.read"))?;
+                parse_event(&text)
+            })
+            .collect()
+    }
+
+    /// The job's stored event with the highest seq.
+    pub async fn last_event(&self, job_id: &str) -> Result<Option<EventEnvelope>> {
+        let row =
+            sqlx::query("SELECT event FROM job_events WHERE job_id = ? ORDER BY seq DESC LIMIT 1")
+                .bind(job_id)
+                .fetch_optional(&self.pool)
+                .await
+                .map_err(db_err("job_events.read"))?;
+        row.map(|r| {
+            let text: String = r.try_get("event").map_err(db_err("job_events.read"))?;
+            parse_event(&text)
+        })
+        .transpose()
+    }
+
+    /// Removes the events of jobs that finished before `before`; returns how many.
+    pub async fn expire_events(&self, before: DateTime<Utc>) -> Result<u64> {
+        let done = sqlx::query(
+            "DELETE FROM job_events WHERE job_id IN \
+             (SELECT id FROM jobs WHERE finished_at IS NOT NULL AND finished_at < ?)",
+        )
+        .bind(before)
+        .execute(&self.pool)
+        .await
+        .map_err(db_err("job_events.expire"))?;
+        Ok(done.rows_affected())
+    }
+
     /// Marks every job a previous process left `scheduled` or `running` as failed with
     /// [`RESTART_ERROR`] and returns them (with their workers, for reaping).
     pub async fn reconcile_interrupted(&self) -> Result<Vec<JobRecord>> {
@@ -222,6 +319,14 @@ impl JobStore {
         }
         Ok(jobs)
     }
+}
+
+fn parse_event(text: &str) -> Result<EventEnvelope> {
+    serde_json::from_str(text).map_err(|e| {
+        Error::new(ErrorKind::Unexpected, "unreadable event in the job store")
+            .with_operation("job_events.read")
+            .with_source(e)
+    })
 }
 
 fn worker_cols(w: Option<&WorkerRef>) -> (Option<i64>, Option<String>) {

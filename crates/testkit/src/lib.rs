@@ -1,5 +1,5 @@
 //! Behaviour suites run against every implementation of a contract, and the real services the
-//! tests need (an S3 server, memcached, the Supabase Storage double).
+//! tests need (an S3 server, memcached, PostgreSQL, the Supabase Storage double).
 //!
 //! Dev-dependency only. A suite whose service is missing skips loudly when run by hand and fails
 //! when `NODETOOL_TEST_REQUIRE=1` (set by `.ci/run`).
@@ -11,6 +11,7 @@ pub mod gemini_double;
 pub mod llama_server;
 pub mod memcached;
 pub mod openai_peer;
+pub mod postgres;
 pub mod python_worker;
 pub mod s3_server;
 pub mod scripted;
