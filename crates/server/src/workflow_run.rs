@@ -61,7 +61,9 @@ pub(crate) async fn run(
     if background {
         let rec = owned_job(manager, &job_id, &user).await?;
         let mut out = serde_json::to_value(JobView::of(&rec)).map_err(|e| {
-            ApiError::from(nodetool_core::Error::unexpected(format!("cannot encode a job: {e}")))
+            ApiError::from(nodetool_core::Error::unexpected(format!(
+                "cannot encode a job: {e}"
+            )))
         })?;
         out["job_id"] = json!(job_id);
         out["background"] = json!(true);
