@@ -180,8 +180,9 @@ impl Server {
                     v.get("seq").is_some() || v["error"].is_null(),
                     "run_job refused: {v}"
                 );
+                // `/ws` says `timed_out` where REST says `failed` (NodeTool's web client).
                 let terminal = v["type"] == "job_update"
-                    && ["completed", "failed", "cancelled"]
+                    && ["completed", "failed", "cancelled", "timed_out"]
                         .contains(&v["status"].as_str().unwrap_or(""));
                 if terminal {
                     return v;
@@ -318,7 +319,13 @@ async fn inspect_job_container(
 }
 
 fn assert_timed_out(what: &str, status: &Value, error: &Value, seconds: f64) {
-    assert_eq!(status, "failed", "{what}: {error}");
+    // `/ws` frames carry NodeTool's `timed_out`; every other entry point says `failed`.
+    let want = if what.starts_with("/ws") {
+        "timed_out"
+    } else {
+        "failed"
+    };
+    assert_eq!(status, want, "{what}: {error}");
     assert_eq!(
         error.as_str(),
         Some(timeout_message(seconds).as_str()),

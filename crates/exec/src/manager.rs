@@ -281,6 +281,8 @@ struct LiveJob {
     inputs: watch::Sender<Option<Arc<dyn JobInputs>>>,
     /// The job's pause switch (also in its spec; honoured by the threaded strategy).
     pause: nodetool_engine::PauseGate,
+    /// Its scheduler ticket while it waits for a place (see `queue_position`).
+    ticket: Option<u64>,
 }
 
 struct Inner {
@@ -511,6 +513,10 @@ impl JobExecutionManager {
             streaming: spec.streaming_inputs,
             inputs: watch::Sender::new(None),
             pause: spec.pause.clone(),
+            ticket: match &permit {
+                Admission::Queued(t) => Some(t.id()),
+                Admission::Now(_) => None,
+            },
         });
         let job_id = spec.job_id.clone();
         self.inner
@@ -719,22 +725,14 @@ impl JobExecutionManager {
         Ok(live)
     }
 
-    /// Where a `scheduled` job stands among the jobs waiting for a slot (1: next), by
-    /// submission time; `None` for a job that is not waiting.
+    /// Where a `scheduled` job stands among the jobs waiting for a slot (1: next), in the
+    /// scheduler's fair order ([`Scheduler::position`]); `None` for a job that is not waiting.
     pub fn queue_position(&self, job_id: &str) -> Option<usize> {
-        let live = self.inner.live.lock().unwrap_or_else(|p| p.into_inner());
-        let mut waiting: Vec<(chrono::DateTime<Utc>, String)> = live
-            .values()
-            .filter_map(|l| {
-                let r = l.record.borrow();
-                (r.status == Status::Scheduled).then(|| (r.created_at, r.id.clone()))
-            })
-            .collect();
-        waiting.sort();
-        waiting
-            .iter()
-            .position(|(_, id)| id == job_id)
-            .map(|i| i + 1)
+        let live = self.live(job_id)?;
+        if live.record.borrow().status != Status::Scheduled {
+            return None;
+        }
+        self.inner.scheduler.position(&live.user_id, live.ticket?)
     }
 
     /// The seq of the newest event a live job has published (0: none yet); `None` once the job

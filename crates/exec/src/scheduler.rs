@@ -117,6 +117,11 @@ impl fmt::Debug for Ticket {
 }
 
 impl Ticket {
+    /// This ticket's number (for [`Scheduler::position`]).
+    pub fn id(&self) -> u64 {
+        self.id
+    }
+
     /// Waits for a slot. Cancel-safe: dropping the future gives the place up.
     pub async fn wait(mut self) -> Result<Slot> {
         match (&mut self.rx).await {
@@ -280,6 +285,35 @@ impl Scheduler {
         }
     }
 
+    /// Where `user`'s waiting ticket `id` stands: 1 is the next job to start. Follows the
+    /// dispatch order (least recently served user first, each user's queue in order) as places
+    /// free up one at a time; per-user caps are not foreseen, so where one binds it is an
+    /// estimate. `None`: not waiting (started, or gone).
+    pub fn position(&self, user: &str, id: u64) -> Option<usize> {
+        let st = self.lock();
+        let mut queues: Vec<(u64, &str, std::collections::vec_deque::Iter<'_, Waiter>)> = st
+            .users
+            .iter()
+            .filter(|(_, u)| !u.queue.is_empty())
+            .map(|(name, u)| (u.last_served, name.as_str(), u.queue.iter()))
+            .collect();
+        let mut grants = st.grants;
+        let mut position = 0;
+        loop {
+            let (served, name, queue) = queues
+                .iter_mut()
+                .filter(|(_, _, q)| q.len() > 0)
+                .min_by_key(|(served, name, _)| (*served, *name))?;
+            let waiter = queue.next()?;
+            position += 1;
+            if *name == user && waiter.id == id {
+                return Some(position);
+            }
+            grants += 1;
+            *served = grants;
+        }
+    }
+
     /// Jobs running now, and waiting, for `user` (0, 0 for a user with none).
     pub fn counts(&self, user: &str) -> (usize, usize) {
         self.lock()
@@ -293,6 +327,25 @@ impl Scheduler {
 mod tests {
     use super::*;
     use std::time::Duration;
+
+    #[test]
+    fn positions_follow_the_fair_order() {
+        let s = sched(1, None, 100);
+        let _running = s.admit("a").unwrap();
+        let ticket = |user: &str| match s.admit(user).unwrap() {
+            Admission::Queued(t) => t,
+            Admission::Now(_) => panic!("the only place is taken"),
+        };
+        let a: Vec<Ticket> = (0..3).map(|_| ticket("a")).collect();
+        let b = ticket("b");
+        // b was never served, a just was: b's one job goes first, then a's in order.
+        assert_eq!(s.position("b", b.id()), Some(1));
+        assert_eq!(s.position("a", a[0].id()), Some(2));
+        assert_eq!(s.position("a", a[2].id()), Some(4));
+        assert_eq!(s.position("a", b.id()), None, "another user's ticket");
+        drop(b);
+        assert_eq!(s.position("a", a[0].id()), Some(1));
+    }
 
     fn sched(total: usize, per_user: Option<usize>, queued: usize) -> Arc<Scheduler> {
         Scheduler::new(SchedulerLimits {
