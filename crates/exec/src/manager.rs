@@ -531,6 +531,20 @@ impl JobExecutionManager {
         Ok(job_id)
     }
 
+    /// Deletes `user_id`'s ended job from the history: its record, its stored events and any
+    /// copy still in memory. False if there is no such ended job (the caller checks first why).
+    pub async fn delete_ended(&self, job_id: &str, user_id: &str) -> Result<bool> {
+        let deleted = self.inner.store.delete_ended(job_id, user_id).await?;
+        if deleted {
+            self.inner
+                .live
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .remove(job_id);
+        }
+        Ok(deleted)
+    }
+
     /// The job's record (live state if it is in memory, else the store). No side effects.
     pub async fn get(&self, job_id: &str) -> Result<Option<JobRecord>> {
         if let Some(live) = self.live(job_id) {

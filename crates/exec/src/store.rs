@@ -186,6 +186,30 @@ impl JobStore {
         Ok(done.rows_affected() == 1)
     }
 
+    /// Deletes `user_id`'s ended job `id` and its stored events. False if there is no such
+    /// ended job (unknown, another user's, or still `scheduled`/`running`).
+    pub async fn delete_ended(&self, id: &str, user_id: &str) -> Result<bool> {
+        let mut tx = self.pool.begin().await.map_err(db_err("jobs.delete"))?;
+        let done = sqlx::query(
+            "DELETE FROM jobs WHERE id = ? AND user_id = ? \
+             AND status NOT IN ('scheduled', 'running')",
+        )
+        .bind(id)
+        .bind(user_id)
+        .execute(&mut *tx)
+        .await
+        .map_err(db_err("jobs.delete"))?;
+        if done.rows_affected() == 1 {
+            sqlx::query("DELETE FROM job_events WHERE job_id = ?")
+                .bind(id)
+                .execute(&mut *tx)
+                .await
+                .map_err(db_err("jobs.delete"))?;
+        }
+        tx.commit().await.map_err(db_err("jobs.delete"))?;
+        Ok(done.rows_affected() == 1)
+    }
+
     pub async fn get(&self, id: &str) -> Result<Option<JobRecord>> {
         let row = sqlx::query("SELECT * FROM jobs WHERE id = ?")
             .bind(id)

@@ -61,12 +61,9 @@ pub(crate) async fn delete_finished(
             format!("job {id} is {}; cancel it first", rec.status.as_str()),
         ));
     }
-    // JobStore (crates/exec) has no delete; this one statement lives here until it does.
-    sqlx::query("DELETE FROM jobs WHERE id = ? AND user_id = ?")
-        .bind(&id)
-        .bind(&user)
-        .execute(&state.db)
-        .await?;
+    if !manager(&state)?.delete_ended(&id, &user).await? {
+        return Err(ApiError::not_found(format!("job {id} not found")));
+    }
     tracing::info!(job_id = %id, user = %user, "finished job deleted from the history");
     Ok(Json(json!({"ok": true})))
 }
