@@ -6,10 +6,11 @@
 #![allow(clippy::unwrap_used)]
 
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use futures::{SinkExt, StreamExt};
+use nodetool_testkit::serve_process::ServeProcess;
 use serde_json::{json, Value};
 use tokio_tungstenite::tungstenite::Message;
 
@@ -45,59 +46,27 @@ impl Env {
 
 /// A running `nodetool serve`, killed when dropped.
 struct Server {
-    child: Child,
+    proc: ServeProcess,
     port: u16,
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 impl Server {
     fn start(env: &Env, vars: &[(&str, &str)]) -> Self {
-        let port = nodetool_testkit::free_port();
-        let child = env
-            .cmd(&["serve", "--port", &port.to_string()], vars)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        let mut server = Self { child, port };
-        let deadline = Instant::now() + HANG;
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            if let Some(status) = server.child.try_wait().unwrap() {
-                panic!("serve exited early with {status}");
-            }
-            assert!(Instant::now() < deadline, "serve did not start listening");
-            std::thread::sleep(Duration::from_millis(50));
+        let proc = ServeProcess::start(env.cmd(&["serve"], vars), HANG);
+        Self {
+            port: proc.port(),
+            proc,
         }
-        server
     }
 
     fn url(&self, path: &str) -> String {
-        format!("http://127.0.0.1:{}{path}", self.port)
+        self.proc.url(path)
     }
 
     /// SIGTERM, then waits for a clean exit.
     fn stop(mut self) {
-        let ok = Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
-            .status()
-            .unwrap()
-            .success();
-        assert!(ok, "kill -TERM");
-        let deadline = Instant::now() + HANG;
-        loop {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                assert!(status.success(), "serve exited with {status}");
-                return;
-            }
-            assert!(Instant::now() < deadline, "serve did not exit");
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        let status = self.proc.terminate(HANG);
+        assert!(status.success(), "serve exited with {status}");
     }
 
     /// `POST /api/jobs?stream=true`: the job's id and its live SSE events (`data` parsed).

@@ -7,10 +7,11 @@
 #![allow(clippy::unwrap_used)]
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant, SystemTime};
 
 use futures::{SinkExt, StreamExt};
+use nodetool_testkit::serve_process::ServeProcess;
 use serde_json::{json, Value};
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::Message;
@@ -19,24 +20,8 @@ const WAIT: Duration = Duration::from_secs(60);
 const TOKEN: &str = "hardening-test-token-0123456789";
 
 struct Server {
-    child: Child,
-    port: u16,
+    proc: ServeProcess,
     _dir: tempfile::TempDir,
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 fn nodetool(dir: &Path, args: &[&str], vars: &[(&str, &str)]) -> Command {
@@ -53,32 +38,14 @@ fn nodetool(dir: &Path, args: &[&str], vars: &[(&str, &str)]) -> Command {
 impl Server {
     fn start(vars: &[(&str, &str)]) -> Self {
         let dir = tempfile::tempdir().unwrap();
-        let port = free_port();
         let mut all = vec![("AUTH_PROVIDER", "static"), ("SERVER_AUTH_TOKEN", TOKEN)];
         all.extend_from_slice(vars);
-        let child = nodetool(dir.path(), &["serve", "--port", &port.to_string()], &all)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        let mut server = Self {
-            child,
-            port,
-            _dir: dir,
-        };
-        let deadline = Instant::now() + WAIT;
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            if let Some(status) = server.child.try_wait().unwrap() {
-                panic!("serve exited early with {status}");
-            }
-            assert!(Instant::now() < deadline, "serve did not start listening");
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        server
+        let proc = ServeProcess::start(nodetool(dir.path(), &["serve"], &all), WAIT);
+        Self { proc, _dir: dir }
     }
 
     fn url(&self, path: &str) -> String {
-        format!("http://127.0.0.1:{}{path}", self.port)
+        self.proc.url(path)
     }
 
     async fn submit(&self, body: Value) -> (u16, Value) {

@@ -10,7 +10,7 @@
 #![allow(clippy::unwrap_used)]
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use futures::{SinkExt, StreamExt};
@@ -18,6 +18,7 @@ use serde_json::{json, Value};
 use tokio_tungstenite::tungstenite::Message;
 
 use nodetool_exec::docker::{bollard, image, JOB_LABEL};
+use nodetool_testkit::serve_process::ServeProcess;
 
 /// Every `nodetool serve` reaps the job containers it finds at start, so the tests of this file
 /// (each starts servers) take turns.
@@ -90,40 +91,21 @@ fn timeout_message(seconds: f64) -> String {
 
 /// A running `nodetool serve`, killed when dropped.
 struct Server {
-    child: Child,
+    proc: ServeProcess,
     port: u16,
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 impl Server {
     fn start(env: &Env, vars: &[(&str, &str)]) -> Self {
-        let port = nodetool_testkit::free_port();
-        let child = env
-            .cmd(&["serve", "--port", &port.to_string()], vars)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        let mut server = Self { child, port };
-        let deadline = Instant::now() + HANG;
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            if let Some(status) = server.child.try_wait().unwrap() {
-                panic!("serve exited early with {status}");
-            }
-            assert!(Instant::now() < deadline, "serve did not start listening");
-            std::thread::sleep(Duration::from_millis(50));
+        let proc = ServeProcess::start(env.cmd(&["serve"], vars), HANG);
+        Self {
+            port: proc.port(),
+            proc,
         }
-        server
     }
 
     fn url(&self, path: &str) -> String {
-        format!("http://127.0.0.1:{}{path}", self.port)
+        self.proc.url(path)
     }
 
     /// POST /api/jobs: (status code, body).
@@ -299,15 +281,21 @@ async fn inspect_job_container(
     loop {
         let list = client.list_containers(Some(opts.clone())).await.unwrap();
         if let Some(id) = list.into_iter().find_map(|c| c.id) {
-            let c = client
+            // The engine lists a container a moment before it can inspect it (its listing
+            // view is written before the container is registered): a 404 here means "not yet".
+            match client
                 .inspect_container(
                     &id,
                     None::<bollard::query_parameters::InspectContainerOptions>,
                 )
                 .await
-                .unwrap();
-            if c.state.as_ref().and_then(|s| s.running) == Some(true) {
-                return c;
+            {
+                Ok(c) if c.state.as_ref().and_then(|s| s.running) == Some(true) => return c,
+                Ok(_) => {}
+                Err(bollard::errors::Error::DockerResponseServerError {
+                    status_code: 404, ..
+                }) => {}
+                Err(e) => panic!("inspect {id}: {e}"),
             }
         }
         assert!(

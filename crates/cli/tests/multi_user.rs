@@ -13,10 +13,11 @@
 #![allow(clippy::unwrap_used)]
 
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use futures::{SinkExt, StreamExt};
+use nodetool_testkit::serve_process::ServeProcess;
 use serde_json::{json, Value};
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::Message;
@@ -43,25 +44,10 @@ fn token(sub: &str) -> String {
 }
 
 struct Server {
-    child: Child,
+    proc: ServeProcess,
     port: u16,
     _dir: tempfile::TempDir,
     http: reqwest::Client,
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 fn nodetool(dir: &Path, args: &[&str], vars: &[(&str, &str)]) -> Command {
@@ -78,37 +64,23 @@ fn nodetool(dir: &Path, args: &[&str], vars: &[(&str, &str)]) -> Command {
 impl Server {
     fn start(vars: &[(&str, &str)]) -> Self {
         let dir = tempfile::tempdir().unwrap();
-        let port = free_port();
         let mut all = vec![
             ("AUTH_PROVIDER", "supabase"),
             ("SUPABASE_JWT_SECRET", SECRET),
             ("ALLOWED_STRATEGIES", "threaded,subprocess"),
         ];
         all.extend_from_slice(vars);
-        let child = nodetool(dir.path(), &["serve", "--port", &port.to_string()], &all)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        let mut server = Self {
-            child,
-            port,
+        let proc = ServeProcess::start(nodetool(dir.path(), &["serve"], &all), WAIT);
+        Self {
+            port: proc.port(),
+            proc,
             _dir: dir,
             http: reqwest::Client::new(),
-        };
-        let deadline = Instant::now() + WAIT;
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            if let Some(status) = server.child.try_wait().unwrap() {
-                panic!("serve exited early with {status}");
-            }
-            assert!(Instant::now() < deadline, "serve did not start listening");
-            std::thread::sleep(Duration::from_millis(50));
         }
-        server
     }
 
     fn url(&self, path: &str) -> String {
-        format!("http://127.0.0.1:{}{path}", self.port)
+        self.proc.url(path)
     }
 
     async fn put(&self, user: &str, path: &str, body: &'static str) -> u16 {

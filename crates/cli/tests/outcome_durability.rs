@@ -10,9 +10,10 @@
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::Command;
+use std::time::Duration;
 
+use nodetool_testkit::serve_process::ServeProcess;
 use serde_json::{json, Value};
 
 const HANG: Duration = Duration::from_secs(90);
@@ -66,46 +67,25 @@ impl Drop for Tmpfs {
 }
 
 struct Server {
-    child: Child,
-    port: u16,
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+    proc: ServeProcess,
 }
 
 impl Server {
     fn start(home: &Path, db: &Path) -> Self {
-        let port = nodetool_testkit::free_port();
-        let child = Command::new(env!("CARGO_BIN_EXE_nodetool"))
-            .args(["serve", "--port", &port.to_string()])
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_nodetool"));
+        cmd.arg("serve")
             .env_clear()
             .env("HOME", home)
             .env("NODETOOL_CONFIG_DIR", home)
             .env("ASSET_FOLDER", home.join("assets"))
             .env("DB_PATH", db)
-            .env("PATH", std::env::var("PATH").unwrap_or_default())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        let mut server = Self { child, port };
-        let deadline = Instant::now() + HANG;
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            if let Some(status) = server.child.try_wait().unwrap() {
-                panic!("serve exited early with {status}");
-            }
-            assert!(Instant::now() < deadline, "serve did not start listening");
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        server
+            .env("PATH", std::env::var("PATH").unwrap_or_default());
+        let proc = ServeProcess::start(cmd, HANG);
+        Self { proc }
     }
 
     fn url(&self, path: &str) -> String {
-        format!("http://127.0.0.1:{}{path}", self.port)
+        self.proc.url(path)
     }
 
     async fn submit(&self, request: &Value) -> String {

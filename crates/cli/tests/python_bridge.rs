@@ -6,14 +6,15 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
-use std::time::{Duration, Instant};
+use std::process::{Command, Output};
+use std::time::Duration;
 
 use futures::{SinkExt, StreamExt};
 use serde_json::{json, Value};
 use tokio_tungstenite::tungstenite::Message;
 
 use nodetool_testkit::python_worker::{self, PythonEnv};
+use nodetool_testkit::serve_process::ServeProcess;
 
 struct Env {
     dir: tempfile::TempDir,
@@ -383,15 +384,8 @@ fn docker_jobs_refuse_python_nodes_clearly() {
 
 /// A running `nodetool serve`.
 struct Server {
-    child: Child,
+    proc: ServeProcess,
     port: u16,
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 impl Server {
@@ -400,28 +394,15 @@ impl Server {
     }
 
     fn start_with(env: &Env, vars: &[(&str, &str)]) -> Server {
-        let port = nodetool_testkit::free_port();
-        let child = env
-            .cmd(&["serve", "--port", &port.to_string()], vars)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        let mut server = Server { child, port };
-        let deadline = Instant::now() + Duration::from_secs(90);
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(
-                server.child.try_wait().unwrap().is_none(),
-                "serve exited early"
-            );
-            assert!(Instant::now() < deadline, "serve did not start listening");
-            std::thread::sleep(Duration::from_millis(50));
+        let proc = ServeProcess::start(env.cmd(&["serve"], vars), Duration::from_secs(90));
+        Server {
+            port: proc.port(),
+            proc,
         }
-        server
     }
 
     fn url(&self) -> String {
-        format!("http://127.0.0.1:{}", self.port)
+        self.proc.url("")
     }
 
     /// Submits over REST with `?stream=true` and reads the NDJSON events to the end.

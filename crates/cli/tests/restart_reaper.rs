@@ -19,51 +19,29 @@ use std::time::{Duration, Instant};
 use chrono::Utc;
 use nodetool_engine::Status;
 use nodetool_exec::{JobRecord, JobStore, StrategyKind, WorkerRef};
+use nodetool_testkit::serve_process::ServeProcess;
 
 const WAIT: Duration = Duration::from_secs(60);
 
 struct Server {
-    child: Child,
-    port: u16,
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+    proc: ServeProcess,
 }
 
 impl Server {
     fn start(dir: &Path) -> Self {
-        let port = nodetool_testkit::free_port();
-        let child = Command::new(env!("CARGO_BIN_EXE_nodetool"))
-            .args(["serve", "--port", &port.to_string()])
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_nodetool"));
+        cmd.arg("serve")
             .env_clear()
             .env("HOME", dir)
             .env("NODETOOL_CONFIG_DIR", dir)
             .env("DB_PATH", dir.join("nodetool.db"))
-            .env("PATH", std::env::var("PATH").unwrap_or_default())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        let mut server = Self { child, port };
-        let deadline = Instant::now() + WAIT;
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            if let Some(status) = server.child.try_wait().unwrap() {
-                panic!("serve exited early with {status}");
-            }
-            assert!(Instant::now() < deadline, "serve did not start listening");
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        server
+            .env("PATH", std::env::var("PATH").unwrap_or_default());
+        let proc = ServeProcess::start(cmd, WAIT);
+        Self { proc }
     }
 
     async fn answers(&self) {
-        let r = reqwest::get(format!("http://127.0.0.1:{}/health", self.port))
-            .await
-            .unwrap();
+        let r = reqwest::get(self.proc.url("/health")).await.unwrap();
         assert!(r.status().is_success(), "health: {}", r.status());
     }
 }

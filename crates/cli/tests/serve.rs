@@ -4,7 +4,9 @@
 
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
+
+use nodetool_testkit::serve_process::ServeProcess;
 use std::time::{Duration, Instant};
 
 /// Generous: the binary opens its database and probes Docker before it listens.
@@ -44,57 +46,25 @@ impl Env {
     }
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .expect("bind")
-        .local_addr()
-        .expect("addr")
-        .port()
-}
-
 /// A running `nodetool serve`, killed if the test ends early.
 struct Server {
-    child: Child,
+    proc: ServeProcess,
     port: u16,
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 impl Server {
     fn start(env: &Env, extra_args: &[&str], vars: &[(&str, &str)]) -> Self {
-        let port = free_port();
-        let port_arg = port.to_string();
-        let mut args = vec!["serve", "--port", &port_arg];
+        let mut args = vec!["serve"];
         args.extend_from_slice(extra_args);
-        let child = env
-            .cmd(&args, vars)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start nodetool serve");
-        let mut server = Self { child, port };
-        let deadline = Instant::now() + WAIT;
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            if let Some(status) = server.child.try_wait().expect("try_wait") {
-                panic!("serve exited early with {status}");
-            }
-            assert!(Instant::now() < deadline, "serve did not start listening");
-            std::thread::sleep(Duration::from_millis(50));
+        let proc = ServeProcess::start(env.cmd(&args, vars), WAIT);
+        Self {
+            port: proc.port(),
+            proc,
         }
-        server
     }
 
     fn signal(&self, name: &str) {
-        let status = Command::new("kill")
-            .args([format!("-{name}"), self.child.id().to_string()])
-            .status()
-            .expect("run kill");
-        assert!(status.success(), "kill -{name} failed");
+        self.proc.signal(name);
     }
 
     /// Status code of `GET path` with `Authorization: Bearer token`, over plain HTTP.
@@ -119,14 +89,7 @@ impl Server {
     }
 
     fn wait_exit(mut self) -> std::process::ExitStatus {
-        let deadline = Instant::now() + WAIT;
-        loop {
-            if let Some(status) = self.child.try_wait().expect("try_wait") {
-                return status;
-            }
-            assert!(Instant::now() < deadline, "serve did not exit");
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        self.proc.wait_exit(WAIT)
     }
 }
 
@@ -156,7 +119,7 @@ fn bad_tls_files_stop_startup_naming_the_file() {
     let missing = env.path("no-such-cert.pem");
     let garbage = env.path("garbage.pem");
     std::fs::write(&garbage, "not a certificate\n").expect("garbage");
-    let port = free_port().to_string();
+    let port = "0".to_owned();
     let s = |p: &Path| p.display().to_string();
 
     for (cert_arg, key_arg, named) in [

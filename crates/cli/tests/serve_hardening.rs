@@ -3,48 +3,32 @@
 //! reach the log, and a clean shutdown leaves a complete database file without its `-wal`.
 #![allow(clippy::unwrap_used)] // tests: a failed unwrap is a failed test
 
+use nodetool_testkit::serve_process::ServeProcess;
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 /// Generous: the binary opens its database and probes Docker before it listens.
 const WAIT: Duration = Duration::from_secs(60);
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 struct Server {
-    child: Child,
+    proc: ServeProcess,
     port: u16,
     dir: tempfile::TempDir,
 }
 
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 impl Server {
     /// `nodetool serve` with the open-file soft limit set to `nofile` (through the shell's
-    /// `ulimit`, as a service manager would), stderr in `log.txt`.
+    /// `ulimit`, as a service manager would).
     fn start(vars: &[(&str, &str)], nofile: Option<u32>) -> Self {
         let dir = tempfile::tempdir().unwrap();
-        let port = free_port();
-        let log = std::fs::File::create(dir.path().join("log.txt")).unwrap();
         let bin = env!("CARGO_BIN_EXE_nodetool");
         let limit = nofile.map_or(String::new(), |n| format!("ulimit -Sn {n} && "));
-        let child = Command::new("sh")
-            .arg("-c")
-            .arg(format!("{limit}exec \"$0\" serve --port {port}"))
+        let mut cmd = Command::new("sh");
+        cmd.arg("-c")
+            .arg(format!("{limit}exec \"$0\" serve \"$@\""))
             .arg(bin)
             .env_clear()
             .env("HOME", dir.path())
@@ -52,25 +36,17 @@ impl Server {
             .env("DB_PATH", dir.path().join("nodetool.db"))
             .env("ASSET_FOLDER", dir.path().join("assets"))
             .env("PATH", std::env::var("PATH").unwrap_or_default())
-            .envs(vars.iter().copied())
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .unwrap();
-        let mut server = Self { child, port, dir };
-        let deadline = Instant::now() + WAIT;
-        while TcpStream::connect(("127.0.0.1", port)).is_err() {
-            if let Some(status) = server.child.try_wait().unwrap() {
-                panic!("serve exited early with {status}: {}", server.log());
-            }
-            assert!(Instant::now() < deadline, "serve did not start listening");
-            std::thread::sleep(Duration::from_millis(50));
+            .envs(vars.iter().copied());
+        let proc = ServeProcess::start(cmd, WAIT);
+        Self {
+            port: proc.port(),
+            proc,
+            dir,
         }
-        server
     }
 
     fn log(&self) -> String {
-        std::fs::read_to_string(self.dir.path().join("log.txt")).unwrap_or_default()
+        self.proc.log()
     }
 
     fn path(&self, name: &str) -> PathBuf {
@@ -102,23 +78,11 @@ impl Server {
     }
 
     fn signal(&self, name: &str) {
-        let ok = Command::new("kill")
-            .args([format!("-{name}"), self.child.id().to_string()])
-            .status()
-            .unwrap()
-            .success();
-        assert!(ok, "kill -{name}");
+        self.proc.signal(name);
     }
 
     fn wait_exit(&mut self) -> std::process::ExitStatus {
-        let deadline = Instant::now() + WAIT;
-        loop {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                return status;
-            }
-            assert!(Instant::now() < deadline, "serve did not exit");
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        self.proc.wait_exit(WAIT)
     }
 }
 
@@ -164,7 +128,7 @@ fn slowloris_beyond_the_soft_fd_limit_does_not_starve_health() {
     // do not time out during the test: the server raises its soft limit to the hard one at
     // start, so it still has descriptors and connection slots for /health.
     let server = Server::start(&[("SERVER_HEADER_TIMEOUT", "600")], Some(256));
-    let (soft, hard) = nofile_limits(server.child.id());
+    let (soft, hard) = nofile_limits(server.proc.pid());
     assert_eq!(soft, hard, "the soft open-file limit was not raised");
     let _hogs: Vec<TcpStream> = (0..400).map(|_| server.half_sent()).collect();
     let (status, _) = server

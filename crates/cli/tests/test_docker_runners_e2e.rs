@@ -17,7 +17,9 @@ use std::time::Duration;
 
 use nodetool_engine::{Event, Status, VecSink};
 use nodetool_exec::docker::bollard;
-use nodetool_exec::docker::{image, DockerConfig, DockerStrategy, PullPolicy, JOB_LABEL};
+use nodetool_exec::docker::{
+    image, DockerConfig, DockerStrategy, PullPolicy, INSTANCE_LABEL, JOB_LABEL,
+};
 use nodetool_exec::threaded::ThreadedStrategy;
 use nodetool_exec::{ExecutionStrategy, JobSpec, WorkerRef};
 use serde_json::json;
@@ -49,10 +51,17 @@ async fn engine_reachable(test: &str) -> bool {
     true
 }
 
+/// This test's own instance id: its containers are told apart from other suites' (a failed
+/// suite may leave its own behind), and only they are counted and reaped.
+fn instance() -> String {
+    format!("docker-e2e-{}", std::process::id())
+}
+
 fn strategy_config(workspace: &Path, tag: &str) -> DockerConfig {
     let mut c = DockerConfig::new(workspace);
     c.image = tag.to_owned();
     c.pull_policy = PullPolicy::Never;
+    c.instance_id = Some(instance());
     c
 }
 
@@ -118,9 +127,16 @@ async fn assert_no_job_containers(client: &bollard::Docker) {
     assert!(ids.is_empty(), "job containers left behind: {ids:?}");
 }
 
+/// The job containers of this test's instance.
 async fn job_containers(client: &bollard::Docker) -> Vec<String> {
     let mut filters = std::collections::HashMap::new();
-    filters.insert("label".to_owned(), vec![JOB_LABEL.to_owned()]);
+    filters.insert(
+        "label".to_owned(),
+        vec![
+            JOB_LABEL.to_owned(),
+            format!("{INSTANCE_LABEL}={}", instance()),
+        ],
+    );
     let opts = bollard::query_parameters::ListContainersOptionsBuilder::default()
         .all(true)
         .filters(&filters)
@@ -266,6 +282,7 @@ async fn reap_leftovers(workspaces: &Path, tag: &str) {
     // What a dead manager leaves: a labelled container, not running.
     let mut labels = std::collections::HashMap::new();
     labels.insert(JOB_LABEL.to_owned(), "leftover-job".to_owned());
+    labels.insert(INSTANCE_LABEL.to_owned(), instance());
     let body = bollard::models::ContainerCreateBody {
         image: Some(tag.to_owned()),
         labels: Some(labels),

@@ -61,7 +61,8 @@ impl LlamaServer {
         let url = format!("{}/models", self.base_url());
         let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
         while tokio::time::Instant::now() < deadline {
-            if crate::wait_for_port(self.port, Duration::from_millis(200)).await {
+            let pid = self.child.as_ref().and_then(|c| c.id()).unwrap_or(0);
+            if crate::wait_for_child_port(pid, self.port, Duration::from_millis(200)).await {
                 // The port opens before the model is loaded; /v1/models answers once it is.
                 if let Ok(Ok(resp)) =
                     tokio::time::timeout(Duration::from_secs(2), http_get(&url)).await

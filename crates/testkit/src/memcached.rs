@@ -72,9 +72,10 @@ impl MemcachedServer {
         let child = cmd
             .spawn()
             .unwrap_or_else(|e| panic!("spawn {}: {e}", self.binary.display()));
+        let pid = child.id();
         self.child = Some(child);
         assert!(
-            crate::wait_for_port(self.port, Duration::from_secs(10)).await,
+            crate::wait_for_child_port(pid, self.port, Duration::from_secs(10)).await,
             "memcached did not listen on 127.0.0.1:{} within 10 s",
             self.port
         );

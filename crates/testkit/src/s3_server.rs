@@ -60,31 +60,53 @@ pub async fn start_with_auth(free_actions: usize) -> Option<S3Server> {
 }
 
 async fn spawn_moto(free_actions: Option<usize>) -> Option<S3Server> {
-    // Two tries: `free_port` releases the port before moto binds it, so another process can win.
-    for _ in 0..2 {
-        let port = crate::free_port();
-        let mut cmd = Command::new("moto_server");
-        cmd.args(["-H", "127.0.0.1", "-p", &port.to_string()])
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .kill_on_drop(true);
-        if let Some(n) = free_actions {
-            cmd.env("INITIAL_NO_AUTH_ACTION_COUNT", n.to_string());
-        }
-        let mut child = match cmd.spawn() {
-            Ok(child) => child,
-            Err(e) => {
-                eprintln!("s3_server: cannot start moto_server ({e}); install it with `pip install 'moto[server]'`");
-                return None;
-            }
-        };
-        if crate::wait_for_port(port, Duration::from_secs(30)).await {
-            return Some(S3Server { child, port });
-        }
-        let _ = child.start_kill();
+    // moto binds port 0 itself and prints the port it got: a port picked here and released
+    // could be taken by another test's server before moto binds it, and then two tests would
+    // share (and one would kill) the same moto.
+    let mut cmd = Command::new("moto_server");
+    cmd.args(["-H", "127.0.0.1", "-p", "0"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true);
+    if let Some(n) = free_actions {
+        cmd.env("INITIAL_NO_AUTH_ACTION_COUNT", n.to_string());
     }
-    eprintln!("s3_server: moto_server did not start listening within 30 s");
+    let mut child = match cmd.spawn() {
+        Ok(child) => child,
+        Err(e) => {
+            eprintln!("s3_server: cannot start moto_server ({e}); install it with `pip install 'moto[server]'`");
+            return None;
+        }
+    };
+    let stderr = child.stderr.take()?;
+    let port = tokio::time::timeout(Duration::from_secs(30), announced_port(stderr)).await;
+    match port {
+        Ok(Some(port)) if crate::wait_for_port(port, Duration::from_secs(30)).await => {
+            Some(S3Server { child, port })
+        }
+        _ => {
+            let _ = child.start_kill();
+            eprintln!("s3_server: moto_server did not start listening within 30 s");
+            None
+        }
+    }
+}
+
+/// Reads moto's log until it says `Running on http://127.0.0.1:PORT`, then keeps draining it
+/// on a task (moto logs every request there; a full pipe would stall it).
+async fn announced_port(stderr: tokio::process::ChildStderr) -> Option<u16> {
+    use tokio::io::AsyncBufReadExt;
+    let mut lines = tokio::io::BufReader::new(stderr).lines();
+    while let Ok(Some(line)) = lines.next_line().await {
+        let port = line
+            .split_once("Running on http://127.0.0.1:")
+            .and_then(|(_, rest)| rest.trim().parse::<u16>().ok());
+        if let Some(port) = port {
+            tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+            return Some(port);
+        }
+    }
     None
 }
 
