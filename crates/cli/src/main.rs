@@ -9,6 +9,7 @@ mod run_cmd;
 mod serve_cmd;
 mod settings_cmd;
 mod storage_cmd;
+mod telemetry;
 mod worker_cmd;
 mod workflows_cmd;
 
@@ -72,7 +73,16 @@ enum Command {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_tracing(cli.log.as_deref());
+    // Read before tracing starts (so a settings warning here is not printed twice: the command
+    // loads its settings again). A worker loads no settings: its parent passes these in its
+    // environment.
+    let telemetry = match cli.command {
+        Command::Worker => nodetool_config::Sources::from_process()
+            .map(|s| nodetool_config::TelemetrySettings::from_env(&s.env))
+            .unwrap_or_default(),
+        _ => load_settings().map(|s| s.telemetry).unwrap_or_default(),
+    };
+    let telemetry = telemetry::init(cli.log.as_deref(), &telemetry);
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,
         Err(e) => {
@@ -93,6 +103,8 @@ fn main() -> ExitCode {
             Command::Workflows { command } => workflows_cmd::run(command).await,
         }
     });
+    drop(runtime);
+    telemetry.shutdown();
     match result {
         Ok(code) => code,
         // `nodetool run --jsonl | head`: the reader left; that is not an error worth a message.
@@ -110,18 +122,6 @@ fn is_broken_pipe(err: &anyhow::Error) -> bool {
             .downcast_ref::<std::io::Error>()
             .is_some_and(|e| e.kind() == std::io::ErrorKind::BrokenPipe)
     })
-}
-
-fn init_tracing(filter: Option<&str>) {
-    use tracing_subscriber::EnvFilter;
-    let filter = filter
-        .map(EnvFilter::new)
-        .or_else(|| EnvFilter::try_from_default_env().ok())
-        .unwrap_or_else(|| EnvFilter::new("warn"));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .init();
 }
 
 /// Settings for this process; the one place the binary reads its environment.
@@ -149,5 +149,7 @@ pub(crate) fn subprocess_config(
     cfg.env = nodetool_exec::subprocess::allowed_env(&sources.env, &secret_names);
     cfg.env
         .extend(python_cmd::subprocess_env(settings, &sources.env));
+    // Workers export their own spans (children of the job's) to the same collector.
+    cfg.env.extend(settings.telemetry.worker_env());
     Ok(cfg)
 }

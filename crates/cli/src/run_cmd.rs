@@ -14,6 +14,7 @@ use nodetool_engine::{parse_workflow, Engine, Event, EventEnvelope, Status};
 use nodetool_exec::{ExecutionStrategy, JobSpec, StrategyKind};
 use nodetool_runtime::{ResourceOptions, Resources};
 use serde_json::{Map, Value};
+use tracing::Instrument;
 
 /// Exit code of a run that was interrupted (as shells report SIGINT).
 const EXIT_CANCELLED: u8 = 130;
@@ -132,7 +133,14 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     let node_count = spec.graph.nodes.len();
     let (tx, rx) = tokio::sync::mpsc::unbounded_channel::<EventEnvelope>();
     let printer = tokio::spawn(print_events(rx, args.jsonl, node_count, args.profiler()));
-    let mut handle = runner.start(spec, Arc::new(tx)).await?;
+    // The job's span (exported when OTEL_EXPORTER_OTLP_ENDPOINT is set), open until the job
+    // ends; a worker's spans hang under it.
+    let span = nodetool_exec::trace::job_span(&spec, strategy.as_str());
+    spec.traceparent = nodetool_exec::trace::traceparent_of(&span);
+    let mut handle = runner
+        .start(spec, Arc::new(tx))
+        .instrument(span.clone())
+        .await?;
     let job_id = handle.job_id().to_owned();
     let cancel = handle.cancel_token();
     let ctrl_c = tokio::spawn(async move {
@@ -141,6 +149,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         }
     });
     let outcome = handle.wait().await;
+    drop(span);
     ctrl_c.abort();
     drop(handle);
     drop(runner);

@@ -24,6 +24,7 @@ mod select;
 mod server;
 mod settings;
 mod sources;
+pub mod telemetry;
 
 pub use database::DatabaseSettings;
 pub use media::MediaSettings;
@@ -41,3 +42,4 @@ pub use settings::{
     DOCKER_MEMORY_CAP,
 };
 pub use sources::{SettingSource, Sources, CONFIG_DIR_VAR, SECRETS_FILE, SETTINGS_FILE};
+pub use telemetry::{TelemetrySettings, TELEMETRY_ENV};

@@ -285,6 +285,12 @@ pub const REGISTRY: &[SettingDef] = &[
     def("NODETOOL_AI_MAX_RESPONSE_BYTES", K::Size, D::Value("64m"), "Hard cap on one model response, streamed or not"),
     def("NODETOOL_MODEL_OVERRIDE", K::List, D::None,
         "Rewrite model refs before a run: type=provider:model, comma-separated (as nodetool run --model-override)"),
+    // Tracing (crate::telemetry): the standard OpenTelemetry variables.
+    def("OTEL_EXPORTER_OTLP_ENDPOINT", K::Url, D::None,
+        "OTLP/HTTP collector base URL (spans go to its /v1/traces); unset: no span export"),
+    def("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", K::Url, D::None,
+        "OTLP/HTTP traces URL, used as given (beats OTEL_EXPORTER_OTLP_ENDPOINT)"),
+    def("OTEL_SERVICE_NAME", K::Text, D::Value("nodetool"), "service.name of exported spans"),
     // Python node bridge (crate::python).
     def("NODETOOL_PYTHON", K::Path, D::None,
         "Python interpreter with nodetool-core and node packs, for Python nodes; unset: none"),

@@ -203,6 +203,8 @@ pub struct Settings {
     pub db_path: PathBuf,
     /// The job-event limits.
     pub database: crate::database::DatabaseSettings,
+    /// Span export (OpenTelemetry).
+    pub telemetry: crate::telemetry::TelemetrySettings,
     pub memcache_host: Option<String>,
     pub memcache_port: Option<u16>,
     pub node_cache_max_bytes: u64,
@@ -337,6 +339,7 @@ impl Settings {
                 .path("DB_PATH")?
                 .unwrap_or_else(|| config_dir.join("nodetool.db")),
             database: crate::database::DatabaseSettings::read(&r)?,
+            telemetry: crate::telemetry::TelemetrySettings::read(&r)?,
             memcache_host: r.get("MEMCACHE_HOST", text)?,
             memcache_port: r.get("MEMCACHE_PORT", parse::port)?,
             node_cache_max_bytes: r.require("NODE_CACHE_MAX_BYTES", parse::size)?,

@@ -12,6 +12,7 @@ pub mod id;
 pub mod key;
 pub mod scope;
 pub mod storage;
+pub mod trace;
 pub mod url;
 
 pub use assets::{AssetPage, AssetQuery, AssetRecord, AssetStore};

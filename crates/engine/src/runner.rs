@@ -13,6 +13,7 @@ use serde_json::{Map, Value};
 use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 
 use nodetool_core::{CacheValue, Error, ErrorKind, Result};
 
@@ -573,9 +574,20 @@ impl Engine {
             let node_timeout = opts.node_timeout;
             let ttl = shared.resources.node_cache_ttl;
             let node_id = plan.id.clone();
-            let handle = set.spawn(async move {
-                run_actor(plan, ctx, node_timeout, ttl, failure, job_cancel).await;
-            });
+            // A child of the job's span (the caller's current one); exported by the binary's
+            // OpenTelemetry layer when one is installed.
+            let span = tracing::info_span!(
+                target: "nodetool::trace",
+                "node",
+                node_id = %plan.id,
+                node_type = %plan.node_type,
+            );
+            let handle = set.spawn(
+                async move {
+                    run_actor(plan, ctx, node_timeout, ttl, failure, job_cancel).await;
+                }
+                .instrument(span),
+            );
             task_nodes.insert(handle.id(), node_id);
         }
 

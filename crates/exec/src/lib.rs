@@ -29,6 +29,7 @@ pub mod store;
 pub mod strategy;
 pub mod subprocess;
 pub mod threaded;
+pub mod trace;
 pub mod worker;
 
 pub use calls::{KeyScope, WorkerServices};

@@ -20,6 +20,7 @@ use chrono::Utc;
 use serde_json::Value;
 use tokio::sync::{broadcast, watch};
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 
 use nodetool_core::{Error, ErrorKind, Result};
 use nodetool_engine::{EventEnvelope, EventSink, Status};
@@ -472,6 +473,7 @@ impl JobExecutionManager {
             use_cache: valid.use_cache,
             streaming_inputs: valid.streaming_inputs,
             docker_image: valid.docker_image,
+            traceparent: valid.traceparent.map(|t| t.to_string()),
             pause: nodetool_engine::PauseGate::default(),
         };
         // What the strategy would refuse (an image outside the allow-list) is the caller's
@@ -525,9 +527,10 @@ impl JobExecutionManager {
             .unwrap_or_else(|p| p.into_inner())
             .insert(job_id.clone(), live.clone());
         let inner = self.inner.clone();
+        let span = crate::trace::job_span(&spec, strategy.name().as_str());
         self.inner
             .owners
-            .spawn(owner(inner, strategy, spec, live, tx, permit));
+            .spawn(owner(inner, strategy, spec, live, tx, permit).instrument(span));
         Ok(job_id)
     }
 
@@ -1031,12 +1034,16 @@ async fn owner(
 async fn run_owned(
     inner: &Arc<Inner>,
     strategy: Arc<dyn ExecutionStrategy>,
-    spec: JobSpec,
+    mut spec: JobSpec,
     live: &Arc<LiveJob>,
     record: &watch::Sender<JobRecord>,
     permit: Admission,
 ) -> JobOutcome {
     let job_id = spec.job_id.clone();
+    // A worker's spans are children of this job's span (when spans are exported).
+    if let Some(own) = crate::trace::traceparent_of(&tracing::Span::current()) {
+        spec.traceparent = Some(own);
+    }
     let _slot = match permit {
         // Recorded as running at submit.
         Admission::Now(slot) => slot,

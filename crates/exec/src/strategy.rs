@@ -137,6 +137,10 @@ pub struct JobSpec {
     /// strategies refuse a spec that names one ([`ExecutionStrategy::admit`]).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub docker_image: Option<String>,
+    /// The W3C `traceparent` the job's spans join (the caller's, checked; in a worker's request:
+    /// the parent's job span), so one trace covers request → manager → worker → node.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub traceparent: Option<String>,
     /// Pauses the job between node boundaries (`nodetool_engine::pause`). In-process only: the
     /// threaded strategy hands it to the engine; it does not cross to a worker.
     #[serde(skip)]
@@ -161,6 +165,7 @@ impl fmt::Debug for JobSpec {
             .field("use_cache", &self.use_cache)
             .field("streaming_inputs", &self.streaming_inputs)
             .field("docker_image", &self.docker_image)
+            .field("traceparent", &self.traceparent)
             .finish()
     }
 }
@@ -179,6 +184,7 @@ impl JobSpec {
             use_cache: true,
             streaming_inputs: false,
             docker_image: None,
+            traceparent: None,
             pause: nodetool_engine::PauseGate::default(),
         }
     }
@@ -604,6 +610,10 @@ pub struct RunJobRequest {
     /// `end_input_stream`. Default `false`: inputs take their param or default once.
     #[serde(default)]
     pub streaming_inputs: Option<bool>,
+    /// Not NodeTool's: a W3C `traceparent` for the job's spans (REST and /ws also take the
+    /// `traceparent` header). A malformed one is ignored: the job starts a fresh trace.
+    #[serde(default)]
+    pub traceparent: Option<String>,
 }
 
 /// Longest client job id accepted (a UUID is 36 characters).
@@ -641,6 +651,7 @@ pub struct ValidRequest {
     pub docker_image: Option<String>,
     pub use_cache: bool,
     pub streaming_inputs: bool,
+    pub traceparent: Option<nodetool_core::trace::TraceParent>,
 }
 
 impl RunJobRequest {
@@ -693,6 +704,10 @@ impl RunJobRequest {
                 .map(str::to_owned),
             use_cache: self.use_cache.unwrap_or(true),
             streaming_inputs: self.streaming_inputs.unwrap_or(false),
+            traceparent: self
+                .traceparent
+                .as_deref()
+                .and_then(nodetool_core::trace::TraceParent::parse),
         })
     }
 }

@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 
 use nodetool_core::{Error, ErrorKind, Result};
 use nodetool_engine::{Engine, EventSink, InputStreams, RunOptions, RunRequest};
@@ -102,8 +103,12 @@ impl ExecutionStrategy for ThreadedStrategy {
         let token = cancel.clone();
         let inputs = spec.streaming_inputs.then(InputStreams::new);
         let streams = inputs.clone();
-        let task =
-            pool.spawn(async move { run_in_process(engine, spec, sink, token, streams).await });
+        // The engine's node spans are children of the caller's (the manager's job span).
+        let span = tracing::Span::current();
+        let task = pool.spawn(
+            async move { run_in_process(engine, spec, sink, token, streams).await }
+                .instrument(span),
+        );
         let handle = JobHandle::new(job_id, cancel, task);
         Ok(match inputs {
             Some(inputs) => handle.with_inputs(Arc::new(inputs)),

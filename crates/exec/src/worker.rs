@@ -16,6 +16,7 @@ use std::sync::Arc;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 
 use nodetool_core::{Error, ErrorKind, Result};
 use nodetool_engine::{Engine, EventEnvelope, EventSink, InputStreams, Registry};
@@ -176,7 +177,11 @@ where
         Ok::<_, Error>(())
     });
     let sink: Arc<dyn EventSink> = Arc::new(FrameSink(tx.clone()));
-    let outcome = run_in_process(engine, spec, sink, cancel, streams).await;
+    // The worker's own job span, a child of the parent's (its traceparent is in the spec).
+    let span = crate::trace::job_span(&spec, "worker");
+    let outcome = run_in_process(engine, spec, sink, cancel, streams)
+        .instrument(span)
+        .await;
     // No call may follow the outcome.
     client.close();
     let _ = tx.send(ChildFrame::Outcome(Box::new(outcome)));

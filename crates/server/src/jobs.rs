@@ -88,6 +88,14 @@ pub(crate) async fn submit_request(
     })
 }
 
+/// A request's W3C `traceparent` header, as sent (the manager ignores a malformed one).
+pub(crate) fn traceparent_header(headers: &HeaderMap) -> Option<String> {
+    headers
+        .get("traceparent")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned)
+}
+
 #[derive(Debug, Deserialize)]
 struct SubmitQuery {
     #[serde(default)]
@@ -99,9 +107,12 @@ async fn submit(
     AuthUser(user): AuthUser,
     Query(q): Query<SubmitQuery>,
     headers: HeaderMap,
-    Json(request): Json<RunJobRequest>,
+    Json(mut request): Json<RunJobRequest>,
 ) -> ApiResult<Response> {
     let manager = manager(&state)?;
+    if let Some(tp) = traceparent_header(&headers) {
+        request.traceparent = Some(tp);
+    }
     let job_id = submit_request(manager, request, &user).await?;
     if q.stream {
         let events = manager.subscribe(&job_id, 0)?;

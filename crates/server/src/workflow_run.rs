@@ -44,6 +44,7 @@ pub(crate) async fn run(
     State(state): State<AppState>,
     AuthUser(user): AuthUser,
     Path(id): Path<String>,
+    headers: axum::http::HeaderMap,
     body: Option<Json<RunBody>>,
 ) -> ApiResult<Json<Value>> {
     let manager = manager(&state)?;
@@ -51,6 +52,9 @@ pub(crate) async fn run(
         Some(Json(b)) => (b.background, b.request),
         None => (false, RunJobRequest::default()),
     };
+    if let Some(tp) = crate::jobs::traceparent_header(&headers) {
+        request.traceparent = Some(tp);
+    }
     request.workflow_id = Some(id.clone());
     request.graph = None;
     crate::workflows::resolve_stored_graph(&state.db, &user, &mut request)

@@ -110,10 +110,12 @@ async fn upgrade(
     // A message over the cap is refused from its frame header, before it is buffered, and the
     // socket is closed with 1009 (a 9 MiB JSON message used to cost ~1 GiB to parse).
     let max = state.options.ws_max_message_bytes;
+    // The handshake's trace context, for the socket's jobs that bring none of their own.
+    let traceparent = crate::jobs::traceparent_header(&headers);
     ws.read_buffer_size(8 * 1024)
         .max_message_size(max)
         .max_frame_size(max)
-        .on_upgrade(move |socket| session(state, user, socket))
+        .on_upgrade(move |socket| session(state, user, traceparent, socket))
 }
 
 /// Something to send; encoded in the socket's mode when it is written.
@@ -133,11 +135,13 @@ struct Session {
     binary: Arc<AtomicBool>,
     /// Jobs whose events stream to this socket.
     streams: HashMap<String, JoinHandle<()>>,
+    /// The handshake's `traceparent` header: the trace of a `run_job` that names none.
+    traceparent: Option<String>,
     /// Per job, the queue its `stream_input` / `end_input_stream` commands run from, in order.
     inputs: HashMap<String, mpsc::Sender<InputOp>>,
 }
 
-async fn session(state: AppState, user: String, socket: WebSocket) {
+async fn session(state: AppState, user: String, traceparent: Option<String>, socket: WebSocket) {
     let _open = state.metrics.open_stream(crate::StreamKind::WebSocket);
     let max_message = state.options.ws_max_message_bytes;
     let (mut sink, mut incoming) = socket.split();
@@ -175,6 +179,7 @@ async fn session(state: AppState, user: String, socket: WebSocket) {
         binary,
         streams: HashMap::new(),
         inputs: HashMap::new(),
+        traceparent,
     };
     tracing::debug!(user = %s.user, "websocket opened");
     while let Some(frame) = incoming.next().await {
@@ -379,6 +384,9 @@ impl Session {
             Err(e) => return Some(*e),
         };
         let mut request = request;
+        if request.traceparent.is_none() {
+            request.traceparent = self.traceparent.clone();
+        }
         if let Err(e) =
             crate::workflows::resolve_stored_graph(&self.db, &self.user, &mut request).await
         {

@@ -11,6 +11,7 @@ pub mod gemini_double;
 pub mod llama_server;
 pub mod memcached;
 pub mod openai_peer;
+pub mod otlp_receiver;
 pub mod postgres;
 pub mod python_worker;
 pub mod s3_server;

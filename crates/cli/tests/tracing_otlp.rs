@@ -1,0 +1,297 @@
+//! Spans through the real binary: `nodetool serve` with `OTEL_EXPORTER_OTLP_ENDPOINT` exports
+//! each job's `job` span and its nodes' `node` spans over OTLP/HTTP (decoded here with the
+//! official protobuf schema), joined to the caller's W3C `traceparent` from REST or the /ws
+//! handshake, through a subprocess worker as well; a malformed `traceparent` starts a fresh
+//! trace; an unreachable collector changes nothing for jobs.
+#![allow(clippy::unwrap_used)]
+
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use futures::{SinkExt, StreamExt};
+use serde_json::{json, Value};
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::Message;
+
+use nodetool_testkit::otlp_receiver::{OtlpReceiver, ReceivedSpan};
+use nodetool_testkit::serve_process::ServeProcess;
+
+/// Hang guard, not a timing claim.
+const HANG: Duration = Duration::from_secs(90);
+
+struct Server {
+    proc: ServeProcess,
+    _dir: tempfile::TempDir,
+}
+
+impl Server {
+    fn start(vars: &[(&str, &str)]) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_nodetool"));
+        cmd.arg("serve")
+            .env_clear()
+            .env("HOME", dir.path())
+            .env("NODETOOL_CONFIG_DIR", dir.path())
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .envs(vars.iter().copied());
+        Self {
+            proc: ServeProcess::start(cmd, HANG),
+            _dir: dir,
+        }
+    }
+
+    /// `POST /api/jobs` with `traceparent` (when given) as a header; the ended record.
+    async fn rest_job(&self, strategy: &str, traceparent: Option<&str>) -> Value {
+        let mut req = reqwest::Client::new()
+            .post(self.proc.url("/api/jobs"))
+            .json(&json!({"graph": graph(), "execution_strategy": strategy}));
+        if let Some(tp) = traceparent {
+            req = req.header("traceparent", tp);
+        }
+        let resp = req.send().await.unwrap();
+        assert_eq!(resp.status(), 200);
+        let body: Value = resp.json().await.unwrap();
+        self.wait_job(body["id"].as_str().unwrap()).await
+    }
+
+    async fn wait_job(&self, id: &str) -> Value {
+        let deadline = Instant::now() + HANG;
+        loop {
+            let rec: Value = reqwest::get(self.proc.url(&format!("/api/jobs/{id}")))
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
+            if ["completed", "failed", "cancelled"].contains(&rec["status"].as_str().unwrap_or(""))
+            {
+                return rec;
+            }
+            assert!(Instant::now() < deadline, "job {id} did not end: {rec}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// `run_job` over a /ws whose handshake carried `traceparent`; the job id once it ended.
+    async fn ws_job(&self, traceparent: &str) -> String {
+        let url = format!("ws://127.0.0.1:{}/ws", self.proc.port());
+        let mut request = url.into_client_request().unwrap();
+        request
+            .headers_mut()
+            .insert("traceparent", traceparent.parse().unwrap());
+        let (mut ws, _) = tokio_tungstenite::connect_async(request).await.unwrap();
+        ws.send(Message::text(
+            json!({"command": "set_mode", "data": {"mode": "text"}}).to_string(),
+        ))
+        .await
+        .unwrap();
+        let cmd = json!({"command": "run_job", "data": {"graph": graph(), "execution_strategy": "threaded"}});
+        ws.send(Message::text(cmd.to_string())).await.unwrap();
+        let deadline = Instant::now() + HANG;
+        loop {
+            assert!(Instant::now() < deadline, "no terminal job_update over /ws");
+            let Ok(Some(Ok(msg))) = tokio::time::timeout(HANG, ws.next()).await else {
+                panic!("/ws closed before the job ended");
+            };
+            let Message::Text(t) = msg else { continue };
+            let v: Value = serde_json::from_str(t.as_str()).unwrap();
+            if v["type"] == "job_update" && v["status"] == "completed" {
+                return v["job_id"].as_str().unwrap().to_owned();
+            }
+            assert_ne!(v["status"], "failed", "{v}");
+        }
+    }
+}
+
+fn graph() -> Value {
+    json!({
+        "nodes": [
+            {"id": "n", "type": "nodetool.test.Sleep", "data": {"seconds": 0.0, "value": "done"}},
+            {"id": "out", "type": "nodetool.output.Output", "data": {"name": "result"}},
+        ],
+        "edges": [
+            {"id": "e1", "source": "n", "sourceHandle": "output", "target": "out", "targetHandle": "value"},
+        ],
+    })
+}
+
+/// A sampled `traceparent` with a fresh trace id: (header, trace id, parent id).
+fn traceparent() -> (String, String, String) {
+    // 32 lower-case hex digits each; the parent id is the last 16 of another one.
+    let trace = nodetool_core::id::new_id();
+    let parent = nodetool_core::id::new_id()[16..].to_owned();
+    (format!("00-{trace}-{parent}-01"), trace, parent)
+}
+
+fn job_span<'a>(
+    spans: &'a [ReceivedSpan],
+    job_id: &str,
+    strategy: &str,
+) -> Option<&'a ReceivedSpan> {
+    spans.iter().find(|s| {
+        s.name == "job"
+            && s.attribute("job_id") == Some(job_id)
+            && s.attribute("strategy") == Some(strategy)
+    })
+}
+
+fn children<'a>(
+    spans: &'a [ReceivedSpan],
+    parent: &ReceivedSpan,
+    name: &str,
+) -> Vec<&'a ReceivedSpan> {
+    spans
+        .iter()
+        .filter(|s| s.name == name && s.parent_span_id == parent.span_id)
+        .collect()
+}
+
+/// Both node types of [`graph`] have a `node` span under `job`, in its trace.
+fn assert_node_spans(spans: &[ReceivedSpan], job: &ReceivedSpan) {
+    let nodes = children(spans, job, "node");
+    let mut types: Vec<&str> = nodes
+        .iter()
+        .filter_map(|s| s.attribute("node_type"))
+        .collect();
+    types.sort_unstable();
+    assert_eq!(
+        types,
+        ["nodetool.output.Output", "nodetool.test.Sleep"],
+        "{spans:#?}"
+    );
+    for n in nodes {
+        assert_eq!(n.trace_id, job.trace_id);
+        assert!(n.attribute("node_id").is_some(), "{n:?}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_jobs_spans_join_the_callers_trace_on_rest_ws_and_a_worker() {
+    let receiver = OtlpReceiver::start().await;
+    let endpoint = receiver.endpoint();
+    let server = Server::start(&[
+        ("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint.as_str()),
+        ("OTEL_SERVICE_NAME", "nodetool-under-test"),
+    ]);
+
+    // REST, threaded: the job span is a child of the caller's span, its nodes children of it.
+    let (tp, trace, parent) = traceparent();
+    let rec = server.rest_job("threaded", Some(&tp)).await;
+    assert_eq!(rec["status"], "completed", "{rec}");
+    let job_id = rec["id"].as_str().unwrap().to_owned();
+    let spans = receiver
+        .wait_for(HANG, |s| {
+            job_span(s, &job_id, "threaded").is_some_and(|j| children(s, j, "node").len() == 2)
+        })
+        .await;
+    let job = job_span(&spans, &job_id, "threaded").expect("a job span");
+    assert_eq!(job.trace_id, trace);
+    assert_eq!(job.parent_span_id, parent);
+    assert_eq!(job.attribute("user_id"), Some("1"), "{job:?}");
+    assert_eq!(job.service, "nodetool-under-test");
+    assert_node_spans(&spans, job);
+
+    // REST, subprocess: the worker's own job span hangs under the manager's, its nodes under it.
+    let (tp, trace, parent) = traceparent();
+    let rec = server.rest_job("subprocess", Some(&tp)).await;
+    assert_eq!(rec["status"], "completed", "{rec}");
+    let job_id = rec["id"].as_str().unwrap().to_owned();
+    let spans = receiver
+        .wait_for(HANG, |s| {
+            job_span(s, &job_id, "worker").is_some_and(|w| children(s, w, "node").len() == 2)
+                && job_span(s, &job_id, "subprocess").is_some()
+        })
+        .await;
+    let manager_span = job_span(&spans, &job_id, "subprocess").expect("the manager's job span");
+    assert_eq!(manager_span.trace_id, trace);
+    assert_eq!(manager_span.parent_span_id, parent);
+    let worker_span = job_span(&spans, &job_id, "worker").expect("the worker's job span");
+    assert_eq!(worker_span.trace_id, trace);
+    assert_eq!(worker_span.parent_span_id, manager_span.span_id);
+    assert_node_spans(&spans, worker_span);
+
+    // /ws: the handshake's traceparent.
+    let (tp, trace, parent) = traceparent();
+    let job_id = server.ws_job(&tp).await;
+    let spans = receiver
+        .wait_for(HANG, |s| job_span(s, &job_id, "threaded").is_some())
+        .await;
+    let job = job_span(&spans, &job_id, "threaded").expect("a /ws job span");
+    assert_eq!(
+        (job.trace_id.as_str(), job.parent_span_id.as_str()),
+        (trace.as_str(), parent.as_str())
+    );
+
+    // A malformed traceparent is ignored: the job runs, in a trace of its own.
+    let rec = server.rest_job("threaded", Some("00-not-a-trace-01")).await;
+    assert_eq!(rec["status"], "completed", "{rec}");
+    let job_id = rec["id"].as_str().unwrap().to_owned();
+    let spans = receiver
+        .wait_for(HANG, |s| job_span(s, &job_id, "threaded").is_some())
+        .await;
+    let job = job_span(&spans, &job_id, "threaded").expect("a job span without a caller");
+    assert!(job.parent_span_id.is_empty(), "{job:?}");
+    assert_eq!(job.trace_id.len(), 32);
+    assert!(spans
+        .iter()
+        .filter(|s| s.name == "job" && s.attribute("job_id") != Some(job_id.as_str()))
+        .all(|s| s.trace_id != job.trace_id));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unreachable_collector_changes_nothing_for_jobs() {
+    // A port nothing listens on.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let endpoint = format!("http://127.0.0.1:{port}");
+    let server = Server::start(&[("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint.as_str())]);
+    let (tp, _, _) = traceparent();
+    for strategy in ["threaded", "subprocess"] {
+        let rec = server.rest_job(strategy, Some(&tp)).await;
+        assert_eq!(rec["status"], "completed", "{strategy}: {rec}");
+    }
+    let health = reqwest::get(server.proc.url("/health")).await.unwrap();
+    assert!(health.status().is_success());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nodetool_run_exports_its_job_and_its_workers_spans() {
+    let receiver = OtlpReceiver::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("wf.json");
+    std::fs::write(
+        &file,
+        json!({"id": "wf-trace", "graph": graph()}).to_string(),
+    )
+    .unwrap();
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_nodetool"))
+        .arg("run")
+        .arg(&file)
+        .args(["--strategy", "subprocess"])
+        .env_clear()
+        .env("HOME", dir.path())
+        .env("NODETOOL_CONFIG_DIR", dir.path())
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .env("OTEL_EXPORTER_OTLP_ENDPOINT", receiver.endpoint())
+        .output()
+        .await
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // The process flushed its spans before it exited; the worker flushed its own before.
+    let spans = receiver.spans();
+    let run = spans
+        .iter()
+        .find(|s| s.name == "job" && s.attribute("strategy") == Some("subprocess"))
+        .unwrap_or_else(|| panic!("no job span from nodetool run: {spans:#?}"));
+    assert_eq!(run.attribute("workflow_id"), Some("wf-trace"));
+    let worker = job_span(&spans, run.attribute("job_id").unwrap(), "worker").expect("worker span");
+    assert_eq!(worker.parent_span_id, run.span_id);
+    assert_node_spans(&spans, worker);
+}

@@ -1,0 +1,134 @@
+//! W3C Trace Context: the `traceparent` value a client sends so that a job's spans join its
+//! trace (<https://www.w3.org/TR/trace-context/#traceparent-header>).
+//!
+//! Parsing is lenient in the way the spec asks: a malformed value is `None` (the caller starts a
+//! fresh trace), never an error; a future version is read for its first four fields.
+
+use std::fmt;
+
+/// A parsed `traceparent`: `{version}-{trace-id}-{parent-id}-{flags}`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct TraceParent {
+    pub trace_id: [u8; 16],
+    pub parent_id: [u8; 8],
+    pub flags: u8,
+}
+
+impl TraceParent {
+    /// Whether the caller sampled this trace (flag bit 0).
+    pub fn sampled(&self) -> bool {
+        self.flags & 1 == 1
+    }
+
+    /// Reads a `traceparent` value; `None` for anything the spec says to ignore: a wrong
+    /// length or separator, upper-case or non-hex digits, version `ff`, an all-zero trace or
+    /// parent id, or extra fields on version `00`.
+    pub fn parse(value: &str) -> Option<Self> {
+        let value = value.trim();
+        let mut parts = value.split('-');
+        let version = parts.next()?;
+        let trace_id = parts.next()?;
+        let parent_id = parts.next()?;
+        let flags = parts.next()?;
+        let rest: Vec<&str> = parts.collect();
+        if version.len() != 2 || trace_id.len() != 32 || parent_id.len() != 16 || flags.len() != 2 {
+            return None;
+        }
+        let version = hex_byte(version)?;
+        if version == 0xff || (version == 0 && !rest.is_empty()) {
+            return None;
+        }
+        let mut t = [0u8; 16];
+        decode_hex(trace_id, &mut t)?;
+        let mut p = [0u8; 8];
+        decode_hex(parent_id, &mut p)?;
+        if t == [0; 16] || p == [0; 8] {
+            return None;
+        }
+        Some(Self {
+            trace_id: t,
+            parent_id: p,
+            flags: hex_byte(flags)?,
+        })
+    }
+}
+
+/// The version-00 header value.
+impl fmt::Display for TraceParent {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("00-")?;
+        for b in self.trace_id {
+            write!(f, "{b:02x}")?;
+        }
+        f.write_str("-")?;
+        for b in self.parent_id {
+            write!(f, "{b:02x}")?;
+        }
+        write!(f, "-{:02x}", self.flags)
+    }
+}
+
+fn hex_digit(c: u8) -> Option<u8> {
+    match c {
+        b'0'..=b'9' => Some(c - b'0'),
+        b'a'..=b'f' => Some(c - b'a' + 10),
+        _ => None,
+    }
+}
+
+fn hex_byte(s: &str) -> Option<u8> {
+    let b = s.as_bytes();
+    Some(hex_digit(b[0])? << 4 | hex_digit(b[1])?)
+}
+
+fn decode_hex(s: &str, out: &mut [u8]) -> Option<()> {
+    for (i, pair) in s.as_bytes().chunks(2).enumerate() {
+        out[i] = hex_digit(pair[0])? << 4 | hex_digit(pair[1])?;
+    }
+    Some(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::TraceParent;
+
+    const GOOD: &str = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+
+    #[test]
+    fn reads_and_writes_the_spec_example() {
+        let t = TraceParent::parse(GOOD).unwrap();
+        assert_eq!(t.trace_id[0], 0x4b);
+        assert_eq!(t.parent_id[7], 0xb7);
+        assert!(t.sampled());
+        assert_eq!(t.to_string(), GOOD);
+        assert_eq!(TraceParent::parse(&format!(" {GOOD} ")), Some(t));
+    }
+
+    #[test]
+    fn future_versions_keep_their_first_fields() {
+        let v = "cc-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-00-extra";
+        let t = TraceParent::parse(v).unwrap();
+        assert!(!t.sampled());
+    }
+
+    #[test]
+    fn malformed_values_are_ignored() {
+        for bad in [
+            "",
+            "garbage",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7",
+            "00-4BF92F3577B34DA6A3CE929D0E0E4736-00f067aa0ba902b7-01",
+            "00-00000000000000000000000000000000-00f067aa0ba902b7-01",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-0000000000000000-01",
+            "ff-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-extra",
+            "00-4bf92f3577b34da6a3ce929d0e0e473g-00f067aa0ba902b7-01",
+            "0-4bf92f3577b34da6a3ce929d0e0e47366-00f067aa0ba902b7-01",
+            "00_4bf92f3577b34da6a3ce929d0e0e4736_00f067aa0ba902b7_01",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-0x",
+            "00-é4bf92f3577b34da6a3ce929d0e0e473-00f067aa0ba902b7-01",
+        ] {
+            assert_eq!(TraceParent::parse(bad), None, "{bad:?}");
+        }
+    }
+}
