@@ -163,7 +163,8 @@ pub const REGISTRY: &[SettingDef] = &[
     secret("NODETOOL_URL_SIGNING_KEY", "HMAC key for signed storage URLs (at least 16 characters)"),
     def("ASSET_TEMP_TTL", K::Seconds, D::Value("86400"),
         "Lifetime of temporary objects"),
-    def("DB_PATH", K::Path, D::InConfigDir("nodetool.db"), "SQLite database file"),
+    def("DB_PATH", K::Path, D::InConfigDir("nodetool.db"),
+        "SQLite database file (jobs and job events too, unless DATABASE_URL is set)"),
     // Database (crate::database).
     SettingDef {
         secret: true,
