@@ -214,6 +214,9 @@ impl JobStore {
             .connect_with(pg)
             .await
             .map_err(|e| connect_err(e, &target))?;
+        // Not `set_ignore_missing`: this database holds only the job tables, so any migration
+        // this binary does not know comes from a newer one. (When other crates' tables move
+        // here, they need their own check, as sqlx 0.8 keeps one migrations table.)
         sqlx::migrate!("./migrations_postgres")
             .run(&pool)
             .await

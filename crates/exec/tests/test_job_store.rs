@@ -832,3 +832,34 @@ async fn postgres_refusals_are_clear() {
         "2"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_store_keeps_working_after_postgres_restarts() {
+    let Some(mut pg) = postgres("a_store_keeps_working_after_postgres_restarts").await else {
+        return;
+    };
+    let url = pg.create_database("restart");
+    let store = JobStore::connect(&url, &PostgresOptions::default())
+        .await
+        .unwrap();
+    store
+        .insert(&job("before", "u1", Status::Running, 0))
+        .await
+        .unwrap();
+    store
+        .append_events(&rows(&[event("before", 1, "a")]), 100)
+        .await
+        .unwrap();
+    // The pool's connections die with the server; new ones are made on the next query.
+    pg.restart().await;
+    assert!(store
+        .finish("before", Status::Completed, None, None, at(1))
+        .await
+        .unwrap());
+    store
+        .append_events(&rows(&[event("before", 2, "b")]), 100)
+        .await
+        .unwrap();
+    assert_eq!(seqs(&store, "before").await, [1, 2]);
+    assert_eq!(status(&store, "before").await, Status::Completed);
+}
