@@ -4,10 +4,11 @@
 #![allow(clippy::unwrap_used)]
 
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::{Command, Stdio};
+use std::time::Duration;
 
 use nodetool_testkit::postgres::PostgresServer;
+use nodetool_testkit::serve_process::ServeProcess;
 use serde_json::{json, Value};
 
 const HANG: Duration = Duration::from_secs(90);
@@ -40,61 +41,30 @@ impl Env {
     }
 }
 
-/// A running `nodetool serve`, killed when dropped.
+/// A running `nodetool serve` (on the port it picked), killed when dropped.
 struct Server {
-    child: Child,
-    port: u16,
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+    proc: ServeProcess,
 }
 
 impl Server {
     fn start(env: &Env, vars: &[(&str, &str)]) -> Self {
-        let port = nodetool_testkit::free_port();
-        let child = env
-            .cmd(&["serve", "--port", &port.to_string()], vars)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        let mut server = Self { child, port };
-        let deadline = Instant::now() + HANG;
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            if let Some(status) = server.child.try_wait().unwrap() {
-                panic!("serve exited early with {status}");
-            }
-            assert!(Instant::now() < deadline, "serve did not start listening");
-            std::thread::sleep(Duration::from_millis(50));
+        Self {
+            proc: ServeProcess::start(env.cmd(&["serve"], vars), HANG),
         }
-        server
     }
 
     fn url(&self, path: &str) -> String {
-        format!("http://127.0.0.1:{}{path}", self.port)
+        self.proc.url(path)
     }
 
     /// SIGTERM, then waits for a clean exit.
     fn stop(mut self) {
-        let ok = Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
-            .status()
-            .unwrap()
-            .success();
-        assert!(ok, "kill -TERM");
-        let deadline = Instant::now() + HANG;
-        loop {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                assert!(status.success(), "serve exited with {status}");
-                return;
-            }
-            assert!(Instant::now() < deadline, "serve did not exit");
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        let status = self.proc.terminate(HANG);
+        assert!(
+            status.success(),
+            "serve exited with {status}: {}",
+            self.proc.log()
+        );
     }
 
     /// `POST /api/jobs?stream=true`: the job's id and its live SSE events.
@@ -245,12 +215,8 @@ const PASSWORD: &str = "pa55-w0rd-never-shown";
 
 /// `nodetool serve` that must fail at start: its stderr.
 fn serve_fails(env: &Env, database_url: &str) -> String {
-    let port = nodetool_testkit::free_port().to_string();
     let out = env
-        .cmd(
-            &["serve", "--port", &port],
-            &[("DATABASE_URL", database_url)],
-        )
+        .cmd(&["serve", "--port", "0"], &[("DATABASE_URL", database_url)])
         .stdin(Stdio::null())
         .output()
         .unwrap();
