@@ -121,7 +121,15 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
         );
     }
 
-    let store = nodetool_exec::JobStore::from_pool(db.clone()).await?;
+    // DATABASE_URL moves jobs and job events to PostgreSQL; every other table stays in DB_PATH.
+    let store = match &resources.settings().database.database_url {
+        Some(url) => {
+            nodetool_exec::JobStore::connect(url, &nodetool_exec::PostgresOptions::default())
+                .await?
+        }
+        None => nodetool_exec::JobStore::from_pool(db.clone()).await?,
+    };
+    tracing::info!(backend = store.backend(), "job store");
     // One key scope for the storage routes and every job, whatever its strategy: with a
     // multi-user provider a job's storage access stays under its user's prefix.
     let keys = auth.key_scope();

@@ -24,6 +24,7 @@ pub fn validate(kind: ValueKind, raw: &str) -> Parsed<()> {
         ValueKind::Integer => integer(raw).map(drop),
         ValueKind::Choice(choices) => choice(raw, choices).map(drop),
         ValueKind::List => list(raw).map(drop),
+        ValueKind::PostgresUrl => crate::database::postgres_url(raw).map(drop),
     }
 }
 
@@ -196,6 +197,15 @@ pub fn path(raw: &str, home: Option<&Path>) -> PathBuf {
 /// True when an `ASSET_BUCKET` value names a filesystem path rather than a bucket.
 pub fn is_path_like(value: &str) -> bool {
     value.starts_with('/') || value.starts_with('.') || value.starts_with('~')
+}
+
+/// A secret of kind `kind` for display: a URL keeps all but its password, anything else is
+/// [`mask`]ed.
+pub(crate) fn redact(kind: ValueKind, value: &str) -> String {
+    match kind {
+        ValueKind::PostgresUrl => crate::database::redact_url(value),
+        _ => mask(value),
+    }
 }
 
 /// Hides a secret for display: `****` plus the last four characters, or only `****` when the

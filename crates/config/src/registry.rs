@@ -31,6 +31,9 @@ pub enum ValueKind {
     Choice(&'static [&'static str]),
     /// A comma-separated list of non-empty items.
     List,
+    /// A `postgres://` or `postgresql://` URL; shown with its password redacted, not masked
+    /// whole, so `settings show` still tells which server and database.
+    PostgresUrl,
 }
 
 impl ValueKind {
@@ -50,6 +53,7 @@ impl ValueKind {
             ValueKind::Integer => "integer",
             ValueKind::Choice(_) => "choice",
             ValueKind::List => "list",
+            ValueKind::PostgresUrl => "postgres url",
         }
     }
 }
@@ -159,8 +163,15 @@ pub const REGISTRY: &[SettingDef] = &[
     secret("NODETOOL_URL_SIGNING_KEY", "HMAC key for signed storage URLs (at least 16 characters)"),
     def("ASSET_TEMP_TTL", K::Seconds, D::Value("86400"),
         "Lifetime of temporary objects"),
-    def("DB_PATH", K::Path, D::InConfigDir("nodetool.db"), "SQLite database file"),
+    def("DB_PATH", K::Path, D::InConfigDir("nodetool.db"),
+        "SQLite database file (jobs and job events too, unless DATABASE_URL is set)"),
     // Database (crate::database).
+    SettingDef {
+        secret: true,
+        ..def("DATABASE_URL", K::PostgresUrl, D::None,
+            "PostgreSQL URL (postgres://user:password@host:5432/db): jobs and job events go there; \
+             other tables (assets, ...) stay in DB_PATH. Unset: everything in DB_PATH")
+    },
     def("JOB_EVENTS_MAX_PER_JOB", K::Count, D::Value("10000"),
         "Events of one job kept in the database (the latest), replayable after a restart"),
     def("JOB_EVENT_RETENTION", K::Seconds, D::Value("7d"),

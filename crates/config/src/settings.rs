@@ -106,7 +106,10 @@ impl SettingEntry {
     /// The value for display: secrets masked unless `reveal`.
     pub fn display_value(&self, reveal: bool) -> Option<String> {
         match &self.value {
-            Some(v) if self.secret && !reveal => Some(mask(v)),
+            Some(v) if self.secret && !reveal => Some(match registry::find(self.name) {
+                Some(def) => parse::redact(def.kind, v),
+                None => mask(v),
+            }),
             other => other.clone(),
         }
     }
@@ -599,7 +602,7 @@ fn allowed_images(raw: &str) -> Parsed<Vec<String>> {
 fn invalid(r: &Resolved, why: &str) -> Error {
     let raw = r.raw.as_deref().unwrap_or("");
     let shown = if r.def.secret {
-        mask(raw)
+        parse::redact(r.def.kind, raw)
     } else {
         raw.to_string()
     };

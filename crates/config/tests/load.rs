@@ -580,3 +580,41 @@ fn allowed_strategies_default_by_auth_provider_and_parse() {
         .load_err();
     assert!(err.contains("\"inline\""), "{err}");
 }
+
+#[test]
+fn database_url_is_a_postgres_url_shown_without_its_password() {
+    assert_eq!(Fixture::new().load().database.database_url, None);
+
+    let url = "postgres://app:hunter2-secret@db.internal:5432/nodetool?sslmode=require";
+    let fx = Fixture::new().secrets_yaml(&format!("DATABASE_URL: \"{url}\"\n"));
+    let s = fx.load();
+    assert_eq!(s.database.database_url.as_deref(), Some(url));
+    let e = s.entry("DATABASE_URL").unwrap();
+    assert!(e.secret);
+    assert_eq!(
+        e.display_value(false).as_deref(),
+        Some("postgres://app:****@db.internal:5432/nodetool?sslmode=require")
+    );
+    assert_eq!(e.display_value(true).as_deref(), Some(url));
+    for shown in [format!("{s:?}"), format!("{:?}", s.database)] {
+        assert!(!shown.contains("hunter2"), "{shown}");
+        assert!(shown.contains("db.internal"), "{shown}");
+    }
+    assert!(Fixture::new()
+        .env(&[("DATABASE_URL", "postgresql://localhost/x")])
+        .load()
+        .database
+        .database_url
+        .is_some());
+
+    for bad in [
+        "mysql://app:hunter2-secret@db/nodetool",
+        "sqlite:///var/lib/nodetool.db",
+        "postgres://app:hunter2-secret@db:99999/nodetool",
+        "hunter2-secret",
+    ] {
+        let err = Fixture::new().env(&[("DATABASE_URL", bad)]).load_err();
+        assert!(err.contains("DATABASE_URL"), "{bad}: {err}");
+        assert!(!err.contains("hunter2-secret"), "{bad}: {err}");
+    }
+}

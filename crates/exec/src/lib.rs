@@ -35,7 +35,7 @@ pub mod worker;
 pub use calls::{KeyScope, WorkerServices};
 pub use event_log::{EventLog, EventLogConfig};
 pub use manager::{JobEvents, JobExecutionManager, ManagerConfig};
-pub use store::{JobRecord, JobStore};
+pub use store::{JobRecord, JobStore, PostgresOptions};
 pub use strategy::{
     effective_time_limit, valid_job_id, Capabilities, ExecutionStrategy, JobError, JobHandle,
     JobOutcome, JobSpec, RequestLimits, ResourceLimits, RunJobRequest, StrategyKind, ValidRequest,

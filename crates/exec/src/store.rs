@@ -1,20 +1,24 @@
-//! Job records and job events in SQLite (`settings.db_path`, shared with other crates' tables).
+//! Job records and job events, in SQLite (`settings.db_path`, shared with other crates' tables)
+//! or PostgreSQL (`DATABASE_URL`), behind one [`JobStore`].
 //!
 //! Only a job's owner task writes its row. Status changes are compare-and-set on the current
 //! status, so a terminal status is written once and `cancelled` is never overwritten.
+//!
+//! The two schemas (`migrations/`, `migrations_postgres/`) have the same tables, columns and
+//! migration versions. PostgreSQL keeps `params`/`result` as `JSON` (validated, key order kept)
+//! and events as `TEXT` (replayed byte for byte); SQLite keeps all three as `TEXT`.
 
 use std::collections::HashMap;
 use std::path::Path;
 use std::str::FromStr;
 use std::time::Duration;
 
-use chrono::{DateTime, Utc};
+use chrono::{DateTime, DurationRound, Utc};
 use serde::Serialize;
 use serde_json::Value;
-use sqlx::sqlite::{
-    SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteRow, SqliteSynchronous,
-};
-use sqlx::{Row, SqlitePool};
+use sqlx::postgres::{PgConnectOptions, PgConnection, PgPool, PgPoolOptions};
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
+use sqlx::{Connection, SqlitePool};
 
 use nodetool_core::{Error, ErrorKind, Result};
 use nodetool_engine::{EventEnvelope, Status};
@@ -42,9 +46,64 @@ pub struct JobRecord {
 /// The message recorded for jobs a previous process left running.
 pub const RESTART_ERROR: &str = "the runtime restarted while this job was running";
 
+/// The database behind a [`JobStore`]. Both speak the same SQL except where noted at the query
+/// (`$n` placeholders work in both; PostgreSQL's JSON columns take a cast).
+#[derive(Debug, Clone)]
+enum Db {
+    Sqlite(SqlitePool),
+    Postgres(PgPool),
+}
+
+/// Runs `$body` once per backend with `$pool` bound to that backend's pool: the same tokens
+/// compile against each driver, so one query text serves both. `Db` inside names the driver.
+macro_rules! on_pool {
+    ($store:expr, $pool:ident => $body:expr) => {
+        match &$store.db {
+            Db::Sqlite($pool) => {
+                #[allow(dead_code)]
+                type Dialect = sqlx::Sqlite;
+                $body
+            }
+            Db::Postgres($pool) => {
+                #[allow(dead_code)]
+                type Dialect = sqlx::Postgres;
+                $body
+            }
+        }
+    };
+}
+
+/// Job records and job events, in SQLite or PostgreSQL. Cheap to clone.
+///
+/// Contract (the behaviour suite in `tests/test_job_store.rs` runs it against both):
+/// - status changes MUST be compare-and-set on the current status: of two concurrent
+///   [`JobStore::finish`] calls on one job exactly one returns `true`, and a terminal status
+///   (`cancelled` included) is never overwritten;
+/// - events MUST come back in `seq` order, a seq stored twice MUST keep its first event, and
+///   each job keeps at most its latest `max_per_job`;
+/// - timestamps are kept to the microsecond (PostgreSQL's precision) on both backends.
 #[derive(Debug, Clone)]
 pub struct JobStore {
-    pool: SqlitePool,
+    db: Db,
+}
+
+/// How [`JobStore::connect`] reaches PostgreSQL.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PostgresOptions {
+    /// How long a server that refuses connections at start (down, starting up, not resolvable
+    /// yet) is waited for, retrying with backoff, before [`ErrorKind::Unavailable`].
+    pub startup_wait: Duration,
+    /// Connections in the pool.
+    pub max_connections: u32,
+}
+
+impl Default for PostgresOptions {
+    fn default() -> Self {
+        Self {
+            startup_wait: Duration::from_secs(5),
+            max_connections: 8,
+        }
+    }
 }
 
 fn db_err(op: &'static str) -> impl Fn(sqlx::Error) -> Error {
@@ -66,8 +125,18 @@ fn parse_status(s: &str) -> Result<Status> {
     })
 }
 
+/// Microseconds: what PostgreSQL keeps, so both backends read back what they were given.
+fn micros(t: DateTime<Utc>) -> DateTime<Utc> {
+    t.duration_trunc(chrono::TimeDelta::microseconds(1))
+        .unwrap_or(t)
+}
+
+fn seq_param(seq: u64) -> i64 {
+    i64::try_from(seq).unwrap_or(i64::MAX)
+}
+
 impl JobStore {
-    /// Opens (creating if needed) the database at `path` and applies the job migrations.
+    /// Opens (creating if needed) the SQLite database at `path` and applies the job migrations.
     pub async fn open(path: &Path) -> Result<Self> {
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
             std::fs::create_dir_all(dir).map_err(|e| {
@@ -93,72 +162,158 @@ impl JobStore {
         Self::from_pool(pool).await
     }
 
-    /// Uses an existing pool (e.g. the server's), applying the job migrations.
+    /// Uses an existing SQLite pool (e.g. the server's), applying the job migrations.
     pub async fn from_pool(pool: SqlitePool) -> Result<Self> {
         let mut migrator = sqlx::migrate!("./migrations");
         // Other crates keep their migrations in the same database.
         migrator.set_ignore_missing(true);
-        migrator.run(&pool).await.map_err(|e| {
-            Error::new(ErrorKind::Unexpected, "job store migration failed")
-                .with_operation("jobs.migrate")
-                .with_source(e)
-        })?;
-        Ok(Self { pool })
+        migrator
+            .run(&pool)
+            .await
+            .map_err(|e| migrate_err(e, "SQLite"))?;
+        Ok(Self {
+            db: Db::Sqlite(pool),
+        })
     }
 
-    pub fn pool(&self) -> &SqlitePool {
-        &self.pool
+    /// Connects to the PostgreSQL at `url` (`DATABASE_URL`: `postgres://` or `postgresql://`)
+    /// and applies the job migrations (`migrations_postgres/`; concurrent starts are serialized
+    /// by sqlx's advisory lock).
+    ///
+    /// Errors never print the URL's password: a malformed URL is `ConfigInvalid` naming
+    /// `DATABASE_URL`; a server still refusing connections after `options.startup_wait` is
+    /// `Unavailable`; refused credentials are `PermissionDenied`; a database whose schema has a
+    /// migration this binary does not know (a newer nodetool migrated it) is refused.
+    pub async fn connect(url: &str, options: &PostgresOptions) -> Result<Self> {
+        let shown = nodetool_config::database::redact_url(url);
+        nodetool_config::database::postgres_url(url).map_err(|why| {
+            Error::new(
+                ErrorKind::ConfigInvalid,
+                format!("DATABASE_URL={shown} {why}"),
+            )
+            .with_operation("jobs.connect")
+        })?;
+        let pg = PgConnectOptions::from_str(url).map_err(|e| {
+            // sqlx's parse errors name the offending part, never the whole URL.
+            Error::new(
+                ErrorKind::ConfigInvalid,
+                format!("DATABASE_URL={shown} is not a valid PostgreSQL URL: {e}"),
+            )
+            .with_operation("jobs.connect")
+        })?;
+        let target = format!(
+            "PostgreSQL at {}:{}/{}",
+            pg.get_host(),
+            pg.get_port(),
+            pg.get_database().unwrap_or("(default database)")
+        );
+        wait_for_postgres(&pg, &target, options.startup_wait).await?;
+        let pool = PgPoolOptions::new()
+            .max_connections(options.max_connections.max(1))
+            .acquire_timeout(Duration::from_secs(10))
+            .connect_with(pg)
+            .await
+            .map_err(|e| connect_err(e, &target))?;
+        // Not `set_ignore_missing`: this database holds only the job tables, so any migration
+        // this binary does not know comes from a newer one. (When other crates' tables move
+        // here, they need their own check, as sqlx 0.8 keeps one migrations table.)
+        sqlx::migrate!("./migrations_postgres")
+            .run(&pool)
+            .await
+            .map_err(|e| migrate_err(e, &target))?;
+        tracing::info!(target = %target, "job store on PostgreSQL");
+        Ok(Self {
+            db: Db::Postgres(pool),
+        })
+    }
+
+    /// The SQLite pool, when the store is in SQLite (tables of other crates may share it).
+    pub fn sqlite_pool(&self) -> Option<&SqlitePool> {
+        match &self.db {
+            Db::Sqlite(pool) => Some(pool),
+            Db::Postgres(_) => None,
+        }
+    }
+
+    /// `"sqlite"` or `"postgres"`.
+    pub fn backend(&self) -> &'static str {
+        match &self.db {
+            Db::Sqlite(_) => "sqlite",
+            Db::Postgres(_) => "postgres",
+        }
+    }
+
+    /// The job columns as [`JobRow`] reads them (PostgreSQL's JSON read back as text).
+    fn job_columns(&self) -> &'static str {
+        match &self.db {
+            Db::Sqlite(_) => {
+                "id, user_id, workflow_id, strategy, status, params, created_at, started_at, \
+                 finished_at, error, result, worker_pid, container_id"
+            }
+            Db::Postgres(_) => {
+                "id, user_id, workflow_id, strategy, status, params::text AS params, created_at, \
+                 started_at, finished_at, error, result::text AS result, worker_pid, container_id"
+            }
+        }
+    }
+
+    /// The cast a JSON text parameter takes (PostgreSQL's columns are `JSON`).
+    fn json_cast(&self) -> &'static str {
+        match &self.db {
+            Db::Sqlite(_) => "",
+            Db::Postgres(_) => "::json",
+        }
     }
 
     pub async fn insert(&self, r: &JobRecord) -> Result<()> {
         let (pid, container) = worker_cols(r.worker.as_ref());
-        sqlx::query(
+        let sql = format!(
             "INSERT INTO jobs (id, user_id, workflow_id, strategy, status, params, created_at, \
              started_at, finished_at, error, result, worker_pid, container_id) \
-             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-        )
-        .bind(&r.id)
-        .bind(&r.user_id)
-        .bind(&r.workflow_id)
-        .bind(r.strategy.as_str())
-        .bind(r.status.as_str())
-        .bind(r.params.to_string())
-        .bind(r.created_at)
-        .bind(r.started_at)
-        .bind(r.finished_at)
-        .bind(&r.error)
-        .bind(r.result.as_ref().map(Value::to_string))
-        .bind(pid)
-        .bind(container)
-        .execute(&self.pool)
-        .await
+             VALUES ($1, $2, $3, $4, $5, $6{j}, $7, $8, $9, $10, $11{j}, $12, $13)",
+            j = self.json_cast()
+        );
+        on_pool!(self, pool => {
+            sqlx::query(&sql)
+                .bind(&r.id)
+                .bind(&r.user_id)
+                .bind(&r.workflow_id)
+                .bind(r.strategy.as_str())
+                .bind(r.status.as_str())
+                .bind(r.params.to_string())
+                .bind(micros(r.created_at))
+                .bind(r.started_at.map(micros))
+                .bind(r.finished_at.map(micros))
+                .bind(&r.error)
+                .bind(r.result.as_ref().map(Value::to_string))
+                .bind(pid)
+                .bind(&container)
+                .execute(pool)
+                .await
+                .map(drop)
+        })
         .map_err(db_err("jobs.insert"))?;
         Ok(())
     }
 
     /// `scheduled` → `running`. False if the job is no longer scheduled.
     pub async fn mark_running(&self, id: &str, at: DateTime<Utc>) -> Result<bool> {
-        let done = sqlx::query(
-            "UPDATE jobs SET status = 'running', started_at = ? WHERE id = ? AND status = 'scheduled'",
-        )
-        .bind(at)
-        .bind(id)
-        .execute(&self.pool)
-        .await
+        let sql = "UPDATE jobs SET status = 'running', started_at = $1 \
+                   WHERE id = $2 AND status = 'scheduled'";
+        let affected = on_pool!(self, pool => {
+            sqlx::query(sql).bind(micros(at)).bind(id).execute(pool).await.map(|d| d.rows_affected())
+        })
         .map_err(db_err("jobs.mark_running"))?;
-        Ok(done.rows_affected() == 1)
+        Ok(affected == 1)
     }
 
     pub async fn set_worker(&self, id: &str, worker: &WorkerRef) -> Result<()> {
         let (pid, container) = worker_cols(Some(worker));
-        sqlx::query("UPDATE jobs SET worker_pid = ?, container_id = ? WHERE id = ?")
-            .bind(pid)
-            .bind(container)
-            .bind(id)
-            .execute(&self.pool)
-            .await
-            .map_err(db_err("jobs.set_worker"))?;
-        Ok(())
+        let sql = "UPDATE jobs SET worker_pid = $1, container_id = $2 WHERE id = $3";
+        on_pool!(self, pool => {
+            sqlx::query(sql).bind(pid).bind(&container).bind(id).execute(pool).await.map(drop)
+        })
+        .map_err(db_err("jobs.set_worker"))
     }
 
     /// Writes a terminal status once: only from `scheduled` or `running`. False if the job
@@ -171,65 +326,77 @@ impl JobStore {
         result: Option<&Value>,
         at: DateTime<Utc>,
     ) -> Result<bool> {
-        let done = sqlx::query(
-            "UPDATE jobs SET status = ?, error = ?, result = ?, finished_at = ? \
-             WHERE id = ? AND status IN ('scheduled', 'running')",
-        )
-        .bind(status.as_str())
-        .bind(error)
-        .bind(result.map(Value::to_string))
-        .bind(at)
-        .bind(id)
-        .execute(&self.pool)
-        .await
+        // One statement, so the check and the write cannot interleave with another writer's
+        // (PostgreSQL re-checks the WHERE on the row it waited for).
+        let sql = format!(
+            "UPDATE jobs SET status = $1, error = $2, result = $3{j}, finished_at = $4 \
+             WHERE id = $5 AND status IN ('scheduled', 'running')",
+            j = self.json_cast()
+        );
+        let result = result.map(Value::to_string);
+        let affected = on_pool!(self, pool => {
+            sqlx::query(&sql)
+                .bind(status.as_str())
+                .bind(error)
+                .bind(&result)
+                .bind(micros(at))
+                .bind(id)
+                .execute(pool)
+                .await
+                .map(|d| d.rows_affected())
+        })
         .map_err(db_err("jobs.finish"))?;
-        Ok(done.rows_affected() == 1)
+        Ok(affected == 1)
     }
 
     /// Deletes `user_id`'s ended job `id` and its stored events. False if there is no such
     /// ended job (unknown, another user's, or still `scheduled`/`running`).
     pub async fn delete_ended(&self, id: &str, user_id: &str) -> Result<bool> {
-        let mut tx = self.pool.begin().await.map_err(db_err("jobs.delete"))?;
-        let done = sqlx::query(
-            "DELETE FROM jobs WHERE id = ? AND user_id = ? \
-             AND status NOT IN ('scheduled', 'running')",
-        )
-        .bind(id)
-        .bind(user_id)
-        .execute(&mut *tx)
-        .await
-        .map_err(db_err("jobs.delete"))?;
-        if done.rows_affected() == 1 {
-            sqlx::query("DELETE FROM job_events WHERE job_id = ?")
-                .bind(id)
-                .execute(&mut *tx)
-                .await
-                .map_err(db_err("jobs.delete"))?;
-        }
-        tx.commit().await.map_err(db_err("jobs.delete"))?;
-        Ok(done.rows_affected() == 1)
+        let err = db_err("jobs.delete");
+        let deleted = on_pool!(self, pool => {
+            let mut tx = pool.begin().await.map_err(&err)?;
+            let done = sqlx::query(
+                "DELETE FROM jobs WHERE id = $1 AND user_id = $2 \
+                 AND status NOT IN ('scheduled', 'running')",
+            )
+            .bind(id)
+            .bind(user_id)
+            .execute(&mut *tx)
+            .await
+            .map_err(&err)?;
+            if done.rows_affected() == 1 {
+                sqlx::query("DELETE FROM job_events WHERE job_id = $1")
+                    .bind(id)
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(&err)?;
+            }
+            tx.commit().await.map_err(&err)?;
+            done.rows_affected() == 1
+        });
+        Ok(deleted)
     }
 
     pub async fn get(&self, id: &str) -> Result<Option<JobRecord>> {
-        let row = sqlx::query("SELECT * FROM jobs WHERE id = ?")
-            .bind(id)
-            .fetch_optional(&self.pool)
-            .await
-            .map_err(db_err("jobs.get"))?;
-        row.map(|r| from_row(&r)).transpose()
+        let sql = format!("SELECT {} FROM jobs WHERE id = $1", self.job_columns());
+        let row: Option<JobRow> = on_pool!(self, pool => {
+            sqlx::query_as(&sql).bind(id).fetch_optional(pool).await
+        })
+        .map_err(db_err("jobs.get"))?;
+        row.map(JobRow::into_record).transpose()
     }
 
     /// A user's jobs, newest first.
     pub async fn list(&self, user_id: &str, limit: u32) -> Result<Vec<JobRecord>> {
-        let rows = sqlx::query(
-            "SELECT * FROM jobs WHERE user_id = ? ORDER BY created_at DESC, id DESC LIMIT ?",
-        )
-        .bind(user_id)
-        .bind(limit)
-        .fetch_all(&self.pool)
-        .await
+        let sql = format!(
+            "SELECT {} FROM jobs WHERE user_id = $1 ORDER BY created_at DESC, id DESC LIMIT $2",
+            self.job_columns()
+        );
+        let rows: Vec<JobRow> = on_pool!(self, pool => {
+            sqlx::query_as(&sql).bind(user_id).bind(i64::from(limit)).fetch_all(pool).await
+        })
         .map_err(db_err("jobs.list"))?;
-        rows.iter().map(from_row).collect()
+        rows.into_iter().map(JobRow::into_record).collect()
     }
 
     /// Appends events (`(job_id, seq, envelope JSON)`) in one transaction, ignoring seqs already
@@ -242,37 +409,37 @@ impl JobStore {
         if events.is_empty() {
             return Ok(());
         }
-        let err = db_err("job_events.append");
-        let mut tx = self.pool.begin().await.map_err(&err)?;
-        // 3 variables a row: far below SQLite's 32,766.
-        for chunk in events.chunks(500) {
-            let mut q = sqlx::QueryBuilder::<sqlx::Sqlite>::new(
-                "INSERT INTO job_events (job_id, seq, event) ",
-            );
-            q.push_values(chunk, |mut row, (job, seq, event)| {
-                row.push_bind(job)
-                    .push_bind(i64::try_from(*seq).unwrap_or(i64::MAX))
-                    .push_bind(event);
-            });
-            q.push(" ON CONFLICT (job_id, seq) DO NOTHING");
-            q.build().execute(&mut *tx).await.map_err(&err)?;
-        }
         let mut newest: HashMap<&str, u64> = HashMap::new();
         for (job, seq, _) in events {
             let e = newest.entry(job.as_str()).or_default();
             *e = (*e).max(*seq);
         }
-        for (job, seq) in newest {
-            if seq > max_per_job {
-                sqlx::query("DELETE FROM job_events WHERE job_id = ? AND seq <= ?")
-                    .bind(job)
-                    .bind(i64::try_from(seq - max_per_job).unwrap_or(i64::MAX))
-                    .execute(&mut *tx)
-                    .await
-                    .map_err(&err)?;
+        let err = db_err("job_events.append");
+        on_pool!(self, pool => {
+            let mut tx = pool.begin().await.map_err(&err)?;
+            // 3 variables a row: far below SQLite's 32,766 and PostgreSQL's 65,535.
+            for chunk in events.chunks(500) {
+                let mut q = sqlx::QueryBuilder::<Dialect>::new(
+                    "INSERT INTO job_events (job_id, seq, event) ",
+                );
+                q.push_values(chunk, |mut row, (job, seq, event)| {
+                    row.push_bind(job).push_bind(seq_param(*seq)).push_bind(event);
+                });
+                q.push(" ON CONFLICT (job_id, seq) DO NOTHING");
+                q.build().execute(&mut *tx).await.map_err(&err)?;
             }
-        }
-        tx.commit().await.map_err(&err)?;
+            for (job, seq) in &newest {
+                if *seq > max_per_job {
+                    sqlx::query("DELETE FROM job_events WHERE job_id = $1 AND seq <= $2")
+                        .bind(*job)
+                        .bind(seq_param(seq - max_per_job))
+                        .execute(&mut *tx)
+                        .await
+                        .map_err(&err)?;
+                }
+            }
+            tx.commit().await.map_err(&err)?;
+        });
         Ok(())
     }
 
@@ -283,65 +450,217 @@ impl JobStore {
         after: u64,
         limit: u32,
     ) -> Result<Vec<EventEnvelope>> {
-        let rows = sqlx::query(
-            "SELECT event FROM job_events WHERE job_id = ? AND seq > ? ORDER BY seq LIMIT ?",
-        )
-        .bind(job_id)
-        .bind(i64::try_from(after).unwrap_or(i64::MAX))
-        .bind(limit)
-        .fetch_all(&self.pool)
-        .await
+        let sql = "SELECT event FROM job_events WHERE job_id = $1 AND seq > $2 \
+                   ORDER BY seq LIMIT $3";
+        let rows: Vec<(String,)> = on_pool!(self, pool => {
+            sqlx::query_as(sql)
+                .bind(job_id)
+                .bind(seq_param(after))
+                .bind(i64::from(limit))
+                .fetch_all(pool)
+                .await
+        })
         .map_err(db_err("job_events.read"))?;
-        rows.iter()
-            .map(|r| {
-                let text: String = r.try_get("event").map_err(db_err("job_events.read"))?;
-                parse_event(&text)
-            })
-            .collect()
+        rows.iter().map(|(text,)| parse_event(text)).collect()
     }
 
     /// The job's stored event with the highest seq.
     pub async fn last_event(&self, job_id: &str) -> Result<Option<EventEnvelope>> {
-        let row =
-            sqlx::query("SELECT event FROM job_events WHERE job_id = ? ORDER BY seq DESC LIMIT 1")
-                .bind(job_id)
-                .fetch_optional(&self.pool)
-                .await
-                .map_err(db_err("job_events.read"))?;
-        row.map(|r| {
-            let text: String = r.try_get("event").map_err(db_err("job_events.read"))?;
-            parse_event(&text)
+        let sql = "SELECT event FROM job_events WHERE job_id = $1 ORDER BY seq DESC LIMIT 1";
+        let row: Option<(String,)> = on_pool!(self, pool => {
+            sqlx::query_as(sql).bind(job_id).fetch_optional(pool).await
         })
-        .transpose()
+        .map_err(db_err("job_events.read"))?;
+        row.map(|(text,)| parse_event(&text)).transpose()
     }
 
     /// Removes the events of jobs that finished before `before`; returns how many.
     pub async fn expire_events(&self, before: DateTime<Utc>) -> Result<u64> {
-        let done = sqlx::query(
-            "DELETE FROM job_events WHERE job_id IN \
-             (SELECT id FROM jobs WHERE finished_at IS NOT NULL AND finished_at < ?)",
-        )
-        .bind(before)
-        .execute(&self.pool)
-        .await
-        .map_err(db_err("job_events.expire"))?;
-        Ok(done.rows_affected())
+        let sql = "DELETE FROM job_events WHERE job_id IN \
+                   (SELECT id FROM jobs WHERE finished_at IS NOT NULL AND finished_at < $1)";
+        on_pool!(self, pool => {
+            sqlx::query(sql).bind(micros(before)).execute(pool).await.map(|d| d.rows_affected())
+        })
+        .map_err(db_err("job_events.expire"))
     }
 
     /// Marks every job a previous process left `scheduled` or `running` as failed with
-    /// [`RESTART_ERROR`] and returns them (with their workers, for reaping).
+    /// [`RESTART_ERROR`] and returns them as they were (with their workers, for reaping). Each
+    /// is failed by compare-and-set, so a job that ended meanwhile keeps its outcome.
+    ///
+    /// On PostgreSQL this assumes one server owns every job in the database (as with SQLite):
+    /// servers sharing one database need the lease-based queue of issue 13 instead.
     pub async fn reconcile_interrupted(&self) -> Result<Vec<JobRecord>> {
-        let rows = sqlx::query("SELECT * FROM jobs WHERE status IN ('scheduled', 'running')")
-            .fetch_all(&self.pool)
-            .await
-            .map_err(db_err("jobs.reconcile"))?;
-        let jobs: Vec<JobRecord> = rows.iter().map(from_row).collect::<Result<_>>()?;
+        let sql = format!(
+            "SELECT {} FROM jobs WHERE status IN ('scheduled', 'running')",
+            self.job_columns()
+        );
+        let rows: Vec<JobRow> = on_pool!(self, pool => {
+            sqlx::query_as(&sql).fetch_all(pool).await
+        })
+        .map_err(db_err("jobs.reconcile"))?;
+        let jobs: Vec<JobRecord> = rows
+            .into_iter()
+            .map(JobRow::into_record)
+            .collect::<Result<_>>()?;
         let now = Utc::now();
         for job in &jobs {
             self.finish(&job.id, Status::Failed, Some(RESTART_ERROR), None, now)
                 .await?;
         }
         Ok(jobs)
+    }
+}
+
+/// Connects once at a time until the server answers or `wait` has passed, backing off from
+/// 50 ms to 1 s. Only "not there (yet)" errors are retried; refused credentials or a missing
+/// database are final at once.
+async fn wait_for_postgres(pg: &PgConnectOptions, target: &str, wait: Duration) -> Result<()> {
+    let deadline = tokio::time::Instant::now() + wait;
+    let mut delay = Duration::from_millis(50);
+    let mut attempts = 0u32;
+    loop {
+        attempts += 1;
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        // A host that drops packets would hang the connect: bound each attempt too.
+        let attempt = tokio::time::timeout(
+            left.clamp(Duration::from_secs(1), Duration::from_secs(10)),
+            PgConnection::connect_with(pg),
+        )
+        .await;
+        let why = match attempt {
+            Ok(Ok(conn)) => {
+                let _ = conn.close().await;
+                return Ok(());
+            }
+            Ok(Err(e)) if retryable_at_connect(&e) => e.to_string(),
+            Ok(Err(e)) => return Err(connect_err(e, target)),
+            Err(_) => "the connection attempt timed out".to_owned(),
+        };
+        if tokio::time::Instant::now() + delay >= deadline {
+            return Err(Error::new(
+                ErrorKind::Unavailable,
+                format!(
+                    "{target} (DATABASE_URL) is not reachable after {attempts} attempts in {:.1} s: {why}",
+                    wait.as_secs_f64()
+                ),
+            )
+            .with_operation("jobs.connect")
+            .set_temporary(true));
+        }
+        tracing::warn!(target = %target, attempt = attempts, error = %why,
+            "PostgreSQL is not reachable yet; retrying");
+        tokio::time::sleep(delay).await;
+        delay = (delay * 2).min(Duration::from_secs(1));
+    }
+}
+
+/// Down, starting up, or out of connections: worth waiting for.
+fn retryable_at_connect(e: &sqlx::Error) -> bool {
+    match e {
+        sqlx::Error::Io(_) | sqlx::Error::PoolTimedOut => true,
+        // cannot_connect_now (starting up / shutting down), too_many_connections.
+        sqlx::Error::Database(db) => matches!(db.code().as_deref(), Some("57P03" | "53300")),
+        _ => false,
+    }
+}
+
+fn connect_err(e: sqlx::Error, target: &str) -> Error {
+    let code = match &e {
+        sqlx::Error::Database(db) => db.code().map(|c| c.into_owned()),
+        _ => None,
+    };
+    let (kind, message) = match code.as_deref() {
+        // invalid_password, invalid_authorization_specification
+        Some("28P01" | "28000") => (
+            ErrorKind::PermissionDenied,
+            format!("{target} refused the credentials in DATABASE_URL"),
+        ),
+        // invalid_catalog_name
+        Some("3D000") => (
+            ErrorKind::ConfigInvalid,
+            format!(
+                "{target}: the database named in DATABASE_URL does not exist (create it first)"
+            ),
+        ),
+        _ => (
+            ErrorKind::Unavailable,
+            format!("cannot connect to {target} (DATABASE_URL)"),
+        ),
+    };
+    // sqlx's connect errors carry the server's message, never the URL.
+    Error::new(kind, message)
+        .with_operation("jobs.connect")
+        .with_source(e)
+}
+
+fn migrate_err(e: sqlx::migrate::MigrateError, target: &str) -> Error {
+    use sqlx::migrate::MigrateError as M;
+    match e {
+        M::VersionMissing(v) => Error::new(
+            ErrorKind::Unsupported,
+            format!(
+                "the job store schema in {target} has migration {v}, which this binary does not \
+                 know: a newer nodetool migrated it. Run that version (or newer); this one \
+                 refuses to touch a schema it does not understand"
+            ),
+        ),
+        M::VersionMismatch(v) => Error::new(
+            ErrorKind::Unsupported,
+            format!(
+                "the job store schema in {target} has a migration {v} that differs from this \
+                 binary's: it was migrated by another build of nodetool"
+            ),
+        ),
+        M::Dirty(v) => Error::new(
+            ErrorKind::Unexpected,
+            format!("migration {v} of the job store in {target} failed earlier and was left half-applied"),
+        ),
+        other => Error::new(ErrorKind::Unexpected, format!("job store migration failed in {target}"))
+            .with_source(other),
+    }
+    .with_operation("jobs.migrate")
+}
+
+/// A `jobs` row as [`JobStore::job_columns`] selects it, in either backend.
+#[derive(sqlx::FromRow)]
+struct JobRow {
+    id: String,
+    user_id: String,
+    workflow_id: String,
+    strategy: String,
+    status: String,
+    params: String,
+    created_at: DateTime<Utc>,
+    started_at: Option<DateTime<Utc>>,
+    finished_at: Option<DateTime<Utc>>,
+    error: Option<String>,
+    result: Option<String>,
+    worker_pid: Option<i64>,
+    container_id: Option<String>,
+}
+
+impl JobRow {
+    fn into_record(self) -> Result<JobRecord> {
+        let worker = match (self.worker_pid, self.container_id) {
+            (_, Some(c)) => Some(WorkerRef::Container(c)),
+            (Some(p), None) => u32::try_from(p).ok().map(WorkerRef::Pid),
+            _ => None,
+        };
+        Ok(JobRecord {
+            strategy: StrategyKind::from_str(&self.strategy)?,
+            status: parse_status(&self.status)?,
+            params: serde_json::from_str(&self.params).unwrap_or(Value::Null),
+            result: self.result.and_then(|s| serde_json::from_str(&s).ok()),
+            id: self.id,
+            user_id: self.user_id,
+            workflow_id: self.workflow_id,
+            created_at: self.created_at,
+            started_at: self.started_at,
+            finished_at: self.finished_at,
+            error: self.error,
+            worker,
+        })
     }
 }
 
@@ -359,33 +678,4 @@ fn worker_cols(w: Option<&WorkerRef>) -> (Option<i64>, Option<String>) {
         Some(WorkerRef::Container(c)) => (None, Some(c.clone())),
         None => (None, None),
     }
-}
-
-fn from_row(r: &SqliteRow) -> Result<JobRecord> {
-    let get = |e: sqlx::Error| db_err("jobs.read")(e);
-    let strategy: String = r.try_get("strategy").map_err(get)?;
-    let status: String = r.try_get("status").map_err(get)?;
-    let params: String = r.try_get("params").map_err(get)?;
-    let result: Option<String> = r.try_get("result").map_err(get)?;
-    let pid: Option<i64> = r.try_get("worker_pid").map_err(get)?;
-    let container: Option<String> = r.try_get("container_id").map_err(get)?;
-    let worker = match (pid, container) {
-        (_, Some(c)) => Some(WorkerRef::Container(c)),
-        (Some(p), None) => u32::try_from(p).ok().map(WorkerRef::Pid),
-        _ => None,
-    };
-    Ok(JobRecord {
-        id: r.try_get("id").map_err(get)?,
-        user_id: r.try_get("user_id").map_err(get)?,
-        workflow_id: r.try_get("workflow_id").map_err(get)?,
-        strategy: StrategyKind::from_str(&strategy)?,
-        status: parse_status(&status)?,
-        params: serde_json::from_str(&params).unwrap_or(Value::Null),
-        created_at: r.try_get("created_at").map_err(get)?,
-        started_at: r.try_get("started_at").map_err(get)?,
-        finished_at: r.try_get("finished_at").map_err(get)?,
-        error: r.try_get("error").map_err(get)?,
-        result: result.and_then(|s| serde_json::from_str(&s).ok()),
-        worker,
-    })
 }
