@@ -1,11 +1,14 @@
 //! Pause and resume of worker jobs through the manager: a subprocess job (a real
-//! `nodetool-exec-worker` child) paused while it runs and while it waits for a slot, a worker
+//! `nodetool-exec-worker` child) paused while it runs and while it waits for a slot, a Docker
+//! job paused while it runs (skipped loudly without an engine unless
+//! `NODETOOL_TEST_REQUIRE=1`), a worker
 //! older than pause control refused cleanly, and the worker's side of the negotiation over an
 //! in-memory pipe. The strategy suite (`common::strategy_suite`) has the engine-level cases
 //! (held between nodes, cancel and deadline while paused) on every strategy.
 #![allow(clippy::unwrap_used)]
 
 mod common;
+mod docker_image;
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -15,6 +18,7 @@ use std::time::Duration;
 use common::strategy_suite::{chain, one};
 use nodetool_core::ErrorKind;
 use nodetool_engine::{Event, EventEnvelope, Status};
+use nodetool_exec::docker::{DockerConfig, DockerStrategy, PullPolicy};
 use nodetool_exec::protocol::{
     encode_frame, read_frame, write_frame, ChildFrame, ParentFrame, MAX_FRAME_BYTES,
 };
@@ -62,9 +66,13 @@ async fn manager(
 }
 
 fn request(graph: nodetool_engine::Graph) -> RunJobRequest {
+    on("subprocess", graph)
+}
+
+fn on(strategy: &str, graph: nodetool_engine::Graph) -> RunJobRequest {
     RunJobRequest {
         graph: Some(graph),
-        execution_strategy: Some("subprocess".to_owned()),
+        execution_strategy: Some(strategy.to_owned()),
         use_cache: Some(false),
         ..RunJobRequest::default()
     }
@@ -88,11 +96,10 @@ async fn next(events: &mut JobEvents, seen: &mut Vec<EventEnvelope>) -> EventEnv
     e
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_running_subprocess_job_pauses_and_resumes_through_the_manager() {
-    let dir = tempfile::tempdir().unwrap();
-    let m = manager(dir.path(), subprocess(dir.path()), 2).await;
-    let id = m.submit(request(chain(2.0)), "alice").await.unwrap();
+/// A running job of `strategy` paused while its first node runs holds the second, then resumes
+/// and completes.
+async fn pause_a_running_job(m: &JobExecutionManager, strategy: &str) {
+    let id = m.submit(on(strategy, chain(2.0)), "alice").await.unwrap();
     let mut events = m.subscribe(&id, 0).unwrap();
     let mut seen = Vec::new();
     while !node_is(&next(&mut events, &mut seen).await, "s1", Status::Running) {}
@@ -141,6 +148,32 @@ async fn a_running_subprocess_job_pauses_and_resumes_through_the_manager() {
     assert_eq!(record.result, Some(json!({"result": ["a"]})), "{record:?}");
     let err = m.pause(&id, "alice").await.unwrap_err();
     assert_eq!(err.kind(), ErrorKind::Unavailable, "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_running_subprocess_job_pauses_and_resumes_through_the_manager() {
+    let dir = tempfile::tempdir().unwrap();
+    let m = manager(dir.path(), subprocess(dir.path()), 2).await;
+    pause_a_running_job(&m, "subprocess").await;
+}
+
+/// The same in a real container, when a Docker engine is here.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_running_docker_job_pauses_and_resumes_through_the_manager() {
+    const TEST: &str = "a_running_docker_job_pauses_and_resumes_through_the_manager";
+    let Some((_, tag)) = docker_image::worker_image(TEST).await else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let workspaces = dir.path().join("jobs");
+    std::fs::create_dir_all(&workspaces).unwrap();
+    let mut config = DockerConfig::new(&workspaces);
+    config.image = tag;
+    config.pull_policy = PullPolicy::Never;
+    let docker: Arc<dyn ExecutionStrategy> =
+        Arc::new(DockerStrategy::connect(config).await.unwrap());
+    let m = manager(dir.path(), docker, 2).await;
+    pause_a_running_job(&m, "docker").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
