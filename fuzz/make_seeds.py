@@ -106,6 +106,19 @@ write(f"{W}/child_session",
       + jframe({"frame": "input_ack", "body": {"id": 2, "error": {"kind": "invalid_input", "message": "push after end"}}})
       + jframe({"frame": "outcome", "body": {"status": "completed", "result": {"greeting": ["Hello, fuzz!"]},
                                              "error": NULL, "failed_node": NULL, "duration_secs": 0.12}}))
+# Pause control: the request's offer (starting paused), then the gate's changes; the worker's
+# answer first, then the run's job_updates.
+write(f"{W}/parent_pause",
+      jframe({"frame": "request", "body": {"protocol_version": 1, "spec": {
+          "job_id": "j", "user_id": "u", "graph": {"nodes": [], "edges": []}}, "pause": {"paused": True}}})
+      + jframe({"frame": "set_paused", "body": {"paused": False}})
+      + jframe({"frame": "set_paused", "body": {"paused": True}}))
+write(f"{W}/child_pause",
+      jframe({"frame": "controls", "body": {"pause": True}})
+      + jframe({"frame": "event", "body": {"job_id": "j", "seq": 1, "type": "job_update", "status": "paused",
+                                         "message": "Job paused"}})
+      + jframe({"frame": "event", "body": {"job_id": "j", "seq": 2, "type": "job_update", "status": "running",
+                                           "message": "Job resumed"}}))
 write(f"{W}/too_large_header", b"\xff\xff\xff\xff{\"frame\"")
 write(f"{W}/text_header", b"Error: not a worker\n")
 write(f"{W}/truncated", jframe({"frame": "input_end", "body": {"id": 2, "input": "a", "handle": "b"}})[:-5])

@@ -38,6 +38,6 @@ pub use manager::{JobEvents, JobExecutionManager, ManagerConfig};
 pub use store::{JobRecord, JobStore, PostgresOptions};
 pub use strategy::{
     effective_time_limit, valid_job_id, Capabilities, ExecutionStrategy, JobError, JobHandle,
-    JobOutcome, JobSpec, RequestLimits, ResourceLimits, RunJobRequest, StrategyKind, ValidRequest,
-    WorkerRef, HARD_DEADLINE_GRACE, MAX_JOB_ID_LEN,
+    JobOutcome, JobSpec, PauseSupport, RequestLimits, ResourceLimits, RunJobRequest, StrategyKind,
+    ValidRequest, WorkerRef, HARD_DEADLINE_GRACE, MAX_JOB_ID_LEN,
 };

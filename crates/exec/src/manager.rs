@@ -33,6 +33,10 @@ use crate::strategy::{
     ExecutionStrategy, JobInputs, JobOutcome, JobSpec, RunJobRequest, StrategyKind, WorkerRef,
 };
 
+/// How long pause and resume wait for a running subprocess or Docker job's worker to say whether
+/// it can pause (its first frame, sent as it starts) before going ahead as for a queued job.
+pub const PAUSE_ANSWER_WAIT: Duration = Duration::from_secs(10);
+
 /// Manager knobs (from `Settings`: `MAX_WORKFLOW_THREADS`, `JOB_TIMEOUT`).
 #[derive(Debug, Clone)]
 pub struct ManagerConfig {
@@ -280,8 +284,10 @@ struct LiveJob {
     streaming: bool,
     /// The strategy's input side, once it has started the job.
     inputs: watch::Sender<Option<Arc<dyn JobInputs>>>,
-    /// The job's pause switch (also in its spec; honoured by the threaded strategy).
+    /// The job's pause switch (also in its spec).
     pause: nodetool_engine::PauseGate,
+    /// Whether its run honours the switch (worker strategies learn it from the worker).
+    pause_support: crate::strategy::PauseSupport,
     /// Its scheduler ticket while it waits for a place (see `queue_position`).
     ticket: Option<u64>,
 }
@@ -475,6 +481,7 @@ impl JobExecutionManager {
             docker_image: valid.docker_image,
             traceparent: valid.traceparent.map(|t| t.to_string()),
             pause: nodetool_engine::PauseGate::default(),
+            pause_support: Default::default(),
         };
         // What the strategy would refuse (an image outside the allow-list) is the caller's
         // error now, not a failed job later.
@@ -515,6 +522,7 @@ impl JobExecutionManager {
             streaming: spec.streaming_inputs,
             inputs: watch::Sender::new(None),
             pause: spec.pause.clone(),
+            pause_support: spec.pause_support.clone(),
             ticket: match &permit {
                 Admission::Queued(t) => Some(t.id()),
                 Admission::Now(_) => None,
@@ -689,8 +697,11 @@ impl JobExecutionManager {
 
     /// Pauses `user_id`'s job between node boundaries (`nodetool_engine::pause` has the
     /// semantics); it keeps its slot. `Ok(false)` when it was already paused. A queued job
-    /// starts paused. Errors: no such job (or another user's) → `NotFound`; a job that has
-    /// ended → `Unavailable`; a job on a strategy that runs it out of process → `Unsupported`.
+    /// starts paused. Subprocess and Docker jobs pause when their worker can (it says so when it
+    /// starts; a running job's answer is awaited for at most [`PAUSE_ANSWER_WAIT`]); a queued
+    /// one whose worker turns out unable runs unpaused. Errors: no such job (or another user's)
+    /// → `NotFound`; a job that has ended → `Unavailable`; a job whose worker cannot pause (an
+    /// older `nodetool worker` or image) → `Unsupported`.
     pub async fn pause(&self, job_id: &str, user_id: &str) -> Result<bool> {
         let live = self.controllable(job_id, user_id, "jobs.pause").await?;
         Ok(live.pause.pause())
@@ -729,17 +740,39 @@ impl JobExecutionManager {
         if status.is_terminal() {
             return Err(ended(job_id, op, status));
         }
-        if strategy != StrategyKind::Threaded {
-            return Err(Error::new(
+        // Threaded runs hold the gate themselves; a worker's run, when its worker can pause.
+        if strategy == StrategyKind::Threaded {
+            return Ok(live);
+        }
+        let mut supported = live.pause_support.get();
+        if supported.is_none() && status == Status::Running {
+            // The worker answers as it starts: a moment's wait gives a clear answer.
+            let mut record = live.record.clone();
+            tokio::select! {
+                known = live.pause_support.known() => supported = Some(known),
+                _ = record.wait_for(|r| r.status.is_terminal()) => {}
+                _ = tokio::time::sleep(PAUSE_ANSWER_WAIT) => {}
+            }
+            let status = live.record.borrow().status;
+            if status.is_terminal() {
+                return Err(ended(job_id, op, status));
+            }
+        }
+        match supported {
+            // Unknown (still queued, or a worker slow to start): the request carries the gate's
+            // state and the session catches a worker up once it answers.
+            Some(true) | None => Ok(live),
+            Some(false) => Err(Error::new(
                 ErrorKind::Unsupported,
                 format!(
-                    "pause and resume work on threaded jobs; this one runs on the {strategy}                      strategy"
+                    "this {strategy} job's worker cannot pause: it is an older nodetool worker \
+                     or image, from before pause control (rebuild the image with `nodetool \
+                     docker build-image` to pause its jobs)"
                 ),
             )
             .with_operation(op)
-            .with_context("job_id", job_id));
+            .with_context("job_id", job_id)),
         }
-        Ok(live)
     }
 
     /// Where a `scheduled` job stands among the jobs waiting for a slot (1: next), in the

@@ -35,6 +35,15 @@
 //!    downloads, the scope the parent enforces and both sides ([`crate::calls::CallClient`],
 //!    [`crate::calls::CallHandler`]). A call after the child's outcome is refused (logged; stdin
 //!    is closing). A worker thus needs neither network access nor credentials.
+//! 6. Pause (negotiated, no version of its own): a request's `pause` ([`PauseOffer`]) says the
+//!    parent may pause the job, and whether it starts paused. A worker that can pause answers
+//!    with [`ChildFrame::Controls`] before any other frame and then takes
+//!    [`ParentFrame::SetPaused`] at any time: it closes or opens the [`nodetool_engine::PauseGate`]
+//!    of its run, so nodes wait at their next node boundary exactly as on the threaded strategy
+//!    (cancellation and the deadline still apply) and the run's `job_update` `paused` / `running`
+//!    events come back as any other. An older worker ignores the field and sends an event first:
+//!    the parent then knows it cannot pause and never sends it a `set_paused`
+//!    ([`crate::strategy::PauseSupport`] tells the manager, which refuses pause for that job).
 //!
 //! Versions: a parent asks for version 1 unless the job streams inputs (then 2), so an older
 //! worker image still runs every other job; a worker accepts
@@ -91,6 +100,9 @@ pub enum ParentFrame {
         /// What the parent lends the worker through calls; absent from parents that serve none.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         services: Option<Box<ServiceOffer>>,
+        /// Pause control (module docs, 6); absent from parents that never pause a worker.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pause: Option<PauseOffer>,
     },
     /// The answer to the [`ChildFrame::Call`] with the same `call_id`: a `result` (JSON `null`
     /// when the operation returns nothing) or an `error`.
@@ -119,21 +131,37 @@ pub enum ParentFrame {
         input: String,
         handle: String,
     },
+    /// Closes (`true`) or opens the job's pause gate. Sent only to a worker whose
+    /// [`ChildFrame::Controls`] said `pause`; not answered (the run's `job_update` says it).
+    SetPaused { paused: bool },
+}
+
+/// A parent's offer to pause the job (the request's `pause`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PauseOffer {
+    /// The job starts paused (it was paused while it waited for a slot).
+    #[serde(default)]
+    pub paused: bool,
 }
 
 impl ParentFrame {
     /// The request frame for `spec`, at the lowest version that can run it, offering `services`
-    /// (`None`: this parent serves no calls).
+    /// (`None`: this parent serves no calls) and pause control, starting paused when the spec's
+    /// gate is closed now.
     pub fn request(spec: JobSpec, services: Option<ServiceOffer>) -> Self {
         let protocol_version = if spec.streaming_inputs {
             STREAMING_INPUTS_VERSION
         } else {
             MIN_PROTOCOL_VERSION
         };
+        let pause = Some(PauseOffer {
+            paused: spec.pause.is_paused(),
+        });
         ParentFrame::Request {
             protocol_version,
             spec: Box::new(spec),
             services: services.map(Box::new),
+            pause,
         }
     }
 
@@ -173,6 +201,12 @@ pub enum ChildFrame {
         id: u64,
         #[serde(default)]
         error: Option<JobError>,
+    },
+    /// The controls this worker honours: its first frame when the request offered any (module
+    /// docs, 6). `pause`: it takes [`ParentFrame::SetPaused`].
+    Controls {
+        #[serde(default)]
+        pause: bool,
     },
 }
 
@@ -603,6 +637,7 @@ mod tests {
                 protocol_version: PROTOCOL_VERSION,
                 spec: Box::new(spec.clone()),
                 services: None,
+                pause: None,
             },
         )
         .await
@@ -763,6 +798,37 @@ mod tests {
             panic!("expected a request")
         };
         assert_eq!(protocol_version, STREAMING_INPUTS_VERSION);
+    }
+
+    #[tokio::test]
+    async fn the_request_offers_pause_with_the_gate_state() {
+        let spec = JobSpec::new(Graph::default());
+        let offer = |spec: JobSpec| match ParentFrame::request(spec, None) {
+            ParentFrame::Request { pause, .. } => pause,
+            other => panic!("expected a request, got {other:?}"),
+        };
+        assert_eq!(offer(spec.clone()), Some(PauseOffer { paused: false }));
+        spec.pause.pause();
+        assert_eq!(offer(spec), Some(PauseOffer { paused: true }));
+
+        // The frames on the wire, as an older peer sees them: fields it can ignore, and tags.
+        let mut buf = Vec::new();
+        write_frame(&mut buf, &ParentFrame::SetPaused { paused: true })
+            .await
+            .unwrap();
+        write_frame(&mut buf, &ChildFrame::Controls { pause: true })
+            .await
+            .unwrap();
+        let mut r = buf.as_slice();
+        let v: Value = read_frame(&mut r, MAX_FRAME_BYTES).await.unwrap().unwrap();
+        assert_eq!(v, json!({"frame": "set_paused", "body": {"paused": true}}));
+        let v: Value = read_frame(&mut r, MAX_FRAME_BYTES).await.unwrap().unwrap();
+        assert_eq!(v, json!({"frame": "controls", "body": {"pause": true}}));
+        // A request from an older parent (no `pause`) still decodes.
+        let old = json!({"frame": "request", "body": {"protocol_version": 1, "spec": {
+            "job_id": "j", "user_id": "u", "graph": {"nodes": [], "edges": []}}}});
+        let frame: ParentFrame = serde_json::from_value(old).unwrap();
+        assert!(matches!(frame, ParentFrame::Request { pause: None, .. }));
     }
 
     #[tokio::test]

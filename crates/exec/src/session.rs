@@ -12,6 +12,10 @@
 //!   later the session kills the worker and the outcome is `timed_out`.
 //! - stdout closed without an outcome: the worker crashed ([`WorkerControl::crashed`]).
 //! - a malformed frame: the worker is killed, "broke the protocol".
+//! - pause: the request offers pause control with the gate's state; a worker that answers
+//!   `controls {pause}` first is sent `set_paused` on every change of `spec.pause` (and then
+//!   any change made before it answered); one that answers nothing cannot pause
+//!   (`spec.pause_support` says so, and a gate closed while the job was queued opens again).
 
 use std::collections::VecDeque;
 use std::fmt;
@@ -160,6 +164,40 @@ pub(crate) struct Session<R, W> {
     pub what: &'static str,
 }
 
+/// The parent's half of pause control: what the worker can do and which state it was last told,
+/// so a `set_paused` goes out only to a worker that answered `pause`, and only on a change.
+struct PauseLink {
+    /// The worker's answer (`None`: not yet).
+    can: Option<bool>,
+    /// The gate's state as the worker has it (from the request, then the frames sent).
+    sent: bool,
+}
+
+impl PauseLink {
+    fn new(request: &ParentFrame) -> Self {
+        let sent = match request {
+            ParentFrame::Request { pause: Some(p), .. } => p.paused,
+            _ => false,
+        };
+        Self { can: None, sent }
+    }
+
+    /// The gate is now `paused`: the frame to send, if any.
+    fn want(&mut self, paused: bool) -> Option<ParentFrame> {
+        if self.can != Some(true) || paused == self.sent {
+            return None;
+        }
+        self.sent = paused;
+        Some(ParentFrame::SetPaused { paused })
+    }
+
+    /// The worker answered (`can`: it pauses); catches it up with the gate, which is `paused`.
+    fn answered(&mut self, can: bool, paused: bool) -> Option<ParentFrame> {
+        self.can = Some(can);
+        self.want(paused)
+    }
+}
+
 /// Why the read loop stopped.
 enum End {
     Outcome(JobOutcome),
@@ -212,11 +250,17 @@ where
     } = session;
     let workflow_id = spec.workflow_id.clone();
     let limit = spec.resource_limits.timeout();
+    // Subscribed before the request reads the gate, so no change between the two is missed.
+    let gate = spec.pause.clone();
+    let mut gate_changes = gate.subscribe();
+    let support = spec.pause_support.clone();
+    let job_id = spec.job_id.clone();
     let (offer, handler) = match calls {
         Some((offer, handler)) => (Some(offer), Some(handler)),
         None => (None, None),
     };
     let request = ParentFrame::request(spec, offer);
+    let mut pause = PauseLink::new(&request);
     let WorkerStdin {
         tx,
         rx: mut queued,
@@ -244,6 +288,7 @@ where
     });
     let mut kill_at: Option<tokio::time::Instant> = None;
     let mut cancelled = false;
+    let mut first_frame = true;
     let end = loop {
         let hard = async {
             match deadline {
@@ -274,18 +319,50 @@ where
                 control.kill().await;
                 break End::TimedOut(deadline.map(|d| d.1).unwrap_or_default());
             }
-            frame = frame_rx.recv() => match frame.unwrap_or(Ok(None)) {
-                Ok(Some(ChildFrame::Event(e))) => sink.send(*e),
-                Ok(Some(ChildFrame::Outcome(o))) => break End::Outcome(*o),
-                Ok(Some(ChildFrame::Call { call_id, op, args, data })) => match &handler {
-                    Some(h) => h.dispatch(call_id, op, args, data),
-                    None => {
-                        let _ = tx.send(unserved(call_id, &op));
+            changed = gate_changes.changed() => {
+                // The gate lives in `gate`, so this never fails.
+                if changed.is_ok() {
+                    let paused = *gate_changes.borrow_and_update();
+                    if let Some(frame) = pause.want(paused) {
+                        let _ = tx.send(frame);
                     }
-                },
-                Ok(Some(ChildFrame::InputAck { id, error })) => {
-                    if let Some(inputs) = &inputs {
-                        inputs.ack(id, error);
+                }
+            }
+            frame = frame_rx.recv() => match frame.unwrap_or(Ok(None)) {
+                Ok(Some(frame)) => {
+                    if std::mem::take(&mut first_frame) {
+                        // An older worker answers nothing: its first frame is something else.
+                        let can = matches!(frame, ChildFrame::Controls { pause: true });
+                        support.set(can);
+                        if let Some(frame) = pause.answered(can, gate.is_paused()) {
+                            let _ = tx.send(frame);
+                        }
+                        if !can && gate.resume() {
+                            // Paused before it answered (while queued, say): it cannot be held,
+                            // so it is not shown as paused.
+                            tracing::warn!(
+                                job_id = %job_id,
+                                "this job's {what} cannot pause (it predates pause control); it runs on"
+                            );
+                        }
+                    } else if matches!(frame, ChildFrame::Controls { .. }) {
+                        tracing::warn!(job_id = %job_id, "ignoring a controls frame after the first");
+                    }
+                    match frame {
+                        ChildFrame::Event(e) => sink.send(*e),
+                        ChildFrame::Outcome(o) => break End::Outcome(*o),
+                        ChildFrame::Call { call_id, op, args, data } => match &handler {
+                            Some(h) => h.dispatch(call_id, op, args, data),
+                            None => {
+                                let _ = tx.send(unserved(call_id, &op));
+                            }
+                        },
+                        ChildFrame::InputAck { id, error } => {
+                            if let Some(inputs) = &inputs {
+                                inputs.ack(id, error);
+                            }
+                        }
+                        ChildFrame::Controls { .. } => {}
                     }
                 }
                 Ok(None) => break End::Eof,
@@ -293,6 +370,8 @@ where
             },
         }
     };
+    // Nothing more will be learnt: a worker that never answered cannot pause.
+    support.set(false);
     // The worker is done: pushes fail, calls are refused, and with the last sender gone the
     // writer closes stdin, the worker's cue to exit (its stdin reader holds it open).
     if let Some(inputs) = &inputs {
@@ -340,4 +419,161 @@ where
     control.cleanup().await;
     sink.finish(&workflow_id, &outcome);
     outcome
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::protocol::{read_frame, write_frame, MAX_FRAME_BYTES};
+    use nodetool_engine::{Event, EventEnvelope, Graph, Status, VecSink};
+    use tokio::io::DuplexStream;
+
+    struct NoControl;
+
+    #[async_trait]
+    impl WorkerControl for NoControl {
+        async fn terminate(&self) {}
+        async fn kill(&self) {}
+        async fn wait_exit(&self, _grace: Duration) -> Exit {
+            Exit {
+                code: Some(0),
+                signal: None,
+            }
+        }
+        async fn crashed(&self, exit: &Exit) -> JobError {
+            JobError::new(ErrorKind::Unexpected, format!("the worker {exit}"))
+        }
+    }
+
+    /// The child's ends of the pipes.
+    struct Child {
+        stdin: DuplexStream,
+        stdout: DuplexStream,
+    }
+
+    impl Child {
+        async fn read(&mut self) -> Option<ParentFrame> {
+            read_frame(&mut self.stdin, MAX_FRAME_BYTES).await.unwrap()
+        }
+
+        async fn send(&mut self, frame: ChildFrame) {
+            write_frame(&mut self.stdout, &frame).await.unwrap();
+        }
+
+        async fn event(&mut self, job_id: &str, seq: u64, status: Status) {
+            let e = EventEnvelope {
+                job_id: job_id.to_owned(),
+                seq,
+                event: Event::JobUpdate(nodetool_engine::events::JobUpdate {
+                    status,
+                    workflow_id: None,
+                    message: None,
+                    result: None,
+                    error: None,
+                    traceback: None,
+                    run_state: None,
+                    duration: None,
+                }),
+            };
+            self.send(ChildFrame::Event(Box::new(e))).await;
+        }
+    }
+
+    /// A session over in-memory pipes, running; the child's ends to play the worker.
+    fn session(spec: JobSpec) -> (tokio::task::JoinHandle<JobOutcome>, Child) {
+        let (parent_in, child_in) = tokio::io::duplex(1 << 16);
+        let (child_out, parent_out) = tokio::io::duplex(1 << 16);
+        let sink = TrackingSink::new(spec.job_id.clone(), VecSink::new());
+        let s = Session {
+            spec,
+            sink,
+            cancel: CancellationToken::new(),
+            stdout: parent_out,
+            stdin: parent_in,
+            frames: WorkerStdin::new(false),
+            calls: None,
+            max_frame_bytes: MAX_FRAME_BYTES,
+            grace: Duration::from_secs(5),
+            started: Instant::now(),
+            what: "worker",
+        };
+        let task = tokio::spawn(async move { run(s, &NoControl).await });
+        (
+            task,
+            Child {
+                stdin: child_in,
+                stdout: child_out,
+            },
+        )
+    }
+
+    fn completed() -> ChildFrame {
+        ChildFrame::Outcome(Box::new(JobOutcome::completed(Default::default())))
+    }
+
+    #[tokio::test]
+    async fn a_worker_that_answers_pause_is_told_every_change() {
+        let spec = JobSpec::new(Graph::default());
+        let (gate, support, job_id) = (
+            spec.pause.clone(),
+            spec.pause_support.clone(),
+            spec.job_id.clone(),
+        );
+        let (task, mut child) = session(spec);
+        let Some(ParentFrame::Request { pause, .. }) = child.read().await else {
+            panic!("expected the request")
+        };
+        assert_eq!(pause.map(|p| p.paused), Some(false));
+        // Paused before the worker answered: it is caught up right after its answer.
+        gate.pause();
+        child.send(ChildFrame::Controls { pause: true }).await;
+        assert!(support.known().await);
+        assert!(matches!(
+            child.read().await,
+            Some(ParentFrame::SetPaused { paused: true })
+        ));
+        child.event(&job_id, 1, Status::Running).await;
+        gate.resume();
+        assert!(matches!(
+            child.read().await,
+            Some(ParentFrame::SetPaused { paused: false })
+        ));
+        child.send(completed()).await;
+        assert_eq!(task.await.unwrap().status, Status::Completed);
+        assert!(
+            child.read().await.is_none(),
+            "stdin closes after the outcome"
+        );
+    }
+
+    #[tokio::test]
+    async fn an_older_worker_is_never_sent_a_pause_frame() {
+        // Paused while queued: an older worker ignores the offer, so the job runs unpaused.
+        let spec = JobSpec::new(Graph::default());
+        spec.pause.pause();
+        let (gate, support, job_id) = (
+            spec.pause.clone(),
+            spec.pause_support.clone(),
+            spec.job_id.clone(),
+        );
+        let (task, mut child) = session(spec);
+        let Some(ParentFrame::Request { pause, .. }) = child.read().await else {
+            panic!("expected the request")
+        };
+        assert_eq!(pause.map(|p| p.paused), Some(true));
+        child.event(&job_id, 1, Status::Running).await;
+        assert!(!support.known().await, "no answer first: it cannot pause");
+        assert!(
+            !gate.is_paused(),
+            "the gate opens again: the job is not held"
+        );
+        gate.pause();
+        gate.resume();
+        child.send(completed()).await;
+        assert_eq!(task.await.unwrap().status, Status::Completed);
+        assert!(
+            child.read().await.is_none(),
+            "nothing but the request went to the worker"
+        );
+    }
 }

@@ -12,6 +12,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
+use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
@@ -141,10 +142,48 @@ pub struct JobSpec {
     /// the parent's job span), so one trace covers request → manager → worker → node.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub traceparent: Option<String>,
-    /// Pauses the job between node boundaries (`nodetool_engine::pause`). In-process only: the
-    /// threaded strategy hands it to the engine; it does not cross to a worker.
+    /// Pauses the job between node boundaries (`nodetool_engine::pause`). The threaded strategy
+    /// hands it to the engine; the worker strategies' session watches it and tells a worker that
+    /// can pause (`crate::protocol`, pause control), whose run has a gate of its own.
     #[serde(skip)]
     pub pause: nodetool_engine::PauseGate,
+    /// Whether the run honours `pause`, as the strategy learns it (worker strategies: from the
+    /// worker's first frame). Threaded runs always do and leave it unset.
+    #[serde(skip)]
+    pub pause_support: PauseSupport,
+}
+
+/// Whether a job's run honours its [`JobSpec::pause`] gate: unknown until a worker strategy's
+/// worker answered the request's pause offer (`crate::protocol`, pause control), then known for
+/// good. Shared by the strategy (which sets it) and the manager (which refuses pause and resume
+/// for a job whose worker cannot pause). Cheap to clone.
+#[derive(Debug, Clone, Default)]
+pub struct PauseSupport(Arc<watch::Sender<Option<bool>>>);
+
+impl PauseSupport {
+    /// Records what the run can do; the first answer stands.
+    pub fn set(&self, supported: bool) {
+        self.0.send_if_modified(|known| {
+            if known.is_some() {
+                return false;
+            }
+            *known = Some(supported);
+            true
+        });
+    }
+
+    /// `None` while not known yet.
+    pub fn get(&self) -> Option<bool> {
+        *self.0.borrow()
+    }
+
+    /// Waits until it is known.
+    pub async fn known(&self) -> bool {
+        let mut rx = self.0.subscribe();
+        let known = rx.wait_for(Option::is_some).await.ok().and_then(|v| *v);
+        // The sender lives in `self`, so the wait cannot fail.
+        known.unwrap_or(false)
+    }
 }
 
 fn yes() -> bool {
@@ -186,6 +225,7 @@ impl JobSpec {
             docker_image: None,
             traceparent: None,
             pause: nodetool_engine::PauseGate::default(),
+            pause_support: PauseSupport::default(),
         }
     }
 }

@@ -4,8 +4,9 @@
 //! parent's, reached through calls ([`crate::calls::client::remote_resources`]), so it reads no
 //! settings and needs no credentials.
 //!
-//! stdin is read by its own task for the whole job, so input frames, call replies (and EOF, which
-//! cancels the job) are seen while the job runs. Replies go straight to the [`CallClient`];
+//! stdin is read by its own task for the whole job, so input frames, call replies, pause frames
+//! (and EOF, which cancels the job) are seen while the job runs. A pause frame flips the run's
+//! own `PauseGate` (`spec.pause`) at once. Replies go straight to the [`CallClient`];
 //! input frames go, in order, to one forwarder task that pushes them into the engine's
 //! [`InputStreams`] and answers each with an ack; a push that waits for room in the input's
 //! buffer delays only later input frames, never the stdin reader.
@@ -73,11 +74,12 @@ where
     F: Future<Output = ()> + Send + 'static,
 {
     let first = read_frame::<_, ParentFrame>(&mut input, MAX_FRAME_BYTES).await?;
-    let (spec, services) = match first {
+    let (spec, services, pause) = match first {
         Some(ParentFrame::Request {
             protocol_version,
             spec,
             services,
+            pause,
         }) => {
             if !(MIN_PROTOCOL_VERSION..=PROTOCOL_VERSION).contains(&protocol_version) {
                 return Err(Error::new(
@@ -89,7 +91,7 @@ where
                 )
                 .with_operation("worker.serve"));
             }
-            (*spec, services)
+            (*spec, services, pause)
         }
         Some(other) => {
             return Err(Error::invalid_input(format!(
@@ -104,6 +106,16 @@ where
             )
         }
     };
+
+    // Pause control: the answer comes before any other frame (the parent tells an older worker,
+    // which sends none, by its first frame), and before the registry, which may take a while.
+    let gate = spec.pause.clone();
+    if let Some(offer) = pause {
+        if offer.paused {
+            gate.pause();
+        }
+        write_frame(&mut output, &ChildFrame::Controls { pause: true }).await?;
+    }
 
     let registry = registry.registry_for(&spec).await;
     let cancel = CancellationToken::new();
@@ -142,6 +154,13 @@ where
                     })) => client.deliver(call_id, ParentFrame::reply_answer(result, error, data)),
                     Ok(Some(ParentFrame::Request { .. })) => {
                         tracing::warn!("ignoring a second request frame");
+                    }
+                    Ok(Some(ParentFrame::SetPaused { paused })) => {
+                        if paused {
+                            gate.pause();
+                        } else {
+                            gate.resume();
+                        }
                     }
                     Ok(Some(frame)) => {
                         let _ = input_tx.send(frame);
@@ -234,7 +253,7 @@ struct FrameKind {
 }
 
 /// The `frame` tags of [`ParentFrame`].
-const KNOWN_FRAMES: [&str; 4] = ["request", "reply", "input_push", "input_end"];
+const KNOWN_FRAMES: [&str; 5] = ["request", "reply", "input_push", "input_end", "set_paused"];
 
 /// Pushes input frames into the job in order and acks each (an error ack when the job has no
 /// streamed inputs).
@@ -264,7 +283,12 @@ async fn forward_inputs(
                     "this job was not started with streaming_inputs",
                 )),
             ),
-            (ParentFrame::Request { .. } | ParentFrame::Reply { .. }, _) => continue,
+            (
+                ParentFrame::Request { .. }
+                | ParentFrame::Reply { .. }
+                | ParentFrame::SetPaused { .. },
+                _,
+            ) => continue,
         };
         // The message alone: the parent adds its own operation.
         let error = result

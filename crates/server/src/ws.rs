@@ -9,8 +9,8 @@
 //! `queue_position`; the job's events then stream on this socket), `reconnect_job` (`job_id`,
 //! `last_seq`, alias `since_seq`: a `job_resumed` reply, then the events after that seq, then
 //! live ones; a `last_seq` past the job's newest event is `invalid_input`), `cancel_job`,
-//! `pause_job` / `resume_job` (threaded jobs; [`nodetool_engine::pause`] has the semantics; on a
-//! job that has ended: `not_running`), `get_status`, `set_mode`, `ping`, `stream_input`,
+//! `pause_job` / `resume_job` (every strategy, a subprocess or Docker job when its worker can
+//! pause; [`nodetool_engine::pause`] has the semantics; on a job that has ended: `not_running`), `get_status`, `set_mode`, `ping`, `stream_input`,
 //! `end_input_stream`. The control frame `{"type":"ping"}` gets `{"type":"pong","ts"}`; any
 //! other frame with a `type` and no `command` (the web client's `client_tools_manifest`) is
 //! ignored. Each command gets one reply: `{"command", "message", ...}` or

@@ -200,6 +200,146 @@ async fn timeout(s: &Arc<dyn ExecutionStrategy>) -> Result<(), String> {
     check_stream(&ev, &spec.job_id, Status::Failed)
 }
 
+/// `s1` (a `first`-second sleep of "a") feeds `s2` (no sleep), which feeds output "result".
+pub fn chain(first: f64) -> Graph {
+    graph(
+        vec![
+            json!({"id": "s1", "type": "nodetool.test.Sleep", "data": {"seconds": first, "value": "a"}}),
+            json!({"id": "s2", "type": "nodetool.test.Sleep", "data": {"seconds": 0.0}}),
+            json!({"id": "out", "type": "nodetool.output.Output", "data": {"name": "result"}}),
+        ],
+        vec![
+            json!({"id": "e1", "source": "s1", "sourceHandle": "output", "target": "s2", "targetHandle": "value"}),
+            json!({"id": "e2", "source": "s2", "sourceHandle": "output", "target": "out", "targetHandle": "value"}),
+        ],
+    )
+}
+
+fn node_is(e: &EventEnvelope, node: &str, status: Status) -> bool {
+    matches!(&e.event, Event::NodeUpdate(n) if n.node_id == node && n.status == status)
+}
+
+fn job_is(e: &EventEnvelope, status: Status) -> bool {
+    matches!(&e.event, Event::JobUpdate(u) if u.status == status)
+}
+
+fn resumed(e: &EventEnvelope) -> bool {
+    matches!(&e.event, Event::JobUpdate(u)
+        if u.status == Status::Running && u.message.as_deref() == Some("Job resumed"))
+}
+
+/// Waits (a hang guard, not a timing claim) until an event of `sink` matches; its index.
+async fn wait_event(
+    sink: &VecSink,
+    what: &str,
+    pred: impl Fn(&EventEnvelope) -> bool,
+) -> Result<usize, String> {
+    for _ in 0..600 {
+        if let Some(i) = sink.events().iter().position(&pred) {
+            return Ok(i);
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    Err(format!("no {what} within 30s: {:#?}", sink.events()))
+}
+
+/// Paused while its first node runs, a job does not start the next one until it is resumed
+/// (told by the order of its events), then completes.
+async fn pause_between_nodes(s: &Arc<dyn ExecutionStrategy>) -> Result<(), String> {
+    let mut spec = JobSpec::new(chain(2.0));
+    spec.use_cache = false;
+    let gate = spec.pause.clone();
+    let sink = VecSink::new();
+    let mut handle = s
+        .start(spec.clone(), sink.clone())
+        .await
+        .map_err(|e| e.to_string())?;
+    wait_event(&sink, "s1 running", |e| node_is(e, "s1", Status::Running)).await?;
+    expect(gate.pause(), "the gate was open")?;
+    let paused = wait_event(&sink, "job_update paused", |e| job_is(e, Status::Paused)).await?;
+    let s1_done = wait_event(&sink, "s1 completed", |e| {
+        node_is(e, "s1", Status::Completed)
+    })
+    .await?;
+    expect(
+        paused < s1_done,
+        "the pause reached the job only after s1 (a 2 s sleep) was done: the setup was too slow",
+    )?;
+    // A moment for a gate that does not hold to let s2 start (a working one holds it however
+    // long this is).
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    // Events posted before the resume (the run's own `job_update running` may trail the nodes it
+    // releases, so the order is told by what had arrived here).
+    let held = sink.events().len();
+    expect(gate.resume(), "the gate was closed")?;
+    let o = tokio::time::timeout(Duration::from_secs(30), handle.wait())
+        .await
+        .map_err(|_| "the resumed job did not end within 30s".to_owned())?;
+    expect(
+        o.status == Status::Completed && o.result.get("result") == Some(&json!(["a"])),
+        format!("outcome {o:?}"),
+    )?;
+    let events = sink.events();
+    let s2_started = events
+        .iter()
+        .position(|e| node_is(e, "s2", Status::Running));
+    expect(
+        s2_started.is_some_and(|i| i >= held),
+        format!(
+            "s2 must start after the resume (event {held} on): it started at {s2_started:?}: \
+             {events:#?}"
+        ),
+    )?;
+    expect(
+        events.iter().any(resumed),
+        "no job_update running \"Job resumed\"",
+    )?;
+    check_stream(&events, &spec.job_id, Status::Completed)
+}
+
+/// A job started paused holds before its first node; cancelling it ends it as cancelled.
+async fn cancel_while_paused(s: &Arc<dyn ExecutionStrategy>) -> Result<(), String> {
+    let spec = JobSpec::new(chain(0.0));
+    spec.pause.pause();
+    let sink = VecSink::new();
+    let mut handle = s
+        .start(spec.clone(), sink.clone())
+        .await
+        .map_err(|e| e.to_string())?;
+    wait_event(&sink, "job_update paused", |e| job_is(e, Status::Paused)).await?;
+    handle.cancel();
+    let o = tokio::time::timeout(Duration::from_secs(30), handle.wait())
+        .await
+        .map_err(|_| "cancel did not end the paused job within 30s".to_owned())?;
+    expect(
+        o.status == Status::Cancelled,
+        format!("status {:?}: {:?}", o.status, o.error),
+    )?;
+    let events = sink.events();
+    expect(
+        !events.iter().any(|e| node_is(e, "s1", Status::Completed)),
+        "s1 ran while the job was paused",
+    )?;
+    check_stream(&events, &spec.job_id, Status::Cancelled)
+}
+
+/// The deadline runs on while a job is paused: it ends timed out.
+async fn deadline_while_paused(s: &Arc<dyn ExecutionStrategy>) -> Result<(), String> {
+    let mut spec = JobSpec::new(chain(0.0));
+    spec.resource_limits.time_seconds = Some(0.5);
+    spec.pause.pause();
+    let (o, ev) = tokio::time::timeout(Duration::from_secs(30), run_job(s, spec.clone()))
+        .await
+        .map_err(|_| "a 0.5s time limit did not end the paused job within 30s".to_owned())?;
+    expect(o.is_timeout(), format!("outcome {o:?}"))?;
+    expect(
+        ev.iter().any(|e| job_is(e, Status::Paused))
+            && !ev.iter().any(|e| node_is(e, "s1", Status::Completed)),
+        format!("the job must have been paused throughout: {ev:#?}"),
+    )?;
+    check_stream(&ev, &spec.job_id, Status::Failed)
+}
+
 async fn big_output(s: &Arc<dyn ExecutionStrategy>) -> Result<(), String> {
     const N: usize = 50 * 1024 * 1024;
     let spec = JobSpec::new(one("nodetool.test.BigOutput", json!({"bytes": N})));
@@ -303,6 +443,12 @@ pub async fn run(strategy: Arc<dyn ExecutionStrategy>, reference: Arc<dyn Execut
     record("failing_node", failing_node(&strategy).await);
     record("cancel_mid_run", cancel_mid_run(&strategy).await);
     record("timeout", timeout(&strategy).await);
+    record("pause_between_nodes", pause_between_nodes(&strategy).await);
+    record("cancel_while_paused", cancel_while_paused(&strategy).await);
+    record(
+        "deadline_while_paused",
+        deadline_while_paused(&strategy).await,
+    );
     record("big_output_50mib", big_output(&strategy).await);
     if caps.isolates_crashes {
         record("crash", crash(&strategy).await);
