@@ -222,6 +222,15 @@ async fn a_jobs_spans_join_the_callers_trace_on_rest_ws_and_a_worker() {
         (trace.as_str(), parent.as_str())
     );
 
+    // An unsampled caller: the job's spans are not recorded. Spans leave in order, so once a
+    // later job's spans have arrived, any of this one's would have too.
+    let (tp, _, _) = traceparent();
+    let unsampled = tp.replace("-01", "-00");
+    let unsampled_trace = unsampled.split('-').nth(1).unwrap().to_owned();
+    let rec = server.rest_job("threaded", Some(&unsampled)).await;
+    assert_eq!(rec["status"], "completed", "{rec}");
+    let quiet_job = rec["id"].as_str().unwrap().to_owned();
+
     // A malformed traceparent is ignored: the job runs, in a trace of its own.
     let rec = server.rest_job("threaded", Some("00-not-a-trace-01")).await;
     assert_eq!(rec["status"], "completed", "{rec}");
@@ -236,6 +245,13 @@ async fn a_jobs_spans_join_the_callers_trace_on_rest_ws_and_a_worker() {
         .iter()
         .filter(|s| s.name == "job" && s.attribute("job_id") != Some(job_id.as_str()))
         .all(|s| s.trace_id != job.trace_id));
+    assert!(
+        spans
+            .iter()
+            .all(|s| s.trace_id != unsampled_trace
+                && s.attribute("job_id") != Some(quiet_job.as_str())),
+        "an unsampled trace was recorded"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
