@@ -311,3 +311,67 @@ async fn nodetool_run_exports_its_job_and_its_workers_spans() {
     assert_eq!(worker.parent_span_id, run.span_id);
     assert_node_spans(&spans, worker);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_provider_call_carries_the_jobs_trace_to_the_model_server() {
+    let receiver = OtlpReceiver::start().await;
+    let peer = nodetool_testkit::openai_peer::OpenAiPeer::start(&["gpt-test"]).await;
+    peer.script()
+        .set_default(nodetool_testkit::scripted::Reply::text("traced"));
+    let endpoint = receiver.endpoint();
+    let base = peer.base_url();
+    let server = Server::start(&[
+        ("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint.as_str()),
+        ("OPENAI_BASE_URL", base.as_str()),
+        ("OPENAI_API_KEY", "sk-trace-test"),
+    ]);
+    let agent = json!({"nodes": [
+        {"id": "a", "type": "nodetool.agents.Agent", "data": {
+            "model": {"type": "language_model", "provider": "openai", "id": "gpt-test", "name": "gpt-test"},
+            "prompt": "hi"}},
+        {"id": "o", "type": "nodetool.output.Output", "data": {"name": "answer"}}],
+        "edges": [{"id": "e", "source": "a", "sourceHandle": "text", "target": "o", "targetHandle": "value"}]});
+    let (tp, trace, _) = traceparent();
+    let resp = reqwest::Client::new()
+        .post(server.proc.url("/api/jobs"))
+        .header("traceparent", &tp)
+        .json(&json!({"graph": agent, "execution_strategy": "threaded"}))
+        .send()
+        .await
+        .unwrap();
+    let body: Value = resp.json().await.unwrap();
+    let rec = server.wait_job(body["id"].as_str().unwrap()).await;
+    assert_eq!(rec["status"], "completed", "{rec}");
+
+    // The model server saw the job's trace, with the provider span as the parent.
+    let received = peer.script().received();
+    let sent = received
+        .iter()
+        .find_map(|r| r.header("traceparent"))
+        .unwrap_or_else(|| panic!("no traceparent reached the model server: {received:?}"));
+    let sent = nodetool_core::trace::TraceParent::parse(sent).expect("a valid traceparent");
+    let hex = |b: &[u8]| b.iter().map(|x| format!("{x:02x}")).collect::<String>();
+    assert_eq!(hex(&sent.trace_id), trace);
+    let spans = receiver
+        .wait_for(HANG, |s| s.iter().any(|x| x.name == "provider"))
+        .await;
+    let provider = spans
+        .iter()
+        .find(|s| s.name == "provider")
+        .expect("a provider span");
+    assert_eq!(provider.span_id, hex(&sent.parent_id));
+    assert_eq!(
+        provider.attribute("provider"),
+        Some("openai"),
+        "{provider:?}"
+    );
+    assert_eq!(provider.attribute("model"), Some("gpt-test"));
+    let node = spans
+        .iter()
+        .find(|s| s.span_id == provider.parent_span_id)
+        .expect("the provider span's parent");
+    assert_eq!(
+        (node.name.as_str(), node.attribute("node_type")),
+        ("node", Some("nodetool.agents.Agent"))
+    );
+}

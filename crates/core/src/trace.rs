@@ -68,6 +68,45 @@ impl fmt::Display for TraceParent {
     }
 }
 
+/// Spans and trace context (feature `otel`): what the crates that start spans share.
+#[cfg(feature = "otel")]
+mod spans {
+    use opentelemetry::trace::{
+        SpanContext, SpanId, TraceContextExt, TraceFlags, TraceId, TraceState,
+    };
+    use tracing_opentelemetry::OpenTelemetrySpanExt;
+
+    use super::TraceParent;
+
+    /// Makes `span` a child of the remote `parent` (a caller's or a parent process's span).
+    pub fn join(span: &tracing::Span, parent: &TraceParent) {
+        let remote = SpanContext::new(
+            TraceId::from_bytes(parent.trace_id),
+            SpanId::from_bytes(parent.parent_id),
+            TraceFlags::new(parent.flags),
+            true,
+            TraceState::default(),
+        );
+        // Fails only when no OpenTelemetry layer is installed: then there is nothing to join.
+        let _ = span.set_parent(opentelemetry::Context::new().with_remote_span_context(remote));
+    }
+
+    /// `span`'s own context as a `traceparent`, when it is traced (an OpenTelemetry layer is
+    /// installed and the trace is recorded).
+    pub fn traceparent_of(span: &tracing::Span) -> Option<TraceParent> {
+        let cx = span.context();
+        let sc = cx.span().span_context().clone();
+        sc.is_valid().then(|| TraceParent {
+            trace_id: sc.trace_id().to_bytes(),
+            parent_id: sc.span_id().to_bytes(),
+            flags: sc.trace_flags().to_u8(),
+        })
+    }
+}
+
+#[cfg(feature = "otel")]
+pub use spans::{join, traceparent_of};
+
 fn hex_digit(c: u8) -> Option<u8> {
     match c {
         b'0'..=b'9' => Some(c - b'0'),

@@ -11,6 +11,7 @@ use futures::StreamExt;
 use reqwest::header::HeaderMap;
 use reqwest::StatusCode;
 use serde_json::Value;
+use tracing::Instrument;
 
 use nodetool_core::{Error, ErrorKind, Result};
 
@@ -113,9 +114,35 @@ impl Transport {
         model: &str,
         build: impl Fn(&reqwest::Client) -> reqwest::RequestBuilder,
     ) -> Result<reqwest::Response> {
+        // One `provider` span per call (retries included), a child of the node's; the server
+        // gets its context as `traceparent`, so its own spans join the job's trace.
+        let span = tracing::info_span!(
+            target: "nodetool::trace",
+            "provider",
+            provider = %self.target.provider,
+            op,
+            model,
+        );
+        let traceparent = nodetool_core::trace::traceparent_of(&span).map(|t| t.to_string());
+        self.send_attempts(op, model, build, traceparent.as_deref())
+            .instrument(span)
+            .await
+    }
+
+    async fn send_attempts(
+        &self,
+        op: &'static str,
+        model: &str,
+        build: impl Fn(&reqwest::Client) -> reqwest::RequestBuilder,
+        traceparent: Option<&str>,
+    ) -> Result<reqwest::Response> {
         let mut attempt = 0u32;
         loop {
-            let (err, wait) = match build(&self.client).send().await {
+            let mut request = build(&self.client);
+            if let Some(tp) = traceparent {
+                request = request.header("traceparent", tp);
+            }
+            let (err, wait) = match request.send().await {
                 Ok(resp) if resp.status().is_success() => return Ok(resp),
                 Ok(resp) => {
                     let status = resp.status();
