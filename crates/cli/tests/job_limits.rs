@@ -9,8 +9,8 @@
 //! - A subprocess job's `memory_mb` measures what the job allocates.
 #![allow(clippy::unwrap_used)]
 
-use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::path::Path;
+use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use futures::{SinkExt, StreamExt};
@@ -18,7 +18,7 @@ use serde_json::{json, Value};
 use tokio_tungstenite::tungstenite::Message;
 
 use nodetool_exec::docker::{bollard, image, JOB_LABEL};
-use nodetool_testkit::serve_process::ServeProcess;
+use nodetool_testkit::serve_process::{NodetoolHome, ServeProcess};
 
 /// Every `nodetool serve` reaps the job containers it finds at start, so the tests of this file
 /// (each starts servers) take turns.
@@ -31,33 +31,11 @@ const SLOW: f64 = 30.0;
 /// Hang guard: a job that has not ended after this is a failure (not a timing claim).
 const HANG: Duration = Duration::from_secs(90);
 
-struct Env {
-    dir: tempfile::TempDir,
-}
+/// A clean `HOME` for the binary (`nodetool_testkit::serve_process::NodetoolHome`).
+type Env = NodetoolHome;
 
-impl Env {
-    fn new() -> Self {
-        Self {
-            dir: tempfile::tempdir().unwrap(),
-        }
-    }
-
-    fn path(&self, name: &str) -> PathBuf {
-        self.dir.path().join(name)
-    }
-
-    /// `nodetool ARGS` with a clean environment: only `vars` are set (plus HOME, PATH and the
-    /// config dir, all inside the temp dir).
-    fn cmd(&self, args: &[&str], vars: &[(&str, &str)]) -> Command {
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_nodetool"));
-        cmd.args(args)
-            .env_clear()
-            .env("HOME", self.dir.path())
-            .env("NODETOOL_CONFIG_DIR", self.dir.path())
-            .env("PATH", std::env::var("PATH").unwrap_or_default())
-            .envs(vars.iter().copied());
-        cmd
-    }
+fn new_env() -> Env {
+    NodetoolHome::new(env!("CARGO_BIN_EXE_nodetool"))
 }
 
 fn graph(node_type: &str, data: Value) -> Value {
@@ -326,7 +304,7 @@ fn assert_timed_out(what: &str, status: &Value, error: &Value, seconds: f64) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn job_timeout_is_one_ceiling_for_every_strategy_and_entry_point() {
     let _serial = SERIAL.lock().await;
-    let env = Env::new();
+    let env = new_env();
     let mut strategies = vec!["threaded", "subprocess"];
     if let Some(client) =
         docker_client("job_timeout_is_one_ceiling_for_every_strategy_and_entry_point").await
@@ -424,7 +402,7 @@ async fn job_timeout_is_one_ceiling_for_every_strategy_and_entry_point() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_ignoring_cancellation_still_ends_at_the_deadline() {
     let _serial = SERIAL.lock().await;
-    let env = Env::new();
+    let env = new_env();
     let mut strategies = vec!["threaded", "subprocess"];
     if let Some(client) =
         docker_client("a_node_ignoring_cancellation_still_ends_at_the_deadline").await
@@ -463,7 +441,7 @@ async fn docker_jobs_of_a_server_with_no_settings_carry_default_limits() {
     else {
         return;
     };
-    let env = Env::new();
+    let env = new_env();
     let pinned = worker_image(&env, &client).await;
 
     // No settings at all: every limit is on, visible in `docker inspect`.
@@ -563,7 +541,7 @@ async fn a_requested_docker_image_is_the_image_that_runs() {
     else {
         return;
     };
-    let env = Env::new();
+    let env = new_env();
     let pinned = worker_image(&env, &client).await;
     let alt = pinned.replacen("nodetool-worker:", "nodetool-worker-alt:", 1);
     tag(&client, &pinned, &alt).await;
@@ -613,7 +591,7 @@ async fn a_requested_docker_image_is_the_image_that_runs() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn subprocess_memory_limit_measures_allocations() {
     let _serial = SERIAL.lock().await;
-    let env = Env::new();
+    let env = new_env();
     let server = Server::start(&env, &[]);
     let allocate = |mb: i64| {
         json!({

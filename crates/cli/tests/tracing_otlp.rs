@@ -5,7 +5,6 @@
 //! trace; an unreachable collector changes nothing for jobs.
 #![allow(clippy::unwrap_used)]
 
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use futures::{SinkExt, StreamExt};
@@ -14,29 +13,22 @@ use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::Message;
 
 use nodetool_testkit::otlp_receiver::{OtlpReceiver, ReceivedSpan};
-use nodetool_testkit::serve_process::ServeProcess;
+use nodetool_testkit::serve_process::{NodetoolHome, ServeProcess};
 
 /// Hang guard, not a timing claim.
 const HANG: Duration = Duration::from_secs(90);
 
 struct Server {
     proc: ServeProcess,
-    _dir: tempfile::TempDir,
+    _home: NodetoolHome,
 }
 
 impl Server {
     fn start(vars: &[(&str, &str)]) -> Self {
-        let dir = tempfile::tempdir().unwrap();
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_nodetool"));
-        cmd.arg("serve")
-            .env_clear()
-            .env("HOME", dir.path())
-            .env("NODETOOL_CONFIG_DIR", dir.path())
-            .env("PATH", std::env::var("PATH").unwrap_or_default())
-            .envs(vars.iter().copied());
+        let home = NodetoolHome::new(env!("CARGO_BIN_EXE_nodetool"));
         Self {
-            proc: ServeProcess::start(cmd, HANG),
-            _dir: dir,
+            proc: home.serve(vars, HANG),
+            _home: home,
         }
     }
 
@@ -276,23 +268,19 @@ async fn an_unreachable_collector_changes_nothing_for_jobs() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn nodetool_run_exports_its_job_and_its_workers_spans() {
     let receiver = OtlpReceiver::start().await;
-    let dir = tempfile::tempdir().unwrap();
-    let file = dir.path().join("wf.json");
+    let home = NodetoolHome::new(env!("CARGO_BIN_EXE_nodetool"));
+    let file = home.path("wf.json");
     std::fs::write(
         &file,
         json!({"id": "wf-trace", "graph": graph()}).to_string(),
     )
     .unwrap();
-    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_nodetool"))
-        .arg("run")
-        .arg(&file)
-        .args(["--strategy", "subprocess"])
-        .env_clear()
-        .env("HOME", dir.path())
-        .env("NODETOOL_CONFIG_DIR", dir.path())
-        .env("PATH", std::env::var("PATH").unwrap_or_default())
-        .env("OTEL_EXPORTER_OTLP_ENDPOINT", receiver.endpoint())
-        .output()
+    let endpoint = receiver.endpoint();
+    let mut cmd = home.cmd(
+        &["run", file.to_str().unwrap(), "--strategy", "subprocess"],
+        &[("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint.as_str())],
+    );
+    let out = tokio::task::spawn_blocking(move || cmd.output().unwrap())
         .await
         .unwrap();
     assert!(

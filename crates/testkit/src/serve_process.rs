@@ -7,9 +7,54 @@
 //! [`ServeProcess::log`].
 
 use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::{mpsc, Arc, Mutex};
 use std::time::{Duration, Instant};
+
+/// A clean environment for the `nodetool` binary: a temp dir as `HOME` and config dir, `PATH`
+/// kept, nothing else inherited (so no setting of the machine running the tests leaks in).
+#[derive(Debug)]
+pub struct NodetoolHome {
+    dir: tempfile::TempDir,
+    bin: PathBuf,
+}
+
+impl NodetoolHome {
+    /// `bin` is the test's `env!("CARGO_BIN_EXE_nodetool")`.
+    pub fn new(bin: impl Into<PathBuf>) -> Self {
+        Self {
+            dir: tempfile::tempdir().expect("tempdir"),
+            bin: bin.into(),
+        }
+    }
+
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// A path inside the home.
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    /// `nodetool ARGS` with only `HOME`, `NODETOOL_CONFIG_DIR`, `PATH` and `vars` set.
+    pub fn cmd(&self, args: &[&str], vars: &[(&str, &str)]) -> Command {
+        let mut cmd = Command::new(&self.bin);
+        cmd.args(args)
+            .env_clear()
+            .env("HOME", self.dir.path())
+            .env("NODETOOL_CONFIG_DIR", self.dir.path())
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .envs(vars.iter().copied());
+        cmd
+    }
+
+    /// `nodetool serve` in this home with `vars`, once it listens.
+    pub fn serve(&self, vars: &[(&str, &str)], wait: Duration) -> ServeProcess {
+        ServeProcess::start(self.cmd(&["serve"], vars), wait)
+    }
+}
 
 /// A running `nodetool serve`; killed (and reaped) when dropped.
 #[derive(Debug)]
