@@ -154,6 +154,16 @@ fn assert_node_spans(spans: &[ReceivedSpan], job: &ReceivedSpan) {
     for n in nodes {
         assert_eq!(n.trace_id, job.trace_id);
         assert!(n.attribute("node_id").is_some(), "{n:?}");
+        // What the node did: one firing (from the cache or not: a later job of the same
+        // graph hits it), its own thread CPU time.
+        assert_eq!(n.attribute("firings"), Some("1"), "{n:?}");
+        assert!(n.attribute("cache_hits").is_some(), "{n:?}");
+        let cpu: f64 = n
+            .attribute("cpu_ms")
+            .unwrap_or("x")
+            .parse()
+            .expect("cpu_ms");
+        assert!(cpu >= 0.0, "{n:?}");
     }
 }
 
@@ -362,4 +372,43 @@ async fn a_provider_call_carries_the_jobs_trace_to_the_model_server() {
         (node.name.as_str(), node.attribute("node_type")),
         ("node", Some("nodetool.agents.Agent"))
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_answered_from_the_cache_says_so_in_its_span() {
+    let receiver = OtlpReceiver::start().await;
+    let endpoint = receiver.endpoint();
+    let server = Server::start(&[("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint.as_str())]);
+    let stringify = json!({"nodes": [
+        {"id": "j", "type": "lib.json.StringifyJSON", "data": {"data": {"cached": true}}},
+        {"id": "o", "type": "nodetool.output.Output", "data": {"name": "text"}}],
+        "edges": [{"id": "e", "source": "j", "sourceHandle": "output", "target": "o", "targetHandle": "value"}]});
+    let mut ids = Vec::new();
+    for _ in 0..2 {
+        let resp = reqwest::Client::new()
+            .post(server.proc.url("/api/jobs"))
+            .json(&json!({"graph": stringify, "execution_strategy": "threaded"}))
+            .send()
+            .await
+            .unwrap();
+        let body: Value = resp.json().await.unwrap();
+        let rec = server.wait_job(body["id"].as_str().unwrap()).await;
+        assert_eq!(rec["status"], "completed", "{rec}");
+        ids.push(rec["id"].as_str().unwrap().to_owned());
+    }
+    let node_of = |spans: &[ReceivedSpan], job_id: &str| -> Option<ReceivedSpan> {
+        let job = job_span(spans, job_id, "threaded")?;
+        children(spans, job, "node")
+            .into_iter()
+            .find(|n| n.attribute("node_type") == Some("lib.json.StringifyJSON"))
+            .cloned()
+    };
+    let spans = receiver
+        .wait_for(HANG, |s| ids.iter().all(|id| node_of(s, id).is_some()))
+        .await;
+    let first = node_of(&spans, &ids[0]).expect("first run's node span");
+    let second = node_of(&spans, &ids[1]).expect("second run's node span");
+    assert_eq!(first.attribute("cache_hits"), Some("0"), "{first:?}");
+    assert_eq!(second.attribute("cache_hits"), Some("1"), "{second:?}");
+    assert_eq!(second.attribute("firings"), Some("1"), "{second:?}");
 }

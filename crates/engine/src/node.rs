@@ -461,6 +461,8 @@ pub struct Emitter {
     cancel: CancellationToken,
     finished: bool,
     quiet: Option<Arc<Quiet>>,
+    /// Firings started (a node's `process` runs, or its cached outputs replay, once each).
+    firings: u64,
 }
 
 impl Emitter {
@@ -483,6 +485,7 @@ impl Emitter {
             cancel,
             finished: false,
             quiet: None,
+            firings: 0,
         }
     }
 
@@ -540,7 +543,13 @@ impl Emitter {
         &self.last
     }
 
+    /// Firings started so far.
+    pub(crate) fn firings(&self) -> u64 {
+        self.firings
+    }
+
     pub(crate) fn start_firing(&mut self) {
+        self.firings += 1;
         self.last = Map::new();
         self.pending.clear();
     }

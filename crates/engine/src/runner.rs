@@ -146,6 +146,8 @@ struct NodePlan {
     /// A controlled node: it runs once per control event instead of once per input batch.
     control: Option<ControlInbox>,
     dynamic_outputs: Map<String, Value>,
+    /// Firings answered from the node cache.
+    cache_hits: u64,
 }
 
 /// The first failure of a job; later ones are only logged.
@@ -535,6 +537,7 @@ impl Engine {
                 quiet: quiet.clone(),
                 control,
                 dynamic_outputs: node.dynamic_outputs.clone(),
+                cache_hits: 0,
             });
         }
         for name in req.params.keys() {
@@ -581,6 +584,9 @@ impl Engine {
                 "node",
                 node_id = %plan.id,
                 node_type = %plan.node_type,
+                firings = tracing::field::Empty,
+                cache_hits = tracing::field::Empty,
+                cpu_ms = tracing::field::Empty,
             );
             let handle = set.spawn(
                 async move {
@@ -856,9 +862,17 @@ async fn run_actor(
     job_cancel: CancellationToken,
 ) {
     let title = plan.imp.spec().title.clone();
-    let outcome = AssertUnwindSafe(actor_body(&mut plan, &ctx, node_timeout, cache_ttl))
-        .catch_unwind()
-        .await;
+    let mut timed = CpuTimed::new(
+        AssertUnwindSafe(actor_body(&mut plan, &ctx, node_timeout, cache_ttl)).catch_unwind(),
+    );
+    let outcome = (&mut timed).await;
+    let cpu = timed.spent;
+    drop(timed);
+    // The node's span (the current one) says what it did, for traces.
+    let span = tracing::Span::current();
+    span.record("firings", plan.emitter.firings());
+    span.record("cache_hits", plan.cache_hits);
+    span.record("cpu_ms", cpu.as_secs_f64() * 1000.0);
     let outcome = match outcome {
         Ok(r) => r,
         Err(panic) => Err(Error::unexpected(format!(
@@ -1011,6 +1025,7 @@ async fn actor_body(
                         plan.emitter.emit(&slot, cache_to_json(v)).await?;
                     }
                     hit = true;
+                    plan.cache_hits += 1;
                 }
                 Ok(_) => {}
                 // Lossy by contract: an error is a miss.
@@ -1223,4 +1238,45 @@ fn cache_to_json(v: CacheValue) -> Value {
             Value::Object(m.into_iter().map(|(k, v)| (k, cache_to_json(v))).collect())
         }
     }
+}
+
+/// CPU time of the thread polling `inner`, summed over its polls: what a node's own code spent
+/// (work it hands to other threads, e.g. `spawn_blocking`, is not counted).
+struct CpuTimed<F> {
+    inner: std::pin::Pin<Box<F>>,
+    spent: Duration,
+}
+
+impl<F> CpuTimed<F> {
+    fn new(inner: F) -> Self {
+        Self {
+            inner: Box::pin(inner),
+            spent: Duration::ZERO,
+        }
+    }
+}
+
+impl<F: std::future::Future> std::future::Future for CpuTimed<F> {
+    type Output = F::Output;
+
+    fn poll(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<F::Output> {
+        let start = thread_cpu_time();
+        let poll = self.inner.as_mut().poll(cx);
+        if let (Some(start), Some(end)) = (start, thread_cpu_time()) {
+            self.spent += end.saturating_sub(start);
+        }
+        poll
+    }
+}
+
+/// This thread's CPU time (`CLOCK_THREAD_CPUTIME_ID`, a vDSO call).
+fn thread_cpu_time() -> Option<Duration> {
+    let t = nix::time::clock_gettime(nix::time::ClockId::CLOCK_THREAD_CPUTIME_ID).ok()?;
+    Some(Duration::new(
+        u64::try_from(t.tv_sec()).ok()?,
+        u32::try_from(t.tv_nsec()).ok()?,
+    ))
 }
