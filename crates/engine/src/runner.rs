@@ -1272,7 +1272,7 @@ impl<F: std::future::Future> std::future::Future for CpuTimed<F> {
     }
 }
 
-/// This thread's CPU time (`CLOCK_THREAD_CPUTIME_ID`, a vDSO call).
+/// This thread's CPU time (`CLOCK_THREAD_CPUTIME_ID`; glibc makes it a syscall, two per poll).
 fn thread_cpu_time() -> Option<Duration> {
     let t = nix::time::clock_gettime(nix::time::ClockId::CLOCK_THREAD_CPUTIME_ID).ok()?;
     Some(Duration::new(
