@@ -501,6 +501,43 @@ async fn assets_and_workflows_live_in_postgres_per_user_across_a_restart() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert!(String::from_utf8_lossy(&out.stdout).contains(&imported));
+
+    // `nodetool run` records the assets it saves in the same PostgreSQL, where the server
+    // serves them to user "1".
+    let save = env.path("save.json");
+    let graph = json!({
+        "nodes": [
+            {"id": "t", "type": "nodetool.text.SaveText",
+             "data": {"text": "saved by run", "name": "from-run.txt"}},
+            {"id": "o", "type": "nodetool.output.Output", "data": {"name": "saved"}}
+        ],
+        "edges": [{"id": "e", "source": "t", "sourceHandle": "output",
+                   "target": "o", "targetHandle": "value"}]
+    });
+    std::fs::write(&save, graph.to_string()).unwrap();
+    let out = env
+        .cmd(&["run", save.to_str().unwrap()], &vars)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        count("SELECT user_id FROM nodetool_assets.nodetool_assets WHERE name = 'from-run.txt'"),
+        "1"
+    );
+    let (status, list) = call(&server, "1", "GET", "/api/assets?parent_id=1", None).await;
+    assert_eq!(status, 200, "{list}");
+    assert!(
+        list["assets"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|a| a["name"] == "from-run.txt"),
+        "{list}"
+    );
     server.stop();
     assert!(!env.path("nodetool.db").exists(), "no SQLite file");
 }
