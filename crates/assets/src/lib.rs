@@ -1,5 +1,7 @@
-//! Asset records in SQLite: [`SqliteAssetStore`], the [`AssetStore`] behind `/api/assets` and
-//! the engine's `create_asset`, in the database file `DB_PATH` names.
+//! Asset records: [`SqliteAssetStore`] in the database file `DB_PATH` names, or
+//! [`PostgresAssetStore`] in PostgreSQL (`DATABASE_URL`): the [`AssetStore`] behind
+//! `/api/assets` and the engine's `create_asset`. [`postgres::connect`] is also how the other
+//! record stores (workflows) reach PostgreSQL.
 //!
 //! The table is NodeTool's `nodetool_assets`. Other crates (the job store) keep their own tables
 //! and migrations in the same file, so migrations applied by someone else are not an error here,
@@ -15,6 +17,16 @@ use nodetool_core::{AssetPage, AssetQuery, AssetRecord, AssetStore, Error, Error
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions};
 use sqlx::SqlitePool;
 use tokio::sync::OnceCell;
+
+pub mod postgres;
+pub use postgres::{PgOptions, PostgresAssetStore};
+
+/// Microseconds: what PostgreSQL keeps, so both backends read back what they were given.
+pub(crate) fn micros(t: DateTime<Utc>) -> DateTime<Utc> {
+    use chrono::DurationRound;
+    t.duration_trunc(chrono::TimeDelta::microseconds(1))
+        .unwrap_or(t)
+}
 
 /// Asset records in one SQLite database.
 ///
@@ -138,13 +150,15 @@ pub async fn migrate(pool: &SqlitePool) -> Result<()> {
     })
 }
 
-fn db_err(op: &'static str) -> impl Fn(sqlx::Error) -> Error {
+pub(crate) fn db_err(op: &'static str) -> impl Fn(sqlx::Error) -> Error {
     move |e| {
         let (kind, temporary) = match &e {
             sqlx::Error::Database(d) if d.is_unique_violation() => {
                 (ErrorKind::AlreadyExists, false)
             }
-            sqlx::Error::PoolTimedOut | sqlx::Error::Io(_) => (ErrorKind::Unavailable, true),
+            sqlx::Error::PoolTimedOut | sqlx::Error::Io(_) | sqlx::Error::PoolClosed => {
+                (ErrorKind::Unavailable, true)
+            }
             // SQLITE_BUSY / SQLITE_LOCKED after the busy timeout: another writer held on.
             sqlx::Error::Database(d) if matches!(d.code().as_deref(), Some("5" | "6")) => {
                 (ErrorKind::Unavailable, true)
@@ -163,7 +177,7 @@ fn db_err(op: &'static str) -> impl Fn(sqlx::Error) -> Error {
 }
 
 #[derive(Debug, sqlx::FromRow)]
-struct Row {
+pub(crate) struct Row {
     id: String,
     user_id: String,
     workflow_id: Option<String>,
@@ -206,7 +220,7 @@ impl From<Row> for AssetRecord {
 }
 
 /// `%`, `_` and `\` escaped for `LIKE ... ESCAPE '\'`.
-fn like_prefix(prefix: &str) -> String {
+pub(crate) fn like_prefix(prefix: &str) -> String {
     let escaped = prefix
         .replace('\\', "\\\\")
         .replace('%', "\\%")

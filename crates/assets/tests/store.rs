@@ -1,18 +1,30 @@
-//! The `AssetStore` contract against SQLite: a file database (as `nodetool serve` and
-//! `nodetool run` use it), a lazy one, and the in-memory one.
+//! The `AssetStore` contract, one suite ([`contract`]) run against SQLite (a file database, as
+//! `nodetool serve` and `nodetool run` use it, a lazy one, the in-memory one) and against a real
+//! PostgreSQL (the testkit's, from Debian's packages; `DATABASE_URL`), plus PostgreSQL's
+//! start-up failures.
 #![allow(clippy::unwrap_used)] // tests: a failed unwrap is a failed test
 
-use nodetool_assets::SqliteAssetStore;
+use nodetool_assets::{PgOptions, PostgresAssetStore, SqliteAssetStore};
 use nodetool_core::assets::FOLDER;
 use nodetool_core::{AssetQuery, AssetRecord, AssetStore, ErrorKind};
+use nodetool_testkit::postgres::PostgresServer;
 use serde_json::json;
 
 fn file(user: &str, parent: &str, name: &str, content_type: &str) -> AssetRecord {
     let id = nodetool_core::id::new_id();
     let mut r = AssetRecord::new(id.clone(), user, parent, name, content_type);
+    // The contract keeps timestamps to the microsecond (PostgreSQL's precision).
+    r.created_at = micros(r.created_at);
+    r.updated_at = r.created_at;
     r.storage_key = Some(format!("{user}/{id}.bin"));
     r.size = Some(3);
     r
+}
+
+fn micros(t: chrono::DateTime<chrono::Utc>) -> chrono::DateTime<chrono::Utc> {
+    use chrono::DurationRound;
+    t.duration_trunc(chrono::TimeDelta::microseconds(1))
+        .unwrap()
 }
 
 /// Every MUST of the contract, on one store.
@@ -194,4 +206,104 @@ async fn shares_a_database_with_other_crates_migrations() {
     .unwrap();
     let store = SqliteAssetStore::from_pool(pool).await.unwrap();
     contract(&store).await;
+}
+
+async fn postgres(test: &str) -> Option<PostgresServer> {
+    let pg = PostgresServer::start().await;
+    if pg.is_none() {
+        let why = PostgresServer::why_missing().unwrap_or_default();
+        nodetool_testkit::skip_or_fail(test, &why);
+    }
+    pg
+}
+
+#[tokio::test]
+async fn postgres_meets_the_contract_and_persists() {
+    let Some(pg) = postgres("postgres_meets_the_contract_and_persists").await else {
+        return;
+    };
+    let url = pg.create_database("assets");
+    let store = PostgresAssetStore::connect(&url, &PgOptions::default())
+        .await
+        .unwrap();
+    contract(&store).await;
+    let r = file("u9", "u9", "kept", "text/plain");
+    store.create(&r).await.unwrap();
+    drop(store);
+    // A second process: the same rows; migrations are idempotent.
+    let again = PostgresAssetStore::connect(&url, &PgOptions::default())
+        .await
+        .unwrap();
+    assert_eq!(again.get("u9", &r.id).await.unwrap(), Some(r.clone()));
+    // In the store's own schema, next to (not in) the default one the job store uses.
+    assert_eq!(
+        pg.psql(
+            "assets",
+            &format!(
+                "SELECT name FROM nodetool_assets.nodetool_assets WHERE id = '{}'",
+                r.id
+            )
+        ),
+        "kept"
+    );
+}
+
+#[tokio::test]
+async fn postgres_lazy_store_connects_on_first_use() {
+    let Some(pg) = postgres("postgres_lazy_store_connects_on_first_use").await else {
+        return;
+    };
+    let url = pg.create_database("lazy");
+    let store = PostgresAssetStore::lazy(url, PgOptions::default());
+    assert_eq!(
+        pg.psql(
+            "lazy",
+            "SELECT count(*) FROM pg_namespace WHERE nspname = 'nodetool_assets'"
+        ),
+        "0",
+        "nothing is created before the first operation"
+    );
+    contract(&store).await;
+}
+
+#[tokio::test]
+async fn postgres_refuses_a_bad_url_a_down_server_and_a_newer_schema() {
+    let options = PgOptions {
+        startup_wait: std::time::Duration::from_millis(300),
+        ..PgOptions::default()
+    };
+    let err = PostgresAssetStore::connect("mysql://u:secret@h/db", &options)
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::ConfigInvalid, "{err}");
+    assert!(err.to_string().contains("DATABASE_URL"), "{err}");
+    assert!(!err.to_string().contains("secret"), "{err}");
+    let port = nodetool_testkit::free_port();
+    let err = PostgresAssetStore::connect(
+        &format!("postgres://u:secret@127.0.0.1:{port}/db"),
+        &options,
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Unavailable, "{err}");
+    assert!(err.to_string().contains("not reachable"), "{err}");
+    assert!(!format!("{err:?}").contains("secret"), "{err:?}");
+
+    let Some(pg) = postgres("postgres_refuses_a_bad_url_a_down_server_and_a_newer_schema").await
+    else {
+        return;
+    };
+    let url = pg.create_database("newer");
+    drop(PostgresAssetStore::connect(&url, &options).await.unwrap());
+    pg.psql(
+        "newer",
+        "INSERT INTO nodetool_assets._sqlx_migrations (version, description, installed_on, \
+         success, checksum, execution_time) VALUES (29990101000000, 'from the future', now(), \
+         true, '\\x00', 0)",
+    );
+    let err = PostgresAssetStore::connect(&url, &options)
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Unsupported, "{err}");
+    assert!(err.to_string().contains("newer nodetool"), "{err}");
 }

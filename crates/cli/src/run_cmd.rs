@@ -113,11 +113,18 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     let strategy: nodetool_exec::StrategyKind = args.strategy.parse()?;
 
     let settings = crate::load_settings()?;
-    // Asset records go to the same database `nodetool serve` uses (DB_PATH), opened on the first
-    // save or listing only.
-    let store = nodetool_assets::SqliteAssetStore::lazy(settings.db_path.clone());
-    let resources =
-        Resources::new(settings, ResourceOptions::default()).with_asset_store(Arc::new(store));
+    // Asset records go to the same database `nodetool serve` uses (DATABASE_URL's PostgreSQL,
+    // else DB_PATH), opened on the first save or listing only.
+    let store: Arc<dyn nodetool_core::AssetStore> = match &settings.database.database_url {
+        Some(url) => Arc::new(nodetool_assets::PostgresAssetStore::lazy(
+            url.clone(),
+            nodetool_assets::PgOptions::default(),
+        )),
+        None => Arc::new(nodetool_assets::SqliteAssetStore::lazy(
+            settings.db_path.clone(),
+        )),
+    };
+    let resources = Resources::new(settings, ResourceOptions::default()).with_asset_store(store);
     let settings = resources.settings().clone();
     let (runner, bridge) = strategy_for(strategy, &resources, &workflow.graph).await?;
 

@@ -89,14 +89,20 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
     let key = nodetool_runtime::url_signing_key(&settings)?;
     let signer = UrlSigner::new(&key, SIGNED_URL_TTL)?;
     let db_path = settings.db_path.clone();
-    let db = nodetool_server::db::open(&db_path)
-        .await
-        .with_context(|| format!("opening the database at {}", db_path.display()))?;
+    // DATABASE_URL moves asset records and workflows to PostgreSQL (the file is then not opened).
+    let records =
+        nodetool_server::db::Records::open(&db_path, settings.database.database_url.as_deref())
+            .await
+            .with_context(|| match settings.database.database_url {
+                Some(_) => "opening the asset and workflow stores (DATABASE_URL)".to_owned(),
+                None => format!("opening the database at {}", db_path.display()),
+            })?;
+    tracing::info!(backend = records.backend(), "asset and workflow stores");
     // In-process jobs record the assets they save in the same table `/api/assets` lists.
     let resources = Arc::new(
         Resources::new(settings, ResourceOptions::default())
             .with_url_signer(signer)
-            .with_asset_store(nodetool_server::db::asset_store(&db)),
+            .with_asset_store(records.assets.clone()),
     );
 
     let temp = resources.temp_storage()?;
@@ -121,21 +127,21 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
         );
     }
 
-    // DATABASE_URL moves jobs and job events to PostgreSQL; every other table stays in DB_PATH.
-    let store = match &resources.settings().database.database_url {
-        Some(url) => {
+    // DATABASE_URL moves jobs and job events to PostgreSQL too.
+    let store = match (&resources.settings().database.database_url, &records.sqlite) {
+        (Some(url), _) => {
             nodetool_exec::JobStore::connect(url, &nodetool_exec::PostgresOptions::default())
                 .await?
         }
-        None => nodetool_exec::JobStore::from_pool(db.clone()).await?,
+        (None, Some(db)) => nodetool_exec::JobStore::from_pool(db.clone()).await?,
+        (None, None) => anyhow::bail!("no DATABASE_URL and no SQLite database"),
     };
     tracing::info!(backend = store.backend(), "job store");
     // One key scope for the storage routes and every job, whatever its strategy: with a
     // multi-user provider a job's storage access stays under its user's prefix.
     let keys = auth.key_scope();
     let (manager, bridge, node_metadata) = job_manager(&resources, store, keys).await?;
-    let db_handle = db.clone();
-    let mut state = AppState::new(resources.clone(), auth.clone(), db)
+    let mut state = AppState::new(resources.clone(), auth.clone(), records.clone())
         .with_jobs(manager.clone())
         .with_node_metadata(node_metadata);
     state.options_mut().presign_redirect = !args.no_presign_redirect;
@@ -180,7 +186,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
     // Last: jobs recorded their outcome above. Without this the -wal file stays and a copy of
     // the database file alone can lack tables.
     drop(manager);
-    if let Err(e) = nodetool_server::db::close(&db_handle).await {
+    if let Err(e) = records.close().await {
         tracing::warn!(error = %e, "could not checkpoint the database on shutdown");
     }
     result?;

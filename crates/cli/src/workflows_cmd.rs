@@ -37,12 +37,23 @@ pub enum WorkflowsCommand {
 
 pub async fn run(command: WorkflowsCommand) -> anyhow::Result<ExitCode> {
     let settings = crate::load_settings()?;
-    let pool = nodetool_server::db::open(&settings.db_path)
-        .await
-        .with_context(|| format!("opening {}", settings.db_path.display()))?;
+    // DATABASE_URL: the workflows `nodetool serve` keeps in PostgreSQL; else the DB_PATH file.
+    let records = nodetool_server::db::Records::open(
+        &settings.db_path,
+        settings.database.database_url.as_deref(),
+    )
+    .await
+    .with_context(|| match &settings.database.database_url {
+        Some(url) => format!(
+            "opening the workflow store at DATABASE_URL={}",
+            nodetool_config::database::redact_url(url)
+        ),
+        None => format!("opening {}", settings.db_path.display()),
+    })?;
+    let pool = &records.workflows;
     match command {
         WorkflowsCommand::Ls { json } => {
-            let all = store::list(&pool, LOCAL_USER).await?;
+            let all = store::list(pool, LOCAL_USER).await?;
             let mut out = std::io::stdout().lock();
             if json {
                 serde_json::to_writer_pretty(&mut out, &all)?;
@@ -66,13 +77,13 @@ pub async fn run(command: WorkflowsCommand) -> anyhow::Result<ExitCode> {
                 .with_context(|| format!("reading {}", file.display()))?;
             let value: serde_json::Value = serde_json::from_str(&text)
                 .with_context(|| format!("{} is not JSON", file.display()))?;
-            let id = store::import(&pool, LOCAL_USER, &value)
+            let id = store::import(pool, LOCAL_USER, &value)
                 .await
                 .with_context(|| format!("importing {}", file.display()))?;
             println!("{id}");
         }
         WorkflowsCommand::Export { id } => {
-            let w = store::get(&pool, LOCAL_USER, &id).await?;
+            let w = store::get(pool, LOCAL_USER, &id).await?;
             println!("{}", serde_json::to_string_pretty(&w)?);
         }
         WorkflowsCommand::Run {
@@ -81,8 +92,8 @@ pub async fn run(command: WorkflowsCommand) -> anyhow::Result<ExitCode> {
             jsonl,
             strategy,
         } => {
-            let w = store::get(&pool, LOCAL_USER, &id).await?;
-            pool.close().await;
+            let w = store::get(pool, LOCAL_USER, &id).await?;
+            close(&records).await;
             // `nodetool run` reads files: hand it the stored record (its id names the run's
             // workflow) through a private temp file.
             let dir = tempfile::tempdir().context("temp dir for the workflow")?;
@@ -102,6 +113,13 @@ pub async fn run(command: WorkflowsCommand) -> anyhow::Result<ExitCode> {
             .await;
         }
     }
-    pool.close().await;
+    close(&records).await;
     Ok(ExitCode::SUCCESS)
+}
+
+/// Closes the SQLite pool (as before: no checkpoint); a PostgreSQL pool just goes.
+async fn close(records: &nodetool_server::db::Records) {
+    if let Some(pool) = &records.sqlite {
+        pool.close().await;
+    }
 }

@@ -1,6 +1,8 @@
-//! `nodetool serve` with `DATABASE_URL` (issue 13): jobs and job events go to PostgreSQL (the
-//! testkit's real server), not to the SQLite file, and survive a restart of the server; a bad
-//! URL or a server that is down stops startup with a clear error that never shows the password.
+//! `nodetool serve` with `DATABASE_URL` (issue 13): jobs, job events, asset records and
+//! workflows (with versions) go to PostgreSQL (the testkit's real server), not to the SQLite
+//! file (which is not even created), survive a restart of the server, and stay per user;
+//! `nodetool workflows` reads the same store; a bad URL or a server that is down stops startup
+//! with a clear error that never shows the password.
 #![allow(clippy::unwrap_used)]
 
 use std::path::PathBuf;
@@ -143,23 +145,6 @@ async fn postgres(test: &str) -> Option<PostgresServer> {
     pg
 }
 
-/// Rows of `table` in the SQLite file (0 when the table is not there).
-async fn sqlite_rows(db: &std::path::Path, table: &str) -> i64 {
-    use sqlx::sqlite::SqliteConnectOptions;
-    use sqlx::{ConnectOptions, Row};
-    let mut conn = SqliteConnectOptions::new()
-        .filename(db)
-        .read_only(true)
-        .connect()
-        .await
-        .unwrap();
-    sqlx::query(&format!("SELECT COUNT(*) FROM {table}"))
-        .fetch_one(&mut conn)
-        .await
-        .map(|r| r.get(0))
-        .unwrap_or(0)
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn jobs_and_their_events_live_in_postgres_across_a_restart() {
     let Some(pg) = postgres("jobs_and_their_events_live_in_postgres_across_a_restart").await else {
@@ -179,7 +164,7 @@ async fn jobs_and_their_events_live_in_postgres_across_a_restart() {
     );
     server.stop();
 
-    // In PostgreSQL, not in the SQLite file (which still holds the other tables).
+    // In PostgreSQL; the SQLite file is not even created.
     assert_eq!(
         pg.psql(
             "serve",
@@ -195,7 +180,7 @@ async fn jobs_and_their_events_live_in_postgres_across_a_restart() {
         .parse()
         .unwrap();
     assert_eq!(stored, live.len());
-    assert_eq!(sqlite_rows(&env.path("nodetool.db"), "jobs").await, 0);
+    assert!(!env.path("nodetool.db").exists(), "no SQLite file");
 
     let server = Server::start(&env, &vars);
     let job = server.get_job(&id).await;
@@ -269,7 +254,290 @@ fn settings_show_prints_the_database_url_without_its_password() {
         line.contains("postgres://app:****@db.internal:5432/nodetool"),
         "{line}"
     );
-    assert!(line.contains("stay in DB_PATH"), "{line}");
+    assert!(line.contains("nothing to DB_PATH"), "{line}");
     assert!(!secrets.contains(PASSWORD), "{secrets}");
     assert!(show(&["settings", "show", "--reveal"]).contains(PASSWORD));
+}
+
+const JWT_SECRET: &str = "postgres-records-jwt-secret-0123456789abcdef";
+
+/// A supabase JWT for `sub` (two users need multi-user auth).
+fn token(sub: &str) -> String {
+    let exp = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+        + 3600;
+    jsonwebtoken::encode(
+        &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
+        &json!({"sub": sub, "aud": "authenticated", "role": "authenticated", "exp": exp}),
+        &jsonwebtoken::EncodingKey::from_secret(JWT_SECRET.as_bytes()),
+    )
+    .unwrap()
+}
+
+/// `method path` as `user` with an optional JSON body: status and JSON answer (`null` if none).
+async fn call(
+    server: &Server,
+    user: &str,
+    method: &str,
+    path: &str,
+    body: Option<Value>,
+) -> (u16, Value) {
+    let client = reqwest::Client::new();
+    let mut req = client
+        .request(method.parse().unwrap(), server.url(path))
+        .bearer_auth(token(user));
+    if let Some(body) = body {
+        req = req.json(&body);
+    }
+    let resp = req.send().await.unwrap();
+    let status = resp.status().as_u16();
+    let text = resp.text().await.unwrap();
+    (status, serde_json::from_str(&text).unwrap_or(Value::Null))
+}
+
+/// `POST /api/assets` as `user`: one small text file (multipart by hand: the CLI's reqwest has
+/// no multipart feature).
+async fn upload(server: &Server, user: &str, name: &str) -> (u16, Value) {
+    let boundary = "nodetool-test-boundary-7d1c";
+    let meta = json!({"name": name, "content_type": "text/plain"});
+    let body = format!(
+        "--{boundary}\r\nContent-Disposition: form-data; name=\"json\"\r\n\r\n{meta}\r\n\
+         --{boundary}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"{name}\"\r\n\
+         Content-Type: text/plain\r\n\r\nhello from postgres\r\n--{boundary}--\r\n"
+    );
+    let resp = reqwest::Client::new()
+        .post(server.url("/api/assets"))
+        .bearer_auth(token(user))
+        .header(
+            "content-type",
+            format!("multipart/form-data; boundary={boundary}"),
+        )
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    let status = resp.status().as_u16();
+    (status, resp.json().await.unwrap_or(Value::Null))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn assets_and_workflows_live_in_postgres_per_user_across_a_restart() {
+    let Some(pg) =
+        postgres("assets_and_workflows_live_in_postgres_per_user_across_a_restart").await
+    else {
+        return;
+    };
+    let url = pg.create_database("records");
+    let env = Env::new();
+    let vars = [
+        ("DATABASE_URL", url.as_str()),
+        ("AUTH_PROVIDER", "supabase"),
+        ("SUPABASE_JWT_SECRET", JWT_SECRET),
+    ];
+
+    let server = Server::start(&env, &vars);
+    let graph = json!({"nodes": [], "edges": []});
+    let (status, wf) = call(
+        &server,
+        "alice",
+        "POST",
+        "/api/workflows",
+        Some(json!({"name": "alice's flow", "graph": graph})),
+    )
+    .await;
+    assert_eq!(status, 200, "{wf}");
+    let wf_id = wf["id"].as_str().unwrap().to_owned();
+    let (status, v) = call(
+        &server,
+        "alice",
+        "POST",
+        &format!("/api/workflows/{wf_id}/versions"),
+        Some(json!({"name": "first"})),
+    )
+    .await;
+    assert_eq!((status, &v["version"]), (200, &json!(1)), "{v}");
+    let (status, asset) = upload(&server, "alice", "notes.txt").await;
+    assert_eq!(status, 201, "{asset}");
+    let asset_id = asset["id"].as_str().unwrap().to_owned();
+    server.stop();
+
+    // In PostgreSQL, each store in its schema; no SQLite file at all.
+    let count = |sql: &str| pg.psql("records", sql);
+    assert_eq!(
+        count("SELECT count(*) FROM nodetool_workflows.nodetool_workflows"),
+        "1"
+    );
+    assert_eq!(
+        count("SELECT count(*) FROM nodetool_workflows.nodetool_workflow_versions"),
+        "1"
+    );
+    assert_eq!(
+        count(&format!(
+            "SELECT user_id FROM nodetool_assets.nodetool_assets WHERE id = '{asset_id}'"
+        )),
+        "alice"
+    );
+    assert!(!env.path("nodetool.db").exists(), "no SQLite file");
+
+    let server = Server::start(&env, &vars);
+    let (status, got) = call(
+        &server,
+        "alice",
+        "GET",
+        &format!("/api/workflows/{wf_id}"),
+        None,
+    )
+    .await;
+    assert_eq!(
+        (status, got["name"].as_str()),
+        (200, Some("alice's flow")),
+        "{got}"
+    );
+    let (status, versions) = call(
+        &server,
+        "alice",
+        "GET",
+        &format!("/api/workflows/{wf_id}/versions"),
+        None,
+    )
+    .await;
+    assert_eq!(status, 200);
+    assert_eq!(
+        versions["versions"].as_array().map(Vec::len),
+        Some(1),
+        "{versions}"
+    );
+    let (status, got) = call(
+        &server,
+        "alice",
+        "GET",
+        &format!("/api/assets/{asset_id}"),
+        None,
+    )
+    .await;
+    assert_eq!(
+        (status, got["name"].as_str()),
+        (200, Some("notes.txt")),
+        "{got}"
+    );
+    let (status, list) = call(&server, "alice", "GET", "/api/workflows", None).await;
+    assert_eq!(
+        (status, list["workflows"].as_array().map(Vec::len)),
+        (200, Some(1)),
+        "{list}"
+    );
+
+    // Bob sees none of it.
+    for path in [
+        format!("/api/workflows/{wf_id}"),
+        format!("/api/assets/{asset_id}"),
+    ] {
+        let (status, body) = call(&server, "bob", "GET", &path, None).await;
+        assert_eq!(status, 404, "{path}: {body}");
+    }
+    let (status, body) = call(
+        &server,
+        "bob",
+        "GET",
+        &format!("/api/workflows/{wf_id}/versions"),
+        None,
+    )
+    .await;
+    assert_eq!(status, 404, "{body}");
+    let (status, list) = call(&server, "bob", "GET", "/api/workflows", None).await;
+    assert_eq!(
+        (status, list["workflows"].as_array().map(Vec::len)),
+        (200, Some(0)),
+        "{list}"
+    );
+    let (status, list) = call(&server, "bob", "GET", "/api/assets", None).await;
+    assert_eq!(status, 200);
+    assert!(
+        list["assets"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|a| a["id"] != json!(asset_id)),
+        "{list}"
+    );
+
+    // `nodetool workflows` works on the same store: an import (as the local user "1") is what
+    // the server shows user "1", and `ls` lists it.
+    let file = env.path("flow.json");
+    std::fs::write(
+        &file,
+        json!({"name": "imported", "graph": graph}).to_string(),
+    )
+    .unwrap();
+    let out = env
+        .cmd(&["workflows", "import", file.to_str().unwrap()], &vars)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let imported = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+    let (status, got) = call(
+        &server,
+        "1",
+        "GET",
+        &format!("/api/workflows/{imported}"),
+        None,
+    )
+    .await;
+    assert_eq!(
+        (status, got["name"].as_str()),
+        (200, Some("imported")),
+        "{got}"
+    );
+    let out = env.cmd(&["workflows", "ls"], &vars).output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains(&imported));
+
+    // `nodetool run` records the assets it saves in the same PostgreSQL, where the server
+    // serves them to user "1".
+    let save = env.path("save.json");
+    let graph = json!({
+        "nodes": [
+            {"id": "t", "type": "nodetool.text.SaveText",
+             "data": {"text": "saved by run", "name": "from-run.txt"}},
+            {"id": "o", "type": "nodetool.output.Output", "data": {"name": "saved"}}
+        ],
+        "edges": [{"id": "e", "source": "t", "sourceHandle": "output",
+                   "target": "o", "targetHandle": "value"}]
+    });
+    std::fs::write(&save, graph.to_string()).unwrap();
+    let out = env
+        .cmd(&["run", save.to_str().unwrap()], &vars)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        count("SELECT user_id FROM nodetool_assets.nodetool_assets WHERE name = 'from-run.txt'"),
+        "1"
+    );
+    let (status, list) = call(&server, "1", "GET", "/api/assets?parent_id=1", None).await;
+    assert_eq!(status, 200, "{list}");
+    assert!(
+        list["assets"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|a| a["name"] == "from-run.txt"),
+        "{list}"
+    );
+    server.stop();
+    assert!(!env.path("nodetool.db").exists(), "no SQLite file");
 }

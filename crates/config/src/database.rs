@@ -11,8 +11,9 @@ use crate::settings::Reader;
 /// `DATABASE_URL`, `JOB_EVENTS_MAX_PER_JOB`, `JOB_EVENT_RETENTION`.
 #[derive(Clone, PartialEq, Eq)]
 pub struct DatabaseSettings {
-    /// `DATABASE_URL`: a `postgres://` URL that moves jobs and job events to PostgreSQL (other
-    /// tables stay in `DB_PATH`); `None`: everything in the SQLite file. A secret: it may carry
+    /// `DATABASE_URL`: a `postgres://` URL that moves jobs, job events, asset records and
+    /// workflows to PostgreSQL (the `DB_PATH` file is not used); `None`: everything in the SQLite
+    /// file. A secret: it may carry
     /// a password, so render it with [`redact_url`].
     pub database_url: Option<String>,
     /// The latest events of one job kept for replay after a restart.
@@ -59,7 +60,7 @@ pub fn postgres_url(raw: &str) -> Parsed<String> {
         let scheme: String = scheme.chars().take(20).collect();
         return Err(format!(
             "has scheme {scheme:?}: only PostgreSQL is supported (postgres:// or postgresql://); \
-             unset it to keep jobs in the SQLite file (DB_PATH)"
+             unset it to keep records in the SQLite file (DB_PATH)"
         ));
     }
     let (_, host_and_path) = split_userinfo(rest);

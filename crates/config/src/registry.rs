@@ -164,13 +164,13 @@ pub const REGISTRY: &[SettingDef] = &[
     def("ASSET_TEMP_TTL", K::Seconds, D::Value("86400"),
         "Lifetime of temporary objects"),
     def("DB_PATH", K::Path, D::InConfigDir("nodetool.db"),
-        "SQLite database file (jobs and job events too, unless DATABASE_URL is set)"),
+        "SQLite database file: jobs, job events, asset records, workflows (unused when DATABASE_URL is set)"),
     // Database (crate::database).
     SettingDef {
         secret: true,
         ..def("DATABASE_URL", K::PostgresUrl, D::None,
-            "PostgreSQL URL (postgres://user:password@host:5432/db): jobs and job events go there; \
-             other tables (assets, ...) stay in DB_PATH. Unset: everything in DB_PATH")
+            "PostgreSQL URL (postgres://user:password@host:5432/db): jobs, job events, asset records \
+             and workflows go there, nothing to DB_PATH. Unset: everything in DB_PATH")
     },
     def("JOB_EVENTS_MAX_PER_JOB", K::Count, D::Value("10000"),
         "Events of one job kept in the database (the latest), replayable after a restart"),

@@ -125,7 +125,11 @@ pub struct AssetPage {
 /// Records are per user: every method takes the user, and a record of another user behaves
 /// exactly like a missing one (existence is not disclosed). A store checks no folder structure
 /// (that a parent exists and is a folder, that a folder does not move below itself): the caller
-/// does, because it decides what to report.
+/// does, because it decides what to report. Timestamps MAY come back truncated to the
+/// microsecond (PostgreSQL's precision).
+///
+/// The behaviour suite (`crates/assets/tests/store.rs`) runs every implementation: SQLite and
+/// PostgreSQL.
 #[async_trait]
 pub trait AssetStore: Send + Sync + fmt::Debug + 'static {
     /// Adds `record`.

@@ -123,7 +123,7 @@ pub(crate) async fn into_dto(row: AssetRecord, storage: &dyn Storage) -> AssetDt
 
 /// The record store over the server's database.
 pub(crate) fn store(state: &AppState) -> Arc<dyn AssetStore> {
-    crate::db::asset_store(&state.db)
+    state.assets.clone()
 }
 
 /// The user's root folder: NodeTool gives "Home" the user's id.

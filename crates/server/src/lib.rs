@@ -35,6 +35,7 @@ pub mod trpc;
 pub mod wire;
 pub mod workflow_examples;
 pub mod workflow_run;
+pub mod workflow_store;
 pub mod workflow_versions;
 pub mod workflows;
 pub mod ws;
@@ -48,7 +49,6 @@ use axum::Router;
 use nodetool_core::Result;
 use nodetool_runtime::Resources;
 use nodetool_storage::UrlSigner;
-use sqlx::SqlitePool;
 
 pub use auth::{AuthUser, Authenticator, Caller, StaticTokens, LOCAL_USER};
 pub use error::ApiError;
@@ -113,7 +113,10 @@ pub struct AppState(Arc<AppStateInner>);
 pub struct AppStateInner {
     pub resources: Arc<Resources>,
     pub auth: Authenticator,
-    pub db: SqlitePool,
+    /// Asset records (`/api/assets`), in SQLite or PostgreSQL.
+    pub assets: Arc<dyn nodetool_core::AssetStore>,
+    /// Workflows and their versions, in SQLite or PostgreSQL.
+    pub workflows: workflow_store::WorkflowStore,
     /// Verifies signed storage URLs; `None` disables them.
     pub signer: Option<UrlSigner>,
     pub metrics: Arc<Metrics>,
@@ -144,13 +147,20 @@ impl std::fmt::Debug for AppStateInner {
 
 impl AppState {
     /// State with options from the settings and the signer the resources sign URLs with.
-    pub fn new(resources: Arc<Resources>, auth: Authenticator, db: SqlitePool) -> Self {
+    /// `records`: a SQLite pool from [`db::open`] or the stores of [`db::Records::open`].
+    pub fn new(
+        resources: Arc<Resources>,
+        auth: Authenticator,
+        records: impl Into<db::Records>,
+    ) -> Self {
+        let records = records.into();
         let options = ServerOptions::from_settings(resources.settings());
         Self(Arc::new(AppStateInner {
             signer: resources.url_signer().cloned(),
             resources,
             auth,
-            db,
+            assets: records.assets,
+            workflows: records.workflows,
             metrics: Arc::new(Metrics::default()),
             options,
             jobs: None,

@@ -282,7 +282,9 @@ async fn call(state: &AppState, user: &str, path: &str, input: Value) -> CallRes
             let version = field(path, &input, "version_id")?;
             let workflow = match field(path, &input, "id") {
                 Ok(w) => w,
-                Err(_) => workflow_versions::workflow_of_version(&state.db, &version).await?,
+                Err(_) => {
+                    workflow_versions::workflow_of_version(&state.workflows, &version).await?
+                }
             };
             ok_unit(workflow_versions::delete_version(s(), u(), Path((workflow, version))).await)
         }

@@ -1,6 +1,6 @@
 //! Workflow versions and autosave: NodeTool's `WorkflowVersion` (a numbered snapshot of a
-//! workflow's graph, `save_type` `manual` or `autosave`), in the server's database
-//! (`nodetool_workflow_versions`, migration `20260103000200`).
+//! workflow's graph, `save_type` `manual` or `autosave`), in the workflow store
+//! ([`WorkflowStore`]: `nodetool_workflow_versions`, migration `20260103000200`).
 //!
 //! - `GET /api/workflows/{id}/versions?limit=` → `{versions}`, newest first.
 //! - `POST /api/workflows/{id}/versions` `{name?, description?}`: a manual version of the
@@ -23,13 +23,13 @@ use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use chrono::{DateTime, Utc};
+use chrono::Utc;
 use serde::Deserialize;
 use serde_json::{json, Value};
-use sqlx::{Row, SqlitePool};
 
 use crate::auth::AuthUser;
 use crate::error::{ApiError, ApiResult};
+use crate::workflow_store::{NewVersion, VersionRow, WorkflowPatch, WorkflowStore};
 use crate::workflows::{check_graph, owned, row_to_dto, WorkflowDto};
 use crate::AppState;
 
@@ -57,75 +57,23 @@ pub fn routes() -> Router<AppState> {
         .route("/api/workflows/{id}/autosave", post(autosave).put(autosave))
 }
 
-/// Removes every version of `workflow_id` (its workflow was deleted).
-pub(crate) async fn delete_all(pool: &SqlitePool, workflow_id: &str) -> ApiResult<()> {
-    sqlx::query("DELETE FROM nodetool_workflow_versions WHERE workflow_id = ?")
-        .bind(workflow_id)
-        .execute(pool)
-        .await?;
-    Ok(())
-}
-
-fn version_json(row: &sqlx::sqlite::SqliteRow) -> ApiResult<Value> {
-    let parse = |col: &str| -> ApiResult<Value> {
-        let text: Option<String> = row.try_get(col)?;
-        Ok(text
-            .map(|t| serde_json::from_str(&t).unwrap_or(Value::Null))
-            .unwrap_or(Value::Null))
+fn version_json(row: &VersionRow) -> Value {
+    let parse = |text: Option<&str>| {
+        text.map(|t| serde_json::from_str(t).unwrap_or(Value::Null))
+            .unwrap_or(Value::Null)
     };
-    let created: DateTime<Utc> = row.try_get("created_at")?;
-    Ok(json!({
-        "id": row.try_get::<String, _>("id")?,
-        "workflow_id": row.try_get::<String, _>("workflow_id")?,
-        "user_id": row.try_get::<String, _>("user_id")?,
-        "name": row.try_get::<Option<String>, _>("name")?,
-        "description": row.try_get::<Option<String>, _>("description")?,
-        "graph": parse("graph")?,
-        "version": row.try_get::<i64, _>("version")?,
-        "save_type": row.try_get::<String, _>("save_type")?,
-        "autosave_metadata": parse("autosave_metadata")?,
-        "created_at": created,
-    }))
-}
-
-/// Inserts the next version of `workflow_id` (one statement, so two saves never share a
-/// number) and returns its row.
-#[allow(clippy::too_many_arguments)]
-async fn insert_version(
-    pool: &SqlitePool,
-    workflow_id: &str,
-    user: &str,
-    save_type: &str,
-    name: Option<&str>,
-    description: Option<&str>,
-    graph: &str,
-    autosave_metadata: Option<&Value>,
-) -> ApiResult<sqlx::sqlite::SqliteRow> {
-    let id = nodetool_core::id::new_id();
-    sqlx::query(
-        "INSERT INTO nodetool_workflow_versions (id, workflow_id, user_id, version, save_type, \
-         name, description, graph, autosave_metadata, created_at) \
-         SELECT ?, ?, ?, COALESCE(MAX(version), 0) + 1, ?, ?, ?, ?, ?, ? \
-         FROM nodetool_workflow_versions WHERE workflow_id = ?",
-    )
-    .bind(&id)
-    .bind(workflow_id)
-    .bind(user)
-    .bind(save_type)
-    .bind(name)
-    .bind(description)
-    .bind(graph)
-    .bind(autosave_metadata.map(Value::to_string))
-    .bind(Utc::now())
-    .bind(workflow_id)
-    .execute(pool)
-    .await?;
-    Ok(
-        sqlx::query("SELECT * FROM nodetool_workflow_versions WHERE id = ?")
-            .bind(&id)
-            .fetch_one(pool)
-            .await?,
-    )
+    json!({
+        "id": row.id,
+        "workflow_id": row.workflow_id,
+        "user_id": row.user_id,
+        "name": row.name,
+        "description": row.description,
+        "graph": parse(Some(&row.graph)),
+        "version": row.version,
+        "save_type": row.save_type,
+        "autosave_metadata": parse(row.autosave_metadata.as_deref()),
+        "created_at": row.created_at,
+    })
 }
 
 #[derive(Debug, Deserialize)]
@@ -139,25 +87,15 @@ pub(crate) async fn list_versions(
     Path(id): Path<String>,
     Query(q): Query<ListQuery>,
 ) -> ApiResult<Json<Value>> {
-    owned(&state.db, &user, &id, "versioned").await?;
+    owned(&state.workflows, &user, &id, "versioned").await?;
     let limit = q.limit.unwrap_or(100);
     if !(1..=MAX_LIST).contains(&limit) {
         return Err(ApiError::bad_request(format!(
             "limit must be between 1 and {MAX_LIST}, got {limit}"
         )));
     }
-    let rows = sqlx::query(
-        "SELECT * FROM nodetool_workflow_versions WHERE workflow_id = ? \
-         ORDER BY version DESC LIMIT ?",
-    )
-    .bind(&id)
-    .bind(limit)
-    .fetch_all(&state.db)
-    .await?;
-    let versions = rows
-        .iter()
-        .map(version_json)
-        .collect::<ApiResult<Vec<_>>>()?;
+    let rows = state.workflows.list_versions(&id, limit).await?;
+    let versions: Vec<Value> = rows.iter().map(version_json).collect();
     Ok(Json(json!({ "versions": versions })))
 }
 
@@ -174,40 +112,27 @@ pub(crate) async fn create_version(
     body: Option<Json<CreateBody>>,
 ) -> ApiResult<Json<Value>> {
     let body = body.map(|Json(b)| b).unwrap_or_default();
-    let row = owned(&state.db, &user, &id, "versioned").await?;
-    let graph: String = row.try_get("graph")?;
-    let v = insert_version(
-        &state.db,
-        &id,
-        &user,
-        "manual",
-        body.name.as_deref(),
-        body.description.as_deref(),
-        &graph,
-        None,
-    )
-    .await?;
-    Ok(Json(version_json(&v)?))
+    let row = owned(&state.workflows, &user, &id, "versioned").await?;
+    let v = state
+        .workflows
+        .insert_version(&NewVersion {
+            workflow_id: &id,
+            user_id: &user,
+            save_type: "manual",
+            name: body.name.as_deref(),
+            description: body.description.as_deref(),
+            graph: &row.graph,
+            autosave_metadata: None,
+        })
+        .await?;
+    Ok(Json(version_json(&v)))
 }
 
 /// The version of `workflow_id` named by `v`: its id, else its number.
-async fn find_version(
-    pool: &SqlitePool,
-    workflow_id: &str,
-    v: &str,
-) -> ApiResult<sqlx::sqlite::SqliteRow> {
-    let number = v.parse::<i64>().ok();
-    sqlx::query(
-        "SELECT * FROM nodetool_workflow_versions WHERE workflow_id = ? \
-         AND (id = ? OR version = ?) ORDER BY id = ? DESC LIMIT 1",
-    )
-    .bind(workflow_id)
-    .bind(v)
-    .bind(number)
-    .bind(v)
-    .fetch_optional(pool)
-    .await?
-    .ok_or_else(|| ApiError::not_found(format!("version {v} of workflow {workflow_id} not found")))
+async fn find_version(store: &WorkflowStore, workflow_id: &str, v: &str) -> ApiResult<VersionRow> {
+    store.find_version(workflow_id, v).await?.ok_or_else(|| {
+        ApiError::not_found(format!("version {v} of workflow {workflow_id} not found"))
+    })
 }
 
 fn version_number(v: &str) -> ApiResult<i64> {
@@ -222,10 +147,10 @@ pub(crate) async fn get_version(
     Path((id, v)): Path<(String, String)>,
 ) -> ApiResult<Json<Value>> {
     version_number(&v)?;
-    owned(&state.db, &user, &id, "versioned").await?;
+    owned(&state.workflows, &user, &id, "versioned").await?;
     Ok(Json(version_json(
-        &find_version(&state.db, &id, &v).await?,
-    )?))
+        &find_version(&state.workflows, &id, &v).await?,
+    )))
 }
 
 pub(crate) async fn delete_version(
@@ -233,21 +158,19 @@ pub(crate) async fn delete_version(
     AuthUser(user): AuthUser,
     Path((id, v)): Path<(String, String)>,
 ) -> ApiResult<StatusCode> {
-    owned(&state.db, &user, &id, "versioned").await?;
-    let row = find_version(&state.db, &id, &v).await?;
-    let vid: String = row.try_get("id")?;
-    sqlx::query("DELETE FROM nodetool_workflow_versions WHERE id = ?")
-        .bind(&vid)
-        .execute(&state.db)
-        .await?;
+    owned(&state.workflows, &user, &id, "versioned").await?;
+    let row = find_version(&state.workflows, &id, &v).await?;
+    state.workflows.delete_version(&row.id).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
 /// The workflow a version id belongs to (tRPC's `versions.delete` names only the version).
-pub(crate) async fn workflow_of_version(pool: &SqlitePool, version_id: &str) -> ApiResult<String> {
-    sqlx::query_scalar("SELECT workflow_id FROM nodetool_workflow_versions WHERE id = ?")
-        .bind(version_id)
-        .fetch_optional(pool)
+pub(crate) async fn workflow_of_version(
+    store: &WorkflowStore,
+    version_id: &str,
+) -> ApiResult<String> {
+    store
+        .workflow_of_version(version_id)
         .await?
         .ok_or_else(|| ApiError::not_found(format!("version {version_id} not found")))
 }
@@ -258,19 +181,17 @@ pub(crate) async fn restore_version(
     Path((id, v)): Path<(String, String)>,
 ) -> ApiResult<Json<WorkflowDto>> {
     version_number(&v)?;
-    owned(&state.db, &user, &id, "restored").await?;
-    let version = find_version(&state.db, &id, &v).await?;
-    let graph: String = version.try_get("graph")?;
-    sqlx::query(
-        "UPDATE nodetool_workflows SET graph = ?, updated_at = ? WHERE id = ? AND user_id = ?",
-    )
-    .bind(&graph)
-    .bind(Utc::now())
-    .bind(&id)
-    .bind(&user)
-    .execute(&state.db)
-    .await?;
-    let row = owned(&state.db, &user, &id, "restored").await?;
+    owned(&state.workflows, &user, &id, "restored").await?;
+    let version = find_version(&state.workflows, &id, &v).await?;
+    let patch = WorkflowPatch {
+        graph: Some(version.graph),
+        ..WorkflowPatch::default()
+    };
+    state
+        .workflows
+        .update(&user, &id, &patch, Utc::now())
+        .await?;
+    let row = owned(&state.workflows, &user, &id, "restored").await?;
     Ok(Json(row_to_dto(&row)?))
 }
 
@@ -304,16 +225,10 @@ pub(crate) async fn autosave(
             "max_versions must be between 1 and {MAX_AUTOSAVES}, got {keep}"
         )));
     }
-    let row = owned(&state.db, &user, &id, "autosaved").await?;
-    let updated_at: DateTime<Utc> = row.try_get("updated_at")?;
+    let row = owned(&state.workflows, &user, &id, "autosaved").await?;
+    let updated_at = row.updated_at;
     if !body.force {
-        let last: Option<DateTime<Utc>> = sqlx::query_scalar(
-            "SELECT created_at FROM nodetool_workflow_versions \
-             WHERE workflow_id = ? AND save_type = 'autosave' ORDER BY version DESC LIMIT 1",
-        )
-        .bind(&id)
-        .fetch_optional(&state.db)
-        .await?;
+        let last = state.workflows.last_autosave_at(&id).await?;
         if last.is_some_and(|t| Utc::now() - t < AUTOSAVE_INTERVAL) {
             return Ok(Json(json!({
                 "version": null,
@@ -329,46 +244,29 @@ pub(crate) async fn autosave(
         .filter(|a| matches!(*a, "public" | "private"));
     let graph_text = graph.to_string();
     let now = Utc::now();
-    sqlx::query(
-        "UPDATE nodetool_workflows SET graph = ?, name = COALESCE(?, name), \
-         description = COALESCE(?, description), access = COALESCE(?, access), updated_at = ? \
-         WHERE id = ? AND user_id = ?",
-    )
-    .bind(&graph_text)
-    .bind(&body.name)
-    .bind(&body.description)
-    .bind(access)
-    .bind(now)
-    .bind(&id)
-    .bind(&user)
-    .execute(&state.db)
-    .await?;
-    let saved = owned(&state.db, &user, &id, "autosaved").await?;
-    let name: String = saved.try_get("name")?;
-    let description: String = saved.try_get("description")?;
-    let v = insert_version(
-        &state.db,
-        &id,
-        &user,
-        "autosave",
-        Some(&name),
-        Some(&description),
-        &graph_text,
-        body.autosave_metadata.as_ref(),
-    )
-    .await?;
-    let pruned = sqlx::query(
-        "DELETE FROM nodetool_workflow_versions WHERE workflow_id = ? AND save_type = 'autosave' \
-         AND id NOT IN (SELECT id FROM nodetool_workflow_versions WHERE workflow_id = ? \
-         AND save_type = 'autosave' ORDER BY version DESC LIMIT ?)",
-    )
-    .bind(&id)
-    .bind(&id)
-    .bind(keep)
-    .execute(&state.db)
-    .await?
-    .rows_affected();
-    let version = version_json(&v)?;
+    let patch = WorkflowPatch {
+        graph: Some(graph_text.clone()),
+        name: body.name.clone(),
+        description: body.description.clone(),
+        access: access.map(str::to_owned),
+        ..WorkflowPatch::default()
+    };
+    state.workflows.update(&user, &id, &patch, now).await?;
+    let saved = owned(&state.workflows, &user, &id, "autosaved").await?;
+    let v = state
+        .workflows
+        .insert_version(&NewVersion {
+            workflow_id: &id,
+            user_id: &user,
+            save_type: "autosave",
+            name: Some(&saved.name),
+            description: Some(&saved.description),
+            graph: &graph_text,
+            autosave_metadata: body.autosave_metadata.as_ref().map(Value::to_string),
+        })
+        .await?;
+    let pruned = state.workflows.prune_autosaves(&id, keep).await?;
+    let version = version_json(&v);
     tracing::debug!(workflow_id = %id, version = %version["version"], pruned, "autosaved");
     Ok(Json(json!({
         "version": {

@@ -1,4 +1,5 @@
-//! `/api/workflows`: NodeTool's workflow store, per user, in the server's database.
+//! `/api/workflows`: NodeTool's workflow store, per user, in the server's database (SQLite or
+//! PostgreSQL: [`WorkflowStore`]).
 //!
 //! - `GET /api/workflows?limit=&cursor=` lists the caller's workflows, newest first, as
 //!   `{workflows, next}` (`next` is the cursor of the following page or `""`).
@@ -21,10 +22,11 @@ use axum::{Json, Router};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
-use sqlx::{Row, SqlitePool};
+use sqlx::SqlitePool;
 
 use crate::auth::AuthUser;
 use crate::error::{ApiError, ApiResult};
+pub use crate::workflow_store::{WorkflowPatch, WorkflowRow, WorkflowStore};
 use crate::AppState;
 
 const DEFAULT_PAGE: i64 = 100;
@@ -149,11 +151,10 @@ pub(crate) fn check_graph(graph: &Value) -> ApiResult<()> {
     Ok(())
 }
 
-pub(crate) fn row_to_dto(row: &sqlx::sqlite::SqliteRow) -> ApiResult<WorkflowDto> {
-    let parse = |col: &str| -> ApiResult<Option<Value>> {
-        let text: Option<String> = row.try_get(col)?;
+pub(crate) fn row_to_dto(row: &WorkflowRow) -> ApiResult<WorkflowDto> {
+    let parse = |col: &str, text: Option<&str>| -> ApiResult<Option<Value>> {
         text.map(|t| {
-            serde_json::from_str(&t).map_err(|e| {
+            serde_json::from_str(t).map_err(|e| {
                 ApiError::from(
                     nodetool_core::Error::unexpected(format!("stored workflow {col} is not JSON"))
                         .with_source(e),
@@ -162,57 +163,48 @@ pub(crate) fn row_to_dto(row: &sqlx::sqlite::SqliteRow) -> ApiResult<WorkflowDto
         })
         .transpose()
     };
-    let tags: Vec<String> = parse("tags")?
+    let tags: Vec<String> = parse("tags", Some(&row.tags))?
         .and_then(|v| serde_json::from_value(v).ok())
         .unwrap_or_default();
-    let thumbnail: Option<String> = row.try_get("thumbnail")?;
     Ok(WorkflowDto {
-        id: row.try_get("id")?,
-        user_id: row.try_get("user_id")?,
-        access: row.try_get("access")?,
-        name: row.try_get("name")?,
-        description: row.try_get("description")?,
+        id: row.id.clone(),
+        user_id: row.user_id.clone(),
+        access: row.access.clone(),
+        name: row.name.clone(),
+        description: row.description.clone(),
         tags,
-        thumbnail_url: thumbnail.clone(),
-        thumbnail,
-        graph: parse("graph")?.unwrap_or_else(|| json!({"nodes": [], "edges": []})),
-        settings: parse("settings")?,
-        run_mode: row.try_get("run_mode")?,
-        tool_name: row.try_get("tool_name")?,
-        created_at: row.try_get("created_at")?,
-        updated_at: row.try_get("updated_at")?,
+        thumbnail_url: row.thumbnail.clone(),
+        thumbnail: row.thumbnail.clone(),
+        graph: parse("graph", Some(&row.graph))?
+            .unwrap_or_else(|| json!({"nodes": [], "edges": []})),
+        settings: parse("settings", row.settings.as_deref())?,
+        run_mode: row.run_mode.clone(),
+        tool_name: row.tool_name.clone(),
+        created_at: row.created_at,
+        updated_at: row.updated_at,
     })
 }
 
 /// The row `id` as the caller may see it: their own or a public one; anything else is
 /// "not found" (never "forbidden": that would confirm another user's id exists).
-pub(crate) async fn visible(
-    pool: &SqlitePool,
-    user: &str,
-    id: &str,
-) -> ApiResult<sqlx::sqlite::SqliteRow> {
-    sqlx::query(
-        "SELECT * FROM nodetool_workflows WHERE id = ? AND (user_id = ? OR access = 'public')",
-    )
-    .bind(id)
-    .bind(user)
-    .fetch_optional(pool)
-    .await?
-    .ok_or_else(|| ApiError::not_found(format!("workflow {id} not found")))
+pub(crate) async fn visible(store: &WorkflowStore, user: &str, id: &str) -> ApiResult<WorkflowRow> {
+    store
+        .visible(user, id)
+        .await?
+        .ok_or_else(|| ApiError::not_found(format!("workflow {id} not found")))
 }
 
 /// The row `id` if `user` owns it. Another user's public workflow is 403 (the caller can see
 /// it, so the refusal says why: `verb` names what only the owner may do); a private one, or none,
 /// is 404.
 pub(crate) async fn owned(
-    pool: &SqlitePool,
+    store: &WorkflowStore,
     user: &str,
     id: &str,
     verb: &str,
-) -> ApiResult<sqlx::sqlite::SqliteRow> {
-    let row = visible(pool, user, id).await?;
-    let owner: String = row.try_get("user_id")?;
-    if owner != user {
+) -> ApiResult<WorkflowRow> {
+    let row = visible(store, user, id).await?;
+    if row.user_id != user {
         return Err(not_owner(id, verb));
     }
     Ok(row)
@@ -224,7 +216,7 @@ pub(crate) async fn owned(
 /// with neither stays as it is, for the manager's own "needs a graph" refusal. Another user's
 /// private workflow is "not found", as everywhere.
 pub async fn resolve_stored_graph(
-    pool: &SqlitePool,
+    store: &WorkflowStore,
     user: &str,
     request: &mut nodetool_exec::RunJobRequest,
 ) -> nodetool_core::Result<()> {
@@ -234,7 +226,7 @@ pub async fn resolve_stored_graph(
     let Some(id) = request.workflow_id.clone().filter(|id| !id.is_empty()) else {
         return Ok(());
     };
-    let row = visible(pool, user, &id).await.map_err(|e| {
+    let row = visible(store, user, &id).await.map_err(|e| {
         if e.status() == StatusCode::NOT_FOUND {
             nodetool_core::Error::not_found(e.message().to_owned())
         } else {
@@ -242,12 +234,7 @@ pub async fn resolve_stored_graph(
         }
         .with_operation("workflows.resolve_graph")
     })?;
-    let text: String = row.try_get("graph").map_err(|e| {
-        nodetool_core::Error::unexpected("stored workflow row has no graph")
-            .with_operation("workflows.resolve_graph")
-            .with_source(e)
-    })?;
-    let graph = serde_json::from_str(&text).map_err(|e| {
+    let graph = serde_json::from_str(&row.graph).map_err(|e| {
         nodetool_core::Error::invalid_input(format!(
             "stored workflow {id} has a graph that cannot run: {e}"
         ))
@@ -276,16 +263,10 @@ pub(crate) async fn list(
     }
     let cursor = q.cursor.filter(|c| !c.is_empty());
     // Newest first: ids are UUIDv7 (or client ids, which sort among them by their text).
-    let rows = sqlx::query(
-        "SELECT * FROM nodetool_workflows WHERE user_id = ? AND (? IS NULL OR id < ?) \
-         ORDER BY id DESC LIMIT ?",
-    )
-    .bind(&user)
-    .bind(&cursor)
-    .bind(&cursor)
-    .bind(limit + 1)
-    .fetch_all(&state.db)
-    .await?;
+    let rows = state
+        .workflows
+        .list(&user, cursor.as_deref(), Some(limit + 1))
+        .await?;
     let more = rows.len() as i64 > limit;
     let mut workflows = Vec::new();
     for row in rows.iter().take(limit as usize) {
@@ -326,36 +307,39 @@ pub(crate) async fn create(
         }
     }
     let id = nodetool_core::id::new_id();
-    insert(&state.db, &user, &id, req).await?;
-    let row = visible(&state.db, &user, &id).await?;
+    insert(&state.workflows, &user, &id, req).await?;
+    let row = visible(&state.workflows, &user, &id).await?;
     Ok(Json(row_to_dto(&row)?))
 }
 
-async fn insert(pool: &SqlitePool, user: &str, id: &str, req: WorkflowRequest) -> ApiResult<()> {
+async fn insert(
+    store: &WorkflowStore,
+    user: &str,
+    id: &str,
+    req: WorkflowRequest,
+) -> ApiResult<()> {
     let now = Utc::now();
     let graph = req
         .graph
         .unwrap_or_else(|| json!({"nodes": [], "edges": []}));
-    sqlx::query(
-        "INSERT INTO nodetool_workflows (id, user_id, access, name, description, tags, \
-         thumbnail, graph, settings, run_mode, tool_name, created_at, updated_at) \
-         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-    )
-    .bind(id)
-    .bind(user)
-    .bind(req.access.as_deref().unwrap_or("private"))
-    .bind(req.name.as_deref().unwrap_or("Untitled"))
-    .bind(req.description.as_deref().unwrap_or(""))
-    .bind(serde_json::to_string(&req.tags.unwrap_or_default()).unwrap_or_else(|_| "[]".into()))
-    .bind(&req.thumbnail)
-    .bind(graph.to_string())
-    .bind(req.settings.as_ref().map(Value::to_string))
-    .bind(&req.run_mode)
-    .bind(&req.tool_name)
-    .bind(now)
-    .bind(now)
-    .execute(pool)
-    .await?;
+    store
+        .insert(&WorkflowRow {
+            id: id.to_owned(),
+            user_id: user.to_owned(),
+            access: req.access.unwrap_or_else(|| "private".to_owned()),
+            name: req.name.unwrap_or_else(|| "Untitled".to_owned()),
+            description: req.description.unwrap_or_default(),
+            tags: serde_json::to_string(&req.tags.unwrap_or_default())
+                .unwrap_or_else(|_| "[]".into()),
+            thumbnail: req.thumbnail,
+            graph: graph.to_string(),
+            settings: req.settings.as_ref().map(Value::to_string),
+            run_mode: req.run_mode,
+            tool_name: req.tool_name,
+            created_at: now,
+            updated_at: now,
+        })
+        .await?;
     Ok(())
 }
 
@@ -364,7 +348,7 @@ pub(crate) async fn get_one(
     AuthUser(user): AuthUser,
     Path(id): Path<String>,
 ) -> ApiResult<Json<WorkflowDto>> {
-    let row = visible(&state.db, &user, &id).await?;
+    let row = visible(&state.workflows, &user, &id).await?;
     Ok(Json(row_to_dto(&row)?))
 }
 
@@ -385,43 +369,30 @@ pub(crate) async fn put_one(
             "a workflow id is 1-128 characters of letters, digits, '-' and '_'",
         ));
     }
-    let owner: Option<(String, String)> =
-        sqlx::query_as("SELECT user_id, access FROM nodetool_workflows WHERE id = ?")
-            .bind(&id)
-            .fetch_optional(&state.db)
-            .await?;
+    let owner = state.workflows.owner_of(&id).await?;
     match owner {
-        None => insert(&state.db, &user, &id, req).await?,
+        None => insert(&state.workflows, &user, &id, req).await?,
         Some((owner, _)) if owner == user => {
-            let now = Utc::now();
-            sqlx::query(
-                "UPDATE nodetool_workflows SET \
-                 name = COALESCE(?, name), description = COALESCE(?, description), \
-                 tags = COALESCE(?, tags), access = COALESCE(?, access), \
-                 thumbnail = COALESCE(?, thumbnail), graph = COALESCE(?, graph), \
-                 settings = COALESCE(?, settings), run_mode = COALESCE(?, run_mode), \
-                 tool_name = COALESCE(?, tool_name), updated_at = ? \
-                 WHERE id = ? AND user_id = ?",
-            )
-            .bind(&req.name)
-            .bind(&req.description)
-            .bind(req.tags.as_ref().map(|t| json!(t).to_string()))
-            .bind(&req.access)
-            .bind(&req.thumbnail)
-            .bind(req.graph.as_ref().map(Value::to_string))
-            .bind(req.settings.as_ref().map(Value::to_string))
-            .bind(&req.run_mode)
-            .bind(&req.tool_name)
-            .bind(now)
-            .bind(&id)
-            .bind(&user)
-            .execute(&state.db)
-            .await?;
+            let patch = WorkflowPatch {
+                name: req.name,
+                description: req.description,
+                tags: req.tags.as_ref().map(|t| json!(t).to_string()),
+                access: req.access,
+                thumbnail: req.thumbnail,
+                graph: req.graph.as_ref().map(Value::to_string),
+                settings: req.settings.as_ref().map(Value::to_string),
+                run_mode: req.run_mode,
+                tool_name: req.tool_name,
+            };
+            state
+                .workflows
+                .update(&user, &id, &patch, Utc::now())
+                .await?;
         }
         Some((_, access)) if access == "public" => return Err(not_owner(&id, "changed")),
         Some(_) => return Err(ApiError::not_found(format!("workflow {id} not found"))),
     }
-    let row = visible(&state.db, &user, &id).await?;
+    let row = visible(&state.workflows, &user, &id).await?;
     Ok(Json(row_to_dto(&row)?))
 }
 
@@ -430,17 +401,9 @@ pub(crate) async fn delete_one(
     AuthUser(user): AuthUser,
     Path(id): Path<String>,
 ) -> ApiResult<StatusCode> {
-    let done = sqlx::query("DELETE FROM nodetool_workflows WHERE id = ? AND user_id = ?")
-        .bind(&id)
-        .bind(&user)
-        .execute(&state.db)
-        .await?;
-    if done.rows_affected() > 0 {
-        crate::workflow_versions::delete_all(&state.db, &id).await?;
-    }
-    if done.rows_affected() == 0 {
+    if !state.workflows.delete(&user, &id).await? {
         // Someone else's public workflow: visible, so say why it cannot go.
-        return Err(match visible(&state.db, &user, &id).await {
+        return Err(match visible(&state.workflows, &user, &id).await {
             Ok(_) => not_owner(&id, "deleted"),
             Err(e) => e,
         });
@@ -453,19 +416,14 @@ pub mod store {
     use super::*;
 
     /// The caller's workflows, newest first, as NodeTool `Workflow` JSON.
-    pub async fn list(pool: &SqlitePool, user: &str) -> nodetool_core::Result<Vec<Value>> {
-        let rows =
-            sqlx::query("SELECT * FROM nodetool_workflows WHERE user_id = ? ORDER BY id DESC")
-                .bind(user)
-                .fetch_all(pool)
-                .await
-                .map_err(db_err)?;
+    pub async fn list(store: &WorkflowStore, user: &str) -> nodetool_core::Result<Vec<Value>> {
+        let rows = store.list(user, None, None).await?;
         rows.iter().map(|r| to_value(row_to_dto(r))).collect()
     }
 
     /// One workflow the caller may read.
-    pub async fn get(pool: &SqlitePool, user: &str, id: &str) -> nodetool_core::Result<Value> {
-        let row = visible(pool, user, id).await.map_err(|e| {
+    pub async fn get(store: &WorkflowStore, user: &str, id: &str) -> nodetool_core::Result<Value> {
+        let row = visible(store, user, id).await.map_err(|e| {
             // "Not found" stays that; anything else (the database) is not the caller's fault.
             let err = if e.status() == StatusCode::NOT_FOUND {
                 nodetool_core::Error::not_found(e.message().to_owned())
@@ -481,7 +439,7 @@ pub mod store {
     /// Imports a NodeTool workflow file (a saved `Workflow` or a bare `{nodes, edges}`) as a
     /// new workflow of `user`; returns its id.
     pub async fn import(
-        pool: &SqlitePool,
+        store: &WorkflowStore,
         user: &str,
         file: &Value,
     ) -> nodetool_core::Result<String> {
@@ -508,18 +466,12 @@ pub mod store {
         };
         req.check().map_err(invalid)?;
         let id = nodetool_core::id::new_id();
-        insert(pool, user, &id, req).await.map_err(invalid)?;
+        insert(store, user, &id, req).await.map_err(invalid)?;
         Ok(id)
     }
 
     fn to_value(dto: ApiResult<WorkflowDto>) -> nodetool_core::Result<Value> {
         let dto = dto.map_err(|e| nodetool_core::Error::unexpected(e.message().to_owned()))?;
         serde_json::to_value(dto).map_err(|e| nodetool_core::Error::unexpected(e.to_string()))
-    }
-
-    fn db_err(e: sqlx::Error) -> nodetool_core::Error {
-        nodetool_core::Error::new(nodetool_core::ErrorKind::Unavailable, "database error")
-            .with_operation("workflows")
-            .with_source(e)
     }
 }

@@ -128,7 +128,7 @@ enum Out {
 struct Session {
     user: String,
     /// The workflow store, for `run_job {workflow_id}` without a graph.
-    db: sqlx::SqlitePool,
+    workflows: crate::workflow_store::WorkflowStore,
     manager: Option<JobExecutionManager>,
     tx: mpsc::Sender<Out>,
     /// true: MessagePack binary frames; false: JSON text.
@@ -173,7 +173,7 @@ async fn session(state: AppState, user: String, traceparent: Option<String>, soc
     });
     let mut s = Session {
         user,
-        db: state.db.clone(),
+        workflows: state.workflows.clone(),
         manager: state.jobs.clone(),
         tx,
         binary,
@@ -388,7 +388,7 @@ impl Session {
             request.traceparent = self.traceparent.clone();
         }
         if let Err(e) =
-            crate::workflows::resolve_stored_graph(&self.db, &self.user, &mut request).await
+            crate::workflows::resolve_stored_graph(&self.workflows, &self.user, &mut request).await
         {
             return Some(ErrorFrame::new("run_job", "job_rejected", api_message(e)).into());
         }
