@@ -324,8 +324,7 @@ pub(crate) async fn job_manager(
         }
     }
 
-    let manager =
-        JobExecutionManager::new(store, strategies, config).await?;
+    let manager = JobExecutionManager::new(store, strategies, config).await?;
     if let Some(bridge) = &bridge {
         // job.end lets the worker release what a finished threaded job loaded.
         let bridge = bridge.clone();

@@ -625,10 +625,11 @@ fn job_execution_queue_needs_database_url() {
     let s = Fixture::new().load();
     assert_eq!(s.database.job_execution, JobExecution::Local);
     assert_eq!(s.database.job_max_attempts, 2);
-    let err = Fixture::new()
-        .env(&[("JOB_EXECUTION", "queue")])
-        .load_err();
-    assert!(err.contains("JOB_EXECUTION=queue needs DATABASE_URL"), "{err}");
+    let err = Fixture::new().env(&[("JOB_EXECUTION", "queue")]).load_err();
+    assert!(
+        err.contains("JOB_EXECUTION=queue needs DATABASE_URL"),
+        "{err}"
+    );
     let s = Fixture::new()
         .env(&[
             ("JOB_EXECUTION", "queue"),
@@ -638,6 +639,8 @@ fn job_execution_queue_needs_database_url() {
         .load();
     assert_eq!(s.database.job_execution, JobExecution::Queue);
     assert_eq!(s.database.job_lease, std::time::Duration::from_secs(3));
-    let err = Fixture::new().env(&[("JOB_EXECUTION", "cluster")]).load_err();
+    let err = Fixture::new()
+        .env(&[("JOB_EXECUTION", "cluster")])
+        .load_err();
     assert!(err.contains("JOB_EXECUTION"), "{err}");
 }

@@ -86,7 +86,8 @@ macro_rules! on_pool {
 pub struct JobStore {
     pub(crate) db: Db,
     /// PostgreSQL's `LISTEN` wake-ups (`crate::queue`), started on first use.
-    pub(crate) wakeups: std::sync::Arc<std::sync::OnceLock<tokio::sync::broadcast::Sender<crate::queue::Wakeup>>>,
+    pub(crate) wakeups:
+        std::sync::Arc<std::sync::OnceLock<tokio::sync::broadcast::Sender<crate::queue::Wakeup>>>,
 }
 
 /// How [`JobStore::connect`] reaches PostgreSQL.
@@ -167,8 +168,8 @@ impl JobStore {
     /// A private in-memory SQLite store (one connection, gone with the process): a queue
     /// worker's bookkeeping of the jobs it runs, whose real records are in the queue's store.
     pub async fn in_memory() -> Result<Self> {
-        let options = SqliteConnectOptions::from_str("sqlite::memory:")
-            .map_err(db_err("jobs.open"))?;
+        let options =
+            SqliteConnectOptions::from_str("sqlite::memory:").map_err(db_err("jobs.open"))?;
         let pool = SqlitePoolOptions::new()
             .max_connections(1)
             .min_connections(1)

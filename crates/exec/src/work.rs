@@ -127,7 +127,10 @@ impl QueueWorker {
                 Some(_) = jobs.join_next() => {}
             }
         }
-        tracing::info!(running = jobs.len(), "queue worker stopping: claiming no more jobs");
+        tracing::info!(
+            running = jobs.len(),
+            "queue worker stopping: claiming no more jobs"
+        );
         while jobs.join_next().await.is_some() {}
         Ok(())
     }
@@ -164,7 +167,8 @@ impl QueueWorker {
             }
         };
         let beat_every = (self.config.lease / 3).max(Duration::from_millis(100));
-        let mut beat = tokio::time::interval_at(tokio::time::Instant::now() + beat_every, beat_every);
+        let mut beat =
+            tokio::time::interval_at(tokio::time::Instant::now() + beat_every, beat_every);
         beat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut flush = tokio::time::interval(self.config.batch_delay);
         let mut batch: Vec<(u64, String)> = Vec::new();
@@ -218,8 +222,12 @@ impl QueueWorker {
         let record = match self.local.wait(&id).await {
             Ok(r) => r,
             Err(e) => {
-                self.fail(&lease, offset, &format!("the job's local record is lost: {e}"))
-                    .await;
+                self.fail(
+                    &lease,
+                    offset,
+                    &format!("the job's local record is lost: {e}"),
+                )
+                .await;
                 return;
             }
         };

@@ -149,10 +149,7 @@ async fn job_queue_on_postgres() {
             .unwrap());
         assert_eq!(expire(&store, "job").await, Status::Scheduled);
         // The expired holder can neither heartbeat nor write events or an outcome.
-        assert_eq!(
-            store.renew_lease(&first.lease, LEASE).await.unwrap(),
-            None
-        );
+        assert_eq!(store.renew_lease(&first.lease, LEASE).await.unwrap(), None);
         assert!(!store
             .append_events_fenced(&first.lease, &[(2, "{\"late\":1}".into())], 100)
             .await
@@ -184,10 +181,17 @@ async fn job_queue_on_postgres() {
             .finish_fenced(&second.lease, Status::Completed, None, None, &[], 100)
             .await
             .unwrap());
-        assert!(store.claim("w3", &all(), 10, LEASE).await.unwrap().is_empty());
+        assert!(store
+            .claim("w3", &all(), 10, LEASE)
+            .await
+            .unwrap()
+            .is_empty());
         // The late event of the first holder was refused: only its one event is stored.
         assert_eq!(
-            pg.psql("leases", "SELECT string_agg(seq::text, ',') FROM job_events"),
+            pg.psql(
+                "leases",
+                "SELECT string_agg(seq::text, ',') FROM job_events"
+            ),
             "1"
         );
 
@@ -228,7 +232,11 @@ async fn job_queue_on_postgres() {
             store.get("waiting").await.unwrap().unwrap().status,
             Status::Cancelled
         );
-        assert!(store.claim("w1", &all(), 10, LEASE).await.unwrap().is_empty());
+        assert!(store
+            .claim("w1", &all(), 10, LEASE)
+            .await
+            .unwrap()
+            .is_empty());
         assert_eq!(store.request_cancel("waiting").await.unwrap(), None);
 
         enqueue(&store, "claimed", &[], 2).await;
@@ -262,7 +270,9 @@ async fn job_queue_on_postgres() {
         };
         let got = store.claim("cpu", &cpu, 10, LEASE).await.unwrap();
         assert_eq!(
-            got.iter().map(|c| c.lease.job_id.as_str()).collect::<Vec<_>>(),
+            got.iter()
+                .map(|c| c.lease.job_id.as_str())
+                .collect::<Vec<_>>(),
             ["any"]
         );
         let docker_only = ClaimFilter {
