@@ -4,7 +4,8 @@
 //! one terminal event), a client follows a job over SSE from the server while a worker runs it,
 //! a cancel on the server stops the job on its worker, and a worker killed with SIGKILL mid-job
 //! loses its lease: the job is retried on the other worker (or failed "worker lost"), with one
-//! terminal state.
+//! terminal state; a second server follows a job it never saw; a PostgreSQL restart pauses
+//! claiming, which then resumes.
 #![allow(clippy::unwrap_used)]
 
 use std::collections::HashSet;
@@ -274,7 +275,7 @@ impl Api {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn one_server_two_workers_run_every_job_exactly_once() {
     let test = "one_server_two_workers_run_every_job_exactly_once";
-    let Some(pg) = PostgresServer::start().await else {
+    let Some(mut pg) = PostgresServer::start().await else {
         let why = PostgresServer::why_missing().unwrap_or_default();
         nodetool_testkit::skip_or_fail(test, &why);
         return;
@@ -355,11 +356,24 @@ async fn one_server_two_workers_run_every_job_exactly_once() {
     // emits them, with the same seqs.
     let id = api.submit(&sleep(3.0, "follow")).await;
     api.wait_status(&id, "running").await;
-    let (events, ws_events) = tokio::join!(api.follow(&id, 0), api.ws_follow(&id, 0));
+    // A second server, which never saw the job, follows it the same way.
+    let mut other = ServeProcess::start(env.cmd(&["serve"], &vars), HANG);
+    let other_api = Api {
+        base: other.url(""),
+        http: reqwest::Client::new(),
+    };
+    let (events, ws_events, elsewhere) = tokio::join!(
+        api.follow(&id, 0),
+        api.ws_follow(&id, 0),
+        other_api.follow(&id, 0)
+    );
     check_stream(&id, &events);
     assert_eq!(events.last().unwrap()["status"], "completed", "{events:?}");
     let seqs = |v: &[Value]| v.iter().map(|e| e["seq"].as_u64()).collect::<Vec<_>>();
     assert_eq!(seqs(&ws_events), seqs(&events), "{ws_events:?}");
+    assert_eq!(elsewhere, events);
+    let status = other.terminate(HANG);
+    assert!(status.success(), "second serve: {}", other.log());
     // From the middle: only what came after.
     let mid = events[events.len() / 2]["seq"].as_u64().unwrap();
     let rest: Vec<Value> = events
@@ -461,6 +475,37 @@ async fn one_server_two_workers_run_every_job_exactly_once() {
         ),
         if last["status"] == "completed" { "1" } else { "0" },
         "stored terminal events of {id}"
+    );
+
+    // --- PostgreSQL restarts: claiming pauses and resumes; nothing is lost or run twice.
+    pg.restart().await;
+    let requests: Vec<Value> = (0..4).map(|i| generate(3 + i)).collect();
+    let runs = futures::future::join_all(requests.iter().map(|r| api.run_streamed(r))).await;
+    for (id, live) in &runs {
+        check_stream(id, live);
+        assert_eq!(live.last().unwrap()["status"], "completed", "{live:?}");
+        assert_eq!(
+            pg.psql(
+                "queue",
+                &format!("SELECT attempts FROM jobs WHERE id = '{id}'")
+            ),
+            "1"
+        );
+    }
+
+    // SIGTERM: the surviving worker stops claiming and exits cleanly.
+    let survivor = &mut workers[1 - victim];
+    let ok = Command::new("kill")
+        .args(["-TERM", &survivor.pid().to_string()])
+        .status()
+        .unwrap()
+        .success();
+    assert!(ok);
+    let status = survivor.child.wait().unwrap();
+    assert!(
+        status.success(),
+        "work exited with {status}: {}",
+        survivor.log()
     );
 
     let status = server.terminate(HANG);
