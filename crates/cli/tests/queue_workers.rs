@@ -4,8 +4,8 @@
 //! one terminal event), a client follows a job over SSE from the server while a worker runs it,
 //! a cancel on the server stops the job on its worker, and a worker killed with SIGKILL mid-job
 //! loses its lease: the job is retried on the other worker (or failed "worker lost"), with one
-//! terminal state; a second server follows a job it never saw; a PostgreSQL restart pauses
-//! claiming, which then resumes.
+//! terminal state; a second server follows a job it never saw; `worker_tags` route a job to a
+//! worker started with `--tags`; a PostgreSQL restart pauses claiming, which then resumes.
 #![allow(clippy::unwrap_used)]
 
 use std::collections::HashSet;
@@ -55,9 +55,15 @@ struct Worker {
 
 impl Worker {
     fn start(env: &Env, name: &str, vars: &[(&str, &str)]) -> Self {
+        Self::start_with(env, name, &[], vars)
+    }
+
+    fn start_with(env: &Env, name: &str, extra: &[&str], vars: &[(&str, &str)]) -> Self {
         let log = env.path(&format!("{name}.log"));
+        let mut args = vec!["work", "--concurrency", "4", "--log", "info"];
+        args.extend_from_slice(extra);
         let child = env
-            .cmd(&["work", "--concurrency", "4", "--log", "info"], vars)
+            .cmd(&args, vars)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(&log).unwrap())
@@ -476,6 +482,23 @@ async fn one_server_two_workers_run_every_job_exactly_once() {
         if last["status"] == "completed" { "1" } else { "0" },
         "stored terminal events of {id}"
     );
+
+    // --- Tags route: a job asking for `gpu` waits for a worker started with `--tags gpu`.
+    let gpu = Worker::start_with(&env, "gpu", &["--tags", "gpu,big"], &vars);
+    let mut tagged = generate(4);
+    tagged["worker_tags"] = json!(["gpu"]);
+    let (id, live) = api.run_streamed(&tagged).await;
+    check_stream(&id, &live);
+    assert_eq!(live.last().unwrap()["status"], "completed", "{live:?}");
+    let owner = pg.psql(
+        "queue",
+        &format!("SELECT lease_owner FROM jobs WHERE id = '{id}'"),
+    );
+    assert!(
+        owner.contains(&format!("-{}-", gpu.pid())),
+        "{id} ran on {owner}, not on the gpu worker"
+    );
+    drop(gpu);
 
     // --- PostgreSQL restarts: claiming pauses and resumes; nothing is lost or run twice.
     pg.restart().await;
