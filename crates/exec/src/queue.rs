@@ -318,6 +318,34 @@ impl JobStore {
         Ok(true)
     }
 
+    /// Gives a claimed job back to the queue untouched (this worker is stopping before it
+    /// started it): `scheduled` again, this attempt not counted. False when the lease is lost.
+    pub async fn release(&self, lease: &Lease) -> Result<bool> {
+        let pool = self.pg("jobs.release")?;
+        let err = db_err("jobs.release");
+        let mut tx = pool.begin().await.map_err(&err)?;
+        let done = sqlx::query(
+            "UPDATE jobs SET status = 'scheduled', attempts = GREATEST(attempts - 1, 0), \
+             lease_owner = NULL, lease_token = NULL, lease_expires_at = NULL \
+             WHERE id = $1 AND lease_token = $2 AND status = 'running'",
+        )
+        .bind(&lease.job_id)
+        .bind(&lease.token)
+        .execute(&mut *tx)
+        .await
+        .map_err(&err)?;
+        if done.rows_affected() != 1 {
+            return Ok(false);
+        }
+        sqlx::query("SELECT pg_notify($1, '')")
+            .bind(QUEUE_CHANNEL)
+            .execute(&mut *tx)
+            .await
+            .map_err(&err)?;
+        tx.commit().await.map_err(&err)?;
+        Ok(true)
+    }
+
     /// A cancel from any server: marks a live queued job. A job no worker holds is cancelled
     /// at once; a claimed one by its worker at its next heartbeat. `Some(previous status)` for
     /// a job that was live, `None` for an ended or unknown one.

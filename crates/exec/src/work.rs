@@ -152,6 +152,14 @@ impl QueueWorker {
         // A retry landing on this worker again: forget the earlier run's local copy.
         let _ = self.local.delete_ended(&id, &spec.user_id).await;
         if let Err(e) = self.local.submit(request, &spec.user_id).await {
+            if e.kind() == nodetool_core::ErrorKind::Unavailable {
+                // Shutting down (or out of room for now): another worker takes it.
+                tracing::info!(job_id = %id, error = %e, "giving the job back to the queue");
+                if let Err(error) = self.store.release(&lease).await {
+                    tracing::warn!(job_id = %id, %error, "cannot give the job back; its lease will expire");
+                }
+                return;
+            }
             let why = format!("worker {} cannot run this job: {e}", self.config.owner);
             tracing::error!(job_id = %id, error = %e, "cannot start the queued job");
             self.fail(&lease, offset, &why).await;

@@ -220,6 +220,25 @@ async fn job_queue_on_postgres() {
         assert_eq!(rec.result, Some(json!({"out": [1]})));
     }
 
+    // --- A job given back before it started: waiting again, the attempt not counted.
+    {
+        let store = store(&pg, "release").await;
+        enqueue(&store, "back", &[], 1).await;
+        let c = store.claim("w1", &all(), 1, LEASE).await.unwrap();
+        assert!(store.release(&c[0].lease).await.unwrap());
+        assert!(!store.release(&c[0].lease).await.unwrap());
+        assert_eq!(
+            store.get("back").await.unwrap().unwrap().status,
+            Status::Scheduled
+        );
+        let again = store.claim("w2", &all(), 1, LEASE).await.unwrap();
+        assert_eq!(again[0].attempt, 1);
+        assert!(!store
+            .finish_fenced(&c[0].lease, Status::Completed, None, None, &[], 100)
+            .await
+            .unwrap());
+    }
+
     // --- Cancel: a waiting job ends at once; a claimed one is told at its heartbeat.
     {
         let store = store(&pg, "cancel").await;
