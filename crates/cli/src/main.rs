@@ -10,6 +10,7 @@ mod serve_cmd;
 mod settings_cmd;
 mod storage_cmd;
 mod telemetry;
+mod work_cmd;
 mod worker_cmd;
 mod workflows_cmd;
 
@@ -39,6 +40,8 @@ enum Command {
     Run(run_cmd::RunArgs),
     /// Serve the HTTP API (storage, assets) on 127.0.0.1:7777.
     Serve(serve_cmd::ServeArgs),
+    /// Claim and run queued jobs (JOB_EXECUTION=queue servers enqueue them in DATABASE_URL).
+    Work(work_cmd::WorkArgs),
     /// Show settings and where each value came from.
     Settings {
         #[command(subcommand)]
@@ -94,6 +97,7 @@ fn main() -> ExitCode {
         match cli.command {
             Command::Run(args) => run_cmd::run(args).await,
             Command::Serve(args) => serve_cmd::run(args).await,
+            Command::Work(args) => work_cmd::run(args).await,
             Command::Settings { command } => settings_cmd::run(command),
             Command::Storage { command } => storage_cmd::run(command).await,
             Command::Docker { command } => docker_cmd::run(command).await,

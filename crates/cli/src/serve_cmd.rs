@@ -140,7 +140,11 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
     // One key scope for the storage routes and every job, whatever its strategy: with a
     // multi-user provider a job's storage access stays under its user's prefix.
     let keys = auth.key_scope();
-    let (manager, bridge, node_metadata) = job_manager(&resources, store, keys).await?;
+    let config = nodetool_exec::ManagerConfig::from_settings(resources.settings());
+    if config.queue.is_some() {
+        tracing::info!("JOB_EXECUTION=queue: jobs are enqueued for `nodetool work` processes");
+    }
+    let (manager, bridge, node_metadata) = job_manager(&resources, store, keys, config).await?;
     let mut state = AppState::new(resources.clone(), auth.clone(), records.clone())
         .with_jobs(manager.clone())
         .with_node_metadata(node_metadata);
@@ -278,10 +282,11 @@ fn spawn_token_reload(
 /// `store` shares the server's database; workers use this process's resources through calls,
 /// with storage keys limited by `keys`. Threaded jobs run Python nodes on this process's bridge
 /// (returned, for shutdown). Also returns NodeTool's metadata of every type it runs.
-async fn job_manager(
+pub(crate) async fn job_manager(
     resources: &Arc<Resources>,
     store: nodetool_exec::JobStore,
     keys: nodetool_exec::KeyScope,
+    config: nodetool_exec::ManagerConfig,
 ) -> anyhow::Result<(
     nodetool_exec::JobExecutionManager,
     Option<nodetool_bridge::PythonBridge>,
@@ -290,7 +295,7 @@ async fn job_manager(
     use nodetool_engine::Engine;
     use nodetool_exec::subprocess::SubprocessStrategy;
     use nodetool_exec::threaded::ThreadedStrategy;
-    use nodetool_exec::{ExecutionStrategy, JobExecutionManager, ManagerConfig};
+    use nodetool_exec::{ExecutionStrategy, JobExecutionManager};
 
     let settings = resources.settings();
     let mut engine_resources = resources.engine_resources().await?;
@@ -325,8 +330,7 @@ async fn job_manager(
         }
     }
 
-    let manager =
-        JobExecutionManager::new(store, strategies, ManagerConfig::from_settings(settings)).await?;
+    let manager = JobExecutionManager::new(store, strategies, config).await?;
     if let Some(bridge) = &bridge {
         // job.end lets the worker release what a finished threaded job loaded.
         let bridge = bridge.clone();

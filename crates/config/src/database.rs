@@ -1,5 +1,7 @@
 //! Where jobs and job events are stored (`DATABASE_URL`), and how many of a job's events the
-//! database keeps, and for how long (`JOB_EVENTS_MAX_PER_JOB`, `JOB_EVENT_RETENTION`).
+//! database keeps, and for how long (`JOB_EVENTS_MAX_PER_JOB`, `JOB_EVENT_RETENTION`); whether
+//! servers run jobs or only enqueue them for `nodetool work` (`JOB_EXECUTION`, `JOB_LEASE_SECONDS`,
+//! `JOB_MAX_ATTEMPTS`).
 
 use std::time::Duration;
 
@@ -8,7 +10,26 @@ use nodetool_core::Result;
 use crate::parse::{self, Parsed};
 use crate::settings::Reader;
 
-/// `DATABASE_URL`, `JOB_EVENTS_MAX_PER_JOB`, `JOB_EVENT_RETENTION`.
+/// `JOB_EXECUTION`: where the jobs a server accepts run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum JobExecution {
+    /// In the accepting server's own strategies (the default).
+    Local,
+    /// Enqueued in PostgreSQL; `nodetool work` processes claim and run them.
+    Queue,
+}
+
+impl JobExecution {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Local => "local",
+            Self::Queue => "queue",
+        }
+    }
+}
+
+/// `DATABASE_URL`, `JOB_EVENTS_MAX_PER_JOB`, `JOB_EVENT_RETENTION`, `JOB_EXECUTION`,
+/// `JOB_LEASE_SECONDS`, `JOB_MAX_ATTEMPTS`.
 #[derive(Clone, PartialEq, Eq)]
 pub struct DatabaseSettings {
     /// `DATABASE_URL`: a `postgres://` URL that moves jobs, job events, asset records and
@@ -20,6 +41,12 @@ pub struct DatabaseSettings {
     pub job_events_max_per_job: u64,
     /// How long a finished job's events are kept.
     pub job_event_retention: Duration,
+    /// `JOB_EXECUTION`; `Queue` only with a `database_url` (checked at load).
+    pub job_execution: JobExecution,
+    /// `JOB_LEASE_SECONDS`: a claimed job's lease, renewed every third of it.
+    pub job_lease: Duration,
+    /// `JOB_MAX_ATTEMPTS`: runs of a queued job at most when its worker is lost (at least 1).
+    pub job_max_attempts: u32,
 }
 
 /// The URL's password never reaches a log line.
@@ -32,16 +59,45 @@ impl std::fmt::Debug for DatabaseSettings {
             )
             .field("job_events_max_per_job", &self.job_events_max_per_job)
             .field("job_event_retention", &self.job_event_retention)
+            .field("job_execution", &self.job_execution)
+            .field("job_lease", &self.job_lease)
+            .field("job_max_attempts", &self.job_max_attempts)
             .finish()
     }
 }
 
 impl DatabaseSettings {
     pub(crate) fn read(r: &Reader<'_>) -> Result<Self> {
+        let database_url = r.get("DATABASE_URL", postgres_url)?;
+        let job_execution = match r.choice("JOB_EXECUTION")? {
+            "queue" => JobExecution::Queue,
+            _ => JobExecution::Local,
+        };
+        if job_execution == JobExecution::Queue && database_url.is_none() {
+            return Err(nodetool_core::Error::new(
+                nodetool_core::ErrorKind::ConfigInvalid,
+                "JOB_EXECUTION=queue needs DATABASE_URL (a postgres:// URL): the queue lives in \
+                 PostgreSQL, shared by servers and `nodetool work` processes",
+            )
+            .with_context("setting", "JOB_EXECUTION"));
+        }
+        let job_lease = r.require("JOB_LEASE_SECONDS", parse::seconds)?;
+        if job_lease < Duration::from_secs(1) {
+            return Err(nodetool_core::Error::new(
+                nodetool_core::ErrorKind::ConfigInvalid,
+                "JOB_LEASE_SECONDS must be at least 1 second",
+            )
+            .with_context("setting", "JOB_LEASE_SECONDS"));
+        }
         Ok(Self {
-            database_url: r.get("DATABASE_URL", postgres_url)?,
+            database_url,
             job_events_max_per_job: r.require("JOB_EVENTS_MAX_PER_JOB", parse::count)? as u64,
             job_event_retention: r.require("JOB_EVENT_RETENTION", parse::seconds)?,
+            job_execution,
+            job_lease,
+            job_max_attempts: u32::try_from(r.require("JOB_MAX_ATTEMPTS", parse::count)?)
+                .unwrap_or(u32::MAX)
+                .max(1),
         })
     }
 }

@@ -91,6 +91,7 @@ pub const ENV_CHOICES: &[&str] = &["development", "production", "test"];
 pub const AUTH_PROVIDER_CHOICES: &[&str] = &["none", "local", "static", "supabase"];
 /// Execution strategies `ALLOWED_STRATEGIES` may name.
 pub const STRATEGY_CHOICES: &[&str] = &["threaded", "subprocess", "docker"];
+pub const JOB_EXECUTION_CHOICES: &[&str] = &["local", "queue"];
 pub const DOCKER_PULL_POLICY_CHOICES: &[&str] = &["never", "missing", "always"];
 
 const fn def(
@@ -176,6 +177,14 @@ pub const REGISTRY: &[SettingDef] = &[
         "Events of one job kept in the database (the latest), replayable after a restart"),
     def("JOB_EVENT_RETENTION", K::Seconds, D::Value("7d"),
         "How long a finished job's events stay in the database"),
+    def("JOB_EXECUTION", K::Choice(JOB_EXECUTION_CHOICES), D::Value("local"),
+        "local: `nodetool serve` runs the jobs it accepts; queue: it only enqueues them in \
+         DATABASE_URL's PostgreSQL and `nodetool work` processes run them (needs DATABASE_URL)"),
+    def("JOB_LEASE_SECONDS", K::Seconds, D::Value("30"),
+        "Queue mode: how long a worker's claim on a job lasts without a heartbeat (renewed every \
+         third of it); a job whose lease expires is retried or failed \"worker lost\""),
+    def("JOB_MAX_ATTEMPTS", K::Count, D::Value("2"),
+        "Queue mode: runs of one job at most when its worker is lost (2: one retry)"),
     // Caches.
     def("MEMCACHE_HOST", K::Text, D::None,
         "Memcached host; with MEMCACHE_PORT selects the memcached node cache"),

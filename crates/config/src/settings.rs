@@ -647,7 +647,7 @@ impl Reader<'_> {
             .ok_or_else(|| Error::unexpected(format!("setting {name} has no default")))
     }
 
-    fn choice(&self, name: &str) -> Result<&'static str> {
+    pub(crate) fn choice(&self, name: &str) -> Result<&'static str> {
         let r = self.find(name)?;
         match r.def.kind {
             ValueKind::Choice(choices) => self.require(name, |raw| parse::choice(raw, choices)),

@@ -618,3 +618,29 @@ fn database_url_is_a_postgres_url_shown_without_its_password() {
         assert!(!err.contains("hunter2-secret"), "{bad}: {err}");
     }
 }
+
+#[test]
+fn job_execution_queue_needs_database_url() {
+    use nodetool_config::database::JobExecution;
+    let s = Fixture::new().load();
+    assert_eq!(s.database.job_execution, JobExecution::Local);
+    assert_eq!(s.database.job_max_attempts, 2);
+    let err = Fixture::new().env(&[("JOB_EXECUTION", "queue")]).load_err();
+    assert!(
+        err.contains("JOB_EXECUTION=queue needs DATABASE_URL"),
+        "{err}"
+    );
+    let s = Fixture::new()
+        .env(&[
+            ("JOB_EXECUTION", "queue"),
+            ("DATABASE_URL", "postgresql://localhost/x"),
+            ("JOB_LEASE_SECONDS", "3"),
+        ])
+        .load();
+    assert_eq!(s.database.job_execution, JobExecution::Queue);
+    assert_eq!(s.database.job_lease, std::time::Duration::from_secs(3));
+    let err = Fixture::new()
+        .env(&[("JOB_EXECUTION", "cluster")])
+        .load_err();
+    assert!(err.contains("JOB_EXECUTION"), "{err}");
+}

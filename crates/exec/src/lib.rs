@@ -12,7 +12,9 @@
 //! - [`worker`]: the child side of the protocol (what `nodetool worker` runs).
 //! - [`docker`]: one container per job.
 //! - [`manager`]: [`JobExecutionManager`] (submit, get, list, cancel, wait, subscribe, shutdown).
-//! - [`store`]: job records and job events in SQLite.
+//! - [`store`]: job records and job events in SQLite or PostgreSQL.
+//! - [`queue`]: the durable queue on PostgreSQL (enqueue, claim, leases, fenced writes).
+//! - [`work`]: [`work::QueueWorker`], the claim-and-run loop of `nodetool work`.
 //! - [`event_log`]: batched writes of every job's events to the store, for replay after a restart.
 
 pub mod calls;
@@ -20,6 +22,7 @@ pub mod docker;
 pub mod event_log;
 pub mod manager;
 pub mod protocol;
+pub mod queue;
 pub mod reap;
 mod replay;
 pub mod scheduler;
@@ -30,11 +33,12 @@ pub mod strategy;
 pub mod subprocess;
 pub mod threaded;
 pub mod trace;
+pub mod work;
 pub mod worker;
 
 pub use calls::{KeyScope, WorkerServices};
 pub use event_log::{EventLog, EventLogConfig};
-pub use manager::{JobEvents, JobExecutionManager, ManagerConfig};
+pub use manager::{JobEvents, JobExecutionManager, ManagerConfig, QueueMode};
 pub use store::{JobRecord, JobStore, PostgresOptions};
 pub use strategy::{
     effective_time_limit, valid_job_id, Capabilities, ExecutionStrategy, JobError, JobHandle,

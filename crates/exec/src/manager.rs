@@ -64,7 +64,23 @@ pub struct ManagerConfig {
     /// Persist every job's events in the job store (batched), so replay survives a restart;
     /// `None` keeps them in memory only.
     pub event_log: Option<EventLogConfig>,
+    /// `JOB_EXECUTION=queue`: submitted jobs are only enqueued in the (PostgreSQL) store for
+    /// `nodetool work` processes; nothing runs here, and followers read the store.
+    pub queue: Option<QueueMode>,
 }
+
+/// How a queue-mode manager enqueues (`JOB_MAX_ATTEMPTS`, `JOB_LEASE_SECONDS`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct QueueMode {
+    /// Runs of a job at most when its worker is lost.
+    pub max_attempts: u32,
+    /// The workers' lease: expired leases are settled every half of it here too, so a job
+    /// whose worker died is retried or failed even when no other worker is polling.
+    pub lease: Duration,
+}
+
+/// How often a follower of a job run elsewhere re-reads the store without a wake-up.
+pub(crate) const FOLLOW_POLL: Duration = Duration::from_millis(500);
 
 impl Default for ManagerConfig {
     fn default() -> Self {
@@ -82,6 +98,7 @@ impl Default for ManagerConfig {
             replay_events: 131_072,
             retain_finished: Duration::from_secs(300),
             event_log: Some(EventLogConfig::default()),
+            queue: None,
         }
     }
 }
@@ -102,6 +119,12 @@ impl ManagerConfig {
                 .filter_map(|s| s.parse().ok())
                 .collect(),
             event_log: Some(EventLogConfig::from_settings(settings)),
+            queue: (settings.database.job_execution
+                == nodetool_config::database::JobExecution::Queue)
+                .then_some(QueueMode {
+                    max_attempts: settings.database.job_max_attempts,
+                    lease: settings.database.job_lease,
+                }),
             ..Self::default()
         }
     }
@@ -342,6 +365,13 @@ impl JobExecutionManager {
         strategies: Vec<Arc<dyn ExecutionStrategy>>,
         config: ManagerConfig,
     ) -> Result<Self> {
+        if config.queue.is_some() && store.backend() != "postgres" {
+            return Err(Error::new(
+                ErrorKind::ConfigInvalid,
+                "JOB_EXECUTION=queue needs the job store on PostgreSQL (DATABASE_URL)",
+            )
+            .with_operation("jobs.start"));
+        }
         let interrupted = store.reconcile_interrupted().await?;
         for job in &interrupted {
             tracing::warn!(job_id = %job.id, "marked failed: the runtime restarted while it ran");
@@ -355,7 +385,7 @@ impl JobExecutionManager {
             Some(cfg) => Some(EventLog::start(store.clone(), cfg).await),
             None => None,
         };
-        Ok(Self {
+        let manager = Self {
             inner: Arc::new(Inner {
                 event_log,
                 store,
@@ -371,7 +401,14 @@ impl JobExecutionManager {
                 owners: tokio_util::task::TaskTracker::new(),
                 finished_observers: Mutex::default(),
             }),
-        })
+        };
+        if let Some(queue) = manager.inner.config.queue {
+            tokio::spawn(settle_leases(
+                Arc::downgrade(&manager.inner),
+                (queue.lease / 2).max(Duration::from_millis(200)),
+            ));
+        }
+        Ok(manager)
     }
 
     pub fn store(&self) -> &JobStore {
@@ -453,6 +490,9 @@ impl JobExecutionManager {
         }
         let valid = request.validate()?;
         let kind = self.strategy_for(valid.strategy)?;
+        if let Some(queue) = self.inner.config.queue {
+            return self.enqueue(request, valid, kind, user_id, queue).await;
+        }
         let strategy = self.inner.strategies.get(&kind).cloned().ok_or_else(|| {
             Error::new(
                 ErrorKind::Unsupported,
@@ -542,6 +582,68 @@ impl JobExecutionManager {
         Ok(job_id)
     }
 
+    /// Queue mode: writes the job `scheduled` with what a worker needs (no secrets: workers run
+    /// jobs with their own settings) and returns its id; nothing runs here.
+    async fn enqueue(
+        &self,
+        mut request: RunJobRequest,
+        valid: crate::strategy::ValidRequest,
+        kind: StrategyKind,
+        user_id: &str,
+        queue: QueueMode,
+    ) -> Result<String> {
+        if valid.streaming_inputs {
+            return Err(Error::new(
+                ErrorKind::Unsupported,
+                "streaming_inputs is not available with JOB_EXECUTION=queue: the job runs on \
+                 another process, which streamed inputs cannot reach yet",
+            )
+            .with_operation("jobs.submit"));
+        }
+        let job_id = match valid.job_id {
+            Some(id) => self.unused_job_id(id).await?,
+            None => nodetool_core::id::new_id(),
+        };
+        // The operator's deadline travels with the job (the worker applies its own as well).
+        if let Some(limit) = self.inner.config.default_timeout {
+            let limits = request.resource_limits.get_or_insert_with(Default::default);
+            let cap = limit.as_secs_f64();
+            limits.time_seconds = Some(limits.time_seconds.map_or(cap, |t| t.min(cap)));
+        }
+        let tags = request.worker_tags.clone().unwrap_or_default();
+        request.job_id = Some(job_id.clone());
+        request.execution_strategy = Some(kind.as_str().to_owned());
+        request.user_id = None;
+        if let Some(tp) = crate::trace::traceparent_of(&tracing::Span::current()) {
+            request.traceparent.get_or_insert(tp);
+        }
+        let record = JobRecord {
+            id: job_id.clone(),
+            user_id: user_id.to_owned(),
+            workflow_id: valid.workflow_id,
+            strategy: kind,
+            status: Status::Scheduled,
+            params: Value::Object(valid.params),
+            created_at: Utc::now(),
+            started_at: None,
+            finished_at: None,
+            error: None,
+            result: None,
+            worker: None,
+        };
+        let spec = crate::queue::QueuedSpec {
+            version: crate::queue::QUEUE_SPEC_VERSION,
+            user_id: user_id.to_owned(),
+            request,
+        };
+        self.inner
+            .store
+            .enqueue(&record, &spec, &tags, queue.max_attempts)
+            .await?;
+        tracing::info!(job_id = %job_id, strategy = kind.as_str(), "job enqueued");
+        Ok(job_id)
+    }
+
     /// Deletes `user_id`'s ended job from the history: its record, its stored events and any
     /// copy still in memory. False if there is no such ended job (the caller checks first why).
     pub async fn delete_ended(&self, job_id: &str, user_id: &str) -> Result<bool> {
@@ -590,10 +692,17 @@ impl JobExecutionManager {
                 live.cancel.cancel();
                 Ok(!ended)
             }
-            None => match self.inner.store.get(job_id).await? {
-                Some(_) => Ok(false),
-                None => Err(not_found(job_id)),
-            },
+            None => {
+                if self.inner.config.queue.is_some()
+                    && self.inner.store.request_cancel(job_id).await?.is_some()
+                {
+                    return Ok(true);
+                }
+                match self.inner.store.get(job_id).await? {
+                    Some(_) => Ok(false),
+                    None => Err(not_found(job_id)),
+                }
+            }
         }
     }
 
@@ -650,7 +759,7 @@ impl JobExecutionManager {
         let not_found = || not_found(job_id).with_operation(op);
         let Some(live) = self.live(job_id) else {
             return match self.inner.store.get(job_id).await? {
-                Some(rec) if rec.user_id == user_id => Err(ended(job_id, op, rec.status)),
+                Some(rec) if rec.user_id == user_id => Err(elsewhere(job_id, op, rec.status)),
                 _ => Err(not_found()),
             };
         };
@@ -729,7 +838,7 @@ impl JobExecutionManager {
     ) -> Result<Arc<LiveJob>> {
         let Some(live) = self.live(job_id).filter(|l| l.user_id == user_id) else {
             return match self.inner.store.get(job_id).await? {
-                Some(rec) if rec.user_id == user_id => Err(ended(job_id, op, rec.status)),
+                Some(rec) if rec.user_id == user_id => Err(elsewhere(job_id, op, rec.status)),
                 _ => Err(not_found(job_id).with_operation(op)),
             };
         };
@@ -805,12 +914,25 @@ impl JobExecutionManager {
                 return Ok(rec);
             }
         }
-        // Not live any more (or the owner is gone): the store has the last word.
-        self.inner
-            .store
-            .get(job_id)
-            .await?
-            .ok_or_else(|| not_found(job_id))
+        // Not live any more (or the owner is gone): the store has the last word. A job run by a
+        // queue worker is waited for there.
+        let mut wake = self
+            .inner
+            .config
+            .queue
+            .and_then(|_| self.inner.store.wakeups());
+        loop {
+            let rec = self
+                .inner
+                .store
+                .get(job_id)
+                .await?
+                .ok_or_else(|| not_found(job_id))?;
+            if rec.status.is_terminal() || self.inner.config.queue.is_none() {
+                return Ok(rec);
+            }
+            crate::replay::wait_for_job(wake.as_mut(), job_id, FOLLOW_POLL).await;
+        }
     }
 
     /// The job's events after `since_seq` (0: all kept), then live ones until the job ends.
@@ -823,9 +945,15 @@ impl JobExecutionManager {
             if self.inner.event_log.is_none() {
                 return Err(not_found(job_id));
             }
+            let stored = if self.inner.config.queue.is_some() {
+                // Run by a queue worker: follow the store while it runs.
+                StoredEvents::following(self.inner.store.clone(), job_id)
+            } else {
+                StoredEvents::new(self.inner.store.clone(), job_id)
+            };
             return Ok(JobEvents {
                 hub: None,
-                stored: Some(StoredEvents::new(self.inner.store.clone(), job_id)),
+                stored: Some(stored),
                 backlog: VecDeque::new(),
                 rx: None,
                 last_seq: since_seq,
@@ -899,6 +1027,43 @@ impl JobExecutionManager {
                 job.cancel.cancel();
             }
             self.inner.owners.wait().await;
+        }
+    }
+}
+
+/// A job that is not in this process: ended, or (queue mode) running on a worker.
+fn elsewhere(job_id: &str, op: &'static str, status: Status) -> Error {
+    if status.is_terminal() {
+        return ended(job_id, op, status);
+    }
+    Error::new(
+        ErrorKind::Unsupported,
+        format!(
+            "job {job_id} runs on a queue worker (JOB_EXECUTION=queue): streamed inputs, pause \
+             and resume reach only jobs of the process running them"
+        ),
+    )
+    .with_operation(op)
+    .with_context("job_id", job_id)
+}
+
+/// Queue mode: settles expired leases every `every` while the manager lives.
+async fn settle_leases(inner: std::sync::Weak<Inner>, every: Duration) {
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let Some(inner) = inner.upgrade() else {
+            return;
+        };
+        match inner.store.expire_leases().await {
+            Ok(expired) => {
+                for e in expired {
+                    tracing::warn!(job_id = %e.job_id, status = e.status.as_str(),
+                        "a queue worker's lease expired");
+                }
+            }
+            Err(error) => tracing::warn!(%error, "cannot settle expired job leases"),
         }
     }
 }

@@ -12,7 +12,34 @@ fn is_terminal(e: &EventEnvelope) -> bool {
     matches!(&e.event, Event::JobUpdate(u) if u.status.is_terminal())
 }
 
-/// Pages through a job's stored events; ends with its terminal `job_update`.
+/// Waits for a wake-up about `job_id` (or any reconnect of the listener), at most `poll`.
+pub(crate) async fn wait_for_job(
+    wake: Option<&mut tokio::sync::broadcast::Receiver<crate::queue::Wakeup>>,
+    job_id: &str,
+    poll: std::time::Duration,
+) {
+    use crate::queue::Wakeup;
+    use tokio::sync::broadcast::error::RecvError;
+    let Some(rx) = wake else {
+        tokio::time::sleep(poll).await;
+        return;
+    };
+    let woken = async {
+        loop {
+            match rx.recv().await {
+                Ok(Wakeup::Job(id)) if id == job_id => return,
+                Ok(Wakeup::Reconnected) | Err(RecvError::Lagged(_)) => return,
+                Ok(_) => {}
+                // No listener (it never ends): poll only.
+                Err(RecvError::Closed) => std::future::pending::<()>().await,
+            }
+        }
+    };
+    let _ = tokio::time::timeout(poll, woken).await;
+}
+
+/// Pages through a job's stored events; ends with its terminal `job_update`. A following
+/// replay (a queue worker runs the job) waits for more while the job's record is not terminal.
 #[derive(Debug)]
 pub(crate) struct StoredEvents {
     store: JobStore,
@@ -21,6 +48,10 @@ pub(crate) struct StoredEvents {
     /// Every stored event after the start seq has been read.
     exhausted: bool,
     done: bool,
+    /// Follow a running job: `LISTEN` wake-ups, else polling.
+    follow: Option<Option<tokio::sync::broadcast::Receiver<crate::queue::Wakeup>>>,
+    /// The record was seen terminal: one more read catches events stored before it ended.
+    final_pass: bool,
 }
 
 impl StoredEvents {
@@ -31,7 +62,17 @@ impl StoredEvents {
             backlog: VecDeque::new(),
             exhausted: false,
             done: false,
+            follow: None,
+            final_pass: false,
         }
+    }
+
+    /// Like [`StoredEvents::new`], but a job still running elsewhere is followed until it ends.
+    pub(crate) fn following(store: JobStore, job_id: &str) -> Self {
+        let wake = store.wakeups();
+        let mut s = Self::new(store, job_id);
+        s.follow = Some(wake);
+        s
     }
 
     /// The next stored event after `*last` (advancing it), or `None` at the end.
@@ -47,6 +88,32 @@ impl StoredEvents {
                 *last = e.seq;
                 self.done = is_terminal(&e);
                 return Some(e);
+            }
+            if self.exhausted && self.follow.is_some() && !self.final_pass {
+                let status = match self.store.get(&self.job_id).await {
+                    Ok(Some(r)) => Some(r.status),
+                    Ok(None) => None,
+                    Err(error) => {
+                        tracing::warn!(job_id = %self.job_id, %error, "cannot read the job's record");
+                        Some(nodetool_engine::Status::Running)
+                    }
+                };
+                match status {
+                    // Unknown: nothing to follow.
+                    None => self.final_pass = true,
+                    Some(s) if s.is_terminal() => {
+                        // Its last events were stored with (or before) the terminal status.
+                        self.final_pass = true;
+                        self.exhausted = false;
+                        continue;
+                    }
+                    Some(_) => {
+                        let wake = self.follow.as_mut().and_then(Option::as_mut);
+                        wait_for_job(wake, &self.job_id, crate::manager::FOLLOW_POLL).await;
+                        self.exhausted = false;
+                        continue;
+                    }
+                }
             }
             if self.exhausted {
                 self.done = true;

@@ -49,7 +49,7 @@ pub const RESTART_ERROR: &str = "the runtime restarted while this job was runnin
 /// The database behind a [`JobStore`]. Both speak the same SQL except where noted at the query
 /// (`$n` placeholders work in both; PostgreSQL's JSON columns take a cast).
 #[derive(Debug, Clone)]
-enum Db {
+pub(crate) enum Db {
     Sqlite(SqlitePool),
     Postgres(PgPool),
 }
@@ -84,7 +84,10 @@ macro_rules! on_pool {
 /// - timestamps are kept to the microsecond (PostgreSQL's precision) on both backends.
 #[derive(Debug, Clone)]
 pub struct JobStore {
-    db: Db,
+    pub(crate) db: Db,
+    /// PostgreSQL's `LISTEN` wake-ups (`crate::queue`), started on first use.
+    pub(crate) wakeups:
+        std::sync::Arc<std::sync::OnceLock<tokio::sync::broadcast::Sender<crate::queue::Wakeup>>>,
 }
 
 /// How [`JobStore::connect`] reaches PostgreSQL.
@@ -106,7 +109,7 @@ impl Default for PostgresOptions {
     }
 }
 
-fn db_err(op: &'static str) -> impl Fn(sqlx::Error) -> Error {
+pub(crate) fn db_err(op: &'static str) -> impl Fn(sqlx::Error) -> Error {
     move |e| {
         Error::new(ErrorKind::Unavailable, "job store query failed")
             .with_operation(op)
@@ -115,7 +118,7 @@ fn db_err(op: &'static str) -> impl Fn(sqlx::Error) -> Error {
     }
 }
 
-fn parse_status(s: &str) -> Result<Status> {
+pub(crate) fn parse_status(s: &str) -> Result<Status> {
     serde_json::from_value(Value::String(s.to_owned())).map_err(|_| {
         Error::new(
             ErrorKind::Unexpected,
@@ -126,12 +129,12 @@ fn parse_status(s: &str) -> Result<Status> {
 }
 
 /// Microseconds: what PostgreSQL keeps, so both backends read back what they were given.
-fn micros(t: DateTime<Utc>) -> DateTime<Utc> {
+pub(crate) fn micros(t: DateTime<Utc>) -> DateTime<Utc> {
     t.duration_trunc(chrono::TimeDelta::microseconds(1))
         .unwrap_or(t)
 }
 
-fn seq_param(seq: u64) -> i64 {
+pub(crate) fn seq_param(seq: u64) -> i64 {
     i64::try_from(seq).unwrap_or(i64::MAX)
 }
 
@@ -162,6 +165,22 @@ impl JobStore {
         Self::from_pool(pool).await
     }
 
+    /// A private in-memory SQLite store (one connection, gone with the process): a queue
+    /// worker's bookkeeping of the jobs it runs, whose real records are in the queue's store.
+    pub async fn in_memory() -> Result<Self> {
+        let options =
+            SqliteConnectOptions::from_str("sqlite::memory:").map_err(db_err("jobs.open"))?;
+        let pool = SqlitePoolOptions::new()
+            .max_connections(1)
+            .min_connections(1)
+            .idle_timeout(None)
+            .max_lifetime(None)
+            .connect_with(options)
+            .await
+            .map_err(db_err("jobs.open"))?;
+        Self::from_pool(pool).await
+    }
+
     /// Uses an existing SQLite pool (e.g. the server's), applying the job migrations.
     pub async fn from_pool(pool: SqlitePool) -> Result<Self> {
         let mut migrator = sqlx::migrate!("./migrations");
@@ -173,6 +192,7 @@ impl JobStore {
             .map_err(|e| migrate_err(e, "SQLite"))?;
         Ok(Self {
             db: Db::Sqlite(pool),
+            wakeups: Default::default(),
         })
     }
 
@@ -224,6 +244,7 @@ impl JobStore {
         tracing::info!(target = %target, "job store on PostgreSQL");
         Ok(Self {
             db: Db::Postgres(pool),
+            wakeups: Default::default(),
         })
     }
 
@@ -244,7 +265,7 @@ impl JobStore {
     }
 
     /// The job columns as [`JobRow`] reads them (PostgreSQL's JSON read back as text).
-    fn job_columns(&self) -> &'static str {
+    pub(crate) fn job_columns(&self) -> &'static str {
         match &self.db {
             Db::Sqlite(_) => {
                 "id, user_id, workflow_id, strategy, status, params, created_at, started_at, \
@@ -317,7 +338,8 @@ impl JobStore {
     }
 
     /// Writes a terminal status once: only from `scheduled` or `running`. False if the job
-    /// already ended (its first terminal status stays).
+    /// already ended (its first terminal status stays) or a queue worker holds it (its writes
+    /// go through [`JobStore::finish_fenced`]).
     pub async fn finish(
         &self,
         id: &str,
@@ -330,7 +352,7 @@ impl JobStore {
         // (PostgreSQL re-checks the WHERE on the row it waited for).
         let sql = format!(
             "UPDATE jobs SET status = $1, error = $2, result = $3{j}, finished_at = $4 \
-             WHERE id = $5 AND status IN ('scheduled', 'running')",
+             WHERE id = $5 AND status IN ('scheduled', 'running') AND lease_token IS NULL",
             j = self.json_cast()
         );
         let result = result.map(Value::to_string);
@@ -488,11 +510,12 @@ impl JobStore {
     /// [`RESTART_ERROR`] and returns them as they were (with their workers, for reaping). Each
     /// is failed by compare-and-set, so a job that ended meanwhile keeps its outcome.
     ///
-    /// On PostgreSQL this assumes one server owns every job in the database (as with SQLite):
-    /// servers sharing one database need the lease-based queue of issue 13 instead.
+    /// Queued jobs (`JOB_EXECUTION=queue`) are not this process's: their leases decide
+    /// ([`JobStore::expire_leases`]). Other jobs on PostgreSQL are assumed to be this server's
+    /// (as with SQLite): servers sharing one database run in queue mode.
     pub async fn reconcile_interrupted(&self) -> Result<Vec<JobRecord>> {
         let sql = format!(
-            "SELECT {} FROM jobs WHERE status IN ('scheduled', 'running')",
+            "SELECT {} FROM jobs WHERE status IN ('scheduled', 'running') AND NOT queued",
             self.job_columns()
         );
         let rows: Vec<JobRow> = on_pool!(self, pool => {
@@ -624,7 +647,7 @@ fn migrate_err(e: sqlx::migrate::MigrateError, target: &str) -> Error {
 
 /// A `jobs` row as [`JobStore::job_columns`] selects it, in either backend.
 #[derive(sqlx::FromRow)]
-struct JobRow {
+pub(crate) struct JobRow {
     id: String,
     user_id: String,
     workflow_id: String,
@@ -641,7 +664,7 @@ struct JobRow {
 }
 
 impl JobRow {
-    fn into_record(self) -> Result<JobRecord> {
+    pub(crate) fn into_record(self) -> Result<JobRecord> {
         let worker = match (self.worker_pid, self.container_id) {
             (_, Some(c)) => Some(WorkerRef::Container(c)),
             (Some(p), None) => u32::try_from(p).ok().map(WorkerRef::Pid),

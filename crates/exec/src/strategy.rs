@@ -654,6 +654,11 @@ pub struct RunJobRequest {
     /// `traceparent` header). A malformed one is ignored: the job starts a fresh trace.
     #[serde(default)]
     pub traceparent: Option<String>,
+    /// Not NodeTool's: with `JOB_EXECUTION=queue`, only a `nodetool work` process started with
+    /// every one of these tags (`--tags`) claims the job (e.g. `["gpu"]`). Ignored when the
+    /// accepting server runs its jobs itself.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub worker_tags: Option<Vec<String>>,
 }
 
 /// Longest client job id accepted (a UUID is 36 characters).

@@ -1,0 +1,569 @@
+//! The durable queue through real processes (issue 13): one `nodetool serve` with
+//! `JOB_EXECUTION=queue` and two `nodetool work` processes on the testkit's PostgreSQL. Jobs
+//! submitted over REST complete exactly once (each claimed by one worker, every event seen once,
+//! one terminal event), a client follows a job over SSE from the server while a worker runs it,
+//! a cancel on the server stops the job on its worker, and a worker killed with SIGKILL mid-job
+//! loses its lease: the job is retried on the other worker (or failed "worker lost"), with one
+//! terminal state; a second server follows a job it never saw; `worker_tags` route a job to a
+//! worker started with `--tags`; a PostgreSQL restart pauses claiming, which then resumes.
+#![allow(clippy::unwrap_used)]
+
+use std::collections::HashSet;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use nodetool_testkit::postgres::PostgresServer;
+use nodetool_testkit::serve_process::ServeProcess;
+use serde_json::{json, Value};
+
+const HANG: Duration = Duration::from_secs(120);
+
+struct Env {
+    dir: tempfile::TempDir,
+}
+
+impl Env {
+    fn new() -> Self {
+        Self {
+            dir: tempfile::tempdir().unwrap(),
+        }
+    }
+
+    fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    fn cmd(&self, args: &[&str], vars: &[(&str, &str)]) -> Command {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_nodetool"));
+        cmd.args(args)
+            .env_clear()
+            .env("HOME", self.dir.path())
+            .env("NODETOOL_CONFIG_DIR", self.dir.path())
+            .env("ASSET_FOLDER", self.path("assets"))
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .envs(vars.iter().copied());
+        cmd
+    }
+}
+
+/// A `nodetool work` process (stderr in a file), killed when dropped.
+struct Worker {
+    child: Child,
+    log: PathBuf,
+}
+
+impl Worker {
+    fn start(env: &Env, name: &str, vars: &[(&str, &str)]) -> Self {
+        Self::start_with(env, name, &[], vars)
+    }
+
+    fn start_with(env: &Env, name: &str, extra: &[&str], vars: &[(&str, &str)]) -> Self {
+        let log = env.path(&format!("{name}.log"));
+        let mut args = vec!["work", "--concurrency", "4", "--log", "info"];
+        args.extend_from_slice(extra);
+        let child = env
+            .cmd(&args, vars)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap();
+        Self { child, log }
+    }
+
+    fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    fn kill9(&mut self) {
+        let ok = Command::new("kill")
+            .args(["-KILL", &self.pid().to_string()])
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok);
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Worker {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn parse_sse(text: &str) -> Vec<Value> {
+    text.split("\n\n")
+        .filter_map(|block| {
+            let data = block.lines().find_map(|l| l.strip_prefix("data:"))?;
+            Some(serde_json::from_str(data.trim()).unwrap())
+        })
+        .collect()
+}
+
+fn one(node_type: &str, data: Value) -> Value {
+    json!({
+        "graph": {
+            "nodes": [
+                {"id": "n", "type": node_type, "data": data},
+                {"id": "out", "type": "nodetool.output.Output", "data": {"name": "result"}},
+            ],
+            "edges": [
+                {"id": "e1", "source": "n", "sourceHandle": "output", "target": "out", "targetHandle": "value"},
+            ],
+        },
+        "execution_strategy": "threaded",
+    })
+}
+
+fn generate(count: u64) -> Value {
+    one("nodetool.test.Generate", json!({"count": count}))
+}
+
+/// A distinct value per job: Sleep is cacheable.
+fn sleep(seconds: f64, tag: &str) -> Value {
+    one(
+        "nodetool.test.Sleep",
+        json!({"seconds": seconds, "value": tag}),
+    )
+}
+
+fn is_terminal(e: &Value) -> bool {
+    e["type"] == "job_update"
+        && matches!(
+            e["status"].as_str(),
+            Some("completed" | "failed" | "cancelled" | "timed_out" | "suspended")
+        )
+}
+
+/// Every seq once, increasing, and exactly one terminal event, last.
+fn check_stream(id: &str, events: &[Value]) {
+    assert!(!events.is_empty(), "{id}: no events");
+    let seqs: Vec<u64> = events.iter().map(|e| e["seq"].as_u64().unwrap()).collect();
+    assert!(
+        seqs.windows(2).all(|w| w[0] < w[1]),
+        "{id}: seqs not strictly increasing: {seqs:?}"
+    );
+    let terminals = events.iter().filter(|e| is_terminal(e)).count();
+    assert_eq!(terminals, 1, "{id}: {events:?}");
+    assert!(is_terminal(events.last().unwrap()), "{id}: {events:?}");
+    for e in events {
+        assert_eq!(e["job_id"], id, "{e}");
+    }
+}
+
+struct Api {
+    base: String,
+    http: reqwest::Client,
+}
+
+impl Api {
+    async fn submit(&self, request: &Value) -> String {
+        let resp = self
+            .http
+            .post(format!("{}/api/jobs", self.base))
+            .json(request)
+            .send()
+            .await
+            .unwrap();
+        let status = resp.status().as_u16();
+        let body: Value = resp.json().await.unwrap();
+        assert!(
+            status == 200 || status == 201 || status == 202,
+            "{status} {body}"
+        );
+        body["id"]
+            .as_str()
+            .or(body["job_id"].as_str())
+            .unwrap_or_else(|| panic!("{body}"))
+            .to_owned()
+    }
+
+    /// `POST /api/jobs?stream=true`: the job's id and the events the server streamed.
+    async fn run_streamed(&self, request: &Value) -> (String, Vec<Value>) {
+        let resp = self
+            .http
+            .post(format!("{}/api/jobs?stream=true", self.base))
+            .json(request)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status().as_u16(), 200);
+        let text = tokio::time::timeout(HANG, resp.text())
+            .await
+            .expect("the streamed job did not end")
+            .unwrap();
+        let events = parse_sse(&text);
+        let id = events[0]["job_id"].as_str().unwrap().to_owned();
+        (id, events)
+    }
+
+    /// `GET /api/jobs/{id}/events` from `since`, until the stream ends.
+    async fn follow(&self, id: &str, since: u64) -> Vec<Value> {
+        let resp = self
+            .http
+            .get(format!("{}/api/jobs/{id}/events", self.base))
+            .header("Last-Event-ID", since.to_string())
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status().as_u16(), 200);
+        let text = tokio::time::timeout(HANG, resp.text())
+            .await
+            .expect("the event stream did not end")
+            .unwrap();
+        parse_sse(&text)
+    }
+
+    /// `reconnect_job` over `/ws` from `since`: every event up to the terminal `job_update`.
+    async fn ws_follow(&self, id: &str, since: u64) -> Vec<Value> {
+        use futures::{SinkExt, StreamExt};
+        use tokio_tungstenite::tungstenite::Message;
+        let url = format!("{}/ws", self.base.replacen("http://", "ws://", 1));
+        let (mut ws, _) = tokio_tungstenite::connect_async(url).await.unwrap();
+        let cmd = json!({"command": "reconnect_job", "data": {"job_id": id, "since_seq": since}});
+        ws.send(Message::text(cmd.to_string())).await.unwrap();
+        let read = async {
+            let mut out = Vec::new();
+            loop {
+                let msg = ws.next().await.expect("socket open").unwrap();
+                let Message::Text(t) = msg else { continue };
+                let v: Value = serde_json::from_str(t.as_str()).unwrap();
+                if v["command"] == "reconnect_job" {
+                    assert!(v["error"].is_null(), "reconnect_job refused: {v}");
+                    continue;
+                }
+                let terminal = is_terminal(&v);
+                out.push(v);
+                if terminal {
+                    return out;
+                }
+            }
+        };
+        tokio::time::timeout(HANG, read)
+            .await
+            .expect("the /ws follow did not end")
+    }
+
+    async fn job(&self, id: &str) -> Value {
+        let resp = self
+            .http
+            .get(format!("{}/api/jobs/{id}", self.base))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status().as_u16(), 200);
+        resp.json().await.unwrap()
+    }
+
+    async fn wait_status(&self, id: &str, want: &str) {
+        let deadline = tokio::time::Instant::now() + HANG;
+        loop {
+            let job = self.job(id).await;
+            if job["status"] == want {
+                return;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "{id} never became {want}: {job}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn one_server_two_workers_run_every_job_exactly_once() {
+    let test = "one_server_two_workers_run_every_job_exactly_once";
+    let Some(mut pg) = PostgresServer::start().await else {
+        let why = PostgresServer::why_missing().unwrap_or_default();
+        nodetool_testkit::skip_or_fail(test, &why);
+        return;
+    };
+    let url = pg.create_database("queue");
+    let env = Env::new();
+    let vars = [
+        ("DATABASE_URL", url.as_str()),
+        ("JOB_EXECUTION", "queue"),
+        ("JOB_LEASE_SECONDS", "2"),
+    ];
+    let mut server = ServeProcess::start(env.cmd(&["serve"], &vars), HANG);
+    let mut workers = [
+        Worker::start(&env, "w1", &vars),
+        Worker::start(&env, "w2", &vars),
+    ];
+    let api = Api {
+        base: server.url(""),
+        http: reqwest::Client::new(),
+    };
+
+    // --- N jobs, streamed live from the server while workers run them; each exactly once.
+    let n = 12;
+    let requests: Vec<Value> = (0..n).map(|i| generate(5 + i)).collect();
+    let runs = futures::future::join_all(requests.iter().map(|r| api.run_streamed(r))).await;
+    let mut ids = HashSet::new();
+    for (id, live) in &runs {
+        check_stream(id, live);
+        assert_eq!(live.last().unwrap()["status"], "completed", "{live:?}");
+        // Replay from the store gives the same events.
+        assert_eq!(&api.follow(id, 0).await, live, "{id}");
+        assert_eq!(api.job(id).await["status"], "completed");
+        ids.insert(id.clone());
+    }
+    assert_eq!(ids.len(), n as usize);
+    // Each claimed once (one attempt, one owner), by one of the two workers.
+    let logs = [workers[0].log(), workers[1].log()];
+    for id in &ids {
+        assert_eq!(
+            pg.psql(
+                "queue",
+                &format!("SELECT attempts FROM jobs WHERE id = '{id}'")
+            ),
+            "1"
+        );
+        let claims: usize = logs
+            .iter()
+            .map(|l| {
+                l.lines()
+                    .filter(|line| line.contains("claimed a job") && line.contains(id.as_str()))
+                    .count()
+            })
+            .sum();
+        assert_eq!(
+            claims, 1,
+            "{id} claimed {claims} times:\n{}\n{}",
+            logs[0], logs[1]
+        );
+        let terminal_rows = pg.psql(
+            "queue",
+            &format!(
+                "SELECT count(*) FROM job_events WHERE job_id = '{id}' \
+                 AND event LIKE '%\"type\":\"job_update\"%' AND event LIKE '%\"status\":\"completed\"%'"
+            ),
+        );
+        assert_eq!(terminal_rows, "1", "{id}");
+    }
+    // The server ran nothing itself: no job of these has a worker pid of the server's.
+    assert_eq!(
+        pg.psql(
+            "queue",
+            "SELECT count(*) FROM jobs WHERE NOT queued OR lease_owner IS NULL"
+        ),
+        "0"
+    );
+
+    // --- Followers on the server (SSE and /ws) see a running job's events as the worker
+    // emits them, with the same seqs.
+    let id = api.submit(&sleep(3.0, "follow")).await;
+    api.wait_status(&id, "running").await;
+    // A second server, which never saw the job, follows it the same way.
+    let mut other = ServeProcess::start(env.cmd(&["serve"], &vars), HANG);
+    let other_api = Api {
+        base: other.url(""),
+        http: reqwest::Client::new(),
+    };
+    let (events, ws_events, elsewhere) = tokio::join!(
+        api.follow(&id, 0),
+        api.ws_follow(&id, 0),
+        other_api.follow(&id, 0)
+    );
+    check_stream(&id, &events);
+    assert_eq!(events.last().unwrap()["status"], "completed", "{events:?}");
+    let seqs = |v: &[Value]| v.iter().map(|e| e["seq"].as_u64()).collect::<Vec<_>>();
+    assert_eq!(seqs(&ws_events), seqs(&events), "{ws_events:?}");
+    assert_eq!(elsewhere, events);
+    let status = other.terminate(HANG);
+    assert!(status.success(), "second serve: {}", other.log());
+    // From the middle: only what came after.
+    let mid = events[events.len() / 2]["seq"].as_u64().unwrap();
+    let rest: Vec<Value> = events
+        .iter()
+        .filter(|e| e["seq"].as_u64().unwrap() > mid)
+        .cloned()
+        .collect();
+    assert_eq!(api.follow(&id, mid).await, rest);
+
+    // --- Cancel on the server: the owning worker stops the job within a heartbeat.
+    let id = api.submit(&sleep(60.0, "cancel")).await;
+    api.wait_status(&id, "running").await;
+    let follower = {
+        let (base, id) = (api.base.clone(), id.clone());
+        tokio::spawn(async move {
+            Api {
+                base,
+                http: reqwest::Client::new(),
+            }
+            .follow(&id, 0)
+            .await
+        })
+    };
+    let resp = api
+        .http
+        .post(format!("{}/api/jobs/{id}/cancel", api.base))
+        .send()
+        .await
+        .unwrap();
+    assert!(resp.status().is_success(), "{}", resp.status());
+    let events = follower.await.unwrap();
+    check_stream(&id, &events);
+    assert_eq!(events.last().unwrap()["status"], "cancelled", "{events:?}");
+    assert_eq!(api.job(&id).await["status"], "cancelled");
+
+    // --- SIGKILL of the worker running a job: its lease expires, the job runs again on the
+    // other worker (one retry by default) or fails "worker lost"; one terminal state either way.
+    let id = api.submit(&sleep(4.0, "kill")).await;
+    api.wait_status(&id, "running").await;
+    let owner = loop {
+        let owner = pg.psql(
+            "queue",
+            &format!("SELECT coalesce(lease_owner, '') FROM jobs WHERE id = '{id}'"),
+        );
+        if !owner.is_empty() {
+            break owner;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    let victim = workers
+        .iter()
+        .position(|w| owner.contains(&format!("-{}-", w.pid())))
+        .unwrap_or_else(|| panic!("owner {owner} is neither worker"));
+    // It has started: the node is sleeping on that worker.
+    workers[victim].kill9();
+    let events = api.follow(&id, 0).await;
+    check_stream(&id, &events);
+    let last = events.last().unwrap();
+    let job = api.job(&id).await;
+    assert_eq!(job["status"], last["status"], "{job} {last}");
+    eprintln!(
+        "killed worker {victim}: job {id} ended {} after {} events",
+        last["status"],
+        events.len()
+    );
+    match last["status"].as_str() {
+        Some("completed") => {
+            let survivor = &workers[1 - victim];
+            assert!(
+                survivor.log().contains(&id),
+                "the retry did not run on the other worker"
+            );
+            assert_eq!(
+                pg.psql(
+                    "queue",
+                    &format!("SELECT attempts FROM jobs WHERE id = '{id}'")
+                ),
+                "2"
+            );
+        }
+        Some("failed") => assert!(
+            last["error"]
+                .as_str()
+                .unwrap_or_default()
+                .contains("worker lost"),
+            "{last}"
+        ),
+        other => panic!("unexpected end {other:?}: {events:?}"),
+    }
+    assert_eq!(
+        pg.psql(
+            "queue",
+            &format!(
+                "SELECT count(*) FROM job_events WHERE job_id = '{id}' \
+                 AND event LIKE '%\"type\":\"job_update\"%' \
+                 AND (event LIKE '%\"status\":\"completed\"%' OR event LIKE '%\"status\":\"failed\"%' \
+                      OR event LIKE '%\"status\":\"cancelled\"%')"
+            ),
+        ),
+        if last["status"] == "completed" { "1" } else { "0" },
+        "stored terminal events of {id}"
+    );
+
+    // --- Tags route: a job asking for `gpu` waits for a worker started with `--tags gpu`.
+    let gpu = Worker::start_with(&env, "gpu", &["--tags", "gpu,big"], &vars);
+    let mut tagged = generate(4);
+    tagged["worker_tags"] = json!(["gpu"]);
+    let (id, live) = api.run_streamed(&tagged).await;
+    check_stream(&id, &live);
+    assert_eq!(live.last().unwrap()["status"], "completed", "{live:?}");
+    let owner = pg.psql(
+        "queue",
+        &format!("SELECT lease_owner FROM jobs WHERE id = '{id}'"),
+    );
+    assert!(
+        owner.contains(&format!("-{}-", gpu.pid())),
+        "{id} ran on {owner}, not on the gpu worker"
+    );
+    drop(gpu);
+
+    // --- PostgreSQL restarts: claiming pauses and resumes; nothing is lost or run twice.
+    pg.restart().await;
+    let requests: Vec<Value> = (0..4).map(|i| generate(3 + i)).collect();
+    let runs = futures::future::join_all(requests.iter().map(|r| api.run_streamed(r))).await;
+    for (id, live) in &runs {
+        check_stream(id, live);
+        assert_eq!(live.last().unwrap()["status"], "completed", "{live:?}");
+        assert_eq!(
+            pg.psql(
+                "queue",
+                &format!("SELECT attempts FROM jobs WHERE id = '{id}'")
+            ),
+            "1"
+        );
+    }
+
+    // SIGTERM: the surviving worker stops claiming and exits cleanly.
+    let survivor = &mut workers[1 - victim];
+    let ok = Command::new("kill")
+        .args(["-TERM", &survivor.pid().to_string()])
+        .status()
+        .unwrap()
+        .success();
+    assert!(ok);
+    let status = survivor.child.wait().unwrap();
+    assert!(
+        status.success(),
+        "work exited with {status}: {}",
+        survivor.log()
+    );
+
+    let status = server.terminate(HANG);
+    assert!(status.success(), "serve: {}", server.log());
+}
+
+#[test]
+fn queue_mode_without_database_url_is_refused_and_work_needs_one() {
+    let env = Env::new();
+    let out = env
+        .cmd(&["serve", "--port", "0"], &[("JOB_EXECUTION", "queue")])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("JOB_EXECUTION=queue needs DATABASE_URL"),
+        "{stderr}"
+    );
+    let out = env
+        .cmd(&["work"], &[])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("nodetool work needs DATABASE_URL"),
+        "{stderr}"
+    );
+    let out = env.cmd(&["work", "--help"], &[]).output().unwrap();
+    assert!(out.status.success());
+    let help = String::from_utf8_lossy(&out.stdout);
+    for word in ["--concurrency", "--tags", "--strategy", "JOB_LEASE_SECONDS"] {
+        assert!(help.contains(word), "{word}: {help}");
+    }
+}

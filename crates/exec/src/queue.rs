@@ -1,0 +1,539 @@
+//! The durable job queue on PostgreSQL (`JOB_EXECUTION=queue`): servers enqueue, `nodetool
+//! work` processes claim and run.
+//!
+//! Invariants (the queue tests in `tests/test_job_queue.rs` and the CLI's `queue_workers` check
+//! them against a real PostgreSQL):
+//! - a job is claimed by one worker at a time: [`JobStore::claim`] takes `scheduled` rows with
+//!   `FOR UPDATE SKIP LOCKED` and, in the same statement, makes them `running` with a fresh
+//!   lease (owner, random token, expiry on the database's clock);
+//! - every write of a claimed job — heartbeat, events, outcome — names the lease token and is
+//!   refused once the lease has moved on (expired and re-claimed or failed): a worker whose lease
+//!   expired cannot write a terminal status or a late event;
+//! - a worker's outcome and its terminal event are one transaction, so a follower that sees the
+//!   record terminal finds every event stored;
+//! - a lease that expires (its worker died or was cut off) either puts the job back to
+//!   `scheduled` (attempts left) or fails it with [`WORKER_LOST`]; a retried run's events
+//!   continue the seq after the last stored one, so followers see one stream with one terminal
+//!   event;
+//! - a cancel marks the row (`cancel_requested`): a job nobody claimed yet is cancelled at once,
+//!   a claimed one by its worker at its next heartbeat.
+//!
+//! Secrets never enter the queue: a worker runs each job with its own settings (provider keys,
+//! storage credentials), as a server runs its jobs today.
+
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use sqlx::postgres::PgPool;
+use tokio::sync::broadcast;
+
+use nodetool_core::{Error, ErrorKind, Result};
+use nodetool_engine::Status;
+
+use crate::store::{db_err, micros, seq_param, Db, JobRecord, JobStore};
+use crate::strategy::RunJobRequest;
+
+/// `NOTIFY` channel: payload = a job id whose events or record changed.
+pub const EVENTS_CHANNEL: &str = "nodetool_job_events";
+/// `NOTIFY` channel: a job was enqueued (or put back), workers may claim.
+pub const QUEUE_CHANNEL: &str = "nodetool_job_queue";
+/// The error of a job whose worker's lease expired with no attempts left.
+pub const WORKER_LOST: &str =
+    "worker lost: the worker running this job stopped renewing its lease (it died or was cut off)";
+/// The version of [`QueuedSpec`] this binary writes and reads; a worker refuses a newer one.
+pub const QUEUE_SPEC_VERSION: u32 = 1;
+
+/// What a worker needs to run a queued job: the request as the server validated it (its
+/// `job_id` and `execution_strategy` filled in), for the user it was accepted for. No secrets.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct QueuedSpec {
+    pub version: u32,
+    pub user_id: String,
+    pub request: RunJobRequest,
+}
+
+/// A claimed job's lease: every write of the job names it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Lease {
+    pub job_id: String,
+    pub token: String,
+}
+
+/// A job [`JobStore::claim`] handed to this worker.
+#[derive(Debug, Clone)]
+pub struct ClaimedJob {
+    pub lease: Lease,
+    /// The stored spec (JSON text); see [`ClaimedJob::spec`].
+    pub spec_text: Option<String>,
+    /// 1 for the first run.
+    pub attempt: u32,
+    /// The highest event seq already stored (an earlier attempt's): this run's seqs follow it.
+    pub seq_offset: u64,
+}
+
+impl ClaimedJob {
+    /// The spec, or why this worker cannot run it (missing, unreadable, or newer than it knows).
+    pub fn spec(&self) -> std::result::Result<QueuedSpec, String> {
+        let text = self
+            .spec_text
+            .as_deref()
+            .ok_or("the queued job has no spec")?;
+        let raw: Value =
+            serde_json::from_str(text).map_err(|e| format!("unreadable queued spec: {e}"))?;
+        let version = raw.get("version").and_then(Value::as_u64).unwrap_or(0);
+        if version > u64::from(QUEUE_SPEC_VERSION) {
+            return Err(format!(
+                "the job was queued by a newer nodetool (queue spec version {version}; this worker \
+                 reads up to {QUEUE_SPEC_VERSION}): upgrade the worker"
+            ));
+        }
+        serde_json::from_value(raw).map_err(|e| format!("unreadable queued spec: {e}"))
+    }
+}
+
+/// Which queued jobs a worker takes.
+#[derive(Debug, Clone, Default)]
+pub struct ClaimFilter {
+    /// Strategies it runs (a job's `strategy` must be one).
+    pub strategies: Vec<String>,
+    /// Its tags: a job's `worker_tags` must all be among them.
+    pub tags: Vec<String>,
+}
+
+/// What a `LISTEN` connection heard.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Wakeup {
+    /// A job's events or record changed.
+    Job(String),
+    /// Work was enqueued.
+    Queue,
+    /// The listener (re)connected: anything may have happened meanwhile.
+    Reconnected,
+}
+
+/// A lease expiry's verdict.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Expired {
+    pub job_id: String,
+    /// `scheduled` (retried) or terminal.
+    pub status: Status,
+}
+
+fn unsupported(op: &'static str) -> Error {
+    Error::new(
+        ErrorKind::Unsupported,
+        "the job queue needs PostgreSQL (DATABASE_URL): SQLite keeps one process's jobs",
+    )
+    .with_operation(op)
+}
+
+fn secs(d: Duration) -> f64 {
+    d.as_secs_f64().max(0.001)
+}
+
+impl JobStore {
+    fn pg(&self, op: &'static str) -> Result<&PgPool> {
+        match &self.db {
+            Db::Postgres(pool) => Ok(pool),
+            Db::Sqlite(_) => Err(unsupported(op)),
+        }
+    }
+
+    /// Writes a `scheduled` job for the queue (workers wake through `NOTIFY`). `record` must be
+    /// `scheduled`; `worker_tags` route it; `max_attempts` (at least 1) bounds its runs.
+    pub async fn enqueue(
+        &self,
+        record: &JobRecord,
+        spec: &QueuedSpec,
+        worker_tags: &[String],
+        max_attempts: u32,
+    ) -> Result<()> {
+        let pool = self.pg("jobs.enqueue")?;
+        let err = db_err("jobs.enqueue");
+        let spec = serde_json::to_string(spec).map_err(|e| {
+            Error::new(ErrorKind::Unexpected, "cannot serialize the queued spec")
+                .with_operation("jobs.enqueue")
+                .with_source(e)
+        })?;
+        let mut tx = pool.begin().await.map_err(&err)?;
+        sqlx::query(
+            "INSERT INTO jobs (id, user_id, workflow_id, strategy, status, params, created_at, \
+             queued, spec, worker_tags, max_attempts) \
+             VALUES ($1, $2, $3, $4, 'scheduled', $5::json, $6, TRUE, $7::json, $8, $9)",
+        )
+        .bind(&record.id)
+        .bind(&record.user_id)
+        .bind(&record.workflow_id)
+        .bind(record.strategy.as_str())
+        .bind(record.params.to_string())
+        .bind(micros(record.created_at))
+        .bind(&spec)
+        .bind(worker_tags)
+        .bind(i32::try_from(max_attempts.max(1)).unwrap_or(i32::MAX))
+        .execute(&mut *tx)
+        .await
+        .map_err(|e| match &e {
+            sqlx::Error::Database(d) if d.code().as_deref() == Some("23505") => Error::new(
+                ErrorKind::AlreadyExists,
+                format!("job_id {} is already in use", record.id),
+            )
+            .with_operation("jobs.enqueue"),
+            _ => err(e),
+        })?;
+        sqlx::query("SELECT pg_notify($1, '')")
+            .bind(QUEUE_CHANNEL)
+            .execute(&mut *tx)
+            .await
+            .map_err(&err)?;
+        tx.commit().await.map_err(&err)
+    }
+
+    /// Claims up to `limit` waiting jobs for `owner` that `filter` allows, oldest first, each
+    /// with a lease of `lease`. Concurrent claimers never get the same job (`SKIP LOCKED`);
+    /// cancelled-before-claim jobs are not taken.
+    pub async fn claim(
+        &self,
+        owner: &str,
+        filter: &ClaimFilter,
+        limit: u32,
+        lease: Duration,
+    ) -> Result<Vec<ClaimedJob>> {
+        if limit == 0 {
+            return Ok(Vec::new());
+        }
+        let pool = self.pg("jobs.claim")?;
+        let rows: Vec<(String, Option<String>, String, i32, i64)> = sqlx::query_as(
+            "WITH picked AS ( \
+               SELECT id FROM jobs \
+               WHERE queued AND status = 'scheduled' AND NOT cancel_requested \
+                 AND strategy = ANY($2) AND worker_tags <@ $3 \
+               ORDER BY created_at, id LIMIT $4 FOR UPDATE SKIP LOCKED) \
+             UPDATE jobs j SET status = 'running', started_at = COALESCE(j.started_at, now()), \
+               attempts = j.attempts + 1, lease_owner = $1, \
+               lease_token = md5(random()::text || clock_timestamp()::text || j.id), \
+               lease_expires_at = now() + make_interval(secs => $5) \
+             FROM picked WHERE j.id = picked.id \
+             RETURNING j.id, j.spec::text, j.lease_token, j.attempts, \
+               (SELECT COALESCE(MAX(seq), 0) FROM job_events e WHERE e.job_id = j.id)",
+        )
+        .bind(owner)
+        .bind(&filter.strategies)
+        .bind(&filter.tags)
+        .bind(i64::from(limit))
+        .bind(secs(lease))
+        .fetch_all(pool)
+        .await
+        .map_err(db_err("jobs.claim"))?;
+        Ok(rows
+            .into_iter()
+            .map(|(id, spec, token, attempt, offset)| ClaimedJob {
+                lease: Lease { job_id: id, token },
+                spec_text: spec,
+                attempt: u32::try_from(attempt).unwrap_or(1),
+                seq_offset: u64::try_from(offset).unwrap_or(0),
+            })
+            .collect())
+    }
+
+    /// Extends a lease by `lease` from now. `Some(cancel_requested)` while the lease holds;
+    /// `None` once it is lost (the worker must stop the job and write nothing more).
+    pub async fn renew_lease(&self, lease: &Lease, duration: Duration) -> Result<Option<bool>> {
+        let pool = self.pg("jobs.renew_lease")?;
+        let row: Option<(bool,)> = sqlx::query_as(
+            "UPDATE jobs SET lease_expires_at = now() + make_interval(secs => $3) \
+             WHERE id = $1 AND lease_token = $2 AND status = 'running' \
+             RETURNING cancel_requested",
+        )
+        .bind(&lease.job_id)
+        .bind(&lease.token)
+        .bind(secs(duration))
+        .fetch_optional(pool)
+        .await
+        .map_err(db_err("jobs.renew_lease"))?;
+        Ok(row.map(|(c,)| c))
+    }
+
+    /// Appends a claimed job's events (`(seq, envelope JSON)`), fenced by its lease: false
+    /// (nothing written) when the lease is no longer the job's. Trims to `max_per_job`.
+    pub async fn append_events_fenced(
+        &self,
+        lease: &Lease,
+        events: &[(u64, String)],
+        max_per_job: u64,
+    ) -> Result<bool> {
+        let pool = self.pg("job_events.append")?;
+        let err = db_err("job_events.append");
+        let mut tx = pool.begin().await.map_err(&err)?;
+        // FOR SHARE: an expiry (FOR UPDATE SKIP LOCKED) passes this row over until we commit.
+        let held: Option<(i32,)> = sqlx::query_as(
+            "SELECT 1 FROM jobs WHERE id = $1 AND lease_token = $2 AND status = 'running' \
+             FOR SHARE",
+        )
+        .bind(&lease.job_id)
+        .bind(&lease.token)
+        .fetch_optional(&mut *tx)
+        .await
+        .map_err(&err)?;
+        if held.is_none() {
+            return Ok(false);
+        }
+        insert_events(&mut tx, &lease.job_id, events, max_per_job).await?;
+        tx.commit().await.map_err(&err)?;
+        Ok(true)
+    }
+
+    /// Writes a claimed job's outcome and its last events (the terminal one among them) in one
+    /// transaction, fenced by its lease: false (nothing written) when the lease is lost.
+    pub async fn finish_fenced(
+        &self,
+        lease: &Lease,
+        status: Status,
+        error: Option<&str>,
+        result: Option<&Value>,
+        events: &[(u64, String)],
+        max_per_job: u64,
+    ) -> Result<bool> {
+        let pool = self.pg("jobs.finish")?;
+        let err = db_err("jobs.finish");
+        let mut tx = pool.begin().await.map_err(&err)?;
+        let done = sqlx::query(
+            "UPDATE jobs SET status = $3, error = $4, result = $5::json, finished_at = now(), \
+             lease_expires_at = NULL \
+             WHERE id = $1 AND lease_token = $2 AND status = 'running'",
+        )
+        .bind(&lease.job_id)
+        .bind(&lease.token)
+        .bind(status.as_str())
+        .bind(error)
+        .bind(result.map(Value::to_string))
+        .execute(&mut *tx)
+        .await
+        .map_err(&err)?;
+        if done.rows_affected() != 1 {
+            return Ok(false);
+        }
+        insert_events(&mut tx, &lease.job_id, events, max_per_job).await?;
+        tx.commit().await.map_err(&err)?;
+        Ok(true)
+    }
+
+    /// Gives a claimed job back to the queue untouched (this worker is stopping before it
+    /// started it): `scheduled` again, this attempt not counted. False when the lease is lost.
+    pub async fn release(&self, lease: &Lease) -> Result<bool> {
+        let pool = self.pg("jobs.release")?;
+        let err = db_err("jobs.release");
+        let mut tx = pool.begin().await.map_err(&err)?;
+        let done = sqlx::query(
+            "UPDATE jobs SET status = 'scheduled', attempts = GREATEST(attempts - 1, 0), \
+             lease_owner = NULL, lease_token = NULL, lease_expires_at = NULL \
+             WHERE id = $1 AND lease_token = $2 AND status = 'running'",
+        )
+        .bind(&lease.job_id)
+        .bind(&lease.token)
+        .execute(&mut *tx)
+        .await
+        .map_err(&err)?;
+        if done.rows_affected() != 1 {
+            return Ok(false);
+        }
+        sqlx::query("SELECT pg_notify($1, '')")
+            .bind(QUEUE_CHANNEL)
+            .execute(&mut *tx)
+            .await
+            .map_err(&err)?;
+        tx.commit().await.map_err(&err)?;
+        Ok(true)
+    }
+
+    /// A cancel from any server: marks a live queued job. A job no worker holds is cancelled
+    /// at once; a claimed one by its worker at its next heartbeat. `Some(previous status)` for
+    /// a job that was live, `None` for an ended or unknown one.
+    pub async fn request_cancel(&self, id: &str) -> Result<Option<Status>> {
+        let pool = self.pg("jobs.cancel")?;
+        let err = db_err("jobs.cancel");
+        let mut tx = pool.begin().await.map_err(&err)?;
+        let row: Option<(String,)> = sqlx::query_as(
+            "UPDATE jobs SET cancel_requested = TRUE \
+             WHERE id = $1 AND queued AND status IN ('scheduled', 'running') RETURNING status",
+        )
+        .bind(id)
+        .fetch_optional(&mut *tx)
+        .await
+        .map_err(&err)?;
+        let Some((status,)) = row else {
+            return Ok(None);
+        };
+        let status = crate::store::parse_status(&status)?;
+        if status == Status::Scheduled {
+            sqlx::query(
+                "UPDATE jobs SET status = 'cancelled', finished_at = now() \
+                 WHERE id = $1 AND status = 'scheduled'",
+            )
+            .bind(id)
+            .execute(&mut *tx)
+            .await
+            .map_err(&err)?;
+        }
+        notify_job(&mut tx, id).await?;
+        tx.commit().await.map_err(&err)?;
+        Ok(Some(status))
+    }
+
+    /// Settles the jobs whose lease has expired: back to `scheduled` while attempts remain,
+    /// else `failed` with [`WORKER_LOST`] (`cancelled` if a cancel was asked). Safe to run from
+    /// every process at once (`SKIP LOCKED`, and each row changes once).
+    pub async fn expire_leases(&self) -> Result<Vec<Expired>> {
+        let pool = self.pg("jobs.expire_leases")?;
+        let err = db_err("jobs.expire_leases");
+        let mut tx = pool.begin().await.map_err(&err)?;
+        let rows: Vec<(String, String)> = sqlx::query_as(
+            "WITH lost AS ( \
+               SELECT id FROM jobs WHERE queued AND status = 'running' \
+                 AND lease_expires_at < now() FOR UPDATE SKIP LOCKED) \
+             UPDATE jobs j SET \
+               status = CASE WHEN j.cancel_requested THEN 'cancelled' \
+                             WHEN j.attempts < j.max_attempts THEN 'scheduled' \
+                             ELSE 'failed' END, \
+               error = CASE WHEN NOT j.cancel_requested AND j.attempts >= j.max_attempts \
+                            THEN $1 ELSE j.error END, \
+               finished_at = CASE WHEN j.cancel_requested OR j.attempts >= j.max_attempts \
+                                  THEN now() ELSE NULL END, \
+               lease_owner = NULL, lease_token = NULL, lease_expires_at = NULL \
+             FROM lost WHERE j.id = lost.id RETURNING j.id, j.status",
+        )
+        .bind(WORKER_LOST)
+        .fetch_all(&mut *tx)
+        .await
+        .map_err(&err)?;
+        let mut out = Vec::with_capacity(rows.len());
+        for (id, status) in rows {
+            notify_job(&mut tx, &id).await?;
+            let status = crate::store::parse_status(&status)?;
+            if status == Status::Scheduled {
+                sqlx::query("SELECT pg_notify($1, '')")
+                    .bind(QUEUE_CHANNEL)
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(&err)?;
+            }
+            out.push(Expired { job_id: id, status });
+        }
+        tx.commit().await.map_err(&err)?;
+        Ok(out)
+    }
+
+    /// Whether `id` is a queued job (run by workers, not by the process that accepted it).
+    pub async fn is_queued(&self, id: &str) -> Result<bool> {
+        let Db::Postgres(pool) = &self.db else {
+            return Ok(false);
+        };
+        let row: Option<(bool,)> = sqlx::query_as("SELECT queued FROM jobs WHERE id = $1")
+            .bind(id)
+            .fetch_optional(pool)
+            .await
+            .map_err(db_err("jobs.get"))?;
+        Ok(row.is_some_and(|(q,)| q))
+    }
+
+    /// This process's `LISTEN` wake-ups (one connection, shared; reconnects with backoff);
+    /// `None` on SQLite. Callers poll as well: a wake-up is a hint, never the only signal.
+    pub fn wakeups(&self) -> Option<broadcast::Receiver<Wakeup>> {
+        let Db::Postgres(pool) = &self.db else {
+            return None;
+        };
+        let tx = self.wakeups.get_or_init(|| {
+            let (tx, _) = broadcast::channel(4096);
+            tokio::spawn(listen(pool.clone(), tx.clone()));
+            tx
+        });
+        Some(tx.subscribe())
+    }
+}
+
+async fn notify_job(tx: &mut sqlx::PgConnection, id: &str) -> Result<()> {
+    sqlx::query("SELECT pg_notify($1, $2)")
+        .bind(EVENTS_CHANNEL)
+        .bind(id)
+        .execute(tx)
+        .await
+        .map_err(db_err("jobs.notify"))
+        .map(drop)
+}
+
+async fn insert_events(
+    tx: &mut sqlx::PgConnection,
+    job_id: &str,
+    events: &[(u64, String)],
+    max_per_job: u64,
+) -> Result<()> {
+    let err = db_err("job_events.append");
+    if events.is_empty() {
+        return Ok(());
+    }
+    for chunk in events.chunks(500) {
+        let mut q = sqlx::QueryBuilder::<sqlx::Postgres>::new(
+            "INSERT INTO job_events (job_id, seq, event) ",
+        );
+        q.push_values(chunk, |mut row, (seq, event)| {
+            row.push_bind(job_id)
+                .push_bind(seq_param(*seq))
+                .push_bind(event);
+        });
+        q.push(" ON CONFLICT (job_id, seq) DO NOTHING");
+        q.build().execute(&mut *tx).await.map_err(&err)?;
+    }
+    let newest = events.iter().map(|(s, _)| *s).max().unwrap_or(0);
+    if newest > max_per_job {
+        sqlx::query("DELETE FROM job_events WHERE job_id = $1 AND seq <= $2")
+            .bind(job_id)
+            .bind(seq_param(newest - max_per_job))
+            .execute(&mut *tx)
+            .await
+            .map_err(&err)?;
+    }
+    notify_job(tx, job_id).await
+}
+
+/// The shared `LISTEN` connection: forwards notifications until nobody listens any more.
+async fn listen(pool: PgPool, tx: broadcast::Sender<Wakeup>) {
+    let mut delay = Duration::from_millis(100);
+    loop {
+        let mut listener = match sqlx::postgres::PgListener::connect_with(&pool).await {
+            Ok(l) => l,
+            Err(error) => {
+                tracing::warn!(%error, "cannot LISTEN for job wake-ups; followers poll meanwhile");
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_secs(5));
+                continue;
+            }
+        };
+        if let Err(error) = listener.listen_all([EVENTS_CHANNEL, QUEUE_CHANNEL]).await {
+            tracing::warn!(%error, "cannot LISTEN for job wake-ups; followers poll meanwhile");
+            tokio::time::sleep(delay).await;
+            continue;
+        }
+        delay = Duration::from_millis(100);
+        let _ = tx.send(Wakeup::Reconnected);
+        loop {
+            match listener.try_recv().await {
+                Ok(Some(n)) => {
+                    let wake = if n.channel() == QUEUE_CHANNEL {
+                        Wakeup::Queue
+                    } else {
+                        Wakeup::Job(n.payload().to_owned())
+                    };
+                    let _ = tx.send(wake);
+                }
+                // The connection dropped (sqlx reconnects on the next call).
+                Ok(None) => {
+                    let _ = tx.send(Wakeup::Reconnected);
+                }
+                Err(error) => {
+                    tracing::warn!(%error, "job wake-up listener failed; reconnecting");
+                    break;
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,331 @@
+//! [`QueueWorker`]: what `nodetool work` runs. Claims queued jobs in batches
+//! ([`JobStore::claim`]), runs each on a local [`JobExecutionManager`] (the same strategies,
+//! scheduler and event hub as a server's own jobs), and writes its events and outcome back to
+//! the queue's store, every write fenced by the job's lease (see [`crate::queue`]).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use nodetool_core::Result;
+use nodetool_engine::events::JobUpdate;
+use nodetool_engine::{Event, EventEnvelope, Status};
+use tokio::task::JoinSet;
+
+use crate::manager::JobExecutionManager;
+use crate::queue::{ClaimFilter, ClaimedJob, Lease, Wakeup};
+use crate::store::JobStore;
+
+/// `nodetool work`'s knobs.
+#[derive(Debug, Clone)]
+pub struct WorkerConfig {
+    /// This worker's id in `lease_owner` (unique per process).
+    pub owner: String,
+    /// Jobs run at once (and claimed per batch at most).
+    pub concurrency: usize,
+    pub filter: ClaimFilter,
+    /// The lease taken per job, renewed every third of it.
+    pub lease: Duration,
+    /// Re-check the queue this often without a `NOTIFY`.
+    pub poll: Duration,
+    /// Events kept per job (`JOB_EVENTS_MAX_PER_JOB`).
+    pub max_per_job: u64,
+    /// Events written per transaction at most, and how long an event may wait for its batch.
+    pub batch: usize,
+    pub batch_delay: Duration,
+}
+
+impl WorkerConfig {
+    pub fn new(owner: String, concurrency: usize, filter: ClaimFilter, lease: Duration) -> Self {
+        Self {
+            owner,
+            concurrency: concurrency.max(1),
+            filter,
+            lease,
+            poll: Duration::from_millis(500),
+            max_per_job: 10_000,
+            batch: crate::event_log::BATCH,
+            batch_delay: Duration::from_millis(20),
+        }
+    }
+}
+
+/// Claims and runs queued jobs until told to stop.
+#[derive(Debug, Clone)]
+pub struct QueueWorker {
+    store: JobStore,
+    local: JobExecutionManager,
+    config: Arc<WorkerConfig>,
+}
+
+impl QueueWorker {
+    /// `store` is the queue (PostgreSQL); `local` runs the jobs (its own store is this process's
+    /// bookkeeping only, e.g. an in-memory SQLite, with no event log).
+    pub fn new(store: JobStore, local: JobExecutionManager, config: WorkerConfig) -> Self {
+        Self {
+            store,
+            local,
+            config: Arc::new(config),
+        }
+    }
+
+    /// Runs until `stop` resolves; then claims nothing more and returns once the jobs it holds
+    /// have ended (the caller shuts `local` down to bound that).
+    pub async fn run(&self, stop: impl std::future::Future<Output = ()>) -> Result<()> {
+        tokio::pin!(stop);
+        let mut wake = self.store.wakeups();
+        let mut jobs: JoinSet<()> = JoinSet::new();
+        let mut failures = 0u32;
+        tracing::info!(owner = %self.config.owner, concurrency = self.config.concurrency,
+            strategies = ?self.config.filter.strategies, tags = ?self.config.filter.tags,
+            "queue worker started");
+        loop {
+            while jobs.try_join_next().is_some() {}
+            if let Err(error) = self.store.expire_leases().await {
+                tracing::warn!(%error, "cannot settle expired job leases");
+            }
+            let free = self.config.concurrency.saturating_sub(jobs.len());
+            let mut full_batch = false;
+            if free > 0 {
+                match self
+                    .store
+                    .claim(
+                        &self.config.owner,
+                        &self.config.filter,
+                        u32::try_from(free).unwrap_or(u32::MAX),
+                        self.config.lease,
+                    )
+                    .await
+                {
+                    Ok(claimed) => {
+                        failures = 0;
+                        full_batch = claimed.len() == free;
+                        for job in claimed {
+                            tracing::info!(job_id = %job.lease.job_id, attempt = job.attempt,
+                                "claimed a job");
+                            let this = self.clone();
+                            jobs.spawn(async move { this.run_claimed(job).await });
+                        }
+                    }
+                    Err(error) => {
+                        // PostgreSQL down or restarting: claiming pauses, then resumes.
+                        failures = failures.saturating_add(1);
+                        tracing::warn!(%error, "cannot claim jobs; retrying");
+                    }
+                }
+            }
+            if full_batch && jobs.len() < self.config.concurrency {
+                continue;
+            }
+            let backoff = if failures > 0 {
+                Duration::from_millis(200 * u64::from(failures.min(25)))
+            } else {
+                self.config.poll
+            };
+            tokio::select! {
+                _ = &mut stop => break,
+                _ = queue_wakeup(wake.as_mut(), backoff) => {}
+                Some(_) = jobs.join_next() => {}
+            }
+        }
+        tracing::info!(
+            running = jobs.len(),
+            "queue worker stopping: claiming no more jobs"
+        );
+        while jobs.join_next().await.is_some() {}
+        Ok(())
+    }
+
+    async fn run_claimed(&self, job: ClaimedJob) {
+        let lease = job.lease.clone();
+        let id = lease.job_id.clone();
+        let offset = job.seq_offset;
+        let spec = match job.spec() {
+            Ok(spec) => spec,
+            Err(why) => {
+                tracing::error!(job_id = %id, %why, "cannot run the queued job");
+                self.fail(&lease, offset, &why).await;
+                return;
+            }
+        };
+        let mut request = spec.request;
+        request.job_id = Some(id.clone());
+        // A retry landing on this worker again: forget the earlier run's local copy.
+        let _ = self.local.delete_ended(&id, &spec.user_id).await;
+        if let Err(e) = self.local.submit(request, &spec.user_id).await {
+            if e.kind() == nodetool_core::ErrorKind::Unavailable {
+                // Shutting down (or out of room for now): another worker takes it.
+                tracing::info!(job_id = %id, error = %e, "giving the job back to the queue");
+                if let Err(error) = self.store.release(&lease).await {
+                    tracing::warn!(job_id = %id, %error, "cannot give the job back; its lease will expire");
+                }
+                return;
+            }
+            let why = format!("worker {} cannot run this job: {e}", self.config.owner);
+            tracing::error!(job_id = %id, error = %e, "cannot start the queued job");
+            self.fail(&lease, offset, &why).await;
+            return;
+        }
+        let mut events = match self.local.subscribe(&id, 0) {
+            Ok(ev) => ev,
+            Err(e) => {
+                let _ = self.local.cancel(&id).await;
+                self.fail(&lease, offset, &format!("cannot follow the job: {e}"))
+                    .await;
+                return;
+            }
+        };
+        let beat_every = (self.config.lease / 3).max(Duration::from_millis(100));
+        let mut beat =
+            tokio::time::interval_at(tokio::time::Instant::now() + beat_every, beat_every);
+        beat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut flush = tokio::time::interval(self.config.batch_delay);
+        let mut batch: Vec<(u64, String)> = Vec::new();
+        let mut cancel_sent = false;
+        let lost = loop {
+            tokio::select! {
+                biased;
+                _ = beat.tick() => match self.store.renew_lease(&lease, self.config.lease).await {
+                    Ok(Some(true)) if !cancel_sent => {
+                        tracing::info!(job_id = %id, "cancel requested; cancelling");
+                        cancel_sent = true;
+                        let _ = self.local.cancel(&id).await;
+                    }
+                    Ok(Some(_)) => {}
+                    Ok(None) => break true,
+                    // The lease may still hold; the fenced writes tell.
+                    Err(error) => tracing::warn!(job_id = %id, %error, "cannot renew the job's lease"),
+                },
+                _ = flush.tick(), if !batch.is_empty() => {
+                    match self.store.append_events_fenced(&lease, &batch, self.config.max_per_job).await {
+                        Ok(true) => batch.clear(),
+                        Ok(false) => break true,
+                        // Kept, and tried again with the next batch.
+                        Err(error) => tracing::warn!(job_id = %id, %error, "cannot write the job's events"),
+                    }
+                }
+                next = events.next() => match next {
+                    Some(mut e) => {
+                        let terminal = matches!(&e.event, Event::JobUpdate(u) if u.status.is_terminal());
+                        e.seq += offset;
+                        match serde_json::to_string(&e) {
+                            Ok(text) => batch.push((e.seq, text)),
+                            Err(error) => tracing::error!(job_id = %id, %error, "cannot serialize a job event"),
+                        }
+                        if terminal {
+                            break false;
+                        }
+                        if batch.len() >= self.config.batch {
+                            flush.reset_immediately();
+                        }
+                    }
+                    None => break false,
+                },
+            }
+        };
+        if lost {
+            tracing::warn!(job_id = %id, "lost the job's lease (it expired); stopping it, writing nothing more");
+            let _ = self.local.cancel(&id).await;
+            return;
+        }
+        let record = match self.local.wait(&id).await {
+            Ok(r) => r,
+            Err(e) => {
+                self.fail(
+                    &lease,
+                    offset,
+                    &format!("the job's local record is lost: {e}"),
+                )
+                .await;
+                return;
+            }
+        };
+        // The outcome and the last events (the terminal one) in one fenced transaction, retried
+        // while the database is unreachable; a lost lease ends the attempt.
+        let mut delay = Duration::from_millis(100);
+        for attempt in 1..=8 {
+            match self
+                .store
+                .finish_fenced(
+                    &lease,
+                    record.status,
+                    record.error.as_deref(),
+                    record.result.as_ref(),
+                    &batch,
+                    self.config.max_per_job,
+                )
+                .await
+            {
+                Ok(true) => {
+                    tracing::info!(job_id = %id, status = record.status.as_str(), "job finished");
+                    return;
+                }
+                Ok(false) => {
+                    tracing::warn!(job_id = %id, "the job's lease was lost before its outcome was written");
+                    return;
+                }
+                Err(error) => {
+                    tracing::warn!(job_id = %id, attempt, %error, "cannot write the job's outcome; retrying");
+                    tokio::time::sleep(delay).await;
+                    delay = (delay * 2).min(Duration::from_secs(5));
+                }
+            }
+        }
+        tracing::error!(job_id = %id, "the job's outcome could not be written; its lease will expire");
+    }
+
+    /// Fails a claimed job this worker cannot run, with its one terminal event.
+    async fn fail(&self, lease: &Lease, offset: u64, why: &str) {
+        let event = EventEnvelope {
+            job_id: lease.job_id.clone(),
+            seq: offset + 1,
+            event: Event::JobUpdate(JobUpdate {
+                status: Status::Failed,
+                workflow_id: None,
+                message: None,
+                result: None,
+                error: Some(why.to_owned()),
+                traceback: None,
+                run_state: None,
+                duration: None,
+            }),
+        };
+        let rows: Vec<(u64, String)> = serde_json::to_string(&event)
+            .map(|t| vec![(event.seq, t)])
+            .unwrap_or_default();
+        if let Err(error) = self
+            .store
+            .finish_fenced(
+                lease,
+                Status::Failed,
+                Some(why),
+                None,
+                &rows,
+                self.config.max_per_job,
+            )
+            .await
+        {
+            tracing::error!(job_id = %lease.job_id, %error, "cannot record the job as failed");
+        }
+    }
+}
+
+/// Waits for an enqueue `NOTIFY` (or a listener reconnect), at most `poll`.
+async fn queue_wakeup(wake: Option<&mut tokio::sync::broadcast::Receiver<Wakeup>>, poll: Duration) {
+    let Some(rx) = wake else {
+        tokio::time::sleep(poll).await;
+        return;
+    };
+    let woken = async {
+        loop {
+            match rx.recv().await {
+                Ok(Wakeup::Queue | Wakeup::Reconnected) => return,
+                Ok(Wakeup::Job(_)) => {}
+                Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => return,
+                Err(tokio::sync::broadcast::error::RecvError::Closed) => {
+                    std::future::pending::<()>().await
+                }
+            }
+        }
+    };
+    let _ = tokio::time::timeout(poll, woken).await;
+}

@@ -1,0 +1,339 @@
+//! The durable queue's store invariants (`nodetool_exec::queue`) against a real PostgreSQL (the
+//! testkit's): concurrent claimers never share a job, every write of a claimed job is fenced by
+//! its lease, an expired lease retries once then fails "worker lost", a cancel reaches waiting
+//! and claimed jobs, tags and strategies route jobs; SQLite refuses the queue.
+#![allow(clippy::unwrap_used)]
+
+use std::collections::HashSet;
+use std::time::Duration;
+
+use chrono::Utc;
+use nodetool_core::ErrorKind;
+use nodetool_engine::Status;
+use nodetool_exec::queue::{ClaimFilter, QueuedSpec, QUEUE_SPEC_VERSION, WORKER_LOST};
+use nodetool_exec::{JobRecord, JobStore, PostgresOptions, RunJobRequest, StrategyKind};
+use nodetool_testkit::postgres::PostgresServer;
+use serde_json::json;
+
+async fn postgres(test: &str) -> Option<PostgresServer> {
+    let pg = PostgresServer::start().await;
+    if pg.is_none() {
+        let why = PostgresServer::why_missing().unwrap_or_default();
+        nodetool_testkit::skip_or_fail(test, &why);
+    }
+    pg
+}
+
+async fn store(pg: &PostgresServer, name: &str) -> JobStore {
+    JobStore::connect(&pg.create_database(name), &PostgresOptions::default())
+        .await
+        .unwrap()
+}
+
+fn record(id: &str) -> JobRecord {
+    JobRecord {
+        id: id.to_owned(),
+        user_id: "u1".into(),
+        workflow_id: "wf".into(),
+        strategy: StrategyKind::Threaded,
+        status: Status::Scheduled,
+        params: json!({}),
+        created_at: Utc::now(),
+        started_at: None,
+        finished_at: None,
+        error: None,
+        result: None,
+        worker: None,
+    }
+}
+
+fn spec(id: &str) -> QueuedSpec {
+    QueuedSpec {
+        version: QUEUE_SPEC_VERSION,
+        user_id: "u1".into(),
+        request: RunJobRequest {
+            job_id: Some(id.to_owned()),
+            execution_strategy: Some("threaded".into()),
+            ..Default::default()
+        },
+    }
+}
+
+async fn enqueue(store: &JobStore, id: &str, tags: &[&str], max_attempts: u32) {
+    let tags: Vec<String> = tags.iter().map(|t| t.to_string()).collect();
+    store
+        .enqueue(&record(id), &spec(id), &tags, max_attempts)
+        .await
+        .unwrap();
+}
+
+fn all() -> ClaimFilter {
+    ClaimFilter {
+        strategies: vec!["threaded".into(), "subprocess".into(), "docker".into()],
+        tags: vec![],
+    }
+}
+
+const LEASE: Duration = Duration::from_secs(60);
+
+/// Settles leases until `id`'s has expired (the lease is short; this waits, it asserts nothing
+/// about time).
+async fn expire(store: &JobStore, id: &str) -> Status {
+    loop {
+        let expired = store.expire_leases().await.unwrap();
+        if let Some(e) = expired.into_iter().find(|e| e.job_id == id) {
+            return e.status;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn job_queue_on_postgres() {
+    let Some(pg) = postgres("job_queue_on_postgres").await else {
+        return;
+    };
+
+    // --- Concurrent claimers never get the same job; together they get every job.
+    {
+        let store = store(&pg, "claims").await;
+        let n = 60;
+        for i in 0..n {
+            enqueue(&store, &format!("j{i:03}"), &[], 2).await;
+        }
+        let mut claimers = Vec::new();
+        for w in 0..6 {
+            let store = store.clone();
+            claimers.push(tokio::spawn(async move {
+                let mut mine = Vec::new();
+                loop {
+                    let got = store
+                        .claim(&format!("w{w}"), &all(), 4, LEASE)
+                        .await
+                        .unwrap();
+                    if got.is_empty() {
+                        return mine;
+                    }
+                    mine.extend(got.into_iter().map(|c| c.lease.job_id));
+                }
+            }));
+        }
+        let mut seen = Vec::new();
+        for c in claimers {
+            seen.extend(c.await.unwrap());
+        }
+        let unique: HashSet<&String> = seen.iter().collect();
+        assert_eq!(seen.len(), n, "a job was claimed twice or missed: {seen:?}");
+        assert_eq!(unique.len(), n);
+        let owners = pg.psql(
+            "claims",
+            "SELECT count(*) FROM jobs WHERE status = 'running' AND attempts = 1 \
+             AND lease_owner IS NOT NULL",
+        );
+        assert_eq!(owners, n.to_string());
+    }
+
+    // --- Lease fencing and expiry: retried once, then "worker lost"; late writes refused.
+    {
+        let store = store(&pg, "leases").await;
+        enqueue(&store, "job", &[], 2).await;
+        let short = Duration::from_millis(200);
+        let first = store.claim("w1", &all(), 10, short).await.unwrap();
+        assert_eq!(first.len(), 1);
+        let first = &first[0];
+        assert_eq!((first.attempt, first.seq_offset), (1, 0));
+        assert_eq!(first.spec().unwrap().request.job_id.as_deref(), Some("job"));
+        assert!(store
+            .append_events_fenced(&first.lease, &[(1, "{\"e\":1}".into())], 100)
+            .await
+            .unwrap());
+        assert_eq!(expire(&store, "job").await, Status::Scheduled);
+        // The expired holder can neither heartbeat nor write events or an outcome.
+        assert_eq!(store.renew_lease(&first.lease, LEASE).await.unwrap(), None);
+        assert!(!store
+            .append_events_fenced(&first.lease, &[(2, "{\"late\":1}".into())], 100)
+            .await
+            .unwrap());
+        assert!(!store
+            .finish_fenced(&first.lease, Status::Completed, None, None, &[], 100)
+            .await
+            .unwrap());
+        // The unfenced writer (a local-mode owner) cannot touch it either once claimed.
+        let second = store.claim("w2", &all(), 10, short).await.unwrap();
+        assert_eq!(second.len(), 1);
+        let second = &second[0];
+        assert_eq!((second.attempt, second.seq_offset), (2, 1));
+        assert_ne!(second.lease.token, first.lease.token);
+        assert!(!store
+            .finish("job", Status::Failed, Some("x"), None, Utc::now())
+            .await
+            .unwrap());
+        assert!(!store
+            .finish_fenced(&first.lease, Status::Completed, None, None, &[], 100)
+            .await
+            .unwrap());
+        // Attempts used up: failed, "worker lost", and the job stays failed.
+        assert_eq!(expire(&store, "job").await, Status::Failed);
+        let rec = store.get("job").await.unwrap().unwrap();
+        assert_eq!(rec.status, Status::Failed);
+        assert_eq!(rec.error.as_deref(), Some(WORKER_LOST));
+        assert!(!store
+            .finish_fenced(&second.lease, Status::Completed, None, None, &[], 100)
+            .await
+            .unwrap());
+        assert!(store
+            .claim("w3", &all(), 10, LEASE)
+            .await
+            .unwrap()
+            .is_empty());
+        // The late event of the first holder was refused: only its one event is stored.
+        assert_eq!(
+            pg.psql(
+                "leases",
+                "SELECT string_agg(seq::text, ',') FROM job_events"
+            ),
+            "1"
+        );
+
+        // A holder whose lease holds finishes once, with its events in the same transaction.
+        enqueue(&store, "ok", &[], 1).await;
+        let c = store.claim("w1", &all(), 10, LEASE).await.unwrap();
+        let lease = &c[0].lease;
+        assert_eq!(store.renew_lease(lease, LEASE).await.unwrap(), Some(false));
+        assert!(store
+            .finish_fenced(
+                lease,
+                Status::Completed,
+                None,
+                Some(&json!({"out": [1]})),
+                &[(1, "{\"t\":1}".into())],
+                100
+            )
+            .await
+            .unwrap());
+        assert!(!store
+            .finish_fenced(lease, Status::Failed, Some("again"), None, &[], 100)
+            .await
+            .unwrap());
+        let rec = store.get("ok").await.unwrap().unwrap();
+        assert_eq!(rec.status, Status::Completed);
+        assert_eq!(rec.result, Some(json!({"out": [1]})));
+    }
+
+    // --- A job given back before it started: waiting again, the attempt not counted.
+    {
+        let store = store(&pg, "release").await;
+        enqueue(&store, "back", &[], 1).await;
+        let c = store.claim("w1", &all(), 1, LEASE).await.unwrap();
+        assert!(store.release(&c[0].lease).await.unwrap());
+        assert!(!store.release(&c[0].lease).await.unwrap());
+        assert_eq!(
+            store.get("back").await.unwrap().unwrap().status,
+            Status::Scheduled
+        );
+        let again = store.claim("w2", &all(), 1, LEASE).await.unwrap();
+        assert_eq!(again[0].attempt, 1);
+        assert!(!store
+            .finish_fenced(&c[0].lease, Status::Completed, None, None, &[], 100)
+            .await
+            .unwrap());
+    }
+
+    // --- Cancel: a waiting job ends at once; a claimed one is told at its heartbeat.
+    {
+        let store = store(&pg, "cancel").await;
+        enqueue(&store, "waiting", &[], 2).await;
+        assert_eq!(
+            store.request_cancel("waiting").await.unwrap(),
+            Some(Status::Scheduled)
+        );
+        assert_eq!(
+            store.get("waiting").await.unwrap().unwrap().status,
+            Status::Cancelled
+        );
+        assert!(store
+            .claim("w1", &all(), 10, LEASE)
+            .await
+            .unwrap()
+            .is_empty());
+        assert_eq!(store.request_cancel("waiting").await.unwrap(), None);
+
+        enqueue(&store, "claimed", &[], 2).await;
+        let c = store.claim("w1", &all(), 10, LEASE).await.unwrap();
+        assert_eq!(
+            store.request_cancel("claimed").await.unwrap(),
+            Some(Status::Running)
+        );
+        assert_eq!(
+            store.renew_lease(&c[0].lease, LEASE).await.unwrap(),
+            Some(true)
+        );
+        // A lost worker of a cancelled job: cancelled, not retried.
+        enqueue(&store, "gone", &[], 2).await;
+        let _ = store
+            .claim("w1", &all(), 10, Duration::from_millis(100))
+            .await
+            .unwrap();
+        store.request_cancel("gone").await.unwrap();
+        assert_eq!(expire(&store, "gone").await, Status::Cancelled);
+    }
+
+    // --- Routing: tags must all be the worker's; strategies must be among its own.
+    {
+        let store = store(&pg, "routing").await;
+        enqueue(&store, "gpu", &["gpu"], 1).await;
+        enqueue(&store, "any", &[], 1).await;
+        let cpu = ClaimFilter {
+            strategies: vec!["threaded".into()],
+            tags: vec!["cpu".into()],
+        };
+        let got = store.claim("cpu", &cpu, 10, LEASE).await.unwrap();
+        assert_eq!(
+            got.iter()
+                .map(|c| c.lease.job_id.as_str())
+                .collect::<Vec<_>>(),
+            ["any"]
+        );
+        let docker_only = ClaimFilter {
+            strategies: vec!["docker".into()],
+            tags: vec!["gpu".into()],
+        };
+        assert!(store
+            .claim("d", &docker_only, 10, LEASE)
+            .await
+            .unwrap()
+            .is_empty());
+        let gpu = ClaimFilter {
+            strategies: vec!["threaded".into()],
+            tags: vec!["gpu".into(), "big".into()],
+        };
+        let got = store.claim("g", &gpu, 10, LEASE).await.unwrap();
+        assert_eq!(got.len(), 1);
+        assert_eq!(got[0].lease.job_id, "gpu");
+    }
+
+    // --- A spec from a newer nodetool is refused with a message.
+    {
+        let store = store(&pg, "versions").await;
+        enqueue(&store, "new", &[], 1).await;
+        pg.psql(
+            "versions",
+            "UPDATE jobs SET spec = '{\"version\": 99, \"user_id\": \"u1\", \"request\": {}}'",
+        );
+        let c = store.claim("w", &all(), 1, LEASE).await.unwrap();
+        let why = c[0].spec().unwrap_err();
+        assert!(why.contains("newer nodetool"), "{why}");
+    }
+}
+
+#[tokio::test]
+async fn sqlite_refuses_the_queue() {
+    let store = JobStore::in_memory().await.unwrap();
+    let e = store
+        .enqueue(&record("x"), &spec("x"), &[], 1)
+        .await
+        .unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::Unsupported);
+    assert!(e.to_string().contains("DATABASE_URL"), "{e}");
+    assert!(store.wakeups().is_none());
+}
