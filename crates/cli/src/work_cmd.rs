@@ -58,14 +58,15 @@ pub async fn run(args: WorkArgs) -> anyhow::Result<ExitCode> {
     let auth = nodetool_server::Authenticator::from_settings(&settings)?;
     let key = nodetool_runtime::url_signing_key(&settings)?;
     let signer = UrlSigner::new(&key, crate::serve_cmd::SIGNED_URL_TTL)?;
-    let db_path = settings.db_path.clone();
-    let db = nodetool_server::db::open(&db_path)
+    // Asset records go where the servers keep them: DATABASE_URL's PostgreSQL (this worker
+    // opens no SQLite file, so workers sharing a home do not race to migrate one).
+    let records = nodetool_server::db::Records::open(&settings.db_path, Some(url.as_str()))
         .await
-        .with_context(|| format!("opening the database at {}", db_path.display()))?;
+        .context("opening the asset store (DATABASE_URL)")?;
     let resources = Arc::new(
         Resources::new(settings, ResourceOptions::default())
             .with_url_signer(signer)
-            .with_asset_store(nodetool_server::db::asset_store(&db)),
+            .with_asset_store(records.assets.clone()),
     );
     let queue = JobStore::connect(&url, &PostgresOptions::default()).await?;
 

@@ -69,7 +69,21 @@ impl Worker {
             .stderr(std::fs::File::create(&log).unwrap())
             .spawn()
             .unwrap();
-        Self { child, log }
+        let mut worker = Self { child, log };
+        // Ready once it says so; a worker that dies at start fails the test here, with its log.
+        let deadline = std::time::Instant::now() + HANG;
+        while !worker.log().contains("queue worker started") {
+            if let Ok(Some(status)) = worker.child.try_wait() {
+                panic!("{name} exited at start with {status}: {}", worker.log());
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{name} did not start: {}",
+                worker.log()
+            );
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        worker
     }
 
     fn pid(&self) -> u32 {
