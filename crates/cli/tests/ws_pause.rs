@@ -4,58 +4,28 @@
 #![allow(clippy::unwrap_used)]
 
 use std::collections::VecDeque;
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use futures::{SinkExt, StreamExt};
 use serde_json::{json, Value};
 use tokio_tungstenite::tungstenite::Message;
 
+use nodetool_testkit::serve_process::{NodetoolHome, ServeProcess};
+
 /// Hang guard for one frame or the server's start (not a timing claim).
 const WAIT: Duration = Duration::from_secs(60);
 
+/// `nodetool serve` in a clean home, on the port it picked.
 struct Server {
-    child: Child,
-    port: u16,
-    _dir: tempfile::TempDir,
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+    proc: ServeProcess,
+    _home: NodetoolHome,
 }
 
 impl Server {
     fn start() -> Self {
-        let dir = tempfile::tempdir().unwrap();
-        let port = nodetool_testkit::free_port();
-        let child = Command::new(env!("CARGO_BIN_EXE_nodetool"))
-            .args(["serve", "--port", &port.to_string()])
-            .env_clear()
-            .env("HOME", dir.path())
-            .env("NODETOOL_CONFIG_DIR", dir.path())
-            .env("PATH", std::env::var("PATH").unwrap_or_default())
-            .env("AUTH_PROVIDER", "local")
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        let mut server = Self {
-            child,
-            port,
-            _dir: dir,
-        };
-        let deadline = Instant::now() + WAIT;
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            if let Some(status) = server.child.try_wait().unwrap() {
-                panic!("serve exited early with {status}");
-            }
-            assert!(Instant::now() < deadline, "serve did not start listening");
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        server
+        let home = NodetoolHome::new(env!("CARGO_BIN_EXE_nodetool"));
+        let proc = home.serve(&[("AUTH_PROVIDER", "local")], WAIT);
+        Self { proc, _home: home }
     }
 }
 
@@ -70,7 +40,7 @@ struct WebClient {
 
 impl WebClient {
     async fn connect(server: &Server) -> Self {
-        let url = format!("ws://127.0.0.1:{}/ws", server.port);
+        let url = format!("ws://127.0.0.1:{}/ws", server.proc.port());
         let (ws, _) = tokio_tungstenite::connect_async(url).await.unwrap();
         Self {
             ws,
@@ -157,7 +127,7 @@ async fn a_subprocess_job_pauses_and_resumes_over_ws() {
     assert!(r.get("error").is_none(), "{r}");
     let record: Value = reqwest::get(format!(
         "http://127.0.0.1:{}/api/jobs/{job_id}",
-        server.port
+        server.proc.port()
     ))
     .await
     .unwrap()
