@@ -108,7 +108,11 @@ pub async fn connect(
     Ok(pool)
 }
 
-async fn wait_for_postgres(
+/// Connects once at a time until the server answers or `wait` has passed, backing off from
+/// 50 ms to 1 s. Only "not there (yet)" errors are retried; refused credentials or a missing
+/// database are final at once. Every PostgreSQL store (asset records, workflows, jobs) starts
+/// with it; `target` names the server in errors (never the URL, whose password it would show).
+pub async fn wait_for_postgres(
     pg: &PgConnectOptions,
     target: &str,
     wait: Duration,
@@ -159,7 +163,8 @@ fn retryable_at_connect(e: &sqlx::Error) -> bool {
     }
 }
 
-fn connect_err(e: sqlx::Error, target: &str) -> Error {
+/// A connect error as a kind: refused credentials, a missing database, or unavailable.
+pub fn connect_err(e: sqlx::Error, target: &str) -> Error {
     let code = match &e {
         sqlx::Error::Database(db) => db.code().map(|c| c.into_owned()),
         _ => None,

@@ -16,10 +16,11 @@ use std::time::Duration;
 use chrono::{DateTime, DurationRound, Utc};
 use serde::Serialize;
 use serde_json::Value;
-use sqlx::postgres::{PgConnectOptions, PgConnection, PgPool, PgPoolOptions};
+use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 use sqlx::{Connection, SqlitePool};
 
+use nodetool_assets::postgres::{connect_err, wait_for_postgres};
 use nodetool_core::{Error, ErrorKind, Result};
 use nodetool_engine::{EventEnvelope, Status};
 
@@ -227,7 +228,9 @@ impl JobStore {
             pg.get_port(),
             pg.get_database().unwrap_or("(default database)")
         );
-        wait_for_postgres(&pg, &target, options.startup_wait).await?;
+        // Reachable first (bounded retry, clear refusals), then the pool.
+        let probe = wait_for_postgres(&pg, &target, options.startup_wait).await?;
+        let _ = probe.close().await;
         let pool = PgPoolOptions::new()
             .max_connections(options.max_connections.max(1))
             .acquire_timeout(Duration::from_secs(10))
@@ -533,88 +536,6 @@ impl JobStore {
         }
         Ok(jobs)
     }
-}
-
-/// Connects once at a time until the server answers or `wait` has passed, backing off from
-/// 50 ms to 1 s. Only "not there (yet)" errors are retried; refused credentials or a missing
-/// database are final at once.
-async fn wait_for_postgres(pg: &PgConnectOptions, target: &str, wait: Duration) -> Result<()> {
-    let deadline = tokio::time::Instant::now() + wait;
-    let mut delay = Duration::from_millis(50);
-    let mut attempts = 0u32;
-    loop {
-        attempts += 1;
-        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
-        // A host that drops packets would hang the connect: bound each attempt too.
-        let attempt = tokio::time::timeout(
-            left.clamp(Duration::from_secs(1), Duration::from_secs(10)),
-            PgConnection::connect_with(pg),
-        )
-        .await;
-        let why = match attempt {
-            Ok(Ok(conn)) => {
-                let _ = conn.close().await;
-                return Ok(());
-            }
-            Ok(Err(e)) if retryable_at_connect(&e) => e.to_string(),
-            Ok(Err(e)) => return Err(connect_err(e, target)),
-            Err(_) => "the connection attempt timed out".to_owned(),
-        };
-        if tokio::time::Instant::now() + delay >= deadline {
-            return Err(Error::new(
-                ErrorKind::Unavailable,
-                format!(
-                    "{target} (DATABASE_URL) is not reachable after {attempts} attempts in {:.1} s: {why}",
-                    wait.as_secs_f64()
-                ),
-            )
-            .with_operation("jobs.connect")
-            .set_temporary(true));
-        }
-        tracing::warn!(target = %target, attempt = attempts, error = %why,
-            "PostgreSQL is not reachable yet; retrying");
-        tokio::time::sleep(delay).await;
-        delay = (delay * 2).min(Duration::from_secs(1));
-    }
-}
-
-/// Down, starting up, or out of connections: worth waiting for.
-fn retryable_at_connect(e: &sqlx::Error) -> bool {
-    match e {
-        sqlx::Error::Io(_) | sqlx::Error::PoolTimedOut => true,
-        // cannot_connect_now (starting up / shutting down), too_many_connections.
-        sqlx::Error::Database(db) => matches!(db.code().as_deref(), Some("57P03" | "53300")),
-        _ => false,
-    }
-}
-
-fn connect_err(e: sqlx::Error, target: &str) -> Error {
-    let code = match &e {
-        sqlx::Error::Database(db) => db.code().map(|c| c.into_owned()),
-        _ => None,
-    };
-    let (kind, message) = match code.as_deref() {
-        // invalid_password, invalid_authorization_specification
-        Some("28P01" | "28000") => (
-            ErrorKind::PermissionDenied,
-            format!("{target} refused the credentials in DATABASE_URL"),
-        ),
-        // invalid_catalog_name
-        Some("3D000") => (
-            ErrorKind::ConfigInvalid,
-            format!(
-                "{target}: the database named in DATABASE_URL does not exist (create it first)"
-            ),
-        ),
-        _ => (
-            ErrorKind::Unavailable,
-            format!("cannot connect to {target} (DATABASE_URL)"),
-        ),
-    };
-    // sqlx's connect errors carry the server's message, never the URL.
-    Error::new(kind, message)
-        .with_operation("jobs.connect")
-        .with_source(e)
 }
 
 fn migrate_err(e: sqlx::migrate::MigrateError, target: &str) -> Error {
