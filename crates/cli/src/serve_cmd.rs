@@ -286,7 +286,7 @@ pub(crate) async fn job_manager(
     resources: &Arc<Resources>,
     store: nodetool_exec::JobStore,
     keys: nodetool_exec::KeyScope,
-    config: nodetool_exec::ManagerConfig,
+    mut config: nodetool_exec::ManagerConfig,
 ) -> anyhow::Result<(
     nodetool_exec::JobExecutionManager,
     Option<nodetool_bridge::PythonBridge>,
@@ -307,6 +307,8 @@ pub(crate) async fn job_manager(
     let node_metadata = nodetool_engine::metadata::registry_metadata(&registry, &|t| {
         nodetool_nodes::ai::tools::EXPOSED_NODE_TYPES.contains(&t)
     });
+    // NodeTool's streamed-input rule needs to know which input types stream.
+    config.input_nodes = nodetool_exec::InputNodeTypes::from_registry(&registry);
     let engine = Engine::new(Arc::new(registry), engine_resources);
     let mut strategies: Vec<Arc<dyn ExecutionStrategy>> = vec![Arc::new(ThreadedStrategy::new(
         engine,

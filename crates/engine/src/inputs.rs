@@ -1,14 +1,18 @@
 //! Streaming inputs: values pushed into a running job's input nodes from outside (NodeTool's
 //! `stream_input` / `end_input_stream`).
 //!
-//! **Which inputs are streamed.** A run whose [`RunOptions::input_streams`] is set streams every
-//! input node (`nodetool.input.*`) whose `name` has no entry in the request's `params`. Such a
-//! node emits nothing by itself: each pushed value goes downstream at once as one stream item
-//! (its edges are streaming edges, so `zip_all` consumers take one item per firing, `Collect`
-//! gathers them, and nodes downstream are not cached), and the node ends when its stream is
-//! ended ([`InputStreams::end`]) or the job is cancelled, fails or times out. Until then the job
-//! keeps running. Input nodes that have a param, and every input node of a run without
-//! `input_streams`, behave as before: they emit their param (or default) value once.
+//! **Which inputs are streamed.** In a run whose [`RunOptions::input_streams`] is set, NodeTool's
+//! rule: every *streaming* input node (a `nodetool.input.*` type whose spec is `streaming`, such
+//! as `RealtimeAudioInput`) stays open — it first sends its param, or its literal `value` when
+//! that is not null, then each pushed value. Other input nodes emit their param (or default) once
+//! and cannot be fed. Streams made with [`InputStreams::all_unset`] (our `streaming_inputs: true`,
+//! not NodeTool's) also stream every other input node whose `name` has no entry in the request's
+//! `params`; such a node emits nothing by itself. Each pushed value goes downstream at once as
+//! one stream item (a streamed node's edges are streaming edges, so `zip_all` consumers take one
+//! item per firing, `Collect` gathers them, and nodes downstream are not cached), and the node
+//! ends when its stream is ended ([`InputStreams::end`]) or the job is cancelled, fails or times
+//! out. Until then the job keeps running. In a run without `input_streams` every input node,
+//! streaming or not, emits its param (or default) once.
 //!
 //! **Values** are JSON values checked against the input's declared type, as params are; a
 //! NodeTool chunk (`{"type": "chunk", ...}`) passes to any input unchanged (the engine has no
@@ -20,8 +24,8 @@
 //! graph waits for it.
 //!
 //! **Errors** go to the caller and never fail the job: an unknown input name or handle is
-//! [`ErrorKind::NotFound`]; a value of the wrong type, an input fed by params, or a stream that
-//! has ended is [`ErrorKind::InvalidInput`]; a run that is over (or never started) is
+//! [`ErrorKind::NotFound`]; a value of the wrong type, an input that is not streamed (it took
+//! its value once), or a stream that has ended is [`ErrorKind::InvalidInput`]; a run that is over (or never started) is
 //! [`ErrorKind::Unavailable`]. Ending an ended stream is a no-op.
 
 use std::collections::{BTreeSet, HashMap};
@@ -45,6 +49,8 @@ pub struct InputStreams {
 
 struct Shared {
     phase: watch::Sender<Phase>,
+    /// Also stream every non-streaming input node that has no param ([`InputStreams::all_unset`]).
+    all_unset: bool,
     /// Taken by the run that uses these streams, so a second run cannot take them over.
     claimed: AtomicBool,
 }
@@ -61,7 +67,7 @@ enum Phase {
 /// The streamed inputs of one run, by input name.
 pub(crate) struct Feeds {
     streamed: HashMap<String, Feed>,
-    /// Input names that took their value from params (not streamed), for a clearer error.
+    /// Input names that took their value once (not streamed), for a clearer error.
     fixed: BTreeSet<String>,
 }
 
@@ -81,15 +87,21 @@ impl Feeds {
         }
     }
 
-    /// Declares a streamed input node and returns the receiver its node reads.
+    /// Declares a streamed input node and returns the receiver its node reads; `first` (a
+    /// streaming input's param or literal value) is its first item.
     pub(crate) fn add(
         &mut self,
         name: &str,
         handle: &str,
         type_name: &str,
         capacity: usize,
+        first: Option<Value>,
     ) -> mpsc::Receiver<Value> {
         let (tx, rx) = mpsc::channel(capacity.max(1));
+        if let Some(v) = first {
+            // A fresh channel has room for one value.
+            let _ = tx.try_send(v);
+        }
         self.streamed.insert(
             name.to_owned(),
             Feed {
@@ -101,7 +113,7 @@ impl Feeds {
         rx
     }
 
-    /// Declares an input node fed by params.
+    /// Declares an input node that emits its param or default once.
     pub(crate) fn add_fixed(&mut self, name: &str) {
         self.fixed.insert(name.to_owned());
     }
@@ -109,11 +121,7 @@ impl Feeds {
     fn find(&self, input: &str, handle: &str, op: &'static str) -> Result<&Feed> {
         let Some(feed) = self.streamed.get(input) else {
             if self.fixed.contains(input) {
-                return Err(Error::invalid_input(format!(
-                    "input `{input}` is not streamed: it takes its value from the job's params"
-                ))
-                .with_operation(op)
-                .with_context("input", input));
+                return Err(not_streamed(input).with_operation(op));
             }
             let mut names: Vec<&str> = self.streamed.keys().map(String::as_str).collect();
             names.sort_unstable();
@@ -128,7 +136,7 @@ impl Feeds {
                     .with_context("input", input),
             );
         };
-        if feed.handle != handle {
+        if !handle.is_empty() && feed.handle != handle {
             return Err(Error::not_found(format!(
                 "input `{input}` has no output handle `{handle}` (it streams on `{}`)",
                 feed.handle
@@ -139,6 +147,16 @@ impl Feeds {
         }
         Ok(feed)
     }
+}
+
+/// The refusal of a push to an input node that is not streamed.
+pub fn not_streamed(input: &str) -> Error {
+    Error::invalid_input(format!(
+        "input `{input}` is not streamed: it took its value once, from the job's params or its \
+         default (only streaming inputs such as RealtimeAudioInput stay open, and every input \
+         without a param when the job is submitted with `streaming_inputs: true`)"
+    ))
+    .with_context("input", input)
 }
 
 fn is_chunk(value: &Value) -> bool {
@@ -165,17 +183,34 @@ impl fmt::Debug for InputStreams {
 }
 
 impl InputStreams {
+    /// Streams for NodeTool's rule: only streaming input nodes are fed.
     pub fn new() -> Self {
+        Self::with(false)
+    }
+
+    /// Streams that also feed every input node without a param (`streaming_inputs: true`).
+    pub fn all_unset() -> Self {
+        Self::with(true)
+    }
+
+    fn with(all_unset: bool) -> Self {
         Self {
             shared: Arc::new(Shared {
                 phase: watch::Sender::new(Phase::Waiting),
+                all_unset,
                 claimed: AtomicBool::new(false),
             }),
         }
     }
 
+    /// Whether input nodes without a param are streamed too ([`InputStreams::all_unset`]).
+    pub fn streams_unset_inputs(&self) -> bool {
+        self.shared.all_unset
+    }
+
     /// Sends `value` downstream from the streamed input named `input` on its output `handle`
-    /// (`"output"` for every built-in input node). Waits while the input's buffer is full, and
+    /// (`"output"` for the built-in inputs but RealtimeAudioInput's `"chunk"`; an empty `handle`
+    /// is the input's own, whatever it is). Waits while the input's buffer is full, and
     /// until the run has planned its graph. See the module docs for the errors.
     pub async fn push(&self, input: &str, handle: &str, value: Value) -> Result<()> {
         const OP: &str = "engine.stream_input";
@@ -273,7 +308,7 @@ mod tests {
         assert!(s.claim());
         assert!(!s.claim(), "a second run cannot take the streams");
         let mut feeds = Feeds::new();
-        let rx = feeds.add("text", "output", "str", 2);
+        let rx = feeds.add("text", "output", "str", 2, None);
         feeds.add_fixed("fixed");
         s.open(feeds);
         (s, rx)
@@ -296,7 +331,7 @@ mod tests {
         assert_eq!(err.kind(), ErrorKind::NotFound);
         let err = s.push("fixed", "output", json!("x")).await.unwrap_err();
         assert_eq!(err.kind(), ErrorKind::InvalidInput);
-        assert!(err.to_string().contains("params"), "{err}");
+        assert!(err.to_string().contains("not streamed"), "{err}");
         let err = s.push("text", "output", json!(3)).await.unwrap_err();
         assert_eq!(err.kind(), ErrorKind::InvalidInput);
 
@@ -325,7 +360,7 @@ mod tests {
         assert!(!early.is_finished(), "a push waits for the run to open");
         assert!(s.claim());
         let mut feeds = Feeds::new();
-        let mut rx = feeds.add("text", "output", "str", 1);
+        let mut rx = feeds.add("text", "output", "str", 1, None);
         s.open(feeds);
         early.await.unwrap().unwrap();
 

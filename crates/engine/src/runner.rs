@@ -368,21 +368,24 @@ impl Engine {
             .filter(|e| e.edge_type == EdgeType::Data)
             .collect();
         let input_name = |n: &crate::graph::Node| n.input_name().to_owned();
-        // Streamed: with input streams, every input node whose name has no param.
-        let fed: HashSet<&str> = if opts.input_streams.is_some() {
-            graph
+        // Streamed (see `crate::inputs`): with input streams, every streaming input node, and
+        // with `all_unset` streams every input node whose name has no param as well.
+        let fed: HashSet<&str> = match &opts.input_streams {
+            Some(streams) => graph
                 .nodes
                 .iter()
                 .filter(|n| {
-                    self.registry
-                        .get(&n.node_type)
-                        .is_some_and(|i| i.spec().kind == NodeKind::Input)
-                        && !req.params.contains_key(&input_name(n))
+                    self.registry.get(&n.node_type).is_some_and(|i| {
+                        let spec = i.spec();
+                        spec.kind == NodeKind::Input
+                            && (spec.streaming
+                                || (streams.streams_unset_inputs()
+                                    && !req.params.contains_key(&input_name(n))))
+                    })
                 })
                 .map(|n| n.id.as_str())
-                .collect()
-        } else {
-            HashSet::new()
+                .collect(),
+            None => HashSet::new(),
         };
         let streaming = streaming_edges(graph, &self.registry, &fed);
         let mut feeds = Feeds::new();
@@ -493,7 +496,14 @@ impl Engine {
                     let type_name = spec
                         .input_spec("value")
                         .map_or("any", |i| i.type_name.as_str());
-                    let rx = feeds.add(&name, &slot, type_name, capacity);
+                    // A streaming input opens with its param or non-null literal value, as in
+                    // NodeTool; other streamed inputs wait for the first push.
+                    let first = spec
+                        .streaming
+                        .then(|| props.get("value").cloned())
+                        .flatten()
+                        .filter(|v| !v.is_null());
+                    let rx = feeds.add(&name, &slot, type_name, capacity, first);
                     feed = Some((rx, slot));
                 } else if opts.input_streams.is_some() {
                     feeds.add_fixed(&name);

@@ -38,7 +38,7 @@ pub mod worker;
 
 pub use calls::{KeyScope, WorkerServices};
 pub use event_log::{EventLog, EventLogConfig};
-pub use manager::{JobEvents, JobExecutionManager, ManagerConfig, QueueMode};
+pub use manager::{InputNodeTypes, JobEvents, JobExecutionManager, ManagerConfig, QueueMode};
 pub use store::{JobRecord, JobStore, PostgresOptions};
 pub use strategy::{
     effective_time_limit, valid_job_id, Capabilities, ExecutionStrategy, JobError, JobHandle,

@@ -8,7 +8,10 @@
 //!
 //! Streamed inputs ([`JobExecutionManager::stream_input`], [`JobExecutionManager::end_input_stream`])
 //! go to the job's [`JobInputs`], whichever strategy runs it; a call made before the strategy has
-//! started the job waits for it, and every wait ends when the job does.
+//! started the job waits for it, and every wait ends when the job does. Which jobs take them is
+//! NodeTool's rule, applied here from [`InputNodeTypes`]: a job whose graph has a streaming input
+//! node (`RealtimeAudioInput`) gets input feeds with no flag from the client; a request's
+//! `streaming_inputs: true` streams every input without a param as well, `false` none.
 
 use std::collections::{HashMap, VecDeque};
 use std::fmt;
@@ -67,6 +70,51 @@ pub struct ManagerConfig {
     /// `JOB_EXECUTION=queue`: submitted jobs are only enqueued in the (PostgreSQL) store for
     /// `nodetool work` processes; nothing runs here, and followers read the store.
     pub queue: Option<QueueMode>,
+    /// The registry's input node types (set it from the registry the strategies run): which
+    /// graphs get input feeds without `streaming_inputs`. Empty: none do.
+    pub input_nodes: InputNodeTypes,
+}
+
+/// The input node types of a registry and whether each streams (NodeTool's streaming inputs,
+/// such as `RealtimeAudioInput`), so the manager applies the streamed-input rule without an
+/// engine of its own.
+#[derive(Debug, Clone, Default)]
+pub struct InputNodeTypes(Arc<HashMap<String, bool>>);
+
+impl InputNodeTypes {
+    pub fn from_registry(registry: &nodetool_engine::Registry) -> Self {
+        let kind = |t: &str| {
+            registry
+                .get(t)
+                .map(|i| i.spec())
+                .filter(|s| s.kind == nodetool_engine::node::NodeKind::Input)
+                .map(|s| s.streaming)
+        };
+        let types = registry
+            .types()
+            .chain(registry.aliases().map(|(alias, _)| alias))
+            .filter_map(|t| kind(t).map(|streams| (t.to_owned(), streams)))
+            .collect();
+        Self(Arc::new(types))
+    }
+
+    /// Whether `graph` has a streaming input node.
+    pub fn any_streaming(&self, graph: &nodetool_engine::Graph) -> bool {
+        graph
+            .nodes
+            .iter()
+            .any(|n| self.0.get(&n.node_type).copied().unwrap_or(false))
+    }
+
+    /// The names of `graph`'s input nodes.
+    fn names(&self, graph: &nodetool_engine::Graph) -> Vec<String> {
+        graph
+            .nodes
+            .iter()
+            .filter(|n| self.0.contains_key(&n.node_type))
+            .map(|n| n.input_name().to_owned())
+            .collect()
+    }
 }
 
 /// How a queue-mode manager enqueues (`JOB_MAX_ATTEMPTS`, `JOB_LEASE_SECONDS`).
@@ -99,6 +147,7 @@ impl Default for ManagerConfig {
             retain_finished: Duration::from_secs(300),
             event_log: Some(EventLogConfig::default()),
             queue: None,
+            input_nodes: InputNodeTypes::default(),
         }
     }
 }
@@ -303,8 +352,10 @@ struct LiveJob {
     cancel: CancellationToken,
     record: watch::Receiver<JobRecord>,
     hub: Arc<EventHub>,
-    /// Submitted with `streaming_inputs`.
+    /// Has input feeds ([`JobSpec::has_input_feeds`]).
     streaming: bool,
+    /// Without feeds: the graph's input node names, for a precise refusal of a push.
+    fixed_inputs: Vec<String>,
     /// The strategy's input side, once it has started the job.
     inputs: watch::Sender<Option<Arc<dyn JobInputs>>>,
     /// The job's pause switch (also in its spec).
@@ -347,6 +398,19 @@ impl fmt::Debug for JobExecutionManager {
             )
             .field("config", &self.inner.config)
             .finish_non_exhaustive()
+    }
+}
+
+/// A push to a job with no input feeds: the engine's own answer for a fixed input, or for a
+/// name that is no input of the job.
+fn no_feeds(live: &LiveJob, input: &str) -> Error {
+    if live.fixed_inputs.iter().any(|n| n == input) {
+        nodetool_engine::inputs::not_streamed(input)
+    } else {
+        Error::not_found(format!(
+            "no input node named `{input}` (this job has no streamed inputs)"
+        ))
+        .with_context("input", input)
     }
 }
 
@@ -508,6 +572,8 @@ impl JobExecutionManager {
             Some(id) => self.unused_job_id(id).await?,
             None => nodetool_core::id::new_id(),
         };
+        let streaming_input_nodes = valid.streaming_inputs != Some(false)
+            && self.inner.config.input_nodes.any_streaming(&valid.graph);
         let spec = JobSpec {
             job_id,
             user_id: user_id.to_owned(),
@@ -517,7 +583,8 @@ impl JobExecutionManager {
             resource_limits: limits,
             secrets,
             use_cache: valid.use_cache,
-            streaming_inputs: valid.streaming_inputs,
+            streaming_inputs: valid.streaming_inputs == Some(true),
+            streaming_input_nodes,
             docker_image: valid.docker_image,
             traceparent: valid.traceparent.map(|t| t.to_string()),
             pause: nodetool_engine::PauseGate::default(),
@@ -559,7 +626,12 @@ impl JobExecutionManager {
                 self.inner.config.replay_events,
                 self.inner.event_log.clone(),
             ),
-            streaming: spec.streaming_inputs,
+            streaming: spec.has_input_feeds(),
+            fixed_inputs: if spec.has_input_feeds() {
+                Vec::new()
+            } else {
+                self.inner.config.input_nodes.names(&spec.graph)
+            },
             inputs: watch::Sender::new(None),
             pause: spec.pause.clone(),
             pause_support: spec.pause_support.clone(),
@@ -592,11 +664,16 @@ impl JobExecutionManager {
         user_id: &str,
         queue: QueueMode,
     ) -> Result<String> {
-        if valid.streaming_inputs {
+        let streams = match valid.streaming_inputs {
+            Some(flag) => flag,
+            None => self.inner.config.input_nodes.any_streaming(&valid.graph),
+        };
+        if streams {
             return Err(Error::new(
                 ErrorKind::Unsupported,
-                "streaming_inputs is not available with JOB_EXECUTION=queue: the job runs on \
-                 another process, which streamed inputs cannot reach yet",
+                "streamed inputs (streaming_inputs, or a streaming input node such as \
+                 RealtimeAudioInput) are not available with JOB_EXECUTION=queue: the job runs \
+                 on another process, which streamed inputs cannot reach yet",
             )
             .with_operation("jobs.submit"));
         }
@@ -711,9 +788,10 @@ impl JobExecutionManager {
     /// the input's buffer is full (backpressure); any wait ends when the job does.
     ///
     /// Errors, none of which fails the job: no such job, or another user's → `NotFound`; a job
-    /// not submitted with `streaming_inputs` → `Unsupported`; a job that has ended →
-    /// `Unavailable`; and the engine's own: unknown input or handle → `NotFound`, wrong type,
-    /// input fed by params or stream already ended → `InvalidInput`.
+    /// that has ended → `Unavailable`; an unknown input or handle → `NotFound`; a wrong type, an
+    /// input that is not streamed (it took its value once) or a stream already ended →
+    /// `InvalidInput` (the engine's own rules; this manager answers them alike for a job with no
+    /// input feeds at all).
     pub async fn stream_input(
         &self,
         job_id: &str,
@@ -723,7 +801,7 @@ impl JobExecutionManager {
         value: Value,
     ) -> Result<()> {
         let (live, inputs) = self
-            .job_inputs(job_id, user_id, "jobs.stream_input")
+            .job_inputs(job_id, user_id, input, "jobs.stream_input")
             .await?;
         until_ended(
             &live,
@@ -744,7 +822,7 @@ impl JobExecutionManager {
         handle: &str,
     ) -> Result<()> {
         let (live, inputs) = self
-            .job_inputs(job_id, user_id, "jobs.end_input_stream")
+            .job_inputs(job_id, user_id, input, "jobs.end_input_stream")
             .await?;
         until_ended(&live, "jobs.end_input_stream", inputs.end(input, handle)).await
     }
@@ -754,6 +832,7 @@ impl JobExecutionManager {
         &self,
         job_id: &str,
         user_id: &str,
+        input: &str,
         op: &'static str,
     ) -> Result<(Arc<LiveJob>, Arc<dyn JobInputs>)> {
         let not_found = || not_found(job_id).with_operation(op);
@@ -767,12 +846,9 @@ impl JobExecutionManager {
             return Err(not_found());
         }
         if !live.streaming {
-            return Err(Error::new(
-                ErrorKind::Unsupported,
-                "this job was not submitted with streaming_inputs, so its inputs are fixed",
-            )
-            .with_operation(op)
-            .with_context("job_id", job_id));
+            return Err(no_feeds(&live, input)
+                .with_operation(op)
+                .with_context("job_id", job_id));
         }
         let mut slot = live.inputs.subscribe();
         let mut record = live.record.clone();

@@ -20,8 +20,9 @@
 //!    parent's job id; then exactly one [`ChildFrame::Outcome`]; then the child exits 0.
 //! 3. The parent keeps stdin open while the job runs. EOF on stdin means the parent is gone: the
 //!    child cancels its job. Cancellation itself is SIGTERM to the child's process group.
-//! 4. Streamed inputs (a spec with `streaming_inputs`, request version 2): the parent sends
-//!    [`ParentFrame::InputPush`] / [`ParentFrame::InputEnd`] with ids it numbers, and the child
+//! 4. Streamed inputs (a spec with input feeds, [`JobSpec::has_input_feeds`]; request version 2):
+//!    the parent sends [`ParentFrame::InputPush`] / [`ParentFrame::InputEnd`] with ids it numbers,
+//!    and the child
 //!    answers each, in order, with one [`ChildFrame::InputAck`] once the engine took the value
 //!    (after waiting for room in the input's buffer: backpressure crosses the process boundary)
 //!    or refused it (the ack carries the error; the job goes on). The child reads stdin while the
@@ -149,7 +150,7 @@ impl ParentFrame {
     /// (`None`: this parent serves no calls) and pause control, starting paused when the spec's
     /// gate is closed now.
     pub fn request(spec: JobSpec, services: Option<ServiceOffer>) -> Self {
-        let protocol_version = if spec.streaming_inputs {
+        let protocol_version = if spec.has_input_feeds() {
             STREAMING_INPUTS_VERSION
         } else {
             MIN_PROTOCOL_VERSION

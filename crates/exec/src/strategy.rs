@@ -129,10 +129,14 @@ pub struct JobSpec {
     pub secrets: BTreeMap<String, String>,
     #[serde(default = "yes")]
     pub use_cache: bool,
-    /// Input nodes without a param take values pushed while the job runs
-    /// ([`JobHandle::inputs`]; `nodetool_engine::inputs` has the rules).
+    /// Every input node without a param takes values pushed while the job runs (a request's
+    /// `streaming_inputs: true`; [`JobHandle::inputs`]; `nodetool_engine::inputs` has the rules).
     #[serde(default)]
     pub streaming_inputs: bool,
+    /// The graph has streaming input nodes (`RealtimeAudioInput`): NodeTool's rule keeps them
+    /// open for pushed values with no flag from the client. Set by the manager.
+    #[serde(default)]
+    pub streaming_input_nodes: bool,
     /// Docker only: the image to run instead of the strategy's default (a request's
     /// `docker_image`; the Docker strategy checks it against `DOCKER_ALLOWED_IMAGES`). Other
     /// strategies refuse a spec that names one ([`ExecutionStrategy::admit`]).
@@ -203,6 +207,7 @@ impl fmt::Debug for JobSpec {
             .field("secrets", &self.secrets.keys().collect::<Vec<_>>())
             .field("use_cache", &self.use_cache)
             .field("streaming_inputs", &self.streaming_inputs)
+            .field("streaming_input_nodes", &self.streaming_input_nodes)
             .field("docker_image", &self.docker_image)
             .field("traceparent", &self.traceparent)
             .finish()
@@ -210,6 +215,23 @@ impl fmt::Debug for JobSpec {
 }
 
 impl JobSpec {
+    /// Whether pushed values can reach the job: the strategy's handle then MUST carry
+    /// [`JobInputs`].
+    pub fn has_input_feeds(&self) -> bool {
+        self.streaming_inputs || self.streaming_input_nodes
+    }
+
+    /// The engine streams for this job's run, `None` when nothing can be pushed to it.
+    pub fn input_streams(&self) -> Option<nodetool_engine::InputStreams> {
+        if self.streaming_inputs {
+            Some(nodetool_engine::InputStreams::all_unset())
+        } else if self.streaming_input_nodes {
+            Some(nodetool_engine::InputStreams::new())
+        } else {
+            None
+        }
+    }
+
     /// A spec with a fresh job id, user "1", no params, limits or secrets.
     pub fn new(graph: Graph) -> Self {
         Self {
@@ -222,6 +244,7 @@ impl JobSpec {
             secrets: BTreeMap::new(),
             use_cache: true,
             streaming_inputs: false,
+            streaming_input_nodes: false,
             docker_image: None,
             traceparent: None,
             pause: nodetool_engine::PauseGate::default(),
@@ -445,13 +468,13 @@ impl JobHandle {
         self
     }
 
-    /// For jobs started with `streaming_inputs`: where pushed values go.
+    /// For jobs with input feeds ([`JobSpec::has_input_feeds`]): where pushed values go.
     pub fn with_inputs(mut self, inputs: Arc<dyn JobInputs>) -> Self {
         self.inputs = Some(inputs);
         self
     }
 
-    /// The job's streamed inputs; `None` when it was not started with `streaming_inputs`.
+    /// The job's streamed inputs; `None` when nothing can be pushed to it.
     pub fn inputs(&self) -> Option<&Arc<dyn JobInputs>> {
         self.inputs.as_ref()
     }
@@ -511,7 +534,7 @@ pub struct Capabilities {
 /// Runs jobs one way (threaded, subprocess, Docker).
 ///
 /// Contract:
-/// - With `spec.streaming_inputs`, the handle MUST carry [`JobInputs`] ([`JobHandle::inputs`]).
+/// - When [`JobSpec::has_input_feeds`], the handle MUST carry [`JobInputs`] ([`JobHandle::inputs`]).
 /// - `start` MUST return quickly (after spawning, not after the job ends). It returns `Err` only
 ///   when the job could not be started at all (the Docker engine is absent, the worker binary is
 ///   missing); the caller records that as a failed job. Everything after a successful start,
@@ -645,9 +668,10 @@ pub struct RunJobRequest {
     /// Not NodeTool's: `false` neither reads nor fills the node cache.
     #[serde(default)]
     pub use_cache: Option<bool>,
-    /// Not NodeTool's (whose threaded runner always has an input queue): `true` makes every
-    /// input node without a param wait for values pushed with `stream_input` until
-    /// `end_input_stream`. Default `false`: inputs take their param or default once.
+    /// Unset (NodeTool's behaviour): streaming input nodes (`RealtimeAudioInput`) stay open
+    /// for `stream_input` until `end_input_stream`, other inputs take their param or default
+    /// once. Not NodeTool's: `true` also makes every input node without a param wait for pushed
+    /// values; `false` keeps every input fixed (a streaming input then emits its value once).
     #[serde(default)]
     pub streaming_inputs: Option<bool>,
     /// Not NodeTool's: a W3C `traceparent` for the job's spans (REST and /ws also take the
@@ -695,7 +719,8 @@ pub struct ValidRequest {
     pub resource_limits: ResourceLimits,
     pub docker_image: Option<String>,
     pub use_cache: bool,
-    pub streaming_inputs: bool,
+    /// As in the request: `None` follows NodeTool's rule.
+    pub streaming_inputs: Option<bool>,
     pub traceparent: Option<nodetool_core::trace::TraceParent>,
 }
 
@@ -748,7 +773,7 @@ impl RunJobRequest {
                 .filter(|s| !s.is_empty())
                 .map(str::to_owned),
             use_cache: self.use_cache.unwrap_or(true),
-            streaming_inputs: self.streaming_inputs.unwrap_or(false),
+            streaming_inputs: self.streaming_inputs,
             traceparent: self
                 .traceparent
                 .as_deref()

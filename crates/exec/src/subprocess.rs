@@ -197,7 +197,7 @@ impl ExecutionStrategy for SubprocessStrategy {
         let cancel = CancellationToken::new();
         let job_id = spec.job_id.clone();
         let token = cancel.clone();
-        let stdin = WorkerStdin::new(spec.streaming_inputs);
+        let stdin = WorkerStdin::new(spec.has_input_feeds());
         let inputs = stdin.inputs.clone();
         let calls = self.services.as_ref().map(|services| {
             let scope = CallScope::for_job(&spec, services.keys);

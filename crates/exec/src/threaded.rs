@@ -1,7 +1,7 @@
 //! The threaded strategy: the engine runs in-process on a dedicated multi-thread tokio runtime of
 //! `THREAD_POOL_SIZE` workers, so heavy jobs do not starve the server's own runtime. A job with
-//! `streaming_inputs` gets an engine [`InputStreams`] as its [`JobHandle::inputs`]: pushes go
-//! straight into the run.
+//! input feeds ([`JobSpec::has_input_feeds`]) gets an engine [`InputStreams`] as its
+//! [`JobHandle::inputs`]: pushes go straight into the run.
 
 use std::fmt;
 use std::sync::Arc;
@@ -101,7 +101,7 @@ impl ExecutionStrategy for ThreadedStrategy {
         let job_id = spec.job_id.clone();
         let engine = self.engine.clone();
         let token = cancel.clone();
-        let inputs = spec.streaming_inputs.then(InputStreams::new);
+        let inputs = spec.input_streams();
         let streams = inputs.clone();
         // The engine's node spans are children of the caller's (the manager's job span).
         let span = tracing::Span::current();
@@ -119,7 +119,7 @@ impl ExecutionStrategy for ThreadedStrategy {
 
 /// Runs a job with `engine` in the current runtime, with a hard deadline past the engine's own
 /// time limit for nodes that ignore cancellation. Shared by the threaded strategy and the worker.
-/// `inputs` feeds the job's streamed inputs (pass one when `spec.streaming_inputs`).
+/// `inputs` feeds the job's streamed inputs (pass [`JobSpec::input_streams`]).
 pub async fn run_in_process(
     engine: Engine,
     spec: JobSpec,

@@ -136,7 +136,7 @@ where
         registry,
         remote_resources(&client, services.as_deref(), owner),
     );
-    let streams = spec.streaming_inputs.then(InputStreams::new);
+    let streams = spec.input_streams();
     let (input_tx, input_rx) = mpsc::unbounded_channel::<ParentFrame>();
     tokio::spawn(forward_inputs(input_rx, streams.clone(), tx.clone()));
     // Parent gone (EOF or broken stdin) or SIGTERM: cancel the job.
@@ -280,7 +280,7 @@ async fn forward_inputs(
                 id,
                 Err(Error::new(
                     ErrorKind::Unsupported,
-                    "this job was not started with streaming_inputs",
+                    "this job has no streamed inputs",
                 )),
             ),
             (

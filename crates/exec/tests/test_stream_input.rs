@@ -19,8 +19,8 @@ use nodetool_exec::protocol::{read_frame, write_frame, ChildFrame, ParentFrame, 
 use nodetool_exec::subprocess::{SubprocessConfig, SubprocessStrategy};
 use nodetool_exec::threaded::ThreadedStrategy;
 use nodetool_exec::{
-    ExecutionStrategy, JobExecutionManager, JobSpec, JobStore, ManagerConfig, RunJobRequest,
-    WorkerRef,
+    ExecutionStrategy, InputNodeTypes, JobExecutionManager, JobSpec, JobStore, ManagerConfig,
+    RunJobRequest, WorkerRef,
 };
 use serde_json::{json, Value};
 
@@ -83,6 +83,7 @@ async fn manager(
     let store = JobStore::open(&dir.join("jobs.db")).await.unwrap();
     let config = ManagerConfig {
         max_concurrent_jobs: max_jobs,
+        input_nodes: InputNodeTypes::from_registry(&nodetool_nodes::registry()),
         ..ManagerConfig::default()
     };
     JobExecutionManager::new(store, strategies, config)
@@ -152,15 +153,136 @@ async fn push_three_then_end(m: &JobExecutionManager, strategy: &str) {
         "{strategy}: {err}"
     );
 
-    // A job submitted without streaming_inputs keeps its inputs fixed.
-    let fixed = m.submit(request(strategy, false), "alice").await.unwrap();
-    let err = m
-        .stream_input(&fixed, "alice", "text", "output", json!("x"))
+    // A job without streaming inputs keeps its inputs fixed, whether the flag is off or unset
+    // (NodeTool's rule: a StringInput is not a streaming input).
+    for flag in [Some(false), None] {
+        let req = RunJobRequest {
+            streaming_inputs: flag,
+            ..request(strategy, false)
+        };
+        let fixed = m.submit(req, "alice").await.unwrap();
+        assert_not_streamed(refused(m, &fixed, "text", "output").await, strategy);
+        let err = refused(m, &fixed, "nope", "output").await;
+        // The job may already have ended (it has nothing to wait for).
+        assert!(
+            matches!(err.kind(), ErrorKind::NotFound | ErrorKind::Unavailable),
+            "{strategy}: {err}"
+        );
+        let rec = m.wait(&fixed).await.unwrap();
+        assert_eq!(rec.result, Some(json!({"items": [[""]]})), "{strategy}");
+    }
+}
+
+/// A push of alice's that the manager refuses.
+async fn refused(
+    m: &JobExecutionManager,
+    id: &str,
+    input: &str,
+    handle: &str,
+) -> nodetool_core::Error {
+    m.stream_input(id, "alice", input, handle, json!("x"))
         .await
-        .unwrap_err();
-    assert_eq!(err.kind(), ErrorKind::Unsupported, "{strategy}: {err}");
-    let rec = m.wait(&fixed).await.unwrap();
-    assert_eq!(rec.result, Some(json!({"items": [[""]]})), "{strategy}");
+        .unwrap_err()
+}
+
+fn assert_not_streamed(err: nodetool_core::Error, strategy: &str) {
+    assert_eq!(err.kind(), ErrorKind::InvalidInput, "{strategy}: {err}");
+    assert!(
+        err.to_string().contains("not streamed"),
+        "{strategy}: {err}"
+    );
+}
+
+/// RealtimeAudioInput `audio` → Collect → Output `chunks`, and StringInput `text` → Output
+/// `text`: NodeTool's streaming input beside a fixed one.
+fn realtime_graph() -> Graph {
+    graph(
+        vec![
+            json!({"id": "mic", "type": "nodetool.input.RealtimeAudioInput", "data": {"name": "audio", "value": null}}),
+            json!({"id": "col", "type": "nodetool.control.Collect", "data": {}}),
+            json!({"id": "out", "type": "nodetool.output.Output", "data": {"name": "chunks"}}),
+            json!({"id": "txt", "type": "nodetool.input.StringInput", "data": {"name": "text", "value": "fixed"}}),
+            json!({"id": "txt_out", "type": "nodetool.output.Output", "data": {"name": "text"}}),
+        ],
+        vec![
+            json!({"id": "e1", "source": "mic", "sourceHandle": "chunk", "target": "col", "targetHandle": "input_item"}),
+            json!({"id": "e2", "source": "col", "sourceHandle": "output", "target": "out", "targetHandle": "value"}),
+            json!({"id": "e3", "source": "txt", "sourceHandle": "output", "target": "txt_out", "targetHandle": "value"}),
+        ],
+    )
+}
+
+/// NodeTool's rule with no flag from the client: the streaming input stays open (opening with
+/// its param when it has one), the fixed input refuses pushes, and ending the stream completes
+/// the job.
+async fn a_streaming_input_needs_no_flag(m: &JobExecutionManager, strategy: &str) {
+    let req = |params: Option<Value>| RunJobRequest {
+        graph: Some(realtime_graph()),
+        execution_strategy: Some(strategy.to_owned()),
+        params,
+        ..RunJobRequest::default()
+    };
+    let id = m.submit(req(None), "alice").await.unwrap();
+    let c1 = json!({"type": "chunk", "content": "a1", "content_type": "audio"});
+    let c2 = json!({"type": "chunk", "content": "a2", "content_type": "audio", "done": true});
+    m.stream_input(&id, "alice", "audio", "chunk", c1.clone())
+        .await
+        .unwrap();
+    assert_not_streamed(refused(m, &id, "text", "output").await, strategy);
+    let err = refused(m, &id, "audio", "output").await;
+    assert_eq!(err.kind(), ErrorKind::NotFound, "{strategy}: {err}");
+    assert!(err.to_string().contains("`chunk`"), "{strategy}: {err}");
+    m.stream_input(&id, "alice", "audio", "chunk", c2.clone())
+        .await
+        .unwrap();
+    assert_eq!(
+        m.get(&id).await.unwrap().unwrap().status,
+        Status::Running,
+        "{strategy}: an open stream keeps the job running"
+    );
+    m.end_input_stream(&id, "alice", "audio", "chunk")
+        .await
+        .unwrap();
+    let rec = m.wait(&id).await.unwrap();
+    assert_eq!(rec.status, Status::Completed, "{strategy}: {rec:?}");
+    assert_eq!(
+        rec.result,
+        Some(json!({"chunks": [[c1, c2]], "text": ["fixed"]})),
+        "{strategy}"
+    );
+
+    // A param is the stream's first item.
+    let first = json!({"type": "audio", "uri": "memory://first.wav"});
+    let id = m
+        .submit(req(Some(json!({"audio": first.clone()}))), "alice")
+        .await
+        .unwrap();
+    m.stream_input(&id, "alice", "audio", "chunk", c1.clone())
+        .await
+        .unwrap();
+    m.end_input_stream(&id, "alice", "audio", "chunk")
+        .await
+        .unwrap();
+    let rec = m.wait(&id).await.unwrap();
+    assert_eq!(
+        rec.result,
+        Some(json!({"chunks": [[first, c1]], "text": ["fixed"]})),
+        "{strategy}: {rec:?}"
+    );
+
+    // `streaming_inputs: false` opts out: the input emits its value once and the job ends.
+    let req = RunJobRequest {
+        streaming_inputs: Some(false),
+        ..req(Some(json!({"audio": first.clone()})))
+    };
+    let id = m.submit(req, "alice").await.unwrap();
+    let rec = m.wait(&id).await.unwrap();
+    assert_eq!(rec.status, Status::Completed, "{strategy}: {rec:?}");
+    assert_eq!(
+        rec.result,
+        Some(json!({"chunks": [[first]], "text": ["fixed"]})),
+        "{strategy}: {rec:?}"
+    );
 }
 
 /// A push after the end is refused while the job goes on (a sleeping branch keeps it running).
@@ -240,6 +362,7 @@ async fn threaded_jobs_take_streamed_inputs() {
     let dir = tempfile::tempdir().unwrap();
     let m = manager(dir.path(), vec![threaded(dir.path()).await], 4).await;
     push_three_then_end(&m, "threaded").await;
+    a_streaming_input_needs_no_flag(&m, "threaded").await;
     push_after_end_is_refused(&m, "threaded").await;
     many_values_arrive_in_order(&m, "threaded").await;
     cancel_ends_an_open_stream(&m, "threaded").await;
@@ -250,6 +373,7 @@ async fn subprocess_jobs_take_streamed_inputs() {
     let dir = tempfile::tempdir().unwrap();
     let m = manager(dir.path(), vec![subprocess(dir.path())], 4).await;
     push_three_then_end(&m, "subprocess").await;
+    a_streaming_input_needs_no_flag(&m, "subprocess").await;
     push_after_end_is_refused(&m, "subprocess").await;
     many_values_arrive_in_order(&m, "subprocess").await;
     cancel_ends_an_open_stream(&m, "subprocess").await;
@@ -411,6 +535,7 @@ async fn docker_jobs_take_streamed_inputs() {
         Arc::new(DockerStrategy::connect(config).await.unwrap());
     let m = manager(dir.path(), vec![docker], 4).await;
     push_three_then_end(&m, "docker").await;
+    a_streaming_input_needs_no_flag(&m, "docker").await;
     push_after_end_is_refused(&m, "docker").await;
     cancel_ends_an_open_stream(&m, "docker").await;
     assert_workers(&m, |w| matches!(w, WorkerRef::Container(_))).await;

@@ -1,9 +1,10 @@
 //! `nodetool.input.*` and `nodetool.output.*`: workflow inputs (replaced by job params by name)
 //! and outputs (collected into the job result by name).
 //!
-//! An input node emits its param (or default) once. In a run with input streams, an input node
-//! without a param is instead fed from outside: the runner streams the pushed values on its
-//! `output` and never calls the function below (see [`nodetool_engine::inputs`]).
+//! An input node emits its param (or default) once. In a run with input streams, a streaming
+//! input (`RealtimeAudioInput`), and with `streaming_inputs: true` any input without a param, is
+//! instead fed from outside: the runner streams its param and the pushed values on its output
+//! and never calls the function below (see [`nodetool_engine::inputs`]).
 
 use std::sync::Arc;
 
@@ -51,6 +52,16 @@ pub fn register(r: &mut Registry) {
         }
         fn_node(r, spec, |i| Ok(i.value("value")));
     }
+    // NodeTool's one streaming input: it stays open for `stream_input` chunks (see
+    // `nodetool_engine::inputs`); without input streams (`nodetool run`) it emits its value once.
+    let realtime = NodeSpec::new("nodetool.input.RealtimeAudioInput", "Realtime Audio Input")
+        .input("name", "str", json!("audio"))
+        .input("value", "audio", Value::Null)
+        .input("description", "str", json!(""))
+        .output("chunk", "chunk")
+        .streaming()
+        .kind(NodeKind::Input);
+    r.register(Arc::new(RealtimeAudioInput { spec: realtime }));
 
     let outputs: [(&str, &str); 12] = [
         ("Output", "any"),
@@ -76,6 +87,31 @@ pub fn register(r: &mut Registry) {
                 .consumes_stream()
                 .kind(NodeKind::Output),
         }));
+    }
+}
+
+/// Unfed (no input streams), it sends its value once on `chunk`, or nothing when it has none.
+#[derive(Debug)]
+struct RealtimeAudioInput {
+    spec: NodeSpec,
+}
+
+#[async_trait]
+impl NodeImpl for RealtimeAudioInput {
+    fn spec(&self) -> &NodeSpec {
+        &self.spec
+    }
+
+    async fn process(
+        &self,
+        _ctx: &ProcessingContext,
+        inputs: &NodeInputs,
+        out: &mut Emitter,
+    ) -> Result<()> {
+        match inputs.value("value") {
+            Value::Null => Ok(()),
+            value => out.emit("chunk", value).await,
+        }
     }
 }
 

@@ -70,18 +70,35 @@ fn collect_graph() -> Graph {
     )
 }
 
-/// Starts a run with input streams; returns its handle and the task yielding the outcome.
+type RunTask = tokio::task::JoinHandle<(RunOutcome, Arc<VecSink>)>;
+
+/// Starts a run with input streams for every input without a param (`streaming_inputs: true`);
+/// returns its handle and the task yielding the outcome.
 fn start(
     engine: Engine,
     graph: Graph,
     params: Value,
     opts: RunOptions,
     cancel: CancellationToken,
-) -> (
-    InputStreams,
-    tokio::task::JoinHandle<(RunOutcome, Arc<VecSink>)>,
-) {
-    let streams = InputStreams::new();
+) -> (InputStreams, RunTask) {
+    start_with(
+        InputStreams::all_unset(),
+        engine,
+        graph,
+        params,
+        opts,
+        cancel,
+    )
+}
+
+fn start_with(
+    streams: InputStreams,
+    engine: Engine,
+    graph: Graph,
+    params: Value,
+    opts: RunOptions,
+    cancel: CancellationToken,
+) -> (InputStreams, RunTask) {
     let opts = RunOptions {
         input_streams: Some(streams.clone()),
         ..opts
@@ -275,4 +292,91 @@ async fn one_handle_serves_one_run() {
         o.error.unwrap().to_string().contains("another run"),
         "a second run must not take over the first run's streams"
     );
+}
+
+/// RealtimeAudioInput `audio` → Collect → output `chunks`; StringInput `text` → output `text`.
+fn realtime_graph() -> Graph {
+    graph(
+        &[
+            (
+                "mic",
+                "nodetool.input.RealtimeAudioInput",
+                json!({"name": "audio", "value": null}),
+            ),
+            ("col", "nodetool.control.Collect", json!({})),
+            ("out", "nodetool.output.Output", json!({"name": "chunks"})),
+            (
+                "text",
+                "nodetool.input.StringInput",
+                json!({"name": "text", "value": "fixed"}),
+            ),
+            (
+                "text_out",
+                "nodetool.output.Output",
+                json!({"name": "text"}),
+            ),
+        ],
+        &[
+            ("mic", "chunk", "col", "input_item"),
+            ("col", "output", "out", "value"),
+            ("text", "output", "text_out", "value"),
+        ],
+    )
+}
+
+/// NodeTool's rule (`InputStreams::new`): only the streaming input is fed — it opens with its
+/// param, takes pushes on its own handle (an empty handle names it), and ends when ended — while
+/// the StringInput without a param emits its value once and refuses pushes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nodetool_rule_feeds_only_streaming_inputs() {
+    let first = json!({"type": "audio", "uri": "memory://first.wav"});
+    let (streams, task) = start_with(
+        InputStreams::new(),
+        engine().await,
+        realtime_graph(),
+        json!({"audio": first.clone()}),
+        RunOptions::default(),
+        CancellationToken::new(),
+    );
+    assert!(!streams.streams_unset_inputs());
+    let chunk = json!({"type": "chunk", "content": "pcm", "content_type": "audio"});
+    streams.push("audio", "", chunk.clone()).await.unwrap();
+    streams.push("audio", "chunk", chunk.clone()).await.unwrap();
+    let err = streams
+        .push("audio", "output", chunk.clone())
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::NotFound, "{err}");
+    let err = streams.push("text", "", json!("x")).await.unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::InvalidInput, "{err}");
+    assert!(err.to_string().contains("not streamed"), "{err}");
+    assert!(
+        !task.is_finished(),
+        "an open streaming input keeps the run going"
+    );
+    streams.end("audio", "").await.unwrap();
+    let (o, _) = task.await.unwrap();
+    assert_eq!(o.status, Status::Completed, "{:?}", o.error);
+    assert_eq!(o.result["chunks"], json!([[first, chunk, chunk]]));
+    assert_eq!(o.result["text"], json!(["fixed"]));
+
+    // Without input streams the streaming input sends its param once, and a null value not at all.
+    let (o, _) = run(
+        &engine().await,
+        realtime_graph(),
+        json!({"audio": first.clone()}),
+        RunOptions::default(),
+    )
+    .await;
+    assert_eq!(o.status, Status::Completed, "{:?}", o.error);
+    assert_eq!(o.result["chunks"], json!([[first]]));
+    let (o, _) = run(
+        &engine().await,
+        realtime_graph(),
+        Value::Null,
+        RunOptions::default(),
+    )
+    .await;
+    assert_eq!(o.status, Status::Completed, "{:?}", o.error);
+    assert_eq!(o.result["chunks"], json!([[]]));
 }

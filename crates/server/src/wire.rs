@@ -386,7 +386,9 @@ pub struct InputCommand {
     pub job_id: String,
     /// The input node's name.
     pub input: String,
-    /// The input node's output handle (`"output"` unless named).
+    /// The input node's output handle; empty when the client named none (the web client sends
+    /// none): then the input's own handle, whatever it is (`output`, RealtimeAudioInput's
+    /// `chunk`), as NodeTool's server pushes to every edge of the input.
     pub handle: String,
     pub value: Option<Value>,
 }
@@ -525,7 +527,7 @@ fn parse_command(command: &str, d: Value) -> Result<Command, Box<ErrorFrame>> {
                 .filter(|s| !s.is_empty())
                 .ok_or_else(|| invalid(command, "input (the input node's name) is required"))?;
             let handle = match r.handle {
-                None | Some(Value::Null) => "output".to_owned(),
+                None | Some(Value::Null) => String::new(),
                 Some(Value::String(h)) if !h.is_empty() => h,
                 Some(_) => return Err(invalid(command, "handle must be a non-empty string")),
             };
@@ -660,7 +662,9 @@ pub struct InputApplied {
     pub message: &'static str,
     pub job_id: String,
     pub input: String,
-    pub handle: String,
+    /// The handle the client named (none: the input's own).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub handle: Option<String>,
 }
 
 /// A refused frame or command: `{"command"?, "error": code, "message", ...}`.

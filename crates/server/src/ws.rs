@@ -20,20 +20,22 @@
 //! `queued` for a job waiting for a slot, `paused`, and `timed_out` for a job that ran out of
 //! time (REST and SSE keep the record's `scheduled` / `failed`).
 //!
-//! Streamed inputs: a job submitted with `"streaming_inputs": true` (not NodeTool's field; its
-//! default is off) keeps every input node without a param open. `stream_input` (`job_id`,
-//! `input`: the input node's name, `value`, `handle`: default `"output"`) sends one value
-//! downstream (a NodeTool chunk dict passes as it is), `end_input_stream` (`job_id`, `input`,
-//! `handle`) ends that input, and the job finishes once every streamed input has ended; this
-//! works on every strategy. Any job of the socket's user may be fed, from any socket. Each
-//! job's input commands run in order on their own bounded queue per socket, so a push waiting
-//! for room in the job's input buffer (or for a scheduled job to start) delays only later input
-//! commands for that job, and their replies, never this socket's other commands; with
-//! [`INPUT_QUEUE`] commands already waiting, a further one is refused at once with `busy` (and
-//! not applied). Errors: `invalid_command` (a missing field), `not_found` (no such job for this
-//! user, or no such input or handle), `not_running` (the job has ended), `not_supported` (a job
-//! without `streaming_inputs`), `invalid_input` (a wrong-typed value, an input fed by params, a
-//! push after the end), `busy`.
+//! Streamed inputs, by NodeTool's rule: a job whose graph has a streaming input node
+//! (`RealtimeAudioInput`) keeps it open with no flag (it first sends its param or non-null
+//! value); `"streaming_inputs": true` (not NodeTool's) also keeps every other input node without
+//! a param open, and `false` none. `stream_input` (`job_id`, `input`: the input node's name,
+//! `value`, `handle`: by default the input's own, `output` or RealtimeAudioInput's `chunk`) sends
+//! one value downstream (a NodeTool chunk dict passes as it is), `end_input_stream` (`job_id`, `input`, `handle`) ends that input, and the
+//! job finishes once every streamed input has ended; this works on every strategy. Both commands
+//! take any job of the socket's user, from any socket. Each job's input commands run in order on
+//! their own bounded queue per socket, so a push waiting for room in the job's input buffer (or
+//! for a scheduled job to start) delays only later input commands for that job, and their
+//! replies, never this socket's other commands; with [`INPUT_QUEUE`] commands already waiting, a
+//! further one is refused at once with `busy` (and not applied). Errors: `invalid_command` (a
+//! missing field), `not_found` (no such job for this user, or no such input or handle),
+//! `not_running` (the job has ended), `invalid_input` (a wrong-typed value, an input that is not
+//! streamed because it took its value once, a push after the end), `not_supported` (a job run
+//! by another process in queue mode), `busy`.
 //!
 //! Auth happens before the upgrade (401 otherwise): `Authorization: Bearer` or `?api_key=`.
 //! `?resume_job=<job id>` (NodeTool's routing hint for multi-instance deployments) is accepted;
@@ -722,7 +724,7 @@ impl InputOp {
                     },
                     job_id,
                     input,
-                    handle,
+                    handle: (!handle.is_empty()).then_some(handle),
                 };
                 if self.command == "stream_input" {
                     Reply::StreamInput(applied).into()

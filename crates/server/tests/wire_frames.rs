@@ -169,7 +169,7 @@ fn replies() {
         message,
         job_id: "job-1".into(),
         input: "text".into(),
-        handle: "output".into(),
+        handle: Some("output".into()),
     };
     frame!(
         "reply_stream_input",

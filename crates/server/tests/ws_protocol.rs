@@ -491,6 +491,46 @@ async fn stream_input(mode: Mode) {
     let done = events.last().unwrap();
     assert_eq!(done["status"], "completed", "{done}");
     assert_eq!(done["result"]["items"], json!([["v1", "v2"]]), "{done}");
+
+    // NodeTool's own case, as the app sends it: a RealtimeAudioInput stays open with no
+    // `streaming_inputs` flag, and chunks pushed with no handle go out on its `chunk` output.
+    let job_id = uuid();
+    let graph = json!({
+        "nodes": [
+            {"id": "mic", "type": "nodetool.input.RealtimeAudioInput", "data": {"name": "audio", "value": null, "description": "", "audio": {}}},
+            {"id": "col", "type": "nodetool.control.Collect", "data": {}},
+            {"id": "out", "type": "nodetool.output.Output", "data": {"name": "chunks"}}
+        ],
+        "edges": [
+            {"id": "e1", "source": "mic", "sourceHandle": "chunk", "target": "col", "targetHandle": "input_item"},
+            {"id": "e2", "source": "col", "sourceHandle": "output", "target": "out", "targetHandle": "value"}
+        ]
+    });
+    let r = c.command("run_job", run_request(&job_id, graph)).await;
+    assert_eq!(r["job_id"], job_id.as_str(), "{r}");
+    let chunks: Vec<Value> = (0..3)
+        .map(|i| json!({"type": "chunk", "content": format!("pcm{i}"), "content_type": "audio", "done": i == 2}))
+        .collect();
+    for chunk in &chunks {
+        let r = c
+            .command(
+                "stream_input",
+                json!({"input": "audio", "value": chunk, "job_id": job_id, "workflow_id": "wf-web"}),
+            )
+            .await;
+        assert_eq!(r["message"], "Input value pushed", "{r}");
+    }
+    let r = c
+        .command(
+            "end_input_stream",
+            json!({"input": "audio", "job_id": job_id, "workflow_id": "wf-web"}),
+        )
+        .await;
+    assert_eq!(r["message"], "Input stream ended", "{r}");
+    let events = c.events_until_done(&job_id, 0).await;
+    let done = events.last().unwrap();
+    assert_eq!(done["status"], "completed", "{done}");
+    assert_eq!(done["result"]["chunks"], json!([chunks]), "{done}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -136,7 +136,10 @@ async fn push_three_end_and_collect(mode: Mode) {
         .await;
     assert_eq!(r["command"], "stream_input", "{r}");
     assert_eq!(r["message"], "Input value pushed", "{r}");
-    assert_eq!(r["handle"], "output", "{r}");
+    assert!(
+        r.get("handle").is_none(),
+        "no handle named, none echoed: {r}"
+    );
     let r = c
         .command(
             "stream_input",
@@ -298,10 +301,17 @@ async fn mistakes_are_clear_errors_and_the_socket_stays_usable() {
     c.command("cancel_job", json!({"job_id": sleepy})).await;
     assert_eq!(c.until_done(&sleepy).await["status"], "cancelled");
 
-    // A job started without streaming_inputs (here a long sleep) keeps its inputs fixed.
-    let r = c
-        .command("run_job", json!({"graph": sleep_graph(30.0)}))
-        .await;
+    // A job without streaming input nodes, started without streaming_inputs (a long sleep
+    // beside a StringInput), keeps its inputs fixed: NodeTool's rule.
+    let mut g = sleep_graph(30.0);
+    g["nodes"].as_array_mut().unwrap().extend([
+        json!({"id": "t", "type": "nodetool.input.StringInput", "data": {"name": "text", "value": "v"}}),
+        json!({"id": "t_out", "type": "nodetool.output.Output", "data": {"name": "text"}}),
+    ]);
+    g["edges"].as_array_mut().unwrap().push(
+        json!({"id": "e9", "source": "t", "sourceHandle": "output", "target": "t_out", "targetHandle": "value"}),
+    );
+    let r = c.command("run_job", json!({"graph": g})).await;
     let fixed = r["job_id"].as_str().unwrap().to_owned();
     let r = c
         .command(
@@ -309,7 +319,18 @@ async fn mistakes_are_clear_errors_and_the_socket_stays_usable() {
             json!({"job_id": fixed, "input": "text", "value": "x"}),
         )
         .await;
-    assert_eq!(r["error"], "not_supported", "{r}");
+    assert_eq!(r["error"], "invalid_input", "{r}");
+    assert!(
+        r["message"].as_str().unwrap().contains("not streamed"),
+        "{r}"
+    );
+    let r = c
+        .command(
+            "stream_input",
+            json!({"job_id": fixed, "input": "nope", "value": "x"}),
+        )
+        .await;
+    assert_eq!(r["error"], "not_found", "{r}");
     let r = c.command("cancel_job", json!({"job_id": fixed})).await;
     assert_eq!(r["message"], "Job cancellation requested", "{r}");
     assert_eq!(c.until_done(&fixed).await["status"], "cancelled");

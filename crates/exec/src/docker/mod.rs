@@ -392,7 +392,7 @@ impl DockerStrategy {
 
         let cancel = CancellationToken::new();
         let job_id = spec.job_id.clone();
-        let stdin = WorkerStdin::new(spec.streaming_inputs);
+        let stdin = WorkerStdin::new(spec.has_input_feeds());
         let inputs = stdin.inputs.clone();
         let calls = self.services.as_ref().map(|services| {
             let scope = CallScope::for_job(&spec, services.keys);

@@ -43,7 +43,7 @@ pub async fn start(auth: &str) -> JobServer {
 }
 
 /// [`start`] with a manager configured by the test (e.g. a small replay buffer).
-pub async fn start_with(auth: &str, config: ManagerConfig) -> JobServer {
+pub async fn start_with(auth: &str, mut config: ManagerConfig) -> JobServer {
     let dir = tempfile::tempdir().unwrap();
     let root = dir.path().to_path_buf();
     let mut env = BTreeMap::new();
@@ -65,10 +65,10 @@ pub async fn start_with(auth: &str, config: ManagerConfig) -> JobServer {
     let db_path = settings.db_path.clone();
     let resources = Arc::new(Resources::new(settings, ResourceOptions::default()));
     let db = nodetool_server::db::open(&db_path).await.unwrap();
-    let engine = Engine::new(
-        Arc::new(nodetool_nodes::registry()),
-        resources.engine_resources().await.unwrap(),
-    );
+    let registry = Arc::new(nodetool_nodes::registry());
+    // As `nodetool serve` does: NodeTool's streamed-input rule knows the streaming input types.
+    config.input_nodes = nodetool_exec::InputNodeTypes::from_registry(&registry);
+    let engine = Engine::new(registry, resources.engine_resources().await.unwrap());
     let store = JobStore::from_pool(db.clone()).await.unwrap();
     let manager = JobExecutionManager::new(
         store,
