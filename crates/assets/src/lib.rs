@@ -11,14 +11,14 @@ use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::time::Duration;
 
-use async_trait::async_trait;
 use chrono::{DateTime, Utc};
-use nodetool_core::{AssetPage, AssetQuery, AssetRecord, AssetStore, Error, ErrorKind, Result};
+use nodetool_core::{AssetPage, AssetRecord, Error, ErrorKind, Result};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions};
 use sqlx::SqlitePool;
 use tokio::sync::OnceCell;
 
 pub mod postgres;
+mod sql;
 pub use postgres::{PgOptions, PostgresAssetStore};
 
 /// Microseconds: what PostgreSQL keeps, so both backends read back what they were given.
@@ -228,122 +228,26 @@ pub(crate) fn like_prefix(prefix: &str) -> String {
     format!("{escaped}%")
 }
 
-#[async_trait]
-impl AssetStore for SqliteAssetStore {
-    async fn create(&self, r: &AssetRecord) -> Result<()> {
-        sqlx::query(
-            "INSERT INTO nodetool_assets (id, user_id, workflow_id, parent_id, name, \
-             content_type, size, metadata, duration, node_id, job_id, storage_key, created_at, \
-             updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-        )
-        .bind(&r.id)
-        .bind(&r.user_id)
-        .bind(&r.workflow_id)
-        .bind(&r.parent_id)
-        .bind(&r.name)
-        .bind(&r.content_type)
-        .bind(r.size)
-        .bind(r.metadata.as_ref().map(|m| m.to_string()))
-        .bind(r.duration)
-        .bind(&r.node_id)
-        .bind(&r.job_id)
-        .bind(&r.storage_key)
-        .bind(r.created_at)
-        .bind(r.updated_at)
-        .execute(self.pool().await?)
-        .await
-        .map_err(|e| db_err("assets.create")(e).with_context("asset", &r.id))?;
-        Ok(())
-    }
-
-    async fn get(&self, user_id: &str, id: &str) -> Result<Option<AssetRecord>> {
-        let row =
-            sqlx::query_as::<_, Row>("SELECT * FROM nodetool_assets WHERE id = ? AND user_id = ?")
-                .bind(id)
-                .bind(user_id)
-                .fetch_optional(self.pool().await?)
-                .await
-                .map_err(|e| db_err("assets.get")(e).with_context("asset", id))?;
-        Ok(row.map(AssetRecord::from))
-    }
-
-    async fn list(&self, q: &AssetQuery) -> Result<AssetPage> {
-        let limit = q.limit.max(1);
-        let mut qb = sqlx::QueryBuilder::<sqlx::Sqlite>::new(
-            "SELECT * FROM nodetool_assets WHERE user_id = ",
-        );
-        qb.push_bind(&q.user_id);
-        for (column, value) in [
-            ("parent_id", &q.parent_id),
-            ("workflow_id", &q.workflow_id),
-            ("node_id", &q.node_id),
-            ("job_id", &q.job_id),
-        ] {
-            if let Some(v) = value {
-                qb.push(format_args!(" AND {column} = ")).push_bind(v);
-            }
-        }
-        if let Some(ct) = &q.content_type {
-            qb.push(" AND content_type LIKE ")
-                .push_bind(like_prefix(ct))
-                .push(" ESCAPE '\\'");
-        }
-        if let Some(cursor) = q.cursor.as_deref().filter(|c| !c.is_empty()) {
-            qb.push(" AND id > ").push_bind(cursor);
-        }
-        // One more than asked tells whether there is a next page.
-        qb.push(" ORDER BY id LIMIT ")
-            .push_bind(i64::try_from(limit).unwrap_or(i64::MAX).saturating_add(1));
-        let mut rows: Vec<Row> = qb
-            .build_query_as()
-            .fetch_all(self.pool().await?)
-            .await
-            .map_err(db_err("assets.list"))?;
-        let next = if rows.len() > limit {
-            rows.truncate(limit);
-            rows.last().map(|r| r.id.clone())
-        } else {
-            None
-        };
-        Ok(AssetPage {
-            assets: rows.into_iter().map(AssetRecord::from).collect(),
-            next,
-        })
-    }
-
-    async fn update(&self, r: &AssetRecord) -> Result<()> {
-        let done = sqlx::query(
-            "UPDATE nodetool_assets SET name = ?, parent_id = ?, content_type = ?, metadata = ?, \
-             updated_at = ? WHERE id = ? AND user_id = ?",
-        )
-        .bind(&r.name)
-        .bind(&r.parent_id)
-        .bind(&r.content_type)
-        .bind(r.metadata.as_ref().map(|m| m.to_string()))
-        .bind(r.updated_at)
-        .bind(&r.id)
-        .bind(&r.user_id)
-        .execute(self.pool().await?)
-        .await
-        .map_err(|e| db_err("assets.update")(e).with_context("asset", &r.id))?;
-        if done.rows_affected() == 0 {
-            return Err(Error::not_found("no such asset")
-                .with_operation("assets.update")
-                .with_context("asset", &r.id));
-        }
-        Ok(())
-    }
-
-    async fn delete(&self, user_id: &str, id: &str) -> Result<bool> {
-        let done = sqlx::query("DELETE FROM nodetool_assets WHERE id = ? AND user_id = ?")
-            .bind(id)
-            .bind(user_id)
-            .execute(self.pool().await?)
-            .await
-            .map_err(|e| db_err("assets.delete")(e).with_context("asset", id))?;
-        Ok(done.rows_affected() > 0)
+/// One page of `rows` (fetched with one more than `limit`, to tell whether there is a next).
+pub(crate) fn page(mut rows: Vec<Row>, limit: usize) -> AssetPage {
+    let next = if rows.len() > limit {
+        rows.truncate(limit);
+        rows.last().map(|r| r.id.clone())
+    } else {
+        None
+    };
+    AssetPage {
+        assets: rows.into_iter().map(AssetRecord::from).collect(),
+        next,
     }
 }
+
+/// SQLite keeps what it is given.
+fn as_given(t: DateTime<Utc>) -> DateTime<Utc> {
+    t
+}
+
+sql::asset_store_sql!(SqliteAssetStore, sqlx::Sqlite, as_given);
 
 #[cfg(test)]
 mod tests {

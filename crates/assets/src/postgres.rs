@@ -10,14 +10,13 @@
 use std::str::FromStr;
 use std::time::Duration;
 
-use async_trait::async_trait;
-use nodetool_core::{AssetPage, AssetQuery, AssetRecord, AssetStore, Error, ErrorKind, Result};
+use nodetool_core::{Error, ErrorKind, Result};
 use sqlx::migrate::Migrator;
 use sqlx::postgres::{PgConnectOptions, PgConnection, PgPool, PgPoolOptions};
 use sqlx::Connection;
 use tokio::sync::OnceCell;
 
-use crate::{db_err, like_prefix, micros, Row};
+use crate::micros;
 
 /// How [`connect`] reaches PostgreSQL.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -277,119 +276,4 @@ impl PostgresAssetStore {
     }
 }
 
-#[async_trait]
-impl AssetStore for PostgresAssetStore {
-    async fn create(&self, r: &AssetRecord) -> Result<()> {
-        sqlx::query(
-            "INSERT INTO nodetool_assets (id, user_id, workflow_id, parent_id, name, \
-             content_type, size, metadata, duration, node_id, job_id, storage_key, created_at, \
-             updated_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)",
-        )
-        .bind(&r.id)
-        .bind(&r.user_id)
-        .bind(&r.workflow_id)
-        .bind(&r.parent_id)
-        .bind(&r.name)
-        .bind(&r.content_type)
-        .bind(r.size)
-        .bind(r.metadata.as_ref().map(|m| m.to_string()))
-        .bind(r.duration)
-        .bind(&r.node_id)
-        .bind(&r.job_id)
-        .bind(&r.storage_key)
-        .bind(micros(r.created_at))
-        .bind(micros(r.updated_at))
-        .execute(self.pool().await?)
-        .await
-        .map_err(|e| db_err("assets.create")(e).with_context("asset", &r.id))?;
-        Ok(())
-    }
-
-    async fn get(&self, user_id: &str, id: &str) -> Result<Option<AssetRecord>> {
-        let row = sqlx::query_as::<_, Row>(
-            "SELECT * FROM nodetool_assets WHERE id = $1 AND user_id = $2",
-        )
-        .bind(id)
-        .bind(user_id)
-        .fetch_optional(self.pool().await?)
-        .await
-        .map_err(|e| db_err("assets.get")(e).with_context("asset", id))?;
-        Ok(row.map(AssetRecord::from))
-    }
-
-    async fn list(&self, q: &AssetQuery) -> Result<AssetPage> {
-        let limit = q.limit.max(1);
-        let mut qb = sqlx::QueryBuilder::<sqlx::Postgres>::new(
-            "SELECT * FROM nodetool_assets WHERE user_id = ",
-        );
-        qb.push_bind(&q.user_id);
-        for (column, value) in [
-            ("parent_id", &q.parent_id),
-            ("workflow_id", &q.workflow_id),
-            ("node_id", &q.node_id),
-            ("job_id", &q.job_id),
-        ] {
-            if let Some(v) = value {
-                qb.push(format_args!(" AND {column} = ")).push_bind(v);
-            }
-        }
-        if let Some(ct) = &q.content_type {
-            qb.push(" AND content_type LIKE ")
-                .push_bind(like_prefix(ct))
-                .push(" ESCAPE '\\'");
-        }
-        if let Some(cursor) = q.cursor.as_deref().filter(|c| !c.is_empty()) {
-            qb.push(" AND id > ").push_bind(cursor);
-        }
-        qb.push(" ORDER BY id LIMIT ")
-            .push_bind(i64::try_from(limit).unwrap_or(i64::MAX).saturating_add(1));
-        let mut rows: Vec<Row> = qb
-            .build_query_as()
-            .fetch_all(self.pool().await?)
-            .await
-            .map_err(db_err("assets.list"))?;
-        let next = if rows.len() > limit {
-            rows.truncate(limit);
-            rows.last().map(|r| r.id.clone())
-        } else {
-            None
-        };
-        Ok(AssetPage {
-            assets: rows.into_iter().map(AssetRecord::from).collect(),
-            next,
-        })
-    }
-
-    async fn update(&self, r: &AssetRecord) -> Result<()> {
-        let done = sqlx::query(
-            "UPDATE nodetool_assets SET name = $1, parent_id = $2, content_type = $3, \
-             metadata = $4, updated_at = $5 WHERE id = $6 AND user_id = $7",
-        )
-        .bind(&r.name)
-        .bind(&r.parent_id)
-        .bind(&r.content_type)
-        .bind(r.metadata.as_ref().map(|m| m.to_string()))
-        .bind(micros(r.updated_at))
-        .bind(&r.id)
-        .bind(&r.user_id)
-        .execute(self.pool().await?)
-        .await
-        .map_err(|e| db_err("assets.update")(e).with_context("asset", &r.id))?;
-        if done.rows_affected() == 0 {
-            return Err(Error::not_found("no such asset")
-                .with_operation("assets.update")
-                .with_context("asset", &r.id));
-        }
-        Ok(())
-    }
-
-    async fn delete(&self, user_id: &str, id: &str) -> Result<bool> {
-        let done = sqlx::query("DELETE FROM nodetool_assets WHERE id = $1 AND user_id = $2")
-            .bind(id)
-            .bind(user_id)
-            .execute(self.pool().await?)
-            .await
-            .map_err(|e| db_err("assets.delete")(e).with_context("asset", id))?;
-        Ok(done.rows_affected() > 0)
-    }
-}
+crate::sql::asset_store_sql!(PostgresAssetStore, sqlx::Postgres, micros);
