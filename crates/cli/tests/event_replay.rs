@@ -5,43 +5,18 @@
 //! `JOB_EVENT_RETENTION` drops old jobs' events at start (the record's `job_update` stays).
 #![allow(clippy::unwrap_used)]
 
-use std::path::PathBuf;
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use futures::{SinkExt, StreamExt};
-use nodetool_testkit::serve_process::ServeProcess;
+use nodetool_testkit::serve_process::{NodetoolHome, ServeProcess};
 use serde_json::{json, Value};
 use tokio_tungstenite::tungstenite::Message;
 
 const HANG: Duration = Duration::from_secs(90);
 
-struct Env {
-    dir: tempfile::TempDir,
-}
-
-impl Env {
-    fn new() -> Self {
-        Self {
-            dir: tempfile::tempdir().unwrap(),
-        }
-    }
-
-    fn path(&self, name: &str) -> PathBuf {
-        self.dir.path().join(name)
-    }
-
-    fn cmd(&self, args: &[&str], vars: &[(&str, &str)]) -> Command {
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_nodetool"));
-        cmd.args(args)
-            .env_clear()
-            .env("HOME", self.dir.path())
-            .env("NODETOOL_CONFIG_DIR", self.dir.path())
-            .env("ASSET_FOLDER", self.path("assets"))
-            .env("PATH", std::env::var("PATH").unwrap_or_default())
-            .envs(vars.iter().copied());
-        cmd
-    }
+/// Each test's own `HOME` (and config directory) for the `nodetool` it runs.
+fn home() -> NodetoolHome {
+    NodetoolHome::new(env!("CARGO_BIN_EXE_nodetool"))
 }
 
 /// A running `nodetool serve`, killed when dropped.
@@ -51,7 +26,7 @@ struct Server {
 }
 
 impl Server {
-    fn start(env: &Env, vars: &[(&str, &str)]) -> Self {
+    fn start(env: &NodetoolHome, vars: &[(&str, &str)]) -> Self {
         let proc = ServeProcess::start(env.cmd(&["serve"], vars), HANG);
         Self {
             port: proc.port(),
@@ -193,7 +168,7 @@ fn types(events: &[Value]) -> Vec<&str> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn replay_after_a_restart_is_the_live_stream() {
-    let env = Env::new();
+    let env = home();
     let server = Server::start(&env, &[]);
     let (id, live) = server.run_streamed(&request()).await;
     assert!(is_terminal(live.last().unwrap()), "{live:?}");
@@ -256,7 +231,7 @@ async fn stored_events(db: &std::path::Path, id: &str) -> usize {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_event_log_keeps_the_latest_events_and_expires_old_jobs() {
-    let env = Env::new();
+    let env = home();
     let keep = [("JOB_EVENTS_MAX_PER_JOB", "5")];
     let server = Server::start(&env, &keep);
     let (id, live) = server.run_streamed(&request()).await;

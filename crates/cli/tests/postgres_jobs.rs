@@ -5,42 +5,18 @@
 //! with a clear error that never shows the password.
 #![allow(clippy::unwrap_used)]
 
-use std::path::PathBuf;
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::time::Duration;
 
 use nodetool_testkit::postgres::PostgresServer;
-use nodetool_testkit::serve_process::ServeProcess;
+use nodetool_testkit::serve_process::{NodetoolHome, ServeProcess};
 use serde_json::{json, Value};
 
 const HANG: Duration = Duration::from_secs(90);
 
-struct Env {
-    dir: tempfile::TempDir,
-}
-
-impl Env {
-    fn new() -> Self {
-        Self {
-            dir: tempfile::tempdir().unwrap(),
-        }
-    }
-
-    fn path(&self, name: &str) -> PathBuf {
-        self.dir.path().join(name)
-    }
-
-    fn cmd(&self, args: &[&str], vars: &[(&str, &str)]) -> Command {
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_nodetool"));
-        cmd.args(args)
-            .env_clear()
-            .env("HOME", self.dir.path())
-            .env("NODETOOL_CONFIG_DIR", self.dir.path())
-            .env("ASSET_FOLDER", self.path("assets"))
-            .env("PATH", std::env::var("PATH").unwrap_or_default())
-            .envs(vars.iter().copied());
-        cmd
-    }
+/// Each test's own `HOME` (and config directory) for the `nodetool` it runs.
+fn home() -> NodetoolHome {
+    NodetoolHome::new(env!("CARGO_BIN_EXE_nodetool"))
 }
 
 /// A running `nodetool serve` (on the port it picked), killed when dropped.
@@ -49,7 +25,7 @@ struct Server {
 }
 
 impl Server {
-    fn start(env: &Env, vars: &[(&str, &str)]) -> Self {
+    fn start(env: &NodetoolHome, vars: &[(&str, &str)]) -> Self {
         Self {
             proc: ServeProcess::start(env.cmd(&["serve"], vars), HANG),
         }
@@ -151,7 +127,7 @@ async fn jobs_and_their_events_live_in_postgres_across_a_restart() {
         return;
     };
     let url = pg.create_database("serve");
-    let env = Env::new();
+    let env = home();
     let vars = [("DATABASE_URL", url.as_str())];
 
     let server = Server::start(&env, &vars);
@@ -199,7 +175,7 @@ async fn jobs_and_their_events_live_in_postgres_across_a_restart() {
 const PASSWORD: &str = "pa55-w0rd-never-shown";
 
 /// `nodetool serve` that must fail at start: its stderr.
-fn serve_fails(env: &Env, database_url: &str) -> String {
+fn serve_fails(env: &NodetoolHome, database_url: &str) -> String {
     let out = env
         .cmd(&["serve", "--port", "0"], &[("DATABASE_URL", database_url)])
         .stdin(Stdio::null())
@@ -214,7 +190,7 @@ fn serve_fails(env: &Env, database_url: &str) -> String {
 
 #[tokio::test]
 async fn a_bad_or_unreachable_database_url_stops_serve_without_showing_the_password() {
-    let env = Env::new();
+    let env = home();
     let stderr = serve_fails(&env, &format!("mysql://app:{PASSWORD}@db/nodetool"));
     assert!(stderr.contains("only PostgreSQL"), "{stderr}");
 
@@ -229,7 +205,7 @@ async fn a_bad_or_unreachable_database_url_stops_serve_without_showing_the_passw
 
 #[test]
 fn settings_show_prints_the_database_url_without_its_password() {
-    let env = Env::new();
+    let env = home();
     let url = format!("postgres://app:{PASSWORD}@db.internal:5432/nodetool");
     let show = |args: &[&str]| {
         let out = env
@@ -330,7 +306,7 @@ async fn assets_and_workflows_live_in_postgres_per_user_across_a_restart() {
         return;
     };
     let url = pg.create_database("records");
-    let env = Env::new();
+    let env = home();
     let vars = [
         ("DATABASE_URL", url.as_str()),
         ("AUTH_PROVIDER", "supabase"),
