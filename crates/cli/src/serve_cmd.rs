@@ -309,6 +309,14 @@ pub(crate) async fn job_manager(
     });
     // NodeTool's streamed-input rule needs to know which input types stream.
     config.input_nodes = nodetool_exec::InputNodeTypes::from_registry(&registry);
+    config.idempotent_nodes = Arc::new(
+        registry
+            .types()
+            .chain(registry.aliases().map(|(alias, _)| alias))
+            .filter(|t| registry.get(t).is_some_and(|n| n.spec().is_idempotent()))
+            .map(str::to_owned)
+            .collect(),
+    );
     let engine = Engine::new(Arc::new(registry), engine_resources);
     let mut strategies: Vec<Arc<dyn ExecutionStrategy>> = vec![Arc::new(ThreadedStrategy::new(
         engine,

@@ -22,9 +22,12 @@ use nodetool_storage::UrlSigner;
 Needs DATABASE_URL (postgres://…), the same database as the servers (JOB_EXECUTION=queue).
 JOB_LEASE_SECONDS (default 30) is the claim's lifetime without a heartbeat (sent every third of
 it); a job whose worker stops heartbeating is retried (JOB_MAX_ATTEMPTS, set on the server,
-default 2 runs) or failed \"worker lost\". A cancel on any server reaches the job within one
-heartbeat. SIGTERM/SIGINT stops claiming; running jobs get --shutdown-grace seconds, then are
-cancelled and recorded.")]
+default 2 runs) when all its nodes are idempotent, else failed \"worker lost\". Claims respect
+MAX_JOBS_PER_USER and JOB_QUEUE_MAX_RUNNING across all workers (set them alike everywhere).
+A worker registers in the queue_workers table while it runs; a job whose tags, strategy or
+spec version no live worker offers fails after JOB_CLAIM_TIMEOUT_SECONDS (default 300).
+A cancel on any server reaches the job within one heartbeat. SIGTERM/SIGINT stops claiming;
+running jobs get --shutdown-grace seconds, then are cancelled and recorded.")]
 pub struct WorkArgs {
     /// Jobs run at once (also the most claimed in one batch).
     #[arg(long, default_value_t = 4, value_name = "N")]
@@ -54,6 +57,11 @@ pub async fn run(args: WorkArgs) -> anyhow::Result<ExitCode> {
         anyhow::bail!("--concurrency must be at least 1");
     }
     let lease = settings.database.job_lease;
+    // Cluster-wide limits, applied in the claim: give every worker the same values.
+    let max_per_user = settings
+        .max_jobs_per_user
+        .map(|n| u32::try_from(n).unwrap_or(u32::MAX));
+    let max_running = settings.database.job_queue_max_running;
     let max_per_job = settings.database.job_events_max_per_job;
     let auth = nodetool_server::Authenticator::from_settings(&settings)?;
     let key = nodetool_runtime::url_signing_key(&settings)?;
@@ -122,6 +130,8 @@ pub async fn run(args: WorkArgs) -> anyhow::Result<ExitCode> {
         ClaimFilter {
             strategies: strategies.iter().map(|k| k.as_str().to_owned()).collect(),
             tags,
+            max_per_user,
+            max_running,
         },
         lease,
     );

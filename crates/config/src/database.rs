@@ -1,7 +1,7 @@
 //! Where jobs and job events are stored (`DATABASE_URL`), and how many of a job's events the
 //! database keeps, and for how long (`JOB_EVENTS_MAX_PER_JOB`, `JOB_EVENT_RETENTION`); whether
 //! servers run jobs or only enqueue them for `nodetool work` (`JOB_EXECUTION`, `JOB_LEASE_SECONDS`,
-//! `JOB_MAX_ATTEMPTS`).
+//! `JOB_MAX_ATTEMPTS`, `JOB_QUEUE_MAX_RUNNING`, `JOB_CLAIM_TIMEOUT_SECONDS`).
 
 use std::time::Duration;
 
@@ -29,7 +29,7 @@ impl JobExecution {
 }
 
 /// `DATABASE_URL`, `JOB_EVENTS_MAX_PER_JOB`, `JOB_EVENT_RETENTION`, `JOB_EXECUTION`,
-/// `JOB_LEASE_SECONDS`, `JOB_MAX_ATTEMPTS`.
+/// `JOB_LEASE_SECONDS`, `JOB_MAX_ATTEMPTS`, `JOB_QUEUE_MAX_RUNNING`, `JOB_CLAIM_TIMEOUT_SECONDS`.
 #[derive(Clone, PartialEq, Eq)]
 pub struct DatabaseSettings {
     /// `DATABASE_URL`: a `postgres://` URL that moves jobs, job events, asset records and
@@ -47,6 +47,12 @@ pub struct DatabaseSettings {
     pub job_lease: Duration,
     /// `JOB_MAX_ATTEMPTS`: runs of a queued job at most when its worker is lost (at least 1).
     pub job_max_attempts: u32,
+    /// `JOB_QUEUE_MAX_RUNNING`: queued jobs running at once across every worker; `None`: no cap
+    /// (each worker's `--concurrency` bounds its own).
+    pub job_queue_max_running: Option<u32>,
+    /// `JOB_CLAIM_TIMEOUT_SECONDS`: how long a queued job no live worker can take (its tags or
+    /// strategy offered by none) waits before it fails.
+    pub job_claim_timeout: Duration,
 }
 
 /// The URL's password never reaches a log line.
@@ -62,6 +68,8 @@ impl std::fmt::Debug for DatabaseSettings {
             .field("job_execution", &self.job_execution)
             .field("job_lease", &self.job_lease)
             .field("job_max_attempts", &self.job_max_attempts)
+            .field("job_queue_max_running", &self.job_queue_max_running)
+            .field("job_claim_timeout", &self.job_claim_timeout)
             .finish()
     }
 }
@@ -98,6 +106,10 @@ impl DatabaseSettings {
             job_max_attempts: u32::try_from(r.require("JOB_MAX_ATTEMPTS", parse::count)?)
                 .unwrap_or(u32::MAX)
                 .max(1),
+            job_queue_max_running: r
+                .get("JOB_QUEUE_MAX_RUNNING", parse::count)?
+                .map(|n| u32::try_from(n).unwrap_or(u32::MAX)),
+            job_claim_timeout: r.require("JOB_CLAIM_TIMEOUT_SECONDS", parse::seconds)?,
         })
     }
 }

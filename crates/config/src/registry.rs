@@ -184,7 +184,14 @@ pub const REGISTRY: &[SettingDef] = &[
         "Queue mode: how long a worker's claim on a job lasts without a heartbeat (renewed every \
          third of it); a job whose lease expires is retried or failed \"worker lost\""),
     def("JOB_MAX_ATTEMPTS", K::Count, D::Value("2"),
-        "Queue mode: runs of one job at most when its worker is lost (2: one retry)"),
+        "Queue mode: runs of one job at most when its worker is lost (2: one retry); only jobs \
+         whose nodes are all idempotent are retried, others fail \"worker lost\""),
+    def("JOB_QUEUE_MAX_RUNNING", K::Count, D::None,
+        "Queue mode: queued jobs running at once across all workers (unset: no cap). Workers \
+         enforce it, with MAX_JOBS_PER_USER, when they claim: give every worker the same value"),
+    def("JOB_CLAIM_TIMEOUT_SECONDS", K::Seconds, D::Value("300"),
+        "Queue mode: how long a job whose worker_tags or strategy no live worker offers waits \
+         before it fails (naming the tags it needs and those the live workers offer)"),
     // Caches.
     def("MEMCACHE_HOST", K::Text, D::None,
         "Memcached host; with MEMCACHE_PORT selects the memcached node cache"),

@@ -625,6 +625,11 @@ fn job_execution_queue_needs_database_url() {
     let s = Fixture::new().load();
     assert_eq!(s.database.job_execution, JobExecution::Local);
     assert_eq!(s.database.job_max_attempts, 2);
+    assert_eq!(s.database.job_queue_max_running, None);
+    assert_eq!(
+        s.database.job_claim_timeout,
+        std::time::Duration::from_secs(300)
+    );
     let err = Fixture::new().env(&[("JOB_EXECUTION", "queue")]).load_err();
     assert!(
         err.contains("JOB_EXECUTION=queue needs DATABASE_URL"),
@@ -635,10 +640,21 @@ fn job_execution_queue_needs_database_url() {
             ("JOB_EXECUTION", "queue"),
             ("DATABASE_URL", "postgresql://localhost/x"),
             ("JOB_LEASE_SECONDS", "3"),
+            ("JOB_QUEUE_MAX_RUNNING", "5"),
+            ("JOB_CLAIM_TIMEOUT_SECONDS", "2m"),
         ])
         .load();
     assert_eq!(s.database.job_execution, JobExecution::Queue);
     assert_eq!(s.database.job_lease, std::time::Duration::from_secs(3));
+    assert_eq!(s.database.job_queue_max_running, Some(5));
+    assert_eq!(
+        s.database.job_claim_timeout,
+        std::time::Duration::from_secs(120)
+    );
+    let err = Fixture::new()
+        .env(&[("JOB_QUEUE_MAX_RUNNING", "lots")])
+        .load_err();
+    assert!(err.contains("JOB_QUEUE_MAX_RUNNING"), "{err}");
     let err = Fixture::new()
         .env(&[("JOB_EXECUTION", "cluster")])
         .load_err();

@@ -89,6 +89,10 @@ pub struct NodeSpec {
     pub consumes_stream: bool,
     /// Outputs may be memoised in the node cache. Opt-in: side effects and cheap nodes say no.
     pub cacheable: bool,
+    /// Running it twice is harmless (no side effect outside the job: no asset or file written,
+    /// no HTTP POST, no provider call). Opt-in, and implied by [`NodeSpec::cacheable`]: a queued
+    /// job whose worker is lost is retried only when every node is (see [`NodeSpec::is_idempotent`]).
+    pub idempotent: bool,
     /// Accepts properties it does not declare (`dynamic_properties`).
     pub dynamic: bool,
     /// May emit on output handles it does not declare (NodeTool's `supportsDynamicOutputs`:
@@ -116,6 +120,7 @@ impl NodeSpec {
             streaming: false,
             consumes_stream: false,
             cacheable: false,
+            idempotent: false,
             dynamic: false,
             dynamic_outputs: false,
             version: "1".to_owned(),
@@ -171,9 +176,27 @@ impl NodeSpec {
         self
     }
 
+    /// Memoisable outputs; a cacheable node is pure, so idempotent too.
     pub fn cacheable(mut self) -> Self {
         self.cacheable = true;
+        self.idempotent = true;
         self
+    }
+
+    /// Safe to run again after a lost worker (see [`NodeSpec::idempotent`]).
+    pub fn idempotent(mut self) -> Self {
+        self.idempotent = true;
+        self
+    }
+
+    /// Whether a rerun of this node is harmless: marked so (or cacheable), or a workflow input,
+    /// output or inert node; never a Python-bridged node (its effects are not known here).
+    pub fn is_idempotent(&self) -> bool {
+        match (self.origin, self.kind) {
+            (NodeOrigin::Python, _) => false,
+            (_, NodeKind::Input | NodeKind::Output | NodeKind::Inert) => true,
+            _ => self.idempotent,
+        }
     }
 
     pub fn dynamic(mut self) -> Self {

@@ -73,6 +73,10 @@ pub struct ManagerConfig {
     /// The registry's input node types (set it from the registry the strategies run): which
     /// graphs get input feeds without `streaming_inputs`. Empty: none do.
     pub input_nodes: InputNodeTypes,
+    /// Node types a rerun cannot harm ([`nodetool_engine::NodeSpec::is_idempotent`], from the
+    /// registry): a queued job whose nodes are all among them is retried when its worker is
+    /// lost, any other fails "worker lost". Empty: no job is retried.
+    pub idempotent_nodes: Arc<std::collections::HashSet<String>>,
 }
 
 /// The input node types of a registry and whether each streams (NodeTool's streaming inputs,
@@ -125,6 +129,10 @@ pub struct QueueMode {
     /// The workers' lease: expired leases are settled every half of it here too, so a job
     /// whose worker died is retried or failed even when no other worker is polling.
     pub lease: Duration,
+    /// `JOB_CLAIM_TIMEOUT_SECONDS`: a job no live worker can take fails after waiting this long.
+    pub claim_timeout: Duration,
+    /// `JOB_EVENTS_MAX_PER_JOB`, for the terminal event of such a job.
+    pub max_events_per_job: u64,
 }
 
 /// How often a follower of a job run elsewhere re-reads the store without a wake-up.
@@ -148,6 +156,7 @@ impl Default for ManagerConfig {
             event_log: Some(EventLogConfig::default()),
             queue: None,
             input_nodes: InputNodeTypes::default(),
+            idempotent_nodes: Arc::default(),
         }
     }
 }
@@ -173,6 +182,8 @@ impl ManagerConfig {
                 .then_some(QueueMode {
                     max_attempts: settings.database.job_max_attempts,
                     lease: settings.database.job_lease,
+                    claim_timeout: settings.database.job_claim_timeout,
+                    max_events_per_job: settings.database.job_events_max_per_job,
                 }),
             ..Self::default()
         }
@@ -470,6 +481,7 @@ impl JobExecutionManager {
             tokio::spawn(settle_leases(
                 Arc::downgrade(&manager.inner),
                 (queue.lease / 2).max(Duration::from_millis(200)),
+                queue,
             ));
         }
         Ok(manager)
@@ -688,6 +700,12 @@ impl JobExecutionManager {
             limits.time_seconds = Some(limits.time_seconds.map_or(cap, |t| t.min(cap)));
         }
         let tags = request.worker_tags.clone().unwrap_or_default();
+        let known = &self.inner.config.idempotent_nodes;
+        let idempotent = valid
+            .graph
+            .nodes
+            .iter()
+            .all(|n| known.contains(n.node_type.as_str()));
         request.job_id = Some(job_id.clone());
         request.execution_strategy = Some(kind.as_str().to_owned());
         request.user_id = None;
@@ -715,9 +733,9 @@ impl JobExecutionManager {
         };
         self.inner
             .store
-            .enqueue(&record, &spec, &tags, queue.max_attempts)
+            .enqueue(&record, &spec, &tags, queue.max_attempts, idempotent)
             .await?;
-        tracing::info!(job_id = %job_id, strategy = kind.as_str(), "job enqueued");
+        tracing::info!(job_id = %job_id, strategy = kind.as_str(), idempotent, "job enqueued");
         Ok(job_id)
     }
 
@@ -1123,8 +1141,10 @@ fn elsewhere(job_id: &str, op: &'static str, status: Status) -> Error {
     .with_context("job_id", job_id)
 }
 
-/// Queue mode: settles expired leases every `every` while the manager lives.
-async fn settle_leases(inner: std::sync::Weak<Inner>, every: Duration) {
+/// Queue mode: settles expired leases every `every` while the manager lives, and reports (then,
+/// past the claim timeout, fails) waiting jobs no live worker can take.
+async fn settle_leases(inner: std::sync::Weak<Inner>, every: Duration, queue: QueueMode) {
+    let mut reported = std::collections::HashSet::new();
     let mut tick = tokio::time::interval(every);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -1140,6 +1160,29 @@ async fn settle_leases(inner: std::sync::Weak<Inner>, every: Duration) {
                 }
             }
             Err(error) => tracing::warn!(%error, "cannot settle expired job leases"),
+        }
+        // Workers heartbeat their registration every third of the lease: live = within one.
+        match inner
+            .store
+            .settle_unclaimable(queue.lease, queue.claim_timeout, queue.max_events_per_job)
+            .await
+        {
+            Ok(found) => {
+                let waiting: std::collections::HashSet<String> =
+                    found.iter().map(|u| u.job_id.clone()).collect();
+                for u in found {
+                    if u.failed {
+                        tracing::warn!(job_id = %u.job_id, reason = %u.reason,
+                            "failed a queued job no live worker could take");
+                    } else if reported.insert(u.job_id.clone()) {
+                        tracing::warn!(job_id = %u.job_id, reason = %u.reason,
+                            timeout_seconds = queue.claim_timeout.as_secs(),
+                            "a queued job waits with no live worker able to take it");
+                    }
+                }
+                reported.retain(|id| waiting.contains(id));
+            }
+            Err(error) => tracing::warn!(%error, "cannot check for unclaimable queued jobs"),
         }
     }
 }

@@ -99,7 +99,90 @@ pub struct ClaimFilter {
     pub strategies: Vec<String>,
     /// Its tags: a job's `worker_tags` must all be among them.
     pub tags: Vec<String>,
+    /// `MAX_JOBS_PER_USER` across the cluster: a user with this many running jobs (rows with a
+    /// live lease, on any worker) gets no more claimed until one ends.
+    pub max_per_user: Option<u32>,
+    /// `JOB_QUEUE_MAX_RUNNING`: running queued jobs across the cluster at most.
+    pub max_running: Option<u32>,
 }
+
+/// A live `nodetool work` process, as it registers itself in `queue_workers`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WorkerInfo {
+    pub id: String,
+    pub tags: Vec<String>,
+    pub strategies: Vec<String>,
+    /// The [`QUEUE_SPEC_VERSION`] it reads up to.
+    pub spec_version: u32,
+    /// Its binary's version (`CARGO_PKG_VERSION`), for the operator.
+    pub binary_version: String,
+}
+
+/// A waiting job that no live worker can take (its tags, strategy or spec version offered by
+/// none), as [`JobStore::settle_unclaimable`] found it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Unclaimable {
+    pub job_id: String,
+    /// Why, naming what the job needs and what the live workers offer.
+    pub reason: String,
+    /// Failed now (it waited past the claim timeout); else it still waits.
+    pub failed: bool,
+}
+
+/// Serializes limited claims (`pg_advisory_xact_lock` key): counting running jobs and taking
+/// new ones must be one step across all claimers, or two workers could each see room for one.
+const CLAIM_LOCK: i64 = 0x6e74_715f_636c_6d; // "ntq_clm"
+
+/// The claim with no limits: the oldest waiting jobs first, straight off the waiting index
+/// (the fast path). `$1` owner, `$2` strategies, `$3` tags, `$4` limit, `$5` lease seconds,
+/// `$8` the spec version this binary reads (`$6`, `$7`, the limits, unused here).
+const CLAIM_ANY: &str = "WITH picked AS ( \
+       SELECT id FROM jobs \
+       WHERE queued AND status = 'scheduled' AND NOT cancel_requested \
+         AND strategy = ANY($2) AND worker_tags <@ $3 \
+         AND COALESCE((spec->>'version')::int, 0) <= $8 \
+       ORDER BY created_at, id LIMIT $4 FOR UPDATE SKIP LOCKED) \
+     UPDATE jobs j SET status = 'running', started_at = COALESCE(j.started_at, now()), \
+       attempts = j.attempts + 1, lease_owner = $1, \
+       lease_token = md5(random()::text || clock_timestamp()::text || j.id), \
+       lease_expires_at = now() + make_interval(secs => $5) \
+     FROM picked WHERE j.id = picked.id \
+     RETURNING j.id, j.spec::text, j.lease_token, j.attempts, \
+       (SELECT COALESCE(MAX(seq), 0) FROM job_events e WHERE e.job_id = j.id)";
+
+/// The claim under limits (run holding [`CLAIM_LOCK`]): counts each user's running jobs with a
+/// live lease, ranks each user's waiting jobs oldest first, and takes them round-robin across
+/// users while `$6` (per user) and `$7` (in total) leave room.
+const CLAIM_LIMITED: &str = "WITH live AS ( \
+       SELECT user_id, count(*) AS n FROM jobs \
+       WHERE queued AND status = 'running' AND lease_expires_at > now() \
+       GROUP BY user_id), \
+     waiting AS ( \
+       SELECT id, user_id, created_at, \
+         row_number() OVER (PARTITION BY user_id ORDER BY created_at, id) AS rank \
+       FROM jobs \
+       WHERE queued AND status = 'scheduled' AND NOT cancel_requested \
+         AND strategy = ANY($2) AND worker_tags <@ $3 \
+         AND COALESCE((spec->>'version')::int, 0) <= $8), \
+     allowed AS ( \
+       SELECT w.id FROM waiting w LEFT JOIN live l ON l.user_id = w.user_id \
+       WHERE w.rank <= $4 \
+         AND ($6::bigint IS NULL OR COALESCE(l.n, 0) + w.rank <= $6) \
+       ORDER BY w.rank, w.created_at, w.id \
+       LIMIT GREATEST(0, LEAST($4, \
+         COALESCE($7::bigint - (SELECT COALESCE(sum(n), 0) FROM live)::bigint, $4::bigint)))), \
+     picked AS ( \
+       SELECT id FROM jobs \
+       WHERE id IN (SELECT id FROM allowed) \
+         AND queued AND status = 'scheduled' AND NOT cancel_requested \
+       FOR UPDATE SKIP LOCKED) \
+     UPDATE jobs j SET status = 'running', started_at = COALESCE(j.started_at, now()), \
+       attempts = j.attempts + 1, lease_owner = $1, \
+       lease_token = md5(random()::text || clock_timestamp()::text || j.id), \
+       lease_expires_at = now() + make_interval(secs => $5) \
+     FROM picked WHERE j.id = picked.id \
+     RETURNING j.id, j.spec::text, j.lease_token, j.attempts, \
+       (SELECT COALESCE(MAX(seq), 0) FROM job_events e WHERE e.job_id = j.id)";
 
 /// What a `LISTEN` connection heard.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -141,13 +224,15 @@ impl JobStore {
     }
 
     /// Writes a `scheduled` job for the queue (workers wake through `NOTIFY`). `record` must be
-    /// `scheduled`; `worker_tags` route it; `max_attempts` (at least 1) bounds its runs.
+    /// `scheduled`; `worker_tags` route it; `max_attempts` (at least 1) bounds its runs, and
+    /// only an `idempotent` job (every node safe to run twice) is run again after a lost worker.
     pub async fn enqueue(
         &self,
         record: &JobRecord,
         spec: &QueuedSpec,
         worker_tags: &[String],
         max_attempts: u32,
+        idempotent: bool,
     ) -> Result<()> {
         let pool = self.pg("jobs.enqueue")?;
         let err = db_err("jobs.enqueue");
@@ -159,8 +244,8 @@ impl JobStore {
         let mut tx = pool.begin().await.map_err(&err)?;
         sqlx::query(
             "INSERT INTO jobs (id, user_id, workflow_id, strategy, status, params, created_at, \
-             queued, spec, worker_tags, max_attempts) \
-             VALUES ($1, $2, $3, $4, 'scheduled', $5::json, $6, TRUE, $7::json, $8, $9)",
+             queued, spec, worker_tags, max_attempts, idempotent) \
+             VALUES ($1, $2, $3, $4, 'scheduled', $5::json, $6, TRUE, $7::json, $8, $9, $10)",
         )
         .bind(&record.id)
         .bind(&record.user_id)
@@ -171,6 +256,7 @@ impl JobStore {
         .bind(&spec)
         .bind(worker_tags)
         .bind(i32::try_from(max_attempts.max(1)).unwrap_or(i32::MAX))
+        .bind(idempotent)
         .execute(&mut *tx)
         .await
         .map_err(|e| match &e {
@@ -189,9 +275,13 @@ impl JobStore {
         tx.commit().await.map_err(&err)
     }
 
-    /// Claims up to `limit` waiting jobs for `owner` that `filter` allows, oldest first, each
-    /// with a lease of `lease`. Concurrent claimers never get the same job (`SKIP LOCKED`);
-    /// cancelled-before-claim jobs are not taken.
+    /// Claims up to `limit` waiting jobs for `owner` that `filter` allows, each with a lease of
+    /// `lease`: the oldest first, or, under limits, round-robin across users (each user's
+    /// oldest first) so one user's backlog does not hold the others'. Concurrent claimers never get the same job (`SKIP LOCKED`);
+    /// cancelled-before-claim jobs and jobs queued by a newer nodetool (spec version above
+    /// [`QUEUE_SPEC_VERSION`]) are not taken. With `filter.max_per_user` or `max_running`, the
+    /// running jobs are counted and the new ones taken under one transaction-scoped advisory
+    /// lock, so claimers racing on several machines never exceed the limits together.
     pub async fn claim(
         &self,
         owner: &str,
@@ -203,28 +293,31 @@ impl JobStore {
             return Ok(Vec::new());
         }
         let pool = self.pg("jobs.claim")?;
-        let rows: Vec<(String, Option<String>, String, i32, i64)> = sqlx::query_as(
-            "WITH picked AS ( \
-               SELECT id FROM jobs \
-               WHERE queued AND status = 'scheduled' AND NOT cancel_requested \
-                 AND strategy = ANY($2) AND worker_tags <@ $3 \
-               ORDER BY created_at, id LIMIT $4 FOR UPDATE SKIP LOCKED) \
-             UPDATE jobs j SET status = 'running', started_at = COALESCE(j.started_at, now()), \
-               attempts = j.attempts + 1, lease_owner = $1, \
-               lease_token = md5(random()::text || clock_timestamp()::text || j.id), \
-               lease_expires_at = now() + make_interval(secs => $5) \
-             FROM picked WHERE j.id = picked.id \
-             RETURNING j.id, j.spec::text, j.lease_token, j.attempts, \
-               (SELECT COALESCE(MAX(seq), 0) FROM job_events e WHERE e.job_id = j.id)",
-        )
-        .bind(owner)
-        .bind(&filter.strategies)
-        .bind(&filter.tags)
-        .bind(i64::from(limit))
-        .bind(secs(lease))
-        .fetch_all(pool)
-        .await
-        .map_err(db_err("jobs.claim"))?;
+        let err = db_err("jobs.claim");
+        let limited = filter.max_per_user.is_some() || filter.max_running.is_some();
+        let mut tx = pool.begin().await.map_err(&err)?;
+        if limited {
+            // Held until commit: the next claimer's statement sees this one's claims.
+            sqlx::query("SELECT pg_advisory_xact_lock($1)")
+                .bind(CLAIM_LOCK)
+                .execute(&mut *tx)
+                .await
+                .map_err(&err)?;
+        }
+        let sql = if limited { CLAIM_LIMITED } else { CLAIM_ANY };
+        let rows: Vec<(String, Option<String>, String, i32, i64)> = sqlx::query_as(sql)
+            .bind(owner)
+            .bind(&filter.strategies)
+            .bind(&filter.tags)
+            .bind(i64::from(limit))
+            .bind(secs(lease))
+            .bind(filter.max_per_user.map(i64::from))
+            .bind(filter.max_running.map(i64::from))
+            .bind(i32::try_from(QUEUE_SPEC_VERSION).unwrap_or(i32::MAX))
+            .fetch_all(&mut *tx)
+            .await
+            .map_err(&err)?;
+        tx.commit().await.map_err(&err)?;
         Ok(rows
             .into_iter()
             .map(|(id, spec, token, attempt, offset)| ClaimedJob {
@@ -380,9 +473,11 @@ impl JobStore {
         Ok(Some(status))
     }
 
-    /// Settles the jobs whose lease has expired: back to `scheduled` while attempts remain,
-    /// else `failed` with [`WORKER_LOST`] (`cancelled` if a cancel was asked). Safe to run from
-    /// every process at once (`SKIP LOCKED`, and each row changes once).
+    /// Settles the jobs whose lease has expired: an idempotent job goes back to `scheduled`
+    /// while attempts remain; otherwise it is `failed` with [`WORKER_LOST`], naming the lost
+    /// worker (and, for a job not retried because of its nodes, saying so); `cancelled` if a
+    /// cancel was asked. Safe to run from every process at once (`SKIP LOCKED`, and each row
+    /// changes once).
     pub async fn expire_leases(&self) -> Result<Vec<Expired>> {
         let pool = self.pg("jobs.expire_leases")?;
         let err = db_err("jobs.expire_leases");
@@ -393,11 +488,18 @@ impl JobStore {
                  AND lease_expires_at < now() FOR UPDATE SKIP LOCKED) \
              UPDATE jobs j SET \
                status = CASE WHEN j.cancel_requested THEN 'cancelled' \
-                             WHEN j.attempts < j.max_attempts THEN 'scheduled' \
+                             WHEN j.idempotent AND j.attempts < j.max_attempts THEN 'scheduled' \
                              ELSE 'failed' END, \
-               error = CASE WHEN NOT j.cancel_requested AND j.attempts >= j.max_attempts \
-                            THEN $1 ELSE j.error END, \
-               finished_at = CASE WHEN j.cancel_requested OR j.attempts >= j.max_attempts \
+               error = CASE WHEN j.cancel_requested \
+                              OR (j.idempotent AND j.attempts < j.max_attempts) THEN j.error \
+                            ELSE $1 || ' [worker ' || COALESCE(j.lease_owner, '?') || \
+                              ', attempt ' || j.attempts || ' of ' || j.max_attempts || ']' || \
+                              CASE WHEN j.idempotent THEN '' ELSE \
+                                '; not retried: some of its nodes are not idempotent (side \
+                                 effects such as writes, HTTP calls or provider calls)' END \
+                            END, \
+               finished_at = CASE WHEN j.cancel_requested \
+                                    OR NOT (j.idempotent AND j.attempts < j.max_attempts) \
                                   THEN now() ELSE NULL END, \
                lease_owner = NULL, lease_token = NULL, lease_expires_at = NULL \
              FROM lost WHERE j.id = lost.id RETURNING j.id, j.status",
@@ -421,6 +523,148 @@ impl JobStore {
         }
         tx.commit().await.map_err(&err)?;
         Ok(out)
+    }
+
+    /// Registers (or refreshes) a live worker: called at its start and then as its heartbeat.
+    pub async fn register_worker(&self, worker: &WorkerInfo) -> Result<()> {
+        let pool = self.pg("queue_workers.register")?;
+        sqlx::query(
+            "INSERT INTO queue_workers (id, tags, strategies, spec_version, binary_version) \
+             VALUES ($1, $2, $3, $4, $5) \
+             ON CONFLICT (id) DO UPDATE SET tags = $2, strategies = $3, spec_version = $4, \
+               binary_version = $5, heartbeat_at = now()",
+        )
+        .bind(&worker.id)
+        .bind(&worker.tags)
+        .bind(&worker.strategies)
+        .bind(i32::try_from(worker.spec_version).unwrap_or(i32::MAX))
+        .bind(&worker.binary_version)
+        .execute(pool)
+        .await
+        .map_err(db_err("queue_workers.register"))
+        .map(drop)
+    }
+
+    /// A worker that stops cleanly leaves the registry at once (a killed one ages out).
+    pub async fn unregister_worker(&self, id: &str) -> Result<()> {
+        let pool = self.pg("queue_workers.unregister")?;
+        sqlx::query("DELETE FROM queue_workers WHERE id = $1")
+            .bind(id)
+            .execute(pool)
+            .await
+            .map_err(db_err("queue_workers.unregister"))
+            .map(drop)
+    }
+
+    /// The workers whose last heartbeat is within `live` (oldest registration first).
+    pub async fn live_workers(&self, live: Duration) -> Result<Vec<WorkerInfo>> {
+        let pool = self.pg("queue_workers.list")?;
+        let rows: Vec<(String, Vec<String>, Vec<String>, i32, String)> = sqlx::query_as(
+            "SELECT id, tags, strategies, spec_version, binary_version FROM queue_workers \
+             WHERE heartbeat_at > now() - make_interval(secs => $1) ORDER BY started_at, id",
+        )
+        .bind(secs(live))
+        .fetch_all(pool)
+        .await
+        .map_err(db_err("queue_workers.list"))?;
+        Ok(rows
+            .into_iter()
+            .map(|(id, tags, strategies, v, binary_version)| WorkerInfo {
+                id,
+                tags,
+                strategies,
+                spec_version: u32::try_from(v).unwrap_or(0),
+                binary_version,
+            })
+            .collect())
+    }
+
+    /// Finds waiting jobs that no worker live within `live` can take (strategy, tags or spec
+    /// version offered by none). Those waiting longer than `timeout` are failed, with one
+    /// terminal event, by an error naming what they need and what the live workers offer; the
+    /// others are returned for the caller to report. Safe from every process at once (each
+    /// failure is a guarded `scheduled` → `failed` update, which a claim would have won).
+    pub async fn settle_unclaimable(
+        &self,
+        live: Duration,
+        timeout: Duration,
+        max_per_job: u64,
+    ) -> Result<Vec<Unclaimable>> {
+        let pool = self.pg("jobs.settle_unclaimable")?;
+        let err = db_err("jobs.settle_unclaimable");
+        let rows: Vec<(String, String, Vec<String>, i32, bool)> = sqlx::query_as(
+            "SELECT j.id, j.strategy, j.worker_tags, COALESCE((j.spec->>'version')::int, 0), \
+               j.created_at < now() - make_interval(secs => $2) \
+             FROM jobs j \
+             WHERE j.queued AND j.status = 'scheduled' AND NOT j.cancel_requested \
+               AND NOT EXISTS (SELECT 1 FROM queue_workers w \
+                 WHERE w.heartbeat_at > now() - make_interval(secs => $1) \
+                   AND j.strategy = ANY(w.strategies) AND j.worker_tags <@ w.tags \
+                   AND COALESCE((j.spec->>'version')::int, 0) <= w.spec_version) \
+             ORDER BY j.created_at LIMIT 100",
+        )
+        .bind(secs(live))
+        .bind(timeout.as_secs_f64())
+        .fetch_all(pool)
+        .await
+        .map_err(&err)?;
+        // Rows of workers gone for long are dropped (a killed worker never unregisters).
+        sqlx::query(
+            "DELETE FROM queue_workers \
+             WHERE heartbeat_at < now() - make_interval(secs => $1) - interval '1 hour'",
+        )
+        .bind(secs(live))
+        .execute(pool)
+        .await
+        .map_err(&err)?;
+        if rows.is_empty() {
+            return Ok(Vec::new());
+        }
+        let workers = self.live_workers(live).await?;
+        let offered = describe_workers(&workers);
+        let mut out = Vec::with_capacity(rows.len());
+        for (id, strategy, tags, version, overdue) in rows {
+            let reason = format!(
+                "no live worker can take this job: it needs strategy {strategy}, worker_tags [{}] \
+                 and queue spec version {version}; {offered}",
+                tags.join(", ")
+            );
+            let failed = overdue && self.fail_waiting(&id, &reason, max_per_job).await?;
+            if overdue && !failed {
+                continue; // claimed or cancelled meanwhile
+            }
+            out.push(Unclaimable {
+                job_id: id,
+                reason,
+                failed,
+            });
+        }
+        Ok(out)
+    }
+
+    /// Fails a job still `scheduled` with `why` and its one terminal event; false if it is no
+    /// longer waiting.
+    async fn fail_waiting(&self, id: &str, why: &str, max_per_job: u64) -> Result<bool> {
+        let pool = self.pg("jobs.settle_unclaimable")?;
+        let err = db_err("jobs.settle_unclaimable");
+        let mut tx = pool.begin().await.map_err(&err)?;
+        let done: Option<(i64,)> = sqlx::query_as(
+            "UPDATE jobs j SET status = 'failed', error = $2, finished_at = now() \
+             WHERE j.id = $1 AND j.queued AND j.status = 'scheduled' \
+             RETURNING (SELECT COALESCE(MAX(seq), 0) FROM job_events e WHERE e.job_id = j.id)",
+        )
+        .bind(id)
+        .bind(why)
+        .fetch_optional(&mut *tx)
+        .await
+        .map_err(&err)?;
+        let Some((last,)) = done else {
+            return Ok(false);
+        };
+        let event = failed_event(id, u64::try_from(last).unwrap_or(0) + 1, why);
+        insert_events(&mut tx, id, &event, max_per_job).await?;
+        tx.commit().await.map_err(&err)?;
+        Ok(true)
     }
 
     /// Whether `id` is a queued job (run by workers, not by the process that accepted it).
@@ -449,6 +693,48 @@ impl JobStore {
         });
         Some(tx.subscribe())
     }
+}
+
+/// What the live workers offer, for an unclaimable job's message.
+fn describe_workers(workers: &[WorkerInfo]) -> String {
+    if workers.is_empty() {
+        return "no worker is live (start `nodetool work` with DATABASE_URL)".to_owned();
+    }
+    let each: Vec<String> = workers
+        .iter()
+        .map(|w| {
+            format!(
+                "{} (strategies {}; tags [{}]; queue spec version {}; nodetool {})",
+                w.id,
+                w.strategies.join(","),
+                w.tags.join(", "),
+                w.spec_version,
+                w.binary_version
+            )
+        })
+        .collect();
+    format!("live workers offer: {}", each.join("; "))
+}
+
+/// A `failed` terminal `job_update` at `seq`, as stored rows.
+pub(crate) fn failed_event(job_id: &str, seq: u64, why: &str) -> Vec<(u64, String)> {
+    let event = nodetool_engine::EventEnvelope {
+        job_id: job_id.to_owned(),
+        seq,
+        event: nodetool_engine::Event::JobUpdate(nodetool_engine::events::JobUpdate {
+            status: Status::Failed,
+            workflow_id: None,
+            message: None,
+            result: None,
+            error: Some(why.to_owned()),
+            traceback: None,
+            run_state: None,
+            duration: None,
+        }),
+    };
+    serde_json::to_string(&event)
+        .map(|t| vec![(seq, t)])
+        .unwrap_or_default()
 }
 
 async fn notify_job(tx: &mut sqlx::PgConnection, id: &str) -> Result<()> {

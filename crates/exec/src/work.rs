@@ -7,12 +7,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use nodetool_core::Result;
-use nodetool_engine::events::JobUpdate;
-use nodetool_engine::{Event, EventEnvelope, Status};
+use nodetool_engine::{Event, Status};
 use tokio::task::JoinSet;
 
 use crate::manager::JobExecutionManager;
-use crate::queue::{ClaimFilter, ClaimedJob, Lease, Wakeup};
+use crate::queue::{ClaimFilter, ClaimedJob, Lease, Wakeup, WorkerInfo, QUEUE_SPEC_VERSION};
 use crate::store::JobStore;
 
 /// `nodetool work`'s knobs.
@@ -75,11 +74,30 @@ impl QueueWorker {
         let mut wake = self.store.wakeups();
         let mut jobs: JoinSet<()> = JoinSet::new();
         let mut failures = 0u32;
+        // In the registry while it runs: servers tell a job no live worker can take from one
+        // that waits for a free worker (see `JobStore::settle_unclaimable`).
+        let me = WorkerInfo {
+            id: self.config.owner.clone(),
+            tags: self.config.filter.tags.clone(),
+            strategies: self.config.filter.strategies.clone(),
+            spec_version: QUEUE_SPEC_VERSION,
+            binary_version: env!("CARGO_PKG_VERSION").to_owned(),
+        };
+        let register_every = (self.config.lease / 3).max(Duration::from_millis(100));
+        let mut registered: Option<tokio::time::Instant> = None;
         tracing::info!(owner = %self.config.owner, concurrency = self.config.concurrency,
             strategies = ?self.config.filter.strategies, tags = ?self.config.filter.tags,
+            max_per_user = ?self.config.filter.max_per_user,
+            max_running = ?self.config.filter.max_running,
             "queue worker started");
         loop {
             while jobs.try_join_next().is_some() {}
+            if registered.is_none_or(|at| at.elapsed() >= register_every) {
+                match self.store.register_worker(&me).await {
+                    Ok(()) => registered = Some(tokio::time::Instant::now()),
+                    Err(error) => tracing::warn!(%error, "cannot register in queue_workers"),
+                }
+            }
             if let Err(error) = self.store.expire_leases().await {
                 tracing::warn!(%error, "cannot settle expired job leases");
             }
@@ -132,6 +150,9 @@ impl QueueWorker {
             "queue worker stopping: claiming no more jobs"
         );
         while jobs.join_next().await.is_some() {}
+        if let Err(error) = self.store.unregister_worker(&self.config.owner).await {
+            tracing::warn!(%error, "cannot leave queue_workers; the entry ages out");
+        }
         Ok(())
     }
 
@@ -275,23 +296,7 @@ impl QueueWorker {
 
     /// Fails a claimed job this worker cannot run, with its one terminal event.
     async fn fail(&self, lease: &Lease, offset: u64, why: &str) {
-        let event = EventEnvelope {
-            job_id: lease.job_id.clone(),
-            seq: offset + 1,
-            event: Event::JobUpdate(JobUpdate {
-                status: Status::Failed,
-                workflow_id: None,
-                message: None,
-                result: None,
-                error: Some(why.to_owned()),
-                traceback: None,
-                run_state: None,
-                duration: None,
-            }),
-        };
-        let rows: Vec<(u64, String)> = serde_json::to_string(&event)
-            .map(|t| vec![(event.seq, t)])
-            .unwrap_or_default();
+        let rows = crate::queue::failed_event(&lease.job_id, offset + 1, why);
         if let Err(error) = self
             .store
             .finish_fenced(

@@ -62,7 +62,19 @@ fn spec(id: &str) -> QueuedSpec {
 async fn enqueue(store: &JobStore, id: &str, tags: &[&str], max_attempts: u32) {
     let tags: Vec<String> = tags.iter().map(|t| t.to_string()).collect();
     store
-        .enqueue(&record(id), &spec(id), &tags, max_attempts)
+        .enqueue(&record(id), &spec(id), &tags, max_attempts, true)
+        .await
+        .unwrap();
+}
+
+/// A job of `user` that is not idempotent (`idempotent: false`) or is.
+async fn enqueue_as(store: &JobStore, id: &str, user: &str, max_attempts: u32, idempotent: bool) {
+    let mut rec = record(id);
+    rec.user_id = user.to_owned();
+    let mut sp = spec(id);
+    sp.user_id = user.to_owned();
+    store
+        .enqueue(&rec, &sp, &[], max_attempts, idempotent)
         .await
         .unwrap();
 }
@@ -71,6 +83,7 @@ fn all() -> ClaimFilter {
     ClaimFilter {
         strategies: vec!["threaded".into(), "subprocess".into(), "docker".into()],
         tags: vec![],
+        ..ClaimFilter::default()
     }
 }
 
@@ -176,7 +189,9 @@ async fn job_queue_on_postgres() {
         assert_eq!(expire(&store, "job").await, Status::Failed);
         let rec = store.get("job").await.unwrap().unwrap();
         assert_eq!(rec.status, Status::Failed);
-        assert_eq!(rec.error.as_deref(), Some(WORKER_LOST));
+        let error = rec.error.unwrap_or_default();
+        assert!(error.starts_with(WORKER_LOST), "{error}");
+        assert!(error.contains("[worker w2, attempt 2 of 2]"), "{error}");
         assert!(!store
             .finish_fenced(&second.lease, Status::Completed, None, None, &[], 100)
             .await
@@ -286,6 +301,7 @@ async fn job_queue_on_postgres() {
         let cpu = ClaimFilter {
             strategies: vec!["threaded".into()],
             tags: vec!["cpu".into()],
+            ..ClaimFilter::default()
         };
         let got = store.claim("cpu", &cpu, 10, LEASE).await.unwrap();
         assert_eq!(
@@ -297,6 +313,7 @@ async fn job_queue_on_postgres() {
         let docker_only = ClaimFilter {
             strategies: vec!["docker".into()],
             tags: vec!["gpu".into()],
+            ..ClaimFilter::default()
         };
         assert!(store
             .claim("d", &docker_only, 10, LEASE)
@@ -306,13 +323,15 @@ async fn job_queue_on_postgres() {
         let gpu = ClaimFilter {
             strategies: vec!["threaded".into()],
             tags: vec!["gpu".into(), "big".into()],
+            ..ClaimFilter::default()
         };
         let got = store.claim("g", &gpu, 10, LEASE).await.unwrap();
         assert_eq!(got.len(), 1);
         assert_eq!(got[0].lease.job_id, "gpu");
     }
 
-    // --- A spec from a newer nodetool is refused with a message.
+    // --- A spec from a newer nodetool: this worker does not claim it (and would refuse it
+    // with a message); with no live worker able to read it, it is reported, then failed.
     {
         let store = store(&pg, "versions").await;
         enqueue(&store, "new", &[], 1).await;
@@ -320,17 +339,232 @@ async fn job_queue_on_postgres() {
             "versions",
             "UPDATE jobs SET spec = '{\"version\": 99, \"user_id\": \"u1\", \"request\": {}}'",
         );
-        let c = store.claim("w", &all(), 1, LEASE).await.unwrap();
-        let why = c[0].spec().unwrap_err();
+        assert!(store.claim("w", &all(), 1, LEASE).await.unwrap().is_empty());
+        let text = pg.psql("versions", "SELECT spec::text FROM jobs WHERE id = 'new'");
+        let claimed = nodetool_exec::queue::ClaimedJob {
+            lease: nodetool_exec::queue::Lease {
+                job_id: "new".into(),
+                token: "t".into(),
+            },
+            spec_text: Some(text),
+            attempt: 1,
+            seq_offset: 0,
+        };
+        let why = claimed.spec().unwrap_err();
         assert!(why.contains("newer nodetool"), "{why}");
+        store.register_worker(&worker("old", &[])).await.unwrap();
+        let found = store.settle_unclaimable(LEASE, LEASE, 100).await.unwrap();
+        assert_eq!(found.len(), 1, "{found:?}");
+        assert!(!found[0].failed);
+        assert!(
+            found[0].reason.contains("queue spec version 99"),
+            "{found:?}"
+        );
+        assert!(
+            found[0].reason.contains("old (strategies threaded"),
+            "{found:?}"
+        );
     }
+
+    // --- Only idempotent jobs are retried after a lost worker; others fail naming it.
+    {
+        let store = store(&pg, "idempotent").await;
+        enqueue_as(&store, "pure", "u1", 2, true).await;
+        enqueue_as(&store, "effects", "u1", 2, false).await;
+        let short = Duration::from_millis(200);
+        let got = store.claim("lost-w", &all(), 10, short).await.unwrap();
+        assert_eq!(got.len(), 2);
+        let mut ends = std::collections::HashMap::new();
+        while ends.len() < 2 {
+            for e in store.expire_leases().await.unwrap() {
+                ends.insert(e.job_id, e.status);
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        assert_eq!(ends["pure"], Status::Scheduled);
+        assert_eq!(ends["effects"], Status::Failed);
+        let rec = store.get("effects").await.unwrap().unwrap();
+        let error = rec.error.unwrap_or_default();
+        assert!(error.starts_with(WORKER_LOST), "{error}");
+        assert!(error.contains("[worker lost-w, attempt 1 of 2]"), "{error}");
+        assert!(error.contains("not idempotent"), "{error}");
+    }
+
+    // --- Jobs no live worker can take: reported while young, failed past the timeout with
+    // an error naming the tags they need and those the live workers offer.
+    {
+        let store = store(&pg, "unclaimable").await;
+        enqueue(&store, "gpu-job", &["gpu"], 1).await;
+        enqueue(&store, "plain", &[], 1).await;
+        store
+            .register_worker(&worker("cpu-w", &["cpu"]))
+            .await
+            .unwrap();
+        let young = store.settle_unclaimable(LEASE, LEASE, 100).await.unwrap();
+        assert_eq!(
+            young
+                .iter()
+                .map(|u| (u.job_id.as_str(), u.failed))
+                .collect::<Vec<_>>(),
+            [("gpu-job", false)]
+        );
+        let old = store
+            .settle_unclaimable(LEASE, Duration::ZERO, 100)
+            .await
+            .unwrap();
+        assert_eq!(old.len(), 1);
+        assert!(old[0].failed);
+        let rec = store.get("gpu-job").await.unwrap().unwrap();
+        assert_eq!(rec.status, Status::Failed);
+        let error = rec.error.unwrap_or_default();
+        assert!(error.contains("worker_tags [gpu]"), "{error}");
+        assert!(
+            error.contains("cpu-w (strategies threaded,subprocess,docker; tags [cpu]"),
+            "{error}"
+        );
+        let events = store.events_after("gpu-job", 0, 100).await.unwrap();
+        assert_eq!(events.len(), 1, "{events:?}");
+        // Once the worker stops, nothing is live: the plain job is reported too.
+        store.unregister_worker("cpu-w").await.unwrap();
+        let found = store.settle_unclaimable(LEASE, LEASE, 100).await.unwrap();
+        assert_eq!(found.len(), 1);
+        assert!(found[0].reason.contains("no worker is live"), "{found:?}");
+    }
+}
+
+fn worker(id: &str, tags: &[&str]) -> nodetool_exec::queue::WorkerInfo {
+    nodetool_exec::queue::WorkerInfo {
+        id: id.to_owned(),
+        tags: tags.iter().map(|t| t.to_string()).collect(),
+        strategies: all().strategies,
+        spec_version: QUEUE_SPEC_VERSION,
+        binary_version: "test".into(),
+    }
+}
+
+/// Several pools claim at once under MAX_JOBS_PER_USER and JOB_QUEUE_MAX_RUNNING: the limits
+/// hold at every moment (checked by the claimers and by an outside observer of the table),
+/// every job runs once, and a fresh claim takes each user's oldest jobs round-robin.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn claim_limits_hold_across_concurrent_claimers() {
+    use std::sync::{Arc, Mutex};
+    let Some(pg) = postgres("claim_limits_hold_across_concurrent_claimers").await else {
+        return;
+    };
+    let (per_user, total) = (2u32, 5u32);
+    let limited = || ClaimFilter {
+        max_per_user: Some(per_user),
+        max_running: Some(total),
+        ..all()
+    };
+
+    // Fair order: 3 users, user a's backlog first; one claim takes 2 of each, oldest first.
+    {
+        let store = store(&pg, "fair").await;
+        for i in 0..4 {
+            enqueue_as(&store, &format!("a{i}"), "a", 1, true).await;
+        }
+        enqueue_as(&store, "b0", "b", 1, true).await;
+        enqueue_as(&store, "c0", "c", 1, true).await;
+        enqueue_as(&store, "c1", "c", 1, true).await;
+        let filter = ClaimFilter {
+            max_per_user: Some(2),
+            ..all()
+        };
+        let got = store.claim("w", &filter, 10, LEASE).await.unwrap();
+        let mut ids: Vec<&str> = got.iter().map(|c| c.lease.job_id.as_str()).collect();
+        ids.sort_unstable();
+        assert_eq!(ids, ["a0", "a1", "b0", "c0", "c1"]);
+    }
+
+    let name = "limits";
+    let url = pg.create_database(name);
+    let first = JobStore::connect(&url, &PostgresOptions::default())
+        .await
+        .unwrap();
+    let users = ["u1", "u2", "u3"];
+    let per = 15;
+    for i in 0..per {
+        for u in users {
+            enqueue_as(&first, &format!("{u}-{i}"), u, 1, true).await;
+        }
+    }
+    let n = per * users.len();
+    // (user -> leases held) as the claimers see it: a job enters after its claim committed and
+    // leaves before its outcome is written, so this is always a subset of the running rows.
+    let held: Arc<Mutex<Vec<(String, String)>>> = Arc::default();
+    let mut tasks = Vec::new();
+    for p in 0..4 {
+        let store = JobStore::connect(&url, &PostgresOptions::default())
+            .await
+            .unwrap();
+        for t in 0..2 {
+            let (store, held, filter) = (store.clone(), held.clone(), limited());
+            tasks.push(tokio::spawn(async move {
+                let owner = format!("p{p}t{t}");
+                let mut ran = Vec::new();
+                let mut idle = 0;
+                while idle < 40 {
+                    let got = store.claim(&owner, &filter, 3, LEASE).await.unwrap();
+                    if got.is_empty() {
+                        idle += 1;
+                        tokio::time::sleep(Duration::from_millis(5)).await;
+                        continue;
+                    }
+                    idle = 0;
+                    {
+                        let mut h = held.lock().unwrap();
+                        for c in &got {
+                            let user = c.spec().unwrap().user_id;
+                            h.push((user, c.lease.job_id.clone()));
+                        }
+                        for u in ["u1", "u2", "u3"] {
+                            let count = h.iter().filter(|(x, _)| x == u).count();
+                            assert!(count <= per_user as usize, "{u}: {h:?}");
+                        }
+                        assert!(h.len() <= total as usize, "{h:?}");
+                    }
+                    tokio::time::sleep(Duration::from_millis(3)).await;
+                    for c in got {
+                        held.lock().unwrap().retain(|(_, id)| id != &c.lease.job_id);
+                        assert!(store
+                            .finish_fenced(&c.lease, Status::Completed, None, None, &[], 100)
+                            .await
+                            .unwrap());
+                        ran.push(c.lease.job_id);
+                    }
+                }
+                ran
+            }));
+        }
+    }
+    // An outside observer of the table while they run: per user and in total, never above.
+    let mut checks = 0u32;
+    while !tasks.iter().all(|t| t.is_finished()) {
+        let most = pg.psql(
+            name,
+            "SELECT COALESCE(max(n), 0) || ' ' || COALESCE(sum(n), 0) FROM (SELECT count(*) AS n \
+             FROM jobs WHERE status = 'running' AND lease_expires_at > now() GROUP BY user_id) r",
+        );
+        let (user_most, running) = most.split_once(' ').unwrap();
+        assert!(user_most.parse::<u32>().unwrap() <= per_user, "{most}");
+        assert!(running.parse::<u32>().unwrap() <= total, "{most}");
+        checks += 1;
+    }
+    assert!(checks > 0);
+    let mut ran = Vec::new();
+    for t in tasks {
+        ran.extend(t.await.unwrap());
+    }
+    let unique: HashSet<&String> = ran.iter().collect();
+    assert_eq!((ran.len(), unique.len()), (n, n), "{ran:?}");
 }
 
 #[tokio::test]
 async fn sqlite_refuses_the_queue() {
     let store = JobStore::in_memory().await.unwrap();
     let e = store
-        .enqueue(&record("x"), &spec("x"), &[], 1)
+        .enqueue(&record("x"), &spec("x"), &[], 1, true)
         .await
         .unwrap_err();
     assert_eq!(e.kind(), ErrorKind::Unsupported);

@@ -49,6 +49,7 @@ pub fn register(r: &mut Registry) {
         ),
         (
             // Blocks its thread and never looks at cancellation: what a hard deadline is for.
+            // Not idempotent: the queue tests' stand-in for a node with side effects.
             t("Block")
                 .input("seconds", "float", json!(0.0))
                 .output("output", "any"),
@@ -63,14 +64,16 @@ pub fn register(r: &mut Registry) {
         (
             t("Progress")
                 .input("steps", "int", json!(10))
-                .output("output", "int"),
+                .output("output", "int")
+                .idempotent(),
             Kind::Progress,
         ),
         (
             t("Generate")
                 .input("count", "int", json!(10))
                 .output("output", "int")
-                .streaming(),
+                .streaming()
+                .idempotent(),
             Kind::Generate,
         ),
         (
