@@ -3,8 +3,9 @@
 //! submitted over REST complete exactly once (each claimed by one worker, every event seen once,
 //! one terminal event), a client follows a job over SSE from the server while a worker runs it,
 //! a cancel on the server stops the job on its worker, and a worker killed with SIGKILL mid-job
-//! loses its lease: the job is retried on the other worker (or failed "worker lost"), with one
-//! terminal state; a second server follows a job it never saw; `worker_tags` route a job to a
+//! loses its lease: an idempotent job is retried on the other worker, one with a node that is
+//! not idempotent fails "worker lost" naming the worker, each with one terminal state; a job
+//! whose tags no live worker offers fails after JOB_CLAIM_TIMEOUT_SECONDS, naming them; a second server follows a job it never saw; `worker_tags` route a job to a
 //! worker started with `--tags`; a PostgreSQL restart pauses claiming, which then resumes.
 #![allow(clippy::unwrap_used)]
 
@@ -306,9 +307,10 @@ async fn one_server_two_workers_run_every_job_exactly_once() {
         ("DATABASE_URL", url.as_str()),
         ("JOB_EXECUTION", "queue"),
         ("JOB_LEASE_SECONDS", "2"),
+        ("JOB_CLAIM_TIMEOUT_SECONDS", "5"),
     ];
     let mut server = ServeProcess::start(env.cmd(&["serve"], &vars), HANG);
-    let mut workers = [
+    let mut workers = vec![
         Worker::start(&env, "w1", &vars),
         Worker::start(&env, "w2", &vars),
     ];
@@ -429,72 +431,85 @@ async fn one_server_two_workers_run_every_job_exactly_once() {
     assert_eq!(events.last().unwrap()["status"], "cancelled", "{events:?}");
     assert_eq!(api.job(&id).await["status"], "cancelled");
 
-    // --- SIGKILL of the worker running a job: its lease expires, the job runs again on the
-    // other worker (one retry by default) or fails "worker lost"; one terminal state either way.
-    let id = api.submit(&sleep(4.0, "kill")).await;
-    api.wait_status(&id, "running").await;
-    let owner = loop {
-        let owner = pg.psql(
-            "queue",
-            &format!("SELECT coalesce(lease_owner, '') FROM jobs WHERE id = '{id}'"),
-        );
-        if !owner.is_empty() {
-            break owner;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    };
-    let victim = workers
-        .iter()
-        .position(|w| owner.contains(&format!("-{}-", w.pid())))
-        .unwrap_or_else(|| panic!("owner {owner} is neither worker"));
-    // It has started: the node is sleeping on that worker.
-    workers[victim].kill9();
-    let events = api.follow(&id, 0).await;
-    check_stream(&id, &events);
+    // --- SIGKILL of the worker running a job: its lease expires. An idempotent job (Sleep is
+    // cacheable) runs again on the other worker (one retry by default); one terminal state.
+    let (victim, id, events) = kill_owner(&api, &pg, &mut workers, &sleep(4.0, "kill")).await;
     let last = events.last().unwrap();
-    let job = api.job(&id).await;
-    assert_eq!(job["status"], last["status"], "{job} {last}");
-    eprintln!(
-        "killed worker {victim}: job {id} ended {} after {} events",
-        last["status"],
-        events.len()
+    assert_eq!(last["status"], "completed", "{events:?}");
+    assert!(
+        workers[1 - victim].log().contains(&id),
+        "the retry did not run on the other worker"
     );
-    match last["status"].as_str() {
-        Some("completed") => {
-            let survivor = &workers[1 - victim];
-            assert!(
-                survivor.log().contains(&id),
-                "the retry did not run on the other worker"
-            );
-            assert_eq!(
-                pg.psql(
-                    "queue",
-                    &format!("SELECT attempts FROM jobs WHERE id = '{id}'")
-                ),
-                "2"
-            );
-        }
-        Some("failed") => assert!(
-            last["error"]
-                .as_str()
-                .unwrap_or_default()
-                .contains("worker lost"),
-            "{last}"
-        ),
-        other => panic!("unexpected end {other:?}: {events:?}"),
-    }
     assert_eq!(
         pg.psql(
             "queue",
-            &format!(
-                "SELECT count(*) FROM job_events WHERE job_id = '{id}' \
-                 AND event LIKE '%\"type\":\"job_update\"%' \
-                 AND (event LIKE '%\"status\":\"completed\"%' OR event LIKE '%\"status\":\"failed\"%' \
-                      OR event LIKE '%\"status\":\"cancelled\"%')"
-            ),
+            &format!("SELECT attempts FROM jobs WHERE id = '{id}'")
         ),
-        if last["status"] == "completed" { "1" } else { "0" },
+        "2"
+    );
+    assert_eq!(
+        stored_terminals(&pg, &id),
+        "1",
         "stored terminal events of {id}"
+    );
+
+    // --- A job with a node that is not idempotent (Block stands for side effects) is not run
+    // again: it fails "worker lost", naming the worker, with no stored terminal event of a run.
+    workers.push(Worker::start(&env, "w3", &vars));
+    let (lost, id, events) = kill_owner(
+        &api,
+        &pg,
+        &mut workers,
+        &one("nodetool.test.Block", json!({"seconds": 6.0})),
+    )
+    .await;
+    let last = events.last().unwrap();
+    assert_eq!(last["status"], "failed", "{events:?}");
+    let error = api.job(&id).await["error"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    assert!(error.contains("worker lost"), "{error}");
+    assert!(
+        error.contains(&format!("-{}-", workers[lost].pid())),
+        "{error}"
+    );
+    assert!(error.contains("not idempotent"), "{error}");
+    assert_eq!(
+        pg.psql(
+            "queue",
+            &format!("SELECT attempts FROM jobs WHERE id = '{id}'")
+        ),
+        "1"
+    );
+    assert_eq!(
+        stored_terminals(&pg, &id),
+        "0",
+        "stored terminal events of {id}"
+    );
+    let alive: Vec<usize> = (0..workers.len())
+        .filter(|&i| i != victim && i != lost)
+        .collect();
+
+    // --- A job asking for a tag no live worker offers: reported, then failed after
+    // JOB_CLAIM_TIMEOUT_SECONDS, naming the tags it needs and those the workers offer.
+    let mut tpu = generate(2);
+    tpu["worker_tags"] = json!(["tpu"]);
+    let (id, live) = api.run_streamed(&tpu).await;
+    check_stream(&id, &live);
+    let last = live.last().unwrap();
+    assert_eq!(last["status"], "failed", "{live:?}");
+    let error = last["error"].as_str().unwrap_or_default();
+    assert!(error.contains("worker_tags [tpu]"), "{error}");
+    assert!(error.contains("live workers offer"), "{error}");
+    assert!(
+        error.contains(&format!("-{}-", workers[alive[0]].pid())),
+        "{error}"
+    );
+    assert!(
+        server.log().contains("no live worker able to take it"),
+        "{}",
+        server.log()
     );
 
     // --- Tags route: a job asking for `gpu` waits for a worker started with `--tags gpu`.
@@ -530,23 +545,80 @@ async fn one_server_two_workers_run_every_job_exactly_once() {
         );
     }
 
-    // SIGTERM: the surviving worker stops claiming and exits cleanly.
-    let survivor = &mut workers[1 - victim];
-    let ok = Command::new("kill")
-        .args(["-TERM", &survivor.pid().to_string()])
-        .status()
-        .unwrap()
-        .success();
-    assert!(ok);
-    let status = survivor.child.wait().unwrap();
-    assert!(
-        status.success(),
-        "work exited with {status}: {}",
-        survivor.log()
-    );
+    // SIGTERM: the surviving workers stop claiming, leave the registry and exit cleanly.
+    for &i in &alive {
+        let survivor = &mut workers[i];
+        let ok = Command::new("kill")
+            .args(["-TERM", &survivor.pid().to_string()])
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok);
+        let status = survivor.child.wait().unwrap();
+        assert!(
+            status.success(),
+            "work exited with {status}: {}",
+            survivor.log()
+        );
+    }
+    for &i in &alive {
+        let pid = workers[i].pid();
+        assert_eq!(
+            pg.psql(
+                "queue",
+                &format!("SELECT count(*) FROM queue_workers WHERE id LIKE '%-{pid}-%'")
+            ),
+            "0"
+        );
+    }
 
     let status = server.terminate(HANG);
     assert!(status.success(), "serve: {}", server.log());
+}
+
+/// Submits `request`, waits until a worker runs it, SIGKILLs that worker and follows the job to
+/// its end: (the killed worker's index, the job id, its events, checked).
+async fn kill_owner(
+    api: &Api,
+    pg: &PostgresServer,
+    workers: &mut [Worker],
+    request: &Value,
+) -> (usize, String, Vec<Value>) {
+    let id = api.submit(request).await;
+    api.wait_status(&id, "running").await;
+    let owner = loop {
+        let owner = pg.psql(
+            "queue",
+            &format!("SELECT coalesce(lease_owner, '') FROM jobs WHERE id = '{id}'"),
+        );
+        if !owner.is_empty() {
+            break owner;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    let victim = workers
+        .iter()
+        .position(|w| owner.contains(&format!("-{}-", w.pid())))
+        .unwrap_or_else(|| panic!("owner {owner} is no worker of ours"));
+    workers[victim].kill9();
+    let events = api.follow(&id, 0).await;
+    check_stream(&id, &events);
+    let job = api.job(&id).await;
+    assert_eq!(job["status"], events.last().unwrap()["status"], "{job}");
+    (victim, id, events)
+}
+
+/// The terminal `job_update` events stored for `id`.
+fn stored_terminals(pg: &PostgresServer, id: &str) -> String {
+    pg.psql(
+        "queue",
+        &format!(
+            "SELECT count(*) FROM job_events WHERE job_id = '{id}' \
+             AND event LIKE '%\"type\":\"job_update\"%' \
+             AND (event LIKE '%\"status\":\"completed\"%' OR event LIKE '%\"status\":\"failed\"%' \
+                  OR event LIKE '%\"status\":\"cancelled\"%')"
+        ),
+    )
 }
 
 #[test]

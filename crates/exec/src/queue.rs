@@ -12,11 +12,16 @@
 //! - a worker's outcome and its terminal event are one transaction, so a follower that sees the
 //!   record terminal finds every event stored;
 //! - a lease that expires (its worker died or was cut off) either puts the job back to
-//!   `scheduled` (attempts left) or fails it with [`WORKER_LOST`]; a retried run's events
+//!   `scheduled` (an idempotent job with attempts left) or fails it with [`WORKER_LOST`] naming
+//!   the worker; a retried run's events
 //!   continue the seq after the last stored one, so followers see one stream with one terminal
 //!   event;
 //! - a cancel marks the row (`cancel_requested`): a job nobody claimed yet is cancelled at once,
-//!   a claimed one by its worker at its next heartbeat.
+//!   a claimed one by its worker at its next heartbeat;
+//! - per-user and total limits ([`ClaimFilter`]) hold across every claimer: a limited claim
+//!   counts live-lease running rows and takes new ones under one advisory lock;
+//! - a waiting job no live worker (`queue_workers`) can take is reported, then failed with a
+//!   message naming what it needs and what the workers offer ([`JobStore::settle_unclaimable`]).
 //!
 //! Secrets never enter the queue: a worker runs each job with its own settings (provider keys,
 //! storage credentials), as a server runs its jobs today.
