@@ -576,6 +576,115 @@ async fn one_server_two_workers_run_every_job_exactly_once() {
     assert!(status.success(), "serve: {}", server.log());
 }
 
+/// Two servers and three workers on one PostgreSQL: jobs submitted to both servers, each followed
+/// from the other server (SSE, or `/ws` for every other job) while one worker is killed mid-run;
+/// every job ends exactly once, completed (all are idempotent, so the lost ones are retried), and
+/// every client saw every event once, in seq order, the same as the store's replay.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn two_servers_three_workers_every_client_sees_every_event_once() {
+    let test = "two_servers_three_workers_every_client_sees_every_event_once";
+    let Some(pg) = PostgresServer::start().await else {
+        let why = PostgresServer::why_missing().unwrap_or_default();
+        nodetool_testkit::skip_or_fail(test, &why);
+        return;
+    };
+    let url = pg.create_database("queue");
+    let env = Env::new();
+    let vars = [
+        ("DATABASE_URL", url.as_str()),
+        ("JOB_EXECUTION", "queue"),
+        ("JOB_LEASE_SECONDS", "2"),
+    ];
+    let mut servers = [
+        ServeProcess::start(env.cmd(&["serve"], &vars), HANG),
+        ServeProcess::start(env.cmd(&["serve"], &vars), HANG),
+    ];
+    let mut workers = [
+        Worker::start(&env, "w1", &vars),
+        Worker::start(&env, "w2", &vars),
+        Worker::start(&env, "w3", &vars),
+    ];
+    let apis: Vec<Api> = servers
+        .iter()
+        .map(|s| Api {
+            base: s.url(""),
+            http: reqwest::Client::new(),
+        })
+        .collect();
+
+    let n = 10;
+    let mut ids = Vec::new();
+    for i in 0..n {
+        let request = if i % 3 == 0 {
+            generate(20 + i)
+        } else {
+            sleep(2.0, &format!("job-{i}"))
+        };
+        ids.push(apis[i as usize % 2].submit(&request).await);
+    }
+    // Each followed from the server it was not submitted to.
+    let followers: Vec<_> = ids
+        .iter()
+        .enumerate()
+        .map(|(i, id)| {
+            let (base, id) = (apis[(i + 1) % 2].base.clone(), id.clone());
+            tokio::spawn(async move {
+                let api = Api {
+                    base,
+                    http: reqwest::Client::new(),
+                };
+                if i % 2 == 0 {
+                    api.follow(&id, 0).await
+                } else {
+                    api.ws_follow(&id, 0).await
+                }
+            })
+        })
+        .collect();
+    // Kill the worker running the first sleeping job, mid-run.
+    let sleeper = &ids[1];
+    apis[0].wait_status(sleeper, "running").await;
+    let owner = pg.psql(
+        "queue",
+        &format!("SELECT coalesce(lease_owner, '') FROM jobs WHERE id = '{sleeper}'"),
+    );
+    let victim = workers
+        .iter()
+        .position(|w| owner.contains(&format!("-{}-", w.pid())))
+        .unwrap_or_else(|| panic!("owner {owner:?} is no worker of ours"));
+    workers[victim].kill9();
+
+    for (i, (id, follower)) in ids.iter().zip(followers).enumerate() {
+        let seen = follower.await.unwrap();
+        check_stream(id, &seen);
+        assert_eq!(seen.last().unwrap()["status"], "completed", "{seen:?}");
+        let stored = apis[i % 2].follow(id, 0).await;
+        let seqs = |v: &[Value]| v.iter().map(|e| e["seq"].as_u64()).collect::<Vec<_>>();
+        assert_eq!(seqs(&seen), seqs(&stored), "{id}");
+        for api in &apis {
+            assert_eq!(api.job(id).await["status"], "completed", "{id}");
+        }
+        assert_eq!(
+            stored_terminals(&pg, id),
+            "1",
+            "stored terminal events of {id}"
+        );
+    }
+    let retried = pg.psql("queue", "SELECT count(*) FROM jobs WHERE attempts = 2");
+    assert_ne!(retried, "0", "the killed worker's jobs were not retried");
+    assert_eq!(
+        pg.psql(
+            "queue",
+            "SELECT count(*) FROM jobs WHERE status <> 'completed'"
+        ),
+        "0"
+    );
+    for server in &mut servers {
+        let status = server.terminate(HANG);
+        assert!(status.success(), "serve: {}", server.log());
+    }
+}
+
 /// Submits `request`, waits until a worker runs it, SIGKILLs that worker and follows the job to
 /// its end: (the killed worker's index, the job id, its events, checked).
 async fn kill_owner(

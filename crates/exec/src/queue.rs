@@ -136,7 +136,7 @@ pub struct Unclaimable {
 
 /// Serializes limited claims (`pg_advisory_xact_lock` key): counting running jobs and taking
 /// new ones must be one step across all claimers, or two workers could each see room for one.
-const CLAIM_LOCK: i64 = 0x6e74_715f_636c_6d; // "ntq_clm"
+const CLAIM_LOCK: i64 = 0x006e_7471_5f63_6c6d; // "ntq_clm"
 
 /// The claim with no limits: the oldest waiting jobs first, straight off the waiting index
 /// (the fast path). `$1` owner, `$2` strategies, `$3` tags, `$4` limit, `$5` lease seconds,
@@ -564,7 +564,7 @@ impl JobStore {
     /// The workers whose last heartbeat is within `live` (oldest registration first).
     pub async fn live_workers(&self, live: Duration) -> Result<Vec<WorkerInfo>> {
         let pool = self.pg("queue_workers.list")?;
-        let rows: Vec<(String, Vec<String>, Vec<String>, i32, String)> = sqlx::query_as(
+        let rows: Vec<WorkerRow> = sqlx::query_as(
             "SELECT id, tags, strategies, spec_version, binary_version FROM queue_workers \
              WHERE heartbeat_at > now() - make_interval(secs => $1) ORDER BY started_at, id",
         )
@@ -597,7 +597,7 @@ impl JobStore {
     ) -> Result<Vec<Unclaimable>> {
         let pool = self.pg("jobs.settle_unclaimable")?;
         let err = db_err("jobs.settle_unclaimable");
-        let rows: Vec<(String, String, Vec<String>, i32, bool)> = sqlx::query_as(
+        let rows: Vec<WaitingRow> = sqlx::query_as(
             "SELECT j.id, j.strategy, j.worker_tags, COALESCE((j.spec->>'version')::int, 0), \
                j.created_at < now() - make_interval(secs => $2) \
              FROM jobs j \
@@ -699,6 +699,12 @@ impl JobStore {
         Some(tx.subscribe())
     }
 }
+
+/// A waiting job as `settle_unclaimable` reads it: id, strategy, tags, spec version, overdue.
+type WaitingRow = (String, String, Vec<String>, i32, bool);
+
+/// A `queue_workers` row: id, tags, strategies, spec version, binary version.
+type WorkerRow = (String, Vec<String>, Vec<String>, i32, String);
 
 /// What the live workers offer, for an unclaimable job's message.
 fn describe_workers(workers: &[WorkerInfo]) -> String {
