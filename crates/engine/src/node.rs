@@ -966,12 +966,14 @@ pub struct FnNode {
 const BLOCKING_WEIGHT: usize = 4096;
 
 impl FnNode {
+    /// The spec is marked idempotent: the function sees only its inputs (no context, no
+    /// storage, no provider), so running it again is harmless.
     pub fn new(
         spec: NodeSpec,
         f: impl Fn(&NodeInputs) -> Result<Value> + Send + Sync + 'static,
     ) -> Self {
         Self {
-            spec,
+            spec: spec.idempotent(),
             f: Arc::new(f),
         }
     }

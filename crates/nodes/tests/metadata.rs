@@ -34,3 +34,32 @@ fn every_registered_type_renders_once() {
         );
     }
 }
+
+/// What a lost queue worker may rerun (issue 13): function nodes (their output depends on their
+/// inputs only) and workflow inputs are idempotent; nodes that save assets or call a model are not.
+#[test]
+fn function_nodes_are_idempotent_and_effectful_nodes_are_not() {
+    let registry = nodetool_nodes::registry();
+    let idempotent = |t: &str| {
+        registry
+            .get(t)
+            .unwrap_or_else(|| panic!("{t}"))
+            .spec()
+            .is_idempotent()
+    };
+    for t in [
+        "nodetool.boolean.Compare",
+        "nodetool.math.Add",
+        "nodetool.input.StringInput",
+    ] {
+        assert!(idempotent(t), "{t} should be idempotent");
+    }
+    for t in [
+        "nodetool.image.SaveImage",
+        "nodetool.text.SaveText",
+        "nodetool.agents.Agent",
+        "nodetool.image.TextToImage",
+    ] {
+        assert!(!idempotent(t), "{t} must not be rerun after a lost worker");
+    }
+}
