@@ -15,37 +15,25 @@ use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use nodetool_testkit::postgres::PostgresServer;
-use nodetool_testkit::serve_process::ServeProcess;
+use nodetool_testkit::serve_process::{NodetoolHome, ServeProcess};
 use serde_json::{json, Value};
 
 const HANG: Duration = Duration::from_secs(120);
 
-struct Env {
-    dir: tempfile::TempDir,
+/// Each test's own `HOME` (and config directory) for the `nodetool` it runs.
+fn home() -> NodetoolHome {
+    NodetoolHome::new(env!("CARGO_BIN_EXE_nodetool"))
 }
 
-impl Env {
-    fn new() -> Self {
-        Self {
-            dir: tempfile::tempdir().unwrap(),
-        }
+/// The testkit's PostgreSQL, or `None` after reporting the skip (a failure under
+/// `NODETOOL_TEST_REQUIRE=1`).
+async fn postgres(test: &str) -> Option<PostgresServer> {
+    let pg = PostgresServer::start().await;
+    if pg.is_none() {
+        let why = PostgresServer::why_missing().unwrap_or_default();
+        nodetool_testkit::skip_or_fail(test, &why);
     }
-
-    fn path(&self, name: &str) -> PathBuf {
-        self.dir.path().join(name)
-    }
-
-    fn cmd(&self, args: &[&str], vars: &[(&str, &str)]) -> Command {
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_nodetool"));
-        cmd.args(args)
-            .env_clear()
-            .env("HOME", self.dir.path())
-            .env("NODETOOL_CONFIG_DIR", self.dir.path())
-            .env("ASSET_FOLDER", self.path("assets"))
-            .env("PATH", std::env::var("PATH").unwrap_or_default())
-            .envs(vars.iter().copied());
-        cmd
-    }
+    pg
 }
 
 /// A `nodetool work` process (stderr in a file), killed when dropped.
@@ -55,11 +43,11 @@ struct Worker {
 }
 
 impl Worker {
-    fn start(env: &Env, name: &str, vars: &[(&str, &str)]) -> Self {
+    fn start(env: &NodetoolHome, name: &str, vars: &[(&str, &str)]) -> Self {
         Self::start_with(env, name, &[], vars)
     }
 
-    fn start_with(env: &Env, name: &str, extra: &[&str], vars: &[(&str, &str)]) -> Self {
+    fn start_with(env: &NodetoolHome, name: &str, extra: &[&str], vars: &[(&str, &str)]) -> Self {
         let log = env.path(&format!("{name}.log"));
         let mut args = vec!["work", "--concurrency", "4", "--log", "info"];
         args.extend_from_slice(extra);
@@ -296,13 +284,11 @@ impl Api {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn one_server_two_workers_run_every_job_exactly_once() {
     let test = "one_server_two_workers_run_every_job_exactly_once";
-    let Some(mut pg) = PostgresServer::start().await else {
-        let why = PostgresServer::why_missing().unwrap_or_default();
-        nodetool_testkit::skip_or_fail(test, &why);
+    let Some(mut pg) = postgres(test).await else {
         return;
     };
     let url = pg.create_database("queue");
-    let env = Env::new();
+    let env = home();
     let vars = [
         ("DATABASE_URL", url.as_str()),
         ("JOB_EXECUTION", "queue"),
@@ -583,13 +569,11 @@ async fn one_server_two_workers_run_every_job_exactly_once() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn two_servers_three_workers_every_client_sees_every_event_once() {
     let test = "two_servers_three_workers_every_client_sees_every_event_once";
-    let Some(pg) = PostgresServer::start().await else {
-        let why = PostgresServer::why_missing().unwrap_or_default();
-        nodetool_testkit::skip_or_fail(test, &why);
+    let Some(pg) = postgres(test).await else {
         return;
     };
     let url = pg.create_database("queue");
-    let env = Env::new();
+    let env = home();
     let vars = [
         ("DATABASE_URL", url.as_str()),
         ("JOB_EXECUTION", "queue"),
@@ -732,7 +716,7 @@ fn stored_terminals(pg: &PostgresServer, id: &str) -> String {
 
 #[test]
 fn queue_mode_without_database_url_is_refused_and_work_needs_one() {
-    let env = Env::new();
+    let env = home();
     let out = env
         .cmd(&["serve", "--port", "0"], &[("JOB_EXECUTION", "queue")])
         .stdin(Stdio::null())

@@ -138,27 +138,38 @@ pub struct Unclaimable {
 /// new ones must be one step across all claimers, or two workers could each see room for one.
 const CLAIM_LOCK: i64 = 0x006e_7471_5f63_6c6d; // "ntq_clm"
 
+/// Both claims' last step: the `picked` rows become `running` under a fresh lease token, and
+/// each comes back with its spec and the seq its events continue from.
+macro_rules! take_picked {
+    () => {
+        "UPDATE jobs j SET status = 'running', started_at = COALESCE(j.started_at, now()), \
+         attempts = j.attempts + 1, lease_owner = $1, \
+         lease_token = md5(random()::text || clock_timestamp()::text || j.id), \
+         lease_expires_at = now() + make_interval(secs => $5) \
+         FROM picked WHERE j.id = picked.id \
+         RETURNING j.id, j.spec::text, j.lease_token, j.attempts, \
+         (SELECT COALESCE(MAX(seq), 0) FROM job_events e WHERE e.job_id = j.id)"
+    };
+}
+
 /// The claim with no limits: the oldest waiting jobs first, straight off the waiting index
 /// (the fast path). `$1` owner, `$2` strategies, `$3` tags, `$4` limit, `$5` lease seconds,
 /// `$8` the spec version this binary reads (`$6`, `$7`, the limits, unused here).
-const CLAIM_ANY: &str = "WITH picked AS ( \
+const CLAIM_ANY: &str = concat!(
+    "WITH picked AS ( \
        SELECT id FROM jobs \
        WHERE queued AND status = 'scheduled' AND NOT cancel_requested \
          AND strategy = ANY($2) AND worker_tags <@ $3 \
          AND COALESCE((spec->>'version')::int, 0) <= $8 \
-       ORDER BY created_at, id LIMIT $4 FOR UPDATE SKIP LOCKED) \
-     UPDATE jobs j SET status = 'running', started_at = COALESCE(j.started_at, now()), \
-       attempts = j.attempts + 1, lease_owner = $1, \
-       lease_token = md5(random()::text || clock_timestamp()::text || j.id), \
-       lease_expires_at = now() + make_interval(secs => $5) \
-     FROM picked WHERE j.id = picked.id \
-     RETURNING j.id, j.spec::text, j.lease_token, j.attempts, \
-       (SELECT COALESCE(MAX(seq), 0) FROM job_events e WHERE e.job_id = j.id)";
+       ORDER BY created_at, id LIMIT $4 FOR UPDATE SKIP LOCKED) ",
+    take_picked!()
+);
 
 /// The claim under limits (run holding [`CLAIM_LOCK`]): counts each user's running jobs with a
 /// live lease, ranks each user's waiting jobs oldest first, and takes them round-robin across
 /// users while `$6` (per user) and `$7` (in total) leave room.
-const CLAIM_LIMITED: &str = "WITH live AS ( \
+const CLAIM_LIMITED: &str = concat!(
+    "WITH live AS ( \
        SELECT user_id, count(*) AS n FROM jobs \
        WHERE queued AND status = 'running' AND lease_expires_at > now() \
        GROUP BY user_id), \
@@ -180,14 +191,9 @@ const CLAIM_LIMITED: &str = "WITH live AS ( \
        SELECT id FROM jobs \
        WHERE id IN (SELECT id FROM allowed) \
          AND queued AND status = 'scheduled' AND NOT cancel_requested \
-       FOR UPDATE SKIP LOCKED) \
-     UPDATE jobs j SET status = 'running', started_at = COALESCE(j.started_at, now()), \
-       attempts = j.attempts + 1, lease_owner = $1, \
-       lease_token = md5(random()::text || clock_timestamp()::text || j.id), \
-       lease_expires_at = now() + make_interval(secs => $5) \
-     FROM picked WHERE j.id = picked.id \
-     RETURNING j.id, j.spec::text, j.lease_token, j.attempts, \
-       (SELECT COALESCE(MAX(seq), 0) FROM job_events e WHERE e.job_id = j.id)";
+       FOR UPDATE SKIP LOCKED) ",
+    take_picked!()
+);
 
 /// What a `LISTEN` connection heard.
 #[derive(Debug, Clone, PartialEq, Eq)]
