@@ -6,13 +6,13 @@
 #![allow(clippy::unwrap_used)]
 
 use std::process::Stdio;
-use std::time::Duration;
 
 use nodetool_testkit::postgres::PostgresServer;
 use nodetool_testkit::serve_process::{NodetoolHome, ServeProcess};
 use serde_json::{json, Value};
 
-const HANG: Duration = Duration::from_secs(90);
+mod support;
+use support::{Api, HANG};
 
 /// Each test's own `HOME` (and config directory) for the `nodetool` it runs.
 fn home() -> NodetoolHome {
@@ -35,6 +35,10 @@ impl Server {
         self.proc.url(path)
     }
 
+    fn api(&self) -> Api {
+        Api::new(self.url(""))
+    }
+
     /// SIGTERM, then waits for a clean exit.
     fn stop(mut self) {
         let status = self.proc.terminate(HANG);
@@ -44,57 +48,6 @@ impl Server {
             self.proc.log()
         );
     }
-
-    /// `POST /api/jobs?stream=true`: the job's id and its live SSE events.
-    async fn run_streamed(&self, request: &Value) -> (String, Vec<Value>) {
-        let resp = reqwest::Client::new()
-            .post(self.url("/api/jobs?stream=true"))
-            .json(request)
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(resp.status().as_u16(), 200);
-        let text = tokio::time::timeout(HANG, resp.text())
-            .await
-            .expect("the streamed job did not end")
-            .unwrap();
-        let events = parse_sse(&text);
-        let id = events[0]["job_id"].as_str().unwrap().to_owned();
-        (id, events)
-    }
-
-    /// `GET /api/jobs/{id}/events` with `Last-Event-ID: since`.
-    async fn sse_replay(&self, id: &str, since: u64) -> Vec<Value> {
-        let resp = reqwest::Client::new()
-            .get(self.url(&format!("/api/jobs/{id}/events")))
-            .header("Last-Event-ID", since.to_string())
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(resp.status().as_u16(), 200);
-        let text = tokio::time::timeout(HANG, resp.text())
-            .await
-            .expect("the replay did not end")
-            .unwrap();
-        parse_sse(&text)
-    }
-
-    async fn get_job(&self, id: &str) -> Value {
-        let resp = reqwest::get(self.url(&format!("/api/jobs/{id}")))
-            .await
-            .unwrap();
-        assert_eq!(resp.status().as_u16(), 200);
-        resp.json().await.unwrap()
-    }
-}
-
-fn parse_sse(text: &str) -> Vec<Value> {
-    text.split("\n\n")
-        .filter_map(|block| {
-            let data = block.lines().find_map(|l| l.strip_prefix("data:"))?;
-            Some(serde_json::from_str(data.trim()).unwrap())
-        })
-        .collect()
 }
 
 fn request() -> Value {
@@ -131,7 +84,7 @@ async fn jobs_and_their_events_live_in_postgres_across_a_restart() {
     let vars = [("DATABASE_URL", url.as_str())];
 
     let server = Server::start(&env, &vars);
-    let (id, live) = server.run_streamed(&request()).await;
+    let (id, live) = server.api().run_streamed(&request()).await;
     let last = live.last().unwrap();
     assert_eq!(
         (last["type"].as_str(), last["status"].as_str()),
@@ -159,16 +112,16 @@ async fn jobs_and_their_events_live_in_postgres_across_a_restart() {
     assert!(!env.path("nodetool.db").exists(), "no SQLite file");
 
     let server = Server::start(&env, &vars);
-    let job = server.get_job(&id).await;
+    let job = server.api().job(&id).await;
     assert_eq!(job["status"], "completed", "{job}");
-    assert_eq!(server.sse_replay(&id, 0).await, live);
+    assert_eq!(server.api().follow(&id, 0).await, live);
     let mid = live.len() as u64 / 2;
     let rest: Vec<Value> = live
         .iter()
         .filter(|e| e["seq"].as_u64().is_some_and(|s| s > mid))
         .cloned()
         .collect();
-    assert_eq!(server.sse_replay(&id, mid).await, rest);
+    assert_eq!(server.api().follow(&id, mid).await, rest);
     server.stop();
 }
 

@@ -18,7 +18,8 @@ use nodetool_testkit::postgres::PostgresServer;
 use nodetool_testkit::serve_process::{NodetoolHome, ServeProcess};
 use serde_json::{json, Value};
 
-const HANG: Duration = Duration::from_secs(120);
+mod support;
+use support::{check_stream, generate, one, sleep, stored_terminals_sql, Api, HANG};
 
 /// Each test's own `HOME` (and config directory) for the `nodetool` it runs.
 fn home() -> NodetoolHome {
@@ -101,186 +102,6 @@ impl Drop for Worker {
     }
 }
 
-fn parse_sse(text: &str) -> Vec<Value> {
-    text.split("\n\n")
-        .filter_map(|block| {
-            let data = block.lines().find_map(|l| l.strip_prefix("data:"))?;
-            Some(serde_json::from_str(data.trim()).unwrap())
-        })
-        .collect()
-}
-
-fn one(node_type: &str, data: Value) -> Value {
-    json!({
-        "graph": {
-            "nodes": [
-                {"id": "n", "type": node_type, "data": data},
-                {"id": "out", "type": "nodetool.output.Output", "data": {"name": "result"}},
-            ],
-            "edges": [
-                {"id": "e1", "source": "n", "sourceHandle": "output", "target": "out", "targetHandle": "value"},
-            ],
-        },
-        "execution_strategy": "threaded",
-    })
-}
-
-fn generate(count: u64) -> Value {
-    one("nodetool.test.Generate", json!({"count": count}))
-}
-
-/// A distinct value per job: Sleep is cacheable.
-fn sleep(seconds: f64, tag: &str) -> Value {
-    one(
-        "nodetool.test.Sleep",
-        json!({"seconds": seconds, "value": tag}),
-    )
-}
-
-fn is_terminal(e: &Value) -> bool {
-    e["type"] == "job_update"
-        && matches!(
-            e["status"].as_str(),
-            Some("completed" | "failed" | "cancelled" | "timed_out" | "suspended")
-        )
-}
-
-/// Every seq once, increasing, and exactly one terminal event, last.
-fn check_stream(id: &str, events: &[Value]) {
-    assert!(!events.is_empty(), "{id}: no events");
-    let seqs: Vec<u64> = events.iter().map(|e| e["seq"].as_u64().unwrap()).collect();
-    assert!(
-        seqs.windows(2).all(|w| w[0] < w[1]),
-        "{id}: seqs not strictly increasing: {seqs:?}"
-    );
-    let terminals = events.iter().filter(|e| is_terminal(e)).count();
-    assert_eq!(terminals, 1, "{id}: {events:?}");
-    assert!(is_terminal(events.last().unwrap()), "{id}: {events:?}");
-    for e in events {
-        assert_eq!(e["job_id"], id, "{e}");
-    }
-}
-
-struct Api {
-    base: String,
-    http: reqwest::Client,
-}
-
-impl Api {
-    async fn submit(&self, request: &Value) -> String {
-        let resp = self
-            .http
-            .post(format!("{}/api/jobs", self.base))
-            .json(request)
-            .send()
-            .await
-            .unwrap();
-        let status = resp.status().as_u16();
-        let body: Value = resp.json().await.unwrap();
-        assert!(
-            status == 200 || status == 201 || status == 202,
-            "{status} {body}"
-        );
-        body["id"]
-            .as_str()
-            .or(body["job_id"].as_str())
-            .unwrap_or_else(|| panic!("{body}"))
-            .to_owned()
-    }
-
-    /// `POST /api/jobs?stream=true`: the job's id and the events the server streamed.
-    async fn run_streamed(&self, request: &Value) -> (String, Vec<Value>) {
-        let resp = self
-            .http
-            .post(format!("{}/api/jobs?stream=true", self.base))
-            .json(request)
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(resp.status().as_u16(), 200);
-        let text = tokio::time::timeout(HANG, resp.text())
-            .await
-            .expect("the streamed job did not end")
-            .unwrap();
-        let events = parse_sse(&text);
-        let id = events[0]["job_id"].as_str().unwrap().to_owned();
-        (id, events)
-    }
-
-    /// `GET /api/jobs/{id}/events` from `since`, until the stream ends.
-    async fn follow(&self, id: &str, since: u64) -> Vec<Value> {
-        let resp = self
-            .http
-            .get(format!("{}/api/jobs/{id}/events", self.base))
-            .header("Last-Event-ID", since.to_string())
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(resp.status().as_u16(), 200);
-        let text = tokio::time::timeout(HANG, resp.text())
-            .await
-            .expect("the event stream did not end")
-            .unwrap();
-        parse_sse(&text)
-    }
-
-    /// `reconnect_job` over `/ws` from `since`: every event up to the terminal `job_update`.
-    async fn ws_follow(&self, id: &str, since: u64) -> Vec<Value> {
-        use futures::{SinkExt, StreamExt};
-        use tokio_tungstenite::tungstenite::Message;
-        let url = format!("{}/ws", self.base.replacen("http://", "ws://", 1));
-        let (mut ws, _) = tokio_tungstenite::connect_async(url).await.unwrap();
-        let cmd = json!({"command": "reconnect_job", "data": {"job_id": id, "since_seq": since}});
-        ws.send(Message::text(cmd.to_string())).await.unwrap();
-        let read = async {
-            let mut out = Vec::new();
-            loop {
-                let msg = ws.next().await.expect("socket open").unwrap();
-                let Message::Text(t) = msg else { continue };
-                let v: Value = serde_json::from_str(t.as_str()).unwrap();
-                if v["command"] == "reconnect_job" {
-                    assert!(v["error"].is_null(), "reconnect_job refused: {v}");
-                    continue;
-                }
-                let terminal = is_terminal(&v);
-                out.push(v);
-                if terminal {
-                    return out;
-                }
-            }
-        };
-        tokio::time::timeout(HANG, read)
-            .await
-            .expect("the /ws follow did not end")
-    }
-
-    async fn job(&self, id: &str) -> Value {
-        let resp = self
-            .http
-            .get(format!("{}/api/jobs/{id}", self.base))
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(resp.status().as_u16(), 200);
-        resp.json().await.unwrap()
-    }
-
-    async fn wait_status(&self, id: &str, want: &str) {
-        let deadline = tokio::time::Instant::now() + HANG;
-        loop {
-            let job = self.job(id).await;
-            if job["status"] == want {
-                return;
-            }
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "{id} never became {want}: {job}"
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn one_server_two_workers_run_every_job_exactly_once() {
     let test = "one_server_two_workers_run_every_job_exactly_once";
@@ -300,10 +121,7 @@ async fn one_server_two_workers_run_every_job_exactly_once() {
         Worker::start(&env, "w1", &vars),
         Worker::start(&env, "w2", &vars),
     ];
-    let api = Api {
-        base: server.url(""),
-        http: reqwest::Client::new(),
-    };
+    let api = Api::new(server.url(""));
 
     // --- N jobs, streamed live from the server while workers run them; each exactly once.
     let n = 12;
@@ -366,10 +184,7 @@ async fn one_server_two_workers_run_every_job_exactly_once() {
     api.wait_status(&id, "running").await;
     // A second server, which never saw the job, follows it the same way.
     let mut other = ServeProcess::start(env.cmd(&["serve"], &vars), HANG);
-    let other_api = Api {
-        base: other.url(""),
-        http: reqwest::Client::new(),
-    };
+    let other_api = Api::new(other.url(""));
     let (events, ws_events, elsewhere) = tokio::join!(
         api.follow(&id, 0),
         api.ws_follow(&id, 0),
@@ -396,18 +211,10 @@ async fn one_server_two_workers_run_every_job_exactly_once() {
     api.wait_status(&id, "running").await;
     let follower = {
         let (base, id) = (api.base.clone(), id.clone());
-        tokio::spawn(async move {
-            Api {
-                base,
-                http: reqwest::Client::new(),
-            }
-            .follow(&id, 0)
-            .await
-        })
+        tokio::spawn(async move { Api::new(base).follow(&id, 0).await })
     };
     let resp = api
-        .http
-        .post(format!("{}/api/jobs/{id}/cancel", api.base))
+        .request(reqwest::Method::POST, &format!("/api/jobs/{id}/cancel"))
         .send()
         .await
         .unwrap();
@@ -588,13 +395,7 @@ async fn two_servers_three_workers_every_client_sees_every_event_once() {
         Worker::start(&env, "w2", &vars),
         Worker::start(&env, "w3", &vars),
     ];
-    let apis: Vec<Api> = servers
-        .iter()
-        .map(|s| Api {
-            base: s.url(""),
-            http: reqwest::Client::new(),
-        })
-        .collect();
+    let apis: Vec<Api> = servers.iter().map(|s| Api::new(s.url(""))).collect();
 
     let n = 10;
     let mut ids = Vec::new();
@@ -613,10 +414,7 @@ async fn two_servers_three_workers_every_client_sees_every_event_once() {
         .map(|(i, id)| {
             let (base, id) = (apis[(i + 1) % 2].base.clone(), id.clone());
             tokio::spawn(async move {
-                let api = Api {
-                    base,
-                    http: reqwest::Client::new(),
-                };
+                let api = Api::new(base);
                 if i % 2 == 0 {
                     api.follow(&id, 0).await
                 } else {
@@ -703,15 +501,7 @@ async fn kill_owner(
 
 /// The terminal `job_update` events stored for `id`.
 fn stored_terminals(pg: &PostgresServer, id: &str) -> String {
-    pg.psql(
-        "queue",
-        &format!(
-            "SELECT count(*) FROM job_events WHERE job_id = '{id}' \
-             AND event LIKE '%\"type\":\"job_update\"%' \
-             AND (event LIKE '%\"status\":\"completed\"%' OR event LIKE '%\"status\":\"failed\"%' \
-                  OR event LIKE '%\"status\":\"cancelled\"%')"
-        ),
-    )
+    pg.psql("queue", &stored_terminals_sql(id))
 }
 
 #[test]
