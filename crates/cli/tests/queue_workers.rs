@@ -19,7 +19,10 @@ use nodetool_testkit::serve_process::{NodetoolHome, ServeProcess};
 use serde_json::{json, Value};
 
 mod support;
-use support::{check_stream, generate, one, sleep, stored_terminals_sql, Api, HANG};
+use support::{
+    check_stream, generate, held_at_the_boundary, is_node, one, resumed_to_the_end, sleep,
+    sleep_chain, stored_terminals_sql, Api, WsClient, HANG,
+};
 
 /// Each test's own `HOME` (and config directory) for the `nodetool` it runs.
 fn home() -> NodetoolHome {
@@ -35,6 +38,22 @@ async fn postgres(test: &str) -> Option<PostgresServer> {
         nodetool_testkit::skip_or_fail(test, &why);
     }
     pg
+}
+
+/// Queue mode on `url` with a 2 s lease (so a lost worker's jobs move on quickly).
+fn queue_vars(url: &str) -> [(&'static str, &str); 3] {
+    [
+        ("DATABASE_URL", url),
+        ("JOB_EXECUTION", "queue"),
+        ("JOB_LEASE_SECONDS", "2"),
+    ]
+}
+
+fn two_servers(env: &NodetoolHome, vars: &[(&str, &str)]) -> [ServeProcess; 2] {
+    [
+        ServeProcess::start(env.cmd(&["serve"], vars), HANG),
+        ServeProcess::start(env.cmd(&["serve"], vars), HANG),
+    ]
 }
 
 /// A `nodetool work` process (stderr in a file), killed when dropped.
@@ -295,6 +314,20 @@ async fn one_server_two_workers_run_every_job_exactly_once() {
     let error = last["error"].as_str().unwrap_or_default();
     assert!(error.contains("worker_tags [tpu]"), "{error}");
     assert!(error.contains("live workers offer"), "{error}");
+    // Before that, its followers were told why it waited.
+    let waiting = &live[live.len() - 2];
+    assert_eq!(
+        (&waiting["type"], &waiting["status"]),
+        (&json!("job_update"), &json!("scheduled")),
+        "{live:?}"
+    );
+    assert!(
+        waiting["message"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("worker_tags [tpu]"),
+        "{waiting}"
+    );
     assert!(
         error.contains(&format!("-{}-", workers[alive[0]].pid())),
         "{error}"
@@ -381,15 +414,8 @@ async fn two_servers_three_workers_every_client_sees_every_event_once() {
     };
     let url = pg.create_database("queue");
     let env = home();
-    let vars = [
-        ("DATABASE_URL", url.as_str()),
-        ("JOB_EXECUTION", "queue"),
-        ("JOB_LEASE_SECONDS", "2"),
-    ];
-    let mut servers = [
-        ServeProcess::start(env.cmd(&["serve"], &vars), HANG),
-        ServeProcess::start(env.cmd(&["serve"], &vars), HANG),
-    ];
+    let vars = queue_vars(&url);
+    let mut servers = two_servers(&env, &vars);
     let mut workers = [
         Worker::start(&env, "w1", &vars),
         Worker::start(&env, "w2", &vars),
@@ -465,6 +491,111 @@ async fn two_servers_three_workers_every_client_sees_every_event_once() {
         let status = server.terminate(HANG);
         assert!(status.success(), "serve: {}", server.log());
     }
+}
+
+/// Streamed inputs, pause and resume sent to one server reach a job that a worker runs for a
+/// job submitted on the other: the values arrive in order and the job collects them; a pause
+/// holds the job at a node boundary until a resume from the first server; mistakes a server
+/// can see (an input of a job that streams none, an ended job) are its errors at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn streamed_inputs_and_pause_reach_a_queued_job_from_any_server() {
+    let test = "streamed_inputs_and_pause_reach_a_queued_job_from_any_server";
+    let Some(pg) = postgres(test).await else {
+        return;
+    };
+    let url = pg.create_database("queue");
+    let env = home();
+    let vars = queue_vars(&url);
+    let servers = two_servers(&env, &vars);
+    let _worker = Worker::start(&env, "w1", &vars);
+    let (a, b) = (Api::new(servers[0].url("")), Api::new(servers[1].url("")));
+    let (mut on_a, mut on_b) = (WsClient::connect(&a).await, WsClient::connect(&b).await);
+
+    // --- StringInput `text` → Collect → Output, started on A, fed from B.
+    let graph = json!({
+        "nodes": [
+            {"id": "in", "type": "nodetool.input.StringInput", "data": {"name": "text"}},
+            {"id": "col", "type": "nodetool.control.Collect", "data": {}},
+            {"id": "out", "type": "nodetool.output.Output", "data": {"name": "items"}}
+        ],
+        "edges": [
+            {"id": "e1", "source": "in", "sourceHandle": "output", "target": "col", "targetHandle": "input_item"},
+            {"id": "e2", "source": "col", "sourceHandle": "output", "target": "out", "targetHandle": "value"}
+        ]
+    });
+    let r = on_a
+        .command("run_job", json!({"graph": graph, "streaming_inputs": true}))
+        .await;
+    assert!(r.get("error").is_none(), "{r}");
+    let job = r["job_id"].as_str().unwrap().to_owned();
+    for v in ["v1", "v2", "v3"] {
+        let r = on_b
+            .command(
+                "stream_input",
+                json!({"job_id": job, "input": "text", "value": v}),
+            )
+            .await;
+        assert_eq!(r["message"], "Input value pushed", "{r}");
+    }
+    let r = on_b
+        .command("end_input_stream", json!({"job_id": job, "input": "text"}))
+        .await;
+    assert_eq!(r["message"], "Input stream ended", "{r}");
+    let frames = on_a.until_done().await;
+    let done = frames.last().unwrap();
+    assert_eq!(done["status"], "completed", "{frames:?}");
+    assert_eq!(
+        done["result"]["items"],
+        json!([["v1", "v2", "v3"]]),
+        "{done}"
+    );
+    // A job fed by a stream is never run twice.
+    assert_eq!(
+        pg.psql(
+            "queue",
+            &format!("SELECT idempotent FROM jobs WHERE id = '{job}'")
+        ),
+        "f"
+    );
+    // An ended job's input is refused as locally.
+    let r = on_b
+        .command(
+            "stream_input",
+            json!({"job_id": job, "input": "text", "value": "late"}),
+        )
+        .await;
+    assert_eq!(r["error"], "not_running", "{r}");
+
+    // --- s1 sleeps, then s2: paused from B while s1 runs, resumed from A.
+    let chain = json!({"graph": sleep_chain(), "use_cache": false});
+    let job = a.submit(&chain).await;
+    let r = on_a
+        .command("reconnect_job", json!({"job_id": job, "since_seq": 0}))
+        .await;
+    assert!(r.get("error").is_none(), "{r}");
+    while !is_node(&on_a.frame().await, "s1", "running") {}
+    // Inputs of a job that streams none: the server says so without asking the worker.
+    let r = on_b
+        .command(
+            "stream_input",
+            json!({"job_id": job, "input": "text", "value": 1}),
+        )
+        .await;
+    assert_eq!(r["error"], "not_found", "{r}");
+    assert!(
+        r["message"]
+            .as_str()
+            .unwrap()
+            .contains("no streamed inputs"),
+        "{r}"
+    );
+    let r = on_b.command("pause_job", json!({"job_id": job})).await;
+    assert_eq!(r["message"], "Job paused", "{r}");
+    assert_eq!(r["status"], "paused", "{r}");
+    held_at_the_boundary(&mut on_a).await;
+    let r = on_a.command("resume_job", json!({"job_id": job})).await;
+    assert_eq!(r["message"], "Job resumed", "{r}");
+    resumed_to_the_end(&mut on_a).await;
 }
 
 /// Submits `request`, waits until a worker runs it, SIGKILLs that worker and follows the job to

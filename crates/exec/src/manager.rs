@@ -29,6 +29,7 @@ use nodetool_core::{Error, ErrorKind, Result};
 use nodetool_engine::{EventEnvelope, EventSink, Status};
 
 use crate::event_log::{EventLog, EventLogConfig};
+use crate::queue::{ControlPush, JobControl};
 use crate::replay::StoredEvents;
 use crate::scheduler::{Admission, Scheduler, SchedulerLimits};
 use crate::store::{JobRecord, JobStore};
@@ -680,15 +681,6 @@ impl JobExecutionManager {
             Some(flag) => flag,
             None => self.inner.config.input_nodes.any_streaming(&valid.graph),
         };
-        if streams {
-            return Err(Error::new(
-                ErrorKind::Unsupported,
-                "streamed inputs (streaming_inputs, or a streaming input node such as \
-                 RealtimeAudioInput) are not available with JOB_EXECUTION=queue: the job runs \
-                 on another process, which streamed inputs cannot reach yet",
-            )
-            .with_operation("jobs.submit"));
-        }
         let job_id = match valid.job_id {
             Some(id) => self.unused_job_id(id).await?,
             None => nodetool_core::id::new_id(),
@@ -701,11 +693,13 @@ impl JobExecutionManager {
         }
         let tags = request.worker_tags.clone().unwrap_or_default();
         let known = &self.inner.config.idempotent_nodes;
-        let idempotent = valid
-            .graph
-            .nodes
-            .iter()
-            .all(|n| known.contains(n.node_type.as_str()));
+        // A job fed by a live stream cannot be run again faithfully: the values it took are gone.
+        let idempotent = !streams
+            && valid
+                .graph
+                .nodes
+                .iter()
+                .all(|n| known.contains(n.node_type.as_str()));
         request.job_id = Some(job_id.clone());
         request.execution_strategy = Some(kind.as_str().to_owned());
         request.user_id = None;
@@ -733,7 +727,17 @@ impl JobExecutionManager {
         };
         self.inner
             .store
-            .enqueue(&record, &spec, &tags, queue.max_attempts, idempotent)
+            .enqueue(
+                &record,
+                &spec,
+                &crate::queue::EnqueueOptions {
+                    worker_tags: tags,
+                    max_attempts: queue.max_attempts,
+                    idempotent,
+                    max_waiting_per_user: u32::try_from(self.inner.config.max_queued_jobs_per_user)
+                        .ok(),
+                },
+            )
             .await?;
         tracing::info!(job_id = %job_id, strategy = kind.as_str(), idempotent, "job enqueued");
         Ok(job_id)
@@ -818,6 +822,14 @@ impl JobExecutionManager {
         handle: &str,
         value: Value,
     ) -> Result<()> {
+        if let Some(remote) = self.queued_elsewhere(job_id) {
+            let control = JobControl::Input {
+                input: input.to_owned(),
+                handle: handle.to_owned(),
+                value,
+            };
+            return remote.send(user_id, control, "jobs.stream_input").await;
+        }
         let (live, inputs) = self
             .job_inputs(job_id, user_id, input, "jobs.stream_input")
             .await?;
@@ -839,6 +851,13 @@ impl JobExecutionManager {
         input: &str,
         handle: &str,
     ) -> Result<()> {
+        if let Some(remote) = self.queued_elsewhere(job_id) {
+            let control = JobControl::EndInput {
+                input: input.to_owned(),
+                handle: handle.to_owned(),
+            };
+            return remote.send(user_id, control, "jobs.end_input_stream").await;
+        }
         let (live, inputs) = self
             .job_inputs(job_id, user_id, input, "jobs.end_input_stream")
             .await?;
@@ -884,6 +903,14 @@ impl JobExecutionManager {
         }
     }
 
+    /// Queue mode, for a job this process does not run: the way to its worker.
+    fn queued_elsewhere<'a>(&'a self, job_id: &'a str) -> Option<RemoteJob<'a>> {
+        (self.inner.config.queue.is_some() && self.live(job_id).is_none()).then_some(RemoteJob {
+            manager: self,
+            job_id,
+        })
+    }
+
     /// A client's job id, if no job (of any user: ids are global) has it yet; `AlreadyExists`
     /// otherwise. The store's primary key catches a race between two submits of one id.
     async fn unused_job_id(&self, id: String) -> Result<String> {
@@ -906,6 +933,12 @@ impl JobExecutionManager {
     /// → `NotFound`; a job that has ended → `Unavailable`; a job whose worker cannot pause (an
     /// older `nodetool worker` or image) → `Unsupported`.
     pub async fn pause(&self, job_id: &str, user_id: &str) -> Result<bool> {
+        if let Some(remote) = self.queued_elsewhere(job_id) {
+            remote
+                .send(user_id, JobControl::Pause, "jobs.pause")
+                .await?;
+            return Ok(true);
+        }
         let live = self.controllable(job_id, user_id, "jobs.pause").await?;
         Ok(live.pause.pause())
     }
@@ -913,6 +946,12 @@ impl JobExecutionManager {
     /// Lets a paused job go on; `Ok(false)` when it was not paused. Errors as for
     /// [`pause`](Self::pause).
     pub async fn resume(&self, job_id: &str, user_id: &str) -> Result<bool> {
+        if let Some(remote) = self.queued_elsewhere(job_id) {
+            remote
+                .send(user_id, JobControl::Resume, "jobs.resume")
+                .await?;
+            return Ok(true);
+        }
         let live = self.controllable(job_id, user_id, "jobs.resume").await?;
         Ok(live.pause.resume())
     }
@@ -1126,6 +1165,69 @@ impl JobExecutionManager {
 }
 
 /// A job that is not in this process: ended, or (queue mode) running on a worker.
+/// A queued job run by a worker elsewhere: controls reach it through the queue's store.
+struct RemoteJob<'a> {
+    manager: &'a JobExecutionManager,
+    job_id: &'a str,
+}
+
+impl RemoteJob<'_> {
+    /// Checks what this process can (the job is `user_id`'s, live, and for an input: that the
+    /// job streams its inputs), then queues `control` for the job's worker, waiting while
+    /// [`crate::queue::MAX_PENDING_CONTROLS`] are waiting already. The engine's own checks of
+    /// an input (its handle, the value's type) happen on the worker, which logs a refusal.
+    async fn send(&self, user_id: &str, control: JobControl, op: &'static str) -> Result<()> {
+        let store = &self.manager.inner.store;
+        let job_id = self.job_id;
+        let rec = store
+            .get(job_id)
+            .await?
+            .filter(|r| r.user_id == user_id)
+            .ok_or_else(|| not_found(job_id).with_operation(op))?;
+        if rec.status.is_terminal() {
+            return Err(ended(job_id, op, rec.status));
+        }
+        if let JobControl::Input { input, .. } | JobControl::EndInput { input, .. } = &control {
+            let spec = store
+                .queued_spec(job_id)
+                .await?
+                .ok_or_else(|| elsewhere(job_id, op, rec.status))?;
+            let valid = spec.request.validate()?;
+            let nodes = &self.manager.inner.config.input_nodes;
+            let streams = valid
+                .streaming_inputs
+                .unwrap_or_else(|| nodes.any_streaming(&valid.graph));
+            if !streams {
+                let err = if nodes.names(&valid.graph).iter().any(|n| n == input) {
+                    nodetool_engine::inputs::not_streamed(input)
+                } else {
+                    Error::not_found(format!(
+                        "no input node named `{input}` (this job has no streamed inputs)"
+                    ))
+                    .with_context("input", input)
+                };
+                return Err(err.with_operation(op).with_context("job_id", job_id));
+            }
+        }
+        loop {
+            match store.push_control(job_id, &control).await? {
+                ControlPush::Pushed => return Ok(()),
+                ControlPush::Full => tokio::time::sleep(CONTROL_RETRY).await,
+                ControlPush::Ended => {
+                    let status = store
+                        .get(job_id)
+                        .await?
+                        .map_or(Status::Failed, |r| r.status);
+                    return Err(ended(job_id, op, status));
+                }
+            }
+        }
+    }
+}
+
+/// How often a sender waiting on a job's full control queue tries again.
+const CONTROL_RETRY: Duration = Duration::from_millis(20);
+
 fn elsewhere(job_id: &str, op: &'static str, status: Status) -> Error {
     if status.is_terminal() {
         return ended(job_id, op, status);
@@ -1133,8 +1235,9 @@ fn elsewhere(job_id: &str, op: &'static str, status: Status) -> Error {
     Error::new(
         ErrorKind::Unsupported,
         format!(
-            "job {job_id} runs on a queue worker (JOB_EXECUTION=queue): streamed inputs, pause \
-             and resume reach only jobs of the process running them"
+            "job {job_id} is not run by this process (another server's job, or one whose \
+             process stopped): streamed inputs, pause and resume reach a job through the \
+             process running it, or through the queue with JOB_EXECUTION=queue"
         ),
     )
     .with_operation(op)

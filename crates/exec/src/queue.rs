@@ -43,6 +43,11 @@ use crate::strategy::RunJobRequest;
 pub const EVENTS_CHANNEL: &str = "nodetool_job_events";
 /// `NOTIFY` channel: a job was enqueued (or put back), workers may claim.
 pub const QUEUE_CHANNEL: &str = "nodetool_job_queue";
+/// `NOTIFY` channel: payload = a job id with new [`JobControl`]s for its worker.
+pub const CONTROLS_CHANNEL: &str = "nodetool_job_controls";
+/// [`JobControl`]s a queued job may have waiting for its worker; a sender past it waits
+/// ([`ControlPush::Full`]), as a local job's full input buffer makes it wait.
+pub const MAX_PENDING_CONTROLS: i64 = 256;
 /// The error of a job whose worker's lease expired with no attempts left.
 pub const WORKER_LOST: &str =
     "worker lost: the worker running this job stopped renewing its lease (it died or was cut off)";
@@ -56,6 +61,36 @@ pub struct QueuedSpec {
     pub version: u32,
     pub user_id: String,
     pub request: RunJobRequest,
+}
+
+/// A command for a queued job from any server, applied in order by the worker running it
+/// (through that worker's own manager, so the engine's rules answer it there).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum JobControl {
+    /// `stream_input`: a value on the input node `input`'s `handle`.
+    Input {
+        input: String,
+        handle: String,
+        value: Value,
+    },
+    /// `end_input_stream`.
+    EndInput {
+        input: String,
+        handle: String,
+    },
+    Pause,
+    Resume,
+}
+
+/// What [`JobStore::push_control`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ControlPush {
+    Pushed,
+    /// [`MAX_PENDING_CONTROLS`] are waiting: try again once the worker applied some.
+    Full,
+    /// The job is not a live queued job (ended, or unknown).
+    Ended,
 }
 
 /// A claimed job's lease: every write of the job names it.
@@ -80,21 +115,22 @@ pub struct ClaimedJob {
 impl ClaimedJob {
     /// The spec, or why this worker cannot run it (missing, unreadable, or newer than it knows).
     pub fn spec(&self) -> std::result::Result<QueuedSpec, String> {
-        let text = self
-            .spec_text
-            .as_deref()
-            .ok_or("the queued job has no spec")?;
-        let raw: Value =
-            serde_json::from_str(text).map_err(|e| format!("unreadable queued spec: {e}"))?;
-        let version = raw.get("version").and_then(Value::as_u64).unwrap_or(0);
-        if version > u64::from(QUEUE_SPEC_VERSION) {
-            return Err(format!(
-                "the job was queued by a newer nodetool (queue spec version {version}; this worker \
-                 reads up to {QUEUE_SPEC_VERSION}): upgrade the worker"
-            ));
-        }
-        serde_json::from_value(raw).map_err(|e| format!("unreadable queued spec: {e}"))
+        parse_spec(self.spec_text.as_deref())
     }
+}
+
+fn parse_spec(text: Option<&str>) -> std::result::Result<QueuedSpec, String> {
+    let text = text.ok_or("the queued job has no spec")?;
+    let raw: Value =
+        serde_json::from_str(text).map_err(|e| format!("unreadable queued spec: {e}"))?;
+    let version = raw.get("version").and_then(Value::as_u64).unwrap_or(0);
+    if version > u64::from(QUEUE_SPEC_VERSION) {
+        return Err(format!(
+            "the job was queued by a newer nodetool (queue spec version {version}; this worker \
+             reads up to {QUEUE_SPEC_VERSION}): upgrade the worker"
+        ));
+    }
+    serde_json::from_value(raw).map_err(|e| format!("unreadable queued spec: {e}"))
 }
 
 /// Which queued jobs a worker takes.
@@ -133,6 +169,25 @@ pub struct Unclaimable {
     /// Failed now (it waited past the claim timeout); else it still waits.
     pub failed: bool,
 }
+
+/// How [`JobStore::enqueue`] queues a job.
+#[derive(Debug, Clone, Default)]
+pub struct EnqueueOptions {
+    /// Route the job: a worker must offer every one.
+    pub worker_tags: Vec<String>,
+    /// Runs at most (at least 1).
+    pub max_attempts: u32,
+    /// Every node may run twice harmlessly: only then is the job run again after a lost
+    /// worker.
+    pub idempotent: bool,
+    /// `MAX_QUEUED_JOBS_PER_USER` across the cluster: with this many of the user's jobs
+    /// waiting, a new one is `RateLimited` (with a `retry_after` context).
+    pub max_waiting_per_user: Option<u32>,
+}
+
+/// Namespace of the per-user advisory lock that makes [`EnqueueOptions::max_waiting_per_user`]
+/// exact under concurrent submissions (the second key is the user id's hash).
+const WAITING_LOCK: i32 = 0x6e74_7177; // "ntqw"
 
 /// Serializes limited claims (`pg_advisory_xact_lock` key): counting running jobs and taking
 /// new ones must be one step across all claimers, or two workers could each see room for one.
@@ -202,6 +257,8 @@ pub enum Wakeup {
     Job(String),
     /// Work was enqueued.
     Queue,
+    /// A job has new [`JobControl`]s.
+    Control(String),
     /// The listener (re)connected: anything may have happened meanwhile.
     Reconnected,
 }
@@ -241,10 +298,14 @@ impl JobStore {
         &self,
         record: &JobRecord,
         spec: &QueuedSpec,
-        worker_tags: &[String],
-        max_attempts: u32,
-        idempotent: bool,
+        options: &EnqueueOptions,
     ) -> Result<()> {
+        let EnqueueOptions {
+            worker_tags,
+            max_attempts,
+            idempotent,
+            max_waiting_per_user,
+        } = options;
         let pool = self.pg("jobs.enqueue")?;
         let err = db_err("jobs.enqueue");
         let spec = serde_json::to_string(spec).map_err(|e| {
@@ -253,6 +314,35 @@ impl JobStore {
                 .with_source(e)
         })?;
         let mut tx = pool.begin().await.map_err(&err)?;
+        if let Some(max) = max_waiting_per_user {
+            // One user's submissions to every server count one after another.
+            sqlx::query("SELECT pg_advisory_xact_lock($1, hashtext($2))")
+                .bind(WAITING_LOCK)
+                .bind(&record.user_id)
+                .execute(&mut *tx)
+                .await
+                .map_err(&err)?;
+            let (waiting,): (i64,) = sqlx::query_as(
+                "SELECT count(*) FROM jobs WHERE user_id = $1 AND queued AND status = 'scheduled'",
+            )
+            .bind(&record.user_id)
+            .fetch_one(&mut *tx)
+            .await
+            .map_err(&err)?;
+            if waiting >= i64::from(*max) {
+                let retry = crate::scheduler::RETRY_AFTER_SECS;
+                return Err(Error::new(
+                    ErrorKind::RateLimited,
+                    format!(
+                        "too many jobs waiting: this user has {waiting} queued on the cluster \
+                         (the limit, MAX_QUEUED_JOBS_PER_USER, is {max}); retry after {retry} s"
+                    ),
+                )
+                .with_operation("jobs.submit")
+                .with_context("retry_after", retry)
+                .set_temporary(true));
+            }
+        }
         sqlx::query(
             "INSERT INTO jobs (id, user_id, workflow_id, strategy, status, params, created_at, \
              queued, spec, worker_tags, max_attempts, idempotent) \
@@ -266,7 +356,7 @@ impl JobStore {
         .bind(micros(record.created_at))
         .bind(&spec)
         .bind(worker_tags)
-        .bind(i32::try_from(max_attempts.max(1)).unwrap_or(i32::MAX))
+        .bind(i32::try_from((*max_attempts).max(1)).unwrap_or(i32::MAX))
         .bind(idempotent)
         .execute(&mut *tx)
         .await
@@ -418,6 +508,12 @@ impl JobStore {
             return Ok(false);
         }
         insert_events(&mut tx, &lease.job_id, events, max_per_job).await?;
+        // Controls nobody will apply now (sent as the job ended).
+        sqlx::query("DELETE FROM job_controls WHERE job_id = $1")
+            .bind(&lease.job_id)
+            .execute(&mut *tx)
+            .await
+            .map_err(&err)?;
         tx.commit().await.map_err(&err)?;
         Ok(true)
     }
@@ -644,6 +740,9 @@ impl JobStore {
             if overdue && !failed {
                 continue; // claimed or cancelled meanwhile
             }
+            if !failed {
+                self.note_waiting(&id, &reason, max_per_job).await?;
+            }
             out.push(Unclaimable {
                 job_id: id,
                 reason,
@@ -653,29 +752,163 @@ impl JobStore {
         Ok(out)
     }
 
+    /// Tells the followers of a job still `scheduled` why it waits: a `job_update` (status
+    /// `scheduled`, `message` = `why`), once per distinct reason (`jobs.waiting_reason`), at the
+    /// next seq, which a worker's claim then continues after.
+    async fn note_waiting(&self, id: &str, why: &str, max_per_job: u64) -> Result<()> {
+        self.settle_waiting(
+            id,
+            why,
+            max_per_job,
+            "UPDATE jobs j SET waiting_reason = $2 \
+             WHERE j.id = $1 AND j.queued AND j.status = 'scheduled' \
+               AND j.waiting_reason IS DISTINCT FROM $2 \
+             RETURNING (SELECT COALESCE(MAX(seq), 0) FROM job_events e WHERE e.job_id = j.id)",
+            |seq| job_update_event(id, seq, Status::Scheduled, Some(why), None),
+        )
+        .await
+        .map(drop)
+    }
+
     /// Fails a job still `scheduled` with `why` and its one terminal event; false if it is no
     /// longer waiting.
     async fn fail_waiting(&self, id: &str, why: &str, max_per_job: u64) -> Result<bool> {
-        let pool = self.pg("jobs.settle_unclaimable")?;
-        let err = db_err("jobs.settle_unclaimable");
-        let mut tx = pool.begin().await.map_err(&err)?;
-        let done: Option<(i64,)> = sqlx::query_as(
+        self.settle_waiting(
+            id,
+            why,
+            max_per_job,
             "UPDATE jobs j SET status = 'failed', error = $2, finished_at = now() \
              WHERE j.id = $1 AND j.queued AND j.status = 'scheduled' \
              RETURNING (SELECT COALESCE(MAX(seq), 0) FROM job_events e WHERE e.job_id = j.id)",
+            |seq| failed_event(id, seq, why),
+        )
+        .await
+    }
+
+    /// Runs `update` (`$1` the job id, `$2` why; it returns the job's last stored seq) and, when
+    /// it changed the row, stores `event(next seq)` in the same transaction.
+    async fn settle_waiting(
+        &self,
+        id: &str,
+        why: &str,
+        max_per_job: u64,
+        update: &'static str,
+        event: impl FnOnce(u64) -> Vec<(u64, String)>,
+    ) -> Result<bool> {
+        let pool = self.pg("jobs.settle_unclaimable")?;
+        let err = db_err("jobs.settle_unclaimable");
+        let mut tx = pool.begin().await.map_err(&err)?;
+        let changed: Option<(i64,)> = sqlx::query_as(update)
+            .bind(id)
+            .bind(why)
+            .fetch_optional(&mut *tx)
+            .await
+            .map_err(&err)?;
+        let Some((last,)) = changed else {
+            return Ok(false);
+        };
+        let rows = event(u64::try_from(last).unwrap_or(0) + 1);
+        insert_events(&mut tx, id, &rows, max_per_job).await?;
+        tx.commit().await.map_err(&err)?;
+        Ok(true)
+    }
+
+    /// Sends `control` to the worker of the live queued job `id` (any server may): stored for
+    /// it in order and announced on [`CONTROLS_CHANNEL`]. Not stored when the job has ended or
+    /// [`MAX_PENDING_CONTROLS`] are already waiting (the answer says which).
+    pub async fn push_control(&self, id: &str, control: &JobControl) -> Result<ControlPush> {
+        let pool = self.pg("jobs.control")?;
+        let err = db_err("jobs.control");
+        let text = serde_json::to_string(control).map_err(|e| {
+            Error::new(
+                ErrorKind::InvalidInput,
+                format!("unserializable control: {e}"),
+            )
+            .with_operation("jobs.control")
+        })?;
+        let mut tx = pool.begin().await.map_err(&err)?;
+        let row: Option<(String, Option<i64>)> = sqlx::query_as(
+            "WITH job AS (SELECT status FROM jobs WHERE id = $1 AND queued), \
+                  ins AS (INSERT INTO job_controls (job_id, control) \
+                    SELECT $1, $2 FROM job \
+                    WHERE job.status IN ('scheduled', 'running') \
+                      AND (SELECT count(*) FROM job_controls WHERE job_id = $1) < $3 \
+                    RETURNING seq) \
+             SELECT (SELECT status FROM job), (SELECT seq FROM ins) FROM job",
         )
         .bind(id)
-        .bind(why)
+        .bind(&text)
+        .bind(MAX_PENDING_CONTROLS)
         .fetch_optional(&mut *tx)
         .await
         .map_err(&err)?;
-        let Some((last,)) = done else {
-            return Ok(false);
+        let pushed = match row {
+            None => ControlPush::Ended,
+            Some((status, _)) if crate::store::parse_status(&status)?.is_terminal() => {
+                ControlPush::Ended
+            }
+            Some((_, None)) => ControlPush::Full,
+            Some((_, Some(_))) => ControlPush::Pushed,
         };
-        let event = failed_event(id, u64::try_from(last).unwrap_or(0) + 1, why);
-        insert_events(&mut tx, id, &event, max_per_job).await?;
+        if pushed == ControlPush::Pushed {
+            sqlx::query("SELECT pg_notify($1, $2)")
+                .bind(CONTROLS_CHANNEL)
+                .bind(id)
+                .execute(&mut *tx)
+                .await
+                .map_err(&err)?;
+        }
         tx.commit().await.map_err(&err)?;
-        Ok(true)
+        Ok(pushed)
+    }
+
+    /// The controls of `id` after `after` (a seq; 0: all), oldest first, at most `limit`.
+    pub async fn controls_after(
+        &self,
+        id: &str,
+        after: i64,
+        limit: i64,
+    ) -> Result<Vec<(i64, String)>> {
+        let pool = self.pg("jobs.controls")?;
+        sqlx::query_as(
+            "SELECT seq, control FROM job_controls WHERE job_id = $1 AND seq > $2 \
+             ORDER BY seq LIMIT $3",
+        )
+        .bind(id)
+        .bind(after)
+        .bind(limit)
+        .fetch_all(pool)
+        .await
+        .map_err(db_err("jobs.controls"))
+    }
+
+    /// Forgets the controls of `id` up to `upto` (applied).
+    pub async fn ack_controls(&self, id: &str, upto: i64) -> Result<()> {
+        let pool = self.pg("jobs.controls")?;
+        sqlx::query("DELETE FROM job_controls WHERE job_id = $1 AND seq <= $2")
+            .bind(id)
+            .bind(upto)
+            .execute(pool)
+            .await
+            .map_err(db_err("jobs.controls"))
+            .map(drop)
+    }
+
+    /// The spec a queued job was enqueued with (`None`: no such queued job).
+    pub async fn queued_spec(&self, id: &str) -> Result<Option<QueuedSpec>> {
+        let pool = self.pg("jobs.spec")?;
+        let row: Option<(Option<String>,)> =
+            sqlx::query_as("SELECT spec::text FROM jobs WHERE id = $1 AND queued")
+                .bind(id)
+                .fetch_optional(pool)
+                .await
+                .map_err(db_err("jobs.spec"))?;
+        let Some((text,)) = row else {
+            return Ok(None);
+        };
+        parse_spec(text.as_deref())
+            .map(Some)
+            .map_err(|why| Error::new(ErrorKind::Unexpected, why).with_operation("jobs.spec"))
     }
 
     /// Whether `id` is a queued job (run by workers, not by the process that accepted it).
@@ -735,15 +968,26 @@ fn describe_workers(workers: &[WorkerInfo]) -> String {
 
 /// A `failed` terminal `job_update` at `seq`, as stored rows.
 pub(crate) fn failed_event(job_id: &str, seq: u64, why: &str) -> Vec<(u64, String)> {
+    job_update_event(job_id, seq, Status::Failed, None, Some(why))
+}
+
+/// A `job_update` at `seq`, as stored rows.
+fn job_update_event(
+    job_id: &str,
+    seq: u64,
+    status: Status,
+    message: Option<&str>,
+    error: Option<&str>,
+) -> Vec<(u64, String)> {
     let event = nodetool_engine::EventEnvelope {
         job_id: job_id.to_owned(),
         seq,
         event: nodetool_engine::Event::JobUpdate(nodetool_engine::events::JobUpdate {
-            status: Status::Failed,
+            status,
             workflow_id: None,
-            message: None,
+            message: message.map(str::to_owned),
             result: None,
-            error: Some(why.to_owned()),
+            error: error.map(str::to_owned),
             traceback: None,
             run_state: None,
             duration: None,
@@ -811,7 +1055,10 @@ async fn listen(pool: PgPool, tx: broadcast::Sender<Wakeup>) {
                 continue;
             }
         };
-        if let Err(error) = listener.listen_all([EVENTS_CHANNEL, QUEUE_CHANNEL]).await {
+        if let Err(error) = listener
+            .listen_all([EVENTS_CHANNEL, QUEUE_CHANNEL, CONTROLS_CHANNEL])
+            .await
+        {
             tracing::warn!(%error, "cannot LISTEN for job wake-ups; followers poll meanwhile");
             tokio::time::sleep(delay).await;
             continue;
@@ -821,10 +1068,10 @@ async fn listen(pool: PgPool, tx: broadcast::Sender<Wakeup>) {
         loop {
             match listener.try_recv().await {
                 Ok(Some(n)) => {
-                    let wake = if n.channel() == QUEUE_CHANNEL {
-                        Wakeup::Queue
-                    } else {
-                        Wakeup::Job(n.payload().to_owned())
+                    let wake = match n.channel() {
+                        QUEUE_CHANNEL => Wakeup::Queue,
+                        CONTROLS_CHANNEL => Wakeup::Control(n.payload().to_owned()),
+                        _ => Wakeup::Job(n.payload().to_owned()),
                     };
                     let _ = tx.send(wake);
                 }

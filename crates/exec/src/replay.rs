@@ -12,11 +12,23 @@ fn is_terminal(e: &EventEnvelope) -> bool {
     matches!(&e.event, Event::JobUpdate(u) if u.status.is_terminal())
 }
 
-/// Waits for a wake-up about `job_id` (or any reconnect of the listener), at most `poll`.
+/// Waits for a wake-up about `job_id`'s events or record (or any reconnect of the listener), at
+/// most `poll`.
 pub(crate) async fn wait_for_job(
     wake: Option<&mut tokio::sync::broadcast::Receiver<crate::queue::Wakeup>>,
     job_id: &str,
     poll: std::time::Duration,
+) {
+    use crate::queue::Wakeup;
+    wait_for_wakeup(wake, poll, |w| matches!(w, Wakeup::Job(id) if id == job_id)).await;
+}
+
+/// Waits for a wake-up `wanted` accepts (or any reconnect of the listener, or lost wake-ups), at
+/// most `poll`. With no listener, just `poll`.
+pub(crate) async fn wait_for_wakeup(
+    wake: Option<&mut tokio::sync::broadcast::Receiver<crate::queue::Wakeup>>,
+    poll: std::time::Duration,
+    wanted: impl Fn(&crate::queue::Wakeup) -> bool,
 ) {
     use crate::queue::Wakeup;
     use tokio::sync::broadcast::error::RecvError;
@@ -27,8 +39,8 @@ pub(crate) async fn wait_for_job(
     let woken = async {
         loop {
             match rx.recv().await {
-                Ok(Wakeup::Job(id)) if id == job_id => return,
                 Ok(Wakeup::Reconnected) | Err(RecvError::Lagged(_)) => return,
+                Ok(w) if wanted(&w) => return,
                 Ok(_) => {}
                 // No listener (it never ends): poll only.
                 Err(RecvError::Closed) => std::future::pending::<()>().await,

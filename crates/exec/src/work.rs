@@ -11,7 +11,9 @@ use nodetool_engine::{Event, Status};
 use tokio::task::JoinSet;
 
 use crate::manager::JobExecutionManager;
-use crate::queue::{ClaimFilter, ClaimedJob, Lease, Wakeup, WorkerInfo, QUEUE_SPEC_VERSION};
+use crate::queue::{
+    ClaimFilter, ClaimedJob, JobControl, Lease, Wakeup, WorkerInfo, QUEUE_SPEC_VERSION,
+};
 use crate::store::JobStore;
 
 /// `nodetool work`'s knobs.
@@ -141,7 +143,7 @@ impl QueueWorker {
             };
             tokio::select! {
                 _ = &mut stop => break,
-                _ = queue_wakeup(wake.as_mut(), backoff) => {}
+                _ = crate::replay::wait_for_wakeup(wake.as_mut(), backoff, |w| *w == Wakeup::Queue) => {}
                 Some(_) = jobs.join_next() => {}
             }
         }
@@ -196,6 +198,15 @@ impl QueueWorker {
             }
         };
         let beat_every = (self.config.lease / 3).max(Duration::from_millis(100));
+        // Streamed inputs, pause and resume sent to any server reach the job through the queue;
+        // applied beside the loop below, which must never wait on the job's input buffer.
+        let _controls = AbortOnDrop(tokio::spawn(apply_controls(
+            self.store.clone(),
+            self.local.clone(),
+            id.clone(),
+            spec.user_id.clone(),
+            beat_every,
+        )));
         let mut beat =
             tokio::time::interval_at(tokio::time::Instant::now() + beat_every, beat_every);
         beat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -314,23 +325,77 @@ impl QueueWorker {
     }
 }
 
-/// Waits for an enqueue `NOTIFY` (or a listener reconnect), at most `poll`.
-async fn queue_wakeup(wake: Option<&mut tokio::sync::broadcast::Receiver<Wakeup>>, poll: Duration) {
-    let Some(rx) = wake else {
-        tokio::time::sleep(poll).await;
-        return;
-    };
-    let woken = async {
-        loop {
-            match rx.recv().await {
-                Ok(Wakeup::Queue | Wakeup::Reconnected) => return,
-                Ok(Wakeup::Job(_)) => {}
-                Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => return,
-                Err(tokio::sync::broadcast::error::RecvError::Closed) => {
-                    std::future::pending::<()>().await
+/// Aborts its task when dropped (on every way out of a job's run).
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// Controls applied per read at most.
+const CONTROLS_PER_READ: i64 = 64;
+
+/// Applies the job's [`JobControl`]s, in order, through the local manager, as they arrive (a
+/// `NOTIFY`, or a read every `poll`), deleting each batch once applied. What the local manager
+/// refuses (a wrong type, an unknown handle) is the engine's answer: logged here, on the
+/// machine that ran the job; the job goes on.
+async fn apply_controls(
+    store: JobStore,
+    local: JobExecutionManager,
+    id: String,
+    user: String,
+    poll: Duration,
+) {
+    let mut wake = store.wakeups();
+    let mut after = 0i64;
+    loop {
+        let rows = match store.controls_after(&id, after, CONTROLS_PER_READ).await {
+            Ok(rows) => rows,
+            Err(error) => {
+                tracing::warn!(job_id = %id, %error, "cannot read the job's controls");
+                Vec::new()
+            }
+        };
+        let full = rows.len() as i64 == CONTROLS_PER_READ;
+        for (seq, text) in &rows {
+            after = *seq;
+            let control: JobControl = match serde_json::from_str(text) {
+                Ok(c) => c,
+                Err(error) => {
+                    tracing::error!(job_id = %id, seq, %error, "unreadable job control; skipped");
+                    continue;
                 }
+            };
+            let applied = match control {
+                JobControl::Input {
+                    input,
+                    handle,
+                    value,
+                } => local.stream_input(&id, &user, &input, &handle, value).await,
+                JobControl::EndInput { input, handle } => {
+                    local.end_input_stream(&id, &user, &input, &handle).await
+                }
+                JobControl::Pause => local.pause(&id, &user).await.map(drop),
+                JobControl::Resume => local.resume(&id, &user).await.map(drop),
+            };
+            if let Err(error) = applied {
+                tracing::warn!(job_id = %id, seq, %error, "a control sent to the job was refused");
             }
         }
-    };
-    let _ = tokio::time::timeout(poll, woken).await;
+        if !rows.is_empty() {
+            if let Err(error) = store.ack_controls(&id, after).await {
+                tracing::warn!(job_id = %id, %error, "cannot forget the job's applied controls");
+            }
+        }
+        if !full {
+            crate::replay::wait_for_wakeup(
+                wake.as_mut(),
+                poll,
+                |w| matches!(w, Wakeup::Control(j) if *j == id),
+            )
+            .await;
+        }
+    }
 }

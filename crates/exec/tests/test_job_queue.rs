@@ -9,8 +9,11 @@ use std::time::Duration;
 
 use chrono::Utc;
 use nodetool_core::ErrorKind;
-use nodetool_engine::Status;
-use nodetool_exec::queue::{ClaimFilter, QueuedSpec, QUEUE_SPEC_VERSION, WORKER_LOST};
+use nodetool_engine::{Event, Status};
+use nodetool_exec::queue::{
+    ClaimFilter, ControlPush, EnqueueOptions, JobControl, QueuedSpec, MAX_PENDING_CONTROLS,
+    QUEUE_SPEC_VERSION, WORKER_LOST,
+};
 use nodetool_exec::{JobRecord, JobStore, PostgresOptions, RunJobRequest, StrategyKind};
 use nodetool_testkit::postgres::PostgresServer;
 use serde_json::json;
@@ -59,10 +62,19 @@ fn spec(id: &str) -> QueuedSpec {
     }
 }
 
+fn options(worker_tags: Vec<String>, max_attempts: u32, idempotent: bool) -> EnqueueOptions {
+    EnqueueOptions {
+        worker_tags,
+        max_attempts,
+        idempotent,
+        max_waiting_per_user: None,
+    }
+}
+
 async fn enqueue(store: &JobStore, id: &str, tags: &[&str], max_attempts: u32) {
     let tags: Vec<String> = tags.iter().map(|t| t.to_string()).collect();
     store
-        .enqueue(&record(id), &spec(id), &tags, max_attempts, true)
+        .enqueue(&record(id), &spec(id), &options(tags, max_attempts, true))
         .await
         .unwrap();
 }
@@ -74,7 +86,7 @@ async fn enqueue_as(store: &JobStore, id: &str, user: &str, max_attempts: u32, i
     let mut sp = spec(id);
     sp.user_id = user.to_owned();
     store
-        .enqueue(&rec, &sp, &[], max_attempts, idempotent)
+        .enqueue(&rec, &sp, &options(Vec::new(), max_attempts, idempotent))
         .await
         .unwrap();
 }
@@ -408,6 +420,16 @@ async fn job_queue_on_postgres() {
                 .collect::<Vec<_>>(),
             [("gpu-job", false)]
         );
+        // Its followers are told why it waits, once per reason (a second round adds nothing).
+        store.settle_unclaimable(LEASE, LEASE, 100).await.unwrap();
+        let waiting = store.events_after("gpu-job", 0, 100).await.unwrap();
+        assert_eq!(waiting.len(), 1, "{waiting:?}");
+        let Event::JobUpdate(u) = &waiting[0].event else {
+            panic!("{waiting:?}");
+        };
+        assert_eq!(u.status, Status::Scheduled);
+        let message = u.message.clone().unwrap_or_default();
+        assert!(message.contains("worker_tags [gpu]"), "{message}");
         let old = store
             .settle_unclaimable(LEASE, Duration::ZERO, 100)
             .await
@@ -423,13 +445,158 @@ async fn job_queue_on_postgres() {
             "{error}"
         );
         let events = store.events_after("gpu-job", 0, 100).await.unwrap();
-        assert_eq!(events.len(), 1, "{events:?}");
+        assert_eq!(events.len(), 2, "{events:?}");
+        assert_eq!(events.iter().map(|e| e.seq).collect::<Vec<_>>(), [1, 2]);
         // Once the worker stops, nothing is live: the plain job is reported too.
         store.unregister_worker("cpu-w").await.unwrap();
         let found = store.settle_unclaimable(LEASE, LEASE, 100).await.unwrap();
         assert_eq!(found.len(), 1);
         assert!(found[0].reason.contains("no worker is live"), "{found:?}");
     }
+}
+
+/// Controls sent to a queued job from any server wait for its worker in order, wake it, stop
+/// at the cap (the sender waits) and stop for good once the job has ended.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn controls_reach_the_worker_in_order_up_to_the_cap_and_end_with_the_job() {
+    let Some(pg) = postgres("controls_reach_the_worker_in_order").await else {
+        return;
+    };
+    let store = store(&pg, "controls").await;
+    let mut wake = store.wakeups().unwrap();
+    enqueue(&store, "ctl", &[], 1).await;
+    let input = |v: i64| JobControl::Input {
+        input: "text".into(),
+        handle: "output".into(),
+        value: json!(v),
+    };
+    // Before a worker claims it (a paused start) and while it runs: both are kept.
+    assert_eq!(
+        store.push_control("ctl", &JobControl::Pause).await.unwrap(),
+        ControlPush::Pushed
+    );
+    let claimed = store.claim("w", &all(), 1, LEASE).await.unwrap();
+    assert_eq!(claimed.len(), 1);
+    for v in 1..=3 {
+        assert_eq!(
+            store.push_control("ctl", &input(v)).await.unwrap(),
+            ControlPush::Pushed
+        );
+    }
+    // The worker hears of them (the LISTEN connection may announce itself first).
+    let heard = tokio::time::timeout(Duration::from_secs(30), async {
+        loop {
+            if let nodetool_exec::queue::Wakeup::Control(id) = wake.recv().await.unwrap() {
+                return id;
+            }
+        }
+    })
+    .await
+    .unwrap();
+    assert_eq!(heard, "ctl");
+    let rows = store.controls_after("ctl", 0, 100).await.unwrap();
+    let controls: Vec<JobControl> = rows
+        .iter()
+        .map(|(_, t)| serde_json::from_str(t).unwrap())
+        .collect();
+    assert_eq!(controls, [JobControl::Pause, input(1), input(2), input(3)]);
+    assert!(rows.windows(2).all(|w| w[0].0 < w[1].0), "{rows:?}");
+    // Applied ones are forgotten; reading after a seq skips what came before.
+    store.ack_controls("ctl", rows[1].0).await.unwrap();
+    let rest = store.controls_after("ctl", 0, 100).await.unwrap();
+    assert_eq!(rest, rows[2..]);
+    assert_eq!(
+        store.controls_after("ctl", rows[2].0, 100).await.unwrap(),
+        rows[3..]
+    );
+    // At the cap the sender is told to wait; an ack makes room.
+    let pending = rest.len() as i64;
+    for v in pending..MAX_PENDING_CONTROLS {
+        assert_eq!(
+            store.push_control("ctl", &input(v)).await.unwrap(),
+            ControlPush::Pushed
+        );
+    }
+    assert_eq!(
+        store.push_control("ctl", &input(0)).await.unwrap(),
+        ControlPush::Full
+    );
+    store.ack_controls("ctl", rows[2].0).await.unwrap();
+    assert_eq!(
+        store.push_control("ctl", &input(0)).await.unwrap(),
+        ControlPush::Pushed
+    );
+    // The outcome drops what is left; nothing more is taken.
+    let lease = claimed[0].lease.clone();
+    assert!(store
+        .finish_fenced(&lease, Status::Completed, None, None, &[], 100)
+        .await
+        .unwrap());
+    assert!(store
+        .controls_after("ctl", 0, 100)
+        .await
+        .unwrap()
+        .is_empty());
+    assert_eq!(
+        store.push_control("ctl", &input(9)).await.unwrap(),
+        ControlPush::Ended
+    );
+    assert_eq!(
+        store.push_control("no-such-job", &input(9)).await.unwrap(),
+        ControlPush::Ended
+    );
+    // The spec a server checks inputs against.
+    let spec = store.queued_spec("ctl").await.unwrap().unwrap();
+    assert_eq!(spec.request.job_id.as_deref(), Some("ctl"));
+    assert!(store.queued_spec("no-such-job").await.unwrap().is_none());
+}
+
+/// `MAX_QUEUED_JOBS_PER_USER` holds across servers: concurrent submissions of one user to two
+/// stores (two servers) leave exactly the limit waiting; the rest are `RateLimited` with a
+/// `retry_after`, another user is not held back, and a claim makes room.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_waiting_limit_per_user_holds_across_servers() {
+    let Some(pg) = postgres("the_waiting_limit_per_user_holds_across_servers").await else {
+        return;
+    };
+    let url = pg.create_database("waiting");
+    let connect = || async {
+        JobStore::connect(&url, &PostgresOptions::default())
+            .await
+            .unwrap()
+    };
+    let servers = [connect().await, connect().await];
+    let limited = |user: &str, id: &str| {
+        let mut rec = record(id);
+        rec.user_id = user.to_owned();
+        let mut sp = spec(id);
+        sp.user_id = user.to_owned();
+        let mut opts = options(Vec::new(), 1, true);
+        opts.max_waiting_per_user = Some(3);
+        (rec, sp, opts)
+    };
+    let tries = (0..12).map(|i| {
+        let store = servers[i % 2].clone();
+        let (rec, sp, opts) = limited("u1", &format!("w{i}"));
+        async move { store.enqueue(&rec, &sp, &opts).await }
+    });
+    let results = futures::future::join_all(tries).await;
+    let ok = results.iter().filter(|r| r.is_ok()).count();
+    assert_eq!(ok, 3, "{results:?}");
+    for r in results.iter().filter_map(|r| r.as_ref().err()) {
+        assert_eq!(r.kind(), ErrorKind::RateLimited, "{r}");
+        assert!(r.to_string().contains("MAX_QUEUED_JOBS_PER_USER"), "{r}");
+        assert!(r.is_temporary(), "{r}");
+        assert_eq!(r.context_value("retry_after"), Some("5"), "{r}");
+    }
+    let (rec, sp, opts) = limited("u2", "other-user");
+    servers[0].enqueue(&rec, &sp, &opts).await.unwrap();
+    assert_eq!(
+        servers[1].claim("w", &all(), 1, LEASE).await.unwrap().len(),
+        1
+    );
+    let (rec, sp, opts) = limited("u1", "after-claim");
+    servers[1].enqueue(&rec, &sp, &opts).await.unwrap();
 }
 
 fn worker(id: &str, tags: &[&str]) -> nodetool_exec::queue::WorkerInfo {
@@ -564,7 +731,7 @@ async fn claim_limits_hold_across_concurrent_claimers() {
 async fn sqlite_refuses_the_queue() {
     let store = JobStore::in_memory().await.unwrap();
     let e = store
-        .enqueue(&record("x"), &spec("x"), &[], 1, true)
+        .enqueue(&record("x"), &spec("x"), &options(Vec::new(), 1, true))
         .await
         .unwrap_err();
     assert_eq!(e.kind(), ErrorKind::Unsupported);

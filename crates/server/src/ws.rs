@@ -34,8 +34,10 @@
 //! further one is refused at once with `busy` (and not applied). Errors: `invalid_command` (a
 //! missing field), `not_found` (no such job for this user, or no such input or handle),
 //! `not_running` (the job has ended), `invalid_input` (a wrong-typed value, an input that is not
-//! streamed because it took its value once, a push after the end), `not_supported` (a job run
-//! by another process in queue mode), `busy`.
+//! streamed because it took its value once, a push after the end), `not_supported` (a job of
+//! another process outside queue mode), `busy`. In queue mode a job run by a worker gets its
+//! inputs, pause and resume through the queue (the worker applies them and logs what its engine
+//! refuses).
 //!
 //! Auth happens before the upgrade (401 otherwise): `Authorization: Bearer` or `?api_key=`.
 //! `?resume_job=<job id>` (NodeTool's routing hint for multi-instance deployments) is accepted;
@@ -518,7 +520,10 @@ impl Session {
         match result {
             Ok(changed) => {
                 let status = match manager.get(&job_id).await {
-                    Ok(Some(rec)) => JobView::of(&rec).ws_status(manager.is_paused(&job_id)),
+                    // A queued job's worker applies the pause: this process only knows it sent it.
+                    Ok(Some(rec)) => {
+                        JobView::of(&rec).ws_status(manager.is_paused(&job_id) || pause)
+                    }
                     _ if pause => WsStatus::Paused,
                     _ => WsStatus::Running,
                 };
