@@ -95,6 +95,33 @@ impl Server {
     }
 }
 
+impl Server {
+    /// `nodetool_dropped_spans_total` from `/metrics`.
+    async fn dropped_spans(&self) -> u64 {
+        let text = reqwest::get(self.proc.url("/metrics"))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        text.lines()
+            .find_map(|l| l.strip_prefix("nodetool_dropped_spans_total "))
+            .unwrap_or_else(|| panic!("no nodetool_dropped_spans_total in {text}"))
+            .trim()
+            .parse()
+            .unwrap()
+    }
+
+    /// Waits until at least `n` spans were counted as dropped.
+    async fn wait_dropped_spans(&self, n: u64) {
+        let deadline = Instant::now() + HANG;
+        while self.dropped_spans().await < n {
+            assert!(Instant::now() < deadline, "no dropped spans counted");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+}
+
 fn graph() -> Value {
     json!({
         "nodes": [
@@ -254,6 +281,8 @@ async fn a_jobs_spans_join_the_callers_trace_on_rest_ws_and_a_worker() {
                 && s.attribute("job_id") != Some(quiet_job.as_str())),
         "an unsampled trace was recorded"
     );
+    // A collector that takes every batch: nothing was dropped.
+    assert_eq!(server.dropped_spans().await, 0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -273,6 +302,42 @@ async fn an_unreachable_collector_changes_nothing_for_jobs() {
     }
     let health = reqwest::get(server.proc.url("/health")).await.unwrap();
     assert!(health.status().is_success());
+    // The threaded job's spans, refused by the collector that is not there, are counted.
+    server.wait_dropped_spans(1).await;
+}
+
+/// A collector that accepts connections and never answers: exports wait out their timeout, the
+/// bounded queue fills, and the spans past it are dropped and counted while every job
+/// completes and the server stays responsive.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_collector_that_never_answers_fills_the_queue_and_drops_are_counted() {
+    let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let endpoint = format!("http://{}", silent.local_addr().unwrap());
+    let held = tokio::spawn(async move {
+        let mut sockets = Vec::new();
+        while let Ok((socket, _)) = silent.accept().await {
+            sockets.push(socket);
+        }
+    });
+    let server = Server::start(&[("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint.as_str())]);
+    assert_eq!(server.dropped_spans().await, 0);
+    // Each job makes a job span and one per node: enough jobs to pass the queue's bound.
+    let spans_per_job = 1 + graph()["nodes"].as_array().unwrap().len();
+    let jobs = 2048 / spans_per_job + 200;
+    for _ in 0..jobs {
+        let resp = reqwest::Client::new()
+            .post(server.proc.url("/api/jobs?stream=true"))
+            .json(&json!({"graph": graph(), "execution_strategy": "threaded"}))
+            .send()
+            .await
+            .unwrap();
+        let text = resp.text().await.unwrap();
+        assert!(text.contains("\"status\":\"completed\""), "{text}");
+    }
+    server.wait_dropped_spans(1).await;
+    let health = reqwest::get(server.proc.url("/health")).await.unwrap();
+    assert!(health.status().is_success());
+    held.abort();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -5,6 +5,22 @@
 //! fresh trace), never an error; a future version is read for its first four fields.
 
 use std::fmt;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+/// Spans this process gave up exporting: dropped because the export queue was full, or in a
+/// batch the collector did not take. Process-wide, as the exporter is (`nodetool` counts them,
+/// `/metrics` shows them as `nodetool_dropped_spans_total`).
+static DROPPED_SPANS: AtomicU64 = AtomicU64::new(0);
+
+/// Counts `n` spans given up on (see [`dropped_spans`]).
+pub fn count_dropped_spans(n: u64) {
+    DROPPED_SPANS.fetch_add(n, Ordering::Relaxed);
+}
+
+/// Spans this process has given up exporting since it started.
+pub fn dropped_spans() -> u64 {
+    DROPPED_SPANS.load(Ordering::Relaxed)
+}
 
 /// A parsed `traceparent`: `{version}-{trace-id}-{parent-id}-{flags}`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]

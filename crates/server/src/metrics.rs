@@ -14,7 +14,9 @@
 //!   the process's node cache (jobs run in this process, and the lookups subprocess and Docker
 //!   workers make through their call channel);
 //! - `nodetool_open_streams{kind}`: open SSE and NDJSON event streams, `/ws` sockets and
-//!   terminal sockets.
+//!   terminal sockets;
+//! - `nodetool_dropped_spans_total`: trace spans the OTLP export gave up on (a full queue, a
+//!   collector that is slow or gone), process-wide.
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -180,6 +182,14 @@ impl Metrics {
         self.render_streams(&mut out);
         self.render_jobs(&mut out, snapshot.active_jobs.as_ref());
         render_cache(&mut out, snapshot.cache_hits, snapshot.cache_misses);
+        let _ = writeln!(
+            out,
+            "# HELP nodetool_dropped_spans_total Trace spans not exported (the export queue was \
+             full or the collector did not take them); 0 with export off.\n\
+             # TYPE nodetool_dropped_spans_total counter\n\
+             nodetool_dropped_spans_total {}",
+            nodetool_core::trace::dropped_spans()
+        );
         out
     }
 
