@@ -1,7 +1,9 @@
 //! `nodetool run --profile` and `--trace FILE`: per-node timings taken from the job's own event
 //! stream as it arrives (a node runs from its `running` update to its terminal one), so every
-//! strategy is profiled the same way. Output bytes are the JSON size of what a node emitted.
-//! Per-node memory is not measured: threaded nodes share one process heap. `--trace` writes Chrome's trace-event JSON (the format
+//! strategy is profiled the same way. Output bytes are the JSON size of what a node emitted;
+//! CPU time, bytes read from and written to storage and the cache outcome come from the
+//! figures the firing's terminal update carries (`nodetool_engine::meter`). Per-node memory is
+//! not measured: the nodes of a job share one process heap. `--trace` writes Chrome's trace-event JSON (the format
 //! `chrome://tracing` and Perfetto open); `--profile` prints a table on stderr.
 
 use std::collections::BTreeMap;
@@ -23,6 +25,8 @@ struct Span {
     status: Status,
     outputs: u64,
     output_bytes: u64,
+    /// The firing's own figures, from its terminal update.
+    resources: Option<nodetool_engine::meter::NodeResources>,
 }
 
 /// Collects spans from events in arrival order.
@@ -66,6 +70,7 @@ impl Profile {
                     status: Status::Running,
                     outputs: 0,
                     output_bytes: 0,
+                    resources: None,
                 });
             }
             Event::NodeUpdate(n) if n.status.is_terminal() => {
@@ -73,6 +78,7 @@ impl Profile {
                     let span = &mut self.spans[i];
                     span.end_us = Some(now);
                     span.status = n.status;
+                    span.resources.clone_from(&n.resources);
                     // A node's terminal update carries its last outputs (a streaming node's
                     // items were counted as they went out).
                     if let Some(result) = &n.result {
@@ -128,7 +134,8 @@ impl Profile {
                 "pid": 1,
                 "tid": lane + 1,
                 "args": {"node_id": s.node_id, "status": s.status.as_str(),
-                         "outputs": s.outputs, "output_bytes": s.output_bytes},
+                         "outputs": s.outputs, "output_bytes": s.output_bytes,
+                         "resources": s.resources},
             }));
         }
         json!({"traceEvents": events, "displayTimeUnit": "ms"})
@@ -150,18 +157,41 @@ impl Profile {
         rows.sort_by_key(|s| std::cmp::Reverse(dur(s)));
         let mut out = String::new();
         out.push_str(&format!(
-            "{:<24} {:<36} {:>10} {:>10} {:>8} {:>12}  {}\n",
-            "node", "type", "start ms", "wall ms", "outputs", "output bytes", "status"
+            "{:<24} {:<36} {:>10} {:>10} {:>9} {:>8} {:>12} {:>10} {:>10} {:>5}  {}\n",
+            "node",
+            "type",
+            "start ms",
+            "wall ms",
+            "cpu ms",
+            "outputs",
+            "output bytes",
+            "read",
+            "written",
+            "cache",
+            "status"
         ));
         for s in rows {
+            let r = s.resources.as_ref();
+            let cpu = r.map_or("-".to_owned(), |r| format!("{:.3}", r.cpu_ms));
+            let read = r.map_or("-".to_owned(), |r| r.bytes_read.to_string());
+            let written = r.map_or("-".to_owned(), |r| r.bytes_written.to_string());
+            let cache = match r.and_then(|r| r.cache) {
+                Some(nodetool_engine::meter::CacheOutcome::Hit) => "hit",
+                Some(nodetool_engine::meter::CacheOutcome::Miss) => "miss",
+                None => "-",
+            };
             out.push_str(&format!(
-                "{:<24} {:<36} {:>10.3} {:>10.3} {:>8} {:>12}  {}\n",
+                "{:<24} {:<36} {:>10.3} {:>10.3} {:>9} {:>8} {:>12} {:>10} {:>10} {:>5}  {}\n",
                 truncate(&s.node_id, 24),
                 truncate(&s.node_type, 36),
                 s.start_us as f64 / 1000.0,
                 dur(s) as f64 / 1000.0,
+                cpu,
                 s.outputs,
                 s.output_bytes,
+                read,
+                written,
+                cache,
                 s.status.as_str()
             ));
         }

@@ -453,6 +453,100 @@ fn run_profiles_and_traces_every_node_on_every_local_strategy() {
     );
 }
 
+/// Each firing's terminal update says what it cost — CPU time, bytes read and written through
+/// storage — the same on every local strategy (a worker's figures reach the parent), and
+/// `--profile` shows them: one SaveText writes a 1,000-byte asset, the next reads it back and
+/// writes its copy.
+#[test]
+fn each_firing_reports_its_storage_bytes_on_every_local_strategy() {
+    let env = Env::new();
+    let chain = env.dir.path().join("chain.json");
+    let text = "x".repeat(1000);
+    std::fs::write(
+        &chain,
+        serde_json::json!({
+            "nodes": [
+                {"id": "first", "type": "nodetool.text.SaveText",
+                 "data": {"text": text, "name": "a.txt"}},
+                {"id": "copy", "type": "nodetool.text.SaveText", "data": {"name": "b.txt"}},
+                {"id": "o", "type": "nodetool.output.Output", "data": {"name": "saved"}}
+            ],
+            "edges": [
+                {"id": "e1", "source": "first", "sourceHandle": "output", "target": "copy", "targetHandle": "text"},
+                {"id": "e2", "source": "copy", "sourceHandle": "output", "target": "o", "targetHandle": "value"}
+            ]
+        })
+        .to_string(),
+    )
+    .unwrap();
+    let chain = chain.to_string_lossy().into_owned();
+    for strategy in ["threaded", "subprocess"] {
+        let out = env.run(&["run", &chain, "--strategy", strategy, "--jsonl"], &[]);
+        assert!(out.status.success(), "{strategy}: {}", stderr(&out));
+        let events: Vec<serde_json::Value> = String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        let done = |node: &str| {
+            events
+                .iter()
+                .find(|e| {
+                    e["type"] == "node_update" && e["node_id"] == node && e["status"] == "completed"
+                })
+                .unwrap_or_else(|| panic!("{strategy}: no completed {node}: {events:?}"))
+                ["resources"]
+                .clone()
+        };
+        let (first, copy) = (done("first"), done("copy"));
+        assert_eq!(
+            (
+                first["bytes_read"].as_u64(),
+                first["bytes_written"].as_u64()
+            ),
+            (Some(0), Some(1000)),
+            "{strategy}: {first}"
+        );
+        assert_eq!(
+            (copy["bytes_read"].as_u64(), copy["bytes_written"].as_u64()),
+            (Some(1000), Some(1000)),
+            "{strategy}: {copy}"
+        );
+        for r in [&first, &copy] {
+            for time in ["cpu_ms", "wall_ms"] {
+                assert!(r[time].as_f64().is_some_and(|t| t >= 0.0), "{time}: {r}");
+            }
+        }
+        // Running updates carry no figures: they open a firing.
+        assert!(events
+            .iter()
+            .filter(|e| e["type"] == "node_update" && e["status"] == "running")
+            .all(|e| e.get("resources").is_none()));
+
+        let out = env.run(&["run", &chain, "--strategy", strategy, "--profile"], &[]);
+        assert!(out.status.success(), "{strategy}: {}", stderr(&out));
+        let table = stderr(&out);
+        let header = table
+            .lines()
+            .find(|l| l.starts_with("node "))
+            .unwrap_or_default();
+        for column in ["cpu ms", "read", "written", "cache"] {
+            assert!(header.contains(column), "{strategy}: {table}");
+        }
+        let copy_row: Vec<&str> = table
+            .lines()
+            .find(|l| l.starts_with("copy "))
+            .unwrap_or_else(|| panic!("{strategy}: {table}"))
+            .split_whitespace()
+            .collect();
+        // node, type, start, wall, cpu, outputs, output bytes, read, written, cache, status
+        assert_eq!(
+            (copy_row[7], copy_row[8]),
+            ("1000", "1000"),
+            "{strategy}: {table}"
+        );
+    }
+}
+
 /// `run --strategy subprocess`: the worker saves through its parent (no storage settings of its
 /// own), so the blob lands in the asset folder and the row in the database, where another
 /// worker and a threaded run list it.

@@ -161,6 +161,8 @@ pub struct ProcessingContext {
     node_type: String,
     node_name: String,
     dynamic_outputs: Arc<Map<String, Value>>,
+    /// This node's resource use, shared by its contexts (see [`crate::meter`]).
+    pub(crate) meter: Arc<crate::meter::NodeMeter>,
 }
 
 impl ProcessingContext {
@@ -176,6 +178,7 @@ impl ProcessingContext {
             node_type: node_type.to_owned(),
             node_name: node_name.to_owned(),
             dynamic_outputs: Arc::new(Map::new()),
+            meter: Arc::default(),
         }
     }
 
@@ -444,7 +447,13 @@ impl ProcessingContext {
     pub async fn download_asset(&self, asset: &Value) -> Result<ByteStream> {
         if let Some(storage_key) = self.storage_source(asset).await? {
             let (storage, key) = storage_key;
-            return Ok(storage.download(&key, None).await?.body);
+            let meter = self.meter.clone();
+            let body = storage.download(&key, None).await?.body;
+            return Ok(Box::pin(futures::StreamExt::inspect(body, move |chunk| {
+                if let Ok(bytes) = chunk {
+                    meter.read(bytes.len());
+                }
+            })));
         }
         let media = self.resolve_media(asset).await?;
         Ok(nodetool_core::storage::once(media.bytes))
@@ -489,6 +498,7 @@ impl ProcessingContext {
         if let Some((storage, key)) = self.storage_source(asset).await? {
             let bytes =
                 nodetool_core::storage::collect(storage.download(&key, None).await?.body).await?;
+            self.meter.read(bytes.len());
             return Ok(Media {
                 bytes,
                 content_type: declared,
@@ -522,6 +532,7 @@ impl ProcessingContext {
                     .with_operation(OP));
                 }
                 let content_type = response.content_type().map(str::to_owned);
+                self.meter.read(response.body.len());
                 Ok(Media {
                     bytes: response.body,
                     content_type: content_type.or(declared),
@@ -533,6 +544,7 @@ impl ProcessingContext {
                     tokio::task::spawn_blocking(move || media::read_file_in_roots(&path, &roots))
                         .await
                         .map_err(|e| Error::unexpected(format!("file read task failed: {e}")))??;
+                self.meter.read(bytes.len());
                 Ok(Media {
                     bytes: Bytes::from(bytes),
                     content_type: declared,
@@ -695,6 +707,7 @@ impl ProcessingContext {
         self.asset_storage()
             .upload_bytes(&key, bytes, PutOptions::content_type(content_type))
             .await?;
+        self.meter.written(size);
 
         let mut record = AssetRecord::new(
             id.clone(),
@@ -757,9 +770,11 @@ impl ProcessingContext {
             .key_scope
             .temp_prefix(self.owner(), self.job_id());
         let key = StorageKey::new(format!("{prefix}{name}"))?;
+        let size = bytes.len();
         self.temp_storage()
             .upload_bytes(&key, bytes, PutOptions::default())
             .await?;
+        self.meter.written(size);
         Ok(key)
     }
 }

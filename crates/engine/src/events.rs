@@ -130,6 +130,10 @@ pub struct NodeUpdate {
     pub properties: Option<Map<String, Value>>,
     #[serde(default)]
     pub workflow_id: Option<String>,
+    /// On the update that ends a firing (`completed`, `failed`, `cancelled`): what the firing
+    /// cost. Ours (NodeTool's updates have no such field; its clients ignore it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resources: Option<crate::meter::NodeResources>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -23,6 +23,7 @@ pub mod inputs;
 pub mod limits;
 pub mod media;
 pub mod metadata;
+pub mod meter;
 pub mod node;
 pub mod pause;
 pub mod pyfmt;

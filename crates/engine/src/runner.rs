@@ -597,6 +597,8 @@ impl Engine {
                 firings = tracing::field::Empty,
                 cache_hits = tracing::field::Empty,
                 cpu_ms = tracing::field::Empty,
+                bytes_read = tracing::field::Empty,
+                bytes_written = tracing::field::Empty,
             );
             let handle = set.spawn(
                 async move {
@@ -849,6 +851,15 @@ fn node_update(
     result: Option<Map<String, Value>>,
     error: Option<String>,
 ) -> Event {
+    // A `running` update opens a firing; the update that ends it says what it cost.
+    let resources = match status {
+        Status::Running => {
+            ctx.meter.begin();
+            None
+        }
+        s if s.is_terminal() => Some(ctx.meter.end()),
+        _ => None,
+    };
     Event::NodeUpdate(NodeUpdate {
         node_id: ctx.node_id().to_owned(),
         node_name: title.to_owned(),
@@ -858,6 +869,7 @@ fn node_update(
         result,
         properties: props.cloned(),
         workflow_id: Some(ctx.workflow_id().to_owned()),
+        resources,
     })
 }
 
@@ -874,6 +886,7 @@ async fn run_actor(
     let title = plan.imp.spec().title.clone();
     let mut timed = CpuTimed::new(
         AssertUnwindSafe(actor_body(&mut plan, &ctx, node_timeout, cache_ttl)).catch_unwind(),
+        ctx.meter.clone(),
     );
     let outcome = (&mut timed).await;
     let cpu = timed.spent;
@@ -883,6 +896,9 @@ async fn run_actor(
     span.record("firings", plan.emitter.firings());
     span.record("cache_hits", plan.cache_hits);
     span.record("cpu_ms", cpu.as_secs_f64() * 1000.0);
+    let (read, written) = ctx.meter.totals();
+    span.record("bytes_read", read);
+    span.record("bytes_written", written);
     let outcome = match outcome {
         Ok(r) => r,
         Err(panic) => Err(Error::unexpected(format!(
@@ -1029,7 +1045,12 @@ async fn actor_body(
         });
         let mut hit = false;
         if let Some(key) = &key {
-            match ctx.node_cache().get(key).await {
+            let found = ctx.node_cache().get(key).await;
+            ctx.meter.cache(match &found {
+                Ok(Some(CacheValue::Map(_))) => crate::meter::CacheOutcome::Hit,
+                _ => crate::meter::CacheOutcome::Miss,
+            });
+            match found {
                 Ok(Some(CacheValue::Map(outputs))) => {
                     for (slot, v) in outputs {
                         plan.emitter.emit(&slot, cache_to_json(v)).await?;
@@ -1252,16 +1273,19 @@ fn cache_to_json(v: CacheValue) -> Value {
 
 /// CPU time of the thread polling `inner`, summed over its polls: what a node's own code spent
 /// (work it hands to other threads, e.g. `spawn_blocking`, is not counted).
+/// Each poll's time also goes to the node's meter, for its firings' figures.
 struct CpuTimed<F> {
     inner: std::pin::Pin<Box<F>>,
     spent: Duration,
+    meter: Arc<crate::meter::NodeMeter>,
 }
 
 impl<F> CpuTimed<F> {
-    fn new(inner: F) -> Self {
+    fn new(inner: F, meter: Arc<crate::meter::NodeMeter>) -> Self {
         Self {
             inner: Box::pin(inner),
             spent: Duration::ZERO,
+            meter,
         }
     }
 }
@@ -1276,7 +1300,9 @@ impl<F: std::future::Future> std::future::Future for CpuTimed<F> {
         let start = thread_cpu_time();
         let poll = self.inner.as_mut().poll(cx);
         if let (Some(start), Some(end)) = (start, thread_cpu_time()) {
-            self.spent += end.saturating_sub(start);
+            let d = end.saturating_sub(start);
+            self.spent += d;
+            self.meter.add_cpu(d);
         }
         poll
     }

@@ -21,6 +21,7 @@ pub mod calls;
 pub mod docker;
 pub mod event_log;
 pub mod manager;
+pub mod node_stats;
 pub mod protocol;
 pub mod queue;
 pub mod reap;

@@ -196,6 +196,8 @@ impl ManagerConfig {
 struct EventHub {
     state: Mutex<HubState>,
     capacity: usize,
+    /// The manager's per-node-type totals, fed by ended firings.
+    stats: Arc<crate::node_stats::NodeStats>,
 }
 
 #[derive(Debug)]
@@ -210,7 +212,11 @@ struct HubState {
 }
 
 impl EventHub {
-    fn new(capacity: usize, log: Option<EventLog>) -> Arc<Self> {
+    fn new(
+        capacity: usize,
+        log: Option<EventLog>,
+        stats: Arc<crate::node_stats::NodeStats>,
+    ) -> Arc<Self> {
         let (tx, _) = broadcast::channel(1024);
         Arc::new(Self {
             state: Mutex::new(HubState {
@@ -220,6 +226,7 @@ impl EventHub {
                 log,
             }),
             capacity: capacity.max(1),
+            stats,
         })
     }
 
@@ -279,6 +286,9 @@ impl HubState {
 
 impl EventSink for EventHub {
     fn send(&self, event: EventEnvelope) {
+        if let nodetool_engine::Event::NodeUpdate(u) = &event.event {
+            self.stats.record(u);
+        }
         let mut st = self.lock();
         let terminal = matches!(
             &event.event,
@@ -390,6 +400,7 @@ struct Inner {
     owners: tokio_util::task::TaskTracker,
     /// Called with each job's final record (see [`JobExecutionManager::on_finished`]).
     finished_observers: Mutex<Vec<FinishedObserver>>,
+    node_stats: Arc<crate::node_stats::NodeStats>,
 }
 
 /// A callback for finished jobs; it runs on the job's owner task, so it must be quick.
@@ -476,6 +487,7 @@ impl JobExecutionManager {
                 accepting: AtomicBool::new(true),
                 owners: tokio_util::task::TaskTracker::new(),
                 finished_observers: Mutex::default(),
+                node_stats: Arc::default(),
             }),
         };
         if let Some(queue) = manager.inner.config.queue {
@@ -638,6 +650,7 @@ impl JobExecutionManager {
             hub: EventHub::new(
                 self.inner.config.replay_events,
                 self.inner.event_log.clone(),
+                self.inner.node_stats.clone(),
             ),
             streaming: spec.has_input_feeds(),
             fixed_inputs: if spec.has_input_feeds() {
@@ -1025,6 +1038,11 @@ impl JobExecutionManager {
             return None;
         }
         self.inner.scheduler.position(&live.user_id, live.ticket?)
+    }
+
+    /// What the nodes of this manager's jobs cost, by node type, since it started.
+    pub fn node_stats(&self) -> Vec<(String, crate::node_stats::NodeTotals)> {
+        self.inner.node_stats.snapshot()
     }
 
     /// The seq of the newest event a live job has published (0: none yet); `None` once the job

@@ -15,6 +15,11 @@
 //!   workers make through their call channel);
 //! - `nodetool_open_streams{kind}`: open SSE and NDJSON event streams, `/ws` sockets and
 //!   terminal sockets;
+//! - per node type, from each ended firing's figures (threaded, subprocess and Docker jobs of
+//!   this process): `nodetool_node_firings_total{node_type,status}`,
+//!   `nodetool_node_wall_seconds_total`, `nodetool_node_cpu_seconds_total`,
+//!   `nodetool_node_storage_read_bytes_total`, `nodetool_node_storage_written_bytes_total`
+//!   and `nodetool_node_cache_lookups_total{node_type,result}`;
 //! - `nodetool_dropped_spans_total`: trace spans the OTLP export gave up on (a full queue, a
 //!   collector that is slow or gone), process-wide.
 
@@ -27,6 +32,7 @@ use axum::extract::State;
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use nodetool_engine::Status;
+use nodetool_exec::node_stats::NodeTotals;
 use nodetool_exec::JobRecord;
 
 use crate::AppState;
@@ -122,6 +128,8 @@ pub struct Snapshot {
     pub active_jobs: Option<BTreeMap<&'static str, u64>>,
     pub cache_hits: u64,
     pub cache_misses: u64,
+    /// What the nodes of this server's jobs cost, by node type.
+    pub nodes: Vec<(String, NodeTotals)>,
 }
 
 impl Metrics {
@@ -182,6 +190,7 @@ impl Metrics {
         self.render_streams(&mut out);
         self.render_jobs(&mut out, snapshot.active_jobs.as_ref());
         render_cache(&mut out, snapshot.cache_hits, snapshot.cache_misses);
+        render_nodes(&mut out, &snapshot.nodes);
         let _ = writeln!(
             out,
             "# HELP nodetool_dropped_spans_total Trace spans not exported (the export queue was \
@@ -326,6 +335,85 @@ fn render_cache(out: &mut String, hits: u64, misses: u64) {
     );
 }
 
+/// The per-node-type series (from each firing's `resources`).
+fn render_nodes(out: &mut String, nodes: &[(String, NodeTotals)]) {
+    type Value = fn(&NodeTotals) -> f64;
+    let sums: [(&str, &str, Value); 4] = [
+        (
+            "nodetool_node_wall_seconds_total",
+            "Wall time of node firings, by node type.",
+            |t| t.wall_seconds,
+        ),
+        (
+            "nodetool_node_cpu_seconds_total",
+            "CPU time of node firings (the polling thread's), by node type.",
+            |t| t.cpu_seconds,
+        ),
+        (
+            "nodetool_node_storage_read_bytes_total",
+            "Bytes nodes read from storage, files and HTTP, by node type.",
+            |t| t.bytes_read as f64,
+        ),
+        (
+            "nodetool_node_storage_written_bytes_total",
+            "Bytes nodes wrote to asset and temp storage, by node type.",
+            |t| t.bytes_written as f64,
+        ),
+    ];
+    let header = |out: &mut String, name: &str, help: &str| {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter");
+    };
+    let firings = "nodetool_node_firings_total";
+    header(
+        out,
+        firings,
+        "Node firings that ended, by node type and status.",
+    );
+    for (node_type, t) in nodes {
+        for (status, n) in &t.firings {
+            let l = label(node_type);
+            let _ = writeln!(
+                out,
+                "{firings}{{node_type=\"{l}\",status=\"{status}\"}} {n}"
+            );
+        }
+    }
+    for (name, help, value) in sums {
+        header(out, name, help);
+        for (node_type, t) in nodes {
+            let _ = writeln!(
+                out,
+                "{name}{{node_type=\"{}\"}} {}",
+                label(node_type),
+                value(t)
+            );
+        }
+    }
+    let lookups = "nodetool_node_cache_lookups_total";
+    header(
+        out,
+        lookups,
+        "Node cache lookups of cacheable firings, by node type and result.",
+    );
+    for (node_type, t) in nodes {
+        let l = label(node_type);
+        for (result, n) in [("hit", t.cache_hits), ("miss", t.cache_misses)] {
+            let _ = writeln!(
+                out,
+                "{lookups}{{node_type=\"{l}\",result=\"{result}\"}} {n}"
+            );
+        }
+    }
+}
+
+/// A Prometheus label value: backslash, quote and newline escaped.
+fn label(value: &str) -> String {
+    value
+        .replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+}
+
 /// Keeps a request counted as in flight (see [`Metrics::request_started`]).
 #[derive(Debug)]
 pub struct InFlight(Arc<Metrics>);
@@ -343,9 +431,11 @@ pub async fn render(State(state): State<AppState>) -> Response {
         active_jobs: None,
         cache_hits: cache.hits(),
         cache_misses: cache.misses(),
+        nodes: Vec::new(),
     };
     if let Some(manager) = &state.jobs {
         snapshot.active_jobs = Some(active_jobs(manager).await);
+        snapshot.nodes = manager.node_stats();
     }
     let mut body = state.metrics.render(&snapshot);
     // AI model calls, tokens and cost by provider and model (crates/providers' usage meter).
@@ -439,11 +529,26 @@ mod tests {
             text.contains("nodetool_node_cache_hit_ratio NaN\n"),
             "{text}"
         );
+        let totals = NodeTotals {
+            firings: [("completed", 3)].into_iter().collect(),
+            bytes_read: 10,
+            cache_hits: 2,
+            ..NodeTotals::default()
+        };
         let text = m.render(&Snapshot {
             active_jobs: Some([("running", 2)].into_iter().collect()),
             cache_hits: 3,
             cache_misses: 1,
+            nodes: vec![("odd\"type\\x".to_owned(), totals)],
         });
+        // Label values are escaped as the text format asks.
+        for line in [
+            "nodetool_node_firings_total{node_type=\"odd\\\"type\\\\x\",status=\"completed\"} 3\n",
+            "nodetool_node_storage_read_bytes_total{node_type=\"odd\\\"type\\\\x\"} 10\n",
+            "nodetool_node_cache_lookups_total{node_type=\"odd\\\"type\\\\x\",result=\"hit\"} 2\n",
+        ] {
+            assert!(text.contains(line), "{line}: {text}");
+        }
         assert!(
             text.contains("nodetool_node_cache_hit_ratio 0.75\n"),
             "{text}"

@@ -128,6 +128,34 @@ async fn finished_jobs_feed_the_counters_the_histogram_and_the_cache_ratio() {
     );
     assert_eq!(sample(&text, "nodetool_node_cache_misses_total"), Some(1.0));
     assert_eq!(sample(&text, "nodetool_node_cache_hit_ratio"), Some(0.5));
+    // Per node type, from each firing's figures: two Sleep firings, one answered by the cache.
+    let sleep = "node_type=\"nodetool.test.Sleep\"";
+    for (series, want) in [
+        (
+            format!("nodetool_node_firings_total{{{sleep},status=\"completed\"}}"),
+            2.0,
+        ),
+        (
+            format!("nodetool_node_cache_lookups_total{{{sleep},result=\"hit\"}}"),
+            1.0,
+        ),
+        (
+            format!("nodetool_node_cache_lookups_total{{{sleep},result=\"miss\"}}"),
+            1.0,
+        ),
+        (
+            format!("nodetool_node_storage_written_bytes_total{{{sleep}}}"),
+            0.0,
+        ),
+    ] {
+        assert_eq!(sample(&text, &series), Some(want), "{series}:\n{text}");
+    }
+    let wall = sample(
+        &text,
+        &format!("nodetool_node_wall_seconds_total{{{sleep}}}"),
+    )
+    .unwrap();
+    assert!((0.0..60.0).contains(&wall), "{wall}");
 
     // A failed job is counted under its own status.
     let failing = json!({
@@ -147,6 +175,15 @@ async fn finished_jobs_feed_the_counters_the_histogram_and_the_cache_ratio() {
         1.0,
     )
     .await;
+    let text = scrape(&s).await;
+    assert_eq!(
+        sample(
+            &text,
+            "nodetool_node_firings_total{node_type=\"nodetool.test.Fail\",status=\"failed\"}"
+        ),
+        Some(1.0),
+        "{text}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

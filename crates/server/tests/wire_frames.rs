@@ -256,10 +256,33 @@ fn job_events_carry_job_seq_and_nodetool_statuses() {
         result: None,
         properties: Some(Map::new()),
         workflow_id: Some("wf-1".into()),
+        resources: None,
     });
     frame!(
         "event_node_update",
         Followed::Event(Box::new(envelope(2, node)))
+    );
+    // The update that ends a firing says what it cost.
+    let done = Event::NodeUpdate(NodeUpdate {
+        node_id: "n1".into(),
+        node_name: "Sleep".into(),
+        node_type: "nodetool.test.Sleep".into(),
+        status: Status::Completed,
+        error: None,
+        result: Some(Map::new()),
+        properties: Some(Map::new()),
+        workflow_id: Some("wf-1".into()),
+        resources: Some(nodetool_engine::meter::NodeResources {
+            wall_ms: 12.5,
+            cpu_ms: 0.25,
+            bytes_read: 4096,
+            bytes_written: 1024,
+            cache: Some(nodetool_engine::meter::CacheOutcome::Miss),
+        }),
+    });
+    frame!(
+        "event_node_update_completed",
+        Followed::Event(Box::new(envelope(3, done)))
     );
     frame!(
         "event_output_update",
