@@ -3,7 +3,8 @@
 //! strategy is profiled the same way. Output bytes are the JSON size of what a node emitted;
 //! CPU time, bytes read from and written to storage and the cache outcome come from the
 //! figures the firing's terminal update carries (`nodetool_engine::meter`). Per-node memory is
-//! not measured: the nodes of a job share one process heap. `--trace` writes Chrome's trace-event JSON (the format
+//! not measured (the nodes of a job share one process heap); a worker run's peak memory is, from
+//! the job's terminal update. `--trace` writes Chrome's trace-event JSON (the format
 //! `chrome://tracing` and Perfetto open); `--profile` prints a table on stderr.
 
 use std::collections::BTreeMap;
@@ -35,6 +36,8 @@ pub struct Profile {
     t0: Instant,
     spans: Vec<Span>,
     open: BTreeMap<String, usize>,
+    /// The worker's peak resident memory (subprocess and Docker runs), from the last update.
+    peak_memory_bytes: Option<u64>,
 }
 
 impl Default for Profile {
@@ -49,6 +52,7 @@ impl Profile {
             t0: Instant::now(),
             spans: Vec::new(),
             open: BTreeMap::new(),
+            peak_memory_bytes: None,
         }
     }
 
@@ -88,6 +92,9 @@ impl Profile {
                         }
                     }
                 }
+            }
+            Event::JobUpdate(u) if u.peak_memory_bytes.is_some() => {
+                self.peak_memory_bytes = u.peak_memory_bytes;
             }
             Event::OutputUpdate(o) => {
                 if let Some(&i) = self.open.get(&o.node_id) {
@@ -193,6 +200,12 @@ impl Profile {
                 written,
                 cache,
                 s.status.as_str()
+            ));
+        }
+        if let Some(peak) = self.peak_memory_bytes {
+            out.push_str(&format!(
+                "worker peak memory: {:.1} MiB (the whole worker process)\n",
+                peak as f64 / (1024.0 * 1024.0)
             ));
         }
         out

@@ -544,6 +544,29 @@ fn each_firing_reports_its_storage_bytes_on_every_local_strategy() {
             ("1000", "1000"),
             "{strategy}: {table}"
         );
+        // A worker run says what its process held at most; a threaded run shares the heap.
+        let peak = table
+            .lines()
+            .find(|l| l.starts_with("worker peak memory: "));
+        assert_eq!(
+            peak.is_some(),
+            strategy == "subprocess",
+            "{strategy}: {table}"
+        );
+        let terminal = events
+            .iter()
+            .rev()
+            .find(|e| e["type"] == "job_update")
+            .unwrap();
+        let bytes = terminal["peak_memory_bytes"].as_u64();
+        match strategy {
+            // More than nothing, less than what a worker that size could not be.
+            "subprocess" => assert!(
+                bytes.is_some_and(|b| b > 1 << 20 && b < 8 << 30),
+                "{terminal}"
+            ),
+            _ => assert_eq!(bytes, None, "{terminal}"),
+        }
     }
 }
 

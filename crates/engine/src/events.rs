@@ -114,6 +114,11 @@ pub struct JobUpdate {
     /// Seconds, set on a terminal status.
     #[serde(default)]
     pub duration: Option<f64>,
+    /// Peak resident memory of the worker process that ran the job (subprocess and Docker
+    /// jobs: its `VmHWM`), on the terminal update. Absent for threaded jobs, whose nodes share
+    /// the server's heap. Ours: NodeTool's clients ignore it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub peak_memory_bytes: Option<u64>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

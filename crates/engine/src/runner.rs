@@ -212,6 +212,7 @@ impl Engine {
             traceback: None,
             run_state: None,
             duration: None,
+            peak_memory_bytes: None,
         };
         poster.post(Event::JobUpdate(job_update(Status::Running)));
         // Pausing and resuming show as job_updates (one when the job starts paused).
@@ -234,6 +235,7 @@ impl Engine {
                     traceback: None,
                     run_state: None,
                     duration: None,
+                    peak_memory_bytes: None,
                 }));
             };
             if gate.is_paused() {

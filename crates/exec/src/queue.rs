@@ -991,6 +991,7 @@ fn job_update_event(
             traceback: None,
             run_state: None,
             duration: None,
+            peak_memory_bytes: None,
         }),
     };
     serde_json::to_string(&event)

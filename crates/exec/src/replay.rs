@@ -188,6 +188,7 @@ impl StoredEvents {
                 traceback: None,
                 run_state: None,
                 duration,
+                peak_memory_bytes: None,
             }),
         })
     }

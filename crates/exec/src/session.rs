@@ -473,6 +473,7 @@ mod tests {
                     traceback: None,
                     run_state: None,
                     duration: None,
+                    peak_memory_bytes: None,
                 }),
             };
             self.send(ChildFrame::Event(Box::new(e))).await;

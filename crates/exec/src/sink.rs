@@ -56,6 +56,7 @@ impl TrackingSink {
             traceback: None,
             run_state: None,
             duration: Some(outcome.duration_secs),
+            peak_memory_bytes: None,
         };
         self.send(EventEnvelope {
             job_id: self.job_id.clone(),

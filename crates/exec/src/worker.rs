@@ -36,10 +36,30 @@ use crate::threaded::run_in_process;
 struct FrameSink(mpsc::UnboundedSender<ChildFrame>);
 
 impl EventSink for FrameSink {
-    fn send(&self, event: EventEnvelope) {
+    fn send(&self, mut event: EventEnvelope) {
+        // The job's last word says what this process held at most: it ran nothing else.
+        if let nodetool_engine::Event::JobUpdate(u) = &mut event.event {
+            if u.status.is_terminal() {
+                u.peak_memory_bytes = peak_rss_bytes();
+            }
+        }
         // A closed writer means stdout is gone; the job is cancelled separately.
         let _ = self.0.send(ChildFrame::Event(Box::new(event)));
     }
+}
+
+/// This process's peak resident set (`VmHWM` of `/proc/self/status`), inside a container too.
+fn peak_rss_bytes() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let kib: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))?
+        .trim()
+        .strip_suffix("kB")?
+        .trim()
+        .parse()
+        .ok()?;
+    Some(kib * 1024)
 }
 
 /// Where a worker gets the node types for the job it has just read: the built-in library (an

@@ -236,6 +236,7 @@ async fn a_worker_without_pause_control_is_refused_pause() {
             traceback: None,
             run_state: None,
             duration: None,
+            peak_memory_bytes: None,
         }),
     }));
     let script = format!(

@@ -70,6 +70,7 @@ fn job_update(status: Status, error: Option<&str>) -> Event {
         traceback: None,
         run_state: None,
         duration: status.is_terminal().then_some(1.5),
+        peak_memory_bytes: None,
     })
 }
 
