@@ -329,9 +329,14 @@ async fn throughput(pg: &PostgresServer, jobs: usize, rounds: usize) {
     for round in 1..=rounds {
         println!("\n### round {round}");
         // Baseline: one server on SQLite running its jobs in-process.
-        let baseline = {
+        // Baselines: one server on SQLite running its jobs in-process, with its default number
+        // of jobs at once (MAX_WORKFLOW_THREADS = the cores), and with as many as one worker
+        // runs (--concurrency).
+        let concurrency = CONCURRENCY.to_string();
+        let mut baselines = Vec::new();
+        for vars in [vec![], vec![("MAX_WORKFLOW_THREADS", concurrency.as_str())]] {
             let env = home();
-            let server = env.serve(&[], HANG);
+            let server = env.serve(&vars, HANG);
             let base = server.url("");
             drive(&base, WARMUP, 0).await;
             let cpu0 = cpu_secs(server.pid(), false);
@@ -340,8 +345,9 @@ async fn throughput(pg: &PostgresServer, jobs: usize, rounds: usize) {
             let run = Run::new(wall, &runs);
             let (a50, a99, _) = alone(&base).await;
             println!(
-                "sqlite, in-process: {:.0} jobs/s, p50 {}, p99 {}; one at a time p50 {}, p99 {}; \
-                 server CPU {:.2} ms/job; RSS peak {} MiB",
+                "sqlite, in-process, MAX_WORKFLOW_THREADS={}: {:.0} jobs/s, p50 {}, p99 {}; \
+                 one at a time p50 {}, p99 {}; server CPU {:.2} ms/job; RSS peak {} MiB",
+                vars.first().map_or("default", |v| v.1),
                 run.rate,
                 ms(run.p50),
                 ms(run.p99),
@@ -350,8 +356,9 @@ async fn throughput(pg: &PostgresServer, jobs: usize, rounds: usize) {
                 cpu * 1e3 / jobs as f64,
                 rss(server.pid()).1 / 1024
             );
-            run
-        };
+            baselines.push(run);
+        }
+        let (baseline, matched) = (&baselines[0], &baselines[1]);
         for &n in &WORKER_COUNTS {
             let db = format!("tp_{round}_{n}");
             let url = pg.create_database(&db);
@@ -363,6 +370,7 @@ async fn throughput(pg: &PostgresServer, jobs: usize, rounds: usize) {
                 .collect();
             let base = server.url("");
             drive(&base, WARMUP, 0).await;
+            let commits = xact_commits(pg, &db).await;
             let pids: Vec<u32> = workers.iter().map(|w| w.child.id()).collect();
             let worker_cpu = || pids.iter().map(|&p| cpu_secs(p, false)).sum::<f64>();
             let (s0, w0, p0) = (
@@ -376,15 +384,19 @@ async fn throughput(pg: &PostgresServer, jobs: usize, rounds: usize) {
                 worker_cpu(),
                 cpu_secs(postmaster, true),
             );
+            let commits = (xact_commits(pg, &db).await - commits) as f64 / jobs as f64;
             let run = Run::new(wall, &runs);
             let (a50, a99, alone_runs) = alone(&base).await;
             let per_job = |a: f64, b: f64| (b - a) * 1e3 / jobs as f64;
             println!(
-                "queue, {n} worker(s): {:.0} jobs/s ({:.2}× sqlite), p50 {} ({:.1}×), p99 {}; \
+                "queue, {n} worker(s): {:.0} jobs/s ({:.2}× sqlite default, {:.2}× sqlite {CONCURRENCY} at once), \
+                 p50 {} ({:.1}× sqlite default), p99 {}; \
                  one at a time p50 {}, p99 {}; {:.0} jobs/s per worker ({:.0}× Windmill's {WINDMILL_PER_WORKER:.1}); \
-                 CPU ms/job: server {:.2}, workers {:.2}, PostgreSQL {:.2}",
+                 CPU ms/job: server {:.2}, workers {:.2}, PostgreSQL {:.2}; \
+                 {commits:.1} PostgreSQL transactions per job",
                 run.rate,
                 run.rate / baseline.rate,
+                run.rate / matched.rate,
                 ms(run.p50),
                 run.p50.as_secs_f64() / baseline.p50.as_secs_f64(),
                 ms(run.p99),
@@ -413,6 +425,19 @@ async fn throughput(pg: &PostgresServer, jobs: usize, rounds: usize) {
             drop(server);
         }
     }
+}
+
+/// Transactions committed in `db` so far. PostgreSQL publishes a backend's counts at most once a
+/// second, so this waits that long first (idle workers poll meanwhile: 2 transactions per
+/// worker per 0.5 s, a few hundredths per job of a 2,000-job run).
+async fn xact_commits(pg: &PostgresServer, db: &str) -> u64 {
+    tokio::time::sleep(Duration::from_millis(1_500)).await;
+    pg.psql(
+        db,
+        "SELECT xact_commit FROM pg_stat_database WHERE datname = current_database()",
+    )
+    .parse()
+    .unwrap()
 }
 
 /// Where a queued job's time went, from its row (PostgreSQL's clock; `now()` is the start of
@@ -472,6 +497,8 @@ struct Seen {
     gaps: u64,
     missing: u64,
     lag_notices: u64,
+    /// Seqs the lag notices named as missed.
+    announced: u64,
     /// Seqs at or below one already seen.
     repeats: u64,
     terminals: u64,
@@ -493,6 +520,9 @@ impl Seen {
         }
         if kind == "lag" {
             self.lag_notices += 1;
+            let v: Value = serde_json::from_str(data.trim()).unwrap();
+            let seq = |k: &str| v[k].as_u64().expect("a lag notice names its seqs");
+            self.announced += seq("missed_to_seq") + 1 - seq("missed_from_seq");
             return;
         }
         let Some(seq) = seq else { return };
@@ -507,7 +537,7 @@ impl Seen {
             self.missing += seq - self.last_seq - 1;
         }
         self.last_seq = seq;
-        if kind == "job_update" || kind.is_empty() {
+        if kind == "job_update" {
             let v: Value = serde_json::from_str(data.trim()).unwrap();
             let status = v["status"].as_str().unwrap_or("");
             if ["completed", "failed", "cancelled", "timed_out"].contains(&status) {
@@ -557,6 +587,15 @@ async fn fanout(pg: &PostgresServer, items: u64, max_per_job: Option<u64>) {
     let servers = [env.serve(&vars, HANG), env.serve(&vars, HANG)];
     let worker = Worker::start(&env, "w", &vars);
     let idle: Vec<u64> = servers.iter().map(|s| rss(s.pid()).0).collect();
+    let postmaster = postmaster(pg);
+    let cpu = || {
+        (
+            cpu_secs(servers[0].pid(), false) + cpu_secs(servers[1].pid(), false),
+            cpu_secs(worker.child.id(), false),
+            cpu_secs(postmaster, true),
+        )
+    };
+    let cpu0 = cpu();
     println!(
         "\n## fan-out: 2 queue servers + 1 worker, {SUBSCRIBERS} SSE subscribers (half on each) \
          from seq 0, JOB_EVENTS_MAX_PER_JOB={keep}{}",
@@ -598,6 +637,7 @@ async fn fanout(pg: &PostgresServer, items: u64, max_per_job: Option<u64>) {
     let seen: Vec<Seen> = tokio::time::timeout(HANG, tasks.join_all())
         .await
         .expect("fan-out hung");
+    let cpu1 = cpu();
     let stored_last: u64 = pg
         .psql(
             &db,
@@ -629,15 +669,15 @@ async fn fanout(pg: &PostgresServer, items: u64, max_per_job: Option<u64>) {
     let first = seen.iter().filter_map(|s| s.first).min().unwrap();
     let last = seen.iter().filter_map(|s| s.done).max().unwrap();
     let spread = last - first;
-    let (gaps, missing, lags, repeats): (u64, u64, u64, u64) =
-        seen.iter().fold((0, 0, 0, 0), |a, s| {
-            (
-                a.0 + s.gaps,
-                a.1 + s.missing,
-                a.2 + s.lag_notices,
-                a.3 + s.repeats,
-            )
-        });
+    let sum = |f: fn(&Seen) -> u64| seen.iter().map(f).sum::<u64>();
+    let (gaps, missing, lags, announced, repeats) = (
+        sum(|s| s.gaps),
+        sum(|s| s.missing),
+        sum(|s| s.lag_notices),
+        sum(|s| s.announced),
+        sum(|s| s.repeats),
+    );
+    let silent = seen.iter().filter(|s| s.missing != s.announced).count();
     println!(
         "job {id}: {stored_last} events (last seq), run on the worker in {job_ms:.0} ms (Sleep 2 s \
          included); subscribers attached {}",
@@ -645,7 +685,8 @@ async fn fanout(pg: &PostgresServer, items: u64, max_per_job: Option<u64>) {
     );
     println!(
         "{complete}/{SUBSCRIBERS} saw every seq once, in order, one terminal `completed`; gaps {gaps} \
-         ({missing} seqs missing), lag notices {lags}, repeats {repeats}"
+         ({missing} seqs missing), lag notices {lags} (naming {announced} seqs; \
+         {silent} subscribers with a gap no notice named), repeats {repeats}"
     );
     println!(
         "delivered {events} events in {} from the first to the last (submit → last event {}): \
@@ -665,6 +706,12 @@ async fn fanout(pg: &PostgresServer, items: u64, max_per_job: Option<u64>) {
         );
     }
     println!("worker: RSS peak {} MiB", rss(worker.child.id()).1 / 1024);
+    println!(
+        "CPU seconds during the run: servers {:.1}, worker {:.1}, PostgreSQL {:.1}",
+        cpu1.0 - cpu0.0,
+        cpu1.1 - cpu0.1,
+        cpu1.2 - cpu0.2
+    );
     if complete < SUBSCRIBERS {
         for (i, s) in seen.iter().enumerate().filter(|(_, s)| s.gaps > 0).take(3) {
             println!("  subscriber {i} (server {}): {s:?}", i % 2);
