@@ -87,6 +87,7 @@ impl QueueWorker {
         };
         let register_every = (self.config.lease / 3).max(Duration::from_millis(100));
         let mut registered: Option<tokio::time::Instant> = None;
+        let mut settled: Option<tokio::time::Instant> = None;
         tracing::info!(owner = %self.config.owner, concurrency = self.config.concurrency,
             strategies = ?self.config.filter.strategies, tags = ?self.config.filter.tags,
             max_per_user = ?self.config.filter.max_per_user,
@@ -100,8 +101,14 @@ impl QueueWorker {
                     Err(error) => tracing::warn!(%error, "cannot register in queue_workers"),
                 }
             }
-            if let Err(error) = self.store.expire_leases().await {
-                tracing::warn!(%error, "cannot settle expired job leases");
+            // Settling expired leases is every worker's and every server's, a third of a lease
+            // apart at most; not per wake-up: each enqueue wakes every worker, and an expiry
+            // pass per worker per job made the database's work per job grow with the workers.
+            if settled.is_none_or(|at| at.elapsed() >= register_every) {
+                settled = Some(tokio::time::Instant::now());
+                if let Err(error) = self.store.expire_leases().await {
+                    tracing::warn!(%error, "cannot settle expired job leases");
+                }
             }
             let free = self.config.concurrency.saturating_sub(jobs.len());
             let mut full_batch = false;
