@@ -122,6 +122,7 @@ impl NodeMetadata {
         }
         spec.streaming = self.is_streaming_output;
         spec.dynamic = self.is_dynamic;
+        spec.requires_vram_gb = self.requires_vram_gb.filter(|gb| *gb > 0.0);
         spec
     }
 }

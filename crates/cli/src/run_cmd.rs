@@ -189,6 +189,8 @@ async fn strategy_for(
             // Native nodes, then the Python worker's when the workflow needs a type they lack.
             let (registry, bridge) =
                 crate::python_cmd::registry(settings, crate::python_cmd::Need::For(graph)).await?;
+            let hints = nodetool_exec::vram::hints(&registry);
+            nodetool_exec::vram::check(graph, &hints, settings.vram_gb)?;
             let engine = Engine::new(Arc::new(registry), resources.engine_resources().await?);
             let threaded = ThreadedStrategy::new(engine, settings.thread_pool_size.max(1))?;
             Ok((Arc::new(threaded), bridge))
@@ -202,13 +204,19 @@ async fn strategy_for(
                 Arc::new(SubprocessStrategy::new(cfg).with_services(services));
             // The worker starts its own Python worker; from ours it needs only the secrets
             // the Python nodes declare, which the worker (reading no settings) cannot look up.
-            let (_, bridge) =
+            let (registry, bridge) =
                 crate::python_cmd::registry(settings, crate::python_cmd::Need::For(graph)).await?;
+            let fits = nodetool_exec::vram::check(
+                graph,
+                &nodetool_exec::vram::hints(&registry),
+                settings.vram_gb,
+            );
             let wrapped =
                 crate::python_cmd::LendPythonSecrets::wrap(subprocess, bridge.as_ref(), settings);
             if let Some(b) = bridge {
                 b.shutdown(Duration::from_secs(2)).await;
             }
+            fits?;
             Ok((wrapped, None))
         }
         StrategyKind::Docker => {
@@ -220,8 +228,10 @@ async fn strategy_for(
                     .with_services(services),
             );
             // Containers have no Python: a workflow with Python nodes is refused up front.
-            let (_, bridge) =
+            let (registry, bridge) =
                 crate::python_cmd::registry(settings, crate::python_cmd::Need::For(graph)).await?;
+            let hints = nodetool_exec::vram::hints(&registry);
+            nodetool_exec::vram::check(graph, &hints, settings.vram_gb)?;
             Ok((
                 crate::python_cmd::RefusePythonNodes::wrap(docker, bridge.as_ref()),
                 None,

@@ -317,6 +317,8 @@ pub(crate) async fn job_manager(
             .map(str::to_owned)
             .collect(),
     );
+    // VRAM hints (Python nodes' `requires_vram_gb`) for the NODETOOL_VRAM_GB check.
+    config.vram_nodes = Arc::new(nodetool_exec::vram::hints(&registry));
     let engine = Engine::new(Arc::new(registry), engine_resources);
     let mut strategies: Vec<Arc<dyn ExecutionStrategy>> = vec![Arc::new(ThreadedStrategy::new(
         engine,

@@ -132,6 +132,7 @@ pub async fn run(args: WorkArgs) -> anyhow::Result<ExitCode> {
             tags,
             max_per_user,
             max_running,
+            vram_gb: resources.settings().vram_gb,
         },
         lease,
     );

@@ -259,6 +259,48 @@ fn secrets_come_from_the_settings_only_when_declared_and_never_via_the_environme
     }
 }
 
+/// A Python node's VRAM hint (`get_required_vram_gb`, sent in `discover`) is checked against
+/// `NODETOOL_VRAM_GB`: too little refuses the job before anything runs, naming the node, its
+/// type and both figures; enough, or no setting, runs it.
+#[test]
+fn a_python_nodes_vram_hint_is_checked_against_nodetool_vram_gb() {
+    let Some(env) = python("a_python_nodes_vram_hint_is_checked_against_nodetool_vram_gb") else {
+        return;
+    };
+    let wf = env.write(
+        "gpu.json",
+        &graph(
+            &[
+                ("gpu", "bridgetest.basic.NeedsGpu", json!({"text": "drawn"})),
+                ("o", "nodetool.output.Output", json!({"name": "out"})),
+            ],
+            &[("gpu", "output", "o", "value")],
+        ),
+    );
+    let wf = wf.to_string_lossy().into_owned();
+    for strategy in ["threaded", "subprocess"] {
+        let args = ["run", wf.as_str(), "--strategy", strategy];
+        let out = env.run(&args, &[("NODETOOL_VRAM_GB", "4")]);
+        assert!(!out.status.success(), "{strategy}");
+        let err = text(&out.stderr);
+        for part in [
+            "node `gpu`",
+            "bridgetest.basic.NeedsGpu",
+            "12 GB",
+            "4 GB",
+            "NODETOOL_VRAM_GB",
+        ] {
+            assert!(err.contains(part), "{strategy}: {part}: {err}");
+        }
+    }
+    for vars in [&[("NODETOOL_VRAM_GB", "24")][..], &[]] {
+        let out = env.run(&["run", &wf], vars);
+        assert!(out.status.success(), "{vars:?}: {}", text(&out.stderr));
+        let result: Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert_eq!(result["out"], json!(["drawn"]), "{result}");
+    }
+}
+
 #[test]
 fn without_nodetool_python_a_python_type_fails_validation_saying_how_to_enable_it() {
     let env = Env::new(None);
@@ -324,7 +366,7 @@ fn doctor_reports_versions_namespaces_and_load_errors() {
     assert!(
         report
             .lines()
-            .any(|l| l.trim_start().starts_with("bridgetest") && l.trim_end().ends_with(" 11")),
+            .any(|l| l.trim_start().starts_with("bridgetest") && l.trim_end().ends_with(" 12")),
         "{report}"
     );
     assert!(report.contains("load errors:  none"), "{report}");

@@ -21,6 +21,7 @@ pub fn validate(kind: ValueKind, raw: &str) -> Parsed<()> {
         ValueKind::Seconds => seconds(raw).map(drop),
         ValueKind::Size => size(raw).map(drop),
         ValueKind::Cpus => cpus(raw).map(drop),
+        ValueKind::Gigabytes => gigabytes(raw).map(drop),
         ValueKind::Integer => integer(raw).map(drop),
         ValueKind::Choice(choices) => choice(raw, choices).map(drop),
         ValueKind::List => list(raw).map(drop),
@@ -59,6 +60,13 @@ pub fn cpus(raw: &str) -> Parsed<f64> {
     match raw.parse::<f64>() {
         Ok(n) if n.is_finite() && n > 0.0 => Ok(n),
         _ => Err("is not a positive number of CPUs (e.g. 1.5)".into()),
+    }
+}
+
+pub fn gigabytes(raw: &str) -> Parsed<f64> {
+    match raw.parse::<f64>() {
+        Ok(n) if n.is_finite() && n >= 0.0 => Ok(n),
+        _ => Err("is not a number of gigabytes of at least 0 (e.g. 24 or 7.5)".into()),
     }
 }
 

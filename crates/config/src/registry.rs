@@ -25,6 +25,8 @@ pub enum ValueKind {
     Size,
     /// A positive number of CPUs, fractions allowed (`1.5`).
     Cpus,
+    /// Gigabytes, fractions allowed, 0 included (`24`, `7.5`).
+    Gigabytes,
     /// A signed whole number.
     Integer,
     /// One of a fixed set of words (any case).
@@ -50,6 +52,7 @@ impl ValueKind {
             ValueKind::Seconds => "seconds",
             ValueKind::Size => "size",
             ValueKind::Cpus => "cpus",
+            ValueKind::Gigabytes => "gigabytes",
             ValueKind::Integer => "integer",
             ValueKind::Choice(_) => "choice",
             ValueKind::List => "list",
@@ -235,6 +238,10 @@ pub const REGISTRY: &[SettingDef] = &[
         "Jobs running at once, every strategy together (the rest wait as scheduled); unset: THREAD_POOL_SIZE"),
     def("MAX_JOBS_PER_USER", K::Count, D::None,
         "Jobs one user runs at once (of MAX_WORKFLOW_THREADS; freed slots go round-robin between users); unset: no per-user cap"),
+    def("NODETOOL_VRAM_GB", K::Gigabytes, D::None,
+        "GPU memory this process offers its jobs: a job with a node whose VRAM hint \
+         (requires_vram_gb) is larger is refused at submit, naming the node; a queue worker claims \
+         only jobs that fit (0: no GPU). Unset: hints are not checked"),
     def("MAX_QUEUED_JOBS_PER_USER", K::Count, D::Value("100"),
         "Jobs one user may have waiting as scheduled; a submission beyond it is refused (429 with Retry-After, an error frame on /ws)"),
     def("JOB_TIMEOUT_SECONDS", K::Seconds, D::None,

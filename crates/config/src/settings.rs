@@ -225,6 +225,8 @@ pub struct Settings {
     pub max_workflow_threads: Option<usize>,
     /// `MAX_JOBS_PER_USER`: jobs one user runs at once; `None`: only the total bounds them.
     pub max_jobs_per_user: Option<usize>,
+    /// `NODETOOL_VRAM_GB`: GPU memory this process offers its jobs; `None`: hints unchecked.
+    pub vram_gb: Option<f64>,
     /// `MAX_QUEUED_JOBS_PER_USER`: jobs one user may have waiting.
     pub max_queued_jobs_per_user: usize,
     pub job_timeout: Option<Duration>,
@@ -358,6 +360,7 @@ impl Settings {
             thread_pool_size: r.require("THREAD_POOL_SIZE", parse::count)?,
             max_workflow_threads: r.get("MAX_WORKFLOW_THREADS", parse::count)?,
             max_jobs_per_user: r.get("MAX_JOBS_PER_USER", parse::count)?,
+            vram_gb: r.get("NODETOOL_VRAM_GB", parse::gigabytes)?,
             max_queued_jobs_per_user: r.require("MAX_QUEUED_JOBS_PER_USER", parse::count)?,
             job_timeout: r.get("JOB_TIMEOUT_SECONDS", parse::seconds)?,
             allowed_strategies: match r.get("ALLOWED_STRATEGIES", parse::strategies)? {

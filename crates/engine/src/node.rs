@@ -108,6 +108,10 @@ pub struct NodeSpec {
     pub origin: NodeOrigin,
     /// What the node does, for the app's node menu (NodeTool's `description`; may be empty).
     pub description: String,
+    /// GPU memory its weights need (NodeTool's `requires_vram_gb`, from a Python node's
+    /// `get_required_vram_gb`); `None`: no hint. Scheduling compares it with what a process
+    /// offers (`NODETOOL_VRAM_GB`).
+    pub requires_vram_gb: Option<f64>,
 }
 
 impl NodeSpec {
@@ -128,6 +132,7 @@ impl NodeSpec {
             feedback: Vec::new(),
             origin: NodeOrigin::Native,
             description: String::new(),
+            requires_vram_gb: None,
         }
     }
 

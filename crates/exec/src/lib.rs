@@ -34,6 +34,7 @@ pub mod strategy;
 pub mod subprocess;
 pub mod threaded;
 pub mod trace;
+pub mod vram;
 pub mod work;
 pub mod worker;
 

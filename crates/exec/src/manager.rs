@@ -78,6 +78,11 @@ pub struct ManagerConfig {
     /// registry): a queued job whose nodes are all among them is retried when its worker is
     /// lost, any other fails "worker lost". Empty: no job is retried.
     pub idempotent_nodes: Arc<std::collections::HashSet<String>>,
+    /// Node types with a VRAM hint (`NodeSpec::requires_vram_gb`, from the registry).
+    pub vram_nodes: Arc<HashMap<String, f64>>,
+    /// `NODETOOL_VRAM_GB`: a job with a node hinting more is refused at submit (in queue mode
+    /// the hint travels with the job for the workers to match); `None`: not checked.
+    pub vram_gb: Option<f64>,
 }
 
 /// The input node types of a registry and whether each streams (NodeTool's streaming inputs,
@@ -158,6 +163,8 @@ impl Default for ManagerConfig {
             queue: None,
             input_nodes: InputNodeTypes::default(),
             idempotent_nodes: Arc::default(),
+            vram_nodes: Arc::default(),
+            vram_gb: None,
         }
     }
 }
@@ -186,6 +193,7 @@ impl ManagerConfig {
                     claim_timeout: settings.database.job_claim_timeout,
                     max_events_per_job: settings.database.job_events_max_per_job,
                 }),
+            vram_gb: settings.vram_gb,
             ..Self::default()
         }
     }
@@ -582,6 +590,11 @@ impl JobExecutionManager {
         if let Some(queue) = self.inner.config.queue {
             return self.enqueue(request, valid, kind, user_id, queue).await;
         }
+        crate::vram::check(
+            &valid.graph,
+            &self.inner.config.vram_nodes,
+            self.inner.config.vram_gb,
+        )?;
         let strategy = self.inner.strategies.get(&kind).cloned().ok_or_else(|| {
             Error::new(
                 ErrorKind::Unsupported,
@@ -706,6 +719,8 @@ impl JobExecutionManager {
         }
         let tags = request.worker_tags.clone().unwrap_or_default();
         let known = &self.inner.config.idempotent_nodes;
+        let requires_vram_gb =
+            crate::vram::need(&valid.graph, &self.inner.config.vram_nodes).map(|(_, _, gb)| gb);
         // A job fed by a live stream cannot be run again faithfully: the values it took are gone.
         let idempotent = !streams
             && valid
@@ -749,6 +764,7 @@ impl JobExecutionManager {
                     idempotent,
                     max_waiting_per_user: u32::try_from(self.inner.config.max_queued_jobs_per_user)
                         .ok(),
+                    requires_vram_gb,
                 },
             )
             .await?;

@@ -145,10 +145,13 @@ pub struct ClaimFilter {
     pub max_per_user: Option<u32>,
     /// `JOB_QUEUE_MAX_RUNNING`: running queued jobs across the cluster at most.
     pub max_running: Option<u32>,
+    /// `NODETOOL_VRAM_GB` of this worker: it takes no job whose VRAM need is larger (`None`:
+    /// needs are not checked).
+    pub vram_gb: Option<f64>,
 }
 
 /// A live `nodetool work` process, as it registers itself in `queue_workers`.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct WorkerInfo {
     pub id: String,
     pub tags: Vec<String>,
@@ -157,6 +160,8 @@ pub struct WorkerInfo {
     pub spec_version: u32,
     /// Its binary's version (`CARGO_PKG_VERSION`), for the operator.
     pub binary_version: String,
+    /// The GPU memory it offers (`NODETOOL_VRAM_GB`); `None`: not checked.
+    pub vram_gb: Option<f64>,
 }
 
 /// A waiting job that no live worker can take (its tags, strategy or spec version offered by
@@ -183,6 +188,9 @@ pub struct EnqueueOptions {
     /// `MAX_QUEUED_JOBS_PER_USER` across the cluster: with this many of the user's jobs
     /// waiting, a new one is `RateLimited` (with a `retry_after` context).
     pub max_waiting_per_user: Option<u32>,
+    /// The largest VRAM hint of the job's nodes: only a worker offering that much (or not
+    /// checking) claims it.
+    pub requires_vram_gb: Option<f64>,
 }
 
 /// Namespace of the per-user advisory lock that makes [`EnqueueOptions::max_waiting_per_user`]
@@ -209,13 +217,15 @@ macro_rules! take_picked {
 
 /// The claim with no limits: the oldest waiting jobs first, straight off the waiting index
 /// (the fast path). `$1` owner, `$2` strategies, `$3` tags, `$4` limit, `$5` lease seconds,
-/// `$8` the spec version this binary reads (`$6`, `$7`, the limits, unused here).
+/// `$8` the spec version this binary reads, `$9` the worker's VRAM (`$6`, `$7`, the limits,
+/// unused here).
 const CLAIM_ANY: &str = concat!(
     "WITH picked AS ( \
        SELECT id FROM jobs \
        WHERE queued AND status = 'scheduled' AND NOT cancel_requested \
          AND strategy = ANY($2) AND worker_tags <@ $3 \
          AND COALESCE((spec->>'version')::int, 0) <= $8 \
+         AND ($9::float8 IS NULL OR requires_vram_gb IS NULL OR requires_vram_gb <= $9) \
        ORDER BY created_at, id LIMIT $4 FOR UPDATE SKIP LOCKED) ",
     take_picked!()
 );
@@ -234,7 +244,8 @@ const CLAIM_LIMITED: &str = concat!(
        FROM jobs \
        WHERE queued AND status = 'scheduled' AND NOT cancel_requested \
          AND strategy = ANY($2) AND worker_tags <@ $3 \
-         AND COALESCE((spec->>'version')::int, 0) <= $8), \
+         AND COALESCE((spec->>'version')::int, 0) <= $8 \
+         AND ($9::float8 IS NULL OR requires_vram_gb IS NULL OR requires_vram_gb <= $9)), \
      allowed AS ( \
        SELECT w.id FROM waiting w LEFT JOIN live l ON l.user_id = w.user_id \
        WHERE w.rank <= $4 \
@@ -305,6 +316,7 @@ impl JobStore {
             max_attempts,
             idempotent,
             max_waiting_per_user,
+            requires_vram_gb,
         } = options;
         let pool = self.pg("jobs.enqueue")?;
         let err = db_err("jobs.enqueue");
@@ -345,8 +357,8 @@ impl JobStore {
         }
         sqlx::query(
             "INSERT INTO jobs (id, user_id, workflow_id, strategy, status, params, created_at, \
-             queued, spec, worker_tags, max_attempts, idempotent) \
-             VALUES ($1, $2, $3, $4, 'scheduled', $5::json, $6, TRUE, $7::json, $8, $9, $10)",
+             queued, spec, worker_tags, max_attempts, idempotent, requires_vram_gb) \
+             VALUES ($1, $2, $3, $4, 'scheduled', $5::json, $6, TRUE, $7::json, $8, $9, $10, $11)",
         )
         .bind(&record.id)
         .bind(&record.user_id)
@@ -358,6 +370,7 @@ impl JobStore {
         .bind(worker_tags)
         .bind(i32::try_from((*max_attempts).max(1)).unwrap_or(i32::MAX))
         .bind(idempotent)
+        .bind(requires_vram_gb)
         .execute(&mut *tx)
         .await
         .map_err(|e| match &e {
@@ -415,6 +428,7 @@ impl JobStore {
             .bind(filter.max_per_user.map(i64::from))
             .bind(filter.max_running.map(i64::from))
             .bind(i32::try_from(QUEUE_SPEC_VERSION).unwrap_or(i32::MAX))
+            .bind(filter.vram_gb)
             .fetch_all(&mut *tx)
             .await
             .map_err(&err)?;
@@ -636,16 +650,17 @@ impl JobStore {
     pub async fn register_worker(&self, worker: &WorkerInfo) -> Result<()> {
         let pool = self.pg("queue_workers.register")?;
         sqlx::query(
-            "INSERT INTO queue_workers (id, tags, strategies, spec_version, binary_version) \
-             VALUES ($1, $2, $3, $4, $5) \
+            "INSERT INTO queue_workers (id, tags, strategies, spec_version, binary_version, \
+               vram_gb) VALUES ($1, $2, $3, $4, $5, $6) \
              ON CONFLICT (id) DO UPDATE SET tags = $2, strategies = $3, spec_version = $4, \
-               binary_version = $5, heartbeat_at = now()",
+               binary_version = $5, vram_gb = $6, heartbeat_at = now()",
         )
         .bind(&worker.id)
         .bind(&worker.tags)
         .bind(&worker.strategies)
         .bind(i32::try_from(worker.spec_version).unwrap_or(i32::MAX))
         .bind(&worker.binary_version)
+        .bind(worker.vram_gb)
         .execute(pool)
         .await
         .map_err(db_err("queue_workers.register"))
@@ -667,7 +682,7 @@ impl JobStore {
     pub async fn live_workers(&self, live: Duration) -> Result<Vec<WorkerInfo>> {
         let pool = self.pg("queue_workers.list")?;
         let rows: Vec<WorkerRow> = sqlx::query_as(
-            "SELECT id, tags, strategies, spec_version, binary_version FROM queue_workers \
+            "SELECT id, tags, strategies, spec_version, binary_version, vram_gb FROM queue_workers \
              WHERE heartbeat_at > now() - make_interval(secs => $1) ORDER BY started_at, id",
         )
         .bind(secs(live))
@@ -676,13 +691,16 @@ impl JobStore {
         .map_err(db_err("queue_workers.list"))?;
         Ok(rows
             .into_iter()
-            .map(|(id, tags, strategies, v, binary_version)| WorkerInfo {
-                id,
-                tags,
-                strategies,
-                spec_version: u32::try_from(v).unwrap_or(0),
-                binary_version,
-            })
+            .map(
+                |(id, tags, strategies, v, binary_version, vram_gb)| WorkerInfo {
+                    id,
+                    tags,
+                    strategies,
+                    spec_version: u32::try_from(v).unwrap_or(0),
+                    binary_version,
+                    vram_gb,
+                },
+            )
             .collect())
     }
 
@@ -701,13 +719,15 @@ impl JobStore {
         let err = db_err("jobs.settle_unclaimable");
         let rows: Vec<WaitingRow> = sqlx::query_as(
             "SELECT j.id, j.strategy, j.worker_tags, COALESCE((j.spec->>'version')::int, 0), \
-               j.created_at < now() - make_interval(secs => $2) \
+               j.created_at < now() - make_interval(secs => $2), j.requires_vram_gb \
              FROM jobs j \
              WHERE j.queued AND j.status = 'scheduled' AND NOT j.cancel_requested \
                AND NOT EXISTS (SELECT 1 FROM queue_workers w \
                  WHERE w.heartbeat_at > now() - make_interval(secs => $1) \
                    AND j.strategy = ANY(w.strategies) AND j.worker_tags <@ w.tags \
-                   AND COALESCE((j.spec->>'version')::int, 0) <= w.spec_version) \
+                   AND COALESCE((j.spec->>'version')::int, 0) <= w.spec_version \
+                   AND (w.vram_gb IS NULL OR j.requires_vram_gb IS NULL \
+                        OR j.requires_vram_gb <= w.vram_gb)) \
              ORDER BY j.created_at LIMIT 100",
         )
         .bind(secs(live))
@@ -730,9 +750,10 @@ impl JobStore {
         let workers = self.live_workers(live).await?;
         let offered = describe_workers(&workers);
         let mut out = Vec::with_capacity(rows.len());
-        for (id, strategy, tags, version, overdue) in rows {
+        for (id, strategy, tags, version, overdue, vram) in rows {
+            let vram = vram.map_or(String::new(), |gb| format!(", {gb} GB of VRAM"));
             let reason = format!(
-                "no live worker can take this job: it needs strategy {strategy}, worker_tags [{}] \
+                "no live worker can take this job: it needs strategy {strategy}, worker_tags [{}]{vram} \
                  and queue spec version {version}; {offered}",
                 tags.join(", ")
             );
@@ -939,11 +960,12 @@ impl JobStore {
     }
 }
 
-/// A waiting job as `settle_unclaimable` reads it: id, strategy, tags, spec version, overdue.
-type WaitingRow = (String, String, Vec<String>, i32, bool);
+/// A waiting job as `settle_unclaimable` reads it: id, strategy, tags, spec version, overdue,
+/// VRAM need.
+type WaitingRow = (String, String, Vec<String>, i32, bool, Option<f64>);
 
-/// A `queue_workers` row: id, tags, strategies, spec version, binary version.
-type WorkerRow = (String, Vec<String>, Vec<String>, i32, String);
+/// A `queue_workers` row: id, tags, strategies, spec version, binary version, VRAM.
+type WorkerRow = (String, Vec<String>, Vec<String>, i32, String, Option<f64>);
 
 /// What the live workers offer, for an unclaimable job's message.
 fn describe_workers(workers: &[WorkerInfo]) -> String {
@@ -954,10 +976,12 @@ fn describe_workers(workers: &[WorkerInfo]) -> String {
         .iter()
         .map(|w| {
             format!(
-                "{} (strategies {}; tags [{}]; queue spec version {}; nodetool {})",
+                "{} (strategies {}; tags [{}]; {}queue spec version {}; nodetool {})",
                 w.id,
                 w.strategies.join(","),
                 w.tags.join(", "),
+                w.vram_gb
+                    .map_or(String::new(), |gb| format!("{gb} GB of VRAM; ")),
                 w.spec_version,
                 w.binary_version
             )

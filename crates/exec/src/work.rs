@@ -84,6 +84,7 @@ impl QueueWorker {
             strategies: self.config.filter.strategies.clone(),
             spec_version: QUEUE_SPEC_VERSION,
             binary_version: env!("CARGO_PKG_VERSION").to_owned(),
+            vram_gb: self.config.filter.vram_gb,
         };
         let register_every = (self.config.lease / 3).max(Duration::from_millis(100));
         let mut registered: Option<tokio::time::Instant> = None;

@@ -68,6 +68,7 @@ fn options(worker_tags: Vec<String>, max_attempts: u32, idempotent: bool) -> Enq
         max_attempts,
         idempotent,
         max_waiting_per_user: None,
+        requires_vram_gb: None,
     }
 }
 
@@ -599,6 +600,66 @@ async fn the_waiting_limit_per_user_holds_across_servers() {
     servers[1].enqueue(&rec, &sp, &opts).await.unwrap();
 }
 
+/// VRAM hints route a queued job: a worker offering less does not claim it, one offering
+/// enough (or not checking) does; a job no live worker has room for is reported naming its need
+/// and each worker's offer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_is_claimed_only_by_a_worker_with_the_vram_it_needs() {
+    let Some(pg) = postgres("a_job_is_claimed_only_by_a_worker_with_the_vram_it_needs").await
+    else {
+        return;
+    };
+    let store = store(&pg, "vram").await;
+    let mut opts = options(Vec::new(), 1, true);
+    opts.requires_vram_gb = Some(12.0);
+    store
+        .enqueue(&record("big"), &spec("big"), &opts)
+        .await
+        .unwrap();
+    let offering = |gb: Option<f64>| ClaimFilter {
+        vram_gb: gb,
+        ..all()
+    };
+    for filter in [offering(Some(8.0)), offering(Some(0.0))] {
+        assert!(store
+            .claim("small", &filter, 10, LEASE)
+            .await
+            .unwrap()
+            .is_empty());
+    }
+    let mut small = worker("small-gpu", &[]);
+    small.vram_gb = Some(8.0);
+    store.register_worker(&small).await.unwrap();
+    let waiting = store.settle_unclaimable(LEASE, LEASE, 100).await.unwrap();
+    assert_eq!(waiting.len(), 1, "{waiting:?}");
+    let reason = &waiting[0].reason;
+    assert!(reason.contains("12 GB of VRAM"), "{reason}");
+    assert!(
+        reason.contains("small-gpu (strategies threaded,subprocess,docker; tags []; 8 GB of VRAM"),
+        "{reason}"
+    );
+    let claimed = store
+        .claim("big-gpu", &offering(Some(24.0)), 10, LEASE)
+        .await
+        .unwrap();
+    assert_eq!(claimed.len(), 1);
+    // A worker that does not check takes hinted jobs too.
+    let mut opts = options(Vec::new(), 1, true);
+    opts.requires_vram_gb = Some(40.0);
+    store
+        .enqueue(&record("huge"), &spec("huge"), &opts)
+        .await
+        .unwrap();
+    assert_eq!(
+        store
+            .claim("any", &offering(None), 10, LEASE)
+            .await
+            .unwrap()
+            .len(),
+        1
+    );
+}
+
 fn worker(id: &str, tags: &[&str]) -> nodetool_exec::queue::WorkerInfo {
     nodetool_exec::queue::WorkerInfo {
         id: id.to_owned(),
@@ -606,6 +667,7 @@ fn worker(id: &str, tags: &[&str]) -> nodetool_exec::queue::WorkerInfo {
         strategies: all().strategies,
         spec_version: QUEUE_SPEC_VERSION,
         binary_version: "test".into(),
+        vram_gb: None,
     }
 }
 

@@ -333,3 +333,65 @@ async fn manager_limits_follow_the_documented_settings() {
         );
     }
 }
+
+/// A job whose node hints more VRAM than `NODETOOL_VRAM_GB` offers is refused at submit,
+/// naming the node, its type and both figures; one that fits runs, and with no setting the
+/// hint is not checked. The node with the largest hint is the job's need.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_needing_more_vram_than_offered_is_refused_naming_the_node() {
+    let dir = tempfile::tempdir().unwrap();
+    let with = |offered: Option<f64>| {
+        let dir = dir.path().to_path_buf();
+        async move {
+            let store = JobStore::open(&dir.join(format!("jobs-{offered:?}.db")))
+                .await
+                .unwrap();
+            let config = ManagerConfig {
+                vram_nodes: Arc::new(
+                    [
+                        ("nodetool.test.Sleep".to_owned(), 12.0),
+                        ("nodetool.test.Generate".to_owned(), 3.5),
+                    ]
+                    .into_iter()
+                    .collect(),
+                ),
+                vram_gb: offered,
+                ..ManagerConfig::default()
+            };
+            JobExecutionManager::new(store, vec![threaded(&dir).await], config)
+                .await
+                .unwrap()
+        }
+    };
+    let job = || request(one("nodetool.test.Sleep", json!({"value": "gpu"})));
+
+    let small = with(Some(8.0)).await;
+    let err = small.submit(job(), "u1").await.unwrap_err();
+    assert_eq!(err.kind(), nodetool_core::ErrorKind::Unsupported, "{err}");
+    let text = err.to_string();
+    for part in [
+        "node `n`",
+        "nodetool.test.Sleep",
+        "12 GB",
+        "8 GB",
+        "NODETOOL_VRAM_GB",
+    ] {
+        assert!(text.contains(part), "{part}: {text}");
+    }
+    // Nothing was recorded for the refused job.
+    assert!(small.list("u1", 10).await.unwrap().is_empty());
+    // A smaller hint fits.
+    let fits = request(one("nodetool.test.Generate", json!({"count": 2})));
+    let id = small.submit(fits, "u1").await.unwrap();
+    assert_eq!(small.wait(&id).await.unwrap().status, Status::Completed);
+
+    for offered in [Some(12.0), None] {
+        let m = with(offered).await;
+        let id = m.submit(job(), "u1").await.unwrap();
+        assert_eq!(
+            m.wait(&id).await.unwrap().status,
+            Status::Completed,
+            "{offered:?}"
+        );
+    }
+}

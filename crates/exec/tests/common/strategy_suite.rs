@@ -36,7 +36,8 @@ pub async fn run_job(
     (outcome, sink.events())
 }
 
-/// Events with timing and ids taken out, sorted (parallel nodes may interleave).
+/// Events with timing, ids and the worker's memory taken out, sorted (parallel nodes may
+/// interleave).
 fn normalise(events: &[EventEnvelope], job_id: &str) -> Vec<String> {
     let mut out: Vec<String> = events
         .iter()
@@ -46,6 +47,13 @@ fn normalise(events: &[EventEnvelope], job_id: &str) -> Vec<String> {
                 o.remove("seq");
                 o.remove("job_id");
                 o.remove("duration");
+                // A worker's own memory, which an in-process run has not.
+                o.remove("peak_memory_bytes");
+                // A firing's times vary; its bytes and cache outcome must not.
+                if let Some(r) = o.get_mut("resources").and_then(Value::as_object_mut) {
+                    r.remove("wall_ms");
+                    r.remove("cpu_ms");
+                }
             }
             sorted_keys(v).to_string().replace(job_id, "JOB")
         })
