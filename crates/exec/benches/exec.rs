@@ -152,14 +152,17 @@ fn main() {
         }
         tokio::time::sleep(Duration::from_millis(300)).await;
         let idle_rss: Vec<u64> = warm.warm_pids().into_iter().map(rss_kib).collect();
-        let mut cold_lat = vec![];
-        let mut warm_lat = vec![];
+        // Per job: start→first event (the worker has its request and runs the job), start→the
+        // worker's terminal event (the job is done), start→outcome (the worker has exited).
+        let mut cold_lat = Phases::default();
+        let mut warm_lat = Phases::default();
         let mut pids = std::collections::HashSet::new();
         for _ in 0..200 {
             for (s, lat) in [(&sub, &mut cold_lat), (&warm, &mut warm_lat)] {
+                let stamps = Arc::new(Stamps::default());
                 let t = Instant::now();
                 let mut h = s
-                    .start(JobSpec::new(graph()), Arc::new(NullSink))
+                    .start(JobSpec::new(graph()), stamps.clone())
                     .await
                     .unwrap();
                 if let Some(nodetool_exec::WorkerRef::Pid(pid)) = h.worker() {
@@ -167,17 +170,32 @@ fn main() {
                 }
                 let o = h.wait().await;
                 assert_eq!(o.status, nodetool_engine::Status::Completed, "{o:?}");
-                lat.push(t.elapsed());
+                lat.push(t, &stamps);
             }
         }
-        let (c50, c99) = (pct(cold_lat.clone(), 0.5), pct(cold_lat, 0.99));
-        let (w50, w99) = (pct(warm_lat.clone(), 0.5), pct(warm_lat, 0.99));
+        let (c50, c99) = (
+            pct(cold_lat.done.clone(), 0.5),
+            pct(cold_lat.done.clone(), 0.99),
+        );
+        let (w50, w99) = (
+            pct(warm_lat.done.clone(), 0.5),
+            pct(warm_lat.done.clone(), 0.99),
+        );
         println!(
             "subprocess ({}) start->completed, 200 jobs each, alternating: cold p50 {c50:?} p99 \
              {c99:?}; warm ({warm_n} workers) p50 {w50:?} p99 {w99:?}; warm/cold p50 {:.2}",
             worker.display(),
             w50.as_secs_f64() / c50.as_secs_f64()
         );
+        for (name, p) in [("cold", &cold_lat), ("warm", &warm_lat)] {
+            println!(
+                "  {name} p50: start->first event {:?}, ->terminal event {:?}, ->outcome (worker \
+                 exited) {:?}",
+                pct(p.first.clone(), 0.5),
+                pct(p.terminal.clone(), 0.5),
+                pct(p.done.clone(), 0.5)
+            );
+        }
         println!("subprocess idle warm worker RSS: {idle_rss:?} KiB");
         drop(warm);
 
@@ -235,6 +253,39 @@ fn main() {
         h.cancel();
         h.wait().await;
     });
+}
+
+/// When a job's first and terminal events arrived.
+#[derive(Debug, Default)]
+struct Stamps {
+    first: std::sync::Mutex<Option<Instant>>,
+    terminal: std::sync::Mutex<Option<Instant>>,
+}
+
+impl nodetool_engine::EventSink for Stamps {
+    fn send(&self, event: nodetool_engine::EventEnvelope) {
+        let now = Instant::now();
+        self.first.lock().unwrap().get_or_insert(now);
+        if matches!(&event.event, nodetool_engine::Event::JobUpdate(u) if u.status.is_terminal()) {
+            self.terminal.lock().unwrap().get_or_insert(now);
+        }
+    }
+}
+
+#[derive(Default)]
+struct Phases {
+    first: Vec<Duration>,
+    terminal: Vec<Duration>,
+    done: Vec<Duration>,
+}
+
+impl Phases {
+    fn push(&mut self, start: Instant, stamps: &Stamps) {
+        let since = |at: Option<Instant>| at.map_or(Duration::ZERO, |at| at - start);
+        self.done.push(start.elapsed());
+        self.first.push(since(*stamps.first.lock().unwrap()));
+        self.terminal.push(since(*stamps.terminal.lock().unwrap()));
+    }
 }
 
 fn sleep_graph() -> Graph {
