@@ -63,7 +63,11 @@ async fn scratch_dir_is_removed_and_pid_reported() {
     assert!(matches!(h.worker(), Some(WorkerRef::Pid(p)) if *p > 0));
     assert_eq!(std::fs::read_dir(&scratch).unwrap().count(), 1);
     assert_eq!(h.wait().await.status, Status::Completed);
-    assert_eq!(std::fs::read_dir(&scratch).unwrap().count(), 0);
+    // Removed once the worker has exited, which the outcome does not wait for.
+    until("the scratch directory is removed", || {
+        std::fs::read_dir(&scratch).unwrap().count() == 0
+    })
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -227,7 +231,7 @@ async fn a_warm_worker_serves_one_job_and_exits() {
         let o = h.wait().await;
         assert_eq!(o.status, Status::Completed, "{:?}", o.error_text());
         assert_eq!(o.result["result"], json!([value]));
-        assert!(!alive(pid), "the worker {pid} exits after its one job");
+        until("the worker exits after its one job", || !alive(pid)).await;
         assert!(
             !s.warm_pids().contains(&pid),
             "and never goes back to the pool"
