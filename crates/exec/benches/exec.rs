@@ -153,8 +153,8 @@ fn main() {
         tokio::time::sleep(Duration::from_millis(300)).await;
         let idle_rss: Vec<u64> = warm.warm_pids().into_iter().map(rss_kib).collect();
         // Per job: start→first event (the worker has its request and runs the job), start→the
-        // worker's terminal event (the job is done), start→outcome (`wait` returns; the worker's
-        // exit is waited for after it).
+        // worker's terminal event (the job is done), start→outcome (`wait` returns: the worker
+        // has exited and its scratch directory is gone).
         // Back to back, and settled: 20 ms before each job (untimed) for the previous worker's
         // exit and the pool's refill, which otherwise share the 2 cores with the timed job.
         let mut pids = std::collections::HashSet::new();

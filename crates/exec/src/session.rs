@@ -11,9 +11,6 @@
 //! - the job's time limit: the worker's engine ends the job itself; [`HARD_DEADLINE_GRACE`]
 //!   later the session kills the worker and the outcome is `timed_out`.
 //! - stdout closed without an outcome: the worker crashed ([`WorkerControl::crashed`]).
-//! - after the worker's outcome, the session waits for the worker to exit and cleans up before
-//!   reporting (Docker: the container is removed first), unless [`Session::exit_after_outcome`]
-//!   hands both to the caller (subprocess: its exit is off the job's latency).
 //! - a malformed frame: the worker is killed, "broke the protocol".
 //! - pause: the request offers pause control with the gate's state; a worker that answers
 //!   `controls {pause}` first is sent `set_paused` on every change of `spec.pause` (and then
@@ -165,12 +162,6 @@ pub(crate) struct Session<R, W> {
     pub started: Instant,
     /// "worker" or "docker worker", for messages.
     pub what: &'static str,
-    /// After the worker's own outcome frame, report the outcome without waiting for the worker
-    /// to exit or cleaning up: the caller then waits ([`WorkerControl::wait_exit`]) and cleans
-    /// up ([`WorkerControl::cleanup`]) off the job's path. The outcome does not depend on how a
-    /// worker that reported one exits, and a process's exit (~1.5 ms) was most of a warm
-    /// subprocess job's latency.
-    pub exit_after_outcome: bool,
 }
 
 /// The parent's half of pause control: what the worker can do and which state it was last told,
@@ -256,7 +247,6 @@ where
         grace,
         started,
         what,
-        exit_after_outcome,
     } = session;
     let workflow_id = spec.workflow_id.clone();
     let limit = spec.resource_limits.timeout();
@@ -391,15 +381,11 @@ where
         h.close();
     }
     drop(tx);
-    // The caller waits for the exit and cleans up after a reported outcome.
-    let deferred = exit_after_outcome && matches!(end, End::Outcome(_));
     let mut outcome = match end {
         // The worker's own outcome stands, also after a cancel: it says what the stream said.
         End::Outcome(o) => {
             close_stdin(&mut writer, grace).await;
-            if !deferred {
-                control.wait_exit(grace).await;
-            }
+            control.wait_exit(grace).await;
             o
         }
         End::TimedOut(limit) => JobOutcome::timed_out(limit),
@@ -430,9 +416,7 @@ where
     if outcome.duration_secs == 0.0 {
         outcome.duration_secs = started.elapsed().as_secs_f64();
     }
-    if !deferred {
-        control.cleanup().await;
-    }
+    control.cleanup().await;
     sink.finish(&workflow_id, &outcome);
     outcome
 }
@@ -512,7 +496,6 @@ mod tests {
             grace: Duration::from_secs(5),
             started: Instant::now(),
             what: "worker",
-            exit_after_outcome: false,
         };
         let task = tokio::spawn(async move { run(s, &NoControl).await });
         (

@@ -549,19 +549,10 @@ impl ExecutionStrategy for SubprocessStrategy {
             grace: cfg.grace,
             started: Instant::now(),
             what: "worker",
-            exit_after_outcome: true,
         };
-        let grace = cfg.grace;
         let task = tokio::spawn(async move {
             let outcome = session::run(session, &control).await;
-            // A worker that reported its outcome is exiting: wait for it (SIGKILL after the
-            // grace), kill what is left of its group and remove its scratch directory after the
-            // outcome, not before. Every other ending already waited; these are then no-ops.
-            tokio::spawn(async move {
-                control.wait_exit(grace).await;
-                control.cleanup().await;
-                drop(scratch);
-            });
+            drop(scratch);
             outcome
         });
         let handle = JobHandle::new(job_id, cancel, task).with_worker(WorkerRef::Pid(pid));

@@ -420,8 +420,6 @@ impl DockerStrategy {
             grace: EXIT_GRACE,
             started: Instant::now(),
             what: "docker worker",
-            // The container is removed before the outcome is reported (`cleanup`).
-            exit_after_outcome: false,
         };
         let task = tokio::spawn(async move { session::run(session, &control).await });
         let handle = JobHandle::new(job_id, cancel, task).with_worker(WorkerRef::Container(id));
