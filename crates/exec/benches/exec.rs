@@ -146,6 +146,33 @@ fn main() {
             pct(in_process, 0.5)
         );
 
+        // The exit alone: a started, idle process whose stdin is closed, until `wait` returns —
+        // `cat` (a small process) and the worker (which ends at EOF before a request).
+        let mut exits = Vec::new();
+        for program in [std::path::Path::new("/bin/cat"), worker.as_path()] {
+            let mut lat = vec![];
+            for _ in 0..50 {
+                let mut child = tokio::process::Command::new(program)
+                    .env_clear()
+                    .envs(&cfg.env)
+                    .stdin(std::process::Stdio::piped())
+                    .stdout(std::process::Stdio::null())
+                    .stderr(std::process::Stdio::null())
+                    .spawn()
+                    .unwrap();
+                tokio::time::sleep(Duration::from_millis(30)).await;
+                let t = Instant::now();
+                drop(child.stdin.take());
+                child.wait().await.unwrap();
+                lat.push(t.elapsed());
+            }
+            exits.push(pct(lat, 0.5));
+        }
+        println!(
+            "stdin closed -> exited (idle process): cat p50 {:?}, worker p50 {:?}",
+            exits[0], exits[1]
+        );
+
         // Cold and warm side by side, alternating, so both see the same machine.
         while warm.warm_pids().len() < warm_n {
             tokio::time::sleep(Duration::from_millis(10)).await;
