@@ -155,5 +155,11 @@ pub(crate) fn subprocess_config(
         .extend(python_cmd::subprocess_env(settings, &sources.env));
     // Workers export their own spans (children of the job's) to the same collector.
     cfg.env.extend(settings.telemetry.worker_env());
+    // Idle workers only where subprocess jobs may run at all.
+    cfg.warm_workers = if settings.allowed_strategies.contains(&"subprocess") {
+        settings.subprocess_warm_workers
+    } else {
+        0
+    };
     Ok(cfg)
 }

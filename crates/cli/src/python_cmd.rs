@@ -221,6 +221,10 @@ impl nodetool_exec::ExecutionStrategy for RefusePythonNodes {
         self.inner.admit(spec)
     }
 
+    fn shutdown(&self) {
+        self.inner.shutdown();
+    }
+
     async fn start(
         &self,
         spec: nodetool_exec::JobSpec,
@@ -304,6 +308,10 @@ impl nodetool_exec::ExecutionStrategy for LendPythonSecrets {
 
     fn admit(&self, spec: &nodetool_exec::JobSpec) -> nodetool_core::Result<()> {
         self.inner.admit(spec)
+    }
+
+    fn shutdown(&self) {
+        self.inner.shutdown();
     }
 
     async fn start(

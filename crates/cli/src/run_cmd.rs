@@ -199,7 +199,9 @@ async fn strategy_for(
             // The worker gets no storage or cache settings: it asks this process, which lends it
             // the same storages, node cache and asset records (DB_PATH) a threaded run uses.
             let services = nodetool_exec::WorkerServices::new(resources.engine_resources().await?);
-            let cfg = crate::subprocess_config(settings)?;
+            let mut cfg = crate::subprocess_config(settings)?;
+            // One job: a pool would only start processes nobody uses.
+            cfg.warm_workers = 0;
             let subprocess: Arc<dyn ExecutionStrategy> =
                 Arc::new(SubprocessStrategy::new(cfg).with_services(services));
             // The worker starts its own Python worker; from ours it needs only the secrets

@@ -249,6 +249,9 @@ pub const REGISTRY: &[SettingDef] = &[
     def("ALLOWED_STRATEGIES", K::List, D::None,
         "Execution strategies jobs may use (threaded, subprocess, docker; comma-separated); \
          unset: subprocess only under AUTH_PROVIDER=supabase, all three otherwise"),
+    def("SUBPROCESS_WARM_WORKERS", K::Integer, D::Value("2"),
+        "Subprocess workers kept started ahead of jobs, 0 to 64 (each still runs one job, then exits; \
+         0: every job starts its own)"),
     def("DOCKER_IMAGE", K::Text, D::None,
         "Worker image for the Docker strategy (tagged, never :latest)"),
     def("DOCKER_ALLOWED_IMAGES", K::List, D::None,

@@ -230,6 +230,8 @@ pub struct Settings {
     /// `MAX_QUEUED_JOBS_PER_USER`: jobs one user may have waiting.
     pub max_queued_jobs_per_user: usize,
     pub job_timeout: Option<Duration>,
+    /// `SUBPROCESS_WARM_WORKERS`: idle subprocess workers started ahead of jobs (0: none).
+    pub subprocess_warm_workers: usize,
     /// `ALLOWED_STRATEGIES`, resolved: never empty, each one of
     /// [`STRATEGY_CHOICES`](crate::registry::STRATEGY_CHOICES), in the order given. Unset, the
     /// threaded strategy (jobs inside the server process) is left out under multi-user auth.
@@ -363,6 +365,7 @@ impl Settings {
             vram_gb: r.get("NODETOOL_VRAM_GB", parse::gigabytes)?,
             max_queued_jobs_per_user: r.require("MAX_QUEUED_JOBS_PER_USER", parse::count)?,
             job_timeout: r.get("JOB_TIMEOUT_SECONDS", parse::seconds)?,
+            subprocess_warm_workers: r.require("SUBPROCESS_WARM_WORKERS", warm_workers)?,
             allowed_strategies: match r.get("ALLOWED_STRATEGIES", parse::strategies)? {
                 Some(list) => list,
                 None if auth_provider.is_multi_user() => vec!["subprocess"],
@@ -667,6 +670,16 @@ impl Reader<'_> {
         }
         self.get(name, |raw| Ok(parse::path(raw, self.home)))
     }
+}
+
+/// `SUBPROCESS_WARM_WORKERS`: each is a whole process kept idle, so a bound keeps a typo
+/// (`2000`) from starting thousands.
+fn warm_workers(raw: &str) -> Parsed<usize> {
+    let n = parse::integer(raw)?;
+    usize::try_from(n)
+        .ok()
+        .filter(|n| *n <= 64)
+        .ok_or_else(|| "is not a worker count from 0 to 64".to_owned())
 }
 
 fn text(raw: &str) -> Parsed<String> {

@@ -83,6 +83,7 @@ fn defaults_with_no_env_and_no_files() {
         std::thread::available_parallelism().map_or(1, |n| n.get())
     );
     assert_eq!(s.docker_user, "1000:1000");
+    assert_eq!(s.subprocess_warm_workers, 2);
     assert!(!s.enable_terminal_ws);
     assert_eq!(s.memcache_port, None);
     // Docker jobs are limited with no setting at all: the host's CPUs, half its memory up to
@@ -272,6 +273,7 @@ fn typed_values_parse() {
             ("DOCKER_IMAGE", "localhost:5000/nodetool-worker:0.1.0"),
             ("ASSET_FOLDER", "~/nt-assets"),
             ("JOB_TIMEOUT_SECONDS", "5m"),
+            ("SUBPROCESS_WARM_WORKERS", "0"),
             ("NODETOOL_API_URL", "https://api.example.com/"),
             ("ASSET_DOMAIN", "cdn.example.com/"),
         ])
@@ -296,6 +298,7 @@ fn typed_values_parse() {
     );
     assert_eq!(s.asset_folder, Some(PathBuf::from("/home/u/nt-assets")));
     assert_eq!(s.job_timeout, Some(Duration::from_secs(300)));
+    assert_eq!(s.subprocess_warm_workers, 0, "0 turns the pool off");
     assert_eq!(
         s.nodetool_api_url.as_deref(),
         Some("https://api.example.com")
@@ -360,6 +363,16 @@ fn malformed_values_name_variable_and_source() {
             "is not a whole number of at least 1",
         ),
         ("DOCKER_PIDS_LIMIT", "1.5", "is not a whole number"),
+        (
+            "SUBPROCESS_WARM_WORKERS",
+            "-1",
+            "is not a worker count from 0 to 64",
+        ),
+        (
+            "SUBPROCESS_WARM_WORKERS",
+            "65",
+            "is not a worker count from 0 to 64",
+        ),
         ("DOCKER_CPU_LIMIT", "-2", "is not a positive number of CPUs"),
         (
             "S3_ENDPOINT_URL",

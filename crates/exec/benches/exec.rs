@@ -1,5 +1,7 @@
 //! Submit→completed latency of a trivial workflow: threaded (through the manager, with the
-//! SQLite store) and subprocess (strategy only; needs the `nodetool-exec-worker` binary built).
+//! SQLite store) and subprocess (strategy only; needs the `nodetool-exec-worker` binary built),
+//! cold (a worker started per job) and warm (pre-started workers, one job each) side by side,
+//! with where a cold job's time goes.
 //! `cargo bench -p nodetool-exec --bench exec`
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -44,7 +46,7 @@ fn main() {
         let threaded: Arc<dyn ExecutionStrategy> =
             Arc::new(ThreadedStrategy::new(engine, 2).unwrap());
         let store = JobStore::open(&dir.path().join("jobs.db")).await.unwrap();
-        let m = JobExecutionManager::new(store, vec![threaded], ManagerConfig::default())
+        let m = JobExecutionManager::new(store, vec![threaded.clone()], ManagerConfig::default())
             .await
             .unwrap();
         let req = RunJobRequest {
@@ -96,24 +98,142 @@ fn main() {
             "NODETOOL_CONFIG_DIR".into(),
             dir.path().display().to_string(),
         );
-        let sub = SubprocessStrategy::new(cfg);
-        let mut lat = vec![];
-        for _ in 0..100 {
+        let warm_n = 2;
+        let sub = SubprocessStrategy::new(cfg.clone());
+        let warm = SubprocessStrategy::new(SubprocessConfig {
+            warm_workers: warm_n,
+            ..cfg.clone()
+        });
+
+        // Where a cold job's time goes: a bare fork/exec, the worker's own start and exit
+        // (runtime, node registry; stdin at EOF so it exits at once), and the job in-process.
+        let rounds = 100;
+        let mut bare = vec![];
+        let mut worker_start = vec![];
+        let mut in_process = vec![];
+        for _ in 0..rounds {
             let t = Instant::now();
-            let mut h = sub
+            tokio::process::Command::new("/bin/true")
+                .status()
+                .await
+                .unwrap();
+            bare.push(t.elapsed());
+            let t = Instant::now();
+            tokio::process::Command::new(&worker)
+                .env_clear()
+                .envs(&cfg.env)
+                .stdin(std::process::Stdio::null())
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null())
+                .status()
+                .await
+                .unwrap();
+            worker_start.push(t.elapsed());
+            let t = Instant::now();
+            let mut h = threaded
                 .start(JobSpec::new(graph()), Arc::new(NullSink))
                 .await
                 .unwrap();
-            let o = h.wait().await;
-            assert_eq!(o.status, nodetool_engine::Status::Completed, "{o:?}");
-            lat.push(t.elapsed());
+            h.wait().await;
+            in_process.push(t.elapsed());
         }
         println!(
-            "subprocess ({}) start->completed: p50 {:?} p99 {:?}",
-            worker.display(),
-            pct(lat.clone(), 0.5),
-            pct(lat, 0.99)
+            "fork/exec of /bin/true: p50 {:?}; worker start+exit without a request: p50 {:?} \
+             p99 {:?}; the job in-process (threaded strategy, no manager): p50 {:?}",
+            pct(bare, 0.5),
+            pct(worker_start.clone(), 0.5),
+            pct(worker_start, 0.99),
+            pct(in_process, 0.5)
         );
+
+        // The exit alone: a started, idle process whose stdin is closed, until `wait` returns —
+        // `cat` (a small process) and the worker (which ends at EOF before a request).
+        let mut exits = Vec::new();
+        for program in [std::path::Path::new("/bin/cat"), worker.as_path()] {
+            let mut lat = vec![];
+            for _ in 0..50 {
+                let mut child = tokio::process::Command::new(program)
+                    .env_clear()
+                    .envs(&cfg.env)
+                    .stdin(std::process::Stdio::piped())
+                    .stdout(std::process::Stdio::null())
+                    .stderr(std::process::Stdio::null())
+                    .spawn()
+                    .unwrap();
+                tokio::time::sleep(Duration::from_millis(30)).await;
+                let t = Instant::now();
+                drop(child.stdin.take());
+                child.wait().await.unwrap();
+                lat.push(t.elapsed());
+            }
+            exits.push(pct(lat, 0.5));
+        }
+        println!(
+            "stdin closed -> exited (idle process): cat p50 {:?}, worker p50 {:?}",
+            exits[0], exits[1]
+        );
+
+        // Cold and warm side by side, alternating, so both see the same machine.
+        while warm.warm_pids().len() < warm_n {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let idle_rss: Vec<u64> = warm.warm_pids().into_iter().map(rss_kib).collect();
+        // Per job: start→first event (the worker has its request and runs the job), start→the
+        // worker's terminal event (the job is done), start→outcome (`wait` returns: the worker
+        // has exited and its scratch directory is gone).
+        // Back to back, and settled: 20 ms before each job (untimed) for the previous worker's
+        // exit and the pool's refill, which otherwise share the 2 cores with the timed job.
+        let mut pids = std::collections::HashSet::new();
+        for (mode, pause) in [
+            ("back to back", Duration::ZERO),
+            ("settled", Duration::from_millis(20)),
+        ] {
+            let mut cold_lat = Phases::default();
+            let mut warm_lat = Phases::default();
+            for _ in 0..200 {
+                for (s, lat) in [(&sub, &mut cold_lat), (&warm, &mut warm_lat)] {
+                    tokio::time::sleep(pause).await;
+                    let stamps = Arc::new(Stamps::default());
+                    let t = Instant::now();
+                    let mut h = s
+                        .start(JobSpec::new(graph()), stamps.clone())
+                        .await
+                        .unwrap();
+                    if let Some(nodetool_exec::WorkerRef::Pid(pid)) = h.worker() {
+                        assert!(pids.insert(*pid), "a worker ran two jobs");
+                    }
+                    let o = h.wait().await;
+                    assert_eq!(o.status, nodetool_engine::Status::Completed, "{o:?}");
+                    lat.push(t, &stamps);
+                }
+            }
+            let (c50, c99) = (
+                pct(cold_lat.done.clone(), 0.5),
+                pct(cold_lat.done.clone(), 0.99),
+            );
+            let (w50, w99) = (
+                pct(warm_lat.done.clone(), 0.5),
+                pct(warm_lat.done.clone(), 0.99),
+            );
+            println!(
+                "subprocess ({}) start->completed, 200 jobs each, alternating, {mode}: cold p50 \
+             {c50:?} p99 {c99:?}; warm ({warm_n} workers) p50 {w50:?} p99 {w99:?}; warm/cold p50 \
+             {:.2}",
+                worker.display(),
+                w50.as_secs_f64() / c50.as_secs_f64()
+            );
+            for (name, p) in [("cold", &cold_lat), ("warm", &warm_lat)] {
+                println!(
+                    "  {name} p50: start->first event {:?}, ->terminal event {:?}, ->outcome {:?}",
+                    pct(p.first.clone(), 0.5),
+                    pct(p.terminal.clone(), 0.5),
+                    pct(p.done.clone(), 0.5)
+                );
+            }
+        }
+        println!("subprocess idle warm worker RSS: {idle_rss:?} KiB");
+        drop(warm);
 
         // Memory per idle job: jobs parked in a Sleep node. Threaded: growth of this process's
         // RSS per job; subprocess: the RSS of one parked worker process.
@@ -169,6 +289,39 @@ fn main() {
         h.cancel();
         h.wait().await;
     });
+}
+
+/// When a job's first and terminal events arrived.
+#[derive(Debug, Default)]
+struct Stamps {
+    first: std::sync::Mutex<Option<Instant>>,
+    terminal: std::sync::Mutex<Option<Instant>>,
+}
+
+impl nodetool_engine::EventSink for Stamps {
+    fn send(&self, event: nodetool_engine::EventEnvelope) {
+        let now = Instant::now();
+        self.first.lock().unwrap().get_or_insert(now);
+        if matches!(&event.event, nodetool_engine::Event::JobUpdate(u) if u.status.is_terminal()) {
+            self.terminal.lock().unwrap().get_or_insert(now);
+        }
+    }
+}
+
+#[derive(Default)]
+struct Phases {
+    first: Vec<Duration>,
+    terminal: Vec<Duration>,
+    done: Vec<Duration>,
+}
+
+impl Phases {
+    fn push(&mut self, start: Instant, stamps: &Stamps) {
+        let since = |at: Option<Instant>| at.map_or(Duration::ZERO, |at| at - start);
+        self.done.push(start.elapsed());
+        self.first.push(since(*stamps.first.lock().unwrap()));
+        self.terminal.push(since(*stamps.terminal.lock().unwrap()));
+    }
 }
 
 fn sleep_graph() -> Graph {

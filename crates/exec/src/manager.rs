@@ -475,6 +475,8 @@ impl JobExecutionManager {
                 crate::reap::reap_worker_group(pid, &job.id, job.created_at);
             }
         }
+        // Idle warm workers of a previous process have no job record to name them.
+        crate::reap::reap_leftover_warm_workers();
         let strategies = strategies.into_iter().map(|s| (s.name(), s)).collect();
         let event_log = match config.event_log {
             Some(cfg) => Some(EventLog::start(store.clone(), cfg).await),
@@ -1165,6 +1167,10 @@ impl JobExecutionManager {
     /// waits for their owners to record the outcome, then for their events to be written.
     pub async fn shutdown(&self, grace: Duration) {
         self.shutdown_jobs(grace).await;
+        // No job will start any more: what strategies keep ready (warm workers) goes now.
+        for strategy in self.inner.strategies.values() {
+            strategy.shutdown();
+        }
         self.flush_events().await;
     }
 

@@ -574,6 +574,12 @@ pub trait ExecutionStrategy: Send + Sync + fmt::Debug + 'static {
     }
 
     async fn start(&self, spec: JobSpec, sink: Arc<dyn EventSink>) -> Result<JobHandle>;
+
+    /// Releases what the strategy keeps ready for jobs that will now never come (the subprocess
+    /// strategy's idle warm workers); running jobs are not touched. Called by
+    /// [`JobExecutionManager::shutdown`](crate::JobExecutionManager::shutdown); a wrapper MUST
+    /// forward it. Starting a job afterwards still works (cold).
+    fn shutdown(&self) {}
 }
 
 /// `resource_limits` as NodeTool clients send them. Unknown keys are rejected so a typo is not

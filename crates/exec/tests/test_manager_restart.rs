@@ -24,6 +24,14 @@ const CHILD_DB: &str = "NODETOOL_RESTART_CHILD_DB";
 const TEST_NAME: &str = "a_killed_manager_is_reconciled_on_restart";
 
 async fn manager(dir: &std::path::Path) -> JobExecutionManager {
+    manager_with(
+        dir,
+        Arc::new(SubprocessStrategy::new(subprocess_config(dir, 0))),
+    )
+    .await
+}
+
+fn subprocess_config(dir: &std::path::Path, warm_workers: usize) -> SubprocessConfig {
     let mut env = BTreeMap::new();
     env.insert("PATH".to_owned(), "/usr/bin:/bin".to_owned());
     env.insert("ENV".to_owned(), "test".to_owned());
@@ -32,7 +40,12 @@ async fn manager(dir: &std::path::Path) -> JobExecutionManager {
     cfg.args = vec![];
     cfg.env = env;
     cfg.scratch_root = Some(dir.to_path_buf());
-    let strategies: Vec<Arc<dyn ExecutionStrategy>> = vec![Arc::new(SubprocessStrategy::new(cfg))];
+    cfg.warm_workers = warm_workers;
+    cfg
+}
+
+async fn manager_with(dir: &std::path::Path, s: Arc<dyn ExecutionStrategy>) -> JobExecutionManager {
+    let strategies = vec![s];
     let store = JobStore::open(&dir.join("jobs.db")).await.expect("store");
     let config = ManagerConfig {
         default_strategy: nodetool_exec::StrategyKind::Subprocess,
@@ -59,6 +72,15 @@ fn alive(pid: u32) -> bool {
 async fn child(db_dir: &str) -> ! {
     let dir = std::path::Path::new(db_dir);
     let m = manager(dir).await;
+    let (id, pid) = long_job(&m).await;
+    println!("READY {id} {pid}");
+    loop {
+        tokio::time::sleep(Duration::from_secs(3600)).await;
+    }
+}
+
+/// Submits a two-minute job; its id and worker pid once it runs.
+async fn long_job(m: &JobExecutionManager) -> (String, u32) {
     let request = RunJobRequest {
         graph: Some(common::strategy_suite::one(
             "nodetool.test.Sleep",
@@ -72,14 +94,10 @@ async fn child(db_dir: &str) -> ! {
     loop {
         let record = m.get(&id).await.expect("get").expect("record");
         if let (Status::Running, Some(WorkerRef::Pid(pid))) = (record.status, &record.worker) {
-            println!("READY {id} {pid}");
-            break;
+            return (id, *pid);
         }
         assert!(Instant::now() < deadline, "the job never started");
         tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    loop {
-        tokio::time::sleep(Duration::from_secs(3600)).await;
     }
 }
 
@@ -137,6 +155,82 @@ async fn a_killed_manager_is_reconciled_on_restart() {
         assert!(
             Instant::now() < deadline,
             "the leftover worker process group {worker_pid} was not reaped"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+const WARM_CHILD_DB: &str = "NODETOOL_RESTART_WARM_CHILD_DB";
+const WARM_TEST_NAME: &str = "a_killed_server_leaves_no_warm_worker";
+
+/// Warm child mode: a job on a warm worker, two more idle; report the three pids, then wait.
+async fn warm_child(db_dir: &str) -> ! {
+    let dir = std::path::Path::new(db_dir);
+    let s = Arc::new(SubprocessStrategy::new(subprocess_config(dir, 2)));
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while s.warm_pids().len() < 2 {
+        assert!(Instant::now() < deadline, "the pool never filled");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let m = manager_with(dir, s.clone()).await;
+    let (_, busy) = long_job(&m).await;
+    while s.warm_pids().len() < 2 {
+        assert!(Instant::now() < deadline, "the pool never refilled");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let idle = s.warm_pids();
+    println!("WARM {busy} {} {}", idle[0], idle[1]);
+    loop {
+        tokio::time::sleep(Duration::from_secs(3600)).await;
+    }
+}
+
+/// A server killed with warm workers (one running a job, two idle) leaves none of them running.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_server_leaves_no_warm_worker() {
+    if let Ok(db_dir) = std::env::var(WARM_CHILD_DB) {
+        warm_child(&db_dir).await;
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut server = Command::new(std::env::current_exe().expect("test binary"))
+        .args([
+            "--exact",
+            WARM_TEST_NAME,
+            "--nocapture",
+            "--test-threads",
+            "1",
+        ])
+        .env(WARM_CHILD_DB, dir.path())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start the child server");
+    let stdout = server.stdout.take().expect("stdout");
+    let pids: Vec<u32> = BufReader::new(stdout)
+        .lines()
+        .map_while(Result::ok)
+        .find_map(|line| {
+            let rest = line.split_once("WARM ")?.1.to_owned();
+            rest.split_whitespace()
+                .map(|p| p.parse::<u32>().ok())
+                .collect::<Option<Vec<u32>>>()
+        })
+        .expect("the child server reports its warm workers");
+    assert_eq!(pids.len(), 3);
+    assert!(
+        pids.iter().all(|p| alive(*p)),
+        "its workers run while it does"
+    );
+    server.kill().expect("SIGKILL the server");
+    server.wait().expect("reap the server");
+    // Their stdin closed with their server, so they exit by themselves; a restarted manager reaps
+    // any that would linger (the busy one by its job record, idle ones by their server's identity).
+    let _m = manager(dir.path()).await;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while let Some(pid) = pids.iter().find(|p| alive(**p)) {
+        assert!(
+            Instant::now() < deadline,
+            "the warm worker {pid} outlived its server: {pids:?}"
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }

@@ -115,6 +115,40 @@ fn output(id: &str, name: &str) -> Value {
 
 /// SaveText and SaveImage in one job, LoadTextAssets in the next: blobs and rows land in the
 /// parent's storage and database, and a later worker lists them.
+/// The text output `text` of a completed job: saved under `user` in the parent's storage with
+/// `content`; its key and its asset record (`user`'s).
+async fn saved_text(
+    parent: &Parent,
+    o: &nodetool_exec::JobOutcome,
+    user: &str,
+    content: &str,
+) -> (StorageKey, nodetool_core::AssetRecord) {
+    assert_eq!(o.status, Status::Completed, "{o:?}");
+    let text_ref = &o.result["text"][0];
+    let uri = text_ref["uri"].as_str().unwrap();
+    let key = StorageKey::new(uri.strip_prefix("asset://").unwrap()).unwrap();
+    assert!(
+        key.as_str().starts_with(&format!("{user}/")),
+        "{user}: {key}"
+    );
+    assert_eq!(
+        parent
+            .engine
+            .asset_storage
+            .download_bytes(&key)
+            .await
+            .unwrap(),
+        content.as_bytes()
+    );
+    let record = parent
+        .store
+        .get(user, text_ref["asset_id"].as_str().unwrap())
+        .await
+        .unwrap()
+        .expect("the text's record, the job's user's");
+    (key, record)
+}
+
 async fn saved_assets_are_the_parents(strategy: &Arc<dyn ExecutionStrategy>, parent: &Parent) {
     let save = graph(
         vec![
@@ -141,26 +175,7 @@ async fn saved_assets_are_the_parents(strategy: &Arc<dyn ExecutionStrategy>, par
     let spec = JobSpec::new(save);
     let job_id = spec.job_id.clone();
     let (o, _) = run_job(strategy, spec).await;
-    assert_eq!(o.status, Status::Completed, "{o:?}");
-    let text_ref = &o.result["text"][0];
-    let uri = text_ref["uri"].as_str().unwrap();
-    let key = StorageKey::new(uri.strip_prefix("asset://").unwrap()).unwrap();
-    assert!(key.as_str().starts_with("1/"), "{key}");
-    assert_eq!(
-        parent
-            .engine
-            .asset_storage
-            .download_bytes(&key)
-            .await
-            .unwrap(),
-        "hello from a worker".as_bytes()
-    );
-    let record = parent
-        .store
-        .get("1", text_ref["asset_id"].as_str().unwrap())
-        .await
-        .unwrap()
-        .expect("the text's record");
+    let (key, record) = saved_text(parent, &o, "1", "hello from a worker").await;
     assert_eq!(record.name, "note.txt");
     assert_eq!(record.job_id.as_deref(), Some(job_id.as_str()));
     assert_eq!(record.storage_key.as_deref(), Some(key.as_str()));
@@ -416,6 +431,58 @@ async fn subprocess_workers_save_and_load_the_parents_assets() {
     let scratch = tempfile::tempdir().unwrap();
     let s = subprocess(parent.services(), scratch.path());
     saved_assets_are_the_parents(&s, &parent).await;
+}
+
+/// Warm workers are started before their job, so before its user is known: each job's storage
+/// and asset records must still be its own user's (the scope is the parent's, per job).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn warm_workers_store_each_job_under_its_own_user() {
+    let parent = Parent::new().await;
+    let scratch = tempfile::tempdir().unwrap();
+    let mut cfg = SubprocessConfig::new(WORKER);
+    cfg.args = vec![];
+    cfg.env = BTreeMap::from([("PATH".to_owned(), "/usr/bin:/bin".to_owned())]);
+    cfg.scratch_root = Some(scratch.path().to_path_buf());
+    cfg.warm_workers = 2;
+    let s = SubprocessStrategy::new(cfg).with_services(parent.services());
+    for user in ["alice", "bob", "alice"] {
+        // A hang guard, not a timing claim: the pool refills in the background.
+        for _ in 0..600 {
+            if s.warm_pids().len() == 2 {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+        let idle = s.warm_pids();
+        let save = graph(
+            vec![
+                node(
+                    "text",
+                    "nodetool.text.SaveText",
+                    json!({"text": format!("saved by {user}"), "name": "who.txt"}),
+                ),
+                output("o1", "text"),
+            ],
+            vec![edge("text", "output", "o1", "value")],
+        );
+        let mut spec = JobSpec::new(save);
+        spec.user_id = user.to_owned();
+        let mut h = s
+            .start(spec, nodetool_engine::VecSink::new())
+            .await
+            .unwrap();
+        let Some(WorkerRef::Pid(pid)) = h.worker().cloned() else {
+            panic!("no pid")
+        };
+        assert_eq!(
+            idle.first(),
+            Some(&pid),
+            "{user}'s job ran on a warm worker"
+        );
+        let o = h.wait().await;
+        let (_, record) = saved_text(&parent, &o, user, &format!("saved by {user}")).await;
+        assert_eq!(record.name, "who.txt");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
