@@ -72,6 +72,17 @@ impl Stat {
     }
 }
 
+/// Whether our child `pid` is exiting or gone by `/proc` (its main thread a zombie, or no
+/// entry). A killed multi-threaded process shows this before `waitpid` can reap it — its other
+/// threads are still exiting — so `try_wait` alone would call it alive.
+pub fn exiting(pid: u32) -> bool {
+    match stat(pid) {
+        Some(Ok(s)) => s.gone(),
+        Some(Err(_)) => false,
+        None => true,
+    }
+}
+
 /// This process's identity for [`WARM_WORKER_ENV`]: `<pid>:<start time in clock ticks>` (a pid
 /// alone is reused; with its start time it names one process for the host's uptime). Without a
 /// readable start time it is the pid alone, which [`reap_leftover_warm_workers`] never judges

@@ -412,7 +412,9 @@ impl WarmPool {
             let mut live = None;
             while let Some(mut worker) = state.idle.pop_front() {
                 match worker.child.try_wait() {
-                    Ok(None) => {
+                    // Not reaped yet is not alive: a worker killed a moment ago shows up as
+                    // exiting in `/proc` before `waitpid` reports it.
+                    Ok(None) if !crate::reap::exiting(worker.pid) => {
                         live = Some(worker);
                         break;
                     }
