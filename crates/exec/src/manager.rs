@@ -116,6 +116,12 @@ impl InputNodeTypes {
             .any(|n| self.0.get(&n.node_type).copied().unwrap_or(false))
     }
 
+    /// Whether a job of `graph` gets input feeds: its request's `streaming_inputs` when it says,
+    /// else NodeTool's rule (it has a streaming input node).
+    pub fn fed(&self, streaming_inputs: Option<bool>, graph: &nodetool_engine::Graph) -> bool {
+        streaming_inputs.unwrap_or_else(|| self.any_streaming(graph))
+    }
+
     /// The names of `graph`'s input nodes.
     fn names(&self, graph: &nodetool_engine::Graph) -> Vec<String> {
         graph
@@ -432,10 +438,11 @@ impl fmt::Debug for JobExecutionManager {
     }
 }
 
-/// A push to a job with no input feeds: the engine's own answer for a fixed input, or for a
-/// name that is no input of the job.
-fn no_feeds(live: &LiveJob, input: &str) -> Error {
-    if live.fixed_inputs.iter().any(|n| n == input) {
+/// A push to a job with no input feeds: the engine's own answer for a fixed input (one of
+/// `fixed_inputs`, the job's input nodes' names: each took its value once), or for a name that
+/// is no input of the job.
+fn no_feeds(fixed_inputs: &[String], input: &str) -> Error {
+    if fixed_inputs.iter().any(|n| n == input) {
         nodetool_engine::inputs::not_streamed(input)
     } else {
         Error::not_found(format!(
@@ -705,10 +712,11 @@ impl JobExecutionManager {
         user_id: &str,
         queue: QueueMode,
     ) -> Result<String> {
-        let streams = match valid.streaming_inputs {
-            Some(flag) => flag,
-            None => self.inner.config.input_nodes.any_streaming(&valid.graph),
-        };
+        let streams = self
+            .inner
+            .config
+            .input_nodes
+            .fed(valid.streaming_inputs, &valid.graph);
         let job_id = match valid.job_id {
             Some(id) => self.unused_job_id(id).await?,
             None => nodetool_core::id::new_id(),
@@ -914,7 +922,7 @@ impl JobExecutionManager {
             return Err(not_found());
         }
         if !live.streaming {
-            return Err(no_feeds(&live, input)
+            return Err(no_feeds(&live.fixed_inputs, input)
                 .with_operation(op)
                 .with_context("job_id", job_id));
         }
@@ -1234,19 +1242,10 @@ impl RemoteJob<'_> {
                 .ok_or_else(|| elsewhere(job_id, op, rec.status))?;
             let valid = spec.request.validate()?;
             let nodes = &self.manager.inner.config.input_nodes;
-            let streams = valid
-                .streaming_inputs
-                .unwrap_or_else(|| nodes.any_streaming(&valid.graph));
-            if !streams {
-                let err = if nodes.names(&valid.graph).iter().any(|n| n == input) {
-                    nodetool_engine::inputs::not_streamed(input)
-                } else {
-                    Error::not_found(format!(
-                        "no input node named `{input}` (this job has no streamed inputs)"
-                    ))
-                    .with_context("input", input)
-                };
-                return Err(err.with_operation(op).with_context("job_id", job_id));
+            if !nodes.fed(valid.streaming_inputs, &valid.graph) {
+                return Err(no_feeds(&nodes.names(&valid.graph), input)
+                    .with_operation(op)
+                    .with_context("job_id", job_id));
             }
         }
         loop {

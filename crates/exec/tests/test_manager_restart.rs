@@ -58,14 +58,7 @@ async fn manager_with(dir: &std::path::Path, s: Arc<dyn ExecutionStrategy>) -> J
 
 /// A live, non-zombie process?
 fn alive(pid: u32) -> bool {
-    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
-        // The state is the field after the parenthesised command name.
-        Ok(stat) => stat
-            .rsplit_once(')')
-            .and_then(|(_, rest)| rest.split_whitespace().next())
-            .is_some_and(|state| state != "Z" && state != "X"),
-        Err(_) => false,
-    }
+    !nodetool_exec::reap::exiting(pid)
 }
 
 /// Child mode: start a long job, report it, then wait to be killed.

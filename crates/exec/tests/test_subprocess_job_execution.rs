@@ -168,13 +168,7 @@ fn warm(dir: &std::path::Path, n: usize) -> Arc<SubprocessStrategy> {
 
 /// A live, non-zombie process?
 fn alive(pid: u32) -> bool {
-    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
-        Ok(stat) => stat
-            .rsplit_once(')')
-            .and_then(|(_, rest)| rest.split_whitespace().next())
-            .is_some_and(|state| state != "Z" && state != "X"),
-        Err(_) => false,
-    }
+    !nodetool_exec::reap::exiting(pid)
 }
 
 /// Waits (a hang guard of 30 s, not a timing claim) until `cond` holds.
