@@ -19,9 +19,11 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 // The server's per-request allocations cost less under mimalloc than glibc malloc
-// (docs/bench/server.md).
+// (docs/bench/server.md). `Budgeted` lets a template render be stopped at its memory budget
+// instead of taking the process down (crates/alloc).
 #[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+static GLOBAL: nodetool_alloc::Budgeted<mimalloc::MiMalloc> =
+    nodetool_alloc::Budgeted::new(mimalloc::MiMalloc);
 
 #[derive(Debug, Parser)]
 #[command(name = "nodetool", version, about = "NodeTool workflow runtime")]

@@ -1,7 +1,7 @@
 //! Issue 15 through the real `nodetool serve` binary and real sockets: an operator's
 //! `ALLOWED_STRATEGIES` binds REST and /ws; a template spinning in minijinja ends at its time
 //! limit and on cancel, and frees its slot; huge ranges and templates fail with a clear
-//! `too large`; `nodetool storage gc` reaps stale partial uploads and Docker job workspaces.
+//! `too large`, and templates that grow a value in a loop stop at their memory budget; `nodetool storage gc` reaps stale partial uploads and Docker job workspaces.
 //! After each, the server still answers and a follow-up job completes.
 
 #![allow(clippy::unwrap_used)]
@@ -263,6 +263,86 @@ async fn huge_ranges_and_templates_fail_clearly() {
         assert_eq!(done["status"], "failed", "{done}");
         assert!(done["error"].to_string().contains("too large"), "{done}");
     }
+    server.still_serves().await;
+}
+
+/// Templates whose values grow with no cap minijinja knows of: each doubles something in a
+/// loop until it would need 2^60 bytes. Fuel does not stop them (a few hundred steps); the
+/// render's memory budget does.
+const GROWING_TEMPLATES: [(&str, &str); 5] = [
+    (
+        "`~` in a range loop",
+        "{% set ns = namespace(s='x') %}{% for i in range(60) %}{% set ns.s = ns.s ~ ns.s %}{% endfor %}{{ ns.s|length }}",
+    ),
+    (
+        "`~` in a loop over a string (no range)",
+        "{% set ns = namespace(s='x') %}{% for c in 'abcdefghijklmnopqrstuvwxyzabcdefghijklmnopqrstuvwxyz' %}{% set ns.s = ns.s ~ ns.s %}{% endfor %}{{ ns.s|length }}",
+    ),
+    (
+        "a macro's captured output fed back into it",
+        "{% macro twice(s) %}{{ s }}{{ s }}{% endmacro %}{% set ns = namespace(s='x') %}{% for i in range(60) %}{% set ns.s = twice(ns.s) %}{% endfor %}{{ ns.s|length }}",
+    ),
+    (
+        "a recursive macro",
+        "{% macro grow(s, n) %}{% if n > 0 %}{{ grow(s ~ s, n - 1) }}{% else %}{{ s|length }}{% endif %}{% endmacro %}{{ grow('x', 60) }}",
+    ),
+    (
+        "the join filter",
+        "{% set ns = namespace(s='x') %}{% for i in range(60) %}{% set ns.s = [ns.s, ns.s]|join %}{% endfor %}{{ ns.s|length }}",
+    ),
+];
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn templates_that_outgrow_their_memory_fail_and_the_server_survives() {
+    let server = Server::start(&[]);
+    let submit = |strategy: &'static str, template: &'static str| {
+        let server = &server;
+        async move {
+            let (status, job) = server
+                .submit(json!({
+                    "graph": one("nodetool.text.FormatText", json!({"template": template})),
+                    "execution_strategy": strategy,
+                }))
+                .await;
+            assert_eq!(status, 200, "{job}");
+            server
+                .finished(job["id"].as_str().unwrap(), Duration::from_secs(60))
+                .await
+        }
+    };
+    // A worker process ends with its job, and its memory with it: every shape, every time.
+    let stopped_at_budget = |done: &Value, context: &str| {
+        assert_eq!(done["status"], "failed", "{context}: {done}");
+        let error = done["error"].to_string();
+        assert!(
+            error.contains("the render needed more than 256 MiB of memory"),
+            "{context}: {done}"
+        );
+    };
+    for (what, template) in GROWING_TEMPLATES {
+        let done = submit("subprocess", template).await;
+        stopped_at_budget(&done, &format!("subprocess, {what}"));
+    }
+    server.still_serves().await;
+
+    // In the server's own process each stopped render keeps what it held, so after
+    // MAX_RUNAWAY_TEMPLATES (4) of them templates are refused; everything else goes on.
+    for (what, template) in &GROWING_TEMPLATES[..4] {
+        let done = submit("threaded", template).await;
+        stopped_at_budget(&done, &format!("threaded, {what}"));
+        server.still_serves().await;
+    }
+    let done = submit("threaded", "{{ 'still' }} here").await;
+    assert_eq!(done["status"], "failed", "{done}");
+    assert!(
+        done["error"]
+            .to_string()
+            .contains("template rendering is off until nodetool restarts"),
+        "{done}"
+    );
+    // A subprocess job's render is its own process's: still fine.
+    let done = submit("subprocess", "{{ 'still' }} here").await;
+    assert_eq!(done["status"], "completed", "{done}");
     server.still_serves().await;
 }
 

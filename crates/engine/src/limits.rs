@@ -20,6 +20,17 @@ pub const MAX_TEXT_BYTES: usize = 64 * 1024 * 1024;
 /// render sooner (see `nodetool_nodes::text::render_until`).
 pub const TEMPLATE_FUEL: u64 = 100_000_000;
 
+/// Most memory one template render may hold at once, where the binary installs
+/// `nodetool_alloc::Budgeted`: fuel bounds a render's steps, not its bytes (`s ~ s` in a loop,
+/// a macro's captured output fed back into itself). Four times [`MAX_TEXT_BYTES`]: the largest
+/// allowed text as input, as output and the copies in between.
+pub const TEMPLATE_MEMORY_BYTES: usize = 4 * MAX_TEXT_BYTES;
+
+/// Renders stopped past [`TEMPLATE_MEMORY_BYTES`] after which no more renders start: each one
+/// keeps what it held (see `nodetool_alloc`), so at most this many times that memory stays
+/// held until the process restarts.
+pub const MAX_RUNAWAY_TEMPLATES: usize = 4;
+
 fn too_large(what: impl std::fmt::Display, detail: String) -> Error {
     Error::new(
         ErrorKind::TooLarge,

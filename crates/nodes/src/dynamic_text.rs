@@ -15,9 +15,10 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use serde_json::{json, Map, Value};
 
-use nodetool_core::Result;
+use nodetool_core::{Error, ErrorKind, Result};
 
 use nodetool_engine::context::ProcessingContext;
+use nodetool_engine::limits::{MAX_RUNAWAY_TEMPLATES, TEMPLATE_MEMORY_BYTES};
 use nodetool_engine::node::{Emitter, NodeImpl, NodeInputs, NodeSpec};
 use nodetool_engine::registry::Registry;
 
@@ -27,6 +28,10 @@ use crate::text::{normalize_format_template, python_str, render_until};
 /// its fuel lasts, and the job's deadline and cancellation must still reach the runner. When
 /// this future is dropped (the job was cancelled), the render is told to stop. At most one
 /// render per CPU runs at once, so abandoned renders cannot pile up.
+///
+/// The render thread is charged to a [`TEMPLATE_MEMORY_BYTES`] budget: past it the allocator
+/// parks that thread (see `nodetool_alloc`) and the node fails `TooLarge`, where otherwise a
+/// string doubled in a loop would take the whole process down.
 async fn render_off_thread(template: String, vars: Value) -> Result<String> {
     static SLOTS: std::sync::OnceLock<Arc<tokio::sync::Semaphore>> = std::sync::OnceLock::new();
     let slots = SLOTS.get_or_init(|| {
@@ -39,24 +44,74 @@ async fn render_off_thread(template: String, vars: Value) -> Result<String> {
             self.0.store(true, Ordering::Relaxed);
         }
     }
+    let runaways = nodetool_alloc::parked();
+    if runaways >= MAX_RUNAWAY_TEMPLATES {
+        return Err(Error::new(
+            ErrorKind::Unavailable,
+            format!(
+                "template rendering is off until nodetool restarts: {runaways} earlier renders \
+                 ran past {} MiB of memory and still hold it",
+                TEMPLATE_MEMORY_BYTES >> 20
+            ),
+        )
+        .set_temporary(false)
+        .with_operation("text.render"));
+    }
     let permit = slots
         .clone()
         .acquire_owned()
         .await
-        .map_err(|_| nodetool_core::Error::unexpected("template slots closed"))?;
+        .map_err(|_| Error::unexpected("template slots closed"))?;
+    // The slot is given back by whichever side ends the render: the thread when it returns,
+    // this future when the thread was parked (it never returns).
+    let slot = Arc::new(std::sync::Mutex::new(Some(permit)));
     let stop = Arc::new(AtomicBool::new(false));
     let guard = StopOnDrop(stop.clone());
-    let rendered = tokio::task::spawn_blocking(move || {
-        let _permit = permit;
-        render_until(&template, &vars, &stop)
-    })
-    .await
-    .map_err(|e| {
-        nodetool_core::Error::unexpected(format!("template render ended abnormally: {e}"))
-    })?;
+    let account = nodetool_alloc::Account::new(TEMPLATE_MEMORY_BYTES);
+    let mut render = tokio::task::spawn_blocking({
+        let (slot, account) = (slot.clone(), account.clone());
+        move || {
+            let result = {
+                let _charged = nodetool_alloc::enter(&account);
+                render_until(&template, &vars, &stop)
+            };
+            free_slot(&slot);
+            result
+        }
+    });
+    let rendered = loop {
+        tokio::select! {
+            joined = &mut render => break joined.map_err(|e| {
+                Error::unexpected(format!("template render ended abnormally: {e}"))
+            })?,
+            () = tokio::time::sleep(std::time::Duration::from_millis(20)) => {
+                if account.tripped() {
+                    free_slot(&slot);
+                    return Err(Error::new(
+                        ErrorKind::TooLarge,
+                        format!(
+                            "template error: the render needed more than {} MiB of memory \
+                             (a string or list doubled in a loop?)",
+                            account.limit() >> 20
+                        ),
+                    )
+                    .set_temporary(false)
+                    .with_operation("text.render"));
+                }
+            }
+        }
+    };
     // Setting the flag of a finished render is harmless.
     drop(guard);
     rendered
+}
+
+fn free_slot(slot: &std::sync::Mutex<Option<tokio::sync::OwnedSemaphorePermit>>) {
+    drop(
+        slot.lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .take(),
+    );
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -3,6 +3,11 @@
 
 use std::process::ExitCode;
 
+// As in the `nodetool` binary: template renders stop at their memory budget.
+#[global_allocator]
+static GLOBAL: nodetool_alloc::Budgeted<std::alloc::System> =
+    nodetool_alloc::Budgeted::new(std::alloc::System);
+
 fn main() -> ExitCode {
     let rt = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,
