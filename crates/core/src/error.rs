@@ -71,6 +71,11 @@ impl fmt::Display for ErrorKind {
 
 type Source = Box<dyn std::error::Error + Send + Sync + 'static>;
 
+/// Context key for a storage backend's own words on why it is full (MinIO's "minimum free
+/// drive threshold"): shown to the client with a `507`, so it MUST carry no key, path,
+/// endpoint or credential.
+pub const STORE_SAYS: &str = "store_says";
+
 /// An error with kind, retryability, operation, context and source.
 ///
 /// Build with [`Error::new`] and the `with_*` methods:

@@ -155,9 +155,13 @@ impl From<Error> for ApiError {
     }
 }
 
-/// The OS's words for a full storage (`No space left on device`, `Disk quota exceeded`, `File
-/// too large`), without the path or key the error's context carries.
+/// The store's own words for being full (an S3 error's `<Message>`), or the OS's (`No space
+/// left on device`, `Disk quota exceeded`, `File too large`), without the path or key the
+/// error's context carries.
 fn storage_full_cause(err: &Error) -> String {
+    if let Some(words) = err.context_value(nodetool_core::error::STORE_SAYS) {
+        return format!("the storage backend says: {words}");
+    }
     let mut source = std::error::Error::source(err);
     while let Some(s) = source {
         if let Some(io) = s.downcast_ref::<std::io::Error>() {

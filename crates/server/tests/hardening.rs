@@ -1,6 +1,6 @@
 //! Server-side hardening (issue 15) through a real socket: DNS-rebinding `Host` checks, `Origin`
 //! checks on state-changing routes and `/ws`, JSON-only bodies, body and `/ws` message caps,
-//! user-content headers, 507 on a full disk, JWT `aud`/`nbf`, reserved user ids. After every
+//! user-content headers, 507 on a full disk and a full S3 store, JWT `aud`/`nbf`, reserved user ids. After every
 //! refusal the server still answers a follow-up request.
 #![allow(clippy::unwrap_used)] // tests: a failed unwrap is a failed test
 
@@ -472,6 +472,26 @@ impl Drop for Tmpfs {
     }
 }
 
+/// A 3 MiB PUT of a new key and of an existing one: each `507 insufficient_storage`, its
+/// message naming `cause`.
+async fn puts_are_507_naming(s: &TestServer, cause: &str) {
+    let big = vec![7u8; 3 << 20];
+    for key in ["big.bin", "old.bin"] {
+        let r = s
+            .client
+            .put(s.u(&format!("/api/storage/{key}")))
+            .body(big.clone())
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 507, "{key}");
+        let v: serde_json::Value = r.json().await.unwrap();
+        assert_eq!(v["error"]["kind"], "insufficient_storage", "{v}");
+        let message = v["error"]["message"].as_str().unwrap_or_default();
+        assert!(message.contains(cause), "{v}");
+    }
+}
+
 #[tokio::test]
 async fn a_full_disk_on_put_is_507_with_the_cause_and_keeps_no_partial_file() {
     let dir = tempfile::tempdir().unwrap();
@@ -489,26 +509,7 @@ async fn a_full_disk_on_put_is_507_with_the_cause_and_keeps_no_partial_file() {
         None,
     )
     .await;
-    let big = vec![7u8; 3 << 20];
-    for key in ["big.bin", "old.bin"] {
-        let r = s
-            .client
-            .put(s.u(&format!("/api/storage/{key}")))
-            .body(big.clone())
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(r.status(), 507, "{key}");
-        let v: serde_json::Value = r.json().await.unwrap();
-        assert_eq!(v["error"]["kind"], "insufficient_storage");
-        assert!(
-            v["error"]["message"]
-                .as_str()
-                .unwrap()
-                .contains("no space left"),
-            "{v}"
-        );
-    }
+    puts_are_507_naming(&s, "no space left").await;
     // Nothing partial: no new object, the old one intact, no temp file left behind.
     assert!(!assets.join("big.bin").exists());
     assert_eq!(
@@ -559,5 +560,170 @@ async fn jwts_need_aud_a_valid_nbf_and_an_unreserved_subject() {
             "sub {reserved}"
         );
     }
+    assert_alive(&s).await;
+}
+
+/// MinIO's answer to a write once its drives pass the free-space threshold (`ErrStorageFull`
+/// in MinIO's `cmd/api-errors.go`): the one S3-protocol server that says "full". MinIO cannot
+/// run here (no registry), so a proxy in front of a real moto server answers object PUTs with
+/// it while `full` is set and forwards everything else; boto3 checks the answer parses as
+/// the SDK's `XMinioStorageFull` error.
+const MINIO_STORAGE_FULL: &str = "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<Error><Code>XMinioStorageFull</Code><Message>Storage backend has reached its minimum free drive threshold. Please delete a few objects to proceed.</Message><Key>{key}</Key><BucketName>{bucket}</BucketName><Resource>/{bucket}/{key}</Resource><RequestId>1800E2B26A3B1C4F</RequestId><HostId>dd9025bab4ad464b049177c95eb6ebf374d3b3fd1af9251148b658df7ac2e3e8</HostId></Error>";
+
+/// PutObject through boto3; prints the error code and HTTP status it parsed.
+const BOTO3_PUT: &str = r#"
+import sys, boto3
+from botocore.config import Config
+from botocore.exceptions import ClientError
+s3 = boto3.client("s3", endpoint_url=sys.argv[1], region_name="us-east-1",
+                  aws_access_key_id="x", aws_secret_access_key="y",
+                  config=Config(retries={"max_attempts": 1}))
+try:
+    s3.put_object(Bucket=sys.argv[2], Key="probe.bin", Body=b"x")
+    print("stored")
+except ClientError as e:
+    print(e.response["Error"]["Code"], e.response["ResponseMetadata"]["HTTPStatusCode"])
+"#;
+
+#[derive(Clone)]
+struct FullProxy {
+    upstream: String,
+    full: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    client: reqwest::Client,
+}
+
+async fn full_proxy(
+    axum::extract::State(p): axum::extract::State<FullProxy>,
+    req: axum::extract::Request,
+) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    let (parts, body) = req.into_parts();
+    // Read the whole body first, as a server does before it answers a PUT.
+    let body = axum::body::to_bytes(body, usize::MAX).await.unwrap();
+    let path = parts.uri.path().to_owned();
+    let mut segments = path.trim_start_matches('/').splitn(2, '/');
+    let (bucket, key) = (segments.next().unwrap_or(""), segments.next().unwrap_or(""));
+    if parts.method == axum::http::Method::PUT
+        && !key.is_empty()
+        && p.full.load(std::sync::atomic::Ordering::SeqCst)
+    {
+        let xml = MINIO_STORAGE_FULL
+            .replace("{key}", key)
+            .replace("{bucket}", bucket);
+        return (
+            axum::http::StatusCode::INSUFFICIENT_STORAGE,
+            [(header::CONTENT_TYPE, "application/xml")],
+            xml,
+        )
+            .into_response();
+    }
+    let url = format!(
+        "{}{}",
+        p.upstream,
+        parts.uri.path_and_query().map_or("/", |pq| pq.as_str())
+    );
+    let mut forward = p.client.request(parts.method.clone(), url).body(body);
+    for (name, value) in &parts.headers {
+        if name != header::HOST {
+            forward = forward.header(name, value);
+        }
+    }
+    let answer = forward.send().await.unwrap();
+    let status = answer.status();
+    let headers = answer.headers().clone();
+    let bytes = answer.bytes().await.unwrap();
+    let mut response = (status, bytes).into_response();
+    for (name, value) in &headers {
+        if name != header::CONTENT_LENGTH && name != header::TRANSFER_ENCODING {
+            response.headers_mut().insert(name, value.clone());
+        }
+    }
+    response
+}
+
+#[tokio::test]
+async fn a_full_s3_store_on_put_is_507_with_the_cause_and_keeps_the_old_object() {
+    const TEST: &str = "a_full_s3_store_on_put_is_507";
+    let Some(moto) = nodetool_testkit::s3_server::start().await else {
+        nodetool_testkit::skip_or_fail(TEST, "moto_server not found (pip install 'moto[server]')");
+        return;
+    };
+    let bucket = "full-store";
+    moto.create_bucket(bucket).await.unwrap();
+    let full = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let proxy = FullProxy {
+        upstream: moto.endpoint(),
+        full: full.clone(),
+        client: reqwest::Client::new(),
+    };
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let proxy_url = format!("http://{}", listener.local_addr().unwrap());
+    let app = axum::Router::new().fallback(full_proxy).with_state(proxy);
+    let _proxy = tokio::spawn(async move { axum::serve(listener, app).await });
+
+    // The official SDK reads the double's answer as MinIO's error.
+    full.store(true, std::sync::atomic::Ordering::SeqCst);
+    let sdk = tokio::process::Command::new("python3")
+        .args(["-c", BOTO3_PUT, &proxy_url, bucket])
+        .output()
+        .await
+        .unwrap();
+    let said = String::from_utf8_lossy(&sdk.stdout);
+    if !sdk.status.success() && String::from_utf8_lossy(&sdk.stderr).contains("No module named") {
+        nodetool_testkit::skip_or_fail(TEST, "boto3 not importable by python3");
+        return;
+    }
+    assert_eq!(
+        said.trim(),
+        "XMinioStorageFull 507",
+        "{}",
+        String::from_utf8_lossy(&sdk.stderr)
+    );
+    full.store(false, std::sync::atomic::Ordering::SeqCst);
+
+    let s = start(&[
+        ("S3_ENDPOINT_URL", proxy_url.as_str()),
+        (
+            "S3_ACCESS_KEY_ID",
+            nodetool_testkit::s3_server::MOTO_ACCESS_KEY_ID,
+        ),
+        (
+            "S3_SECRET_ACCESS_KEY",
+            nodetool_testkit::s3_server::MOTO_SECRET_ACCESS_KEY,
+        ),
+        ("S3_REGION", "us-east-1"),
+        ("ASSET_BUCKET", bucket),
+    ])
+    .await;
+    put_object(
+        &s,
+        "old.bin",
+        "application/octet-stream",
+        "the old bytes",
+        None,
+    )
+    .await;
+    full.store(true, std::sync::atomic::Ordering::SeqCst);
+    puts_are_507_naming(&s, "minimum free drive threshold").await;
+    // Nothing partial: no new object, the old one intact, no upload left open (asked of the
+    // real store behind the proxy, following the server's redirect to a signed URL).
+    let object = |key: &str| reqwest::get(s.u(&format!("/api/storage/{key}")));
+    assert_eq!(object("big.bin").await.unwrap().status(), 404);
+    let old = object("old.bin").await.unwrap();
+    assert_eq!(old.status(), 200);
+    assert_eq!(old.bytes().await.unwrap().as_ref(), b"the old bytes");
+    let uploads = reqwest::get(format!("{}/{bucket}?uploads", moto.endpoint()))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        uploads.contains("ListMultipartUploadsResult") && !uploads.contains("<Upload>"),
+        "{uploads}"
+    );
+    // Space again: a PUT succeeds.
+    full.store(false, std::sync::atomic::Ordering::SeqCst);
+    put_object(&s, "small.txt", "text/plain", "fits", None).await;
     assert_alive(&s).await;
 }

@@ -578,6 +578,11 @@ fn map_error(err: opendal::Error, target: &Target) -> Error {
             ErrorKind::Timeout | ErrorKind::Unavailable | ErrorKind::RateLimited
         );
     let mut mapped = Error::new(kind, message);
+    if kind == ErrorKind::StorageFull {
+        if let Some(words) = s3_error_message(&chain) {
+            mapped = mapped.with_context(nodetool_core::error::STORE_SAYS, words);
+        }
+    }
     if err.kind() == O::ConditionNotMatch {
         mapped = mapped.with_context("changed", "true");
     }
@@ -605,6 +610,29 @@ fn map_io_error(err: std::io::Error, target: &Target, key: &StorageKey) -> Error
 }
 
 /// Every message in the error's source chain, joined.
+/// The `Message` of an S3 error document, as OpenDAL quotes it (`S3Error { code: "…",
+/// message: "…", … }`) or as raw XML: the store's own words (it names no key or path; those
+/// are in `Key` and `Resource`). At most 300 characters.
+fn s3_error_message(chain: &str) -> Option<String> {
+    let words = if let Some((_, rest)) = chain.split_once("message: \"") {
+        let mut out = String::new();
+        let mut chars = rest.chars();
+        while let Some(c) = chars.next() {
+            match c {
+                '"' => break,
+                '\\' => out.extend(chars.next()),
+                c => out.push(c),
+            }
+        }
+        out
+    } else {
+        let (_, rest) = chain.split_once("<Message>")?;
+        rest.split_once("</Message>")?.0.to_owned()
+    };
+    let words = words.trim();
+    (!words.is_empty()).then(|| words.chars().take(300).collect())
+}
+
 fn error_chain(err: &(dyn std::error::Error + 'static)) -> String {
     let mut out = String::new();
     let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(err);
@@ -812,6 +840,19 @@ mod tests {
         assert_eq!(map_error(range, &t).kind(), ErrorKind::RangeNotSatisfiable);
         let changed = opendal::Error::new(opendal::ErrorKind::ConditionNotMatch, "412");
         assert!(map_error(changed, &t).is_temporary());
+
+        // The store's words ride along for the client's 507; no key or resource does.
+        let quoted = "S3Error { code: \"XMinioStorageFull\", message: \"Storage backend has reached its \\\"minimum\\\" free drive threshold.\", resource: \"/b/secret-key\" }";
+        assert_eq!(
+            s3_error_message(quoted).as_deref(),
+            Some("Storage backend has reached its \"minimum\" free drive threshold.")
+        );
+        assert_eq!(
+            s3_error_message("<Error><Code>X</Code><Message> Full. </Message><Key>k</Key></Error>")
+                .as_deref(),
+            Some("Full.")
+        );
+        assert_eq!(s3_error_message("no document"), None);
 
         // Out of space or quota: StorageFull (the HTTP edge's 507), never retried.
         for code in [
