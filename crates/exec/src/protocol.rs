@@ -338,6 +338,34 @@ fn encode_head<T: Serialize + Attachment>(frame: &T) -> Result<(Vec<u8>, Option<
     Ok((buf, data))
 }
 
+/// The pipe capacity [`widen_pipe`] asks for: Linux's default unprivileged maximum
+/// (`/proc/sys/fs/pipe-max-size`), 16 times the default 64 KiB.
+pub const PIPE_BYTES: usize = 1024 * 1024;
+
+/// Grows the pipe behind `fd` to [`PIPE_BYTES`] (`F_SETPIPE_SZ`; either end sets it for both). A
+/// 4 MiB chunk then crosses in 4 writes and wake-ups instead of 64, which is most of what a
+/// chunk's round trip costs. Anything that is not a pipe (a file, a socket under Docker) or a
+/// system that refuses is left as it is: frames still work, only slower.
+#[allow(unsafe_code)]
+pub fn widen_pipe(fd: std::os::fd::BorrowedFd<'_>) {
+    use std::os::fd::AsRawFd;
+    // SAFETY: fcntl(2) with F_SETPIPE_SZ takes an int and touches no memory of ours; `fd` is a
+    // live descriptor for the duration of the call (it is borrowed).
+    let rc = unsafe {
+        libc::fcntl(
+            fd.as_raw_fd(),
+            libc::F_SETPIPE_SZ,
+            PIPE_BYTES as libc::c_int,
+        )
+    };
+    if rc < 0 {
+        tracing::debug!(
+            error = %std::io::Error::last_os_error(),
+            "cannot grow the worker pipe; keeping its size"
+        );
+    }
+}
+
 /// Writes one frame and flushes.
 pub async fn write_frame<W, T>(w: &mut W, frame: &T) -> Result<()>
 where

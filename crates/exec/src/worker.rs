@@ -351,6 +351,9 @@ pub fn stdio() -> (
 ) {
     use std::os::fd::AsFd;
     use tokio::net::unix::pipe;
+    // Large frames (storage chunks) cross in few wake-ups; a no-op when they are not pipes.
+    crate::protocol::widen_pipe(std::io::stdin().as_fd());
+    crate::protocol::widen_pipe(std::io::stdout().as_fd());
     let input: Box<dyn AsyncRead + Unpin + Send> = match std::io::stdin()
         .as_fd()
         .try_clone_to_owned()
