@@ -80,6 +80,42 @@ fn main() {
             n as f64 / t.elapsed().as_secs_f64()
         );
 
+        // Drift: 100k jobs back to back on the same manager (default config: finished jobs
+        // stay in memory for `retain_finished`), the latency of the first and the last 10k and
+        // this process's RSS along the way.
+        let drift_n = 100_000;
+        let window = 10_000;
+        let mut lat = Vec::with_capacity(drift_n);
+        let mut rss = vec![("start", rss_kib(std::process::id()))];
+        let t = Instant::now();
+        for i in 0..drift_n {
+            if i == drift_n / 2 {
+                rss.push(("middle", rss_kib(std::process::id())));
+            }
+            let t = Instant::now();
+            let id = m.submit(req.clone(), "u").await.unwrap();
+            m.wait(&id).await.unwrap();
+            lat.push(t.elapsed());
+        }
+        let took = t.elapsed();
+        rss.push(("end", rss_kib(std::process::id())));
+        println!(
+            "threaded drift, {drift_n} jobs back to back in {took:.1?}: p50 first {window} {:?}, \
+             last {window} {:?}; p99 first {:?}, last {:?}; RSS {}",
+            pct(lat[..window].to_vec(), 0.5),
+            pct(lat[drift_n - window..].to_vec(), 0.5),
+            pct(lat[..window].to_vec(), 0.99),
+            pct(lat[drift_n - window..].to_vec(), 0.99),
+            rss.iter()
+                .map(|(at, kib)| format!("{at} {:.1} MiB", *kib as f64 / 1024.0))
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+        if std::env::args().any(|a| a == "threaded") {
+            // `cargo bench -p nodetool-exec --bench exec -- threaded`: only the above.
+            return;
+        }
+
         let worker = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
             .join("../../target/release/nodetool-exec-worker");
         let worker = if worker.exists() {
