@@ -205,6 +205,9 @@ impl ManagerConfig {
     }
 }
 
+/// Events a live subscriber may trail the job by before it resyncs from the replay buffer.
+const LIVE_CAPACITY: usize = 1024;
+
 /// Per-job event fan-out with a replay buffer.
 #[derive(Debug)]
 struct EventHub {
@@ -217,7 +220,11 @@ struct EventHub {
 #[derive(Debug)]
 struct HubState {
     buffer: VecDeque<EventEnvelope>,
+    /// Made by the first subscriber: most jobs have none, and a channel preallocates all of
+    /// its slots (1024 envelopes, ~250 KiB per job).
     tx: Option<broadcast::Sender<EventEnvelope>>,
+    /// The job's last event is out: no subscriber gets a live channel any more.
+    closed: bool,
     /// The job's terminal `job_update`, held back until the owner has recorded the outcome, so a
     /// client that reacts to the event never reads a stale record.
     held: Option<EventEnvelope>,
@@ -231,11 +238,11 @@ impl EventHub {
         log: Option<EventLog>,
         stats: Arc<crate::node_stats::NodeStats>,
     ) -> Arc<Self> {
-        let (tx, _) = broadcast::channel(1024);
         Arc::new(Self {
             state: Mutex::new(HubState {
                 buffer: VecDeque::new(),
-                tx: Some(tx),
+                tx: None,
+                closed: false,
                 held: None,
                 log,
             }),
@@ -265,6 +272,20 @@ impl EventHub {
             st.publish(event, self.capacity);
         }
         st.tx = None;
+        st.closed = true;
+    }
+
+    /// A live receiver of every event published after this call; `None` once the job closed.
+    fn subscribe_live(&self) -> Option<broadcast::Receiver<EventEnvelope>> {
+        let mut st = self.lock();
+        if st.closed {
+            return None;
+        }
+        Some(
+            st.tx
+                .get_or_insert_with(|| broadcast::channel(LIVE_CAPACITY).0)
+                .subscribe(),
+        )
     }
 
     /// A terminal `job_update` was sent (and is held).
@@ -1139,7 +1160,7 @@ impl JobExecutionManager {
         };
         // Subscribe under the lock, so every event after the buffer's current end also reaches
         // `rx`; the replay is then read a batch at a time (overlaps are dropped by seq).
-        let rx = live.hub.lock().tx.as_ref().map(|tx| tx.subscribe());
+        let rx = live.hub.subscribe_live();
         Ok(JobEvents {
             hub: Some(live.hub.clone()),
             stored: None,
@@ -1549,14 +1570,17 @@ async fn run_owned(
         }
         record.send_modify(|r| r.worker = Some(worker));
     }
+    // The user's cancel reaches the strategy from here (no relay task per job).
     let cancel = handle.cancel_token();
-    let user_cancel = live.cancel.clone();
-    let relay = tokio::spawn(async move {
-        user_cancel.cancelled().await;
-        cancel.cancel();
-    });
-    let mut outcome = handle.wait().await;
-    relay.abort();
+    let wait = handle.wait();
+    tokio::pin!(wait);
+    let mut outcome = tokio::select! {
+        outcome = &mut wait => outcome,
+        () = live.cancel.cancelled() => {
+            cancel.cancel();
+            wait.await
+        }
+    };
     // A cancelled job stays cancelled, whatever the strategy saw while it stopped.
     if live.cancel.is_cancelled() && outcome.status != Status::Completed {
         outcome.status = Status::Cancelled;
