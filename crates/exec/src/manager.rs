@@ -65,6 +65,9 @@ pub struct ManagerConfig {
     pub replay_events: usize,
     /// How long a finished job stays in memory (events replayable) before only the store has it.
     pub retain_finished: Duration,
+    /// Most finished jobs kept in memory at once: past it the oldest is forgotten early (the
+    /// store and the event log still answer for it), so memory stays flat under any job rate.
+    pub max_retained_finished: usize,
     /// Persist every job's events in the job store (batched), so replay survives a restart;
     /// `None` keeps them in memory only.
     pub event_log: Option<EventLogConfig>,
@@ -165,6 +168,7 @@ impl Default for ManagerConfig {
             ],
             replay_events: 131_072,
             retain_finished: Duration::from_secs(300),
+            max_retained_finished: 10_000,
             event_log: Some(EventLogConfig::default()),
             queue: None,
             input_nodes: InputNodeTypes::default(),
@@ -436,6 +440,10 @@ struct Inner {
     /// Called with each job's final record (see [`JobExecutionManager::on_finished`]).
     finished_observers: Mutex<Vec<FinishedObserver>>,
     node_stats: Arc<crate::node_stats::NodeStats>,
+    /// Finished jobs still in `live`, oldest first, with when each is to be forgotten; one
+    /// sweeper task (started with the first finish) forgets them.
+    retained: Mutex<VecDeque<(tokio::time::Instant, String)>>,
+    sweeper: std::sync::Once,
 }
 
 /// A callback for finished jobs; it runs on the job's owner task, so it must be quick.
@@ -526,6 +534,8 @@ impl JobExecutionManager {
                 owners: tokio_util::task::TaskTracker::new(),
                 finished_observers: Mutex::default(),
                 node_stats: Arc::default(),
+                retained: Mutex::default(),
+                sweeper: std::sync::Once::new(),
             }),
         };
         if let Some(queue) = manager.inner.config.queue {
@@ -1497,18 +1507,54 @@ async fn owner(
     live.hub.release_and_close(&record.borrow(), unrecorded);
 
     // Keep the finished job (and its replay buffer) around for late readers, then forget it.
+    retain_finished(&inner, job_id);
+}
+
+/// Keeps a finished job in `live` for `retain_finished`, and at most `max_retained_finished` of
+/// them: one queue and one sweeper task for all jobs (a sleeping task per job cost ~15 KiB
+/// each under load, docs/bench/exec.md).
+fn retain_finished(inner: &Arc<Inner>, job_id: String) {
     let retain = inner.config.retain_finished;
-    let weak = Arc::downgrade(&inner);
-    tokio::spawn(async move {
-        tokio::time::sleep(retain).await;
-        if let Some(inner) = weak.upgrade() {
-            inner
-                .live
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .remove(&job_id);
-        }
+    let forget_now = {
+        let mut retained = inner.retained.lock().unwrap_or_else(|p| p.into_inner());
+        retained.push_back((tokio::time::Instant::now() + retain, job_id));
+        let excess = retained
+            .len()
+            .saturating_sub(inner.config.max_retained_finished);
+        retained
+            .drain(..excess)
+            .map(|(_, id)| id)
+            .collect::<Vec<_>>()
+    };
+    forget(inner, forget_now);
+    inner.sweeper.call_once(|| {
+        let weak = Arc::downgrade(inner);
+        // Deadlines are in finishing order (one `retain` for all), so the front is the next.
+        let tick = retain.clamp(Duration::from_millis(10), Duration::from_secs(1));
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(tick).await;
+                let Some(inner) = weak.upgrade() else { return };
+                let now = tokio::time::Instant::now();
+                let due = {
+                    let mut retained = inner.retained.lock().unwrap_or_else(|p| p.into_inner());
+                    let n = retained.iter().take_while(|(at, _)| *at <= now).count();
+                    retained.drain(..n).map(|(_, id)| id).collect::<Vec<_>>()
+                };
+                forget(&inner, due);
+            }
+        });
     });
+}
+
+fn forget(inner: &Inner, jobs: Vec<String>) {
+    if jobs.is_empty() {
+        return;
+    }
+    let mut live = inner.live.lock().unwrap_or_else(|p| p.into_inner());
+    for id in jobs {
+        live.remove(&id);
+    }
 }
 
 async fn run_owned(

@@ -395,3 +395,70 @@ async fn a_job_needing_more_vram_than_offered_is_refused_naming_the_node() {
         );
     }
 }
+
+/// Finished jobs stay in memory for `retain_finished`, at most `max_retained_finished` of them
+/// (oldest forgotten first); a forgotten job is still answered from the store, events and all.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn finished_jobs_are_forgotten_past_the_cap_and_after_their_time() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = JobStore::open(&dir.path().join("jobs.db")).await.unwrap();
+    let config = ManagerConfig {
+        max_retained_finished: 3,
+        retain_finished: Duration::from_secs(3),
+        ..ManagerConfig::default()
+    };
+    let m = JobExecutionManager::new(store, vec![threaded(dir.path()).await], config)
+        .await
+        .unwrap();
+    let mut ids = Vec::new();
+    for i in 0..5 {
+        let id = m
+            .submit(
+                request(one("nodetool.constant.Integer", json!({"value": i}))),
+                "u1",
+            )
+            .await
+            .unwrap();
+        assert_eq!(m.wait(&id).await.unwrap().status, Status::Completed);
+        ids.push(id);
+    }
+    // The last job's owner forgets the oldest just after `wait` sees its record.
+    let mut newest = ids[2..].to_vec();
+    newest.sort();
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let mut live = m.live_jobs();
+        live.sort();
+        if live == newest {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "only the 3 newest stay: {live:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    // The forgotten first job: the store still has it, and its events replay.
+    assert_eq!(
+        m.get(&ids[0]).await.unwrap().unwrap().status,
+        Status::Completed
+    );
+    m.flush_events().await;
+    let mut events = m.subscribe(&ids[0], 0).unwrap();
+    let mut terminal = false;
+    while let Some(e) = tokio::time::timeout(Duration::from_secs(10), events.next())
+        .await
+        .unwrap()
+    {
+        if let Event::JobUpdate(u) = &e.event {
+            terminal |= u.status == Status::Completed;
+        }
+    }
+    assert!(terminal, "the forgotten job's events replay from the store");
+    // And after their time, the rest go too.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !m.live_jobs().is_empty() {
+        assert!(std::time::Instant::now() < deadline, "{:?}", m.live_jobs());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
