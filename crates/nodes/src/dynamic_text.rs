@@ -68,7 +68,7 @@ async fn render_off_thread(template: String, vars: Value) -> Result<String> {
     let stop = Arc::new(AtomicBool::new(false));
     let guard = StopOnDrop(stop.clone());
     let account = nodetool_alloc::Account::new(TEMPLATE_MEMORY_BYTES);
-    let mut render = tokio::task::spawn_blocking({
+    let render = tokio::task::spawn_blocking({
         let (slot, account) = (slot.clone(), account.clone());
         move || {
             let result = {
@@ -79,28 +79,36 @@ async fn render_off_thread(template: String, vars: Value) -> Result<String> {
             result
         }
     });
-    let rendered = loop {
-        tokio::select! {
-            joined = &mut render => break joined.map_err(|e| {
-                Error::unexpected(format!("template render ended abnormally: {e}"))
-            })?,
-            () = tokio::time::sleep(std::time::Duration::from_millis(20)) => {
-                if account.tripped() {
-                    free_slot(&slot);
-                    return Err(Error::new(
-                        ErrorKind::TooLarge,
-                        format!(
-                            "template error: the render needed more than {} MiB of memory \
-                             (a string or list doubled in a loop?)",
-                            account.limit() >> 20
-                        ),
-                    )
-                    .set_temporary(false)
-                    .with_operation("text.render"));
+    // Watched on a task of its own, so a render that trips after this future was dropped (the
+    // job cancelled) still gives its slot back.
+    let watcher = tokio::spawn(async move {
+        tokio::pin!(render);
+        loop {
+            tokio::select! {
+                joined = &mut render => return joined.map_err(|e| {
+                    Error::unexpected(format!("template render ended abnormally: {e}"))
+                })?,
+                () = tokio::time::sleep(std::time::Duration::from_millis(20)) => {
+                    if account.tripped() {
+                        free_slot(&slot);
+                        return Err(Error::new(
+                            ErrorKind::TooLarge,
+                            format!(
+                                "template error: the render needed more than {} MiB of memory \
+                                 (a string or list doubled in a loop?)",
+                                account.limit() >> 20
+                            ),
+                        )
+                        .set_temporary(false)
+                        .with_operation("text.render"));
+                    }
                 }
             }
         }
-    };
+    });
+    let rendered = watcher
+        .await
+        .map_err(|e| Error::unexpected(format!("template render ended abnormally: {e}")))?;
     // Setting the flag of a finished render is harmless.
     drop(guard);
     rendered
