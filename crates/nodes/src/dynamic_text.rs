@@ -63,7 +63,7 @@ async fn render_off_thread(template: String, vars: Value) -> Result<String> {
         .await
         .map_err(|_| Error::unexpected("template slots closed"))?;
     // The slot is given back by whichever side ends the render: the thread when it returns,
-    // this future when the thread was parked (it never returns).
+    // the watcher below when the thread was parked (it never returns).
     let slot = Arc::new(std::sync::Mutex::new(Some(permit)));
     let stop = Arc::new(AtomicBool::new(false));
     let guard = StopOnDrop(stop.clone());
