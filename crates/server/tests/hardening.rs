@@ -472,6 +472,18 @@ impl Drop for Tmpfs {
     }
 }
 
+/// The object the full-store tests expect to survive their refused PUTs.
+async fn put_old(s: &TestServer) {
+    put_object(
+        s,
+        "old.bin",
+        "application/octet-stream",
+        "the old bytes",
+        None,
+    )
+    .await;
+}
+
 /// A 3 MiB PUT of a new key and of an existing one: each `507 insufficient_storage`, its
 /// message naming `cause`.
 async fn puts_are_507_naming(s: &TestServer, cause: &str) {
@@ -501,14 +513,7 @@ async fn a_full_disk_on_put_is_507_with_the_cause_and_keeps_no_partial_file() {
     };
     let folder = assets.display().to_string();
     let s = start(&[("ASSET_FOLDER", folder.as_str())]).await;
-    put_object(
-        &s,
-        "old.bin",
-        "application/octet-stream",
-        "the old bytes",
-        None,
-    )
-    .await;
+    put_old(&s).await;
     puts_are_507_naming(&s, "no space left").await;
     // Nothing partial: no new object, the old one intact, no temp file left behind.
     assert!(!assets.join("big.bin").exists());
@@ -695,14 +700,7 @@ async fn a_full_s3_store_on_put_is_507_with_the_cause_and_keeps_the_old_object()
         ("ASSET_BUCKET", bucket),
     ])
     .await;
-    put_object(
-        &s,
-        "old.bin",
-        "application/octet-stream",
-        "the old bytes",
-        None,
-    )
-    .await;
+    put_old(&s).await;
     full.store(true, std::sync::atomic::Ordering::SeqCst);
     puts_are_507_naming(&s, "minimum free drive threshold").await;
     // Nothing partial: no new object, the old one intact, no upload left open (asked of the
