@@ -1,4 +1,4 @@
-//! The subprocess/Docker worker protocol (`nodetool_exec::protocol`): a byte stream of
+//! The subprocess/Docker worker protocol (`nodetool_workers::protocol`): a byte stream of
 //! length-prefixed JSON frames, read as the worker reads its stdin (`ParentFrame`) and as the
 //! parent reads the worker's stdout (`ChildFrame`). Every frame that decodes must encode and
 //! decode again (the two sides use the same types), attachments (raw bytes after a call's or a
@@ -6,7 +6,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use nodetool_exec::protocol::{
+use nodetool_workers::protocol::{
     encode_frame, read_frame, Attachment, ChildFrame, ParentFrame, MAX_FRAME_BYTES,
 };
 use serde::de::DeserializeOwned;

@@ -4,7 +4,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::Context;
-use nodetool_exec::docker::{self, image};
+use nodetool_workers::docker::{self, image};
 
 #[derive(Debug, clap::Subcommand)]
 pub enum DockerCommand {

@@ -140,7 +140,7 @@ pub(crate) fn load_settings() -> anyhow::Result<nodetool_config::Settings> {
 /// every secret setting (workers get storage and caches from us through calls, not settings).
 pub(crate) fn subprocess_config(
     settings: &nodetool_config::Settings,
-) -> anyhow::Result<nodetool_exec::subprocess::SubprocessConfig> {
+) -> anyhow::Result<nodetool_workers::subprocess::SubprocessConfig> {
     use anyhow::Context;
     let sources = nodetool_config::Sources::from_process()?;
     let secret_names: Vec<&str> = settings
@@ -149,10 +149,10 @@ pub(crate) fn subprocess_config(
         .filter(|e| e.secret)
         .map(|e| e.name)
         .collect();
-    let mut cfg = nodetool_exec::subprocess::SubprocessConfig::new(
+    let mut cfg = nodetool_workers::subprocess::SubprocessConfig::new(
         std::env::current_exe().context("locating the nodetool binary")?,
     );
-    cfg.env = nodetool_exec::subprocess::allowed_env(&sources.env, &secret_names);
+    cfg.env = nodetool_workers::subprocess::allowed_env(&sources.env, &secret_names);
     cfg.env
         .extend(python_cmd::subprocess_env(settings, &sources.env));
     // Workers export their own spans (children of the job's) to the same collector.

@@ -367,7 +367,7 @@ impl WorkerRegistry {
 }
 
 #[async_trait]
-impl nodetool_exec::worker::RegistrySource for WorkerRegistry {
+impl nodetool_workers::worker::RegistrySource for WorkerRegistry {
     async fn registry_for(&self, spec: &nodetool_exec::JobSpec) -> Arc<Registry> {
         let mut registry = nodetool_nodes::registry();
         let needed = spec

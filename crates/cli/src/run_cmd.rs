@@ -180,8 +180,8 @@ async fn strategy_for(
     Arc<dyn ExecutionStrategy>,
     Option<nodetool_bridge::PythonBridge>,
 )> {
-    use nodetool_exec::subprocess::SubprocessStrategy;
     use nodetool_exec::threaded::ThreadedStrategy;
+    use nodetool_workers::subprocess::SubprocessStrategy;
 
     let settings = resources.settings();
     match strategy {
@@ -198,7 +198,8 @@ async fn strategy_for(
         StrategyKind::Subprocess => {
             // The worker gets no storage or cache settings: it asks this process, which lends it
             // the same storages, node cache and asset records (DB_PATH) a threaded run uses.
-            let services = nodetool_exec::WorkerServices::new(resources.engine_resources().await?);
+            let services =
+                nodetool_workers::WorkerServices::new(resources.engine_resources().await?);
             let mut cfg = crate::subprocess_config(settings)?;
             // One job: a pool would only start processes nobody uses.
             cfg.warm_workers = 0;
@@ -222,10 +223,11 @@ async fn strategy_for(
             Ok((wrapped, None))
         }
         StrategyKind::Docker => {
-            let services = nodetool_exec::WorkerServices::new(resources.engine_resources().await?);
-            let cfg = nodetool_exec::docker::config::DockerConfig::for_runtime(settings)?;
+            let services =
+                nodetool_workers::WorkerServices::new(resources.engine_resources().await?);
+            let cfg = nodetool_workers::docker::config::DockerConfig::for_runtime(settings)?;
             let docker: Arc<dyn ExecutionStrategy> = Arc::new(
-                nodetool_exec::docker::DockerStrategy::connect(cfg)
+                nodetool_workers::docker::DockerStrategy::connect(cfg)
                     .await?
                     .with_services(services),
             );

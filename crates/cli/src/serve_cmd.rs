@@ -285,7 +285,7 @@ fn spawn_token_reload(
 pub(crate) async fn job_manager(
     resources: &Arc<Resources>,
     store: nodetool_exec::JobStore,
-    keys: nodetool_exec::KeyScope,
+    keys: nodetool_workers::KeyScope,
     mut config: nodetool_exec::ManagerConfig,
 ) -> anyhow::Result<(
     nodetool_exec::JobExecutionManager,
@@ -293,15 +293,15 @@ pub(crate) async fn job_manager(
     Vec<serde_json::Value>,
 )> {
     use nodetool_engine::Engine;
-    use nodetool_exec::subprocess::SubprocessStrategy;
     use nodetool_exec::threaded::ThreadedStrategy;
     use nodetool_exec::{ExecutionStrategy, JobExecutionManager};
+    use nodetool_workers::subprocess::SubprocessStrategy;
 
     let settings = resources.settings();
     let mut engine_resources = resources.engine_resources().await?;
     // Threaded jobs (and the Python bridge inside them) and workers' calls apply the same scope.
     engine_resources.media.policy.key_scope = keys;
-    let services = nodetool_exec::WorkerServices::new(engine_resources.clone());
+    let services = nodetool_workers::WorkerServices::new(engine_resources.clone());
     let (registry, bridge) =
         crate::python_cmd::registry(settings, crate::python_cmd::Need::Always).await?;
     let node_metadata = nodetool_engine::metadata::registry_metadata(&registry, &|t| {
@@ -359,13 +359,13 @@ pub(crate) async fn job_manager(
 
 async fn docker_strategy(
     settings: &nodetool_config::Settings,
-    services: nodetool_exec::WorkerServices,
+    services: nodetool_workers::WorkerServices,
 ) -> anyhow::Result<Arc<dyn nodetool_exec::ExecutionStrategy>> {
-    let cfg = nodetool_exec::docker::config::DockerConfig::for_runtime(settings)?;
+    let cfg = nodetool_workers::docker::config::DockerConfig::for_runtime(settings)?;
     // A missing engine must not hold up start-up.
     let strategy = tokio::time::timeout(
         Duration::from_secs(5),
-        nodetool_exec::docker::DockerStrategy::connect(cfg),
+        nodetool_workers::docker::DockerStrategy::connect(cfg),
     )
     .await
     .context("the Docker engine did not answer within 5 s")??;
@@ -379,7 +379,7 @@ async fn docker_strategy(
         Err(e) => tracing::warn!(error = %e, "could not reap leftover job containers"),
     }
     if let Err(e) = strategy
-        .reap_workspaces(nodetool_exec::docker::STALE_WORKSPACE)
+        .reap_workspaces(nodetool_workers::docker::STALE_WORKSPACE)
         .await
     {
         tracing::warn!(error = %e, "could not reap leftover job workspaces");

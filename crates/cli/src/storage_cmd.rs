@@ -423,19 +423,19 @@ where
 /// Stale Docker job workspaces (of jobs whose container is gone), when a Docker engine
 /// answers; `None` when there is none to ask (nothing can be told live from stale then).
 async fn reap_docker_workspaces(settings: &nodetool_config::Settings) -> Option<usize> {
-    let cfg = nodetool_exec::docker::config::DockerConfig::for_runtime(settings).ok()?;
+    let cfg = nodetool_workers::docker::config::DockerConfig::for_runtime(settings).ok()?;
     if !cfg.workspace_root.exists() {
         return Some(0);
     }
     let strategy = tokio::time::timeout(
         Duration::from_secs(5),
-        nodetool_exec::docker::DockerStrategy::connect(cfg),
+        nodetool_workers::docker::DockerStrategy::connect(cfg),
     )
     .await
     .ok()?
     .ok()?;
     match strategy
-        .reap_workspaces(nodetool_exec::docker::STALE_WORKSPACE)
+        .reap_workspaces(nodetool_workers::docker::STALE_WORKSPACE)
         .await
     {
         Ok(n) => Some(n),

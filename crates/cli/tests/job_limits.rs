@@ -17,8 +17,8 @@ use futures::{SinkExt, StreamExt};
 use serde_json::{json, Value};
 use tokio_tungstenite::tungstenite::Message;
 
-use nodetool_exec::docker::{bollard, image, JOB_LABEL};
 use nodetool_testkit::serve_process::{NodetoolHome, ServeProcess};
+use nodetool_workers::docker::{bollard, image, JOB_LABEL};
 
 /// Every `nodetool serve` reaps the job containers it finds at start, so the tests of this file
 /// (each starts servers) take turns.
@@ -205,7 +205,7 @@ fn cli_job_on(
 }
 
 async fn docker_client(test: &str) -> Option<bollard::Docker> {
-    match nodetool_exec::docker::connect_engine(Path::new("/var/run/docker.sock")).await {
+    match nodetool_workers::docker::connect_engine(Path::new("/var/run/docker.sock")).await {
         Ok(c) => Some(c),
         Err(e) => {
             nodetool_testkit::skip_or_fail(test, &format!("no Docker engine: {e}"));

@@ -223,8 +223,8 @@ async fn a_restart_reaps_only_this_instances_containers() {
     // Our instance id, as a previous run of this server left it next to the database.
     let mine = "instance-under-test";
     std::fs::write(dir.path().join("nodetool.db.instance"), mine).unwrap();
-    let job = nodetool_exec::docker::JOB_LABEL;
-    let inst = nodetool_exec::docker::INSTANCE_LABEL;
+    let job = nodetool_workers::docker::JOB_LABEL;
+    let inst = nodetool_workers::docker::INSTANCE_LABEL;
     let foreign = container(&image, &[(job, "j1"), (inst, "another-server")], true);
     let foreign_exited = container(&image, &[(job, "j2"), (inst, "another-server")], false);
     let legacy_running = container(&image, &[(job, "j3")], true);

@@ -6,8 +6,6 @@
 //! One sequential test: `reap_leftovers` removes every job container, so nothing may run beside it.
 #![allow(clippy::unwrap_used)]
 
-#[path = "../../exec/tests/common/mod.rs"]
-mod common;
 #[path = "../src/docker_cmd.rs"]
 mod docker_cmd;
 
@@ -16,15 +14,15 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use nodetool_engine::{Event, Status, VecSink};
-use nodetool_exec::docker::bollard;
-use nodetool_exec::docker::{
-    image, DockerConfig, DockerStrategy, PullPolicy, INSTANCE_LABEL, JOB_LABEL,
-};
 use nodetool_exec::threaded::ThreadedStrategy;
 use nodetool_exec::{ExecutionStrategy, JobSpec, WorkerRef};
+use nodetool_workers::docker::bollard;
+use nodetool_workers::docker::{
+    image, DockerConfig, DockerStrategy, PullPolicy, INSTANCE_LABEL, JOB_LABEL,
+};
 use serde_json::json;
 
-use common::strategy_suite;
+use nodetool_testkit::strategy_suite;
 
 const SOCKET: &str = "/var/run/docker.sock";
 const MIB: u64 = 1024 * 1024;
@@ -44,7 +42,7 @@ async fn engine_reachable(test: &str) -> bool {
         nodetool_testkit::skip_or_fail(test, "no Docker socket at /var/run/docker.sock");
         return false;
     }
-    if let Err(e) = nodetool_exec::docker::connect_engine(Path::new(SOCKET)).await {
+    if let Err(e) = nodetool_workers::docker::connect_engine(Path::new(SOCKET)).await {
         nodetool_testkit::skip_or_fail(test, &format!("Docker engine unreachable: {e}"));
         return false;
     }
@@ -84,7 +82,7 @@ async fn docker_runners_e2e() {
     .await
     .expect("build-image");
     assert_eq!(code, std::process::ExitCode::SUCCESS);
-    let client = nodetool_exec::docker::connect_engine(Path::new(SOCKET))
+    let client = nodetool_workers::docker::connect_engine(Path::new(SOCKET))
         .await
         .unwrap();
     assert!(image::image_exists(&client, &tag).await.unwrap());
@@ -107,7 +105,7 @@ async fn docker_runners_e2e() {
             .expect("connect"),
     );
     let threaded: Arc<dyn ExecutionStrategy> = Arc::new(
-        ThreadedStrategy::new(common::test_engine(dir.path()).await, 2).expect("threaded"),
+        ThreadedStrategy::new(strategy_suite::test_engine(dir.path()).await, 2).expect("threaded"),
     );
     strategy_suite::run(docker.clone(), threaded).await;
     assert_no_job_containers(&client).await;

@@ -43,6 +43,33 @@ pub enum ErrorKind {
 }
 
 impl ErrorKind {
+    /// Every kind, for lookups by name.
+    pub const ALL: [ErrorKind; 14] = [
+        ErrorKind::NotFound,
+        ErrorKind::AlreadyExists,
+        ErrorKind::InvalidInput,
+        ErrorKind::RangeNotSatisfiable,
+        ErrorKind::TooLarge,
+        ErrorKind::StorageFull,
+        ErrorKind::ConfigInvalid,
+        ErrorKind::PermissionDenied,
+        ErrorKind::RateLimited,
+        ErrorKind::Timeout,
+        ErrorKind::Cancelled,
+        ErrorKind::Unsupported,
+        ErrorKind::Unavailable,
+        ErrorKind::Unexpected,
+    ];
+
+    /// The kind [`ErrorKind::as_str`] names; `Unexpected` for a name this build does not know
+    /// (an error that crossed a process boundary from a newer peer).
+    pub fn from_name(name: &str) -> ErrorKind {
+        Self::ALL
+            .into_iter()
+            .find(|k| k.as_str() == name)
+            .unwrap_or(ErrorKind::Unexpected)
+    }
+
     pub fn as_str(self) -> &'static str {
         match self {
             ErrorKind::NotFound => "not found",
@@ -246,6 +273,30 @@ impl From<std::io::Error> for Error {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn every_kind_is_found_by_its_name_and_an_unknown_name_is_unexpected() {
+        for kind in ErrorKind::ALL {
+            // A new variant stops this match compiling: list it here and in ALL.
+            match kind {
+                ErrorKind::NotFound
+                | ErrorKind::AlreadyExists
+                | ErrorKind::InvalidInput
+                | ErrorKind::RangeNotSatisfiable
+                | ErrorKind::TooLarge
+                | ErrorKind::StorageFull
+                | ErrorKind::ConfigInvalid
+                | ErrorKind::PermissionDenied
+                | ErrorKind::RateLimited
+                | ErrorKind::Timeout
+                | ErrorKind::Cancelled
+                | ErrorKind::Unsupported
+                | ErrorKind::Unavailable
+                | ErrorKind::Unexpected => assert_eq!(ErrorKind::from_name(kind.as_str()), kind),
+            }
+        }
+        assert_eq!(ErrorKind::from_name("on fire"), ErrorKind::Unexpected);
+    }
 
     #[test]
     fn display_carries_operation_context_and_source() {

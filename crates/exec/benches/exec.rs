@@ -10,11 +10,11 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use nodetool_engine::{Engine, Graph, NullSink};
-use nodetool_exec::subprocess::{SubprocessConfig, SubprocessStrategy};
 use nodetool_exec::threaded::ThreadedStrategy;
 use nodetool_exec::{
     ExecutionStrategy, JobExecutionManager, JobSpec, JobStore, ManagerConfig, RunJobRequest,
 };
+use nodetool_workers::subprocess::{SubprocessConfig, SubprocessStrategy};
 use serde_json::json;
 
 fn graph() -> Graph {

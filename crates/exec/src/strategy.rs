@@ -148,7 +148,7 @@ pub struct JobSpec {
     pub traceparent: Option<String>,
     /// Pauses the job between node boundaries (`nodetool_engine::pause`). The threaded strategy
     /// hands it to the engine; the worker strategies' session watches it and tells a worker that
-    /// can pause (`crate::protocol`, pause control), whose run has a gate of its own.
+    /// can pause (`nodetool_workers::protocol`, pause control), whose run has a gate of its own.
     #[serde(skip)]
     pub pause: nodetool_engine::PauseGate,
     /// Whether the run honours `pause`, as the strategy learns it (worker strategies: from the
@@ -158,7 +158,7 @@ pub struct JobSpec {
 }
 
 /// Whether a job's run honours its [`JobSpec::pause`] gate: unknown until a worker strategy's
-/// worker answered the request's pause offer (`crate::protocol`, pause control), then known for
+/// worker answered the request's pause offer (`nodetool_workers::protocol`, pause control), then known for
 /// good. Shared by the strategy (which sets it) and the manager (which refuses pause and resume
 /// for a job whose worker cannot pause). Cheap to clone.
 #[derive(Debug, Clone, Default)]
@@ -279,38 +279,13 @@ impl JobError {
 
     /// The kind back from its name (`Unexpected` for a name this build does not know).
     pub fn error_kind(&self) -> ErrorKind {
-        kind_from_name(&self.kind)
+        ErrorKind::from_name(&self.kind)
     }
 
     /// An [`Error`] of the same kind and text (for errors that crossed a process boundary).
     pub fn to_error(&self) -> Error {
         Error::new(self.error_kind(), self.message.clone())
     }
-}
-
-/// An [`ErrorKind`] from its name (`ErrorKind::as_str`); `Unexpected` for a name this build does
-/// not know (errors that crossed a process boundary).
-pub(crate) fn kind_from_name(name: &str) -> ErrorKind {
-    const KINDS: [ErrorKind; 14] = [
-        ErrorKind::NotFound,
-        ErrorKind::AlreadyExists,
-        ErrorKind::InvalidInput,
-        ErrorKind::RangeNotSatisfiable,
-        ErrorKind::TooLarge,
-        ErrorKind::StorageFull,
-        ErrorKind::ConfigInvalid,
-        ErrorKind::PermissionDenied,
-        ErrorKind::RateLimited,
-        ErrorKind::Timeout,
-        ErrorKind::Cancelled,
-        ErrorKind::Unsupported,
-        ErrorKind::Unavailable,
-        ErrorKind::Unexpected,
-    ];
-    KINDS
-        .into_iter()
-        .find(|k| k.as_str() == name)
-        .unwrap_or(ErrorKind::Unexpected)
 }
 
 impl fmt::Display for JobError {

@@ -18,6 +18,8 @@ pub mod s3_server;
 pub mod scripted;
 pub mod serve_process;
 pub mod storage_suite;
+#[cfg(feature = "strategy")]
+pub mod strategy_suite;
 pub mod supabase_double;
 
 /// True when CI demands that every suite runs (`NODETOOL_TEST_REQUIRE=1`).

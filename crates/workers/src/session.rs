@@ -31,8 +31,8 @@ use nodetool_engine::EventSink;
 
 use crate::calls::{CallHandler, ServiceOffer};
 use crate::protocol::{pump_frames, read_frame, ChildFrame, ParentFrame, WorkerStdin};
-use crate::sink::TrackingSink;
-use crate::strategy::{JobError, JobOutcome, JobSpec, HARD_DEADLINE_GRACE};
+use nodetool_exec::sink::TrackingSink;
+use nodetool_exec::strategy::{JobError, JobOutcome, JobSpec, HARD_DEADLINE_GRACE};
 
 /// How long a finished job waits for its worker's calls in flight (and aborted uploads) to
 /// settle before its outcome is reported anyway.

@@ -4,24 +4,25 @@
 //! worker's side of the protocol over an in-memory pipe.
 #![allow(clippy::unwrap_used)]
 
-mod common;
-mod docker_image;
+use crate::docker_image;
 
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::Arc;
 
-use common::strategy_suite::graph;
 use nodetool_core::ErrorKind;
 use nodetool_engine::{Graph, Status};
-use nodetool_exec::docker::{DockerConfig, DockerStrategy, PullPolicy};
-use nodetool_exec::protocol::{read_frame, write_frame, ChildFrame, ParentFrame, MAX_FRAME_BYTES};
-use nodetool_exec::subprocess::{SubprocessConfig, SubprocessStrategy};
 use nodetool_exec::threaded::ThreadedStrategy;
 use nodetool_exec::{
     ExecutionStrategy, InputNodeTypes, JobExecutionManager, JobSpec, JobStore, ManagerConfig,
     RunJobRequest, WorkerRef,
 };
+use nodetool_testkit::strategy_suite::graph;
+use nodetool_workers::docker::{DockerConfig, DockerStrategy, PullPolicy};
+use nodetool_workers::protocol::{
+    read_frame, write_frame, ChildFrame, ParentFrame, MAX_FRAME_BYTES,
+};
+use nodetool_workers::subprocess::{SubprocessConfig, SubprocessStrategy};
 use serde_json::{json, Value};
 
 const WORKER: &str = env!("CARGO_BIN_EXE_nodetool-exec-worker");
@@ -92,7 +93,9 @@ async fn manager(
 }
 
 async fn threaded(dir: &Path) -> Arc<dyn ExecutionStrategy> {
-    Arc::new(ThreadedStrategy::new(common::test_engine(dir).await, 2).unwrap())
+    Arc::new(
+        ThreadedStrategy::new(nodetool_testkit::strategy_suite::test_engine(dir).await, 2).unwrap(),
+    )
 }
 
 /// The whole story on one strategy: pushes in order, a chunk dict passing through, every caller
@@ -388,7 +391,7 @@ async fn a_push_to_a_scheduled_job_waits_until_it_runs() {
     let sleeper = m
         .submit(
             RunJobRequest {
-                graph: Some(common::strategy_suite::one(
+                graph: Some(nodetool_testkit::strategy_suite::one(
                     "nodetool.test.Sleep",
                     json!({"seconds": 60, "value": 1}),
                 )),
@@ -420,7 +423,7 @@ async fn a_push_to_a_scheduled_job_waits_until_it_runs() {
     let sleeper = m
         .submit(
             RunJobRequest {
-                graph: Some(common::strategy_suite::one(
+                graph: Some(nodetool_testkit::strategy_suite::one(
                     "nodetool.test.Sleep",
                     json!({"seconds": 60, "value": 1}),
                 )),
@@ -450,7 +453,7 @@ async fn a_push_to_a_scheduled_job_waits_until_it_runs() {
 async fn the_worker_acks_input_frames_while_the_job_runs() {
     let (mut parent_w, child_r) = tokio::io::duplex(64 * 1024);
     let (child_w, mut parent_r) = tokio::io::duplex(64 * 1024);
-    let worker = tokio::spawn(nodetool_exec::worker::serve(
+    let worker = tokio::spawn(nodetool_workers::worker::serve(
         child_r,
         child_w,
         Arc::new(nodetool_nodes::registry()),

@@ -5,8 +5,7 @@
 //! has no settings and no credentials.
 #![allow(clippy::unwrap_used)]
 
-mod common;
-mod docker_image;
+use crate::docker_image;
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -17,17 +16,18 @@ use futures::StreamExt;
 use serde_json::{json, Value};
 use tokio::sync::Notify;
 
-use common::strategy_suite::{graph, run_job};
 use nodetool_assets::SqliteAssetStore;
 use nodetool_core::{
     AssetQuery, AssetStore, ByteRange, ByteStream, Download, ObjectMeta, PutOptions, Result,
     Storage, StorageInfo, StorageKey, StoragePrefix,
 };
 use nodetool_engine::{EngineResources, Graph, Status};
-use nodetool_exec::docker::{DockerConfig, DockerStrategy, PullPolicy};
-use nodetool_exec::subprocess::{SubprocessConfig, SubprocessStrategy};
-use nodetool_exec::{ExecutionStrategy, JobSpec, WorkerRef, WorkerServices};
+use nodetool_exec::{ExecutionStrategy, JobSpec, WorkerRef};
 use nodetool_runtime::{ResourceOptions, Resources};
+use nodetool_testkit::strategy_suite::{graph, run_job};
+use nodetool_workers::docker::{DockerConfig, DockerStrategy, PullPolicy};
+use nodetool_workers::subprocess::{SubprocessConfig, SubprocessStrategy};
+use nodetool_workers::WorkerServices;
 
 const WORKER: &str = env!("CARGO_BIN_EXE_nodetool-exec-worker");
 

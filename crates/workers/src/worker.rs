@@ -29,8 +29,8 @@ use crate::protocol::{
     read_frame, read_raw_frame, write_frame, ChildFrame, ParentFrame, MAX_FRAME_BYTES,
     MIN_PROTOCOL_VERSION, PROTOCOL_VERSION,
 };
-use crate::strategy::JobError;
-use crate::threaded::run_in_process;
+use nodetool_exec::strategy::JobError;
+use nodetool_exec::threaded::run_in_process;
 
 #[derive(Debug)]
 struct FrameSink(mpsc::UnboundedSender<ChildFrame>);
@@ -67,12 +67,12 @@ fn peak_rss_bytes() -> Option<u64> {
 /// graph names types the library lacks.
 #[async_trait::async_trait]
 pub trait RegistrySource: Send + Sync + 'static {
-    async fn registry_for(&self, spec: &crate::strategy::JobSpec) -> Arc<Registry>;
+    async fn registry_for(&self, spec: &nodetool_exec::strategy::JobSpec) -> Arc<Registry>;
 }
 
 #[async_trait::async_trait]
 impl RegistrySource for Arc<Registry> {
-    async fn registry_for(&self, _spec: &crate::strategy::JobSpec) -> Arc<Registry> {
+    async fn registry_for(&self, _spec: &nodetool_exec::strategy::JobSpec) -> Arc<Registry> {
         self.clone()
     }
 }
@@ -217,7 +217,7 @@ where
     });
     let sink: Arc<dyn EventSink> = Arc::new(FrameSink(tx.clone()));
     // The worker's own job span, a child of the parent's (its traceparent is in the spec).
-    let span = crate::trace::job_span(&spec, "worker");
+    let span = nodetool_exec::trace::job_span(&spec, "worker");
     let outcome = run_in_process(engine, spec, sink, cancel, streams)
         .instrument(span)
         .await;

@@ -4,8 +4,6 @@
 //! The test runs itself twice: as the parent, and (with `NODETOOL_RESTART_CHILD_DB` set) as the
 //! child manager that the parent kills.
 
-mod common;
-
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
@@ -13,10 +11,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use nodetool_engine::Status;
-use nodetool_exec::subprocess::{SubprocessConfig, SubprocessStrategy};
 use nodetool_exec::{
     ExecutionStrategy, JobExecutionManager, JobStore, ManagerConfig, RunJobRequest, WorkerRef,
 };
+use nodetool_workers::subprocess::{SubprocessConfig, SubprocessStrategy};
 use serde_json::json;
 
 const WORKER: &str = env!("CARGO_BIN_EXE_nodetool-exec-worker");
@@ -75,7 +73,7 @@ async fn child(db_dir: &str) -> ! {
 /// Submits a two-minute job; its id and worker pid once it runs.
 async fn long_job(m: &JobExecutionManager) -> (String, u32) {
     let request = RunJobRequest {
-        graph: Some(common::strategy_suite::one(
+        graph: Some(nodetool_testkit::strategy_suite::one(
             "nodetool.test.Sleep",
             json!({"seconds": 120, "value": 1}),
         )),

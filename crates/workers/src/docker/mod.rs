@@ -39,8 +39,8 @@ use nodetool_engine::EventSink;
 use crate::calls::{CallHandler, CallScope, WorkerServices};
 use crate::protocol::{WorkerStdin, MAX_FRAME_BYTES};
 use crate::session::{self, Exit, Session, StderrTail, WorkerControl};
-use crate::sink::TrackingSink;
-use crate::strategy::{
+use nodetool_exec::sink::TrackingSink;
+use nodetool_exec::strategy::{
     Capabilities, ExecutionStrategy, JobError, JobHandle, JobSpec, StrategyKind, WorkerRef,
 };
 

@@ -10,7 +10,7 @@ use bollard::models::{ContainerCreateBody, DeviceRequest, HostConfig, Mount, Mou
 
 use nodetool_core::{Error, Result};
 
-use crate::strategy::{JobSpec, ResourceLimits};
+use nodetool_exec::strategy::{JobSpec, ResourceLimits};
 
 /// The label every job container carries (`nodetool.job_id=<id>`); reaping looks for it.
 pub const JOB_LABEL: &str = "nodetool.job_id";

@@ -17,12 +17,12 @@ use tokio::sync::mpsc;
 
 use nodetool_core::{ByteStream, PutOptions, Storage, StorageKey};
 use nodetool_engine::Graph;
-use nodetool_exec::calls::client::remote_resources;
-use nodetool_exec::calls::{CallClient, CallHandler, CallScope, WorkerServices};
-use nodetool_exec::protocol::{
+use nodetool_exec::JobSpec;
+use nodetool_workers::calls::client::remote_resources;
+use nodetool_workers::calls::{CallClient, CallHandler, CallScope, WorkerServices};
+use nodetool_workers::protocol::{
     pump_frames, read_frame, write_frame, ChildFrame, ParentFrame, MAX_FRAME_BYTES,
 };
-use nodetool_exec::JobSpec;
 
 const SIZE: usize = 64 * 1024 * 1024;
 /// Pieces the body is made of (what a node streaming a file would hand over).
@@ -67,7 +67,7 @@ fn rate(d: Duration) -> f64 {
 /// calls and prints `upload_ns download_ns` per round on stderr.
 async fn child() {
     // The worker's own stdin/stdout handling.
-    let (mut stdin, mut stdout) = nodetool_exec::worker::stdio();
+    let (mut stdin, mut stdout) = nodetool_workers::worker::stdio();
     let Some(ParentFrame::Request {
         services: Some(offer),
         ..

@@ -1,5 +1,5 @@
 //! A stand-alone `nodetool worker` for this crate's tests and benchmarks (the real binary's
-//! `nodetool worker` runs the same [`nodetool_exec::worker::run_worker`]).
+//! `nodetool worker` runs the same [`nodetool_workers::worker::run_worker`]).
 
 use std::process::ExitCode;
 
@@ -16,7 +16,7 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let result = rt.block_on(nodetool_exec::worker::run_worker());
+    let result = rt.block_on(nodetool_workers::worker::run_worker());
     // Do not wait for the blocking stdin reader.
     rt.shutdown_timeout(std::time::Duration::from_millis(100));
     match result {

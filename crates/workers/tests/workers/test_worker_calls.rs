@@ -21,12 +21,14 @@ use nodetool_core::{
     ErrorKind, ObjectMeta, PutOptions, Result, Storage, StorageInfo, StorageKey, StoragePrefix,
 };
 use nodetool_engine::EngineResources;
-use nodetool_exec::calls::client::remote_resources;
-use nodetool_exec::calls::{
+use nodetool_runtime::{ResourceOptions, Resources};
+use nodetool_workers::calls::client::remote_resources;
+use nodetool_workers::calls::{
     op, CallClient, CallHandler, CallScope, KeyScope, Role, WorkerServices, MAX_CALLS_IN_FLIGHT,
 };
-use nodetool_exec::protocol::{read_frame, write_frame, ChildFrame, ParentFrame, MAX_FRAME_BYTES};
-use nodetool_runtime::{ResourceOptions, Resources};
+use nodetool_workers::protocol::{
+    read_frame, write_frame, ChildFrame, ParentFrame, MAX_FRAME_BYTES,
+};
 
 const MIB: usize = 1024 * 1024;
 
@@ -507,7 +509,11 @@ async fn concurrent_calls_complete_out_of_order() {
 
 async fn reply(
     rx: &mut mpsc::UnboundedReceiver<ParentFrame>,
-) -> (u64, Option<Value>, Option<nodetool_exec::calls::CallError>) {
+) -> (
+    u64,
+    Option<Value>,
+    Option<nodetool_workers::calls::CallError>,
+) {
     match tokio::time::timeout(Duration::from_secs(30), rx.recv()).await {
         Ok(Some(ParentFrame::Reply {
             call_id,
@@ -751,7 +757,7 @@ async fn the_parent_enforces_the_job_owner() {
     pipe.client
         .call(
             op::ASSET_CREATE,
-            json!({"record": nodetool_exec::calls::WireAsset::from(&record)}),
+            json!({"record": nodetool_workers::calls::WireAsset::from(&record)}),
         )
         .await
         .unwrap();

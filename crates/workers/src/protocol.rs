@@ -44,7 +44,7 @@
 //!    (cancellation and the deadline still apply) and the run's `job_update` `paused` / `running`
 //!    events come back as any other. An older worker ignores the field and sends an event first:
 //!    the parent then knows it cannot pause and never sends it a `set_paused`
-//!    ([`crate::strategy::PauseSupport`] tells the manager, which refuses pause for that job).
+//!    ([`nodetool_exec::strategy::PauseSupport`] tells the manager, which refuses pause for that job).
 //!
 //! Versions: a parent asks for version 1 unless the job streams inputs (then 2), so an older
 //! worker image still runs every other job; a worker accepts
@@ -71,7 +71,7 @@ use nodetool_core::{Error, ErrorKind, Result};
 use nodetool_engine::EventEnvelope;
 
 use crate::calls::{CallError, ServiceOffer};
-use crate::strategy::{JobError, JobInputs, JobOutcome, JobSpec};
+use nodetool_exec::strategy::{JobError, JobInputs, JobOutcome, JobSpec};
 
 /// The newest version this code speaks; bumped on any incompatible change.
 pub const PROTOCOL_VERSION: u32 = 3;

@@ -1,15 +1,13 @@
 //! Subprocess strategy: the shared suite through a real worker binary, plus broken workers.
 
-mod common;
-
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use common::strategy_suite::{self, one, run_job};
 use nodetool_engine::Status;
-use nodetool_exec::subprocess::{allowed_env, SubprocessConfig, SubprocessStrategy};
 use nodetool_exec::threaded::ThreadedStrategy;
 use nodetool_exec::{ExecutionStrategy, JobSpec, WorkerRef};
+use nodetool_testkit::strategy_suite::{self, one, run_job};
+use nodetool_workers::subprocess::{allowed_env, SubprocessConfig, SubprocessStrategy};
 use serde_json::json;
 
 const WORKER: &str = env!("CARGO_BIN_EXE_nodetool-exec-worker");
@@ -40,8 +38,13 @@ fn fake_worker(dir: &std::path::Path, script: &str) -> Arc<dyn ExecutionStrategy
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn subprocess_strategy_passes_the_suite() {
     let dir = tempfile::tempdir().unwrap();
-    let reference: Arc<dyn ExecutionStrategy> =
-        Arc::new(ThreadedStrategy::new(common::test_engine(dir.path()).await, 2).unwrap());
+    let reference: Arc<dyn ExecutionStrategy> = Arc::new(
+        ThreadedStrategy::new(
+            nodetool_testkit::strategy_suite::test_engine(dir.path()).await,
+            2,
+        )
+        .unwrap(),
+    );
     strategy_suite::run(subprocess(dir.path()), reference).await;
 }
 
@@ -104,7 +107,7 @@ async fn broken_workers_fail_the_job_clearly() {
 /// rest of the frame still decodes (the worker here ignores SIGTERM and finishes its frame).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_cancel_while_a_frame_is_half_read_keeps_the_stream_in_step() {
-    use nodetool_exec::protocol::{encode_frame, ChildFrame};
+    use nodetool_workers::protocol::{encode_frame, ChildFrame};
     let dir = tempfile::tempdir().unwrap();
     // The worker's own outcome, marked so the test can tell it from one the parent made up.
     let mut sent = nodetool_exec::JobOutcome::cancelled();
@@ -198,8 +201,13 @@ fn pid_of(h: &nodetool_exec::JobHandle) -> u32 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn subprocess_strategy_with_warm_workers_passes_the_suite() {
     let dir = tempfile::tempdir().unwrap();
-    let reference: Arc<dyn ExecutionStrategy> =
-        Arc::new(ThreadedStrategy::new(common::test_engine(dir.path()).await, 2).unwrap());
+    let reference: Arc<dyn ExecutionStrategy> = Arc::new(
+        ThreadedStrategy::new(
+            nodetool_testkit::strategy_suite::test_engine(dir.path()).await,
+            2,
+        )
+        .unwrap(),
+    );
     let s = warm(dir.path(), 2);
     full_pool(&s, 2).await;
     strategy_suite::run(s, reference).await;

@@ -3,30 +3,29 @@
 //! job paused while it runs (skipped loudly without an engine unless
 //! `NODETOOL_TEST_REQUIRE=1`), a worker
 //! older than pause control refused cleanly, and the worker's side of the negotiation over an
-//! in-memory pipe. The strategy suite (`common::strategy_suite`) has the engine-level cases
+//! in-memory pipe. The strategy suite (`nodetool_testkit::strategy_suite`) has the engine-level cases
 //! (held between nodes, cancel and deadline while paused) on every strategy.
 #![allow(clippy::unwrap_used)]
 
-mod common;
-mod docker_image;
+use crate::docker_image;
 
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::strategy_suite::{chain, one};
 use nodetool_core::ErrorKind;
 use nodetool_engine::{Event, EventEnvelope, Status};
-use nodetool_exec::docker::{DockerConfig, DockerStrategy, PullPolicy};
-use nodetool_exec::protocol::{
-    encode_frame, read_frame, write_frame, ChildFrame, ParentFrame, MAX_FRAME_BYTES,
-};
-use nodetool_exec::subprocess::{SubprocessConfig, SubprocessStrategy};
 use nodetool_exec::{
     ExecutionStrategy, JobEvents, JobExecutionManager, JobSpec, JobStore, ManagerConfig,
     RunJobRequest,
 };
+use nodetool_testkit::strategy_suite::{chain, one};
+use nodetool_workers::docker::{DockerConfig, DockerStrategy, PullPolicy};
+use nodetool_workers::protocol::{
+    encode_frame, read_frame, write_frame, ChildFrame, ParentFrame, MAX_FRAME_BYTES,
+};
+use nodetool_workers::subprocess::{SubprocessConfig, SubprocessStrategy};
 use serde_json::json;
 
 const WORKER: &str = env!("CARGO_BIN_EXE_nodetool-exec-worker");
@@ -274,7 +273,7 @@ async fn the_worker_answers_pause_control_only_when_offered() {
     for offered in [true, false] {
         let (mut parent_w, child_r) = tokio::io::duplex(64 * 1024);
         let (child_w, mut parent_r) = tokio::io::duplex(64 * 1024);
-        let worker = tokio::spawn(nodetool_exec::worker::serve(
+        let worker = tokio::spawn(nodetool_workers::worker::serve(
             child_r,
             child_w,
             Arc::new(nodetool_nodes::registry()),

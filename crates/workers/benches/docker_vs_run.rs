@@ -10,8 +10,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use nodetool_engine::{NullSink, Status};
-use nodetool_exec::docker::{image, DockerConfig, DockerStrategy, PullPolicy};
 use nodetool_exec::{ExecutionStrategy, JobSpec};
+use nodetool_workers::docker::{image, DockerConfig, DockerStrategy, PullPolicy};
 use serde_json::json;
 
 fn percentile(samples: &mut [Duration], p: f64) -> Duration {
@@ -31,7 +31,7 @@ async fn main() {
         .and_then(|v| v.parse().ok())
         .unwrap_or(20);
     let socket = Path::new("/var/run/docker.sock");
-    let client = match nodetool_exec::docker::connect_engine(socket).await {
+    let client = match nodetool_workers::docker::connect_engine(socket).await {
         Ok(c) => c,
         Err(e) => {
             eprintln!("docker_vs_run: skipped, no Docker engine: {e}");

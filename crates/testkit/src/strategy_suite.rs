@@ -1,13 +1,26 @@
 //! The strategy behaviour suite: every `ExecutionStrategy` (threaded, subprocess, Docker) must
 //! pass it. `run(strategy, reference)` compares event streams against `reference` (a threaded
-//! strategy) and panics listing every failed case.
+//! strategy) and panics listing every failed case. [`test_engine`] is the engine such a
+//! reference runs.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use nodetool_engine::{Event, EventEnvelope, Graph, Status, VecSink};
+use nodetool_engine::{Engine, Event, EventEnvelope, Graph, Status, VecSink};
 use nodetool_exec::{ExecutionStrategy, JobOutcome, JobSpec};
 use serde_json::{json, Value};
+
+/// An engine on test settings (in-memory/temp storage) under `dir`, with every registered node
+/// (the `nodetool.test.*` nodes too when `nodetool-nodes`' `test-nodes` feature is on).
+pub async fn test_engine(dir: &std::path::Path) -> Engine {
+    let env: BTreeMap<String, String> = [("ENV".to_owned(), "test".to_owned())].into();
+    let settings = nodetool_config::Settings::load(&nodetool_config::Sources::new(env, dir))
+        .expect("settings");
+    let resources = nodetool_runtime::Resources::new(settings, Default::default());
+    let res = resources.engine_resources().await.expect("resources");
+    Engine::new(Arc::new(nodetool_nodes::registry()), res)
+}
 
 pub fn graph(nodes: Vec<Value>, edges: Vec<Value>) -> Graph {
     serde_json::from_value(json!({"nodes": nodes, "edges": edges})).expect("graph")

@@ -10,10 +10,10 @@ use std::sync::Arc;
 use bollard::models::{ContainerCreateBody, MountTypeEnum};
 use nodetool_core::ErrorKind;
 use nodetool_engine::{Graph, NullSink};
-use nodetool_exec::docker::{
+use nodetool_exec::{JobSpec, ResourceLimits};
+use nodetool_workers::docker::{
     config, image, DockerConfig, DockerJobOptions, DockerStrategy, PullPolicy, JOB_LABEL,
 };
-use nodetool_exec::{JobSpec, ResourceLimits};
 
 const SOCKET: &str = "/var/run/docker.sock";
 

@@ -1,12 +1,9 @@
 //! Threaded strategy and JobExecutionManager behaviour.
 
-mod common;
-
 use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::Utc;
-use common::strategy_suite::{self, one};
 use nodetool_engine::{Event, Status};
 use nodetool_exec::store::RESTART_ERROR;
 use nodetool_exec::threaded::ThreadedStrategy;
@@ -14,10 +11,14 @@ use nodetool_exec::{
     ExecutionStrategy, JobExecutionManager, JobRecord, JobStore, ManagerConfig, RunJobRequest,
     StrategyKind,
 };
+use nodetool_testkit::strategy_suite::{self, one};
 use serde_json::json;
 
 async fn threaded(dir: &std::path::Path) -> Arc<dyn ExecutionStrategy> {
-    Arc::new(ThreadedStrategy::new(common::test_engine(dir).await, 2).expect("pool"))
+    Arc::new(
+        ThreadedStrategy::new(nodetool_testkit::strategy_suite::test_engine(dir).await, 2)
+            .expect("pool"),
+    )
 }
 
 async fn manager(dir: &std::path::Path, max: usize) -> JobExecutionManager {

@@ -66,7 +66,7 @@ use nodetool_core::{
     StorageKey,
 };
 
-use crate::strategy::JobSpec;
+use nodetool_exec::strategy::JobSpec;
 
 pub use client::{CallClient, RemoteAssetStore, RemoteNodeCache, RemoteStorage};
 pub use handler::{CallHandler, WorkerServices};
@@ -186,7 +186,7 @@ impl CallError {
     }
 
     pub fn error_kind(&self) -> ErrorKind {
-        crate::strategy::kind_from_name(&self.kind)
+        nodetool_core::ErrorKind::from_name(&self.kind)
     }
 
     /// The error as the worker reports it; the parent's operation is kept as context.

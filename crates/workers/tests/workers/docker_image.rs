@@ -4,9 +4,9 @@
 /// The Docker engine and the test worker's image (built on first use), or `None` after
 /// `skip_or_fail` when no engine is here.
 pub async fn worker_image(test: &str) -> Option<(bollard::Docker, String)> {
-    use nodetool_exec::docker::image;
+    use nodetool_workers::docker::image;
     let socket = std::path::Path::new("/var/run/docker.sock");
-    let client = match nodetool_exec::docker::connect_engine(socket).await {
+    let client = match nodetool_workers::docker::connect_engine(socket).await {
         Ok(c) => c,
         Err(e) => {
             nodetool_testkit::skip_or_fail(test, &format!("no Docker engine: {e}"));

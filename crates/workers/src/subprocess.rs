@@ -18,9 +18,9 @@
 //!   running process (`prlimit`) before its request is written, and a limit that cannot be put
 //!   there sends the job to a cold worker instead; the user's scope, secrets and trace context
 //!   travel in the request as for a cold worker.
-//! - the one job-specific variable a cold spawn sets, [`WORKER_JOB_ENV`](crate::reap::WORKER_JOB_ENV)
+//! - the one job-specific variable a cold spawn sets, [`WORKER_JOB_ENV`](nodetool_exec::reap::WORKER_JOB_ENV)
 //!   (who the process is, for a restarted parent's reaper), cannot be set on a warm worker; it
-//!   carries [`WARM_WORKER_ENV`](crate::reap::WARM_WORKER_ENV) (its server) instead, and the
+//!   carries [`WARM_WORKER_ENV`](nodetool_exec::reap::WARM_WORKER_ENV) (its server) instead, and the
 //!   reaper kills warm workers whose server is gone.
 //! - every warm worker has `MIMALLOC_ARENA_EAGER_COMMIT=0` (a cold one only with a memory limit):
 //!   idle workers stay small, and a memory limit put on later counts only what the job allocates.
@@ -48,8 +48,8 @@ use nodetool_engine::EventSink;
 use crate::calls::{CallHandler, CallScope, WorkerServices};
 use crate::protocol::{WorkerStdin, MAX_FRAME_BYTES};
 use crate::session::{self, signal_name, Exit, Session, StderrTail, WorkerControl};
-use crate::sink::TrackingSink;
-use crate::strategy::{
+use nodetool_exec::sink::TrackingSink;
+use nodetool_exec::strategy::{
     Capabilities, ExecutionStrategy, JobError, JobHandle, JobSpec, ResourceLimits, StrategyKind,
     WorkerRef,
 };
@@ -214,7 +214,7 @@ struct Worker {
 enum StartFor<'a> {
     /// Cold, for this job: its id and limits are fixed at exec.
     Job(&'a JobSpec),
-    /// Warm, for a job to come, by the server of this [`crate::reap::this_process`] identity.
+    /// Warm, for a job to come, by the server of this [`nodetool_exec::reap::this_process`] identity.
     Pool(&'a str),
 }
 
@@ -250,8 +250,8 @@ fn spawn_worker(cfg: &SubprocessConfig, start_for: StartFor<'_>) -> Result<Worke
         .kill_on_drop(true);
     match start_for {
         StartFor::Job(spec) => {
-            // Who this process is, for a restarted parent's reaper (`crate::reap`).
-            cmd.env(crate::reap::WORKER_JOB_ENV, &spec.job_id);
+            // Who this process is, for a restarted parent's reaper (`nodetool_exec::reap`).
+            cmd.env(nodetool_exec::reap::WORKER_JOB_ENV, &spec.job_id);
             if spec.resource_limits.memory_bytes.is_some() {
                 // mimalloc (the binary's allocator) maps its 1 GiB arena read-write up front when
                 // the kernel overcommits, which RLIMIT_DATA counts in full; committed on demand
@@ -263,7 +263,7 @@ fn spawn_worker(cfg: &SubprocessConfig, start_for: StartFor<'_>) -> Result<Worke
         StartFor::Pool(server) => {
             // Its job (and so a memory limit) is not known yet; committed on demand, the idle
             // worker also stays small.
-            cmd.env(crate::reap::WARM_WORKER_ENV, server)
+            cmd.env(nodetool_exec::reap::WARM_WORKER_ENV, server)
                 .env("MIMALLOC_ARENA_EAGER_COMMIT", "0");
         }
     }
@@ -322,7 +322,7 @@ struct WarmPool {
 
 struct PoolShared {
     cfg: Arc<SubprocessConfig>,
-    /// This server, as warm workers' [`crate::reap::WARM_WORKER_ENV`] names it.
+    /// This server, as warm workers' [`nodetool_exec::reap::WARM_WORKER_ENV`] names it.
     server: String,
     state: Mutex<PoolState>,
     /// A job took a worker (or found dead ones): refill.
@@ -381,7 +381,7 @@ impl WarmPool {
         Self {
             shared: Arc::new(PoolShared {
                 cfg,
-                server: crate::reap::this_process(),
+                server: nodetool_exec::reap::this_process(),
                 state: Mutex::default(),
                 wake: tokio::sync::Notify::new(),
                 closed: CancellationToken::new(),
@@ -414,7 +414,7 @@ impl WarmPool {
                 match worker.child.try_wait() {
                     // Not reaped yet is not alive: a worker killed a moment ago shows up as
                     // exiting in `/proc` before `waitpid` reports it.
-                    Ok(None) if !crate::reap::exiting(worker.pid) => {
+                    Ok(None) if !nodetool_exec::reap::exiting(worker.pid) => {
                         live = Some(worker);
                         break;
                     }
