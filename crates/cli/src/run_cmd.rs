@@ -189,8 +189,8 @@ async fn strategy_for(
             // Native nodes, then the Python worker's when the workflow needs a type they lack.
             let (registry, bridge) =
                 crate::python_cmd::registry(settings, crate::python_cmd::Need::For(graph)).await?;
-            let hints = nodetool_exec::vram::hints(&registry);
-            nodetool_exec::vram::check(graph, &hints, settings.vram_gb)?;
+            nodetool_exec::NodeFacts::from_registry(&registry)
+                .check_vram(graph, settings.vram_gb)?;
             let engine = Engine::new(Arc::new(registry), resources.engine_resources().await?);
             let threaded = ThreadedStrategy::new(engine, settings.thread_pool_size.max(1))?;
             Ok((Arc::new(threaded), bridge))
@@ -209,11 +209,8 @@ async fn strategy_for(
             // the Python nodes declare, which the worker (reading no settings) cannot look up.
             let (registry, bridge) =
                 crate::python_cmd::registry(settings, crate::python_cmd::Need::For(graph)).await?;
-            let fits = nodetool_exec::vram::check(
-                graph,
-                &nodetool_exec::vram::hints(&registry),
-                settings.vram_gb,
-            );
+            let fits = nodetool_exec::NodeFacts::from_registry(&registry)
+                .check_vram(graph, settings.vram_gb);
             let wrapped =
                 crate::python_cmd::LendPythonSecrets::wrap(subprocess, bridge.as_ref(), settings);
             if let Some(b) = bridge {
@@ -234,8 +231,8 @@ async fn strategy_for(
             // Containers have no Python: a workflow with Python nodes is refused up front.
             let (registry, bridge) =
                 crate::python_cmd::registry(settings, crate::python_cmd::Need::For(graph)).await?;
-            let hints = nodetool_exec::vram::hints(&registry);
-            nodetool_exec::vram::check(graph, &hints, settings.vram_gb)?;
+            nodetool_exec::NodeFacts::from_registry(&registry)
+                .check_vram(graph, settings.vram_gb)?;
             Ok((
                 crate::python_cmd::RefusePythonNodes::wrap(docker, bridge.as_ref()),
                 None,

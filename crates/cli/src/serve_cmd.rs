@@ -307,18 +307,8 @@ pub(crate) async fn job_manager(
     let node_metadata = nodetool_engine::metadata::registry_metadata(&registry, &|t| {
         nodetool_nodes::ai::tools::EXPOSED_NODE_TYPES.contains(&t)
     });
-    // NodeTool's streamed-input rule needs to know which input types stream.
-    config.input_nodes = nodetool_exec::InputNodeTypes::from_registry(&registry);
-    config.idempotent_nodes = Arc::new(
-        registry
-            .types()
-            .chain(registry.aliases().map(|(alias, _)| alias))
-            .filter(|t| registry.get(t).is_some_and(|n| n.spec().is_idempotent()))
-            .map(str::to_owned)
-            .collect(),
-    );
-    // VRAM hints (Python nodes' `requires_vram_gb`) for the NODETOOL_VRAM_GB check.
-    config.vram_nodes = Arc::new(nodetool_exec::vram::hints(&registry));
+    // The streamed-input rule, queued jobs' retries and the NODETOOL_VRAM_GB check ask this.
+    config.node_facts = nodetool_exec::NodeFacts::from_registry(&registry);
     let engine = Engine::new(Arc::new(registry), engine_resources);
     let mut strategies: Vec<Arc<dyn ExecutionStrategy>> = vec![Arc::new(ThreadedStrategy::new(
         engine,

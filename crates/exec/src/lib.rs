@@ -12,9 +12,11 @@
 //! - [`work`]: [`work::QueueWorker`], the claim-and-run loop of `nodetool work`.
 //! - [`event_log`]: batched writes of every job's events to the store, for replay after a restart.
 //! - [`reap`]: finding and ending a dead server's worker processes.
+//! - [`node_facts`]: [`NodeFacts`], each node type's input kind, idempotence and VRAM hint.
 
 pub mod event_log;
 pub mod manager;
+pub mod node_facts;
 pub mod node_stats;
 pub mod queue;
 pub mod reap;
@@ -25,11 +27,11 @@ pub mod store;
 pub mod strategy;
 pub mod threaded;
 pub mod trace;
-pub mod vram;
 pub mod work;
 
 pub use event_log::{EventLog, EventLogConfig};
-pub use manager::{InputNodeTypes, JobEvents, JobExecutionManager, ManagerConfig, QueueMode};
+pub use manager::{JobEvents, JobExecutionManager, ManagerConfig, QueueMode};
+pub use node_facts::{NodeFacts, TypeFacts};
 pub use store::{JobRecord, JobStore, PostgresOptions};
 pub use strategy::{
     effective_time_limit, valid_job_id, Capabilities, ExecutionStrategy, JobError, JobHandle,

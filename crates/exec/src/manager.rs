@@ -9,7 +9,7 @@
 //! Streamed inputs ([`JobExecutionManager::stream_input`], [`JobExecutionManager::end_input_stream`])
 //! go to the job's [`JobInputs`], whichever strategy runs it; a call made before the strategy has
 //! started the job waits for it, and every wait ends when the job does. Which jobs take them is
-//! NodeTool's rule, applied here from [`InputNodeTypes`]: a job whose graph has a streaming input
+//! NodeTool's rule, applied here from [`NodeFacts`]: a job whose graph has a streaming input
 //! node (`RealtimeAudioInput`) gets input feeds with no flag from the client; a request's
 //! `streaming_inputs: true` streams every input without a param as well, `false` none.
 
@@ -29,6 +29,7 @@ use nodetool_core::{Error, ErrorKind, Result};
 use nodetool_engine::{EventEnvelope, EventSink, Status};
 
 use crate::event_log::{EventLog, EventLogConfig};
+use crate::node_facts::NodeFacts;
 use crate::queue::{ControlPush, JobControl};
 use crate::replay::StoredEvents;
 use crate::scheduler::{Admission, Scheduler, SchedulerLimits};
@@ -74,66 +75,14 @@ pub struct ManagerConfig {
     /// `JOB_EXECUTION=queue`: submitted jobs are only enqueued in the (PostgreSQL) store for
     /// `nodetool work` processes; nothing runs here, and followers read the store.
     pub queue: Option<QueueMode>,
-    /// The registry's input node types (set it from the registry the strategies run): which
-    /// graphs get input feeds without `streaming_inputs`. Empty: none do.
-    pub input_nodes: InputNodeTypes,
-    /// Node types a rerun cannot harm ([`nodetool_engine::NodeSpec::is_idempotent`], from the
-    /// registry): a queued job whose nodes are all among them is retried when its worker is
-    /// lost, any other fails "worker lost". Empty: no job is retried.
-    pub idempotent_nodes: Arc<std::collections::HashSet<String>>,
-    /// Node types with a VRAM hint (`NodeSpec::requires_vram_gb`, from the registry).
-    pub vram_nodes: Arc<HashMap<String, f64>>,
+    /// Each node type's facts, from the registry the strategies run: which graphs get input
+    /// feeds without `streaming_inputs`, which queued jobs are retried when their worker is
+    /// lost (every node idempotent), and the VRAM hints. Empty: no feeds without the flag, no
+    /// retries, no hints.
+    pub node_facts: NodeFacts,
     /// `NODETOOL_VRAM_GB`: a job with a node hinting more is refused at submit (in queue mode
     /// the hint travels with the job for the workers to match); `None`: not checked.
     pub vram_gb: Option<f64>,
-}
-
-/// The input node types of a registry and whether each streams (NodeTool's streaming inputs,
-/// such as `RealtimeAudioInput`), so the manager applies the streamed-input rule without an
-/// engine of its own.
-#[derive(Debug, Clone, Default)]
-pub struct InputNodeTypes(Arc<HashMap<String, bool>>);
-
-impl InputNodeTypes {
-    pub fn from_registry(registry: &nodetool_engine::Registry) -> Self {
-        let kind = |t: &str| {
-            registry
-                .get(t)
-                .map(|i| i.spec())
-                .filter(|s| s.kind == nodetool_engine::node::NodeKind::Input)
-                .map(|s| s.streaming)
-        };
-        let types = registry
-            .types()
-            .chain(registry.aliases().map(|(alias, _)| alias))
-            .filter_map(|t| kind(t).map(|streams| (t.to_owned(), streams)))
-            .collect();
-        Self(Arc::new(types))
-    }
-
-    /// Whether `graph` has a streaming input node.
-    pub fn any_streaming(&self, graph: &nodetool_engine::Graph) -> bool {
-        graph
-            .nodes
-            .iter()
-            .any(|n| self.0.get(&n.node_type).copied().unwrap_or(false))
-    }
-
-    /// Whether a job of `graph` gets input feeds: its request's `streaming_inputs` when it says,
-    /// else NodeTool's rule (it has a streaming input node).
-    pub fn fed(&self, streaming_inputs: Option<bool>, graph: &nodetool_engine::Graph) -> bool {
-        streaming_inputs.unwrap_or_else(|| self.any_streaming(graph))
-    }
-
-    /// The names of `graph`'s input nodes.
-    fn names(&self, graph: &nodetool_engine::Graph) -> Vec<String> {
-        graph
-            .nodes
-            .iter()
-            .filter(|n| self.0.contains_key(&n.node_type))
-            .map(|n| n.input_name().to_owned())
-            .collect()
-    }
 }
 
 /// How a queue-mode manager enqueues (`JOB_MAX_ATTEMPTS`, `JOB_LEASE_SECONDS`).
@@ -171,9 +120,7 @@ impl Default for ManagerConfig {
             max_retained_finished: 10_000,
             event_log: Some(EventLogConfig::default()),
             queue: None,
-            input_nodes: InputNodeTypes::default(),
-            idempotent_nodes: Arc::default(),
-            vram_nodes: Arc::default(),
+            node_facts: NodeFacts::default(),
             vram_gb: None,
         }
     }
@@ -630,11 +577,10 @@ impl JobExecutionManager {
         if let Some(queue) = self.inner.config.queue {
             return self.enqueue(request, valid, kind, user_id, queue).await;
         }
-        crate::vram::check(
-            &valid.graph,
-            &self.inner.config.vram_nodes,
-            self.inner.config.vram_gb,
-        )?;
+        self.inner
+            .config
+            .node_facts
+            .check_vram(&valid.graph, self.inner.config.vram_gb)?;
         let strategy = self.inner.strategies.get(&kind).cloned().ok_or_else(|| {
             Error::new(
                 ErrorKind::Unsupported,
@@ -651,7 +597,7 @@ impl JobExecutionManager {
             None => nodetool_core::id::new_id(),
         };
         let streaming_input_nodes = valid.streaming_inputs != Some(false)
-            && self.inner.config.input_nodes.any_streaming(&valid.graph);
+            && self.inner.config.node_facts.any_streaming(&valid.graph);
         let spec = JobSpec {
             job_id,
             user_id: user_id.to_owned(),
@@ -709,7 +655,7 @@ impl JobExecutionManager {
             fixed_inputs: if spec.has_input_feeds() {
                 Vec::new()
             } else {
-                self.inner.config.input_nodes.names(&spec.graph)
+                self.inner.config.node_facts.input_names(&spec.graph)
             },
             inputs: watch::Sender::new(None),
             pause: spec.pause.clone(),
@@ -743,11 +689,8 @@ impl JobExecutionManager {
         user_id: &str,
         queue: QueueMode,
     ) -> Result<String> {
-        let streams = self
-            .inner
-            .config
-            .input_nodes
-            .fed(valid.streaming_inputs, &valid.graph);
+        let facts = &self.inner.config.node_facts;
+        let streams = facts.fed(valid.streaming_inputs, &valid.graph);
         let job_id = match valid.job_id {
             Some(id) => self.unused_job_id(id).await?,
             None => nodetool_core::id::new_id(),
@@ -759,16 +702,9 @@ impl JobExecutionManager {
             limits.time_seconds = Some(limits.time_seconds.map_or(cap, |t| t.min(cap)));
         }
         let tags = request.worker_tags.clone().unwrap_or_default();
-        let known = &self.inner.config.idempotent_nodes;
-        let requires_vram_gb =
-            crate::vram::need(&valid.graph, &self.inner.config.vram_nodes).map(|(_, _, gb)| gb);
+        let requires_vram_gb = facts.vram_need(&valid.graph).map(|(_, _, gb)| gb);
         // A job fed by a live stream cannot be run again faithfully: the values it took are gone.
-        let idempotent = !streams
-            && valid
-                .graph
-                .nodes
-                .iter()
-                .all(|n| known.contains(n.node_type.as_str()));
+        let idempotent = !streams && facts.all_idempotent(&valid.graph);
         request.job_id = Some(job_id.clone());
         request.execution_strategy = Some(kind.as_str().to_owned());
         request.user_id = None;
@@ -1272,9 +1208,9 @@ impl RemoteJob<'_> {
                 .await?
                 .ok_or_else(|| elsewhere(job_id, op, rec.status))?;
             let valid = spec.request.validate()?;
-            let nodes = &self.manager.inner.config.input_nodes;
-            if !nodes.fed(valid.streaming_inputs, &valid.graph) {
-                return Err(no_feeds(&nodes.names(&valid.graph), input)
+            let facts = &self.manager.inner.config.node_facts;
+            if !facts.fed(valid.streaming_inputs, &valid.graph) {
+                return Err(no_feeds(&facts.input_names(&valid.graph), input)
                     .with_operation(op)
                     .with_context("job_id", job_id));
             }

@@ -9,7 +9,7 @@ use nodetool_exec::store::RESTART_ERROR;
 use nodetool_exec::threaded::ThreadedStrategy;
 use nodetool_exec::{
     ExecutionStrategy, JobExecutionManager, JobRecord, JobStore, ManagerConfig, RunJobRequest,
-    StrategyKind,
+    StrategyKind, TypeFacts,
 };
 use nodetool_testkit::strategy_suite::{self, one};
 use serde_json::json;
@@ -348,14 +348,19 @@ async fn a_job_needing_more_vram_than_offered_is_refused_naming_the_node() {
                 .await
                 .unwrap();
             let config = ManagerConfig {
-                vram_nodes: Arc::new(
-                    [
-                        ("nodetool.test.Sleep".to_owned(), 12.0),
-                        ("nodetool.test.Generate".to_owned(), 3.5),
-                    ]
-                    .into_iter()
-                    .collect(),
-                ),
+                node_facts: [
+                    ("nodetool.test.Sleep", 12.0),
+                    ("nodetool.test.Generate", 3.5),
+                ]
+                .into_iter()
+                .map(|(t, gb)| {
+                    let facts = TypeFacts {
+                        vram_gb: Some(gb),
+                        ..TypeFacts::default()
+                    };
+                    (t.to_owned(), facts)
+                })
+                .collect(),
                 vram_gb: offered,
                 ..ManagerConfig::default()
             };

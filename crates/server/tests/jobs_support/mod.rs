@@ -67,7 +67,7 @@ pub async fn start_with(auth: &str, mut config: ManagerConfig) -> JobServer {
     let db = nodetool_server::db::open(&db_path).await.unwrap();
     let registry = Arc::new(nodetool_nodes::registry());
     // As `nodetool serve` does: NodeTool's streamed-input rule knows the streaming input types.
-    config.input_nodes = nodetool_exec::InputNodeTypes::from_registry(&registry);
+    config.node_facts = nodetool_exec::NodeFacts::from_registry(&registry);
     let engine = Engine::new(registry, resources.engine_resources().await.unwrap());
     let store = JobStore::from_pool(db.clone()).await.unwrap();
     let manager = JobExecutionManager::new(

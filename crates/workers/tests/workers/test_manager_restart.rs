@@ -19,7 +19,8 @@ use serde_json::json;
 
 const WORKER: &str = env!("CARGO_BIN_EXE_nodetool-exec-worker");
 const CHILD_DB: &str = "NODETOOL_RESTART_CHILD_DB";
-const TEST_NAME: &str = "a_killed_manager_is_reconciled_on_restart";
+// The name libtest knows it by in the one `workers` test binary, for `--exact`.
+const TEST_NAME: &str = "test_manager_restart::a_killed_manager_is_reconciled_on_restart";
 
 async fn manager(dir: &std::path::Path) -> JobExecutionManager {
     manager_with(
@@ -152,7 +153,7 @@ async fn a_killed_manager_is_reconciled_on_restart() {
 }
 
 const WARM_CHILD_DB: &str = "NODETOOL_RESTART_WARM_CHILD_DB";
-const WARM_TEST_NAME: &str = "a_killed_server_leaves_no_warm_worker";
+const WARM_TEST_NAME: &str = "test_manager_restart::a_killed_server_leaves_no_warm_worker";
 
 /// Warm child mode: a job on a warm worker, two more idle; report the three pids, then wait.
 async fn warm_child(db_dir: &str) -> ! {

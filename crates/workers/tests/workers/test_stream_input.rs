@@ -14,8 +14,8 @@ use nodetool_core::ErrorKind;
 use nodetool_engine::{Graph, Status};
 use nodetool_exec::threaded::ThreadedStrategy;
 use nodetool_exec::{
-    ExecutionStrategy, InputNodeTypes, JobExecutionManager, JobSpec, JobStore, ManagerConfig,
-    RunJobRequest, WorkerRef,
+    ExecutionStrategy, JobExecutionManager, JobSpec, JobStore, ManagerConfig, RunJobRequest,
+    WorkerRef,
 };
 use nodetool_testkit::strategy_suite::graph;
 use nodetool_workers::docker::{DockerConfig, DockerStrategy, PullPolicy};
@@ -84,7 +84,7 @@ async fn manager(
     let store = JobStore::open(&dir.join("jobs.db")).await.unwrap();
     let config = ManagerConfig {
         max_concurrent_jobs: max_jobs,
-        input_nodes: InputNodeTypes::from_registry(&nodetool_nodes::registry()),
+        node_facts: nodetool_exec::NodeFacts::from_registry(&nodetool_nodes::registry()),
         ..ManagerConfig::default()
     };
     JobExecutionManager::new(store, strategies, config)
