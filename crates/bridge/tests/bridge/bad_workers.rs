@@ -3,7 +3,7 @@
 //! interpreter; the old-protocol one is the real worker with its version patched down.
 #![allow(clippy::unwrap_used, clippy::expect_used)] // tests: a failed unwrap is a failed test
 
-mod common;
+use crate::common;
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;

@@ -2,7 +2,7 @@
 //! pack: handshake, requests, streaming, blobs, secrets, cancellation, errors, crashes, hangs.
 #![allow(clippy::unwrap_used, clippy::expect_used)] // tests: a failed unwrap is a failed test
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 

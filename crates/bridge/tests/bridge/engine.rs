@@ -3,7 +3,7 @@
 //! cancellation and timeouts, failures, validation, and native types winning.
 #![allow(clippy::unwrap_used, clippy::expect_used)] // tests: a failed unwrap is a failed test
 
-mod common;
+use crate::common;
 
 use std::collections::BTreeMap;
 use std::io::Cursor;

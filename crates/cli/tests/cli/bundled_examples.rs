@@ -21,7 +21,7 @@ fn examples_dir() -> PathBuf {
 /// Examples that need nothing external: they must complete (with these params).
 fn must_complete() -> Vec<(&'static str, Value)> {
     // Image Enhance's input image is an asset of its author's store; give it one inline.
-    let png: &[u8] = include_bytes!("../../nodes/tests/conformance/uri_http/files/rgba.png");
+    let png: &[u8] = include_bytes!("../../../nodes/tests/conformance/uri_http/files/rgba.png");
     vec![
         ("Conditional Logic Engine.json", json!({})),
         (

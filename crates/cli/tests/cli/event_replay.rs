@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use nodetool_testkit::serve_process::{NodetoolHome, ServeProcess};
 use serde_json::{json, Value};
 
-mod support;
+use crate::support;
 use support::{is_terminal, Api, HANG};
 
 /// Each test's own `HOME` (and config directory) for the `nodetool` it runs.

@@ -11,7 +11,7 @@ use nodetool_testkit::postgres::PostgresServer;
 use nodetool_testkit::serve_process::{NodetoolHome, ServeProcess};
 use serde_json::{json, Value};
 
-mod support;
+use crate::support;
 use support::{Api, HANG};
 
 /// Each test's own `HOME` (and config directory) for the `nodetool` it runs.

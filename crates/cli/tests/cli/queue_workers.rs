@@ -18,7 +18,7 @@ use nodetool_testkit::postgres::PostgresServer;
 use nodetool_testkit::serve_process::{NodetoolHome, ServeProcess};
 use serde_json::{json, Value};
 
-mod support;
+use crate::support;
 use support::{
     check_stream, generate, held_at_the_boundary, is_node, one, resumed_to_the_end, sleep,
     sleep_chain, stored_terminals_sql, Api, WsClient, HANG,

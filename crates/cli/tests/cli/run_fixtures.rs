@@ -3,8 +3,7 @@
 //! the expected file. Pixels of image outputs are checked by the engine's `fixtures` test; here
 //! the run uses in-memory storage (ENV=test), so an image output is checked to be an image ref.
 
-#[path = "../../nodes/tests/fixtures/support.rs"]
-mod support;
+use nodetool_testkit::fixtures as support;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;

@@ -7,7 +7,7 @@ use serde_json::{json, Value};
 
 use nodetool_testkit::serve_process::{NodetoolHome, ServeProcess};
 
-mod support;
+use crate::support;
 use support::{
     held_at_the_boundary, is_node, resumed_to_the_end, sleep_chain, Api, WsClient, HANG,
 };

@@ -10,7 +10,7 @@
 //! missing setting, a connection problem or a hang, and every AI node reaches the server.
 #![allow(clippy::unwrap_used)]
 
-mod common;
+use crate::common;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;

@@ -1,11 +1,11 @@
 //! NodeTool's AI nodes run through the engine against real sockets: the scripted OpenAI peer
 //! (a full agent tool loop, faults on demand), the Anthropic and Gemini doubles (checked by the
-//! official SDKs in `crates/providers/tests/sdk_checks.rs`), and a real llama.cpp server.
+//! official SDKs in `crates/providers/tests/providers/sdk_checks.rs`), and a real llama.cpp server.
 //! Every case checks what a user gets: outputs, `chunk`/`tool_call_update`/`prediction`
 //! events, and clear failures before or during the job.
 #![allow(clippy::unwrap_used)]
 
-mod common;
+use crate::common;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;

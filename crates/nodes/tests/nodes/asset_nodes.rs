@@ -3,7 +3,7 @@
 //! store fails, and a process without a store refuses clearly.
 #![allow(clippy::unwrap_used)] // tests: a failed unwrap is a failed test
 
-mod common;
+use crate::common;
 
 use std::collections::BTreeMap;
 use std::io::Cursor;

@@ -3,7 +3,7 @@
 
 #![allow(clippy::unwrap_used)]
 
-mod common;
+use crate::common;
 
 use std::path::PathBuf;
 
@@ -25,7 +25,7 @@ fn docs_nodes_md_matches_the_registry() {
     assert!(
         got == want,
         "docs/nodes.md is out of date with the registry: regenerate it with \
-         `NODETOOL_BLESS=1 cargo test -p nodetool-nodes --test docs` (or `nodetool nodes --markdown`)"
+         `NODETOOL_BLESS=1 cargo test -p nodetool-nodes --test nodes docs::` (or `nodetool nodes --markdown`)"
     );
 }
 

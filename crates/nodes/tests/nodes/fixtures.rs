@@ -4,9 +4,8 @@
 
 #![allow(clippy::unwrap_used)]
 
-mod common;
-#[path = "fixtures/support.rs"]
-mod support;
+use crate::common;
+use nodetool_testkit::fixtures as support;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
@@ -343,7 +342,7 @@ async fn every_fixture_matches_nodetool() {
 
 /// Node namespaces without a fixture here, and where they are tested instead.
 const COVERED_ELSEWHERE: &[(&str, &str)] = &[
-    // Asset save/load nodes need an asset store and folders: tests/asset_nodes.rs.
+    // Asset save/load nodes need an asset store and folders: tests/nodes/asset_nodes.rs.
     ("nodetool.text.SaveText", "asset_nodes.rs"),
     ("nodetool.image.SaveImage", "asset_nodes.rs"),
     ("nodetool.image.LoadImageAssets", "asset_nodes.rs"),

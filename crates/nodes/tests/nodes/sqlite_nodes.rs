@@ -4,7 +4,7 @@
 //! temporary folder), and what bad input gets.
 #![allow(clippy::unwrap_used)] // tests: a failed unwrap is a failed test
 
-mod common;
+use crate::common;
 
 use std::path::Path;
 

@@ -2,7 +2,7 @@
 //! server shows up in `nodetool_provider_calls_total` and the token counters.
 #![allow(clippy::unwrap_used)]
 
-mod jobs_support;
+use crate::jobs_support;
 
 use std::time::Duration;
 

@@ -2,7 +2,7 @@
 //! real socket: the repository's own `examples/`, a bad file skipped, detail by package/name.
 #![allow(clippy::unwrap_used)] // tests: a failed unwrap is a failed test
 
-mod common;
+use crate::common;
 
 use common::{jwt, start};
 use serde_json::{json, Value};

@@ -3,7 +3,7 @@
 //! autosave, and `GET /api/config`.
 #![allow(clippy::unwrap_used)] // tests: a failed unwrap is a failed test
 
-mod jobs_support;
+use crate::jobs_support;
 
 use futures::{SinkExt, StreamExt};
 use jobs_support::{sleep_graph, start, token, JobServer};

@@ -2,7 +2,7 @@
 #![allow(clippy::unwrap_used)] // tests: a failed unwrap is a failed test
 //! consistent.
 
-mod common;
+use crate::common;
 
 use common::{error_kind, start, TestServer};
 use nodetool_core::StoragePrefix;
@@ -329,7 +329,7 @@ async fn failed_uploads_leave_neither_row_nor_blob() {
     .await;
     assert_eq!(r.status(), 404);
     // The file before the json field, and no json at all, are uploads too (issue 18: the app
-    // sends fields in any order); the asset is named after the file. tests/assets_app.rs has
+    // sends fields in any order); the asset is named after the file. tests/server/assets_app.rs has
     // the rest.
     let form = reqwest::multipart::Form::new()
         .part(

@@ -3,7 +3,7 @@
 //! (generated once, cached in storage, ETag/304), for two users.
 #![allow(clippy::unwrap_used)] // tests: a failed unwrap is a failed test
 
-mod common;
+use crate::common;
 
 use common::{jwt, start};
 use reqwest::multipart::{Form, Part};

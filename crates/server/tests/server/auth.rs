@@ -1,7 +1,7 @@
 //! Auth providers, 401s, signed URLs and two users who cannot see each other's blobs or assets.
 #![allow(clippy::unwrap_used)] // tests: a failed unwrap is a failed test
 
-mod common;
+use crate::common;
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;

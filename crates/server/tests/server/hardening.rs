@@ -4,7 +4,7 @@
 //! refusal the server still answers a follow-up request.
 #![allow(clippy::unwrap_used)] // tests: a failed unwrap is a failed test
 
-mod common;
+use crate::common;
 
 use common::{error_kind, jwt, start, TestServer};
 use futures::{SinkExt, StreamExt};

@@ -1,7 +1,7 @@
 //! `/api/jobs` through a real socket: submit, list, get, cancel, SSE with resume, NDJSON.
 #![allow(clippy::unwrap_used)] // tests: a failed unwrap is a failed test
 
-mod jobs_support;
+use crate::jobs_support;
 
 use jobs_support::{busy_graph, read_sse, sleep_graph, sse_seqs, start, token};
 use nodetool_engine::Status;

@@ -1,5 +1,5 @@
 //! A real server with a job manager (threaded strategy, sharing the server's SQLite pool), plus
-//! SSE/NDJSON readers and test workflows. Used by tests/jobs.rs and tests/ws.rs.
+//! SSE/NDJSON readers and test workflows. Used by the jobs, ws and other job tests.
 #![allow(dead_code)]
 
 use std::collections::BTreeMap;

@@ -2,7 +2,7 @@
 //! and open SSE / WebSocket streams.
 #![allow(clippy::unwrap_used)] // tests: a failed unwrap is a failed test
 
-mod jobs_support;
+use crate::jobs_support;
 
 use std::time::Duration;
 

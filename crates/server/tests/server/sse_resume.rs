@@ -1,10 +1,10 @@
 //! SSE (`GET /api/jobs/{id}/events`) for a reader that falls further behind than the job's
 //! replay buffer: the gap is announced with an `event: lag` naming the missed seqs, never
 //! skipped silently, and `Last-Event-ID` resumes from the last real event. (Resume without loss
-//! inside the buffer is covered by tests/jobs.rs.)
+//! inside the buffer is covered by tests/server/jobs.rs.)
 #![allow(clippy::unwrap_used)] // tests: a failed unwrap is a failed test
 
-mod jobs_support;
+use crate::jobs_support;
 
 use std::time::Duration;
 

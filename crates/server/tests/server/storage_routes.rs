@@ -2,7 +2,7 @@
 #![allow(clippy::unwrap_used)] // tests: a failed unwrap is a failed test
 //! clients that stop reading.
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 

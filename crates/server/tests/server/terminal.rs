@@ -2,7 +2,7 @@
 //! environment, resizing, and the end of the session from either side.
 #![allow(clippy::unwrap_used)] // tests: a failed unwrap is a failed test
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 

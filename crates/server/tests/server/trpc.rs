@@ -3,7 +3,7 @@
 //! REST, tRPC's error shape for every refusal, and two users on every procedure family.
 #![allow(clippy::unwrap_used)] // tests: a failed unwrap is a failed test
 
-mod jobs_support;
+use crate::jobs_support;
 
 use jobs_support::{sleep_graph, start, token, JobServer};
 use serde_json::{json, Value};

@@ -1,5 +1,5 @@
 //! Every frame shape of the typed wire layer (`nodetool_server::wire`), pinned as snapshots in
-//! JSON and MessagePack: a protocol change shows up as a reviewed diff of `tests/snapshots/`.
+//! JSON and MessagePack: a protocol change shows up as a reviewed diff of `tests/server/snapshots/`.
 //! Each snapshot holds the JSON form and the MessagePack bytes (hex); the MessagePack form must
 //! also decode to the same value as the JSON form.
 #![allow(clippy::unwrap_used)] // tests: a failed unwrap is a failed test

@@ -3,7 +3,7 @@
 //! one is readable, never writable).
 #![allow(clippy::unwrap_used)] // tests: a failed unwrap is a failed test
 
-mod common;
+use crate::common;
 
 use common::{error_kind, jwt, start, TestServer};
 use serde_json::{json, Value};

@@ -1,7 +1,7 @@
 //! `/ws` through a real socket (tokio-tungstenite), JSON text and MessagePack binary.
 #![allow(clippy::unwrap_used)] // tests: a failed unwrap is a failed test
 
-mod jobs_support;
+use crate::jobs_support;
 
 use futures::{SinkExt, StreamExt};
 use jobs_support::{busy_graph, sleep_graph, start, token};

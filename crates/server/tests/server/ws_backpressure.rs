@@ -6,7 +6,7 @@
 //! so a client that does not read really does stall its forwarder.
 #![allow(clippy::unwrap_used)] // tests: a failed unwrap is a failed test
 
-mod jobs_support;
+use crate::jobs_support;
 
 use std::time::Duration;
 

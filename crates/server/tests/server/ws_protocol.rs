@@ -5,7 +5,7 @@
 //! `reconnect_job {job_id, last_seq}`; cancel, pause/resume, queueing and `stream_input`.
 #![allow(clippy::unwrap_used)] // tests: a failed unwrap is a failed test
 
-mod jobs_support;
+use crate::jobs_support;
 
 use std::collections::VecDeque;
 use std::time::Duration;

@@ -3,7 +3,7 @@
 //! error reply on a socket that stays usable.
 #![allow(clippy::unwrap_used)] // tests: a failed unwrap is a failed test
 
-mod jobs_support;
+use crate::jobs_support;
 
 use std::collections::VecDeque;
 

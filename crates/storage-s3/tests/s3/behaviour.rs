@@ -2,7 +2,7 @@
 //! a root prefix, and against an external endpoint (MinIO, ...) when `NODETOOL_TEST_S3_*` is set.
 #![allow(clippy::unwrap_used)]
 
-mod common;
+use crate::common;
 
 use std::sync::Arc;
 

@@ -3,7 +3,7 @@
 //! bucket) are reported.
 #![allow(clippy::unwrap_used)]
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 
