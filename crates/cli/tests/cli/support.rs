@@ -1,7 +1,8 @@
 //! Helpers shared by the queue tests (`queue_workers`: processes on this host; `multi_host`:
 //! containers on a private Docker network): job requests, a typed-enough REST/SSE//ws client and
 //! the exactly-once checks every such test makes.
-#![allow(dead_code)] // each test binary uses its own subset.
+// Each test binary (cli, multi_host) uses its own subset; a failed unwrap fails the test.
+#![allow(dead_code, clippy::unwrap_used)]
 
 use std::time::Duration;
 

@@ -1,5 +1,6 @@
 //! A real server on 127.0.0.1:<free port> with its own config dir, database and storage.
-#![allow(dead_code)]
+// Each test module uses its own subset; a failed unwrap fails the test.
+#![allow(dead_code, clippy::unwrap_used)]
 
 use std::collections::BTreeMap;
 use std::sync::Arc;

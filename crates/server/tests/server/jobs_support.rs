@@ -1,6 +1,7 @@
 //! A real server with a job manager (threaded strategy, sharing the server's SQLite pool), plus
 //! SSE/NDJSON readers and test workflows. Used by the jobs, ws and other job tests.
-#![allow(dead_code)]
+// Each test module uses its own subset; a failed unwrap fails the test.
+#![allow(dead_code, clippy::unwrap_used)]
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
