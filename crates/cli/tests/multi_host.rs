@@ -7,6 +7,9 @@
 //! then restarts PostgreSQL: every job reaches exactly one terminal state, every client saw every
 //! event once and in order, the cut-off worker's late writes were refused, and claiming resumed
 //! after the restart.
+//!
+//! Its own test binary, so it runs alone: it takes minutes, and its 2 s leases assume the
+//! workers are not starved by other tests' load.
 #![allow(clippy::unwrap_used)]
 
 use std::path::{Path, PathBuf};
@@ -15,6 +18,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
+#[path = "cli/support.rs"]
 mod support;
 use support::{check_stream, generate, sleep, stored_terminals_sql, Api, HANG};
 

@@ -3,7 +3,8 @@
 //! (the shared strategy suite against the threaded strategy), a running job's container is
 //! inspected for every hardening setting, and leftovers are reaped.
 //!
-//! One sequential test: `reap_leftovers` removes every job container, so nothing may run beside it.
+//! One sequential test: `reap_leftovers` removes every job container, so nothing may run beside it;
+//! hence its own test binary, not a module of `tests/cli/`.
 #![allow(clippy::unwrap_used)]
 
 #[path = "../src/docker_cmd.rs"]

@@ -1,6 +1,6 @@
 //! `docs/nodes.md`: every node type the registry knows, its properties and outputs, and whether
 //! it is native, provider-backed, Python-bridged or missing, against the types NodeTool's bundled
-//! examples use. `nodetool nodes --markdown` prints it; `tests/docs.rs` keeps the checked-in file
+//! examples use. `nodetool nodes --markdown` prints it; `tests/nodes/docs.rs` keeps the checked-in file
 //! equal to what the registry says.
 
 use std::collections::BTreeMap;
@@ -145,7 +145,7 @@ pub fn markdown(registry: &Registry, example_uses: &BTreeMap<String, usize>) -> 
         out,
         "# Node types\n\n\
          Generated from the registry by `nodetool nodes --markdown` (`crates/nodes/src/docs.rs`);\n\
-         `crates/nodes/tests/docs.rs` fails when this file and the registry disagree (rerun it\n\
+         `crates/nodes/tests/nodes/docs.rs` fails when this file and the registry disagree (rerun it\n\
          with `NODETOOL_BLESS=1` to rewrite the file).\n\n\
          Status: **native** runs here in Rust; **provider** runs here and calls a model provider;\n\
          **python (bridged)** runs through the Python worker; **provider (not built in)** and\n\

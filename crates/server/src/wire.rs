@@ -4,7 +4,7 @@
 //!
 //! Nothing here does I/O: [`crate::ws`] and [`crate::jobs`] decode with [`parse_frame`], answer
 //! with [`Reply`], [`ErrorFrame`] and [`Control`], and follow jobs with [`follow`]. The snapshot
-//! tests (`tests/wire_frames.rs`) pin the shape of every frame in JSON and MessagePack, so a
+//! tests (`tests/server/wire_frames.rs`) pin the shape of every frame in JSON and MessagePack, so a
 //! protocol change is a reviewed diff.
 
 use std::collections::VecDeque;

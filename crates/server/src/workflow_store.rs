@@ -102,7 +102,7 @@ pub struct NewVersion<'a> {
 
 /// Workflows and their versions, in SQLite or PostgreSQL. Cheap to clone.
 ///
-/// Contract (the suite in `tests/workflow_store.rs` runs it against both):
+/// Contract (the suite in `tests/server/workflow_store.rs` runs it against both):
 /// - rows are per user: [`visible`](Self::visible) returns a row to its owner, or to anyone when
 ///   it is `public`; writes ([`update`](Self::update), [`delete`](Self::delete)) MUST touch only
 ///   the given user's row and report whether there was one;

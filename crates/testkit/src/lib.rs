@@ -7,6 +7,7 @@
 pub mod ai_env;
 pub mod anthropic_double;
 pub mod cache_suite;
+pub mod fixtures;
 pub mod gemini_double;
 pub mod llama_server;
 pub mod memcached;

@@ -1,5 +1,5 @@
 //! The storage behaviour suite: the executable form of the `Storage` contract
-//! (`nodetool_core::storage`). Every backend's `tests/behaviour.rs` runs it.
+//! (`nodetool_core::storage`). Every backend's `behaviour` test module runs it.
 //!
 //! Each case runs under a fresh random prefix, so the suite can share a bucket with other data; all
 //! cases run even when one fails, and the panic lists every failure.
