@@ -43,7 +43,7 @@ pub use event_log::{EventLog, EventLogConfig};
 pub use manager::{InputNodeTypes, JobEvents, JobExecutionManager, ManagerConfig, QueueMode};
 pub use store::{JobRecord, JobStore, PostgresOptions};
 pub use strategy::{
-    effective_time_limit, valid_job_id, Capabilities, ExecutionStrategy, JobError, JobHandle,
-    JobOutcome, JobSpec, PauseSupport, RequestLimits, ResourceLimits, RunJobRequest, StrategyKind,
-    ValidRequest, WorkerRef, HARD_DEADLINE_GRACE, MAX_JOB_ID_LEN,
+    effective_time_limit, Capabilities, ExecutionStrategy, JobError, JobHandle, JobOutcome,
+    JobSpec, PauseSupport, RequestLimits, ResourceLimits, RunJobRequest, StrategyKind,
+    ValidRequest, WorkerRef, HARD_DEADLINE_GRACE,
 };
