@@ -161,7 +161,9 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     drop(handle);
     drop(runner);
     if let Some(bridge) = &bridge {
-        bridge.end_job(&job_id, outcome.status.as_str()).await;
+        bridge
+            .end_job(job_id.as_str(), outcome.status.as_str())
+            .await;
         bridge.shutdown(Duration::from_secs(5)).await;
     }
     // The printer ends at the terminal `job_update`, which every strategy sends last.

@@ -340,7 +340,7 @@ pub(crate) async fn job_manager(
         manager.on_finished(move |record| {
             if record.strategy == nodetool_exec::StrategyKind::Threaded {
                 let (bridge, id, status) = (bridge.clone(), record.id.clone(), record.status);
-                handle.spawn(async move { bridge.end_job(&id, status.as_str()).await });
+                handle.spawn(async move { bridge.end_job(id.as_str(), status.as_str()).await });
             }
         });
     }

@@ -212,8 +212,11 @@ async fn hardening_of_a_running_container(workspaces: &Path, tag: &str) {
         "user {user:?}"
     );
     assert_eq!(
-        cfg.labels.unwrap_or_default().get(JOB_LABEL),
-        Some(&spec.job_id)
+        cfg.labels
+            .unwrap_or_default()
+            .get(JOB_LABEL)
+            .map(String::as_str),
+        Some(spec.job_id.as_str())
     );
     for var in cfg.env.unwrap_or_default() {
         assert!(!var.contains("s3cr3t-do-not-leak"), "secret in env: {var}");

@@ -18,6 +18,7 @@ pub mod url;
 pub use assets::{AssetPage, AssetQuery, AssetRecord, AssetStore};
 pub use cache::{node_cache_key, CacheValue, NodeCache};
 pub use error::{Error, ErrorKind, Result};
+pub use id::{JobId, UserId};
 pub use key::{StorageKey, StoragePrefix};
 pub use scope::{KeyScope, ScopedStorage};
 pub use storage::{

@@ -9,6 +9,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use nodetool_core::UserId;
 use nodetool_engine::{Engine, Graph, NullSink};
 use nodetool_exec::threaded::ThreadedStrategy;
 use nodetool_exec::{
@@ -57,7 +58,7 @@ fn main() {
         let mut lat = vec![];
         for _ in 0..2000 {
             let t = Instant::now();
-            let id = m.submit(req.clone(), "u").await.unwrap();
+            let id = m.submit(req.clone(), &UserId::from("u")).await.unwrap();
             m.wait(&id).await.unwrap();
             lat.push(t.elapsed());
         }
@@ -70,7 +71,7 @@ fn main() {
         let t = Instant::now();
         let mut ids = Vec::with_capacity(n);
         for _ in 0..n {
-            ids.push(m.submit(req.clone(), "u").await.unwrap());
+            ids.push(m.submit(req.clone(), &UserId::from("u")).await.unwrap());
         }
         for id in &ids {
             m.wait(id).await.unwrap();
@@ -93,7 +94,7 @@ fn main() {
                 rss.push(("middle", rss_kib(std::process::id())));
             }
             let t = Instant::now();
-            let id = m.submit(req.clone(), "u").await.unwrap();
+            let id = m.submit(req.clone(), &UserId::from("u")).await.unwrap();
             m.wait(&id).await.unwrap();
             lat.push(t.elapsed());
         }
@@ -300,7 +301,11 @@ fn main() {
         let before = rss_kib(std::process::id());
         let mut ids = Vec::with_capacity(idle);
         for _ in 0..idle {
-            ids.push(m.submit(sleeping.clone(), "u").await.unwrap());
+            ids.push(
+                m.submit(sleeping.clone(), &UserId::from("u"))
+                    .await
+                    .unwrap(),
+            );
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
         let during = rss_kib(std::process::id());

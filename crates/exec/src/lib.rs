@@ -34,7 +34,7 @@ pub use manager::{JobEvents, JobExecutionManager, ManagerConfig, QueueMode};
 pub use node_facts::{NodeFacts, TypeFacts};
 pub use store::{JobRecord, JobStore, PostgresOptions};
 pub use strategy::{
-    effective_time_limit, valid_job_id, Capabilities, ExecutionStrategy, JobError, JobHandle,
-    JobOutcome, JobSpec, PauseSupport, RequestLimits, ResourceLimits, RunJobRequest, StrategyKind,
-    ValidRequest, WorkerRef, HARD_DEADLINE_GRACE, MAX_JOB_ID_LEN,
+    effective_time_limit, Capabilities, ExecutionStrategy, JobError, JobHandle, JobOutcome,
+    JobSpec, PauseSupport, RequestLimits, ResourceLimits, RunJobRequest, StrategyKind,
+    ValidRequest, WorkerRef, HARD_DEADLINE_GRACE,
 };

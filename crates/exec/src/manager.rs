@@ -25,7 +25,7 @@ use tokio::sync::{broadcast, watch};
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
-use nodetool_core::{Error, ErrorKind, Result};
+use nodetool_core::{Error, ErrorKind, JobId, Result, UserId};
 use nodetool_engine::{EventEnvelope, EventSink, Status};
 
 use crate::event_log::{EventLog, EventLogConfig};
@@ -356,7 +356,7 @@ impl JobEvents {
 
 #[derive(Debug)]
 struct LiveJob {
-    user_id: String,
+    user_id: UserId,
     cancel: CancellationToken,
     record: watch::Receiver<JobRecord>,
     hub: Arc<EventHub>,
@@ -381,7 +381,7 @@ struct Inner {
     strategies: HashMap<StrategyKind, Arc<dyn ExecutionStrategy>>,
     config: ManagerConfig,
     scheduler: Arc<Scheduler>,
-    live: Mutex<HashMap<String, Arc<LiveJob>>>,
+    live: Mutex<HashMap<JobId, Arc<LiveJob>>>,
     accepting: AtomicBool,
     owners: tokio_util::task::TaskTracker,
     /// Called with each job's final record (see [`JobExecutionManager::on_finished`]).
@@ -389,7 +389,7 @@ struct Inner {
     node_stats: Arc<crate::node_stats::NodeStats>,
     /// Finished jobs still in `live`, oldest first, with when each is to be forgotten; one
     /// sweeper task (started with the first finish) forgets them.
-    retained: Mutex<VecDeque<(tokio::time::Instant, String)>>,
+    retained: Mutex<VecDeque<(tokio::time::Instant, JobId)>>,
     sweeper: std::sync::Once,
 }
 
@@ -428,7 +428,7 @@ fn no_feeds(fixed_inputs: &[String], input: &str) -> Error {
     }
 }
 
-fn not_found(job_id: &str) -> Error {
+fn not_found(job_id: &JobId) -> Error {
     Error::not_found("no such job")
         .with_operation("jobs.get")
         .with_context("job_id", job_id)
@@ -541,7 +541,7 @@ impl JobExecutionManager {
         }
     }
 
-    fn live(&self, job_id: &str) -> Option<Arc<LiveJob>> {
+    fn live(&self, job_id: &JobId) -> Option<Arc<LiveJob>> {
         self.inner
             .live
             .lock()
@@ -553,7 +553,7 @@ impl JobExecutionManager {
     /// Validates and starts a job for `user_id` (the authenticated user; the request's `user_id`
     /// is ignored) and returns its id. Validation problems are `InvalidInput`; an unavailable
     /// strategy is `Unsupported`; after shutdown, `Unavailable`.
-    pub async fn submit(&self, request: RunJobRequest, user_id: &str) -> Result<String> {
+    pub async fn submit(&self, request: RunJobRequest, user_id: &UserId) -> Result<JobId> {
         self.submit_with_secrets(request, user_id, Default::default())
             .await
     }
@@ -562,9 +562,9 @@ impl JobExecutionManager {
     pub async fn submit_with_secrets(
         &self,
         request: RunJobRequest,
-        user_id: &str,
+        user_id: &UserId,
         secrets: std::collections::BTreeMap<String, String>,
-    ) -> Result<String> {
+    ) -> Result<JobId> {
         if !self.inner.accepting.load(Ordering::Acquire) {
             return Err(
                 Error::new(ErrorKind::Unavailable, "the job manager is shutting down")
@@ -594,13 +594,13 @@ impl JobExecutionManager {
             .cap_time(self.inner.config.default_timeout);
         let job_id = match valid.job_id {
             Some(id) => self.unused_job_id(id).await?,
-            None => nodetool_core::id::new_id(),
+            None => JobId::generate(),
         };
         let streaming_input_nodes = valid.streaming_inputs != Some(false)
             && self.inner.config.node_facts.any_streaming(&valid.graph);
         let spec = JobSpec {
             job_id,
-            user_id: user_id.to_owned(),
+            user_id: user_id.clone(),
             workflow_id: valid.workflow_id,
             graph: valid.graph,
             params: valid.params,
@@ -686,14 +686,14 @@ impl JobExecutionManager {
         mut request: RunJobRequest,
         valid: crate::strategy::ValidRequest,
         kind: StrategyKind,
-        user_id: &str,
+        user_id: &UserId,
         queue: QueueMode,
-    ) -> Result<String> {
+    ) -> Result<JobId> {
         let facts = &self.inner.config.node_facts;
         let streams = facts.fed(valid.streaming_inputs, &valid.graph);
         let job_id = match valid.job_id {
             Some(id) => self.unused_job_id(id).await?,
-            None => nodetool_core::id::new_id(),
+            None => JobId::generate(),
         };
         // The operator's deadline travels with the job (the worker applies its own as well).
         if let Some(limit) = self.inner.config.default_timeout {
@@ -705,7 +705,7 @@ impl JobExecutionManager {
         let requires_vram_gb = facts.vram_need(&valid.graph).map(|(_, _, gb)| gb);
         // A job fed by a live stream cannot be run again faithfully: the values it took are gone.
         let idempotent = !streams && facts.all_idempotent(&valid.graph);
-        request.job_id = Some(job_id.clone());
+        request.job_id = Some(job_id.to_string());
         request.execution_strategy = Some(kind.as_str().to_owned());
         request.user_id = None;
         if let Some(tp) = crate::trace::traceparent_of(&tracing::Span::current()) {
@@ -713,7 +713,7 @@ impl JobExecutionManager {
         }
         let record = JobRecord {
             id: job_id.clone(),
-            user_id: user_id.to_owned(),
+            user_id: user_id.clone(),
             workflow_id: valid.workflow_id,
             strategy: kind,
             status: Status::Scheduled,
@@ -727,7 +727,7 @@ impl JobExecutionManager {
         };
         let spec = crate::queue::QueuedSpec {
             version: crate::queue::QUEUE_SPEC_VERSION,
-            user_id: user_id.to_owned(),
+            user_id: user_id.clone(),
             request,
         };
         self.inner
@@ -751,7 +751,7 @@ impl JobExecutionManager {
 
     /// Deletes `user_id`'s ended job from the history: its record, its stored events and any
     /// copy still in memory. False if there is no such ended job (the caller checks first why).
-    pub async fn delete_ended(&self, job_id: &str, user_id: &str) -> Result<bool> {
+    pub async fn delete_ended(&self, job_id: &JobId, user_id: &UserId) -> Result<bool> {
         let deleted = self.inner.store.delete_ended(job_id, user_id).await?;
         if deleted {
             self.inner
@@ -764,7 +764,7 @@ impl JobExecutionManager {
     }
 
     /// The job's record (live state if it is in memory, else the store). No side effects.
-    pub async fn get(&self, job_id: &str) -> Result<Option<JobRecord>> {
+    pub async fn get(&self, job_id: &JobId) -> Result<Option<JobRecord>> {
         if let Some(live) = self.live(job_id) {
             return Ok(Some(live.record.borrow().clone()));
         }
@@ -772,7 +772,7 @@ impl JobExecutionManager {
     }
 
     /// A user's jobs, newest first (at most `limit`).
-    pub async fn list(&self, user_id: &str, limit: u32) -> Result<Vec<JobRecord>> {
+    pub async fn list(&self, user_id: &UserId, limit: u32) -> Result<Vec<JobRecord>> {
         let mut jobs = self.inner.store.list(user_id, limit).await?;
         // The store can trail the owner by one write; live state wins.
         for job in &mut jobs {
@@ -784,13 +784,13 @@ impl JobExecutionManager {
     }
 
     /// The owner of a live job (for authorization checks by callers).
-    pub fn owner_of(&self, job_id: &str) -> Option<String> {
+    pub fn owner_of(&self, job_id: &JobId) -> Option<UserId> {
         self.live(job_id).map(|l| l.user_id.clone())
     }
 
     /// Asks a job to stop. Idempotent: `Ok(true)` if the job was still live (scheduled or
     /// running), `Ok(false)` if it had already ended, `NotFound` if there is no such job.
-    pub async fn cancel(&self, job_id: &str) -> Result<bool> {
+    pub async fn cancel(&self, job_id: &JobId) -> Result<bool> {
         match self.live(job_id) {
             Some(live) => {
                 let ended = live.record.borrow().status.is_terminal();
@@ -822,8 +822,8 @@ impl JobExecutionManager {
     /// input feeds at all).
     pub async fn stream_input(
         &self,
-        job_id: &str,
-        user_id: &str,
+        job_id: &JobId,
+        user_id: &UserId,
         input: &str,
         handle: &str,
         value: Value,
@@ -852,8 +852,8 @@ impl JobExecutionManager {
     /// Errors as for [`stream_input`](Self::stream_input).
     pub async fn end_input_stream(
         &self,
-        job_id: &str,
-        user_id: &str,
+        job_id: &JobId,
+        user_id: &UserId,
         input: &str,
         handle: &str,
     ) -> Result<()> {
@@ -873,19 +873,19 @@ impl JobExecutionManager {
     /// The live job of `user_id` and its inputs, waiting for the strategy to start it.
     async fn job_inputs(
         &self,
-        job_id: &str,
-        user_id: &str,
+        job_id: &JobId,
+        user_id: &UserId,
         input: &str,
         op: &'static str,
     ) -> Result<(Arc<LiveJob>, Arc<dyn JobInputs>)> {
         let not_found = || not_found(job_id).with_operation(op);
         let Some(live) = self.live(job_id) else {
             return match self.inner.store.get(job_id).await? {
-                Some(rec) if rec.user_id == user_id => Err(elsewhere(job_id, op, rec.status)),
+                Some(rec) if rec.user_id == *user_id => Err(elsewhere(job_id, op, rec.status)),
                 _ => Err(not_found()),
             };
         };
-        if live.user_id != user_id {
+        if live.user_id != *user_id {
             return Err(not_found());
         }
         if !live.streaming {
@@ -910,7 +910,7 @@ impl JobExecutionManager {
     }
 
     /// Queue mode, for a job this process does not run: the way to its worker.
-    fn queued_elsewhere<'a>(&'a self, job_id: &'a str) -> Option<RemoteJob<'a>> {
+    fn queued_elsewhere<'a>(&'a self, job_id: &'a JobId) -> Option<RemoteJob<'a>> {
         (self.inner.config.queue.is_some() && self.live(job_id).is_none()).then_some(RemoteJob {
             manager: self,
             job_id,
@@ -919,7 +919,7 @@ impl JobExecutionManager {
 
     /// A client's job id, if no job (of any user: ids are global) has it yet; `AlreadyExists`
     /// otherwise. The store's primary key catches a race between two submits of one id.
-    async fn unused_job_id(&self, id: String) -> Result<String> {
+    async fn unused_job_id(&self, id: JobId) -> Result<JobId> {
         if self.live(&id).is_some() || self.inner.store.get(&id).await?.is_some() {
             return Err(Error::new(
                 ErrorKind::AlreadyExists,
@@ -938,7 +938,7 @@ impl JobExecutionManager {
     /// one whose worker turns out unable runs unpaused. Errors: no such job (or another user's)
     /// → `NotFound`; a job that has ended → `Unavailable`; a job whose worker cannot pause (an
     /// older `nodetool worker` or image) → `Unsupported`.
-    pub async fn pause(&self, job_id: &str, user_id: &str) -> Result<bool> {
+    pub async fn pause(&self, job_id: &JobId, user_id: &UserId) -> Result<bool> {
         if let Some(remote) = self.queued_elsewhere(job_id) {
             remote
                 .send(user_id, JobControl::Pause, "jobs.pause")
@@ -951,7 +951,7 @@ impl JobExecutionManager {
 
     /// Lets a paused job go on; `Ok(false)` when it was not paused. Errors as for
     /// [`pause`](Self::pause).
-    pub async fn resume(&self, job_id: &str, user_id: &str) -> Result<bool> {
+    pub async fn resume(&self, job_id: &JobId, user_id: &UserId) -> Result<bool> {
         if let Some(remote) = self.queued_elsewhere(job_id) {
             remote
                 .send(user_id, JobControl::Resume, "jobs.resume")
@@ -963,7 +963,7 @@ impl JobExecutionManager {
     }
 
     /// Whether the job is live and paused.
-    pub fn is_paused(&self, job_id: &str) -> bool {
+    pub fn is_paused(&self, job_id: &JobId) -> bool {
         self.live(job_id)
             .is_some_and(|l| l.pause.is_paused() && !l.record.borrow().status.is_terminal())
     }
@@ -971,13 +971,13 @@ impl JobExecutionManager {
     /// The live, unfinished job of `user_id` that pause and resume act on.
     async fn controllable(
         &self,
-        job_id: &str,
-        user_id: &str,
+        job_id: &JobId,
+        user_id: &UserId,
         op: &'static str,
     ) -> Result<Arc<LiveJob>> {
-        let Some(live) = self.live(job_id).filter(|l| l.user_id == user_id) else {
+        let Some(live) = self.live(job_id).filter(|l| l.user_id == *user_id) else {
             return match self.inner.store.get(job_id).await? {
-                Some(rec) if rec.user_id == user_id => Err(elsewhere(job_id, op, rec.status)),
+                Some(rec) if rec.user_id == *user_id => Err(elsewhere(job_id, op, rec.status)),
                 _ => Err(not_found(job_id).with_operation(op)),
             };
         };
@@ -1025,7 +1025,7 @@ impl JobExecutionManager {
 
     /// Where a `scheduled` job stands among the jobs waiting for a slot (1: next), in the
     /// scheduler's fair order ([`Scheduler::position`]); `None` for a job that is not waiting.
-    pub fn queue_position(&self, job_id: &str) -> Option<usize> {
+    pub fn queue_position(&self, job_id: &JobId) -> Option<usize> {
         let live = self.live(job_id)?;
         if live.record.borrow().status != Status::Scheduled {
             return None;
@@ -1040,14 +1040,14 @@ impl JobExecutionManager {
 
     /// The seq of the newest event a live job has published (0: none yet); `None` once the job
     /// has left memory.
-    pub fn last_seq(&self, job_id: &str) -> Option<u64> {
+    pub fn last_seq(&self, job_id: &JobId) -> Option<u64> {
         let live = self.live(job_id)?;
         let st = live.hub.lock();
         Some(st.buffer.back().map_or(0, |e| e.seq))
     }
 
     /// Waits until the job has ended and returns its final record.
-    pub async fn wait(&self, job_id: &str) -> Result<JobRecord> {
+    pub async fn wait(&self, job_id: &JobId) -> Result<JobRecord> {
         if let Some(live) = self.live(job_id) {
             let mut rx = live.record.clone();
             let rec = rx
@@ -1084,7 +1084,7 @@ impl JobExecutionManager {
     /// the store's event log, ending with its terminal `job_update` (made from its record when
     /// the log has none); a job the store does not know yields nothing. `NotFound` only when
     /// events are kept in memory only (`ManagerConfig::event_log` is `None`).
-    pub fn subscribe(&self, job_id: &str, since_seq: u64) -> Result<JobEvents> {
+    pub fn subscribe(&self, job_id: &JobId, since_seq: u64) -> Result<JobEvents> {
         let Some(live) = self.live(job_id) else {
             if self.inner.event_log.is_none() {
                 return Err(not_found(job_id));
@@ -1128,7 +1128,7 @@ impl JobExecutionManager {
     }
 
     /// Jobs currently in memory (scheduled, running, or recently finished).
-    pub fn live_jobs(&self) -> Vec<String> {
+    pub fn live_jobs(&self) -> Vec<JobId> {
         self.inner
             .live
             .lock()
@@ -1183,7 +1183,7 @@ impl JobExecutionManager {
 /// A queued job run by a worker elsewhere: controls reach it through the queue's store.
 struct RemoteJob<'a> {
     manager: &'a JobExecutionManager,
-    job_id: &'a str,
+    job_id: &'a JobId,
 }
 
 impl RemoteJob<'_> {
@@ -1191,13 +1191,13 @@ impl RemoteJob<'_> {
     /// job streams its inputs), then queues `control` for the job's worker, waiting while
     /// [`crate::queue::MAX_PENDING_CONTROLS`] are waiting already. The engine's own checks of
     /// an input (its handle, the value's type) happen on the worker, which logs a refusal.
-    async fn send(&self, user_id: &str, control: JobControl, op: &'static str) -> Result<()> {
+    async fn send(&self, user_id: &UserId, control: JobControl, op: &'static str) -> Result<()> {
         let store = &self.manager.inner.store;
         let job_id = self.job_id;
         let rec = store
             .get(job_id)
             .await?
-            .filter(|r| r.user_id == user_id)
+            .filter(|r| r.user_id == *user_id)
             .ok_or_else(|| not_found(job_id).with_operation(op))?;
         if rec.status.is_terminal() {
             return Err(ended(job_id, op, rec.status));
@@ -1234,7 +1234,7 @@ impl RemoteJob<'_> {
 /// How often a sender waiting on a job's full control queue tries again.
 const CONTROL_RETRY: Duration = Duration::from_millis(20);
 
-fn elsewhere(job_id: &str, op: &'static str, status: Status) -> Error {
+fn elsewhere(job_id: &JobId, op: &'static str, status: Status) -> Error {
     if status.is_terminal() {
         return ended(job_id, op, status);
     }
@@ -1277,7 +1277,7 @@ async fn settle_leases(inner: std::sync::Weak<Inner>, every: Duration, queue: Qu
             .await
         {
             Ok(found) => {
-                let waiting: std::collections::HashSet<String> =
+                let waiting: std::collections::HashSet<JobId> =
                     found.iter().map(|u| u.job_id.clone()).collect();
                 for u in found {
                     if u.failed {
@@ -1296,7 +1296,7 @@ async fn settle_leases(inner: std::sync::Weak<Inner>, every: Duration, queue: Qu
     }
 }
 
-fn ended(job_id: &str, op: &'static str, status: Status) -> Error {
+fn ended(job_id: &JobId, op: &'static str, status: Status) -> Error {
     Error::new(
         ErrorKind::Unavailable,
         format!("job {job_id} is no longer running ({})", status.as_str()),
@@ -1333,7 +1333,7 @@ const FINISH_ATTEMPTS: u32 = 5;
 /// [`JobStore::finish`], retried with backoff (100 ms, doubling: about 1.5 s in all).
 async fn record_outcome(
     store: &JobStore,
-    job_id: &str,
+    job_id: &JobId,
     status: Status,
     error: Option<&str>,
     result: Option<&Value>,
@@ -1345,7 +1345,7 @@ async fn record_outcome(
         match store.finish(job_id, status, error, result, at).await {
             Ok(written) => return Ok(written),
             Err(e) if attempt < FINISH_ATTEMPTS => {
-                tracing::warn!(job_id, attempt, error = %e, "cannot record the job's outcome; retrying");
+                tracing::warn!(job_id = %job_id, attempt, error = %e, "cannot record the job's outcome; retrying");
                 tokio::time::sleep(delay).await;
                 delay *= 2;
                 attempt += 1;
@@ -1449,7 +1449,7 @@ async fn owner(
 /// Keeps a finished job in `live` for `retain_finished`, and at most `max_retained_finished` of
 /// them: one queue and one sweeper task for all jobs (a sleeping task per job cost ~15 KiB
 /// each under load, docs/bench/exec.md).
-fn retain_finished(inner: &Arc<Inner>, job_id: String) {
+fn retain_finished(inner: &Arc<Inner>, job_id: JobId) {
     let retain = inner.config.retain_finished;
     let forget_now = {
         let mut retained = inner.retained.lock().unwrap_or_else(|p| p.into_inner());
@@ -1483,7 +1483,7 @@ fn retain_finished(inner: &Arc<Inner>, job_id: String) {
     });
 }
 
-fn forget(inner: &Inner, jobs: Vec<String>) {
+fn forget(inner: &Inner, jobs: Vec<JobId>) {
     if jobs.is_empty() {
         return;
     }

@@ -33,7 +33,7 @@ use serde_json::Value;
 use sqlx::postgres::PgPool;
 use tokio::sync::broadcast;
 
-use nodetool_core::{Error, ErrorKind, Result};
+use nodetool_core::{Error, ErrorKind, JobId, Result, UserId};
 use nodetool_engine::Status;
 
 use crate::store::{db_err, micros, seq_param, Db, JobRecord, JobStore};
@@ -59,7 +59,7 @@ pub const QUEUE_SPEC_VERSION: u32 = 1;
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct QueuedSpec {
     pub version: u32,
-    pub user_id: String,
+    pub user_id: UserId,
     pub request: RunJobRequest,
 }
 
@@ -96,7 +96,7 @@ pub enum ControlPush {
 /// A claimed job's lease: every write of the job names it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Lease {
-    pub job_id: String,
+    pub job_id: JobId,
     pub token: String,
 }
 
@@ -168,7 +168,7 @@ pub struct WorkerInfo {
 /// none), as [`JobStore::settle_unclaimable`] found it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Unclaimable {
-    pub job_id: String,
+    pub job_id: JobId,
     /// Why, naming what the job needs and what the live workers offer.
     pub reason: String,
     /// Failed now (it waited past the claim timeout); else it still waits.
@@ -277,7 +277,7 @@ pub enum Wakeup {
 /// A lease expiry's verdict.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Expired {
-    pub job_id: String,
+    pub job_id: JobId,
     /// `scheduled` (retried) or terminal.
     pub status: Status,
 }
@@ -330,14 +330,14 @@ impl JobStore {
             // One user's submissions to every server count one after another.
             sqlx::query("SELECT pg_advisory_xact_lock($1, hashtext($2))")
                 .bind(WAITING_LOCK)
-                .bind(&record.user_id)
+                .bind(record.user_id.as_str())
                 .execute(&mut *tx)
                 .await
                 .map_err(&err)?;
             let (waiting,): (i64,) = sqlx::query_as(
                 "SELECT count(*) FROM jobs WHERE user_id = $1 AND queued AND status = 'scheduled'",
             )
-            .bind(&record.user_id)
+            .bind(record.user_id.as_str())
             .fetch_one(&mut *tx)
             .await
             .map_err(&err)?;
@@ -360,8 +360,8 @@ impl JobStore {
              queued, spec, worker_tags, max_attempts, idempotent, requires_vram_gb) \
              VALUES ($1, $2, $3, $4, 'scheduled', $5::json, $6, TRUE, $7::json, $8, $9, $10, $11)",
         )
-        .bind(&record.id)
-        .bind(&record.user_id)
+        .bind(record.id.as_str())
+        .bind(record.user_id.as_str())
         .bind(&record.workflow_id)
         .bind(record.strategy.as_str())
         .bind(record.params.to_string())
@@ -436,7 +436,11 @@ impl JobStore {
         Ok(rows
             .into_iter()
             .map(|(id, spec, token, attempt, offset)| ClaimedJob {
-                lease: Lease { job_id: id, token },
+                // Our own row.
+                lease: Lease {
+                    job_id: JobId::from_trusted(id),
+                    token,
+                },
                 spec_text: spec,
                 attempt: u32::try_from(attempt).unwrap_or(1),
                 seq_offset: u64::try_from(offset).unwrap_or(0),
@@ -453,7 +457,7 @@ impl JobStore {
              WHERE id = $1 AND lease_token = $2 AND status = 'running' \
              RETURNING cancel_requested",
         )
-        .bind(&lease.job_id)
+        .bind(lease.job_id.as_str())
         .bind(&lease.token)
         .bind(secs(duration))
         .fetch_optional(pool)
@@ -478,7 +482,7 @@ impl JobStore {
             "SELECT 1 FROM jobs WHERE id = $1 AND lease_token = $2 AND status = 'running' \
              FOR SHARE",
         )
-        .bind(&lease.job_id)
+        .bind(lease.job_id.as_str())
         .bind(&lease.token)
         .fetch_optional(&mut *tx)
         .await
@@ -510,7 +514,7 @@ impl JobStore {
              lease_expires_at = NULL \
              WHERE id = $1 AND lease_token = $2 AND status = 'running'",
         )
-        .bind(&lease.job_id)
+        .bind(lease.job_id.as_str())
         .bind(&lease.token)
         .bind(status.as_str())
         .bind(error)
@@ -524,7 +528,7 @@ impl JobStore {
         insert_events(&mut tx, &lease.job_id, events, max_per_job).await?;
         // Controls nobody will apply now (sent as the job ended).
         sqlx::query("DELETE FROM job_controls WHERE job_id = $1")
-            .bind(&lease.job_id)
+            .bind(lease.job_id.as_str())
             .execute(&mut *tx)
             .await
             .map_err(&err)?;
@@ -543,7 +547,7 @@ impl JobStore {
              lease_owner = NULL, lease_token = NULL, lease_expires_at = NULL \
              WHERE id = $1 AND lease_token = $2 AND status = 'running'",
         )
-        .bind(&lease.job_id)
+        .bind(lease.job_id.as_str())
         .bind(&lease.token)
         .execute(&mut *tx)
         .await
@@ -563,7 +567,7 @@ impl JobStore {
     /// A cancel from any server: marks a live queued job. A job no worker holds is cancelled
     /// at once; a claimed one by its worker at its next heartbeat. `Some(previous status)` for
     /// a job that was live, `None` for an ended or unknown one.
-    pub async fn request_cancel(&self, id: &str) -> Result<Option<Status>> {
+    pub async fn request_cancel(&self, id: &JobId) -> Result<Option<Status>> {
         let pool = self.pg("jobs.cancel")?;
         let err = db_err("jobs.cancel");
         let mut tx = pool.begin().await.map_err(&err)?;
@@ -571,7 +575,7 @@ impl JobStore {
             "UPDATE jobs SET cancel_requested = TRUE \
              WHERE id = $1 AND queued AND status IN ('scheduled', 'running') RETURNING status",
         )
-        .bind(id)
+        .bind(id.as_str())
         .fetch_optional(&mut *tx)
         .await
         .map_err(&err)?;
@@ -584,7 +588,7 @@ impl JobStore {
                 "UPDATE jobs SET status = 'cancelled', finished_at = now() \
                  WHERE id = $1 AND status = 'scheduled'",
             )
-            .bind(id)
+            .bind(id.as_str())
             .execute(&mut *tx)
             .await
             .map_err(&err)?;
@@ -631,6 +635,7 @@ impl JobStore {
         .map_err(&err)?;
         let mut out = Vec::with_capacity(rows.len());
         for (id, status) in rows {
+            let id = JobId::from_trusted(id);
             notify_job(&mut tx, &id).await?;
             let status = crate::store::parse_status(&status)?;
             if status == Status::Scheduled {
@@ -751,6 +756,7 @@ impl JobStore {
         let offered = describe_workers(&workers);
         let mut out = Vec::with_capacity(rows.len());
         for (id, strategy, tags, version, overdue, vram) in rows {
+            let id = JobId::from_trusted(id);
             let vram = vram.map_or(String::new(), |gb| format!(", {gb} GB of VRAM"));
             let reason = format!(
                 "no live worker can take this job: it needs strategy {strategy}, worker_tags [{}]{vram} \
@@ -776,7 +782,7 @@ impl JobStore {
     /// Tells the followers of a job still `scheduled` why it waits: a `job_update` (status
     /// `scheduled`, `message` = `why`), once per distinct reason (`jobs.waiting_reason`), at the
     /// next seq, which a worker's claim then continues after.
-    async fn note_waiting(&self, id: &str, why: &str, max_per_job: u64) -> Result<()> {
+    async fn note_waiting(&self, id: &JobId, why: &str, max_per_job: u64) -> Result<()> {
         self.settle_waiting(
             id,
             why,
@@ -793,7 +799,7 @@ impl JobStore {
 
     /// Fails a job still `scheduled` with `why` and its one terminal event; false if it is no
     /// longer waiting.
-    async fn fail_waiting(&self, id: &str, why: &str, max_per_job: u64) -> Result<bool> {
+    async fn fail_waiting(&self, id: &JobId, why: &str, max_per_job: u64) -> Result<bool> {
         self.settle_waiting(
             id,
             why,
@@ -810,7 +816,7 @@ impl JobStore {
     /// it changed the row, stores `event(next seq)` in the same transaction.
     async fn settle_waiting(
         &self,
-        id: &str,
+        id: &JobId,
         why: &str,
         max_per_job: u64,
         update: &'static str,
@@ -820,7 +826,7 @@ impl JobStore {
         let err = db_err("jobs.settle_unclaimable");
         let mut tx = pool.begin().await.map_err(&err)?;
         let changed: Option<(i64,)> = sqlx::query_as(update)
-            .bind(id)
+            .bind(id.as_str())
             .bind(why)
             .fetch_optional(&mut *tx)
             .await
@@ -837,7 +843,7 @@ impl JobStore {
     /// Sends `control` to the worker of the live queued job `id` (any server may): stored for
     /// it in order and announced on [`CONTROLS_CHANNEL`]. Not stored when the job has ended or
     /// [`MAX_PENDING_CONTROLS`] are already waiting (the answer says which).
-    pub async fn push_control(&self, id: &str, control: &JobControl) -> Result<ControlPush> {
+    pub async fn push_control(&self, id: &JobId, control: &JobControl) -> Result<ControlPush> {
         let pool = self.pg("jobs.control")?;
         let err = db_err("jobs.control");
         let text = serde_json::to_string(control).map_err(|e| {
@@ -857,7 +863,7 @@ impl JobStore {
                     RETURNING seq) \
              SELECT (SELECT status FROM job), (SELECT seq FROM ins) FROM job",
         )
-        .bind(id)
+        .bind(id.as_str())
         .bind(&text)
         .bind(MAX_PENDING_CONTROLS)
         .fetch_optional(&mut *tx)
@@ -874,7 +880,7 @@ impl JobStore {
         if pushed == ControlPush::Pushed {
             sqlx::query("SELECT pg_notify($1, $2)")
                 .bind(CONTROLS_CHANNEL)
-                .bind(id)
+                .bind(id.as_str())
                 .execute(&mut *tx)
                 .await
                 .map_err(&err)?;
@@ -886,7 +892,7 @@ impl JobStore {
     /// The controls of `id` after `after` (a seq; 0: all), oldest first, at most `limit`.
     pub async fn controls_after(
         &self,
-        id: &str,
+        id: &JobId,
         after: i64,
         limit: i64,
     ) -> Result<Vec<(i64, String)>> {
@@ -895,7 +901,7 @@ impl JobStore {
             "SELECT seq, control FROM job_controls WHERE job_id = $1 AND seq > $2 \
              ORDER BY seq LIMIT $3",
         )
-        .bind(id)
+        .bind(id.as_str())
         .bind(after)
         .bind(limit)
         .fetch_all(pool)
@@ -904,10 +910,10 @@ impl JobStore {
     }
 
     /// Forgets the controls of `id` up to `upto` (applied).
-    pub async fn ack_controls(&self, id: &str, upto: i64) -> Result<()> {
+    pub async fn ack_controls(&self, id: &JobId, upto: i64) -> Result<()> {
         let pool = self.pg("jobs.controls")?;
         sqlx::query("DELETE FROM job_controls WHERE job_id = $1 AND seq <= $2")
-            .bind(id)
+            .bind(id.as_str())
             .bind(upto)
             .execute(pool)
             .await
@@ -916,11 +922,11 @@ impl JobStore {
     }
 
     /// The spec a queued job was enqueued with (`None`: no such queued job).
-    pub async fn queued_spec(&self, id: &str) -> Result<Option<QueuedSpec>> {
+    pub async fn queued_spec(&self, id: &JobId) -> Result<Option<QueuedSpec>> {
         let pool = self.pg("jobs.spec")?;
         let row: Option<(Option<String>,)> =
             sqlx::query_as("SELECT spec::text FROM jobs WHERE id = $1 AND queued")
-                .bind(id)
+                .bind(id.as_str())
                 .fetch_optional(pool)
                 .await
                 .map_err(db_err("jobs.spec"))?;
@@ -933,12 +939,12 @@ impl JobStore {
     }
 
     /// Whether `id` is a queued job (run by workers, not by the process that accepted it).
-    pub async fn is_queued(&self, id: &str) -> Result<bool> {
+    pub async fn is_queued(&self, id: &JobId) -> Result<bool> {
         let Db::Postgres(pool) = &self.db else {
             return Ok(false);
         };
         let row: Option<(bool,)> = sqlx::query_as("SELECT queued FROM jobs WHERE id = $1")
-            .bind(id)
+            .bind(id.as_str())
             .fetch_optional(pool)
             .await
             .map_err(db_err("jobs.get"))?;
@@ -991,20 +997,20 @@ fn describe_workers(workers: &[WorkerInfo]) -> String {
 }
 
 /// A `failed` terminal `job_update` at `seq`, as stored rows.
-pub(crate) fn failed_event(job_id: &str, seq: u64, why: &str) -> Vec<(u64, String)> {
+pub(crate) fn failed_event(job_id: &JobId, seq: u64, why: &str) -> Vec<(u64, String)> {
     job_update_event(job_id, seq, Status::Failed, None, Some(why))
 }
 
 /// A `job_update` at `seq`, as stored rows.
 fn job_update_event(
-    job_id: &str,
+    job_id: &JobId,
     seq: u64,
     status: Status,
     message: Option<&str>,
     error: Option<&str>,
 ) -> Vec<(u64, String)> {
     let event = nodetool_engine::EventEnvelope {
-        job_id: job_id.to_owned(),
+        job_id: job_id.to_string(),
         seq,
         event: nodetool_engine::Event::JobUpdate(nodetool_engine::events::JobUpdate {
             status,
@@ -1023,10 +1029,10 @@ fn job_update_event(
         .unwrap_or_default()
 }
 
-async fn notify_job(tx: &mut sqlx::PgConnection, id: &str) -> Result<()> {
+async fn notify_job(tx: &mut sqlx::PgConnection, id: &JobId) -> Result<()> {
     sqlx::query("SELECT pg_notify($1, $2)")
         .bind(EVENTS_CHANNEL)
-        .bind(id)
+        .bind(id.as_str())
         .execute(tx)
         .await
         .map_err(db_err("jobs.notify"))
@@ -1035,7 +1041,7 @@ async fn notify_job(tx: &mut sqlx::PgConnection, id: &str) -> Result<()> {
 
 async fn insert_events(
     tx: &mut sqlx::PgConnection,
-    job_id: &str,
+    job_id: &JobId,
     events: &[(u64, String)],
     max_per_job: u64,
 ) -> Result<()> {
@@ -1048,7 +1054,7 @@ async fn insert_events(
             "INSERT INTO job_events (job_id, seq, event) ",
         );
         q.push_values(chunk, |mut row, (seq, event)| {
-            row.push_bind(job_id)
+            row.push_bind(job_id.as_str())
                 .push_bind(seq_param(*seq))
                 .push_bind(event);
         });
@@ -1058,7 +1064,7 @@ async fn insert_events(
     let newest = events.iter().map(|(s, _)| *s).max().unwrap_or(0);
     if newest > max_per_job {
         sqlx::query("DELETE FROM job_events WHERE job_id = $1 AND seq <= $2")
-            .bind(job_id)
+            .bind(job_id.as_str())
             .bind(seq_param(newest - max_per_job))
             .execute(&mut *tx)
             .await

@@ -15,6 +15,7 @@
 //! of a server that still runs (another server on the same host) is never touched.
 
 use chrono::{DateTime, Utc};
+use nodetool_core::JobId;
 
 /// Set in every cold-spawned subprocess worker's environment to its job id (the worker ignores
 /// it).
@@ -126,7 +127,7 @@ fn leftover_warm(environ: &[u8]) -> bool {
 }
 
 /// Is `pid` still the worker of `job_id` (created at `created`)?
-pub fn identify(pid: u32, job_id: &str, created: DateTime<Utc>) -> Identity {
+pub fn identify(pid: u32, job_id: &JobId, created: DateTime<Utc>) -> Identity {
     let stat = match stat(pid) {
         None => return Identity::Gone,
         Some(Err(why)) => return Identity::Other(why),
@@ -139,7 +140,7 @@ pub fn identify(pid: u32, job_id: &str, created: DateTime<Utc>) -> Identity {
         return Identity::Other("not a process-group leader");
     }
     let environ = std::fs::read(format!("/proc/{pid}/environ")).unwrap_or_default();
-    if env_value(&environ, WORKER_JOB_ENV) != Some(job_id.as_bytes()) {
+    if env_value(&environ, WORKER_JOB_ENV) != Some(job_id.as_str().as_bytes()) {
         if leftover_warm(&environ) {
             return Identity::LeftoverWarm;
         }
@@ -166,21 +167,21 @@ fn boot_time() -> Option<i64> {
 
 /// Kills the process group a previous process recorded for `job_id`, if it is still that job's
 /// worker ([`identify`]); anything else is left alone.
-pub fn reap_worker_group(pid: u32, job_id: &str, created: DateTime<Utc>) {
+pub fn reap_worker_group(pid: u32, job_id: &JobId, created: DateTime<Utc>) {
     use nix::sys::signal::{killpg, Signal};
     match identify(pid, job_id, created) {
         Identity::Worker | Identity::LeftoverWarm => {
             if let Err(e) = killpg(nix::unistd::Pid::from_raw(pid as i32), Signal::SIGKILL) {
-                tracing::debug!(pid, job_id, error = %e, "leftover worker group already gone");
+                tracing::debug!(pid, %job_id, error = %e, "leftover worker group already gone");
             } else {
-                tracing::warn!(pid, job_id, "killed a leftover worker process group");
+                tracing::warn!(pid, %job_id, "killed a leftover worker process group");
             }
         }
-        Identity::Gone => tracing::debug!(pid, job_id, "leftover worker already gone"),
+        Identity::Gone => tracing::debug!(pid, %job_id, "leftover worker already gone"),
         Identity::Other(why) => {
             tracing::info!(
                 pid,
-                job_id,
+                %job_id,
                 why,
                 "recorded worker pid now belongs to another process; left alone"
             )
@@ -231,6 +232,10 @@ pub fn reap_leftover_warm_workers() -> usize {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn job(id: &str) -> JobId {
+        JobId::parse(id).unwrap()
+    }
     use std::os::unix::process::CommandExt;
     use std::process::Command;
 
@@ -255,30 +260,30 @@ mod tests {
         let mut not_leader = spawn(Some("job-1"), false);
         // /proc/<pid>/environ is readable once exec has happened.
         std::thread::sleep(std::time::Duration::from_millis(100));
-        assert_eq!(identify(ours.id(), "job-1", before), Identity::Worker);
+        assert_eq!(identify(ours.id(), &job("job-1"), before), Identity::Worker);
         assert!(matches!(
-            identify(other_job.id(), "job-1", before),
+            identify(other_job.id(), &job("job-1"), before),
             Identity::Other(_)
         ));
         assert!(matches!(
-            identify(stranger.id(), "job-1", before),
+            identify(stranger.id(), &job("job-1"), before),
             Identity::Other(_)
         ));
         assert!(matches!(
-            identify(not_leader.id(), "job-1", before),
+            identify(not_leader.id(), &job("job-1"), before),
             Identity::Other(_)
         ));
         // A job created an hour after the process started: the process cannot be its worker.
         let later = Utc::now() + chrono::Duration::hours(1);
         assert_eq!(
-            identify(ours.id(), "job-1", later),
+            identify(ours.id(), &job("job-1"), later),
             Identity::Other("started before the job")
         );
         for c in [&mut ours, &mut other_job, &mut stranger, &mut not_leader] {
             let _ = c.kill();
             let _ = c.wait();
         }
-        assert_eq!(identify(ours.id(), "job-1", before), Identity::Gone);
+        assert_eq!(identify(ours.id(), &job("job-1"), before), Identity::Gone);
     }
 
     fn spawn_warm(of: &str) -> std::process::Child {
@@ -305,11 +310,11 @@ mod tests {
         let mut unjudged = spawn_warm("garbage");
         std::thread::sleep(std::time::Duration::from_millis(100));
         assert!(matches!(
-            identify(live_worker.id(), "job-1", before),
+            identify(live_worker.id(), &job("job-1"), before),
             Identity::Other(_)
         ));
         assert_eq!(
-            identify(leftover.id(), "job-1", before),
+            identify(leftover.id(), &job("job-1"), before),
             Identity::LeftoverWarm,
             "a warm worker cannot name its job; its server being gone is enough"
         );

@@ -2,6 +2,7 @@
 
 use std::collections::VecDeque;
 
+use nodetool_core::JobId;
 use nodetool_engine::events::JobUpdate;
 use nodetool_engine::{Event, EventEnvelope};
 
@@ -16,11 +17,11 @@ fn is_terminal(e: &EventEnvelope) -> bool {
 /// most `poll`.
 pub(crate) async fn wait_for_job(
     wake: Option<&mut tokio::sync::broadcast::Receiver<crate::queue::Wakeup>>,
-    job_id: &str,
+    job_id: &JobId,
     poll: std::time::Duration,
 ) {
     use crate::queue::Wakeup;
-    wait_for_wakeup(wake, poll, |w| matches!(w, Wakeup::Job(id) if id == job_id)).await;
+    wait_for_wakeup(wake, poll, |w| matches!(w, Wakeup::Job(id) if job_id == id)).await;
 }
 
 /// Waits for a wake-up `wanted` accepts (or any reconnect of the listener, or lost wake-ups), at
@@ -55,7 +56,7 @@ pub(crate) async fn wait_for_wakeup(
 #[derive(Debug)]
 pub(crate) struct StoredEvents {
     store: JobStore,
-    job_id: String,
+    job_id: JobId,
     backlog: VecDeque<EventEnvelope>,
     /// Every stored event after the start seq has been read.
     exhausted: bool,
@@ -67,10 +68,10 @@ pub(crate) struct StoredEvents {
 }
 
 impl StoredEvents {
-    pub(crate) fn new(store: JobStore, job_id: &str) -> Self {
+    pub(crate) fn new(store: JobStore, job_id: &JobId) -> Self {
         Self {
             store,
-            job_id: job_id.to_owned(),
+            job_id: job_id.clone(),
             backlog: VecDeque::new(),
             exhausted: false,
             done: false,
@@ -80,7 +81,7 @@ impl StoredEvents {
     }
 
     /// Like [`StoredEvents::new`], but a job still running elsewhere is followed until it ends.
-    pub(crate) fn following(store: JobStore, job_id: &str) -> Self {
+    pub(crate) fn following(store: JobStore, job_id: &JobId) -> Self {
         let wake = store.wakeups();
         let mut s = Self::new(store, job_id);
         s.follow = Some(wake);
@@ -177,7 +178,7 @@ impl StoredEvents {
             _ => None,
         };
         Some(EventEnvelope {
-            job_id: record.id.clone(),
+            job_id: record.id.to_string(),
             seq,
             event: Event::JobUpdate(JobUpdate {
                 status: record.status,

@@ -19,7 +19,7 @@ use std::sync::{Arc, Mutex};
 
 use tokio::sync::oneshot;
 
-use nodetool_core::{Error, ErrorKind, Result};
+use nodetool_core::{Error, ErrorKind, Result, UserId};
 
 /// Seconds a client refused for a full queue is told to wait (`Retry-After`).
 pub const RETRY_AFTER_SECS: u64 = 5;
@@ -52,7 +52,7 @@ impl fmt::Debug for Scheduler {
 struct State {
     running: usize,
     /// Users with a running or waiting job (others are forgotten).
-    users: HashMap<String, UserState>,
+    users: HashMap<UserId, UserState>,
     /// Grants so far; a user's `last_served` is the number of its latest grant.
     grants: u64,
     next_ticket: u64,
@@ -80,7 +80,7 @@ pub enum Admission {
 /// A running job's place; dropping it frees the place.
 pub struct Slot {
     sched: Arc<Scheduler>,
-    user: String,
+    user: UserId,
 }
 
 impl fmt::Debug for Slot {
@@ -98,7 +98,7 @@ impl Drop for Slot {
 /// A waiting job's place in its user's queue.
 pub struct Ticket {
     sched: Arc<Scheduler>,
-    user: String,
+    user: UserId,
     id: u64,
     /// Kept here (never moved out) so that it outlives the check in `drop`: a grant succeeds
     /// only while the receiver exists, so "not in the queue any more" means "granted".
@@ -187,7 +187,7 @@ impl Scheduler {
 
     /// A place for a new job of `user`: a slot when one is free for them and none of their
     /// jobs waits, else a ticket; `RateLimited` when their queue is full.
-    pub fn admit(self: &Arc<Self>, user: &str) -> Result<Admission> {
+    pub fn admit(self: &Arc<Self>, user: &UserId) -> Result<Admission> {
         let mut st = self.lock();
         let State {
             running,
@@ -195,7 +195,7 @@ impl Scheduler {
             grants,
             next_ticket,
         } = &mut *st;
-        let u = users.entry(user.to_owned()).or_default();
+        let u = users.entry(user.clone()).or_default();
         if *running < self.limits.total && u.queue.is_empty() && self.user_may_run(u) {
             *running += 1;
             u.running += 1;
@@ -203,7 +203,7 @@ impl Scheduler {
             u.last_served = *grants;
             return Ok(Admission::Now(Slot {
                 sched: self.clone(),
-                user: user.to_owned(),
+                user: user.clone(),
             }));
         }
         if u.queue.len() >= self.limits.queued_per_user {
@@ -229,7 +229,7 @@ impl Scheduler {
         u.queue.push_back(Waiter { id, tx });
         Ok(Admission::Queued(Ticket {
             sched: self.clone(),
-            user: user.to_owned(),
+            user: user.clone(),
             id,
             rx,
             done: false,
@@ -237,7 +237,7 @@ impl Scheduler {
     }
 
     /// Frees a running job's place and hands free places to waiting jobs.
-    fn release(&self, user: &str) {
+    fn release(&self, user: &UserId) {
         let mut st = self.lock();
         st.running = st.running.saturating_sub(1);
         if let Some(u) = st.users.get_mut(user) {
@@ -289,7 +289,7 @@ impl Scheduler {
     /// dispatch order (least recently served user first, each user's queue in order) as places
     /// free up one at a time; per-user caps are not foreseen, so where one binds it is an
     /// estimate. `None`: not waiting (started, or gone).
-    pub fn position(&self, user: &str, id: u64) -> Option<usize> {
+    pub fn position(&self, user: &UserId, id: u64) -> Option<usize> {
         let st = self.lock();
         let mut queues: Vec<(u64, &str, std::collections::vec_deque::Iter<'_, Waiter>)> = st
             .users
@@ -306,7 +306,7 @@ impl Scheduler {
                 .min_by_key(|(served, name, _)| (*served, *name))?;
             let waiter = queue.next()?;
             position += 1;
-            if *name == user && waiter.id == id {
+            if *name == user.as_str() && waiter.id == id {
                 return Some(position);
             }
             grants += 1;
@@ -315,7 +315,7 @@ impl Scheduler {
     }
 
     /// Jobs running now, and waiting, for `user` (0, 0 for a user with none).
-    pub fn counts(&self, user: &str) -> (usize, usize) {
+    pub fn counts(&self, user: &UserId) -> (usize, usize) {
         self.lock()
             .users
             .get(user)
@@ -331,20 +331,24 @@ mod tests {
     #[test]
     fn positions_follow_the_fair_order() {
         let s = sched(1, None, 100);
-        let _running = s.admit("a").unwrap();
-        let ticket = |user: &str| match s.admit(user).unwrap() {
+        let _running = s.admit(&u("a")).unwrap();
+        let ticket = |user: &str| match s.admit(&u(user)).unwrap() {
             Admission::Queued(t) => t,
             Admission::Now(_) => panic!("the only place is taken"),
         };
         let a: Vec<Ticket> = (0..3).map(|_| ticket("a")).collect();
         let b = ticket("b");
         // b was never served, a just was: b's one job goes first, then a's in order.
-        assert_eq!(s.position("b", b.id()), Some(1));
-        assert_eq!(s.position("a", a[0].id()), Some(2));
-        assert_eq!(s.position("a", a[2].id()), Some(4));
-        assert_eq!(s.position("a", b.id()), None, "another user's ticket");
+        assert_eq!(s.position(&u("b"), b.id()), Some(1));
+        assert_eq!(s.position(&u("a"), a[0].id()), Some(2));
+        assert_eq!(s.position(&u("a"), a[2].id()), Some(4));
+        assert_eq!(s.position(&u("a"), b.id()), None, "another user's ticket");
         drop(b);
-        assert_eq!(s.position("a", a[0].id()), Some(1));
+        assert_eq!(s.position(&u("a"), a[0].id()), Some(1));
+    }
+
+    fn u(id: &str) -> UserId {
+        UserId::new(id)
     }
 
     fn sched(total: usize, per_user: Option<usize>, queued: usize) -> Arc<Scheduler> {
@@ -378,11 +382,11 @@ mod tests {
     #[tokio::test]
     async fn a_freed_slot_goes_to_the_user_served_least_recently() {
         let s = sched(1, None, 100);
-        let a1 = now(s.admit("a").unwrap());
+        let a1 = now(s.admit(&u("a")).unwrap());
         let order = Arc::new(Mutex::new(Vec::new()));
         let mut tasks = Vec::new();
         for (i, user) in ["a", "a", "a", "b"].into_iter().enumerate() {
-            let t = queued(s.admit(user).unwrap());
+            let t = queued(s.admit(&u(user)).unwrap());
             let order = order.clone();
             tasks.push(tokio::spawn(async move {
                 let slot = t.wait().await.unwrap();
@@ -397,48 +401,48 @@ mod tests {
         }
         // b's one job runs right after a's first (the one running, `a1`), not after all of a's.
         assert_eq!(*order.lock().unwrap(), ["b3", "a0", "a1", "a2"]);
-        assert_eq!(s.counts("a"), (0, 0));
+        assert_eq!(s.counts(&u("a")), (0, 0));
         assert!(s.lock().users.is_empty());
     }
 
     #[tokio::test]
     async fn per_user_cap_and_queue_limit() {
         let s = sched(4, Some(1), 2);
-        let _a = now(s.admit("a").unwrap());
+        let _a = now(s.admit(&u("a")).unwrap());
         // a is at its cap although slots are free: its next jobs wait; b starts at once.
-        let t1 = queued(s.admit("a").unwrap());
-        let _t2 = queued(s.admit("a").unwrap());
-        let err = s.admit("a").unwrap_err();
+        let t1 = queued(s.admit(&u("a")).unwrap());
+        let _t2 = queued(s.admit(&u("a")).unwrap());
+        let err = s.admit(&u("a")).unwrap_err();
         assert_eq!(err.kind(), ErrorKind::RateLimited);
         assert_eq!(err.context_value("retry_after"), Some("5"));
         assert!(err.message().contains("MAX_QUEUED_JOBS_PER_USER"), "{err}");
-        let _b = now(s.admit("b").unwrap());
-        assert_eq!(s.counts("a"), (1, 2));
+        let _b = now(s.admit(&u("b")).unwrap());
+        assert_eq!(s.counts(&u("a")), (1, 2));
         // A cancelled waiter leaves the queue: room for one more.
         drop(t1);
-        assert_eq!(s.counts("a"), (1, 1));
-        let _t3 = queued(s.admit("a").unwrap());
+        assert_eq!(s.counts(&u("a")), (1, 1));
+        let _t3 = queued(s.admit(&u("a")).unwrap());
     }
 
     #[tokio::test]
     async fn dropping_a_ticket_never_leaks_or_double_frees_a_slot() {
         let s = sched(1, None, 10);
-        let a = now(s.admit("a").unwrap());
-        let t = queued(s.admit("b").unwrap());
+        let a = now(s.admit(&u("a")).unwrap());
+        let t = queued(s.admit(&u("b")).unwrap());
         let mut w = tokio::spawn(t.wait());
         assert!(!granted(&mut w).await);
         w.abort();
         let _ = w.await;
-        assert_eq!(s.counts("b"), (0, 0));
+        assert_eq!(s.counts(&u("b")), (0, 0));
         drop(a);
         // Granted but dropped before it was taken: the slot comes back.
-        let a = now(s.admit("a").unwrap());
-        let t = queued(s.admit("b").unwrap());
+        let a = now(s.admit(&u("a")).unwrap());
+        let t = queued(s.admit(&u("b")).unwrap());
         drop(a);
         drop(t);
         assert_eq!(s.lock().running, 0);
-        let _c = now(s.admit("c").unwrap());
-        let mut w = tokio::spawn(queued(s.admit("d").unwrap()).wait());
+        let _c = now(s.admit(&u("c")).unwrap());
+        let mut w = tokio::spawn(queued(s.admit(&u("d")).unwrap()).wait());
         assert!(!granted(&mut w).await, "one slot only");
     }
 }

@@ -3,6 +3,7 @@
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 
+use nodetool_core::JobId;
 use nodetool_engine::events::JobUpdate;
 use nodetool_engine::{Event, EventEnvelope, EventSink};
 
@@ -13,16 +14,16 @@ use crate::strategy::JobOutcome;
 #[derive(Debug)]
 pub struct TrackingSink {
     inner: Arc<dyn EventSink>,
-    job_id: String,
+    job_id: JobId,
     last_seq: AtomicU64,
     terminal_sent: AtomicBool,
 }
 
 impl TrackingSink {
-    pub fn new(job_id: impl Into<String>, inner: Arc<dyn EventSink>) -> Arc<Self> {
+    pub fn new(job_id: JobId, inner: Arc<dyn EventSink>) -> Arc<Self> {
         Arc::new(Self {
             inner,
-            job_id: job_id.into(),
+            job_id,
             last_seq: AtomicU64::new(0),
             terminal_sent: AtomicBool::new(false),
         })
@@ -59,7 +60,7 @@ impl TrackingSink {
             peak_memory_bytes: None,
         };
         self.send(EventEnvelope {
-            job_id: self.job_id.clone(),
+            job_id: self.job_id.to_string(),
             seq: self.last_seq() + 1,
             event: Event::JobUpdate(update),
         });
@@ -79,7 +80,7 @@ impl EventSink for TrackingSink {
         }
         // A worker cannot rename the job: the parent's id is the only one.
         if event.job_id != self.job_id {
-            event.job_id.clone_from(&self.job_id);
+            event.job_id = self.job_id.to_string();
         }
         self.last_seq.fetch_max(event.seq, Ordering::AcqRel);
         self.inner.send(event);

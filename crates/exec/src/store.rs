@@ -21,7 +21,7 @@ use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, S
 use sqlx::{Connection, SqlitePool};
 
 use nodetool_assets::postgres::{connect_err, wait_for_postgres};
-use nodetool_core::{Error, ErrorKind, Result};
+use nodetool_core::{Error, ErrorKind, JobId, Result, UserId};
 use nodetool_engine::{EventEnvelope, Status};
 
 use crate::strategy::{StrategyKind, WorkerRef};
@@ -29,8 +29,8 @@ use crate::strategy::{StrategyKind, WorkerRef};
 /// What the manager knows about a job.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct JobRecord {
-    pub id: String,
-    pub user_id: String,
+    pub id: JobId,
+    pub user_id: UserId,
     pub workflow_id: String,
     pub strategy: StrategyKind,
     pub status: Status,
@@ -299,8 +299,8 @@ impl JobStore {
         );
         on_pool!(self, pool => {
             sqlx::query(&sql)
-                .bind(&r.id)
-                .bind(&r.user_id)
+                .bind(r.id.as_str())
+                .bind(r.user_id.as_str())
                 .bind(&r.workflow_id)
                 .bind(r.strategy.as_str())
                 .bind(r.status.as_str())
@@ -321,21 +321,21 @@ impl JobStore {
     }
 
     /// `scheduled` → `running`. False if the job is no longer scheduled.
-    pub async fn mark_running(&self, id: &str, at: DateTime<Utc>) -> Result<bool> {
+    pub async fn mark_running(&self, id: &JobId, at: DateTime<Utc>) -> Result<bool> {
         let sql = "UPDATE jobs SET status = 'running', started_at = $1 \
                    WHERE id = $2 AND status = 'scheduled'";
         let affected = on_pool!(self, pool => {
-            sqlx::query(sql).bind(micros(at)).bind(id).execute(pool).await.map(|d| d.rows_affected())
+            sqlx::query(sql).bind(micros(at)).bind(id.as_str()).execute(pool).await.map(|d| d.rows_affected())
         })
         .map_err(db_err("jobs.mark_running"))?;
         Ok(affected == 1)
     }
 
-    pub async fn set_worker(&self, id: &str, worker: &WorkerRef) -> Result<()> {
+    pub async fn set_worker(&self, id: &JobId, worker: &WorkerRef) -> Result<()> {
         let (pid, container) = worker_cols(Some(worker));
         let sql = "UPDATE jobs SET worker_pid = $1, container_id = $2 WHERE id = $3";
         on_pool!(self, pool => {
-            sqlx::query(sql).bind(pid).bind(&container).bind(id).execute(pool).await.map(drop)
+            sqlx::query(sql).bind(pid).bind(&container).bind(id.as_str()).execute(pool).await.map(drop)
         })
         .map_err(db_err("jobs.set_worker"))
     }
@@ -345,7 +345,7 @@ impl JobStore {
     /// go through [`JobStore::finish_fenced`]).
     pub async fn finish(
         &self,
-        id: &str,
+        id: &JobId,
         status: Status,
         error: Option<&str>,
         result: Option<&Value>,
@@ -365,7 +365,7 @@ impl JobStore {
                 .bind(error)
                 .bind(&result)
                 .bind(micros(at))
-                .bind(id)
+                .bind(id.as_str())
                 .execute(pool)
                 .await
                 .map(|d| d.rows_affected())
@@ -376,7 +376,7 @@ impl JobStore {
 
     /// Deletes `user_id`'s ended job `id` and its stored events. False if there is no such
     /// ended job (unknown, another user's, or still `scheduled`/`running`).
-    pub async fn delete_ended(&self, id: &str, user_id: &str) -> Result<bool> {
+    pub async fn delete_ended(&self, id: &JobId, user_id: &UserId) -> Result<bool> {
         let err = db_err("jobs.delete");
         let deleted = on_pool!(self, pool => {
             let mut tx = pool.begin().await.map_err(&err)?;
@@ -384,14 +384,14 @@ impl JobStore {
                 "DELETE FROM jobs WHERE id = $1 AND user_id = $2 \
                  AND status NOT IN ('scheduled', 'running')",
             )
-            .bind(id)
-            .bind(user_id)
+            .bind(id.as_str())
+            .bind(user_id.as_str())
             .execute(&mut *tx)
             .await
             .map_err(&err)?;
             if done.rows_affected() == 1 {
                 sqlx::query("DELETE FROM job_events WHERE job_id = $1")
-                    .bind(id)
+                    .bind(id.as_str())
                     .execute(&mut *tx)
                     .await
                     .map_err(&err)?;
@@ -402,23 +402,23 @@ impl JobStore {
         Ok(deleted)
     }
 
-    pub async fn get(&self, id: &str) -> Result<Option<JobRecord>> {
+    pub async fn get(&self, id: &JobId) -> Result<Option<JobRecord>> {
         let sql = format!("SELECT {} FROM jobs WHERE id = $1", self.job_columns());
         let row: Option<JobRow> = on_pool!(self, pool => {
-            sqlx::query_as(&sql).bind(id).fetch_optional(pool).await
+            sqlx::query_as(&sql).bind(id.as_str()).fetch_optional(pool).await
         })
         .map_err(db_err("jobs.get"))?;
         row.map(JobRow::into_record).transpose()
     }
 
     /// A user's jobs, newest first.
-    pub async fn list(&self, user_id: &str, limit: u32) -> Result<Vec<JobRecord>> {
+    pub async fn list(&self, user_id: &UserId, limit: u32) -> Result<Vec<JobRecord>> {
         let sql = format!(
             "SELECT {} FROM jobs WHERE user_id = $1 ORDER BY created_at DESC, id DESC LIMIT $2",
             self.job_columns()
         );
         let rows: Vec<JobRow> = on_pool!(self, pool => {
-            sqlx::query_as(&sql).bind(user_id).bind(i64::from(limit)).fetch_all(pool).await
+            sqlx::query_as(&sql).bind(user_id.as_str()).bind(i64::from(limit)).fetch_all(pool).await
         })
         .map_err(db_err("jobs.list"))?;
         rows.into_iter().map(JobRow::into_record).collect()
@@ -471,7 +471,7 @@ impl JobStore {
     /// Up to `limit` stored events of a job with a seq above `after`, in seq order.
     pub async fn events_after(
         &self,
-        job_id: &str,
+        job_id: &JobId,
         after: u64,
         limit: u32,
     ) -> Result<Vec<EventEnvelope>> {
@@ -479,7 +479,7 @@ impl JobStore {
                    ORDER BY seq LIMIT $3";
         let rows: Vec<(String,)> = on_pool!(self, pool => {
             sqlx::query_as(sql)
-                .bind(job_id)
+                .bind(job_id.as_str())
                 .bind(seq_param(after))
                 .bind(i64::from(limit))
                 .fetch_all(pool)
@@ -490,10 +490,10 @@ impl JobStore {
     }
 
     /// The job's stored event with the highest seq.
-    pub async fn last_event(&self, job_id: &str) -> Result<Option<EventEnvelope>> {
+    pub async fn last_event(&self, job_id: &JobId) -> Result<Option<EventEnvelope>> {
         let sql = "SELECT event FROM job_events WHERE job_id = $1 ORDER BY seq DESC LIMIT 1";
         let row: Option<(String,)> = on_pool!(self, pool => {
-            sqlx::query_as(sql).bind(job_id).fetch_optional(pool).await
+            sqlx::query_as(sql).bind(job_id.as_str()).fetch_optional(pool).await
         })
         .map_err(db_err("job_events.read"))?;
         row.map(|(text,)| parse_event(&text)).transpose()
@@ -596,8 +596,9 @@ impl JobRow {
             status: parse_status(&self.status)?,
             params: serde_json::from_str(&self.params).unwrap_or(Value::Null),
             result: self.result.and_then(|s| serde_json::from_str(&s).ok()),
-            id: self.id,
-            user_id: self.user_id,
+            // Our own rows: written from parsed or generated ids.
+            id: JobId::from_trusted(self.id),
+            user_id: UserId::new(self.user_id),
             workflow_id: self.workflow_id,
             created_at: self.created_at,
             started_at: self.started_at,

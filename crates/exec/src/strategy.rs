@@ -16,7 +16,7 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-use nodetool_core::{Error, ErrorKind, Result};
+use nodetool_core::{Error, ErrorKind, JobId, Result, UserId};
 use nodetool_engine::{EventSink, Graph, RunOutcome, Status};
 
 /// The three strategies a request may name.
@@ -114,8 +114,8 @@ pub fn effective_time_limit(requested: Option<f64>, ceiling: Option<Duration>) -
 /// the caller), and every strategy and worker uses it unchanged.
 #[derive(Clone, Serialize, Deserialize)]
 pub struct JobSpec {
-    pub job_id: String,
-    pub user_id: String,
+    pub job_id: JobId,
+    pub user_id: UserId,
     #[serde(default)]
     pub workflow_id: String,
     pub graph: Graph,
@@ -235,8 +235,8 @@ impl JobSpec {
     /// A spec with a fresh job id, user "1", no params, limits or secrets.
     pub fn new(graph: Graph) -> Self {
         Self {
-            job_id: nodetool_core::id::new_id(),
-            user_id: "1".to_owned(),
+            job_id: JobId::generate(),
+            user_id: UserId::local(),
             workflow_id: String::new(),
             graph,
             params: Map::new(),
@@ -418,7 +418,7 @@ impl JobInputs for nodetool_engine::InputStreams {
 /// A started job. Dropping the handle does not cancel the job.
 #[derive(Debug)]
 pub struct JobHandle {
-    job_id: String,
+    job_id: JobId,
     cancel: CancellationToken,
     task: Option<JoinHandle<JobOutcome>>,
     worker: Option<WorkerRef>,
@@ -428,7 +428,7 @@ pub struct JobHandle {
 impl JobHandle {
     /// `task` drives the job to its end and yields the outcome; it MUST watch `cancel` and end
     /// with a `cancelled` outcome soon after it fires.
-    pub fn new(job_id: String, cancel: CancellationToken, task: JoinHandle<JobOutcome>) -> Self {
+    pub fn new(job_id: JobId, cancel: CancellationToken, task: JoinHandle<JobOutcome>) -> Self {
         Self {
             job_id,
             cancel,
@@ -454,7 +454,7 @@ impl JobHandle {
         self.inputs.as_ref()
     }
 
-    pub fn job_id(&self) -> &str {
+    pub fn job_id(&self) -> &JobId {
         &self.job_id
     }
 
@@ -620,8 +620,8 @@ impl RequestLimits {
 
 /// NodeTool's `run_job_request` (`reference/nodetool-execution.md` §3.2). `user_id` from the
 /// client is ignored (the caller names the user). A `job_id` is the client's id for the job
-/// (NodeTool's web client makes one per run): checked by [`RunJobRequest::validate`] and used
-/// as given; without one the manager allocates an id.
+/// (NodeTool's web client makes one per run): checked by [`RunJobRequest::validate`]
+/// ([`JobId::parse`]) and used as given; without one the manager allocates an id.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct RunJobRequest {
     #[serde(default, rename = "type")]
@@ -666,33 +666,11 @@ pub struct RunJobRequest {
     pub worker_tags: Option<Vec<String>>,
 }
 
-/// Longest client job id accepted (a UUID is 36 characters).
-pub const MAX_JOB_ID_LEN: usize = 64;
-
-/// A client's job id: 1 to [`MAX_JOB_ID_LEN`] ASCII letters, digits, `-` or `_` (a UUID, with
-/// or without dashes, fits), so it is safe in paths, labels, logs and URLs.
-pub fn valid_job_id(id: &str) -> Result<String> {
-    let ok = !id.is_empty()
-        && id.len() <= MAX_JOB_ID_LEN
-        && id
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
-    if ok {
-        Ok(id.to_owned())
-    } else {
-        let shown: String = id.chars().take(MAX_JOB_ID_LEN).collect();
-        Err(Error::invalid_input(format!(
-            "job_id {shown:?} is not a valid job id: use 1 to {MAX_JOB_ID_LEN} letters, digits,              '-' or '_' (a UUID fits)"
-        ))
-        .with_operation("exec.validate"))
-    }
-}
-
 /// A request after [`RunJobRequest::validate`].
 #[derive(Debug, Clone)]
 pub struct ValidRequest {
     /// The client's job id, if it sent one.
-    pub job_id: Option<String>,
+    pub job_id: Option<JobId>,
     pub strategy: Option<StrategyKind>,
     pub workflow_id: String,
     pub graph: Graph,
@@ -738,7 +716,7 @@ impl RunJobRequest {
             .unwrap_or_default();
         let job_id = match self.job_id.as_deref() {
             None | Some("") => None,
-            Some(id) => Some(valid_job_id(id)?),
+            Some(id) => Some(JobId::parse(id)?),
         };
         Ok(ValidRequest {
             job_id,

@@ -133,8 +133,8 @@ pub async fn run_in_process(
     let job_id = spec.job_id.clone();
     let pause = spec.pause.clone();
     let request = RunRequest {
-        job_id: spec.job_id,
-        user_id: spec.user_id,
+        job_id: spec.job_id.into(),
+        user_id: spec.user_id.into(),
         workflow_id: spec.workflow_id,
         graph: spec.graph,
         params: spec.params,

@@ -6,7 +6,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use nodetool_core::Result;
+use nodetool_core::{JobId, Result, UserId};
 use nodetool_engine::{Event, Status};
 use tokio::task::JoinSet;
 
@@ -179,7 +179,7 @@ impl QueueWorker {
             }
         };
         let mut request = spec.request;
-        request.job_id = Some(id.clone());
+        request.job_id = Some(id.to_string());
         // A retry landing on this worker again: forget the earlier run's local copy.
         let _ = self.local.delete_ended(&id, &spec.user_id).await;
         if let Err(e) = self.local.submit(request, &spec.user_id).await {
@@ -352,8 +352,8 @@ const CONTROLS_PER_READ: i64 = 64;
 async fn apply_controls(
     store: JobStore,
     local: JobExecutionManager,
-    id: String,
-    user: String,
+    id: JobId,
+    user: UserId,
     poll: Duration,
 ) {
     let mut wake = store.wakeups();

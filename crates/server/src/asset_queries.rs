@@ -82,10 +82,10 @@ pub(crate) async fn children(
     Path(id): Path<String>,
     Query(q): Query<ChildrenQuery>,
 ) -> ApiResult<Json<Value>> {
-    folder(&state, &user, &id).await?;
+    folder(&state, user.as_str(), &id).await?;
     let limit = q.limit.unwrap_or(PAGE).clamp(1, MAX_SCAN);
     let page = store(&state)
-        .list(&AssetQuery::children(&user, &id, limit))
+        .list(&AssetQuery::children(user.as_str(), &id, limit))
         .await?;
     let assets: Vec<Value> = page
         .assets
@@ -100,12 +100,12 @@ pub(crate) async fn recursive(
     AuthUser(user): AuthUser,
     Path(id): Path<String>,
 ) -> ApiResult<Json<Value>> {
-    folder(&state, &user, &id).await?;
-    let ids = descendants(&state, &user, &id).await?;
+    folder(&state, user.as_str(), &id).await?;
+    let ids = descendants(&state, user.as_str(), &id).await?;
     let storage = state.resources.asset_storage()?;
     let mut assets = Vec::with_capacity(ids.len());
     for asset_id in ids {
-        match find(&state, &user, &asset_id).await {
+        match find(&state, user.as_str(), &asset_id).await {
             Ok(row) => assets.push(into_dto(row, storage.as_ref()).await),
             // Deleted meanwhile.
             Err(e) if e.status() == axum::http::StatusCode::NOT_FOUND => {}
@@ -139,7 +139,7 @@ pub(crate) async fn search(
     }
     let limit = q.page_size.unwrap_or(100).clamp(1, PAGE);
     let query = AssetQuery {
-        user_id: user.clone(),
+        user_id: user.to_string(),
         content_type: q.content_type.filter(|c| !c.is_empty()),
         workflow_id: q.workflow_id.clone().filter(|w| !w.is_empty()),
         limit: PAGE,
@@ -166,7 +166,7 @@ pub(crate) async fn by_filename(
     Path(filename): Path<String>,
 ) -> ApiResult<Json<crate::assets::AssetDto>> {
     let query = AssetQuery {
-        user_id: user.clone(),
+        user_id: user.to_string(),
         limit: PAGE,
         ..AssetQuery::default()
     };

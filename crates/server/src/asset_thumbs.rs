@@ -84,7 +84,7 @@ pub(crate) async fn thumbnail(
     method: Method,
     headers: HeaderMap,
 ) -> ApiResult<Response> {
-    let row = find(&state, &user, &id).await?;
+    let row = find(&state, user.as_str(), &id).await?;
     let (Some(source), Some(thumb)) = (row.key(), thumb_key(&row)) else {
         return Err(ApiError::not_found(format!(
             "asset {id} has no thumbnail: only images get one"

@@ -188,12 +188,12 @@ pub(crate) async fn list(
         && q.node_id.is_none()
         && q.job_id.is_none();
     let parent_id = if no_filter {
-        Some(user.clone())
+        Some(user.to_string())
     } else {
         q.parent_id.clone()
     };
     let query = AssetQuery {
-        user_id: user.clone(),
+        user_id: user.to_string(),
         parent_id,
         content_type: q.content_type,
         workflow_id: q.workflow_id,
@@ -218,9 +218,9 @@ pub(crate) async fn get_one(
     Path(id): Path<String>,
 ) -> ApiResult<Json<AssetDto>> {
     let row = if id == user {
-        home_folder(&user)
+        home_folder(user.as_str())
     } else {
-        find(&state, &user, &id).await?
+        find(&state, user.as_str(), &id).await?
     };
     let storage = state.resources.asset_storage()?;
     Ok(Json(into_dto(row, storage.as_ref()).await))
@@ -323,8 +323,8 @@ async fn create(
         if req.name.as_deref().is_none_or(|n| n.trim().is_empty()) {
             req.name = file_name.clone();
         }
-        let parent_id = req.parent_id.clone().unwrap_or_else(|| user.clone());
-        check_parent(&state, &user, &parent_id).await?;
+        let parent_id = req.parent_id.clone().unwrap_or_else(|| user.to_string());
+        check_parent(&state, user.as_str(), &parent_id).await?;
         let content_type = match (&blob, req.content_type.as_deref()) {
             (Some((_, meta)), _) => meta
                 .content_type
@@ -341,7 +341,7 @@ async fn create(
         let now = Utc::now();
         let row = AssetRecord {
             id: id.clone(),
-            user_id: user.clone(),
+            user_id: user.to_string(),
             workflow_id: req.workflow_id,
             parent_id,
             name: req
@@ -438,7 +438,7 @@ pub(crate) async fn update(
     Path(id): Path<String>,
     Json(req): Json<UpdateRequest>,
 ) -> ApiResult<Json<AssetDto>> {
-    let mut row = find(&state, &user, &id).await?;
+    let mut row = find(&state, user.as_str(), &id).await?;
     if let Some(name) = req
         .name
         .map(|n| n.trim().to_owned())
@@ -448,8 +448,11 @@ pub(crate) async fn update(
     }
     if let Some(parent) = req.parent_id.filter(|p| !p.is_empty()) {
         if parent != row.parent_id {
-            check_parent(&state, &user, &parent).await?;
-            if row.is_folder() && descendants(&state, &user, &row.id).await?.contains(&parent)
+            check_parent(&state, user.as_str(), &parent).await?;
+            if row.is_folder()
+                && descendants(&state, user.as_str(), &row.id)
+                    .await?
+                    .contains(&parent)
                 || parent == row.id
             {
                 return Err(ApiError::bad_request(
@@ -511,15 +514,15 @@ pub(crate) async fn delete(
     AuthUser(user): AuthUser,
     Path(id): Path<String>,
 ) -> ApiResult<Json<Deleted>> {
-    let root = find(&state, &user, &id).await?;
+    let root = find(&state, user.as_str(), &id).await?;
     let storage = state.resources.asset_storage()?;
     // Deepest first, so a failure part-way leaves no child under a missing folder.
-    let mut ids = descendants(&state, &user, &root.id).await?;
+    let mut ids = descendants(&state, user.as_str(), &root.id).await?;
     ids.reverse();
     ids.push(root.id.clone());
     let mut deleted = Vec::with_capacity(ids.len());
     for asset_id in ids {
-        let row = match find(&state, &user, &asset_id).await {
+        let row = match find(&state, user.as_str(), &asset_id).await {
             Ok(row) => row,
             // Deleted concurrently: nothing left to do for it.
             Err(e) if e.status() == StatusCode::NOT_FOUND => continue,
@@ -538,7 +541,7 @@ pub(crate) async fn delete(
                 tracing::warn!(asset = %row.id, error = %e, "could not remove an asset's thumbnail");
             }
         }
-        store(&state).delete(&user, &row.id).await?;
+        store(&state).delete(user.as_str(), &row.id).await?;
         deleted.push(row.id);
     }
     Ok(Json(Deleted {
@@ -554,7 +557,7 @@ async fn download(
     method: Method,
     headers: HeaderMap,
 ) -> ApiResult<Response> {
-    let row = find(&state, &user, &id).await?;
+    let row = find(&state, user.as_str(), &id).await?;
     let key = row
         .key()
         .ok_or_else(|| ApiError::bad_request("a folder has no content to download"))?;

@@ -17,7 +17,7 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 use nodetool_config::{AuthProvider, Settings};
-use nodetool_core::{Error, ErrorKind, Result, StorageKey};
+use nodetool_core::{Error, ErrorKind, Result, StorageKey, UserId};
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
@@ -25,21 +25,21 @@ use crate::error::ApiError;
 use crate::AppState;
 
 /// The single user of the `none`, `local` and `static` providers.
-pub const LOCAL_USER: &str = "1";
+pub use nodetool_core::id::LOCAL_USER;
 
 /// Who made a request; set by the auth middleware on every route except `/health` and
 /// `/metrics`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Caller {
     /// An authenticated user.
-    User(String),
+    User(UserId),
     /// No token, but a valid unexpired signature for exactly the requested path (GET/HEAD of a
     /// storage route only).
     SignedUrl,
 }
 
 impl Caller {
-    pub fn user_id(&self) -> Option<&str> {
+    pub fn user_id(&self) -> Option<&UserId> {
         match self {
             Caller::User(id) => Some(id),
             Caller::SignedUrl => None,
@@ -49,7 +49,7 @@ impl Caller {
 
 /// The authenticated user, for handlers that need one (a signed URL is not enough).
 #[derive(Debug, Clone)]
-pub struct AuthUser(pub String);
+pub struct AuthUser(pub UserId);
 
 impl<S: Send + Sync> axum::extract::FromRequestParts<S> for AuthUser {
     type Rejection = ApiError;
@@ -332,7 +332,7 @@ impl Authenticator {
     }
 
     /// The user a bearer token belongs to.
-    pub async fn authenticate(&self, token: &str) -> std::result::Result<String, AuthError> {
+    pub async fn authenticate(&self, token: &str) -> std::result::Result<UserId, AuthError> {
         let user = match self {
             Authenticator::Local => LOCAL_USER.to_owned(),
             Authenticator::Static { tokens } => {
@@ -363,7 +363,7 @@ impl Authenticator {
             tracing::warn!(user = %user, "identity provider returned a reserved user id; refused");
             return Err(AuthError::Invalid("unusable user id (reserved)"));
         }
-        Ok(user)
+        Ok(UserId::new(user))
     }
 }
 
@@ -395,7 +395,7 @@ pub(crate) async fn websocket_user(
     auth: &Authenticator,
     headers: &HeaderMap,
     api_key: Option<String>,
-) -> std::result::Result<String, Response> {
+) -> std::result::Result<UserId, Response> {
     let token = bearer(headers)
         .map(str::to_owned)
         .or(api_key.filter(|k| !k.is_empty()));
@@ -450,7 +450,7 @@ pub async fn authenticate(State(state): State<AppState>, mut req: Request, next:
         return next.run(req).await;
     }
     let caller = match (&state.auth, bearer(req.headers())) {
-        (Authenticator::Local, _) => Caller::User(LOCAL_USER.to_owned()),
+        (Authenticator::Local, _) => Caller::User(UserId::local()),
         (auth, Some(token)) => match auth.authenticate(token).await {
             Ok(user) => Caller::User(user),
             Err(AuthError::Invalid(why)) => return ApiError::unauthorized(why).into_response(),

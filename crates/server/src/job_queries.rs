@@ -53,6 +53,7 @@ pub(crate) async fn delete_finished(
     AuthUser(user): AuthUser,
     Path(id): Path<String>,
 ) -> ApiResult<Json<Value>> {
+    let id = crate::jobs::path_job_id(&id)?;
     let rec = owned_job(manager(&state)?, &id, &user).await?;
     if !rec.status.is_terminal() {
         return Err(ApiError::new(

@@ -21,6 +21,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use bytes::Bytes;
+use nodetool_core::{JobId, UserId};
 use nodetool_exec::{JobEvents, JobExecutionManager, JobRecord, RunJobRequest};
 use serde::Deserialize;
 use serde_json::{json, Value};
@@ -55,14 +56,20 @@ pub(crate) fn manager(state: &AppState) -> ApiResult<&JobExecutionManager> {
     })
 }
 
+/// A job id from a URL path. One that breaks the id rule ([`JobId::parse`]) names no job, so
+/// it gets the same 404 as an unknown id.
+pub(crate) fn path_job_id(raw: &str) -> ApiResult<JobId> {
+    JobId::parse(raw).map_err(|_| ApiError::not_found("no such job"))
+}
+
 /// The job if `user` owns it; 404 otherwise (also for other users' jobs).
 pub(crate) async fn owned_job(
     manager: &JobExecutionManager,
-    job_id: &str,
-    user: &str,
+    job_id: &JobId,
+    user: &UserId,
 ) -> ApiResult<JobRecord> {
     match manager.get(job_id).await? {
-        Some(rec) if rec.user_id == user => Ok(rec),
+        Some(rec) if rec.user_id == *user => Ok(rec),
         _ => Err(ApiError::not_found("no such job")),
     }
 }
@@ -72,8 +79,8 @@ pub(crate) async fn owned_job(
 pub(crate) async fn submit_request(
     manager: &JobExecutionManager,
     mut request: RunJobRequest,
-    user: &str,
-) -> ApiResult<String> {
+    user: &UserId,
+) -> ApiResult<JobId> {
     // The client job id is `/ws`'s (NodeTool's web client); REST allocates one, as before.
     request.job_id = None;
     // `request.user_id` is ignored by the manager; the authenticated user owns the job.
@@ -153,7 +160,7 @@ pub(crate) async fn get_job(
     AuthUser(user): AuthUser,
     Path(id): Path<String>,
 ) -> ApiResult<Json<JobView>> {
-    let rec = owned_job(manager(&state)?, &id, &user).await?;
+    let rec = owned_job(manager(&state)?, &path_job_id(&id)?, &user).await?;
     Ok(Json(JobView::of(&rec)))
 }
 
@@ -163,6 +170,7 @@ pub(crate) async fn cancel(
     Path(id): Path<String>,
 ) -> ApiResult<Json<Value>> {
     let manager = manager(&state)?;
+    let id = path_job_id(&id)?;
     owned_job(manager, &id, &user).await?;
     let was_live = manager.cancel(&id).await?;
     tracing::info!(job_id = %id, user = %user, was_live, "job cancel requested");
@@ -185,6 +193,7 @@ async fn events(
     headers: HeaderMap,
 ) -> ApiResult<Response> {
     let manager = manager(&state)?;
+    let id = path_job_id(&id)?;
     let rec = owned_job(manager, &id, &user).await?;
     let since = last_event_id(&headers).or(q.since_seq).unwrap_or_default();
     match manager.subscribe(&id, since) {

@@ -471,7 +471,7 @@ mod tests {
     fn record(status: Status, created: i64, started: Option<i64>, finished: i64) -> JobRecord {
         let at = |s: i64| chrono::DateTime::from_timestamp(s, 0).unwrap();
         JobRecord {
-            id: "j".into(),
+            id: nodetool_core::JobId::parse("j").unwrap(),
             user_id: "1".into(),
             workflow_id: "w".into(),
             strategy: nodetool_exec::StrategyKind::Threaded,

@@ -120,7 +120,7 @@ pub(crate) fn parse_key(path: KeyPath) -> ApiResult<StorageKey> {
 fn authorize(state: &AppState, req: &Parts, key: &StorageKey, write: bool) -> ApiResult<()> {
     match req.extensions.get::<Caller>() {
         Some(Caller::User(user)) => {
-            if state.auth.key_scope().permits(user, key.as_str()) {
+            if state.auth.key_scope().permits(user.as_str(), key.as_str()) {
                 Ok(())
             } else {
                 Err(ApiError::forbidden("this key belongs to another user"))

@@ -47,12 +47,12 @@ use futures::{SinkExt, StreamExt};
 use nix::sys::signal::Signal;
 use nix::unistd::Pid;
 use nodetool_config::{registry, Settings};
-use nodetool_core::{Error, ErrorKind};
+use nodetool_core::{Error, ErrorKind, UserId};
 use serde::Deserialize;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::mpsc;
 
-use crate::auth::{websocket_user, Authenticator, LOCAL_USER};
+use crate::auth::{websocket_user, Authenticator};
 use crate::error::ApiError;
 use crate::metrics::StreamKind;
 use crate::AppState;
@@ -103,7 +103,7 @@ async fn upgrade(
     }
     let user = match &state.auth {
         Authenticator::Local => match local_refusal(peer, &headers) {
-            None => LOCAL_USER.to_owned(),
+            None => UserId::local(),
             Some(why) => {
                 tracing::warn!(?peer, why, "terminal refused");
                 return ApiError::forbidden(format!(
@@ -122,7 +122,7 @@ async fn upgrade(
         Err(rejection) => return rejection.into_response(),
     };
     ws.max_message_size(MAX_FRAME)
-        .on_upgrade(move |socket| session(state, user, socket))
+        .on_upgrade(move |socket| session(state, user.to_string(), socket))
 }
 
 /// Why a tokenless (local provider) request may not open a shell, or `None` if it may.

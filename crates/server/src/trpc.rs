@@ -33,6 +33,7 @@ use axum::http::{Method, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
+use nodetool_core::UserId;
 use serde::de::DeserializeOwned;
 use serde::Deserialize;
 use serde_json::{json, Map, Value};
@@ -229,10 +230,10 @@ struct SignUrlInput {
 /// `storage.signUrl {key}` → `{url}`: the URL the asset API puts in `get_url` (signed when
 /// the server signs URLs). A key outside the caller's prefix (multi-user providers) is "not
 /// found", as NodeTool answers.
-async fn sign_url(state: &AppState, user: &str, input: SignUrlInput) -> ApiResult<Json<Value>> {
+async fn sign_url(state: &AppState, user: &UserId, input: SignUrlInput) -> ApiResult<Json<Value>> {
     let key = nodetool_core::StorageKey::new(input.key)
         .map_err(|e| ApiError::bad_request(e.message().to_owned()))?;
-    if !state.auth.is_single_user() && key.segments().next() != Some(user) {
+    if !state.auth.is_single_user() && key.segments().next() != Some(user.as_str()) {
         return Err(ApiError::not_found("object not found"));
     }
     let url = state.resources.asset_storage()?.url(&key).await?;
@@ -240,9 +241,9 @@ async fn sign_url(state: &AppState, user: &str, input: SignUrlInput) -> ApiResul
 }
 
 /// Runs one procedure for `user`.
-async fn call(state: &AppState, user: &str, path: &str, input: Value) -> CallResult {
+async fn call(state: &AppState, user: &UserId, path: &str, input: Value) -> CallResult {
     let s = || State(state.clone());
-    let u = || AuthUser(user.to_owned());
+    let u = || AuthUser(user.clone());
     let id = || field(path, &input, "id");
     match path {
         "workflows.list" => ok(workflows::list(s(), u(), Query(arg(path, &input)?)).await),
@@ -312,7 +313,8 @@ async fn call(state: &AppState, user: &str, path: &str, input: Value) -> CallRes
         "jobs.cancel" => {
             let id = id()?;
             let _cancelled = jobs::cancel(s(), u(), Path(id.clone())).await?;
-            let rec = jobs::owned_job(jobs::manager(state)?, &id, user).await?;
+            let rec =
+                jobs::owned_job(jobs::manager(state)?, &jobs::path_job_id(&id)?, user).await?;
             Ok(job_queries::background_json(&rec))
         }
         "storage.signUrl" => ok(sign_url(state, user, arg(path, &input)?).await),
@@ -327,7 +329,7 @@ async fn call(state: &AppState, user: &str, path: &str, input: Value) -> CallRes
 /// One call's item: `{"result": {"data": …}}` or `{"error": shape}`, with its status.
 async fn item(
     state: &AppState,
-    user: &str,
+    user: &UserId,
     method: &Method,
     path: &str,
     input: Value,

@@ -162,8 +162,8 @@ pub struct JobView {
 impl JobView {
     pub fn of(r: &JobRecord) -> Self {
         Self {
-            id: r.id.clone(),
-            user_id: r.user_id.clone(),
+            id: r.id.to_string(),
+            user_id: r.user_id.to_string(),
             workflow_id: r.workflow_id.clone(),
             job_type: "workflow",
             status: r.status,

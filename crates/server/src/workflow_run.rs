@@ -57,7 +57,7 @@ pub(crate) async fn run(
     }
     request.workflow_id = Some(id.clone());
     request.graph = None;
-    crate::workflows::resolve_stored_graph(&state.workflows, &user, &mut request)
+    crate::workflows::resolve_stored_graph(&state.workflows, user.as_str(), &mut request)
         .await
         .map_err(ApiError::from)?;
     let job_id = submit_request(manager, request, &user).await?;

@@ -87,7 +87,7 @@ pub(crate) async fn list_versions(
     Path(id): Path<String>,
     Query(q): Query<ListQuery>,
 ) -> ApiResult<Json<Value>> {
-    owned(&state.workflows, &user, &id, "versioned").await?;
+    owned(&state.workflows, user.as_str(), &id, "versioned").await?;
     let limit = q.limit.unwrap_or(100);
     if !(1..=MAX_LIST).contains(&limit) {
         return Err(ApiError::bad_request(format!(
@@ -112,12 +112,12 @@ pub(crate) async fn create_version(
     body: Option<Json<CreateBody>>,
 ) -> ApiResult<Json<Value>> {
     let body = body.map(|Json(b)| b).unwrap_or_default();
-    let row = owned(&state.workflows, &user, &id, "versioned").await?;
+    let row = owned(&state.workflows, user.as_str(), &id, "versioned").await?;
     let v = state
         .workflows
         .insert_version(&NewVersion {
             workflow_id: &id,
-            user_id: &user,
+            user_id: user.as_str(),
             save_type: "manual",
             name: body.name.as_deref(),
             description: body.description.as_deref(),
@@ -147,7 +147,7 @@ pub(crate) async fn get_version(
     Path((id, v)): Path<(String, String)>,
 ) -> ApiResult<Json<Value>> {
     version_number(&v)?;
-    owned(&state.workflows, &user, &id, "versioned").await?;
+    owned(&state.workflows, user.as_str(), &id, "versioned").await?;
     Ok(Json(version_json(
         &find_version(&state.workflows, &id, &v).await?,
     )))
@@ -158,7 +158,7 @@ pub(crate) async fn delete_version(
     AuthUser(user): AuthUser,
     Path((id, v)): Path<(String, String)>,
 ) -> ApiResult<StatusCode> {
-    owned(&state.workflows, &user, &id, "versioned").await?;
+    owned(&state.workflows, user.as_str(), &id, "versioned").await?;
     let row = find_version(&state.workflows, &id, &v).await?;
     state.workflows.delete_version(&row.id).await?;
     Ok(StatusCode::NO_CONTENT)
@@ -181,7 +181,7 @@ pub(crate) async fn restore_version(
     Path((id, v)): Path<(String, String)>,
 ) -> ApiResult<Json<WorkflowDto>> {
     version_number(&v)?;
-    owned(&state.workflows, &user, &id, "restored").await?;
+    owned(&state.workflows, user.as_str(), &id, "restored").await?;
     let version = find_version(&state.workflows, &id, &v).await?;
     let patch = WorkflowPatch {
         graph: Some(version.graph),
@@ -189,9 +189,9 @@ pub(crate) async fn restore_version(
     };
     state
         .workflows
-        .update(&user, &id, &patch, Utc::now())
+        .update(user.as_str(), &id, &patch, Utc::now())
         .await?;
-    let row = owned(&state.workflows, &user, &id, "restored").await?;
+    let row = owned(&state.workflows, user.as_str(), &id, "restored").await?;
     Ok(Json(row_to_dto(&row)?))
 }
 
@@ -225,7 +225,7 @@ pub(crate) async fn autosave(
             "max_versions must be between 1 and {MAX_AUTOSAVES}, got {keep}"
         )));
     }
-    let row = owned(&state.workflows, &user, &id, "autosaved").await?;
+    let row = owned(&state.workflows, user.as_str(), &id, "autosaved").await?;
     let updated_at = row.updated_at;
     if !body.force {
         let last = state.workflows.last_autosave_at(&id).await?;
@@ -251,13 +251,16 @@ pub(crate) async fn autosave(
         access: access.map(str::to_owned),
         ..WorkflowPatch::default()
     };
-    state.workflows.update(&user, &id, &patch, now).await?;
-    let saved = owned(&state.workflows, &user, &id, "autosaved").await?;
+    state
+        .workflows
+        .update(user.as_str(), &id, &patch, now)
+        .await?;
+    let saved = owned(&state.workflows, user.as_str(), &id, "autosaved").await?;
     let v = state
         .workflows
         .insert_version(&NewVersion {
             workflow_id: &id,
-            user_id: &user,
+            user_id: user.as_str(),
             save_type: "autosave",
             name: Some(&saved.name),
             description: Some(&saved.description),

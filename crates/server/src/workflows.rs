@@ -265,7 +265,7 @@ pub(crate) async fn list(
     // Newest first: ids are UUIDv7 (or client ids, which sort among them by their text).
     let rows = state
         .workflows
-        .list(&user, cursor.as_deref(), Some(limit + 1))
+        .list(user.as_str(), cursor.as_deref(), Some(limit + 1))
         .await?;
     let more = rows.len() as i64 > limit;
     let mut workflows = Vec::new();
@@ -307,8 +307,8 @@ pub(crate) async fn create(
         }
     }
     let id = nodetool_core::id::new_id();
-    insert(&state.workflows, &user, &id, req).await?;
-    let row = visible(&state.workflows, &user, &id).await?;
+    insert(&state.workflows, user.as_str(), &id, req).await?;
+    let row = visible(&state.workflows, user.as_str(), &id).await?;
     Ok(Json(row_to_dto(&row)?))
 }
 
@@ -348,7 +348,7 @@ pub(crate) async fn get_one(
     AuthUser(user): AuthUser,
     Path(id): Path<String>,
 ) -> ApiResult<Json<WorkflowDto>> {
-    let row = visible(&state.workflows, &user, &id).await?;
+    let row = visible(&state.workflows, user.as_str(), &id).await?;
     Ok(Json(row_to_dto(&row)?))
 }
 
@@ -371,7 +371,7 @@ pub(crate) async fn put_one(
     }
     let owner = state.workflows.owner_of(&id).await?;
     match owner {
-        None => insert(&state.workflows, &user, &id, req).await?,
+        None => insert(&state.workflows, user.as_str(), &id, req).await?,
         Some((owner, _)) if owner == user => {
             let patch = WorkflowPatch {
                 name: req.name,
@@ -386,13 +386,13 @@ pub(crate) async fn put_one(
             };
             state
                 .workflows
-                .update(&user, &id, &patch, Utc::now())
+                .update(user.as_str(), &id, &patch, Utc::now())
                 .await?;
         }
         Some((_, access)) if access == "public" => return Err(not_owner(&id, "changed")),
         Some(_) => return Err(ApiError::not_found(format!("workflow {id} not found"))),
     }
-    let row = visible(&state.workflows, &user, &id).await?;
+    let row = visible(&state.workflows, user.as_str(), &id).await?;
     Ok(Json(row_to_dto(&row)?))
 }
 
@@ -401,9 +401,9 @@ pub(crate) async fn delete_one(
     AuthUser(user): AuthUser,
     Path(id): Path<String>,
 ) -> ApiResult<StatusCode> {
-    if !state.workflows.delete(&user, &id).await? {
+    if !state.workflows.delete(user.as_str(), &id).await? {
         // Someone else's public workflow: visible, so say why it cannot go.
-        return Err(match visible(&state.workflows, &user, &id).await {
+        return Err(match visible(&state.workflows, user.as_str(), &id).await {
             Ok(_) => not_owner(&id, "deleted"),
             Err(e) => e,
         });

@@ -4,7 +4,7 @@
 //! frames; every frame's type is in [`crate::wire`] (decoded by [`wire::parse_frame`], answered
 //! with [`wire::Reply`], [`wire::ErrorFrame`] or [`wire::Control`]). Replies and events go out in
 //! the format of the client's last frame (`set_mode` overrides it). Commands: `run_job` (a
-//! client `job_id` is used as the job's id, see [`nodetool_exec::valid_job_id`]; the reply
+//! client `job_id` is used as the job's id, see [`nodetool_core::JobId::parse`]; the reply
 //! carries `job_id` and `status`, a queued job also gets a `job_update` `queued` with its
 //! `queue_position`; the job's events then stream on this socket), `reconnect_job` (`job_id`,
 //! `last_seq`, alias `since_seq`: a `job_resumed` reply, then the events after that seq, then
@@ -65,13 +65,14 @@ use axum::response::Response;
 use axum::routing::get;
 use axum::Router;
 use futures::{SinkExt, StreamExt};
+use nodetool_core::{JobId, UserId};
 use nodetool_exec::{JobExecutionManager, RunJobRequest};
 use serde::Deserialize;
 use serde_json::Value;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
-use crate::auth::{websocket_user, Authenticator, LOCAL_USER};
+use crate::auth::{websocket_user, Authenticator};
 use crate::wire::{
     self, wire_error, ActiveJob, Command, Control, ErrorFrame, FinalUpdate, Frame, Inbound,
     InputApplied, InputCommand, JobControlled, JobResumed, JobStarted, JobView, Mode, Reply,
@@ -100,7 +101,7 @@ async fn upgrade(
     ws: WebSocketUpgrade,
 ) -> Response {
     let user = match &state.auth {
-        Authenticator::Local => LOCAL_USER.to_owned(),
+        Authenticator::Local => UserId::local(),
         auth => match websocket_user(auth, &headers, q.api_key).await {
             Ok(user) => user,
             Err(response) => return response,
@@ -130,7 +131,7 @@ enum Out {
 }
 
 struct Session {
-    user: String,
+    user: UserId,
     /// The workflow store, for `run_job {workflow_id}` without a graph.
     workflows: crate::workflow_store::WorkflowStore,
     manager: Option<JobExecutionManager>,
@@ -138,14 +139,14 @@ struct Session {
     /// true: MessagePack binary frames; false: JSON text.
     binary: Arc<AtomicBool>,
     /// Jobs whose events stream to this socket.
-    streams: HashMap<String, JoinHandle<()>>,
+    streams: HashMap<JobId, JoinHandle<()>>,
     /// The handshake's `traceparent` header: the trace of a `run_job` that names none.
     traceparent: Option<String>,
     /// Per job, the queue its `stream_input` / `end_input_stream` commands run from, in order.
-    inputs: HashMap<String, mpsc::Sender<InputOp>>,
+    inputs: HashMap<JobId, mpsc::Sender<InputOp>>,
 }
 
-async fn session(state: AppState, user: String, traceparent: Option<String>, socket: WebSocket) {
+async fn session(state: AppState, user: UserId, traceparent: Option<String>, socket: WebSocket) {
     let _open = state.metrics.open_stream(crate::StreamKind::WebSocket);
     let max_message = state.options.ws_max_message_bytes;
     let (mut sink, mut incoming) = socket.split();
@@ -353,20 +354,25 @@ impl Session {
         })
     }
 
-    /// The job's record if this socket's user owns it.
+    /// The command's job id, parsed, and the job's record, if this socket's user owns it. An id
+    /// that breaks the id rule ([`JobId::parse`]) names no job: it gets the same `not_found`.
     async fn owned(
         &self,
         manager: &JobExecutionManager,
         command: &str,
         job_id: &str,
-    ) -> Result<nodetool_exec::JobRecord, Box<Frame>> {
-        match manager.get(job_id).await {
-            Ok(Some(rec)) if rec.user_id == self.user => Ok(rec),
-            Ok(_) => Err(Box::new(
+    ) -> Result<(JobId, nodetool_exec::JobRecord), Box<Frame>> {
+        let not_found = || {
+            Box::new(
                 ErrorFrame::new(command, "not_found", "Job not found")
                     .job(job_id)
                     .into(),
-            )),
+            )
+        };
+        let id = JobId::parse(job_id).map_err(|_| not_found())?;
+        match manager.get(&id).await {
+            Ok(Some(rec)) if rec.user_id == self.user => Ok((id, rec)),
+            Ok(_) => Err(not_found()),
             Err(e) => {
                 tracing::error!(error = %e, job_id, "job lookup failed");
                 Err(Box::new(
@@ -391,8 +397,12 @@ impl Session {
         if request.traceparent.is_none() {
             request.traceparent = self.traceparent.clone();
         }
-        if let Err(e) =
-            crate::workflows::resolve_stored_graph(&self.workflows, &self.user, &mut request).await
+        if let Err(e) = crate::workflows::resolve_stored_graph(
+            &self.workflows,
+            self.user.as_str(),
+            &mut request,
+        )
+        .await
         {
             return Some(ErrorFrame::new("run_job", "job_rejected", api_message(e)).into());
         }
@@ -408,7 +418,7 @@ impl Session {
                 // The reply goes out before the first event, so the client knows the id.
                 self.send(Reply::RunJob(JobStarted {
                     message: "Job started",
-                    job_id: job_id.clone(),
+                    job_id: job_id.to_string(),
                     workflow_id: view.as_ref().map(|v| v.workflow_id.clone()),
                     status,
                     queue_position,
@@ -416,7 +426,7 @@ impl Session {
                 .await;
                 if let (Some(position), Some(view)) = (queue_position, &view) {
                     self.send(Control::Queued {
-                        job_id: job_id.clone(),
+                        job_id: job_id.to_string(),
                         workflow_id: view.workflow_id.clone(),
                         status: WsStatus::Queued,
                         queue_position: position,
@@ -444,11 +454,11 @@ impl Session {
             Ok(m) => m,
             Err(e) => return Some(*e),
         };
-        let rec = match self.owned(&manager, COMMAND, &job_id).await {
+        let (id, rec) = match self.owned(&manager, COMMAND, &job_id).await {
             Ok(r) => r,
             Err(e) => return Some(*e),
         };
-        let job_seq = manager.last_seq(&job_id);
+        let job_seq = manager.last_seq(&id);
         if let Some(newest) = job_seq.filter(|newest| last_seq > *newest) {
             return Some(
                 ErrorFrame::new(
@@ -470,13 +480,13 @@ impl Session {
             message: format!("Reconnecting to job {job_id}"),
             job_id: job_id.clone(),
             workflow_id: view.workflow_id.clone(),
-            status: view.ws_status(manager.is_paused(&job_id)),
+            status: view.ws_status(manager.is_paused(&id)),
             last_seq,
             since_seq: last_seq,
             job_seq,
         }))
         .await;
-        self.stream(&manager, &job_id, last_seq, Some(view.final_update()));
+        self.stream(&manager, &id, last_seq, Some(view.final_update()));
         None
     }
 
@@ -486,10 +496,11 @@ impl Session {
             Ok(m) => m,
             Err(e) => return *e,
         };
-        if let Err(e) = self.owned(&manager, COMMAND, &job_id).await {
-            return *e;
-        }
-        match manager.cancel(&job_id).await {
+        let id = match self.owned(&manager, COMMAND, &job_id).await {
+            Ok((id, _)) => id,
+            Err(e) => return *e,
+        };
+        match manager.cancel(&id).await {
             // The job's own cancelled job_update still streams to this socket.
             Ok(true) => Reply::CancelJob {
                 message: "Job cancellation requested",
@@ -512,18 +523,21 @@ impl Session {
             Ok(m) => m,
             Err(e) => return *e,
         };
+        // An id that breaks the id rule names no job: the manager's own answer for one.
+        let Ok(id) = JobId::parse(&job_id) else {
+            let e = nodetool_core::Error::not_found("no such job").with_context("job_id", &job_id);
+            return op_error(command, &job_id, e).into();
+        };
         let result = if pause {
-            manager.pause(&job_id, &self.user).await
+            manager.pause(&id, &self.user).await
         } else {
-            manager.resume(&job_id, &self.user).await
+            manager.resume(&id, &self.user).await
         };
         match result {
             Ok(changed) => {
-                let status = match manager.get(&job_id).await {
+                let status = match manager.get(&id).await {
                     // A queued job's worker applies the pause: this process only knows it sent it.
-                    Ok(Some(rec)) => {
-                        JobView::of(&rec).ws_status(manager.is_paused(&job_id) || pause)
-                    }
+                    Ok(Some(rec)) => JobView::of(&rec).ws_status(manager.is_paused(&id) || pause),
                     _ if pause => WsStatus::Paused,
                     _ => WsStatus::Running,
                 };
@@ -556,11 +570,11 @@ impl Session {
         };
         let reply = match job_id {
             Some(job_id) => match self.owned(&manager, COMMAND, &job_id).await {
-                Ok(rec) => {
+                Ok((id, rec)) => {
                     let view = JobView::of(&rec);
                     StatusReply::Job {
-                        status: view.ws_status(manager.is_paused(&job_id)),
-                        queue_position: manager.queue_position(&job_id),
+                        status: view.ws_status(manager.is_paused(&id)),
+                        queue_position: manager.queue_position(&id),
                         job_id: view.id,
                         workflow_id: view.workflow_id,
                         error: view.error,
@@ -596,7 +610,7 @@ impl Session {
             Ok(m) => m,
             Err(e) => return Some(*e),
         };
-        let rec = match self.owned(&manager, command, &input.job_id).await {
+        let (job_id, rec) = match self.owned(&manager, command, &input.job_id).await {
             Ok(r) => r,
             Err(e) => return Some(*e),
         };
@@ -616,7 +630,6 @@ impl Session {
                 .into(),
             );
         }
-        let job_id = input.job_id.clone();
         let op = InputOp { command, input };
         self.inputs.retain(|_, q| !q.is_closed());
         let queue = self.inputs.entry(job_id.clone()).or_insert_with(|| {
@@ -666,7 +679,7 @@ impl Session {
     fn stream(
         &mut self,
         manager: &JobExecutionManager,
-        job_id: &str,
+        job_id: &JobId,
         since: u64,
         gone: Option<FinalUpdate>,
     ) {
@@ -686,7 +699,7 @@ impl Session {
                 }
             }
         });
-        self.streams.insert(job_id.to_owned(), task);
+        self.streams.insert(job_id.clone(), task);
     }
 }
 
@@ -700,7 +713,7 @@ struct InputOp {
 }
 
 impl InputOp {
-    async fn run(self, manager: &JobExecutionManager, user: &str) -> Frame {
+    async fn run(self, manager: &JobExecutionManager, job: &JobId, user: &UserId) -> Frame {
         let InputCommand {
             job_id,
             input,
@@ -710,14 +723,10 @@ impl InputOp {
         let result = match value {
             Some(value) => {
                 manager
-                    .stream_input(&job_id, user, &input, &handle, value)
+                    .stream_input(job, user, &input, &handle, value)
                     .await
             }
-            None => {
-                manager
-                    .end_input_stream(&job_id, user, &input, &handle)
-                    .await
-            }
+            None => manager.end_input_stream(job, user, &input, &handle).await,
         };
         match result {
             Ok(()) => {
@@ -747,8 +756,8 @@ impl InputOp {
 /// dropped, but commands the client sent are still carried out.
 async fn run_input_queue(
     manager: JobExecutionManager,
-    user: String,
-    job_id: String,
+    user: UserId,
+    job_id: JobId,
     mut ops: mpsc::Receiver<InputOp>,
     out: mpsc::WeakSender<Out>,
 ) {
@@ -768,11 +777,11 @@ async fn run_input_queue(
             _ = &mut job_done => break,
         };
         let Some(op) = op else { return };
-        reply(op.run(&manager, &user).await).await;
+        reply(op.run(&manager, &job_id, &user).await).await;
     }
     ops.close();
     while let Some(op) = ops.recv().await {
-        reply(op.run(&manager, &user).await).await;
+        reply(op.run(&manager, &job_id, &user).await).await;
     }
 }
 

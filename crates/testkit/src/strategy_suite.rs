@@ -152,8 +152,11 @@ async fn same_events_as_reference(
         a.result.get("numbers") == Some(&json!([0, 1, 2])),
         format!("numbers: {:?}", a.result),
     )?;
-    check_stream(&ea, &spec.job_id, Status::Completed)?;
-    let (na, nb) = (normalise(&ea, &spec.job_id), normalise(&eb, &spec.job_id));
+    check_stream(&ea, spec.job_id.as_str(), Status::Completed)?;
+    let (na, nb) = (
+        normalise(&ea, spec.job_id.as_str()),
+        normalise(&eb, spec.job_id.as_str()),
+    );
     expect(
         na == nb,
         format!("events differ:\n{na:#?}\nreference:\n{nb:#?}"),
@@ -173,7 +176,7 @@ async fn failing_node(s: &Arc<dyn ExecutionStrategy>) -> Result<(), String> {
         o.failed_node.as_deref() == Some("n"),
         format!("failed node {:?}", o.failed_node),
     )?;
-    check_stream(&ev, &spec.job_id, Status::Failed)
+    check_stream(&ev, spec.job_id.as_str(), Status::Failed)
 }
 
 async fn cancel_mid_run(s: &Arc<dyn ExecutionStrategy>) -> Result<(), String> {
@@ -208,7 +211,7 @@ async fn cancel_mid_run(s: &Arc<dyn ExecutionStrategy>) -> Result<(), String> {
         o.status == Status::Cancelled,
         format!("status {:?}: {:?}", o.status, o.error),
     )?;
-    check_stream(&sink.events(), &spec.job_id, Status::Cancelled)
+    check_stream(&sink.events(), spec.job_id.as_str(), Status::Cancelled)
 }
 
 async fn timeout(s: &Arc<dyn ExecutionStrategy>) -> Result<(), String> {
@@ -218,7 +221,7 @@ async fn timeout(s: &Arc<dyn ExecutionStrategy>) -> Result<(), String> {
         .await
         .map_err(|_| "a 0.5s time limit did not end the job within 30s".to_owned())?;
     expect(o.is_timeout(), format!("outcome {o:?}"))?;
-    check_stream(&ev, &spec.job_id, Status::Failed)
+    check_stream(&ev, spec.job_id.as_str(), Status::Failed)
 }
 
 /// `s1` (a `first`-second sleep of "a") feeds `s2` (no sleep), which feeds output "result".
@@ -315,7 +318,7 @@ async fn pause_between_nodes(s: &Arc<dyn ExecutionStrategy>) -> Result<(), Strin
         events.iter().any(resumed),
         "no job_update running \"Job resumed\"",
     )?;
-    check_stream(&events, &spec.job_id, Status::Completed)
+    check_stream(&events, spec.job_id.as_str(), Status::Completed)
 }
 
 /// A job started paused holds before its first node; cancelling it ends it as cancelled.
@@ -341,7 +344,7 @@ async fn cancel_while_paused(s: &Arc<dyn ExecutionStrategy>) -> Result<(), Strin
         !events.iter().any(|e| node_is(e, "s1", Status::Completed)),
         "s1 ran while the job was paused",
     )?;
-    check_stream(&events, &spec.job_id, Status::Cancelled)
+    check_stream(&events, spec.job_id.as_str(), Status::Cancelled)
 }
 
 /// The deadline runs on while a job is paused: it ends timed out.
@@ -358,7 +361,7 @@ async fn deadline_while_paused(s: &Arc<dyn ExecutionStrategy>) -> Result<(), Str
             && !ev.iter().any(|e| node_is(e, "s1", Status::Completed)),
         format!("the job must have been paused throughout: {ev:#?}"),
     )?;
-    check_stream(&ev, &spec.job_id, Status::Failed)
+    check_stream(&ev, spec.job_id.as_str(), Status::Failed)
 }
 
 async fn big_output(s: &Arc<dyn ExecutionStrategy>) -> Result<(), String> {
@@ -371,7 +374,7 @@ async fn big_output(s: &Arc<dyn ExecutionStrategy>) -> Result<(), String> {
     )?;
     let len = o.result["result"][0].as_str().map(str::len);
     expect(len == Some(N), format!("output length {len:?}"))?;
-    check_stream(&ev, &spec.job_id, Status::Completed)
+    check_stream(&ev, spec.job_id.as_str(), Status::Completed)
 }
 
 async fn crash(s: &Arc<dyn ExecutionStrategy>) -> Result<(), String> {
@@ -383,7 +386,7 @@ async fn crash(s: &Arc<dyn ExecutionStrategy>) -> Result<(), String> {
         text.contains("SIGABRT"),
         format!("error should name the signal: {text}"),
     )?;
-    check_stream(&ev, &spec.job_id, Status::Failed)?;
+    check_stream(&ev, spec.job_id.as_str(), Status::Failed)?;
     // The parent is fine and runs the next job.
     let (o, _) = run_job(
         s,
@@ -403,7 +406,7 @@ async fn out_of_memory(s: &Arc<dyn ExecutionStrategy>) -> Result<(), String> {
     expect(o.status == Status::Failed, format!("status {:?}", o.status))?;
     let text = o.error_text().unwrap_or_default();
     expect(text.contains("out of memory"), format!("error: {text}"))?;
-    check_stream(&ev, &spec.job_id, Status::Failed)
+    check_stream(&ev, spec.job_id.as_str(), Status::Failed)
 }
 
 /// The memory limit measures what a job allocates: 100 MiB fit in 256 MiB (RLIMIT_AS did not:
@@ -428,7 +431,7 @@ async fn memory_limit_is_accurate(s: &Arc<dyn ExecutionStrategy>) -> Result<(), 
                 o.result.get("result") == Some(&json!([megabytes])),
                 format!("{what}: result {:?}", o.result),
             )?;
-            check_stream(&ev, &spec.job_id, Status::Completed)?;
+            check_stream(&ev, spec.job_id.as_str(), Status::Completed)?;
         } else {
             expect(
                 o.status == Status::Failed,
@@ -442,7 +445,7 @@ async fn memory_limit_is_accurate(s: &Arc<dyn ExecutionStrategy>) -> Result<(), 
                         .is_some_and(|e| e.error_kind() == nodetool_core::ErrorKind::TooLarge),
                 format!("{what}: error {:?}", o.error),
             )?;
-            check_stream(&ev, &spec.job_id, Status::Failed)?;
+            check_stream(&ev, spec.job_id.as_str(), Status::Failed)?;
         }
     }
     Ok(())

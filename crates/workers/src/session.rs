@@ -425,6 +425,7 @@ where
 mod tests {
     use super::*;
     use crate::protocol::{read_frame, write_frame, MAX_FRAME_BYTES};
+    use nodetool_core::JobId;
     use nodetool_engine::{Event, EventEnvelope, Graph, Status, VecSink};
     use tokio::io::DuplexStream;
 
@@ -460,9 +461,9 @@ mod tests {
             write_frame(&mut self.stdout, &frame).await.unwrap();
         }
 
-        async fn event(&mut self, job_id: &str, seq: u64, status: Status) {
+        async fn event(&mut self, job_id: &JobId, seq: u64, status: Status) {
             let e = EventEnvelope {
-                job_id: job_id.to_owned(),
+                job_id: job_id.to_string(),
                 seq,
                 event: Event::JobUpdate(nodetool_engine::events::JobUpdate {
                     status,

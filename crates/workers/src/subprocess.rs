@@ -251,7 +251,7 @@ fn spawn_worker(cfg: &SubprocessConfig, start_for: StartFor<'_>) -> Result<Worke
     match start_for {
         StartFor::Job(spec) => {
             // Who this process is, for a restarted parent's reaper (`nodetool_exec::reap`).
-            cmd.env(nodetool_exec::reap::WORKER_JOB_ENV, &spec.job_id);
+            cmd.env(nodetool_exec::reap::WORKER_JOB_ENV, spec.job_id.as_str());
             if spec.resource_limits.memory_bytes.is_some() {
                 // mimalloc (the binary's allocator) maps its 1 GiB arena read-write up front when
                 // the kernel overcommits, which RLIMIT_DATA counts in full; committed on demand

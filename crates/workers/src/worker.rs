@@ -147,7 +147,7 @@ where
              than worker protocol 3, or a strategy built without worker services)",
         ),
     };
-    let owner = if spec.user_id.is_empty() {
+    let owner = if spec.user_id.as_str().is_empty() {
         "anonymous"
     } else {
         spec.user_id.as_str()

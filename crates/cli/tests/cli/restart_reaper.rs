@@ -60,8 +60,8 @@ fn fake_worker(job: Option<&str>) -> Child {
 fn running_job(id: &str, pid: u32) -> JobRecord {
     let now = Utc::now() - chrono::Duration::seconds(30);
     JobRecord {
-        id: id.to_owned(),
-        user_id: "1".to_owned(),
+        id: jid(id),
+        user_id: uid("1"),
         workflow_id: String::new(),
         strategy: StrategyKind::Subprocess,
         status: Status::Running,
@@ -125,7 +125,7 @@ async fn a_reused_worker_pid_is_not_killed_on_restart() {
         .await
         .unwrap();
     for id in ["job-reused", "job-reused-2", "job-leftover"] {
-        let r = store.get(id).await.unwrap().unwrap();
+        let r = store.get(&jid(id)).await.unwrap().unwrap();
         assert_eq!(r.status, Status::Failed, "{id}");
     }
     server.answers().await;
@@ -250,4 +250,13 @@ async fn a_restart_reaps_only_this_instances_containers() {
         assert_eq!(want, got, "container {i} (kept: foreign, foreign exited, legacy running; removed: legacy exited, ours running, ours exited)");
     }
     server.answers().await;
+}
+
+/// A job id for a test (the literal is valid).
+fn jid(id: &str) -> nodetool_core::JobId {
+    nodetool_core::JobId::parse(id).expect("a valid test job id")
+}
+
+fn uid(id: &str) -> nodetool_core::UserId {
+    nodetool_core::UserId::new(id)
 }

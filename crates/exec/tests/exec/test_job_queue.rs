@@ -35,7 +35,7 @@ async fn store(pg: &PostgresServer, name: &str) -> JobStore {
 
 fn record(id: &str) -> JobRecord {
     JobRecord {
-        id: id.to_owned(),
+        id: jid(id),
         user_id: "u1".into(),
         workflow_id: "wf".into(),
         strategy: StrategyKind::Threaded,
@@ -83,9 +83,9 @@ async fn enqueue(store: &JobStore, id: &str, tags: &[&str], max_attempts: u32) {
 /// A job of `user` that is not idempotent (`idempotent: false`) or is.
 async fn enqueue_as(store: &JobStore, id: &str, user: &str, max_attempts: u32, idempotent: bool) {
     let mut rec = record(id);
-    rec.user_id = user.to_owned();
+    rec.user_id = user.into();
     let mut sp = spec(id);
-    sp.user_id = user.to_owned();
+    sp.user_id = user.into();
     store
         .enqueue(&rec, &sp, &options(Vec::new(), max_attempts, idempotent))
         .await
@@ -148,7 +148,7 @@ async fn job_queue_on_postgres() {
         for c in claimers {
             seen.extend(c.await.unwrap());
         }
-        let unique: HashSet<&String> = seen.iter().collect();
+        let unique: HashSet<&nodetool_core::JobId> = seen.iter().collect();
         assert_eq!(seen.len(), n, "a job was claimed twice or missed: {seen:?}");
         assert_eq!(unique.len(), n);
         let owners = pg.psql(
@@ -191,7 +191,7 @@ async fn job_queue_on_postgres() {
         assert_eq!((second.attempt, second.seq_offset), (2, 1));
         assert_ne!(second.lease.token, first.lease.token);
         assert!(!store
-            .finish("job", Status::Failed, Some("x"), None, Utc::now())
+            .finish(&jid("job"), Status::Failed, Some("x"), None, Utc::now())
             .await
             .unwrap());
         assert!(!store
@@ -200,7 +200,7 @@ async fn job_queue_on_postgres() {
             .unwrap());
         // Attempts used up: failed, "worker lost", and the job stays failed.
         assert_eq!(expire(&store, "job").await, Status::Failed);
-        let rec = store.get("job").await.unwrap().unwrap();
+        let rec = store.get(&jid("job")).await.unwrap().unwrap();
         assert_eq!(rec.status, Status::Failed);
         let error = rec.error.unwrap_or_default();
         assert!(error.starts_with(WORKER_LOST), "{error}");
@@ -243,7 +243,7 @@ async fn job_queue_on_postgres() {
             .finish_fenced(lease, Status::Failed, Some("again"), None, &[], 100)
             .await
             .unwrap());
-        let rec = store.get("ok").await.unwrap().unwrap();
+        let rec = store.get(&jid("ok")).await.unwrap().unwrap();
         assert_eq!(rec.status, Status::Completed);
         assert_eq!(rec.result, Some(json!({"out": [1]})));
     }
@@ -256,7 +256,7 @@ async fn job_queue_on_postgres() {
         assert!(store.release(&c[0].lease).await.unwrap());
         assert!(!store.release(&c[0].lease).await.unwrap());
         assert_eq!(
-            store.get("back").await.unwrap().unwrap().status,
+            store.get(&jid("back")).await.unwrap().unwrap().status,
             Status::Scheduled
         );
         let again = store.claim("w2", &all(), 1, LEASE).await.unwrap();
@@ -272,11 +272,11 @@ async fn job_queue_on_postgres() {
         let store = store(&pg, "cancel").await;
         enqueue(&store, "waiting", &[], 2).await;
         assert_eq!(
-            store.request_cancel("waiting").await.unwrap(),
+            store.request_cancel(&jid("waiting")).await.unwrap(),
             Some(Status::Scheduled)
         );
         assert_eq!(
-            store.get("waiting").await.unwrap().unwrap().status,
+            store.get(&jid("waiting")).await.unwrap().unwrap().status,
             Status::Cancelled
         );
         assert!(store
@@ -284,12 +284,12 @@ async fn job_queue_on_postgres() {
             .await
             .unwrap()
             .is_empty());
-        assert_eq!(store.request_cancel("waiting").await.unwrap(), None);
+        assert_eq!(store.request_cancel(&jid("waiting")).await.unwrap(), None);
 
         enqueue(&store, "claimed", &[], 2).await;
         let c = store.claim("w1", &all(), 10, LEASE).await.unwrap();
         assert_eq!(
-            store.request_cancel("claimed").await.unwrap(),
+            store.request_cancel(&jid("claimed")).await.unwrap(),
             Some(Status::Running)
         );
         assert_eq!(
@@ -302,7 +302,7 @@ async fn job_queue_on_postgres() {
             .claim("w1", &all(), 10, Duration::from_millis(100))
             .await
             .unwrap();
-        store.request_cancel("gone").await.unwrap();
+        store.request_cancel(&jid("gone")).await.unwrap();
         assert_eq!(expire(&store, "gone").await, Status::Cancelled);
     }
 
@@ -356,7 +356,7 @@ async fn job_queue_on_postgres() {
         let text = pg.psql("versions", "SELECT spec::text FROM jobs WHERE id = 'new'");
         let claimed = nodetool_exec::queue::ClaimedJob {
             lease: nodetool_exec::queue::Lease {
-                job_id: "new".into(),
+                job_id: jid("new"),
                 token: "t".into(),
             },
             spec_text: Some(text),
@@ -396,7 +396,7 @@ async fn job_queue_on_postgres() {
         }
         assert_eq!(ends["pure"], Status::Scheduled);
         assert_eq!(ends["effects"], Status::Failed);
-        let rec = store.get("effects").await.unwrap().unwrap();
+        let rec = store.get(&jid("effects")).await.unwrap().unwrap();
         let error = rec.error.unwrap_or_default();
         assert!(error.starts_with(WORKER_LOST), "{error}");
         assert!(error.contains("[worker lost-w, attempt 1 of 2]"), "{error}");
@@ -423,7 +423,7 @@ async fn job_queue_on_postgres() {
         );
         // Its followers are told why it waits, once per reason (a second round adds nothing).
         store.settle_unclaimable(LEASE, LEASE, 100).await.unwrap();
-        let waiting = store.events_after("gpu-job", 0, 100).await.unwrap();
+        let waiting = store.events_after(&jid("gpu-job"), 0, 100).await.unwrap();
         assert_eq!(waiting.len(), 1, "{waiting:?}");
         let Event::JobUpdate(u) = &waiting[0].event else {
             panic!("{waiting:?}");
@@ -437,7 +437,7 @@ async fn job_queue_on_postgres() {
             .unwrap();
         assert_eq!(old.len(), 1);
         assert!(old[0].failed);
-        let rec = store.get("gpu-job").await.unwrap().unwrap();
+        let rec = store.get(&jid("gpu-job")).await.unwrap().unwrap();
         assert_eq!(rec.status, Status::Failed);
         let error = rec.error.unwrap_or_default();
         assert!(error.contains("worker_tags [gpu]"), "{error}");
@@ -445,7 +445,7 @@ async fn job_queue_on_postgres() {
             error.contains("cpu-w (strategies threaded,subprocess,docker; tags [cpu]"),
             "{error}"
         );
-        let events = store.events_after("gpu-job", 0, 100).await.unwrap();
+        let events = store.events_after(&jid("gpu-job"), 0, 100).await.unwrap();
         assert_eq!(events.len(), 2, "{events:?}");
         assert_eq!(events.iter().map(|e| e.seq).collect::<Vec<_>>(), [1, 2]);
         // Once the worker stops, nothing is live: the plain job is reported too.
@@ -473,14 +473,17 @@ async fn controls_reach_the_worker_in_order_up_to_the_cap_and_end_with_the_job()
     };
     // Before a worker claims it (a paused start) and while it runs: both are kept.
     assert_eq!(
-        store.push_control("ctl", &JobControl::Pause).await.unwrap(),
+        store
+            .push_control(&jid("ctl"), &JobControl::Pause)
+            .await
+            .unwrap(),
         ControlPush::Pushed
     );
     let claimed = store.claim("w", &all(), 1, LEASE).await.unwrap();
     assert_eq!(claimed.len(), 1);
     for v in 1..=3 {
         assert_eq!(
-            store.push_control("ctl", &input(v)).await.unwrap(),
+            store.push_control(&jid("ctl"), &input(v)).await.unwrap(),
             ControlPush::Pushed
         );
     }
@@ -495,7 +498,7 @@ async fn controls_reach_the_worker_in_order_up_to_the_cap_and_end_with_the_job()
     .await
     .unwrap();
     assert_eq!(heard, "ctl");
-    let rows = store.controls_after("ctl", 0, 100).await.unwrap();
+    let rows = store.controls_after(&jid("ctl"), 0, 100).await.unwrap();
     let controls: Vec<JobControl> = rows
         .iter()
         .map(|(_, t)| serde_json::from_str(t).unwrap())
@@ -503,28 +506,31 @@ async fn controls_reach_the_worker_in_order_up_to_the_cap_and_end_with_the_job()
     assert_eq!(controls, [JobControl::Pause, input(1), input(2), input(3)]);
     assert!(rows.windows(2).all(|w| w[0].0 < w[1].0), "{rows:?}");
     // Applied ones are forgotten; reading after a seq skips what came before.
-    store.ack_controls("ctl", rows[1].0).await.unwrap();
-    let rest = store.controls_after("ctl", 0, 100).await.unwrap();
+    store.ack_controls(&jid("ctl"), rows[1].0).await.unwrap();
+    let rest = store.controls_after(&jid("ctl"), 0, 100).await.unwrap();
     assert_eq!(rest, rows[2..]);
     assert_eq!(
-        store.controls_after("ctl", rows[2].0, 100).await.unwrap(),
+        store
+            .controls_after(&jid("ctl"), rows[2].0, 100)
+            .await
+            .unwrap(),
         rows[3..]
     );
     // At the cap the sender is told to wait; an ack makes room.
     let pending = rest.len() as i64;
     for v in pending..MAX_PENDING_CONTROLS {
         assert_eq!(
-            store.push_control("ctl", &input(v)).await.unwrap(),
+            store.push_control(&jid("ctl"), &input(v)).await.unwrap(),
             ControlPush::Pushed
         );
     }
     assert_eq!(
-        store.push_control("ctl", &input(0)).await.unwrap(),
+        store.push_control(&jid("ctl"), &input(0)).await.unwrap(),
         ControlPush::Full
     );
-    store.ack_controls("ctl", rows[2].0).await.unwrap();
+    store.ack_controls(&jid("ctl"), rows[2].0).await.unwrap();
     assert_eq!(
-        store.push_control("ctl", &input(0)).await.unwrap(),
+        store.push_control(&jid("ctl"), &input(0)).await.unwrap(),
         ControlPush::Pushed
     );
     // The outcome drops what is left; nothing more is taken.
@@ -534,22 +540,29 @@ async fn controls_reach_the_worker_in_order_up_to_the_cap_and_end_with_the_job()
         .await
         .unwrap());
     assert!(store
-        .controls_after("ctl", 0, 100)
+        .controls_after(&jid("ctl"), 0, 100)
         .await
         .unwrap()
         .is_empty());
     assert_eq!(
-        store.push_control("ctl", &input(9)).await.unwrap(),
+        store.push_control(&jid("ctl"), &input(9)).await.unwrap(),
         ControlPush::Ended
     );
     assert_eq!(
-        store.push_control("no-such-job", &input(9)).await.unwrap(),
+        store
+            .push_control(&jid("no-such-job"), &input(9))
+            .await
+            .unwrap(),
         ControlPush::Ended
     );
     // The spec a server checks inputs against.
-    let spec = store.queued_spec("ctl").await.unwrap().unwrap();
+    let spec = store.queued_spec(&jid("ctl")).await.unwrap().unwrap();
     assert_eq!(spec.request.job_id.as_deref(), Some("ctl"));
-    assert!(store.queued_spec("no-such-job").await.unwrap().is_none());
+    assert!(store
+        .queued_spec(&jid("no-such-job"))
+        .await
+        .unwrap()
+        .is_none());
 }
 
 /// `MAX_QUEUED_JOBS_PER_USER` holds across servers: concurrent submissions of one user to two
@@ -569,9 +582,9 @@ async fn the_waiting_limit_per_user_holds_across_servers() {
     let servers = [connect().await, connect().await];
     let limited = |user: &str, id: &str| {
         let mut rec = record(id);
-        rec.user_id = user.to_owned();
+        rec.user_id = user.into();
         let mut sp = spec(id);
-        sp.user_id = user.to_owned();
+        sp.user_id = user.into();
         let mut opts = options(Vec::new(), 1, true);
         opts.max_waiting_per_user = Some(3);
         (rec, sp, opts)
@@ -721,7 +734,7 @@ async fn claim_limits_hold_across_concurrent_claimers() {
     let n = per * users.len();
     // (user -> leases held) as the claimers see it: a job enters after its claim committed and
     // leaves before its outcome is written, so this is always a subset of the running rows.
-    let held: Arc<Mutex<Vec<(String, String)>>> = Arc::default();
+    let held: Arc<Mutex<Vec<(nodetool_core::UserId, nodetool_core::JobId)>>> = Arc::default();
     let mut tasks = Vec::new();
     for p in 0..4 {
         let store = JobStore::connect(&url, &PostgresOptions::default())
@@ -785,7 +798,7 @@ async fn claim_limits_hold_across_concurrent_claimers() {
     for t in tasks {
         ran.extend(t.await.unwrap());
     }
-    let unique: HashSet<&String> = ran.iter().collect();
+    let unique: HashSet<&nodetool_core::JobId> = ran.iter().collect();
     assert_eq!((ran.len(), unique.len()), (n, n), "{ran:?}");
 }
 
@@ -799,4 +812,9 @@ async fn sqlite_refuses_the_queue() {
     assert_eq!(e.kind(), ErrorKind::Unsupported);
     assert!(e.to_string().contains("DATABASE_URL"), "{e}");
     assert!(store.wakeups().is_none());
+}
+
+/// A job id for a test (the literal is valid).
+fn jid(id: &str) -> nodetool_core::JobId {
+    nodetool_core::JobId::parse(id).expect("a valid test job id")
 }

@@ -131,8 +131,8 @@ fn at(secs: i64) -> DateTime<Utc> {
 
 fn job(id: &str, user: &str, status: Status, created: i64) -> JobRecord {
     JobRecord {
-        id: id.to_owned(),
-        user_id: user.to_owned(),
+        id: jid(id),
+        user_id: user.into(),
         workflow_id: format!("wf-{id}"),
         strategy: StrategyKind::Threaded,
         status,
@@ -169,7 +169,7 @@ fn rows(events: &[EventEnvelope]) -> Vec<(String, u64, String)> {
 
 async fn seqs(store: &JobStore, job_id: &str) -> Vec<u64> {
     store
-        .events_after(job_id, 0, 100_000)
+        .events_after(&jid(job_id), 0, 100_000)
         .await
         .unwrap()
         .iter()
@@ -178,7 +178,7 @@ async fn seqs(store: &JobStore, job_id: &str) -> Vec<u64> {
 }
 
 async fn status(store: &JobStore, id: &str) -> Status {
-    store.get(id).await.unwrap().unwrap().status
+    store.get(&jid(id)).await.unwrap().unwrap().status
 }
 
 async fn insert_then_get_round_trips(ctx: Ctx) {
@@ -196,7 +196,7 @@ async fn insert_then_get_round_trips(ctx: Ctx) {
     ctx.store.insert(&pid).await.unwrap();
 
     let store = ctx.reopen().await;
-    let got = store.get("full").await.unwrap().unwrap();
+    let got = store.get(&jid("full")).await.unwrap().unwrap();
     assert_eq!(got, full);
     // JSON comes back as written, key order included.
     assert_eq!(
@@ -207,35 +207,39 @@ async fn insert_then_get_round_trips(ctx: Ctx) {
         serde_json::to_string(&got.result).unwrap(),
         serde_json::to_string(&full.result).unwrap()
     );
-    assert_eq!(store.get("pid").await.unwrap().unwrap(), pid);
+    assert_eq!(store.get(&jid("pid")).await.unwrap().unwrap(), pid);
 
     // Nanoseconds are cut to microseconds, the same on both backends.
     let mut fine = job("fine", "u1", Status::Scheduled, 0);
     fine.created_at = Utc.timestamp_opt(1_780_000_000, 123_456_789).unwrap();
     store.insert(&fine).await.unwrap();
     assert_eq!(
-        store.get("fine").await.unwrap().unwrap().created_at,
+        store.get(&jid("fine")).await.unwrap().unwrap().created_at,
         Utc.timestamp_opt(1_780_000_000, 123_456_000).unwrap()
     );
 }
 
 async fn unknown_job_is_none(ctx: Ctx) {
-    assert_eq!(ctx.store.get("nope").await.unwrap(), None);
-    assert!(ctx.store.list("nobody", 10).await.unwrap().is_empty());
-    assert!(!ctx.store.mark_running("nope", at(0)).await.unwrap());
+    assert_eq!(ctx.store.get(&jid("nope")).await.unwrap(), None);
+    assert!(ctx.store.list(&uid("nobody"), 10).await.unwrap().is_empty());
+    assert!(!ctx.store.mark_running(&jid("nope"), at(0)).await.unwrap());
     assert!(!ctx
         .store
-        .finish("nope", Status::Completed, None, None, at(0))
+        .finish(&jid("nope"), Status::Completed, None, None, at(0))
         .await
         .unwrap());
-    assert!(!ctx.store.delete_ended("nope", "u1").await.unwrap());
+    assert!(!ctx
+        .store
+        .delete_ended(&jid("nope"), &uid("u1"))
+        .await
+        .unwrap());
     assert!(ctx
         .store
-        .events_after("nope", 0, 10)
+        .events_after(&jid("nope"), 0, 10)
         .await
         .unwrap()
         .is_empty());
-    assert_eq!(ctx.store.last_event("nope").await.unwrap(), None);
+    assert_eq!(ctx.store.last_event(&jid("nope")).await.unwrap(), None);
     // Empty batches are fine.
     ctx.store.append_events(&[], 10).await.unwrap();
 }
@@ -247,7 +251,7 @@ async fn a_job_id_is_inserted_once(ctx: Ctx) {
     second.workflow_id = "other".into();
     let err = ctx.store.insert(&second).await.unwrap_err();
     assert_eq!(err.operation(), "jobs.insert", "{err}");
-    assert_eq!(ctx.store.get("dup").await.unwrap().unwrap(), first);
+    assert_eq!(ctx.store.get(&jid("dup")).await.unwrap().unwrap(), first);
 }
 
 async fn list_is_per_user_newest_first_and_limited(ctx: Ctx) {
@@ -266,15 +270,15 @@ async fn list_is_per_user_newest_first_and_limited(ctx: Ctx) {
     }
     let ids = |jobs: Vec<JobRecord>| jobs.into_iter().map(|j| j.id).collect::<Vec<_>>();
     assert_eq!(
-        ids(ctx.store.list("alice", 10).await.unwrap()),
+        ids(ctx.store.list(&uid("alice"), 10).await.unwrap()),
         ["a3b", "a3", "a2", "a1"]
     );
     assert_eq!(
-        ids(ctx.store.list("alice", 2).await.unwrap()),
+        ids(ctx.store.list(&uid("alice"), 2).await.unwrap()),
         ["a3b", "a3"]
     );
-    assert_eq!(ids(ctx.store.list("bob", 10).await.unwrap()), ["b1"]);
-    assert!(ctx.store.list("alice", 0).await.unwrap().is_empty());
+    assert_eq!(ids(ctx.store.list(&uid("bob"), 10).await.unwrap()), ["b1"]);
+    assert!(ctx.store.list(&uid("alice"), 0).await.unwrap().is_empty());
 }
 
 async fn mark_running_only_from_scheduled(ctx: Ctx) {
@@ -282,22 +286,22 @@ async fn mark_running_only_from_scheduled(ctx: Ctx) {
         .insert(&job("j", "u1", Status::Scheduled, 0))
         .await
         .unwrap();
-    assert!(ctx.store.mark_running("j", at(1)).await.unwrap());
-    let got = ctx.store.get("j").await.unwrap().unwrap();
+    assert!(ctx.store.mark_running(&jid("j"), at(1)).await.unwrap());
+    let got = ctx.store.get(&jid("j")).await.unwrap().unwrap();
     assert_eq!(got.status, Status::Running);
     assert_eq!(got.started_at, Some(at(1)));
     // Already running: no second start, the first start time stays.
-    assert!(!ctx.store.mark_running("j", at(2)).await.unwrap());
+    assert!(!ctx.store.mark_running(&jid("j"), at(2)).await.unwrap());
     assert_eq!(
-        ctx.store.get("j").await.unwrap().unwrap().started_at,
+        ctx.store.get(&jid("j")).await.unwrap().unwrap().started_at,
         Some(at(1))
     );
     assert!(ctx
         .store
-        .finish("j", Status::Completed, None, None, at(3))
+        .finish(&jid("j"), Status::Completed, None, None, at(3))
         .await
         .unwrap());
-    assert!(!ctx.store.mark_running("j", at(4)).await.unwrap());
+    assert!(!ctx.store.mark_running(&jid("j"), at(4)).await.unwrap());
     assert_eq!(status(&ctx.store, "j").await, Status::Completed);
 }
 
@@ -308,20 +312,23 @@ async fn finish_writes_the_first_terminal_status_only(ctx: Ctx) {
             .await
             .unwrap();
     }
-    ctx.store.mark_running("from_running", at(1)).await.unwrap();
+    ctx.store
+        .mark_running(&jid("from_running"), at(1))
+        .await
+        .unwrap();
     for id in ["from_scheduled", "from_running"] {
         let result = json!({"out": [id]});
         assert!(ctx
             .store
-            .finish(id, Status::Completed, None, Some(&result), at(5))
+            .finish(&jid(id), Status::Completed, None, Some(&result), at(5))
             .await
             .unwrap());
         assert!(!ctx
             .store
-            .finish(id, Status::Failed, Some("late"), None, at(6))
+            .finish(&jid(id), Status::Failed, Some("late"), None, at(6))
             .await
             .unwrap());
-        let got = ctx.reopen().await.get(id).await.unwrap().unwrap();
+        let got = ctx.reopen().await.get(&jid(id)).await.unwrap().unwrap();
         assert_eq!(got.status, Status::Completed, "{id}");
         assert_eq!(got.result, Some(result), "{id}");
         assert_eq!(got.error, None, "{id}");
@@ -333,10 +340,10 @@ async fn finish_writes_the_first_terminal_status_only(ctx: Ctx) {
         .unwrap();
     assert!(ctx
         .store
-        .finish("failed", Status::Failed, Some("boom"), None, at(7))
+        .finish(&jid("failed"), Status::Failed, Some("boom"), None, at(7))
         .await
         .unwrap());
-    let got = ctx.store.get("failed").await.unwrap().unwrap();
+    let got = ctx.store.get(&jid("failed")).await.unwrap().unwrap();
     assert_eq!(
         (got.status, got.error.as_deref()),
         (Status::Failed, Some("boom"))
@@ -350,18 +357,18 @@ async fn cancelled_is_never_overwritten(ctx: Ctx) {
         .unwrap();
     assert!(ctx
         .store
-        .finish("c", Status::Cancelled, None, None, at(1))
+        .finish(&jid("c"), Status::Cancelled, None, None, at(1))
         .await
         .unwrap());
     for late in [Status::Completed, Status::Failed, Status::Cancelled] {
         assert!(!ctx
             .store
-            .finish("c", late, Some("late"), Some(&json!({})), at(2))
+            .finish(&jid("c"), late, Some("late"), Some(&json!({})), at(2))
             .await
             .unwrap());
     }
-    assert!(!ctx.store.mark_running("c", at(3)).await.unwrap());
-    let got = ctx.store.get("c").await.unwrap().unwrap();
+    assert!(!ctx.store.mark_running(&jid("c"), at(3)).await.unwrap());
+    let got = ctx.store.get(&jid("c")).await.unwrap().unwrap();
     assert_eq!(got.status, Status::Cancelled);
     assert_eq!((got.error, got.result), (None, None));
     assert_eq!(got.finished_at, Some(at(1)));
@@ -388,7 +395,7 @@ async fn concurrent_finishes_have_exactly_one_winner(ctx: Ctx) {
                 barrier.wait().await;
                 let won = store
                     .finish(
-                        &id,
+                        &jid(&id),
                         status,
                         None,
                         Some(&json!({"by": status.as_str()})),
@@ -412,7 +419,7 @@ async fn concurrent_finishes_have_exactly_one_winner(ctx: Ctx) {
             "{id}: exactly one finish must win, got {a:?} and {b:?}"
         );
         let winner = if a.1 { a.0 } else { b.0 };
-        let got = ctx.store.get(&id).await.unwrap().unwrap();
+        let got = ctx.store.get(&jid(&id)).await.unwrap().unwrap();
         assert_eq!(got.status, winner, "{id}");
         assert_eq!(got.result, Some(json!({"by": winner.as_str()})), "{id}");
     }
@@ -434,12 +441,12 @@ async fn concurrent_start_and_cancel_end_cancelled(ctx: Ctx) {
         let (s, b1, id1) = (ctx.store.clone(), barrier.clone(), id.clone());
         let start = tokio::spawn(async move {
             b1.wait().await;
-            s.mark_running(&id1, at(1)).await.unwrap()
+            s.mark_running(&jid(&id1), at(1)).await.unwrap()
         });
         let (s, id2) = (other.clone(), id.clone());
         let cancel = tokio::spawn(async move {
             barrier.wait().await;
-            s.finish(&id2, Status::Cancelled, None, None, at(2))
+            s.finish(&jid(&id2), Status::Cancelled, None, None, at(2))
                 .await
                 .unwrap()
         });
@@ -459,24 +466,30 @@ async fn set_worker_records_pid_or_container(ctx: Ctx) {
         .await
         .unwrap();
     ctx.store
-        .set_worker("w", &WorkerRef::Pid(4242))
+        .set_worker(&jid("w"), &WorkerRef::Pid(4242))
         .await
         .unwrap();
     assert_eq!(
-        ctx.store.get("w").await.unwrap().unwrap().worker,
+        ctx.store.get(&jid("w")).await.unwrap().unwrap().worker,
         Some(WorkerRef::Pid(4242))
     );
     ctx.store
-        .set_worker("w", &WorkerRef::Container("abc123".into()))
+        .set_worker(&jid("w"), &WorkerRef::Container("abc123".into()))
         .await
         .unwrap();
     assert_eq!(
-        ctx.reopen().await.get("w").await.unwrap().unwrap().worker,
+        ctx.reopen()
+            .await
+            .get(&jid("w"))
+            .await
+            .unwrap()
+            .unwrap()
+            .worker,
         Some(WorkerRef::Container("abc123".into()))
     );
     // An unknown job is no error (its owner task is gone).
     ctx.store
-        .set_worker("gone", &WorkerRef::Pid(1))
+        .set_worker(&jid("gone"), &WorkerRef::Pid(1))
         .await
         .unwrap();
 }
@@ -502,7 +515,7 @@ async fn events_replay_in_seq_order_after_reopen(ctx: Ctx) {
     drop(ctx.store);
 
     let store = ctx.target.open().await;
-    let all = store.events_after("e", 0, 100).await.unwrap();
+    let all = store.events_after(&jid("e"), 0, 100).await.unwrap();
     assert_eq!(
         all,
         vec![
@@ -513,22 +526,26 @@ async fn events_replay_in_seq_order_after_reopen(ctx: Ctx) {
         ]
     );
     assert_eq!(
-        store.events_after("e", 1, 2).await.unwrap(),
+        store.events_after(&jid("e"), 1, 2).await.unwrap(),
         vec![event("e", 2, "two"), event("e", 3, "three")]
     );
     assert_eq!(
-        store.events_after("e", 3, 100).await.unwrap(),
+        store.events_after(&jid("e"), 3, 100).await.unwrap(),
         vec![event("e", 10, "ten")]
     );
-    assert!(store.events_after("e", 10, 100).await.unwrap().is_empty());
+    assert!(store
+        .events_after(&jid("e"), 10, 100)
+        .await
+        .unwrap()
+        .is_empty());
     assert_eq!(
-        store.last_event("e").await.unwrap(),
+        store.last_event(&jid("e")).await.unwrap(),
         Some(event("e", 10, "ten"))
     );
     assert_eq!(seqs(&store, "other").await, [1, 2]);
     // A seq beyond i64 is clamped, not an error.
     assert!(store
-        .events_after("e", u64::MAX, 10)
+        .events_after(&jid("e"), u64::MAX, 10)
         .await
         .unwrap()
         .is_empty());
@@ -552,7 +569,7 @@ async fn a_stored_seq_keeps_its_first_event(ctx: Ctx) {
         .await
         .unwrap();
     assert_eq!(
-        ctx.store.events_after("j", 0, 100).await.unwrap(),
+        ctx.store.events_after(&jid("j"), 0, 100).await.unwrap(),
         vec![
             event("j", 1, "first"),
             event("j", 2, "two"),
@@ -574,7 +591,7 @@ async fn large_batches_round_trip(ctx: Ctx) {
     let back = ctx
         .reopen()
         .await
-        .events_after("big", 0, 10_000)
+        .events_after(&jid("big"), 0, 10_000)
         .await
         .unwrap();
     assert_eq!(back.len(), 1_777);
@@ -606,7 +623,7 @@ async fn expiry_removes_only_events_of_jobs_finished_before(ctx: Ctx) {
     let running = job("running", "u1", Status::Running, 0);
     for j in [&old, &recent, &running] {
         ctx.store.insert(j).await.unwrap();
-        let events: Vec<EventEnvelope> = (1..=3).map(|s| event(&j.id, s, "e")).collect();
+        let events: Vec<EventEnvelope> = (1..=3).map(|s| event(j.id.as_str(), s, "e")).collect();
         ctx.store.append_events(&rows(&events), 100).await.unwrap();
     }
     assert_eq!(ctx.store.expire_events(at(100)).await.unwrap(), 0);
@@ -615,7 +632,7 @@ async fn expiry_removes_only_events_of_jobs_finished_before(ctx: Ctx) {
     assert_eq!(seqs(&ctx.store, "recent").await, [1, 2, 3]);
     assert_eq!(seqs(&ctx.store, "running").await, [1, 2, 3]);
     // The record itself stays: only its replay is gone.
-    assert!(ctx.store.get("old").await.unwrap().is_some());
+    assert!(ctx.store.get(&jid("old")).await.unwrap().is_some());
     assert_eq!(ctx.store.expire_events(at(5_000)).await.unwrap(), 0);
 }
 
@@ -639,13 +656,16 @@ async fn reconcile_fails_interrupted_jobs_once(ctx: Ctx) {
     // As they were: the caller reaps their workers.
     assert_eq!(interrupted, vec![running.clone(), scheduled.clone()]);
     for id in ["scheduled", "running"] {
-        let got = store.get(id).await.unwrap().unwrap();
+        let got = store.get(&jid(id)).await.unwrap().unwrap();
         assert_eq!(got.status, Status::Failed, "{id}");
         assert_eq!(got.error.as_deref(), Some(RESTART_ERROR), "{id}");
         assert!(got.finished_at.is_some(), "{id}");
     }
-    assert_eq!(store.get("done").await.unwrap().unwrap(), done);
-    assert_eq!(store.get("cancelled").await.unwrap().unwrap(), cancelled);
+    assert_eq!(store.get(&jid("done")).await.unwrap().unwrap(), done);
+    assert_eq!(
+        store.get(&jid("cancelled")).await.unwrap().unwrap(),
+        cancelled
+    );
     assert!(store.reconcile_interrupted().await.unwrap().is_empty());
 }
 
@@ -656,24 +676,43 @@ async fn delete_ended_removes_only_the_owners_ended_job(ctx: Ctx) {
     for j in [&ended, &live] {
         ctx.store.insert(j).await.unwrap();
         ctx.store
-            .append_events(&rows(&[event(&j.id, 1, "a"), event(&j.id, 2, "b")]), 100)
+            .append_events(
+                &rows(&[event(j.id.as_str(), 1, "a"), event(j.id.as_str(), 2, "b")]),
+                100,
+            )
             .await
             .unwrap();
     }
     // Another user's job: refused, and nothing of it goes.
-    assert!(!ctx.store.delete_ended("ended", "mallory").await.unwrap());
-    assert_eq!(ctx.store.get("ended").await.unwrap().unwrap(), ended);
+    assert!(!ctx
+        .store
+        .delete_ended(&jid("ended"), &uid("mallory"))
+        .await
+        .unwrap());
+    assert_eq!(ctx.store.get(&jid("ended")).await.unwrap().unwrap(), ended);
     assert_eq!(seqs(&ctx.store, "ended").await, [1, 2]);
     // Still running: refused.
-    assert!(!ctx.store.delete_ended("live", "alice").await.unwrap());
+    assert!(!ctx
+        .store
+        .delete_ended(&jid("live"), &uid("alice"))
+        .await
+        .unwrap());
     assert_eq!(seqs(&ctx.store, "live").await, [1, 2]);
 
-    assert!(ctx.store.delete_ended("ended", "alice").await.unwrap());
-    assert_eq!(ctx.store.get("ended").await.unwrap(), None);
+    assert!(ctx
+        .store
+        .delete_ended(&jid("ended"), &uid("alice"))
+        .await
+        .unwrap());
+    assert_eq!(ctx.store.get(&jid("ended")).await.unwrap(), None);
     assert!(seqs(&ctx.store, "ended").await.is_empty());
-    assert!(!ctx.store.delete_ended("ended", "alice").await.unwrap());
+    assert!(!ctx
+        .store
+        .delete_ended(&jid("ended"), &uid("alice"))
+        .await
+        .unwrap());
     // The other job is untouched.
-    assert_eq!(ctx.store.get("live").await.unwrap().unwrap(), live);
+    assert_eq!(ctx.store.get(&jid("live")).await.unwrap().unwrap(), live);
     assert_eq!(seqs(&ctx.store, "live").await, [1, 2]);
 }
 
@@ -784,7 +823,7 @@ async fn a_postgres_that_comes_up_during_the_wait_is_used() {
         .insert(&job("after-start", "u1", Status::Scheduled, 0))
         .await
         .unwrap();
-    assert!(store.get("after-start").await.unwrap().is_some());
+    assert!(store.get(&jid("after-start")).await.unwrap().is_some());
 }
 
 #[tokio::test]
@@ -856,7 +895,7 @@ async fn a_store_keeps_working_after_postgres_restarts() {
     // The pool's connections die with the server; new ones are made on the next query.
     pg.restart().await;
     assert!(store
-        .finish("before", Status::Completed, None, None, at(1))
+        .finish(&jid("before"), Status::Completed, None, None, at(1))
         .await
         .unwrap());
     store
@@ -865,4 +904,13 @@ async fn a_store_keeps_working_after_postgres_restarts() {
         .unwrap();
     assert_eq!(seqs(&store, "before").await, [1, 2]);
     assert_eq!(status(&store, "before").await, Status::Completed);
+}
+
+/// A job id for a test (the literal is valid).
+fn jid(id: &str) -> nodetool_core::JobId {
+    nodetool_core::JobId::parse(id).expect("a valid test job id")
+}
+
+fn uid(id: &str) -> nodetool_core::UserId {
+    nodetool_core::UserId::new(id)
 }

@@ -52,17 +52,17 @@ async fn manager_runs_a_job_and_records_it() {
     let mut req = request(one("nodetool.test.Sleep", json!({"value": "hi"})));
     req.user_id = Some("someone-else".into());
     req.job_id = Some("client-hint".into());
-    let id = m.submit(req.clone(), "u1").await.unwrap();
+    let id = m.submit(req.clone(), &uid("u1")).await.unwrap();
     // The client's job id is the job's (NodeTool's web client makes one per run).
     assert_eq!(id, "client-hint");
     let rec = m.wait(&id).await.unwrap();
     // The same id again is refused, by any user, once the job has ended too.
     for user in ["u1", "u2"] {
-        let err = m.submit(req.clone(), user).await.unwrap_err();
+        let err = m.submit(req.clone(), &uid(user)).await.unwrap_err();
         assert_eq!(err.kind(), nodetool_core::ErrorKind::AlreadyExists, "{err}");
     }
     req.job_id = Some("../escape".into());
-    let err = m.submit(req, "u1").await.unwrap_err();
+    let err = m.submit(req, &uid("u1")).await.unwrap_err();
     assert_eq!(err.kind(), nodetool_core::ErrorKind::InvalidInput, "{err}");
     assert_eq!(rec.status, Status::Completed, "{rec:?}");
     assert_eq!(rec.user_id, "u1");
@@ -72,9 +72,9 @@ async fn manager_runs_a_job_and_records_it() {
     let stored = m.store().get(&id).await.unwrap().unwrap();
     assert_eq!(stored.status, Status::Completed);
     assert_eq!(m.get(&id).await.unwrap(), m.get(&id).await.unwrap());
-    let listed = m.list("u1", 10).await.unwrap();
+    let listed = m.list(&uid("u1"), 10).await.unwrap();
     assert_eq!(listed.len(), 1);
-    assert!(m.list("u2", 10).await.unwrap().is_empty());
+    assert!(m.list(&uid("u2"), 10).await.unwrap().is_empty());
     // Late subscriber replays everything, ending with the terminal job_update.
     let mut events = m.subscribe(&id, 0).unwrap();
     let mut seqs = vec![];
@@ -98,7 +98,7 @@ async fn bad_requests_are_clear_errors() {
     let g = one("nodetool.test.Sleep", json!({}));
     let mut r = request(g.clone());
     r.execution_strategy = Some("kubernetes".into());
-    let e = m.submit(r, "u").await.unwrap_err();
+    let e = m.submit(r, &uid("u")).await.unwrap_err();
     assert_eq!(e.kind(), nodetool_core::ErrorKind::InvalidInput);
     assert!(e.to_string().contains("unknown execution_strategy"), "{e}");
 
@@ -113,15 +113,18 @@ async fn bad_requests_are_clear_errors() {
     ] {
         let r: RunJobRequest =
             serde_json::from_value(json!({"graph": g, "resource_limits": limits})).unwrap();
-        let e = m.submit(r, "u").await.unwrap_err();
+        let e = m.submit(r, &uid("u")).await.unwrap_err();
         assert_eq!(e.kind(), nodetool_core::ErrorKind::InvalidInput, "{limits}");
         assert!(e.to_string().contains("resource_limits."), "{e}");
     }
     let mut r = request(g);
     r.execution_strategy = Some("docker".into());
-    let e = m.submit(r, "u").await.unwrap_err();
+    let e = m.submit(r, &uid("u")).await.unwrap_err();
     assert!(e.to_string().contains("docker is not available"), "{e}");
-    let e = m.submit(RunJobRequest::default(), "u").await.unwrap_err();
+    let e = m
+        .submit(RunJobRequest::default(), &uid("u"))
+        .await
+        .unwrap_err();
     assert!(e.to_string().contains("graph"), "{e}");
 }
 
@@ -132,7 +135,7 @@ async fn concurrency_limit_keeps_extra_jobs_scheduled() {
     let mut ids = vec![];
     for _ in 0..4 {
         let r = request(one("nodetool.test.Sleep", json!({"seconds": 60.0})));
-        ids.push(m.submit(r, "u").await.unwrap());
+        ids.push(m.submit(r, &uid("u")).await.unwrap());
     }
     // Wait until two run.
     let mut statuses = vec![];
@@ -180,7 +183,7 @@ async fn concurrency_limit_keeps_extra_jobs_scheduled() {
             Status::Cancelled
         );
     }
-    assert!(m.cancel("nope").await.unwrap_err().is_not_found());
+    assert!(m.cancel(&jid("nope")).await.unwrap_err().is_not_found());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -190,14 +193,14 @@ async fn shutdown_cancels_after_the_grace_period_and_refuses_new_jobs() {
     let slow = m
         .submit(
             request(one("nodetool.test.Sleep", json!({"seconds": 60.0}))),
-            "u",
+            &uid("u"),
         )
         .await
         .unwrap();
     let quick = m
         .submit(
             request(one("nodetool.test.Sleep", json!({"seconds": 0.05}))),
-            "u",
+            &uid("u"),
         )
         .await
         .unwrap();
@@ -211,7 +214,7 @@ async fn shutdown_cancels_after_the_grace_period_and_refuses_new_jobs() {
         Status::Cancelled
     );
     let e = m
-        .submit(request(one("nodetool.test.Sleep", json!({}))), "u")
+        .submit(request(one("nodetool.test.Sleep", json!({}))), &uid("u"))
         .await
         .unwrap_err();
     assert_eq!(e.kind(), nodetool_core::ErrorKind::Unavailable);
@@ -222,7 +225,7 @@ async fn restart_marks_running_jobs_failed() {
     let dir = tempfile::tempdir().unwrap();
     let store = JobStore::open(&dir.path().join("jobs.db")).await.unwrap();
     let left = JobRecord {
-        id: "left-running".into(),
+        id: jid("left-running"),
         user_id: "u".into(),
         workflow_id: String::new(),
         strategy: StrategyKind::Threaded,
@@ -237,16 +240,16 @@ async fn restart_marks_running_jobs_failed() {
     };
     store.insert(&left).await.unwrap();
     let mut done = left.clone();
-    done.id = "done".into();
+    done.id = jid("done");
     done.status = Status::Completed;
     store.insert(&done).await.unwrap();
     drop(store);
     let m = manager(dir.path(), 1).await;
-    let rec = m.get("left-running").await.unwrap().unwrap();
+    let rec = m.get(&jid("left-running")).await.unwrap().unwrap();
     assert_eq!(rec.status, Status::Failed);
     assert_eq!(rec.error.as_deref(), Some(RESTART_ERROR));
     assert_eq!(
-        m.get("done").await.unwrap().unwrap().status,
+        m.get(&jid("done")).await.unwrap().unwrap().status,
         Status::Completed
     );
 }
@@ -256,7 +259,7 @@ async fn terminal_status_is_written_once() {
     let dir = tempfile::tempdir().unwrap();
     let store = JobStore::open(&dir.path().join("jobs.db")).await.unwrap();
     let rec = JobRecord {
-        id: "j".into(),
+        id: jid("j"),
         user_id: "u".into(),
         workflow_id: String::new(),
         strategy: StrategyKind::Subprocess,
@@ -270,16 +273,16 @@ async fn terminal_status_is_written_once() {
         worker: None,
     };
     store.insert(&rec).await.unwrap();
-    assert!(store.mark_running("j", Utc::now()).await.unwrap());
+    assert!(store.mark_running(&jid("j"), Utc::now()).await.unwrap());
     assert!(store
-        .finish("j", Status::Cancelled, None, None, Utc::now())
+        .finish(&jid("j"), Status::Cancelled, None, None, Utc::now())
         .await
         .unwrap());
     assert!(!store
-        .finish("j", Status::Failed, Some("late"), None, Utc::now())
+        .finish(&jid("j"), Status::Failed, Some("late"), None, Utc::now())
         .await
         .unwrap());
-    let got = store.get("j").await.unwrap().unwrap();
+    let got = store.get(&jid("j")).await.unwrap().unwrap();
     assert_eq!(got.status, Status::Cancelled);
     assert_eq!(got.error, None);
     assert_eq!(got.params, json!({"a": 1}));
@@ -324,7 +327,7 @@ async fn manager_limits_follow_the_documented_settings() {
             "resource_limits": {"time_seconds": asked},
         }))
         .unwrap();
-        let id = m.submit(r, "u").await.unwrap();
+        let id = m.submit(r, &uid("u")).await.unwrap();
         let rec = m.wait(&id).await.unwrap();
         assert_eq!(rec.status, Status::Failed, "asked {asked}");
         let error = rec.error.unwrap_or_default();
@@ -372,7 +375,7 @@ async fn a_job_needing_more_vram_than_offered_is_refused_naming_the_node() {
     let job = || request(one("nodetool.test.Sleep", json!({"value": "gpu"})));
 
     let small = with(Some(8.0)).await;
-    let err = small.submit(job(), "u1").await.unwrap_err();
+    let err = small.submit(job(), &uid("u1")).await.unwrap_err();
     assert_eq!(err.kind(), nodetool_core::ErrorKind::Unsupported, "{err}");
     let text = err.to_string();
     for part in [
@@ -385,15 +388,15 @@ async fn a_job_needing_more_vram_than_offered_is_refused_naming_the_node() {
         assert!(text.contains(part), "{part}: {text}");
     }
     // Nothing was recorded for the refused job.
-    assert!(small.list("u1", 10).await.unwrap().is_empty());
+    assert!(small.list(&uid("u1"), 10).await.unwrap().is_empty());
     // A smaller hint fits.
     let fits = request(one("nodetool.test.Generate", json!({"count": 2})));
-    let id = small.submit(fits, "u1").await.unwrap();
+    let id = small.submit(fits, &uid("u1")).await.unwrap();
     assert_eq!(small.wait(&id).await.unwrap().status, Status::Completed);
 
     for offered in [Some(12.0), None] {
         let m = with(offered).await;
-        let id = m.submit(job(), "u1").await.unwrap();
+        let id = m.submit(job(), &uid("u1")).await.unwrap();
         assert_eq!(
             m.wait(&id).await.unwrap().status,
             Status::Completed,
@@ -421,7 +424,7 @@ async fn finished_jobs_are_forgotten_past_the_cap_and_after_their_time() {
         let id = m
             .submit(
                 request(one("nodetool.constant.Integer", json!({"value": i}))),
-                "u1",
+                &uid("u1"),
             )
             .await
             .unwrap();
@@ -467,4 +470,13 @@ async fn finished_jobs_are_forgotten_past_the_cap_and_after_their_time() {
         assert!(std::time::Instant::now() < deadline, "{:?}", m.live_jobs());
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+}
+
+/// A job id for a test (the literal is valid).
+fn jid(id: &str) -> nodetool_core::JobId {
+    nodetool_core::JobId::parse(id).expect("a valid test job id")
+}
+
+fn uid(id: &str) -> nodetool_core::UserId {
+    nodetool_core::UserId::new(id)
 }

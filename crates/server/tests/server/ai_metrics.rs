@@ -28,7 +28,7 @@ async fn model_calls_show_in_metrics() {
     ]
     .into();
     s.manager
-        .submit_with_secrets(request, "1", secrets)
+        .submit_with_secrets(request, &uid("1"), secrets)
         .await
         .unwrap();
     let series = "nodetool_provider_calls_total{provider=\"openai\",model=\"gpt-test\"} 1";
@@ -54,4 +54,8 @@ async fn model_calls_show_in_metrics() {
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+}
+
+fn uid(id: &str) -> nodetool_core::UserId {
+    nodetool_core::UserId::new(id)
 }

@@ -127,7 +127,11 @@ async fn a_stored_workflow_runs_by_id_over_rest_and_ws_for_its_readers_only() {
     assert_eq!(receipt["background"], true);
     assert_eq!(receipt["id"], receipt["job_id"]);
     let bg = receipt["job_id"].as_str().unwrap().to_owned();
-    let rec = s.manager.wait(&bg).await.unwrap();
+    let rec = s
+        .manager
+        .wait(&nodetool_core::JobId::parse(&bg).unwrap())
+        .await
+        .unwrap();
     assert_eq!(rec.status.as_str(), "completed");
     assert_eq!(rec.user_id, "alice");
 
@@ -174,7 +178,12 @@ async fn a_stored_workflow_runs_by_id_over_rest_and_ws_for_its_readers_only() {
     assert_eq!((status, out["status"].as_str()), (200, Some("completed")));
     let bob_job = out["job_id"].as_str().unwrap();
     assert_eq!(
-        s.manager.get(bob_job).await.unwrap().unwrap().user_id,
+        s.manager
+            .get(&nodetool_core::JobId::parse(bob_job).unwrap())
+            .await
+            .unwrap()
+            .unwrap()
+            .user_id,
         "bob"
     );
     assert_eq!(alice.get(&format!("/api/jobs/{bob_job}")).await.0, 404);

@@ -91,7 +91,7 @@ async fn submit_list_get_cancel_and_owner_isolation() {
         .unwrap();
     assert_eq!(missing.status(), 404);
     // Bob's attempts did not touch the job.
-    let rec = s.manager.get(&id).await.unwrap().unwrap();
+    let rec = s.manager.get(&jid(&id)).await.unwrap().unwrap();
     assert!(!rec.status.is_terminal(), "{rec:?}");
 
     // No token: 401 with WWW-Authenticate.
@@ -109,7 +109,7 @@ async fn submit_list_get_cancel_and_owner_isolation() {
         .unwrap();
     assert_eq!(resp.status(), 200);
     assert_eq!(resp.json::<Value>().await.unwrap()["status"], "cancelled");
-    let rec = s.manager.wait(&id).await.unwrap();
+    let rec = s.manager.wait(&jid(&id)).await.unwrap();
     assert_eq!(rec.status, Status::Cancelled);
     let got: Value = s
         .client
@@ -270,4 +270,9 @@ async fn submit_with_stream_true_sends_ndjson_or_sse() {
     let seqs = sse_seqs(&events);
     assert_eq!(seqs, (1..=events.len() as u64).collect::<Vec<_>>());
     assert_eq!(events.last().unwrap().event.as_deref(), Some("job_update"));
+}
+
+/// A job id for a test (the literal is valid).
+fn jid(id: &str) -> nodetool_core::JobId {
+    nodetool_core::JobId::parse(id).expect("a valid test job id")
 }

@@ -90,7 +90,11 @@ async fn finished_jobs_feed_the_counters_the_histogram_and_the_cache_ratio() {
     let graph = sleep_graph(0.0);
     for _ in 0..2 {
         let id = submit(&s, graph.clone()).await;
-        let rec = s.manager.wait(&id).await.unwrap();
+        let rec = s
+            .manager
+            .wait(&nodetool_core::JobId::parse(&id).unwrap())
+            .await
+            .unwrap();
         assert_eq!(rec.status.as_str(), "completed", "{rec:?}");
     }
     // The manager reports a finished job to its observers just after `wait` can see it.
@@ -168,7 +172,15 @@ async fn finished_jobs_feed_the_counters_the_histogram_and_the_cache_ratio() {
         ],
     });
     let id = submit(&s, failing).await;
-    assert_eq!(s.manager.wait(&id).await.unwrap().status.as_str(), "failed");
+    assert_eq!(
+        s.manager
+            .wait(&nodetool_core::JobId::parse(&id).unwrap())
+            .await
+            .unwrap()
+            .status
+            .as_str(),
+        "failed"
+    );
     wait_for(
         &s,
         "nodetool_jobs_finished_total{strategy=\"threaded\",status=\"failed\"}",

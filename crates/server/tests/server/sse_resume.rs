@@ -97,10 +97,13 @@ async fn a_reader_behind_the_replay_buffer_gets_a_lag_event_then_resumes() {
     assert_eq!(resp.status(), 200);
 
     // Read nothing until the job is over.
-    let rec = tokio::time::timeout(HANG, s.manager.wait(&id))
-        .await
-        .expect("job hung")
-        .unwrap();
+    let rec = tokio::time::timeout(
+        HANG,
+        s.manager.wait(&nodetool_core::JobId::parse(&id).unwrap()),
+    )
+    .await
+    .expect("job hung")
+    .unwrap();
     assert_eq!(rec.status.as_str(), "completed", "{:?}", rec.error);
     let items = parse(
         &tokio::time::timeout(HANG, read_sse(resp, usize::MAX))

@@ -372,7 +372,7 @@ async fn jobs_assets_and_storage_over_trpc_are_per_user() {
         )
         .await;
     let done_id = done["id"].as_str().unwrap().to_owned();
-    s.manager.wait(&done_id).await.unwrap();
+    s.manager.wait(&jid(&done_id)).await.unwrap();
     let live = alice
         .rest(
             Method::POST,
@@ -421,7 +421,7 @@ async fn jobs_assets_and_storage_over_trpc_are_per_user() {
     );
     let cancelled = alice.data("jobs.cancel", json!({"id": live_id})).await;
     assert_eq!(cancelled["job_id"], live_id.as_str());
-    let rec = s.manager.wait(&live_id).await.unwrap();
+    let rec = s.manager.wait(&jid(&live_id)).await.unwrap();
     assert_eq!(rec.status.as_str(), "cancelled");
     assert_eq!(
         alice.data("jobs.delete", json!({"id": done_id})).await,
@@ -558,4 +558,9 @@ async fn jobs_assets_and_storage_over_trpc_are_per_user() {
     assert_eq!(renamed["name"], "Minutes");
     let gone = alice.data("assets.delete", json!({"id": folder_id})).await;
     assert_eq!(gone["deleted_asset_ids"].as_array().unwrap().len(), 2);
+}
+
+/// A job id for a test (the literal is valid).
+fn jid(id: &str) -> nodetool_core::JobId {
+    nodetool_core::JobId::parse(id).expect("a valid test job id")
 }

@@ -37,7 +37,7 @@ macro_rules! frame {
 
 fn record(status: Status, error: Option<&str>) -> JobRecord {
     JobRecord {
-        id: "job-1".into(),
+        id: jid("job-1"),
         user_id: "alice".into(),
         workflow_id: "wf-1".into(),
         strategy: StrategyKind::Threaded,
@@ -416,10 +416,19 @@ fn inbound_frames() {
                 Some("0b7a3c52-1d2e-4f5a-9b8c-7d6e5f4a3b2c")
             );
             assert_eq!(
-                req.validate().unwrap().job_id.as_deref(),
+                req.validate()
+                    .unwrap()
+                    .job_id
+                    .as_ref()
+                    .map(nodetool_core::JobId::as_str),
                 Some("0b7a3c52-1d2e-4f5a-9b8c-7d6e5f4a3b2c")
             );
         }
         other => panic!("{other:?}"),
     }
+}
+
+/// A job id for a test (the literal is valid).
+fn jid(id: &str) -> nodetool_core::JobId {
+    nodetool_core::JobId::parse(id).expect("a valid test job id")
 }

@@ -136,7 +136,15 @@ async fn run_and_reconnect(mode: Mode) {
         last["result"]["numbers"],
         json!([0, 1, 2, 3, 4, 5, 6, 7, 8, 9])
     );
-    assert_eq!(s.manager.get(&job_id).await.unwrap().unwrap().user_id, "1");
+    assert_eq!(
+        s.manager
+            .get(&nodetool_core::JobId::parse(&job_id).unwrap())
+            .await
+            .unwrap()
+            .unwrap()
+            .user_id,
+        "1"
+    );
 
     // Reconnect after seq 3: exactly the events after it, identical to the first time.
     let reply = c
@@ -208,7 +216,11 @@ async fn cancel_job_ping_and_errors_keep_the_socket_usable() {
     let events = c.events_until_done(&job_id).await;
     assert_eq!(events.last().unwrap()["status"], "cancelled");
     assert_eq!(
-        s.manager.wait(&job_id).await.unwrap().status,
+        s.manager
+            .wait(&nodetool_core::JobId::parse(&job_id).unwrap())
+            .await
+            .unwrap()
+            .status,
         nodetool_engine::Status::Cancelled
     );
     let again = c.command("cancel_job", json!({"job_id": job_id})).await;
@@ -258,7 +270,12 @@ async fn auth_is_required_and_jobs_are_per_user() {
         .await;
     let job_id = reply["job_id"].as_str().unwrap().to_owned();
     assert_eq!(
-        s.manager.get(&job_id).await.unwrap().unwrap().user_id,
+        s.manager
+            .get(&nodetool_core::JobId::parse(&job_id).unwrap())
+            .await
+            .unwrap()
+            .unwrap()
+            .user_id,
         "alice"
     );
 
@@ -275,7 +292,7 @@ async fn auth_is_required_and_jobs_are_per_user() {
     assert_eq!(r["status"], "not_found", "{r}");
     assert!(!s
         .manager
-        .get(&job_id)
+        .get(&nodetool_core::JobId::parse(&job_id).unwrap())
         .await
         .unwrap()
         .unwrap()

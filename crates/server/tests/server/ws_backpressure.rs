@@ -104,7 +104,13 @@ async fn a_client_that_stops_reading_gets_a_lag_notice_and_can_recover() {
     let job_id = run_job(&mut ws).await;
 
     // Read nothing until the job is over: it must finish regardless.
-    let rec = within("job", s.manager.wait(&job_id)).await.unwrap();
+    let rec = within(
+        "job",
+        s.manager
+            .wait(&nodetool_core::JobId::parse(&job_id).unwrap()),
+    )
+    .await
+    .unwrap();
     assert_eq!(rec.status.as_str(), "completed", "{:?}", rec.error);
 
     let (events, lags) = drain(&mut ws, &job_id).await;
@@ -223,7 +229,13 @@ async fn a_stalled_client_slows_neither_the_job_nor_another_client() {
     .await;
     assert_eq!(recv(&mut healthy).await["command"], "reconnect_job");
     let (reader, job) = tokio::join!(drain(&mut healthy, &job_id), async {
-        within("job", s.manager.wait(&job_id)).await.unwrap()
+        within(
+            "job",
+            s.manager
+                .wait(&nodetool_core::JobId::parse(&job_id).unwrap()),
+        )
+        .await
+        .unwrap()
     });
     assert_eq!(job.status.as_str(), "completed", "{:?}", job.error);
     let (events, lags) = reader;

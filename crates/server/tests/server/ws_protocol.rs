@@ -400,7 +400,7 @@ async fn pause_and_resume(mode: Mode) {
     assert_eq!(st["status"], "paused", "{st}");
     assert!(!s
         .manager
-        .get(&job_id)
+        .get(&nodetool_core::JobId::parse(&job_id).unwrap())
         .await
         .unwrap()
         .unwrap()

@@ -171,7 +171,12 @@ async fn push_three_end_and_collect(mode: Mode) {
         json!([["v1", "v2", chunk]]),
         "{done}"
     );
-    let rec = s.manager.get(&job_id).await.unwrap().unwrap();
+    let rec = s
+        .manager
+        .get(&nodetool_core::JobId::parse(&job_id).unwrap())
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(rec.result, Some(json!({"items": [["v1", "v2", chunk]]})));
 }
 
@@ -462,6 +467,10 @@ async fn a_push_waiting_on_backpressure_does_not_block_the_socket() {
         refused > 0,
         "the waiting pushes were answered by the cancel"
     );
-    let rec = s.manager.wait(&job_id).await.unwrap();
+    let rec = s
+        .manager
+        .wait(&nodetool_core::JobId::parse(&job_id).unwrap())
+        .await
+        .unwrap();
     assert_eq!(rec.status, nodetool_engine::Status::Cancelled);
 }

@@ -556,8 +556,8 @@ impl CallHandler {
             op::ASSET_CREATE => {
                 let RecordArgs { record } = args(op, a)?;
                 let mut record = AssetRecord::from(record);
-                record.user_id = self.scope.user_id.clone();
-                record.job_id = Some(self.scope.job_id.clone());
+                record.user_id = self.scope.user_id.to_string();
+                record.job_id = Some(self.scope.job_id.to_string());
                 if let Some(key) = &record.storage_key {
                     self.key(Role::Asset, key.clone())?;
                 }
@@ -566,27 +566,33 @@ impl CallHandler {
             }
             op::ASSET_GET => {
                 let IdArgs { id } = args(op, a)?;
-                let record = self.records()?.get(&self.scope.user_id, &id).await?;
+                let record = self
+                    .records()?
+                    .get(self.scope.user_id.as_str(), &id)
+                    .await?;
                 to_value(&record.as_ref().map(WireAsset::from))
             }
             op::ASSET_LIST => {
                 let QueryArgs { query } = args(op, a)?;
                 let page = self
                     .records()?
-                    .list(&query.for_user(&self.scope.user_id))
+                    .list(&query.for_user(self.scope.user_id.as_str()))
                     .await?;
                 self.bounded(to_value(&WirePage::from(&page))?, "the asset page")
             }
             op::ASSET_UPDATE => {
                 let RecordArgs { record } = args(op, a)?;
                 let mut record = AssetRecord::from(record);
-                record.user_id = self.scope.user_id.clone();
+                record.user_id = self.scope.user_id.to_string();
                 self.records()?.update(&record).await?;
                 Ok(Value::Null)
             }
             op::ASSET_DELETE => {
                 let IdArgs { id } = args(op, a)?;
-                let existed = self.records()?.delete(&self.scope.user_id, &id).await?;
+                let existed = self
+                    .records()?
+                    .delete(self.scope.user_id.as_str(), &id)
+                    .await?;
                 Ok(Value::Bool(existed))
             }
             other => Err(Error::new(

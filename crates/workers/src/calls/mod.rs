@@ -62,8 +62,8 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use nodetool_core::{
-    AssetPage, AssetQuery, AssetRecord, Error, ErrorKind, ObjectMeta, Result, StorageInfo,
-    StorageKey,
+    AssetPage, AssetQuery, AssetRecord, Error, ErrorKind, JobId, ObjectMeta, Result, StorageInfo,
+    StorageKey, UserId,
 };
 
 use nodetool_exec::strategy::JobSpec;
@@ -494,15 +494,15 @@ pub use nodetool_core::KeyScope;
 pub struct CallScope {
     /// The owner of every record the worker touches (the engine's rule: `anonymous` for a job
     /// without a user).
-    pub user_id: String,
-    pub job_id: String,
+    pub user_id: UserId,
+    pub job_id: JobId,
     pub keys: KeyScope,
 }
 
 impl CallScope {
     pub fn for_job(spec: &JobSpec, keys: KeyScope) -> Self {
-        let user_id = if spec.user_id.is_empty() {
-            "anonymous".to_owned()
+        let user_id = if spec.user_id.as_str().is_empty() {
+            UserId::new("anonymous")
         } else {
             spec.user_id.clone()
         };
@@ -525,7 +525,7 @@ impl CallScope {
     }
 
     fn check(&self, role: Role, path: &str, what: &'static str) -> Result<()> {
-        if self.keys.permits(&self.user_id, path) {
+        if self.keys.permits(self.user_id.as_str(), path) {
             return Ok(());
         }
         Err(Error::new(
@@ -547,8 +547,8 @@ mod tests {
 
     fn scope(keys: KeyScope) -> CallScope {
         CallScope {
-            user_id: "u1".into(),
-            job_id: "j1".into(),
+            user_id: UserId::new("u1"),
+            job_id: JobId::parse("j1").unwrap(),
             keys,
         }
     }

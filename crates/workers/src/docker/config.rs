@@ -321,7 +321,7 @@ impl DockerConfig {
             (Some(all), nodetool_core::KeyScope::WholeStore) => Some(all.clone()),
             // Another user's files are not even in the container.
             (Some(all), nodetool_core::KeyScope::UserPrefix) => {
-                let owner = if spec.user_id.is_empty() {
+                let owner = if spec.user_id.as_str().is_empty() {
                     "anonymous"
                 } else {
                     spec.user_id.as_str()
@@ -387,7 +387,7 @@ impl DockerConfig {
             ..Default::default()
         };
         let mut labels = HashMap::new();
-        labels.insert(JOB_LABEL.to_owned(), spec.job_id.clone());
+        labels.insert(JOB_LABEL.to_owned(), spec.job_id.to_string());
         if let Some(instance) = &self.instance_id {
             labels.insert(INSTANCE_LABEL.to_owned(), instance.clone());
         }

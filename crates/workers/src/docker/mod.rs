@@ -33,7 +33,7 @@ use futures::StreamExt;
 use tokio::io::AsyncRead;
 use tokio_util::sync::CancellationToken;
 
-use nodetool_core::{Error, ErrorKind, Result};
+use nodetool_core::{Error, ErrorKind, JobId, Result};
 use nodetool_engine::EventSink;
 
 use crate::calls::{CallHandler, CallScope, WorkerServices};
@@ -430,19 +430,10 @@ impl DockerStrategy {
     }
 }
 
-/// `nodetool-job-<id>` with anything Docker would refuse replaced.
-fn container_name(job_id: &str) -> String {
-    let safe: String = job_id
-        .chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() || c == '_' || c == '.' || c == '-' {
-                c
-            } else {
-                '_'
-            }
-        })
-        .collect();
-    format!("nodetool-job-{safe}")
+/// `nodetool-job-<id>`: a [`JobId`] holds only letters, digits, `-` and `_`, all of which
+/// Docker takes in a container name.
+fn container_name(job_id: &JobId) -> String {
+    format!("nodetool-job-{job_id}")
 }
 
 #[async_trait]
@@ -515,7 +506,7 @@ fn stale_workspaces(root: &Path, live: &HashSet<String>, min_age: Duration) -> u
 }
 
 /// Creates `<workspace_root>/<job_id>`, owned by the container user so the job can write to it.
-async fn prepare_workspace(config: &DockerConfig, job_id: &str) -> Result<PathBuf> {
+async fn prepare_workspace(config: &DockerConfig, job_id: &JobId) -> Result<PathBuf> {
     let dir = config.workspace_root.join(container_name(job_id));
     let owner = config::numeric_user(&config.user);
     let d = dir.clone();

@@ -102,8 +102,12 @@ fn container_carries_every_hardening_setting() {
     assert_eq!(h.shm_size, Some(32 * 1024 * 1024));
     assert_eq!(h.pids_limit, Some(64));
     assert_eq!(
-        b.labels.as_ref().unwrap().get(JOB_LABEL),
-        Some(&spec.job_id)
+        b.labels
+            .as_ref()
+            .unwrap()
+            .get(JOB_LABEL)
+            .map(String::as_str),
+        Some(spec.job_id.as_str())
     );
 
     // GPUs: `--gpus "device=0,2"` is one request for devices 0 and 2.

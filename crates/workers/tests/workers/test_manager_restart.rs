@@ -72,7 +72,7 @@ async fn child(db_dir: &str) -> ! {
 }
 
 /// Submits a two-minute job; its id and worker pid once it runs.
-async fn long_job(m: &JobExecutionManager) -> (String, u32) {
+async fn long_job(m: &JobExecutionManager) -> (nodetool_core::JobId, u32) {
     let request = RunJobRequest {
         graph: Some(nodetool_testkit::strategy_suite::one(
             "nodetool.test.Sleep",
@@ -81,7 +81,7 @@ async fn long_job(m: &JobExecutionManager) -> (String, u32) {
         execution_strategy: Some("subprocess".into()),
         ..Default::default()
     };
-    let id = m.submit(request, "u").await.expect("submit");
+    let id = m.submit(request, &uid("u")).await.expect("submit");
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         let record = m.get(&id).await.expect("get").expect("record");
@@ -125,7 +125,11 @@ async fn a_killed_manager_is_reconciled_on_restart() {
     let store = JobStore::open(&dir.path().join("jobs.db"))
         .await
         .expect("store");
-    let before = store.get(&job_id).await.expect("get").expect("record");
+    let before = store
+        .get(&jid(&job_id))
+        .await
+        .expect("get")
+        .expect("record");
     assert_eq!(
         before.status,
         Status::Running,
@@ -136,7 +140,7 @@ async fn a_killed_manager_is_reconciled_on_restart() {
     // gone or going; if it lingers, the restarted manager kills its recorded process group.
 
     let m = manager(dir.path()).await;
-    let after = m.get(&job_id).await.expect("get").expect("record");
+    let after = m.get(&jid(&job_id)).await.expect("get").expect("record");
     assert_eq!(after.status, Status::Failed);
     let error = after.error.unwrap_or_default();
     assert!(error.contains("restarted"), "the reason is clear: {error}");
@@ -226,4 +230,13 @@ async fn a_killed_server_leaves_no_warm_worker() {
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+}
+
+/// A job id for a test (the literal is valid).
+fn jid(id: &str) -> nodetool_core::JobId {
+    nodetool_core::JobId::parse(id).expect("a valid test job id")
+}
+
+fn uid(id: &str) -> nodetool_core::UserId {
+    nodetool_core::UserId::new(id)
 }

@@ -98,15 +98,21 @@ async fn next(events: &mut JobEvents, seen: &mut Vec<EventEnvelope>) -> EventEnv
 /// A running job of `strategy` paused while its first node runs holds the second, then resumes
 /// and completes.
 async fn pause_a_running_job(m: &JobExecutionManager, strategy: &str) {
-    let id = m.submit(on(strategy, chain(2.0)), "alice").await.unwrap();
+    let id = m
+        .submit(on(strategy, chain(2.0)), &uid("alice"))
+        .await
+        .unwrap();
     let mut events = m.subscribe(&id, 0).unwrap();
     let mut seen = Vec::new();
     while !node_is(&next(&mut events, &mut seen).await, "s1", Status::Running) {}
 
-    assert!(m.pause(&id, "alice").await.unwrap());
-    assert!(!m.pause(&id, "alice").await.unwrap(), "already paused");
+    assert!(m.pause(&id, &uid("alice")).await.unwrap());
+    assert!(
+        !m.pause(&id, &uid("alice")).await.unwrap(),
+        "already paused"
+    );
     assert!(m.is_paused(&id));
-    let err = m.pause(&id, "mallory").await.unwrap_err();
+    let err = m.pause(&id, &uid("mallory")).await.unwrap_err();
     assert_eq!(err.kind(), ErrorKind::NotFound, "{err}");
 
     // s1 finishes; s2 waits at its boundary.
@@ -136,16 +142,16 @@ async fn pause_a_running_job(m: &JobExecutionManager, strategy: &str) {
     }
     assert!(!m.get(&id).await.unwrap().unwrap().status.is_terminal());
 
-    assert!(m.resume(&id, "alice").await.unwrap());
+    assert!(m.resume(&id, &uid("alice")).await.unwrap());
     assert!(
-        !m.resume(&id, "alice").await.unwrap(),
+        !m.resume(&id, &uid("alice")).await.unwrap(),
         "not paused any more"
     );
     assert!(!m.is_paused(&id));
     let record = m.wait(&id).await.unwrap();
     assert_eq!(record.status, Status::Completed, "{record:?}");
     assert_eq!(record.result, Some(json!({"result": ["a"]})), "{record:?}");
-    let err = m.pause(&id, "alice").await.unwrap_err();
+    let err = m.pause(&id, &uid("alice")).await.unwrap_err();
     assert_eq!(err.kind(), ErrorKind::Unavailable, "{err}");
 }
 
@@ -182,13 +188,13 @@ async fn a_subprocess_job_paused_while_queued_starts_paused() {
     let blocker = m
         .submit(
             request(one("nodetool.test.Sleep", json!({"seconds": 60.0}))),
-            "alice",
+            &uid("alice"),
         )
         .await
         .unwrap();
-    let id = m.submit(request(chain(0.0)), "alice").await.unwrap();
+    let id = m.submit(request(chain(0.0)), &uid("alice")).await.unwrap();
     assert_eq!(m.get(&id).await.unwrap().unwrap().status, Status::Scheduled);
-    assert!(m.pause(&id, "alice").await.unwrap());
+    assert!(m.pause(&id, &uid("alice")).await.unwrap());
     let mut events = m.subscribe(&id, 0).unwrap();
     m.cancel(&blocker).await.unwrap();
 
@@ -205,7 +211,7 @@ async fn a_subprocess_job_paused_while_queued_starts_paused() {
         }
     }
     assert!(m.is_paused(&id));
-    assert!(m.resume(&id, "alice").await.unwrap());
+    assert!(m.resume(&id, &uid("alice")).await.unwrap());
     let record = m.wait(&id).await.unwrap();
     assert_eq!(record.status, Status::Completed, "{record:?}");
     assert_eq!(record.result, Some(json!({"result": ["a"]})), "{record:?}");
@@ -248,15 +254,15 @@ async fn a_worker_without_pause_control_is_refused_pause() {
     let m = manager(dir.path(), Arc::new(SubprocessStrategy::new(cfg)), 1).await;
     let mut req = request(chain(0.0));
     req.job_id = Some(job_id.to_owned());
-    let id = m.submit(req, "alice").await.unwrap();
+    let id = m.submit(req, &uid("alice")).await.unwrap();
     let mut events = m.subscribe(&id, 0).unwrap();
     let mut seen = Vec::new();
     // Its first frame told the session it cannot pause.
     assert!(job_is(&next(&mut events, &mut seen).await, Status::Running));
 
     for err in [
-        m.pause(&id, "alice").await.unwrap_err(),
-        m.resume(&id, "alice").await.unwrap_err(),
+        m.pause(&id, &uid("alice")).await.unwrap_err(),
+        m.resume(&id, &uid("alice")).await.unwrap_err(),
     ] {
         assert_eq!(err.kind(), ErrorKind::Unsupported, "{err}");
         assert!(err.to_string().contains("cannot pause"), "{err}");
@@ -314,4 +320,8 @@ async fn the_worker_answers_pause_control_only_when_offered() {
         drop(parent_w);
         worker.await.unwrap().unwrap();
     }
+}
+
+fn uid(id: &str) -> nodetool_core::UserId {
+    nodetool_core::UserId::new(id)
 }

@@ -101,41 +101,50 @@ async fn threaded(dir: &Path) -> Arc<dyn ExecutionStrategy> {
 /// The whole story on one strategy: pushes in order, a chunk dict passing through, every caller
 /// mistake answered with its error kind while the job goes on, end, and the collected result.
 async fn push_three_then_end(m: &JobExecutionManager, strategy: &str) {
-    let id = m.submit(request(strategy, true), "alice").await.unwrap();
-    m.stream_input(&id, "alice", "text", "output", json!("v1"))
+    let id = m
+        .submit(request(strategy, true), &uid("alice"))
+        .await
+        .unwrap();
+    m.stream_input(&id, &uid("alice"), "text", "output", json!("v1"))
         .await
         .unwrap();
 
     let kind = |r: nodetool_core::Result<()>| r.unwrap_err().kind();
     // Another user's job does not exist for them.
     let err = m
-        .stream_input(&id, "mallory", "text", "output", json!("x"))
+        .stream_input(&id, &uid("mallory"), "text", "output", json!("x"))
         .await;
     assert_eq!(kind(err), ErrorKind::NotFound, "{strategy}: other user");
     let err = m
-        .stream_input("no-such-job", "alice", "text", "output", json!("x"))
+        .stream_input(
+            &jid("no-such-job"),
+            &uid("alice"),
+            "text",
+            "output",
+            json!("x"),
+        )
         .await;
     assert_eq!(kind(err), ErrorKind::NotFound, "{strategy}: unknown job");
     let err = m
-        .stream_input(&id, "alice", "nope", "output", json!("x"))
+        .stream_input(&id, &uid("alice"), "nope", "output", json!("x"))
         .await
         .unwrap_err();
     assert_eq!(err.kind(), ErrorKind::NotFound, "{strategy}: {err}");
     assert!(err.to_string().contains("`nope`"), "{strategy}: {err}");
     let err = m
-        .stream_input(&id, "alice", "text", "output", json!([1]))
+        .stream_input(&id, &uid("alice"), "text", "output", json!([1]))
         .await
         .unwrap_err();
     assert_eq!(err.kind(), ErrorKind::InvalidInput, "{strategy}: {err}");
 
-    m.stream_input(&id, "alice", "text", "output", json!("v2"))
+    m.stream_input(&id, &uid("alice"), "text", "output", json!("v2"))
         .await
         .unwrap();
     let chunk = json!({"type": "chunk", "content": "v3", "done": true});
-    m.stream_input(&id, "alice", "text", "output", chunk.clone())
+    m.stream_input(&id, &uid("alice"), "text", "output", chunk.clone())
         .await
         .unwrap();
-    m.end_input_stream(&id, "alice", "text", "output")
+    m.end_input_stream(&id, &uid("alice"), "text", "output")
         .await
         .unwrap();
 
@@ -147,7 +156,7 @@ async fn push_three_then_end(m: &JobExecutionManager, strategy: &str) {
         "{strategy}"
     );
     let err = m
-        .stream_input(&id, "alice", "text", "output", json!("after"))
+        .stream_input(&id, &uid("alice"), "text", "output", json!("after"))
         .await
         .unwrap_err();
     assert_eq!(err.kind(), ErrorKind::Unavailable, "{strategy}: {err}");
@@ -163,7 +172,7 @@ async fn push_three_then_end(m: &JobExecutionManager, strategy: &str) {
             streaming_inputs: flag,
             ..request(strategy, false)
         };
-        let fixed = m.submit(req, "alice").await.unwrap();
+        let fixed = m.submit(req, &uid("alice")).await.unwrap();
         assert_not_streamed(refused(m, &fixed, "text", "output").await, strategy);
         let err = refused(m, &fixed, "nope", "output").await;
         // The job may already have ended (it has nothing to wait for).
@@ -179,11 +188,11 @@ async fn push_three_then_end(m: &JobExecutionManager, strategy: &str) {
 /// A push of alice's that the manager refuses.
 async fn refused(
     m: &JobExecutionManager,
-    id: &str,
+    id: &nodetool_core::JobId,
     input: &str,
     handle: &str,
 ) -> nodetool_core::Error {
-    m.stream_input(id, "alice", input, handle, json!("x"))
+    m.stream_input(id, &uid("alice"), input, handle, json!("x"))
         .await
         .unwrap_err()
 }
@@ -225,17 +234,17 @@ async fn a_streaming_input_needs_no_flag(m: &JobExecutionManager, strategy: &str
         params,
         ..RunJobRequest::default()
     };
-    let id = m.submit(req(None), "alice").await.unwrap();
+    let id = m.submit(req(None), &uid("alice")).await.unwrap();
     let c1 = json!({"type": "chunk", "content": "a1", "content_type": "audio"});
     let c2 = json!({"type": "chunk", "content": "a2", "content_type": "audio", "done": true});
-    m.stream_input(&id, "alice", "audio", "chunk", c1.clone())
+    m.stream_input(&id, &uid("alice"), "audio", "chunk", c1.clone())
         .await
         .unwrap();
     assert_not_streamed(refused(m, &id, "text", "output").await, strategy);
     let err = refused(m, &id, "audio", "output").await;
     assert_eq!(err.kind(), ErrorKind::NotFound, "{strategy}: {err}");
     assert!(err.to_string().contains("`chunk`"), "{strategy}: {err}");
-    m.stream_input(&id, "alice", "audio", "chunk", c2.clone())
+    m.stream_input(&id, &uid("alice"), "audio", "chunk", c2.clone())
         .await
         .unwrap();
     assert_eq!(
@@ -243,7 +252,7 @@ async fn a_streaming_input_needs_no_flag(m: &JobExecutionManager, strategy: &str
         Status::Running,
         "{strategy}: an open stream keeps the job running"
     );
-    m.end_input_stream(&id, "alice", "audio", "chunk")
+    m.end_input_stream(&id, &uid("alice"), "audio", "chunk")
         .await
         .unwrap();
     let rec = m.wait(&id).await.unwrap();
@@ -257,13 +266,13 @@ async fn a_streaming_input_needs_no_flag(m: &JobExecutionManager, strategy: &str
     // A param is the stream's first item.
     let first = json!({"type": "audio", "uri": "memory://first.wav"});
     let id = m
-        .submit(req(Some(json!({"audio": first.clone()}))), "alice")
+        .submit(req(Some(json!({"audio": first.clone()}))), &uid("alice"))
         .await
         .unwrap();
-    m.stream_input(&id, "alice", "audio", "chunk", c1.clone())
+    m.stream_input(&id, &uid("alice"), "audio", "chunk", c1.clone())
         .await
         .unwrap();
-    m.end_input_stream(&id, "alice", "audio", "chunk")
+    m.end_input_stream(&id, &uid("alice"), "audio", "chunk")
         .await
         .unwrap();
     let rec = m.wait(&id).await.unwrap();
@@ -278,7 +287,7 @@ async fn a_streaming_input_needs_no_flag(m: &JobExecutionManager, strategy: &str
         streaming_inputs: Some(false),
         ..req(Some(json!({"audio": first.clone()})))
     };
-    let id = m.submit(req, "alice").await.unwrap();
+    let id = m.submit(req, &uid("alice")).await.unwrap();
     let rec = m.wait(&id).await.unwrap();
     assert_eq!(rec.status, Status::Completed, "{strategy}: {rec:?}");
     assert_eq!(
@@ -294,19 +303,19 @@ async fn push_after_end_is_refused(m: &JobExecutionManager, strategy: &str) {
         graph: Some(collect_and_sleep_graph()),
         ..request(strategy, true)
     };
-    let id = m.submit(req, "alice").await.unwrap();
-    m.stream_input(&id, "alice", "text", "output", json!("v"))
+    let id = m.submit(req, &uid("alice")).await.unwrap();
+    m.stream_input(&id, &uid("alice"), "text", "output", json!("v"))
         .await
         .unwrap();
-    m.end_input_stream(&id, "alice", "text", "output")
+    m.end_input_stream(&id, &uid("alice"), "text", "output")
         .await
         .unwrap();
     // Ending twice is harmless; pushing after the end is not.
-    m.end_input_stream(&id, "alice", "text", "output")
+    m.end_input_stream(&id, &uid("alice"), "text", "output")
         .await
         .unwrap();
     let err = m
-        .stream_input(&id, "alice", "text", "output", json!("late"))
+        .stream_input(&id, &uid("alice"), "text", "output", json!("late"))
         .await
         .unwrap_err();
     assert_eq!(err.kind(), ErrorKind::InvalidInput, "{strategy}: {err}");
@@ -320,14 +329,17 @@ async fn push_after_end_is_refused(m: &JobExecutionManager, strategy: &str) {
 
 /// Many values, more than any buffer holds: all arrive, in order (backpressure, not loss).
 async fn many_values_arrive_in_order(m: &JobExecutionManager, strategy: &str) {
-    let id = m.submit(request(strategy, true), "alice").await.unwrap();
+    let id = m
+        .submit(request(strategy, true), &uid("alice"))
+        .await
+        .unwrap();
     let want: Vec<Value> = (0..60).map(|i| json!(format!("item {i}"))).collect();
     for v in &want {
-        m.stream_input(&id, "alice", "text", "output", v.clone())
+        m.stream_input(&id, &uid("alice"), "text", "output", v.clone())
             .await
             .unwrap();
     }
-    m.end_input_stream(&id, "alice", "text", "output")
+    m.end_input_stream(&id, &uid("alice"), "text", "output")
         .await
         .unwrap();
     let rec = m.wait(&id).await.unwrap();
@@ -337,15 +349,18 @@ async fn many_values_arrive_in_order(m: &JobExecutionManager, strategy: &str) {
 
 /// Cancelling a job whose stream is still open ends it as cancelled, and later pushes fail.
 async fn cancel_ends_an_open_stream(m: &JobExecutionManager, strategy: &str) {
-    let id = m.submit(request(strategy, true), "alice").await.unwrap();
-    m.stream_input(&id, "alice", "text", "output", json!("only"))
+    let id = m
+        .submit(request(strategy, true), &uid("alice"))
+        .await
+        .unwrap();
+    m.stream_input(&id, &uid("alice"), "text", "output", json!("only"))
         .await
         .unwrap();
     assert!(m.cancel(&id).await.unwrap());
     let rec = m.wait(&id).await.unwrap();
     assert_eq!(rec.status, Status::Cancelled, "{strategy}: {rec:?}");
     let err = m
-        .end_input_stream(&id, "alice", "text", "output")
+        .end_input_stream(&id, &uid("alice"), "text", "output")
         .await
         .unwrap_err();
     assert_eq!(err.kind(), ErrorKind::Unavailable, "{strategy}: {err}");
@@ -353,7 +368,7 @@ async fn cancel_ends_an_open_stream(m: &JobExecutionManager, strategy: &str) {
 
 /// Every job of the test ran where it should (a worker process, a container).
 async fn assert_workers(m: &JobExecutionManager, want: fn(&WorkerRef) -> bool) {
-    let jobs = m.list("alice", 100).await.unwrap();
+    let jobs = m.list(&uid("alice"), 100).await.unwrap();
     assert!(!jobs.is_empty());
     for job in jobs {
         assert!(job.worker.as_ref().is_some_and(want), "{job:?}");
@@ -397,23 +412,26 @@ async fn a_push_to_a_scheduled_job_waits_until_it_runs() {
                 )),
                 ..RunJobRequest::default()
             },
-            "alice",
+            &uid("alice"),
         )
         .await
         .unwrap();
-    let id = m.submit(request("threaded", true), "alice").await.unwrap();
+    let id = m
+        .submit(request("threaded", true), &uid("alice"))
+        .await
+        .unwrap();
     assert_eq!(m.get(&id).await.unwrap().unwrap().status, Status::Scheduled);
     let push = tokio::spawn({
         let (m, id) = (m.clone(), id.clone());
         async move {
-            m.stream_input(&id, "alice", "text", "output", json!("early"))
+            m.stream_input(&id, &uid("alice"), "text", "output", json!("early"))
                 .await
         }
     });
     // Freeing the slot starts the job, and the waiting push goes through.
     m.cancel(&sleeper).await.unwrap();
     push.await.unwrap().unwrap();
-    m.end_input_stream(&id, "alice", "text", "output")
+    m.end_input_stream(&id, &uid("alice"), "text", "output")
         .await
         .unwrap();
     let rec = m.wait(&id).await.unwrap();
@@ -429,15 +447,18 @@ async fn a_push_to_a_scheduled_job_waits_until_it_runs() {
                 )),
                 ..RunJobRequest::default()
             },
-            "alice",
+            &uid("alice"),
         )
         .await
         .unwrap();
-    let id = m.submit(request("threaded", true), "alice").await.unwrap();
+    let id = m
+        .submit(request("threaded", true), &uid("alice"))
+        .await
+        .unwrap();
     let push = tokio::spawn({
         let (m, id) = (m.clone(), id.clone());
         async move {
-            m.stream_input(&id, "alice", "text", "output", json!("x"))
+            m.stream_input(&id, &uid("alice"), "text", "output", json!("x"))
                 .await
         }
     });
@@ -544,4 +565,13 @@ async fn docker_jobs_take_streamed_inputs() {
     assert_workers(&m, |w| matches!(w, WorkerRef::Container(_))).await;
     let left: Vec<_> = std::fs::read_dir(&workspaces).unwrap().collect();
     assert!(left.is_empty(), "job workspaces left behind: {left:?}");
+}
+
+fn uid(id: &str) -> nodetool_core::UserId {
+    nodetool_core::UserId::new(id)
+}
+
+/// A job id for a test (the literal is valid).
+fn jid(id: &str) -> nodetool_core::JobId {
+    nodetool_core::JobId::parse(id).expect("a valid test job id")
 }

@@ -257,7 +257,7 @@ async fn two_users_jobs_never_share_a_process() {
                 "nodetool.test.Sleep",
                 json!({"seconds": 0.2, "value": user}),
             ));
-            spec.user_id = user.to_owned();
+            spec.user_id = uid(user);
             let h = s
                 .start(spec, nodetool_engine::VecSink::new())
                 .await
@@ -276,7 +276,7 @@ async fn two_users_jobs_never_share_a_process() {
     }
     for user in ["alice", "bob", "alice", "bob"] {
         let mut spec = JobSpec::new(one("nodetool.test.Sleep", json!({"value": user})));
-        spec.user_id = user.to_owned();
+        spec.user_id = uid(user);
         let mut h = s
             .start(spec, nodetool_engine::VecSink::new())
             .await
@@ -389,7 +389,7 @@ async fn a_manager_shutdown_kills_the_idle_warm_workers() {
         graph: Some(one("nodetool.test.Sleep", json!({"value": 1}))),
         ..Default::default()
     };
-    let id = m.submit(request, "u").await.unwrap();
+    let id = m.submit(request, &uid("u")).await.unwrap();
     assert_eq!(m.wait(&id).await.unwrap().status, Status::Completed);
     let idle = {
         let mut now = full_pool(&s, 2).await;
@@ -466,4 +466,8 @@ async fn a_limit_a_warm_worker_cannot_take_falls_back_to_a_cold_start() {
     )
     .await;
     assert_eq!(o.status, Status::Completed, "{:?}", o.error_text());
+}
+
+fn uid(id: &str) -> nodetool_core::UserId {
+    nodetool_core::UserId::new(id)
 }

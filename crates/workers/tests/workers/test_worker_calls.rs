@@ -54,8 +54,8 @@ async fn parent_resources(dir: &Path) -> (EngineResources, Arc<SqliteAssetStore>
 
 fn scope(user: &str, keys: KeyScope) -> CallScope {
     CallScope {
-        user_id: user.to_owned(),
-        job_id: "job-1".to_owned(),
+        user_id: uid(user),
+        job_id: jid("job-1"),
         keys,
     }
 }
@@ -135,7 +135,7 @@ fn connect_with(
             }
         }
     });
-    let worker = remote_resources(&client, Some(&offer), &scope.user_id);
+    let worker = remote_resources(&client, Some(&offer), scope.user_id.as_str());
     Pipe {
         client,
         handler,
@@ -923,4 +923,13 @@ async fn without_an_offer_calls_fail_clearly() {
     assert!(err.to_string().contains("lends nothing"), "{err}");
     assert!(res.node_cache.get("k").await.unwrap().is_none());
     assert_eq!(Role::Temp.as_str(), "temp");
+}
+
+fn uid(id: &str) -> nodetool_core::UserId {
+    nodetool_core::UserId::new(id)
+}
+
+/// A job id for a test (the literal is valid).
+fn jid(id: &str) -> nodetool_core::JobId {
+    nodetool_core::JobId::parse(id).expect("a valid test job id")
 }

@@ -466,7 +466,7 @@ async fn warm_workers_store_each_job_under_its_own_user() {
             vec![edge("text", "output", "o1", "value")],
         );
         let mut spec = JobSpec::new(save);
-        spec.user_id = user.to_owned();
+        spec.user_id = user.into();
         let mut h = s
             .start(spec, nodetool_engine::VecSink::new())
             .await
