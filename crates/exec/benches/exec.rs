@@ -54,11 +54,12 @@ fn main() {
             graph: Some(graph()),
             ..Default::default()
         };
+        let user = UserId::from("u");
 
         let mut lat = vec![];
         for _ in 0..2000 {
             let t = Instant::now();
-            let id = m.submit(req.clone(), &UserId::from("u")).await.unwrap();
+            let id = m.submit(req.clone(), &user).await.unwrap();
             m.wait(&id).await.unwrap();
             lat.push(t.elapsed());
         }
@@ -71,7 +72,7 @@ fn main() {
         let t = Instant::now();
         let mut ids = Vec::with_capacity(n);
         for _ in 0..n {
-            ids.push(m.submit(req.clone(), &UserId::from("u")).await.unwrap());
+            ids.push(m.submit(req.clone(), &user).await.unwrap());
         }
         for id in &ids {
             m.wait(id).await.unwrap();
@@ -94,7 +95,7 @@ fn main() {
                 rss.push(("middle", rss_kib(std::process::id())));
             }
             let t = Instant::now();
-            let id = m.submit(req.clone(), &UserId::from("u")).await.unwrap();
+            let id = m.submit(req.clone(), &user).await.unwrap();
             m.wait(&id).await.unwrap();
             lat.push(t.elapsed());
         }

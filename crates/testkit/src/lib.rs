@@ -9,6 +9,7 @@ pub mod anthropic_double;
 pub mod cache_suite;
 pub mod fixtures;
 pub mod gemini_double;
+pub mod ids;
 pub mod llama_server;
 pub mod memcached;
 pub mod openai_peer;

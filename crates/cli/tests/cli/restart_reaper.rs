@@ -11,6 +11,7 @@
 
 #![allow(clippy::unwrap_used)]
 
+use nodetool_testkit::ids::{jid, uid};
 use std::os::unix::process::CommandExt;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
@@ -250,13 +251,4 @@ async fn a_restart_reaps_only_this_instances_containers() {
         assert_eq!(want, got, "container {i} (kept: foreign, foreign exited, legacy running; removed: legacy exited, ours running, ours exited)");
     }
     server.answers().await;
-}
-
-/// A job id for a test (the literal is valid).
-fn jid(id: &str) -> nodetool_core::JobId {
-    nodetool_core::JobId::parse(id).expect("a valid test job id")
-}
-
-fn uid(id: &str) -> nodetool_core::UserId {
-    nodetool_core::UserId::new(id)
 }

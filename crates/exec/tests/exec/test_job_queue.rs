@@ -4,6 +4,7 @@
 //! and claimed jobs, tags and strategies route jobs; SQLite refuses the queue.
 #![allow(clippy::unwrap_used)]
 
+use nodetool_testkit::ids::jid;
 use std::collections::HashSet;
 use std::time::Duration;
 
@@ -812,9 +813,4 @@ async fn sqlite_refuses_the_queue() {
     assert_eq!(e.kind(), ErrorKind::Unsupported);
     assert!(e.to_string().contains("DATABASE_URL"), "{e}");
     assert!(store.wakeups().is_none());
-}
-
-/// A job id for a test (the literal is valid).
-fn jid(id: &str) -> nodetool_core::JobId {
-    nodetool_core::JobId::parse(id).expect("a valid test job id")
 }

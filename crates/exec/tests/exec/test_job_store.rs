@@ -7,6 +7,7 @@
 //! failure.
 #![allow(clippy::unwrap_used)]
 
+use nodetool_testkit::ids::{jid, uid};
 use std::future::Future;
 use std::panic::AssertUnwindSafe;
 use std::path::PathBuf;
@@ -904,13 +905,4 @@ async fn a_store_keeps_working_after_postgres_restarts() {
         .unwrap();
     assert_eq!(seqs(&store, "before").await, [1, 2]);
     assert_eq!(status(&store, "before").await, Status::Completed);
-}
-
-/// A job id for a test (the literal is valid).
-fn jid(id: &str) -> nodetool_core::JobId {
-    nodetool_core::JobId::parse(id).expect("a valid test job id")
-}
-
-fn uid(id: &str) -> nodetool_core::UserId {
-    nodetool_core::UserId::new(id)
 }

@@ -1,5 +1,6 @@
 //! Threaded strategy and JobExecutionManager behaviour.
 
+use nodetool_testkit::ids::{jid, uid};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -470,13 +471,4 @@ async fn finished_jobs_are_forgotten_past_the_cap_and_after_their_time() {
         assert!(std::time::Instant::now() < deadline, "{:?}", m.live_jobs());
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-}
-
-/// A job id for a test (the literal is valid).
-fn jid(id: &str) -> nodetool_core::JobId {
-    nodetool_core::JobId::parse(id).expect("a valid test job id")
-}
-
-fn uid(id: &str) -> nodetool_core::UserId {
-    nodetool_core::UserId::new(id)
 }

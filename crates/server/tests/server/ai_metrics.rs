@@ -3,6 +3,7 @@
 #![allow(clippy::unwrap_used)]
 
 use crate::jobs_support;
+use nodetool_testkit::ids::uid;
 
 use std::time::Duration;
 
@@ -54,8 +55,4 @@ async fn model_calls_show_in_metrics() {
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-}
-
-fn uid(id: &str) -> nodetool_core::UserId {
-    nodetool_core::UserId::new(id)
 }

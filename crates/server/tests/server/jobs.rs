@@ -2,6 +2,7 @@
 #![allow(clippy::unwrap_used)] // tests: a failed unwrap is a failed test
 
 use crate::jobs_support;
+use nodetool_testkit::ids::jid;
 
 use jobs_support::{busy_graph, read_sse, sleep_graph, sse_seqs, start, token};
 use nodetool_engine::Status;
@@ -270,9 +271,4 @@ async fn submit_with_stream_true_sends_ndjson_or_sse() {
     let seqs = sse_seqs(&events);
     assert_eq!(seqs, (1..=events.len() as u64).collect::<Vec<_>>());
     assert_eq!(events.last().unwrap().event.as_deref(), Some("job_update"));
-}
-
-/// A job id for a test (the literal is valid).
-fn jid(id: &str) -> nodetool_core::JobId {
-    nodetool_core::JobId::parse(id).expect("a valid test job id")
 }

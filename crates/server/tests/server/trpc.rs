@@ -4,6 +4,7 @@
 #![allow(clippy::unwrap_used)] // tests: a failed unwrap is a failed test
 
 use crate::jobs_support;
+use nodetool_testkit::ids::jid;
 
 use jobs_support::{sleep_graph, start, token, JobServer};
 use serde_json::{json, Value};
@@ -558,9 +559,4 @@ async fn jobs_assets_and_storage_over_trpc_are_per_user() {
     assert_eq!(renamed["name"], "Minutes");
     let gone = alice.data("assets.delete", json!({"id": folder_id})).await;
     assert_eq!(gone["deleted_asset_ids"].as_array().unwrap().len(), 2);
-}
-
-/// A job id for a test (the literal is valid).
-fn jid(id: &str) -> nodetool_core::JobId {
-    nodetool_core::JobId::parse(id).expect("a valid test job id")
 }

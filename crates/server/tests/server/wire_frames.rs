@@ -13,6 +13,7 @@ use nodetool_server::wire::{
     self, ActiveJob, Control, ErrorFrame, Followed, Frame, InputApplied, JobControlled, JobList,
     JobResumed, JobStarted, JobView, LagNotice, Mode, Reply, StatusReply, WsStatus,
 };
+use nodetool_testkit::ids::jid;
 use serde_json::{json, Map, Value};
 
 fn at(s: &str) -> DateTime<Utc> {
@@ -426,9 +427,4 @@ fn inbound_frames() {
         }
         other => panic!("{other:?}"),
     }
-}
-
-/// A job id for a test (the literal is valid).
-fn jid(id: &str) -> nodetool_core::JobId {
-    nodetool_core::JobId::parse(id).expect("a valid test job id")
 }

@@ -4,6 +4,7 @@
 //! The test runs itself twice: as the parent, and (with `NODETOOL_RESTART_CHILD_DB` set) as the
 //! child manager that the parent kills.
 
+use nodetool_testkit::ids::{jid, uid};
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
@@ -230,13 +231,4 @@ async fn a_killed_server_leaves_no_warm_worker() {
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-}
-
-/// A job id for a test (the literal is valid).
-fn jid(id: &str) -> nodetool_core::JobId {
-    nodetool_core::JobId::parse(id).expect("a valid test job id")
-}
-
-fn uid(id: &str) -> nodetool_core::UserId {
-    nodetool_core::UserId::new(id)
 }

@@ -8,6 +8,7 @@
 #![allow(clippy::unwrap_used)]
 
 use crate::docker_image;
+use nodetool_testkit::ids::uid;
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -320,8 +321,4 @@ async fn the_worker_answers_pause_control_only_when_offered() {
         drop(parent_w);
         worker.await.unwrap().unwrap();
     }
-}
-
-fn uid(id: &str) -> nodetool_core::UserId {
-    nodetool_core::UserId::new(id)
 }

@@ -5,6 +5,7 @@
 #![allow(clippy::unwrap_used)]
 
 use crate::docker_image;
+use nodetool_testkit::ids::{jid, uid};
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -565,13 +566,4 @@ async fn docker_jobs_take_streamed_inputs() {
     assert_workers(&m, |w| matches!(w, WorkerRef::Container(_))).await;
     let left: Vec<_> = std::fs::read_dir(&workspaces).unwrap().collect();
     assert!(left.is_empty(), "job workspaces left behind: {left:?}");
-}
-
-fn uid(id: &str) -> nodetool_core::UserId {
-    nodetool_core::UserId::new(id)
-}
-
-/// A job id for a test (the literal is valid).
-fn jid(id: &str) -> nodetool_core::JobId {
-    nodetool_core::JobId::parse(id).expect("a valid test job id")
 }

@@ -1,5 +1,6 @@
 //! Subprocess strategy: the shared suite through a real worker binary, plus broken workers.
 
+use nodetool_testkit::ids::uid;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
@@ -466,8 +467,4 @@ async fn a_limit_a_warm_worker_cannot_take_falls_back_to_a_cold_start() {
     )
     .await;
     assert_eq!(o.status, Status::Completed, "{:?}", o.error_text());
-}
-
-fn uid(id: &str) -> nodetool_core::UserId {
-    nodetool_core::UserId::new(id)
 }

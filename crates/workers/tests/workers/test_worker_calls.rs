@@ -4,6 +4,7 @@
 //! order, chunked uploads and downloads, scope enforcement, and bad input from a worker.
 #![allow(clippy::unwrap_used)]
 
+use nodetool_testkit::ids::{jid, uid};
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::Arc;
@@ -923,13 +924,4 @@ async fn without_an_offer_calls_fail_clearly() {
     assert!(err.to_string().contains("lends nothing"), "{err}");
     assert!(res.node_cache.get("k").await.unwrap().is_none());
     assert_eq!(Role::Temp.as_str(), "temp");
-}
-
-fn uid(id: &str) -> nodetool_core::UserId {
-    nodetool_core::UserId::new(id)
-}
-
-/// A job id for a test (the literal is valid).
-fn jid(id: &str) -> nodetool_core::JobId {
-    nodetool_core::JobId::parse(id).expect("a valid test job id")
 }
