@@ -412,9 +412,10 @@ async fn a_job_needing_more_vram_than_offered_is_refused_naming_the_node() {
 async fn finished_jobs_are_forgotten_past_the_cap_and_after_their_time() {
     let dir = tempfile::tempdir().unwrap();
     let store = JobStore::open(&dir.path().join("jobs.db")).await.unwrap();
+    // Kept for an hour, so only the cap can forget a job here, however slow the machine is.
     let config = ManagerConfig {
         max_retained_finished: 3,
-        retain_finished: Duration::from_secs(3),
+        retain_finished: Duration::from_secs(3600),
         ..ManagerConfig::default()
     };
     let m = JobExecutionManager::new(store, vec![threaded(dir.path()).await], config)
@@ -465,10 +466,35 @@ async fn finished_jobs_are_forgotten_past_the_cap_and_after_their_time() {
         }
     }
     assert!(terminal, "the forgotten job's events replay from the store");
-    // And after their time, the rest go too.
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    assert_eq!(
+        m.live_jobs().len(),
+        3,
+        "under the cap, jobs stay for their time"
+    );
+
+    // Under the cap, a finished job goes after its time.
+    let store = JobStore::open(&dir.path().join("jobs-timed.db"))
+        .await
+        .unwrap();
+    let config = ManagerConfig {
+        retain_finished: Duration::from_millis(500),
+        ..ManagerConfig::default()
+    };
+    let m = JobExecutionManager::new(store, vec![threaded(dir.path()).await], config)
+        .await
+        .unwrap();
+    let id = m
+        .submit(
+            request(one("nodetool.constant.Integer", json!({"value": 1}))),
+            &uid("u1"),
+        )
+        .await
+        .unwrap();
+    assert_eq!(m.wait(&id).await.unwrap().status, Status::Completed);
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
     while !m.live_jobs().is_empty() {
         assert!(std::time::Instant::now() < deadline, "{:?}", m.live_jobs());
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+    assert_eq!(m.get(&id).await.unwrap().unwrap().status, Status::Completed);
 }
