@@ -6,8 +6,8 @@
 //! [`WORKER_JOB_ENV`]`=<job id>`, it leads its own process group, and it did not start before
 //! the job was created (`/proc/<pid>/stat` start time).
 //!
-//! A warm worker (pre-forked by the subprocess strategy's pool, see `nodetool_workers::subprocess`) starts
-//! before it has a job, so its environment cannot name one. It carries a second identity instead:
+//! A warm worker (pre-forked by the subprocess strategy's pool, see
+//! `nodetool_workers::subprocess`) starts before it has a job, so its environment cannot name one. It carries a second identity instead:
 //! [`WARM_WORKER_ENV`]`=<parent pid>:<parent start time>`, the server that spawned it. A warm
 //! worker whose server is gone (no such pid, or a pid now started at another time) is a leftover,
 //! whether it was idle or ran a job: [`identify`] says so for a recorded pid, and

@@ -158,9 +158,9 @@ pub struct JobSpec {
 }
 
 /// Whether a job's run honours its [`JobSpec::pause`] gate: unknown until a worker strategy's
-/// worker answered the request's pause offer (`nodetool_workers::protocol`, pause control), then known for
-/// good. Shared by the strategy (which sets it) and the manager (which refuses pause and resume
-/// for a job whose worker cannot pause). Cheap to clone.
+/// worker answered the request's pause offer (`nodetool_workers::protocol`, pause control),
+/// then known for good. Shared by the strategy (which sets it) and the manager (which refuses
+/// pause and resume for a job whose worker cannot pause). Cheap to clone.
 #[derive(Debug, Clone, Default)]
 pub struct PauseSupport(Arc<watch::Sender<Option<bool>>>);
 

@@ -1,5 +1,5 @@
-//! The Docker worker image for the exec tests that run jobs in containers. (Apart from
-//! `common`, which crates/cli's tests include too and which must not need Docker crates.)
+//! The Docker worker image for the tests that run jobs in containers, built from this crate's
+//! `nodetool-exec-worker` binary.
 
 /// The Docker engine and the test worker's image (built on first use), or `None` after
 /// `skip_or_fail` when no engine is here.
