@@ -96,8 +96,10 @@ pub fn this_process() -> String {
     }
 }
 
-/// Is the process named by a [`WARM_WORKER_ENV`] value (`<pid>:<start>`) still running?
-fn process_alive(identity: &str) -> bool {
+/// Is the process named by a [`this_process`] identity (`<pid>:<start>`, as [`WARM_WORKER_ENV`]
+/// and a Docker job container's owner label carry it) still running? An identity that cannot be
+/// parsed or checked counts as alive: nothing is killed on a guess.
+pub fn process_alive(identity: &str) -> bool {
     let Some((pid, start)) = identity.split_once(':') else {
         // Unparseable: not ours to judge; treat as alive so nothing is killed on a guess.
         return true;

@@ -4,8 +4,11 @@
 //!   that took the pid over (even one whose command line says `worker`, which the old check
 //!   trusted) survives; the job's real leftover worker group is killed.
 //! - On a shared Docker engine a server reaps only its own containers: another instance's
-//!   running job container survives our restart; ours (labelled with the instance id kept
-//!   next to the database) and exited containers of no instance are removed.
+//!   job containers survive our restart, and so does one of our instance whose owner process
+//!   still runs; ours (labelled with the instance id kept next to the database) whose process is
+//!   gone, and exited containers of no instance, are removed. A container of no instance that
+//!   was just created (about to start) is not: other tests' servers start beside this one and
+//!   used to kill it.
 //!
 //! After each, the server answers.
 
@@ -36,6 +39,8 @@ impl Server {
             .env("HOME", dir)
             .env("NODETOOL_CONFIG_DIR", dir)
             .env("DB_PATH", dir.join("nodetool.db"))
+            // The reaper's decision for every container, for a failure's message.
+            .env("RUST_LOG", "warn,nodetool_workers=debug,nodetool_cli=info")
             .env("PATH", std::env::var("PATH").unwrap_or_default());
         let proc = ServeProcess::start(cmd, WAIT);
         Self { proc }
@@ -183,24 +188,40 @@ fn sleep_image(dir: &Path) -> Option<String> {
     ok.then(|| tag.to_owned())
 }
 
-fn container(image: &str, labels: &[(&str, &str)], start: bool) -> String {
+/// What a test container is when the server restarts.
+#[derive(Clone, Copy, PartialEq)]
+enum Left {
+    /// `sleep 300`, started.
+    Running,
+    /// Started and ended (`sleep 0`, waited for).
+    Exited,
+    /// Created, never started.
+    Created,
+}
+
+fn container(image: &str, labels: &[(&str, &str)], left: Left) -> String {
     let mut args = vec!["create".to_owned()];
     for (k, v) in labels {
         args.push("--label".to_owned());
         args.push(format!("{k}={v}"));
     }
+    let seconds = if left == Left::Exited { "0" } else { "300" };
     args.extend([
         image.to_owned(),
         "/usr/bin/sleep".to_owned(),
-        "300".to_owned(),
+        seconds.to_owned(),
     ]);
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     let (ok, out) = docker(&args);
     assert!(ok, "docker create: {out}");
     let id = out.trim().to_owned();
-    if start {
+    if left != Left::Created {
         let (ok, out) = docker(&["start", &id]);
         assert!(ok, "docker start: {out}");
+    }
+    if left == Left::Exited {
+        let (ok, out) = docker(&["wait", &id]);
+        assert!(ok && out.trim() == "0", "docker wait: {out}");
     }
     id
 }
@@ -224,31 +245,128 @@ async fn a_restart_reaps_only_this_instances_containers() {
     // Our instance id, as a previous run of this server left it next to the database.
     let mine = "instance-under-test";
     std::fs::write(dir.path().join("nodetool.db.instance"), mine).unwrap();
+    let since = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs().saturating_sub(1))
+        .unwrap_or(0);
     let job = nodetool_workers::docker::JOB_LABEL;
     let inst = nodetool_workers::docker::INSTANCE_LABEL;
-    let foreign = container(&image, &[(job, "j1"), (inst, "another-server")], true);
-    let foreign_exited = container(&image, &[(job, "j2"), (inst, "another-server")], false);
-    let legacy_running = container(&image, &[(job, "j3")], true);
-    let legacy_exited = container(&image, &[(job, "j4")], false);
-    let ours_running = container(&image, &[(job, "j5"), (inst, mine)], true);
-    let ours_exited = container(&image, &[(job, "j6"), (inst, mine)], false);
+    let foreign = container(
+        &image,
+        &[(job, "j1"), (inst, "another-server")],
+        Left::Running,
+    );
+    let foreign_exited = container(
+        &image,
+        &[(job, "j2"), (inst, "another-server")],
+        Left::Exited,
+    );
+    let legacy_running = container(&image, &[(job, "j3")], Left::Running);
+    let legacy_exited = container(&image, &[(job, "j4")], Left::Exited);
+    let ours_running = container(&image, &[(job, "j5"), (inst, mine)], Left::Running);
+    let ours_exited = container(&image, &[(job, "j6"), (inst, mine)], Left::Exited);
+    // Made a moment ago by an older server, about to start.
+    let legacy_created = container(&image, &[(job, "j7")], Left::Created);
+    // Ours, made by a process that still runs (this test, standing in for a `nodetool run` on
+    // the same config folder) and by one that is gone (a pid above any pid_max).
+    let me = nodetool_exec::reap::this_process();
+    let owner = nodetool_workers::docker::OWNER_LABEL;
+    let ours_live_owner = container(
+        &image,
+        &[(job, "j8"), (inst, mine), (owner, me.as_str())],
+        Left::Running,
+    );
+    let ours_dead_owner = container(
+        &image,
+        &[(job, "j9"), (inst, mine), (owner, "4194305:12345")],
+        Left::Running,
+    );
+    for c in [
+        &foreign,
+        &legacy_running,
+        &ours_running,
+        &ours_live_owner,
+        &ours_dead_owner,
+    ] {
+        assert_eq!(
+            state(c),
+            "running",
+            "a started container is not running before the restart"
+        );
+    }
 
     let server = Server::start(dir.path());
     server.answers().await;
     // The reaper runs before the server listens.
-    let kept = [&foreign, &foreign_exited, &legacy_running];
-    let removed = [&legacy_exited, &ours_running, &ours_exited];
+    let kept = [
+        &foreign,
+        &foreign_exited,
+        &legacy_running,
+        &legacy_created,
+        &ours_live_owner,
+    ];
+    let removed = [
+        &legacy_exited,
+        &ours_running,
+        &ours_exited,
+        &ours_dead_owner,
+    ];
     let results: Vec<(bool, bool)> = kept
         .iter()
         .map(|c| (true, exists(c)))
         .chain(removed.iter().map(|c| (false, exists(c))))
+        .collect();
+    // What happened to a container whose fate is wrong: a death before the reap (no `kill`
+    // event) is something else on the host; a `kill` + `destroy` is the reaper.
+    let history: Vec<String> = kept
+        .iter()
+        .chain(removed.iter())
+        .zip(&results)
+        .filter(|(_, (want, got))| want != got)
+        .map(|(id, _)| events_since(id, since))
         .collect();
     for id in kept.iter().chain(removed.iter()) {
         let _ = docker(&["rm", "-f", id]);
     }
     let _ = docker(&["rmi", "-f", &image]);
     for (i, (want, got)) in results.iter().enumerate() {
-        assert_eq!(want, got, "container {i} (kept: foreign, foreign exited, legacy running; removed: legacy exited, ours running, ours exited)");
+        assert_eq!(
+            want,
+            got,
+            "container {i} (kept: foreign, foreign exited, legacy running, legacy created, ours \
+             of a live process; removed: legacy exited, ours running, ours exited, ours of a \
+             gone process)\nevents: {history:?}\nserver log:\n{}",
+            server.proc.log()
+        );
     }
     server.answers().await;
+}
+
+/// `docker inspect`'s `State.Status` of a container.
+fn state(id: &str) -> String {
+    docker(&["inspect", "--format", "{{.State.Status}}", id])
+        .1
+        .trim()
+        .to_owned()
+}
+
+/// The engine's events for container `id` since `since` (unix seconds), one per line.
+fn events_since(id: &str, since: u64) -> String {
+    let until = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() + 1)
+        .unwrap_or(since);
+    let short = &id[..id.len().min(12)];
+    let (_, out) = docker(&[
+        "events",
+        "--since",
+        &since.to_string(),
+        "--until",
+        &until.to_string(),
+        "--filter",
+        &format!("container={id}"),
+        "--format",
+        "{{.TimeNano}} {{.Action}} exitCode={{index .Actor.Attributes \"exitCode\"}} signal={{index .Actor.Attributes \"signal\"}}",
+    ]);
+    format!("{short}: {out}")
 }

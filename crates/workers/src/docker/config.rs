@@ -19,6 +19,12 @@ pub const JOB_LABEL: &str = "nodetool.job_id";
 /// on a shared Docker engine a server reaps only its own containers.
 pub const INSTANCE_LABEL: &str = "nodetool.instance";
 
+/// The label naming the process that made a job container (`nodetool.owner=<pid>:<start>`, as
+/// [`nodetool_exec::reap::this_process`] says it): two processes can share an instance id (a
+/// server and a `nodetool run` on one config folder), and a restarting server must not take the
+/// other's live job for its own leftover.
+pub const OWNER_LABEL: &str = "nodetool.owner";
+
 /// This runtime's instance id, kept next to its database (`{DB_PATH}.instance`) so that it
 /// survives restarts; created (a new UUIDv7) the first time.
 pub fn instance_id(db_path: &std::path::Path) -> Result<String> {
@@ -391,6 +397,7 @@ impl DockerConfig {
         if let Some(instance) = &self.instance_id {
             labels.insert(INSTANCE_LABEL.to_owned(), instance.clone());
         }
+        labels.insert(OWNER_LABEL.to_owned(), nodetool_exec::reap::this_process());
         // Home and scratch live in the workspace and the tmpfs (the root is read-only). Nothing
         // else: the worker reads no settings, and its storage, cache and asset records are the
         // parent's, through calls. The asset folder stays mounted read-only (DESIGN §5) for nodes

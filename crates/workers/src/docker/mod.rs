@@ -46,7 +46,7 @@ use nodetool_exec::strategy::{
 
 /// The engine client crate, re-exported so callers need not pin its version.
 pub use bollard;
-pub use config::{instance_id, DockerConfig, PullPolicy, INSTANCE_LABEL, JOB_LABEL};
+pub use config::{instance_id, DockerConfig, PullPolicy, INSTANCE_LABEL, JOB_LABEL, OWNER_LABEL};
 
 /// How long a finished worker gets to exit after its outcome frame (or EOF) before it is killed.
 const EXIT_GRACE: Duration = Duration::from_secs(10);
@@ -211,10 +211,11 @@ impl DockerStrategy {
     }
 
     /// Removes the job containers (labelled [`JOB_LABEL`]) a previous process of this instance
-    /// left: every one labelled with our [`INSTANCE_LABEL`], running or not, and those of no
-    /// instance (older versions, or a config without an instance id) only once they are not
-    /// running. Another instance's containers on a shared engine are never touched. Returns how
-    /// many were removed. The server calls this on start.
+    /// left, as [`reap_verdict`] decides: ours whose owner process is gone (running or not),
+    /// and those of no instance (older versions) once they have exited. Another instance's
+    /// containers on a shared engine, and a live process's (a `nodetool run` on the same config
+    /// folder, say), are never touched. Returns how many were removed. The server calls this on
+    /// start.
     pub async fn reap_leftovers(&self) -> Result<usize> {
         let mut filters = std::collections::HashMap::new();
         filters.insert("label".to_owned(), vec![JOB_LABEL.to_owned()]);
@@ -227,33 +228,34 @@ impl DockerStrategy {
             .list_containers(Some(opts))
             .await
             .map_err(|e| engine_unavailable(&self.config.socket, e))?;
+        let now = chrono::Utc::now().timestamp();
         let mut removed = 0;
         for c in list {
             let Some(id) = c.id else { continue };
-            let instance = c
-                .labels
-                .as_ref()
-                .and_then(|l| l.get(config::INSTANCE_LABEL))
-                .cloned();
-            let live = matches!(
-                c.state,
-                Some(
-                    ContainerSummaryStateEnum::RUNNING
-                        | ContainerSummaryStateEnum::PAUSED
-                        | ContainerSummaryStateEnum::RESTARTING
-                )
-            );
-            let ours = match (&instance, &self.config.instance_id) {
-                (Some(theirs), Some(mine)) => theirs == mine,
-                (None, _) => !live,
-                (Some(_), None) => false,
+            let label = |name: &str| c.labels.as_ref().and_then(|l| l.get(name)).cloned();
+            let instance = label(config::INSTANCE_LABEL);
+            let owner = label(config::OWNER_LABEL);
+            let owner_alive = owner
+                .as_deref()
+                .is_some_and(nodetool_exec::reap::process_alive);
+            let seen = Seen {
+                instance: instance.as_deref(),
+                owner_alive,
+                state: c.state,
+                age_secs: c.created.map(|t| now.saturating_sub(t)),
             };
-            if !ours {
-                tracing::debug!(container = %id, instance = ?instance, live, "job container of another instance; left alone");
-                continue;
-            }
-            match remove_container(&self.docker, &id).await {
-                Ok(()) => removed += 1,
+            let force = match reap_verdict(&seen, self.config.instance_id.as_deref()) {
+                Verdict::Keep(why) => {
+                    tracing::debug!(container = %id, instance = ?instance, owner = ?owner, state = ?c.state, why, "job container left alone");
+                    continue;
+                }
+                Verdict::Remove { force } => force,
+            };
+            match remove_reaped(&self.docker, &id, force).await {
+                Ok(true) => removed += 1,
+                Ok(false) => {
+                    tracing::debug!(container = %id, "job container started or went away while being reaped; left alone")
+                }
                 Err(e) => {
                     tracing::warn!(container = %id, error = %e, "cannot reap a leftover job container")
                 }
@@ -543,6 +545,73 @@ async fn remove_workspace(dir: PathBuf) {
     }
 }
 
+/// What the reaper knows about a labelled job container.
+#[derive(Debug, Clone, Copy)]
+struct Seen<'a> {
+    instance: Option<&'a str>,
+    /// Its [`OWNER_LABEL`] names a process that still runs.
+    owner_alive: bool,
+    state: Option<ContainerSummaryStateEnum>,
+    /// Seconds since it was created.
+    age_secs: Option<i64>,
+}
+
+#[derive(Debug, PartialEq, Eq)]
+enum Verdict {
+    Keep(&'static str),
+    /// `force`: kill it if it runs. Without, the engine refuses a container that started in
+    /// the meantime, which is then left alone.
+    Remove {
+        force: bool,
+    },
+}
+
+/// A container of no instance that was created and never started is taken for a leftover only
+/// after this long: until then it is an older server's job about to start.
+const STALE_CREATED_SECS: i64 = 3600;
+
+/// Which leftover job containers a starting server removes.
+fn reap_verdict(seen: &Seen<'_>, mine: Option<&str>) -> Verdict {
+    use ContainerSummaryStateEnum as S;
+    match (seen.instance, mine) {
+        (Some(theirs), Some(mine)) if theirs == mine => {
+            if seen.owner_alive {
+                Verdict::Keep("made by a process of this instance that still runs")
+            } else {
+                Verdict::Remove { force: true }
+            }
+        }
+        (Some(_), _) => Verdict::Keep("another instance's"),
+        (None, _) => match seen.state {
+            Some(S::EXITED | S::DEAD) => Verdict::Remove { force: false },
+            Some(S::CREATED) if seen.age_secs.is_some_and(|a| a > STALE_CREATED_SECS) => {
+                Verdict::Remove { force: false }
+            }
+            // Running, paused, restarting, being removed, or created a moment ago (about to
+            // start): an older server's live job, for all we know.
+            _ => Verdict::Keep("of no instance and not known to have ended"),
+        },
+    }
+}
+
+/// Removes a reaped container; `Ok(false)`: it was gone already or (not forced) it started.
+async fn remove_reaped(
+    docker: &Docker,
+    id: &str,
+    force: bool,
+) -> std::result::Result<bool, bollard::errors::Error> {
+    if force {
+        return remove_container(docker, id).await.map(|()| true);
+    }
+    let opts = RemoveContainerOptionsBuilder::default().v(true).build();
+    match docker.remove_container(id, Some(opts)).await {
+        Ok(()) => Ok(true),
+        // 409: running now (or being removed by a concurrent reap); 404: gone.
+        Err(e) if is_status(&e, 404) || is_status(&e, 409) => Ok(false),
+        Err(e) => Err(e),
+    }
+}
+
 async fn remove_container(
     docker: &Docker,
     id: &str,
@@ -693,5 +762,87 @@ fn stderr_hint(tail: &StderrTail) -> String {
         String::new()
     } else {
         format!("; worker stderr (tail): {text}")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{reap_verdict, Seen, Verdict, STALE_CREATED_SECS};
+    use bollard::models::ContainerSummaryStateEnum as S;
+
+    fn seen(instance: Option<&str>, owner_alive: bool, state: S, age: i64) -> Seen<'_> {
+        Seen {
+            instance,
+            owner_alive,
+            state: Some(state),
+            age_secs: Some(age),
+        }
+    }
+
+    #[test]
+    fn ours_is_removed_unless_its_process_still_runs() {
+        let mine = Some("me");
+        for state in [S::RUNNING, S::EXITED, S::CREATED] {
+            assert_eq!(
+                reap_verdict(&seen(Some("me"), false, state, 5), mine),
+                Verdict::Remove { force: true },
+                "{state:?}"
+            );
+            assert!(matches!(
+                reap_verdict(&seen(Some("me"), true, state, 5), mine),
+                Verdict::Keep(_)
+            ));
+        }
+    }
+
+    #[test]
+    fn another_instance_is_never_touched() {
+        for mine in [Some("me"), None] {
+            for state in [S::RUNNING, S::EXITED, S::DEAD, S::CREATED] {
+                assert!(matches!(
+                    reap_verdict(&seen(Some("them"), false, state, 99_999), mine),
+                    Verdict::Keep(_)
+                ));
+            }
+        }
+    }
+
+    #[test]
+    fn no_instance_is_removed_only_once_ended_and_never_by_force() {
+        let mine = Some("me");
+        for state in [S::EXITED, S::DEAD] {
+            assert_eq!(
+                reap_verdict(&seen(None, false, state, 1), mine),
+                Verdict::Remove { force: false }
+            );
+        }
+        // A container created a moment ago is about to start: a concurrent start is not a
+        // leftover (a restarting server used to kill it).
+        for state in [
+            S::CREATED,
+            S::RUNNING,
+            S::PAUSED,
+            S::RESTARTING,
+            S::REMOVING,
+        ] {
+            assert!(
+                matches!(
+                    reap_verdict(&seen(None, false, state, 1), mine),
+                    Verdict::Keep(_)
+                ),
+                "{state:?}"
+            );
+        }
+        assert_eq!(
+            reap_verdict(&seen(None, false, S::CREATED, STALE_CREATED_SECS + 1), mine),
+            Verdict::Remove { force: false }
+        );
+        let unknown = Seen {
+            instance: None,
+            owner_alive: false,
+            state: None,
+            age_secs: None,
+        };
+        assert!(matches!(reap_verdict(&unknown, mine), Verdict::Keep(_)));
     }
 }
