@@ -155,7 +155,7 @@ pub(crate) fn subprocess_config(
     cfg.env = nodetool_workers::subprocess::allowed_env(&sources.env, &secret_names);
     cfg.env
         .extend(python_cmd::subprocess_env(settings, &sources.env));
-    // Workers export their own spans (children of the job's) to the same collector.
+    // Workers hand their spans (children of the job's) to us for our collector.
     cfg.env.extend(settings.telemetry.worker_env());
     // Idle workers only where subprocess jobs may run at all.
     cfg.warm_workers = if settings.allowed_strategies.contains(&"subprocess") {

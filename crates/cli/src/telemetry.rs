@@ -6,6 +6,11 @@
 //! background thread drains; when the collector is slow or gone the buffer fills and further
 //! spans are dropped. Dropped spans, and those of batches the collector did not take, are
 //! counted ([`nodetool_core::trace::count_dropped_spans`]; `/metrics` shows the total).
+//!
+//! Workers do not export: a worker process (`relay_to_parent`, set by its parent) buffers its
+//! spans ([`RelayBuffer`]) and hands them to the parent in its last frame before the outcome; the
+//! parent posts those bytes, already OTLP protobuf, to its own collector ([`Forwarder`]: a thread
+//! behind a bounded queue, so the job path never waits for it).
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -26,16 +31,20 @@ use nodetool_config::TelemetrySettings;
 /// Keeps the span exporter alive; [`Telemetry::shutdown`] flushes what is queued.
 pub struct Telemetry {
     provider: Option<SdkTracerProvider>,
+    forwarder: Option<Arc<Forwarder>>,
 }
 
 impl Telemetry {
-    /// Sends the spans still queued (bounded by the exporter's timeout) and stops the exporter.
-    /// Blocking: call it outside the async runtime.
+    /// Sends the spans still queued, this process's and its workers' (bounded by the exporter's
+    /// timeout), and stops the exporter. Blocking: call it outside the async runtime.
     pub fn shutdown(self) {
         if let Some(provider) = self.provider {
             if let Err(e) = provider.shutdown() {
                 tracing::warn!(error = %e, "flushing the last spans failed");
             }
+        }
+        if let Some(forwarder) = self.forwarder {
+            forwarder.finish();
         }
     }
 }
@@ -50,15 +59,20 @@ pub fn init(filter: Option<&str>, settings: &TelemetrySettings) -> Telemetry {
     let logs = tracing_subscriber::fmt::layer()
         .with_writer(std::io::stderr)
         .with_filter(filter);
-    let provider = settings.otlp_traces_endpoint.as_deref().and_then(|url| {
-        match exporter(url, &settings.service_name) {
-            Ok(p) => Some(p),
-            Err(e) => {
-                eprintln!("warning: span export to {url} is off: {e}");
-                None
-            }
+    let (provider, forwarder) = if settings.relay_to_parent {
+        (Some(relay_provider(&settings.service_name)), None)
+    } else {
+        match settings.otlp_traces_endpoint.as_deref() {
+            None => (None, None),
+            Some(url) => match exporter(url, &settings.service_name) {
+                Ok(p) => (Some(p), Some(Forwarder::start(url))),
+                Err(e) => {
+                    eprintln!("warning: span export to {url} is off: {e}");
+                    (None, None)
+                }
+            },
         }
-    });
+    };
     // Only our job and node spans are exported, whatever the log filter says.
     let spans = provider.as_ref().map(|p| {
         tracing_opentelemetry::layer()
@@ -66,7 +80,10 @@ pub fn init(filter: Option<&str>, settings: &TelemetrySettings) -> Telemetry {
             .with_filter(Targets::new().with_target("nodetool::trace", LevelFilter::INFO))
     });
     tracing_subscriber::registry().with(logs).with(spans).init();
-    Telemetry { provider }
+    Telemetry {
+        provider,
+        forwarder,
+    }
 }
 
 /// Spans waiting for export at most; past it a finished span is dropped (and counted).
@@ -172,5 +189,172 @@ impl<E: SpanExporter> SpanExporter for CountingExporter<E> {
 
     fn set_resource(&mut self, resource: &opentelemetry_sdk::Resource) {
         self.inner.set_resource(resource);
+    }
+}
+
+/// A worker's tracer: spans wait in a [`RelayBuffer`] until the worker sends them to its parent
+/// (`nodetool_core::trace::take_relayed_spans`, right before the job's outcome).
+fn relay_provider(service: &str) -> SdkTracerProvider {
+    let buffer = Arc::new(RelayBuffer::default());
+    let source = buffer.clone();
+    nodetool_core::trace::set_relay_source(move || source.take());
+    SdkTracerProvider::builder()
+        .with_span_processor(RelayProcessor(buffer))
+        .with_resource(
+            opentelemetry_sdk::Resource::builder()
+                .with_service_name(service.to_owned())
+                .build(),
+        )
+        .build()
+}
+
+/// A worker's ended spans, at most [`QUEUE`] (past it a span is dropped and counted), and the
+/// resource they are exported under.
+#[derive(Debug, Default)]
+struct RelayBuffer {
+    spans: std::sync::Mutex<Vec<SpanData>>,
+    resource: std::sync::Mutex<Option<opentelemetry_sdk::Resource>>,
+}
+
+impl RelayBuffer {
+    fn push(&self, span: SpanData) {
+        let mut spans = self.spans.lock().unwrap_or_else(|e| e.into_inner());
+        if spans.len() >= QUEUE {
+            nodetool_core::trace::count_dropped_spans(1);
+        } else {
+            spans.push(span);
+        }
+    }
+
+    /// Everything buffered, as one OTLP request.
+    fn take(&self) -> Option<nodetool_core::trace::RelayedSpans> {
+        use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
+        use opentelemetry_proto::transform::common::tonic::ResourceAttributesWithSchema;
+        use opentelemetry_proto::transform::trace::tonic::group_spans_by_resource_and_scope;
+        use prost::Message as _;
+
+        let spans = std::mem::take(&mut *self.spans.lock().unwrap_or_else(|e| e.into_inner()));
+        if spans.is_empty() {
+            return None;
+        }
+        let n = spans.len() as u32;
+        let resource = self
+            .resource
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+            .unwrap_or_else(|| opentelemetry_sdk::Resource::builder().build());
+        let request = ExportTraceServiceRequest {
+            resource_spans: group_spans_by_resource_and_scope(
+                spans,
+                &ResourceAttributesWithSchema::from(&resource),
+            ),
+        };
+        Some(nodetool_core::trace::RelayedSpans {
+            spans: n,
+            otlp: request.encode_to_vec().into(),
+        })
+    }
+}
+
+#[derive(Debug)]
+struct RelayProcessor(Arc<RelayBuffer>);
+
+impl SpanProcessor for RelayProcessor {
+    fn on_start(&self, _span: &mut opentelemetry_sdk::trace::Span, _cx: &opentelemetry::Context) {}
+
+    fn on_end(&self, span: SpanData) {
+        self.0.push(span);
+    }
+
+    fn force_flush(&self) -> OTelSdkResult {
+        Ok(())
+    }
+
+    /// Spans that ended after the worker's last frame never reach the parent: counted.
+    fn shutdown_with_timeout(&self, _timeout: Duration) -> OTelSdkResult {
+        let left = std::mem::take(&mut *self.0.spans.lock().unwrap_or_else(|e| e.into_inner()));
+        nodetool_core::trace::count_dropped_spans(left.len() as u64);
+        Ok(())
+    }
+
+    fn set_resource(&mut self, resource: &opentelemetry_sdk::Resource) {
+        *self.0.resource.lock().unwrap_or_else(|e| e.into_inner()) = Some(resource.clone());
+    }
+}
+
+/// Batches relayed by this process's workers waiting to be posted, at most.
+const RELAY_QUEUE: usize = 256;
+
+/// Posts workers' span batches to the collector from its own thread: a full queue, a refused
+/// batch or an unreachable collector drops the batch and counts its spans, and never holds up
+/// the job that sent it.
+struct Forwarder {
+    tx: std::sync::Mutex<Option<std::sync::mpsc::SyncSender<nodetool_core::trace::RelayedSpans>>>,
+    done: std::sync::Mutex<std::sync::mpsc::Receiver<()>>,
+}
+
+impl Forwarder {
+    fn start(url: &str) -> Arc<Self> {
+        let (tx, rx) =
+            std::sync::mpsc::sync_channel::<nodetool_core::trace::RelayedSpans>(RELAY_QUEUE);
+        let (done_tx, done) = std::sync::mpsc::channel();
+        let url = url.to_owned();
+        let spawned = std::thread::Builder::new()
+            .name("span-forwarder".into())
+            .spawn(move || {
+                let client = reqwest::blocking::Client::builder()
+                    .timeout(Duration::from_secs(5))
+                    .build();
+                for batch in rx {
+                    let n = u64::from(batch.spans);
+                    let Ok(client) = &client else {
+                        nodetool_core::trace::count_dropped_spans(n);
+                        continue;
+                    };
+                    let sent = client
+                        .post(&url)
+                        .header("content-type", "application/x-protobuf")
+                        .body(batch.otlp)
+                        .send();
+                    match sent {
+                        Ok(r) if r.status().is_success() => {}
+                        Ok(r) => {
+                            tracing::debug!(status = %r.status(), "the collector refused a worker's spans");
+                            nodetool_core::trace::count_dropped_spans(n);
+                        }
+                        Err(e) => {
+                            tracing::debug!(error = %e, "a worker's spans did not reach the collector");
+                            nodetool_core::trace::count_dropped_spans(n);
+                        }
+                    }
+                }
+                let _ = done_tx.send(());
+            });
+        let forwarder = Arc::new(Self {
+            tx: std::sync::Mutex::new(spawned.is_ok().then_some(tx)),
+            done: std::sync::Mutex::new(done),
+        });
+        let hook = forwarder.clone();
+        nodetool_core::trace::set_span_forwarder(move |batch| hook.send(batch));
+        forwarder
+    }
+
+    fn send(&self, batch: nodetool_core::trace::RelayedSpans) {
+        let n = u64::from(batch.spans);
+        let tx = self.tx.lock().unwrap_or_else(|e| e.into_inner());
+        let queued = tx.as_ref().is_some_and(|tx| tx.try_send(batch).is_ok());
+        if !queued {
+            nodetool_core::trace::count_dropped_spans(n);
+        }
+    }
+
+    /// Closes the queue and waits (bounded) for the batches in it to be posted.
+    fn finish(&self) {
+        drop(self.tx.lock().unwrap_or_else(|e| e.into_inner()).take());
+        let done = self.done.lock().unwrap_or_else(|e| e.into_inner());
+        // Each post is bounded by the client's timeout; a collector that answers none of a
+        // full queue is not waited for past this.
+        let _ = done.recv_timeout(Duration::from_secs(10));
     }
 }

@@ -42,4 +42,4 @@ pub use settings::{
     DOCKER_MEMORY_CAP,
 };
 pub use sources::{SettingSource, Sources, CONFIG_DIR_VAR, SECRETS_FILE, SETTINGS_FILE};
-pub use telemetry::{TelemetrySettings, TELEMETRY_ENV};
+pub use telemetry::{TelemetrySettings, RELAY_ENV};

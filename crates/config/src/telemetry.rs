@@ -18,14 +18,14 @@ pub struct TelemetrySettings {
     pub otlp_traces_endpoint: Option<String>,
     /// `service.name` of the exported spans.
     pub service_name: String,
+    /// A worker process whose parent forwards its spans: they go to the parent over the worker
+    /// protocol instead of to a collector (a Docker worker has no network). Only a parent sets it,
+    /// with [`RELAY_ENV`] in the worker's environment ([`Self::worker_env`]).
+    pub relay_to_parent: bool,
 }
 
-/// The variables a worker process needs to export its own spans to the same place.
-pub const TELEMETRY_ENV: [&str; 3] = [
-    "OTEL_EXPORTER_OTLP_ENDPOINT",
-    "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
-    "OTEL_SERVICE_NAME",
-];
+/// `1` in a worker's environment: send spans to the parent ([`TelemetrySettings::relay_to_parent`]).
+pub const RELAY_ENV: &str = "NODETOOL_TRACE_RELAY";
 
 impl TelemetrySettings {
     pub(crate) fn read(r: &Reader<'_>) -> Result<Self> {
@@ -34,6 +34,7 @@ impl TelemetrySettings {
         Ok(Self {
             otlp_traces_endpoint: traces.or_else(|| base.map(|b| format!("{b}/v1/traces"))),
             service_name: r.require("OTEL_SERVICE_NAME", |s| Ok(s.to_owned()))?,
+            relay_to_parent: false,
         })
     }
 
@@ -56,14 +57,18 @@ impl TelemetrySettings {
                 .map(|s| s.trim().to_owned())
                 .filter(|s| !s.is_empty())
                 .unwrap_or_else(|| "nodetool".to_owned()),
+            relay_to_parent: env.get(RELAY_ENV).is_some_and(|v| v.trim() == "1"),
         }
     }
 
-    /// The environment that gives a worker these settings ([`Self::from_env`] reads it back).
+    /// The environment of a worker of a process with these settings: when this process exports,
+    /// its workers relay their spans to it ([`RELAY_ENV`]) under the same service name; they
+    /// are given no collector of their own (a Docker worker could not reach it, and the parent
+    /// sends their spans on). [`Self::from_env`] reads it back.
     pub fn worker_env(&self) -> BTreeMap<String, String> {
         let mut env = BTreeMap::new();
-        if let Some(url) = &self.otlp_traces_endpoint {
-            env.insert("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT".to_owned(), url.clone());
+        if self.otlp_traces_endpoint.is_some() {
+            env.insert(RELAY_ENV.to_owned(), "1".to_owned());
             env.insert("OTEL_SERVICE_NAME".to_owned(), self.service_name.clone());
         }
         env
@@ -75,12 +80,21 @@ mod tests {
     use super::*;
 
     #[test]
-    fn the_worker_env_round_trips() {
+    fn a_worker_of_an_exporting_process_relays_its_spans_to_it() {
         let t = TelemetrySettings {
             otlp_traces_endpoint: Some("http://127.0.0.1:4318/v1/traces".into()),
             service_name: "svc".into(),
+            relay_to_parent: false,
         };
-        assert_eq!(TelemetrySettings::from_env(&t.worker_env()), t);
+        // The worker relays to its parent, under the parent's service name, with no collector.
+        assert_eq!(
+            TelemetrySettings::from_env(&t.worker_env()),
+            TelemetrySettings {
+                otlp_traces_endpoint: None,
+                service_name: "svc".into(),
+                relay_to_parent: true,
+            }
+        );
         let off = TelemetrySettings::from_env(&BTreeMap::new());
         assert_eq!(off.otlp_traces_endpoint, None);
         assert!(off.worker_env().is_empty());

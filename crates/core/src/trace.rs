@@ -6,6 +6,7 @@
 
 use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::OnceLock;
 
 /// Spans this process gave up exporting: dropped because the export queue was full, or in a
 /// batch the collector did not take. Process-wide, as the exporter is (`nodetool` counts them,
@@ -20,6 +21,51 @@ pub fn count_dropped_spans(n: u64) {
 /// Spans this process has given up exporting since it started.
 pub fn dropped_spans() -> u64 {
     DROPPED_SPANS.load(Ordering::Relaxed)
+}
+
+/// A batch of finished spans a worker process hands its parent over the worker protocol, for
+/// the parent to send to its collector: a Docker worker has no network, and a subprocess worker's
+/// spans then reach the collector before its job's outcome does, not at its exit.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RelayedSpans {
+    /// How many spans `otlp` holds (counted as dropped if the parent cannot send them on).
+    pub spans: u32,
+    /// An OTLP `ExportTraceServiceRequest`, protobuf-encoded: the body of an OTLP/HTTP export.
+    pub otlp: bytes::Bytes,
+}
+
+type SpanSource = Box<dyn Fn() -> Option<RelayedSpans> + Send + Sync>;
+type SpanForwarder = Box<dyn Fn(RelayedSpans) + Send + Sync>;
+
+/// The worker process's finished spans, buffered for its parent (set by the binary).
+static RELAY_SOURCE: OnceLock<SpanSource> = OnceLock::new();
+/// Where the parent process sends relayed spans (set by the binary when it exports).
+static FORWARDER: OnceLock<SpanForwarder> = OnceLock::new();
+
+/// Makes `source` the answer of [`take_relayed_spans`]. Process-wide, like the tracing
+/// subscriber it serves: `false` (and nothing changes) when one was set before.
+pub fn set_relay_source(source: impl Fn() -> Option<RelayedSpans> + Send + Sync + 'static) -> bool {
+    RELAY_SOURCE.set(Box::new(source)).is_ok()
+}
+
+/// The spans that ended since the last call, for the parent (`None`: none, or this process
+/// does not relay its spans).
+pub fn take_relayed_spans() -> Option<RelayedSpans> {
+    RELAY_SOURCE.get().and_then(|take| take())
+}
+
+/// Makes `forward` the destination of [`forward_spans`]; `false` when one was set before.
+pub fn set_span_forwarder(forward: impl Fn(RelayedSpans) + Send + Sync + 'static) -> bool {
+    FORWARDER.set(Box::new(forward)).is_ok()
+}
+
+/// Sends a worker's spans on to this process's collector. MUST NOT block: the forwarder queues
+/// them (or drops and counts them). With no forwarder they are counted as dropped.
+pub fn forward_spans(batch: RelayedSpans) {
+    match FORWARDER.get() {
+        Some(forward) => forward(batch),
+        None => count_dropped_spans(u64::from(batch.spans)),
+    }
 }
 
 /// A parsed `traceparent`: `{version}-{trace-id}-{parent-id}-{flags}`.

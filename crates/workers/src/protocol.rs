@@ -45,6 +45,12 @@
 //!    events come back as any other. An older worker ignores the field and sends an event first:
 //!    the parent then knows it cannot pause and never sends it a `set_paused`
 //!    ([`nodetool_exec::strategy::PauseSupport`] tells the manager, which refuses pause for that job).
+//! 7. Spans (negotiated by the environment): a worker whose environment has
+//!    `NODETOOL_TRACE_RELAY=1` (set only by a parent that exports spans) sends the spans that ended
+//!    during its job in one [`ChildFrame::Spans`] right before its outcome, raw OTLP protobuf, and
+//!    the parent sends them on to its collector (`nodetool_core::trace::forward_spans`). So a
+//!    Docker worker needs no network for its spans, and a subprocess worker's spans are out before
+//!    its outcome rather than at its exit.
 //!
 //! Versions: a parent asks for version 1 unless the job streams inputs (then 2), so an older
 //! worker image still runs every other job; a worker accepts
@@ -209,6 +215,13 @@ pub enum ChildFrame {
         #[serde(default)]
         pause: bool,
     },
+    /// Finished spans for the parent to send to its collector (module docs, 7): `spans` of them,
+    /// as an OTLP protobuf `ExportTraceServiceRequest` in the attachment. Not answered.
+    Spans {
+        spans: u32,
+        #[serde(skip)]
+        data: Option<Bytes>,
+    },
 }
 
 fn proto_err(kind: ErrorKind, msg: impl Into<String>) -> Error {
@@ -250,14 +263,14 @@ impl Attachment for ParentFrame {
 impl Attachment for ChildFrame {
     fn attachment(&self) -> Option<&Bytes> {
         match self {
-            ChildFrame::Call { data, .. } => data.as_ref(),
+            ChildFrame::Call { data, .. } | ChildFrame::Spans { data, .. } => data.as_ref(),
             _ => None,
         }
     }
 
     fn attach(&mut self, bytes: Bytes) -> bool {
         match self {
-            ChildFrame::Call { data, .. } => {
+            ChildFrame::Call { data, .. } | ChildFrame::Spans { data, .. } => {
                 *data = Some(bytes);
                 true
             }
@@ -858,6 +871,29 @@ mod tests {
             "job_id": "j", "user_id": "u", "graph": {"nodes": [], "edges": []}}}});
         let frame: ParentFrame = serde_json::from_value(old).unwrap();
         assert!(matches!(frame, ParentFrame::Request { pause: None, .. }));
+    }
+
+    #[tokio::test]
+    async fn a_spans_frame_carries_its_otlp_bytes_raw() {
+        // Not valid UTF-8, and with a length prefix inside: bytes, never text.
+        let otlp = Bytes::from_static(&[0x0a, 0xff, 0x00, 0x00, 0x00, 0x04, 0xc3]);
+        let mut buf = Vec::new();
+        write_frame(
+            &mut buf,
+            &ChildFrame::Spans {
+                spans: 3,
+                data: Some(otlp.clone()),
+            },
+        )
+        .await
+        .unwrap();
+        let mut r = buf.as_slice();
+        let frame: ChildFrame = read_frame(&mut r, MAX_FRAME_BYTES).await.unwrap().unwrap();
+        let ChildFrame::Spans { spans, data } = frame else {
+            panic!("expected spans, got {frame:?}")
+        };
+        assert_eq!((spans, data), (3, Some(otlp)));
+        assert!(r.is_empty());
     }
 
     #[tokio::test]

@@ -363,6 +363,15 @@ where
                             }
                         }
                         ChildFrame::Controls { .. } => {}
+                        ChildFrame::Spans { spans, data: Some(otlp) } => {
+                            nodetool_core::trace::forward_spans(nodetool_core::trace::RelayedSpans {
+                                spans,
+                                otlp,
+                            });
+                        }
+                        ChildFrame::Spans { data: None, .. } => {
+                            tracing::warn!(job_id = %job_id, "ignoring a spans frame without its bytes");
+                        }
                     }
                 }
                 Ok(None) => break End::Eof,

@@ -223,6 +223,14 @@ where
         .await;
     // No call may follow the outcome.
     client.close();
+    // The job's spans (its own has just ended) go out before the outcome, so the parent has
+    // them when it reports the job (protocol docs, 7).
+    if let Some(batch) = nodetool_core::trace::take_relayed_spans() {
+        let _ = tx.send(ChildFrame::Spans {
+            spans: batch.spans,
+            data: Some(batch.otlp),
+        });
+    }
     let _ = tx.send(ChildFrame::Outcome(Box::new(outcome)));
     drop(tx);
     match writer.await {

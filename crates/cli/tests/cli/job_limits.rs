@@ -9,7 +9,6 @@
 //! - A subprocess job's `memory_mb` measures what the job allocates.
 #![allow(clippy::unwrap_used)]
 
-use std::path::Path;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
@@ -19,6 +18,8 @@ use tokio_tungstenite::tungstenite::Message;
 
 use nodetool_testkit::serve_process::{NodetoolHome, ServeProcess};
 use nodetool_workers::docker::{bollard, image, JOB_LABEL};
+
+use crate::support::{docker_client, tag, worker_image};
 
 /// Every `nodetool serve` reaps the job containers it finds at start, so the tests of this file
 /// (each starts servers) take turns.
@@ -202,46 +203,6 @@ fn cli_job_on(
             )
         });
     (last, out.status.code().unwrap_or(-1))
-}
-
-async fn docker_client(test: &str) -> Option<bollard::Docker> {
-    match nodetool_workers::docker::connect_engine(Path::new("/var/run/docker.sock")).await {
-        Ok(c) => Some(c),
-        Err(e) => {
-            nodetool_testkit::skip_or_fail(test, &format!("no Docker engine: {e}"));
-            None
-        }
-    }
-}
-
-/// This binary's worker image, built with `nodetool docker build-image` (as an operator does: the
-/// pinned tag plus the default `nodetool-worker:<version>`, so a server with no DOCKER_IMAGE runs
-/// it). Returns the pinned tag.
-async fn worker_image(env: &Env, client: &bollard::Docker) -> String {
-    let binary = Path::new(env!("CARGO_BIN_EXE_nodetool"));
-    let pinned = image::pinned_tag(binary).unwrap();
-    if image::image_exists(client, &pinned).await.unwrap() {
-        // Already built from this very binary: point the default tag at it again.
-        tag(client, &pinned, &image::default_image()).await;
-    } else {
-        let out = env.cmd(&["docker", "build-image"], &[]).output().unwrap();
-        assert!(
-            out.status.success(),
-            "build-image: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-    pinned
-}
-
-/// `docker tag source target`.
-async fn tag(client: &bollard::Docker, source: &str, target: &str) {
-    let (repo, t) = target.rsplit_once(':').unwrap();
-    let opts = bollard::query_parameters::TagImageOptionsBuilder::default()
-        .repo(repo)
-        .tag(t)
-        .build();
-    client.tag_image(source, Some(opts)).await.unwrap();
 }
 
 /// The container of job `job_id` once it runs, inspected.

@@ -8,6 +8,9 @@ use std::time::Duration;
 
 use serde_json::{json, Value};
 
+use nodetool_testkit::serve_process::NodetoolHome;
+use nodetool_workers::docker::{bollard, image};
+
 pub const HANG: Duration = Duration::from_secs(120);
 
 /// The `data` of each SSE event, checking that `id:` is the event's seq (and absent on a lag
@@ -374,4 +377,48 @@ pub fn stored_terminals_sql(id: &str) -> String {
          AND (event LIKE '%\"status\":\"completed\"%' OR event LIKE '%\"status\":\"failed\"%' \
               OR event LIKE '%\"status\":\"cancelled\"%')"
     )
+}
+
+// Docker: the engine, and this binary's worker image.
+
+pub async fn docker_client(test: &str) -> Option<bollard::Docker> {
+    match nodetool_workers::docker::connect_engine(std::path::Path::new("/var/run/docker.sock"))
+        .await
+    {
+        Ok(c) => Some(c),
+        Err(e) => {
+            nodetool_testkit::skip_or_fail(test, &format!("no Docker engine: {e}"));
+            None
+        }
+    }
+}
+
+/// This binary's worker image, built with `nodetool docker build-image` (as an operator does: the
+/// pinned tag plus the default `nodetool-worker:<version>`, so a server with no DOCKER_IMAGE runs
+/// it). Returns the pinned tag.
+pub async fn worker_image(env: &NodetoolHome, client: &bollard::Docker) -> String {
+    let binary = std::path::Path::new(env!("CARGO_BIN_EXE_nodetool"));
+    let pinned = image::pinned_tag(binary).unwrap();
+    if image::image_exists(client, &pinned).await.unwrap() {
+        // Already built from this very binary: point the default tag at it again.
+        tag(client, &pinned, &image::default_image()).await;
+    } else {
+        let out = env.cmd(&["docker", "build-image"], &[]).output().unwrap();
+        assert!(
+            out.status.success(),
+            "build-image: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    pinned
+}
+
+/// `docker tag source target`.
+pub async fn tag(client: &bollard::Docker, source: &str, target: &str) {
+    let (repo, t) = target.rsplit_once(':').unwrap();
+    let opts = bollard::query_parameters::TagImageOptionsBuilder::default()
+        .repo(repo)
+        .tag(t)
+        .build();
+    client.tag_image(source, Some(opts)).await.unwrap();
 }

@@ -1,8 +1,9 @@
 //! Spans through the real binary: `nodetool serve` with `OTEL_EXPORTER_OTLP_ENDPOINT` exports
 //! each job's `job` span and its nodes' `node` spans over OTLP/HTTP (decoded here with the
 //! official protobuf schema), joined to the caller's W3C `traceparent` from REST or the /ws
-//! handshake, through a subprocess worker as well; a malformed `traceparent` starts a fresh
-//! trace; an unreachable collector changes nothing for jobs.
+//! handshake, through subprocess and Docker workers as well (their spans relayed by the server);
+//! a malformed `traceparent` starts a fresh trace; an unreachable collector changes nothing for
+//! jobs.
 #![allow(clippy::unwrap_used)]
 
 use std::time::{Duration, Instant};
@@ -20,7 +21,7 @@ const HANG: Duration = Duration::from_secs(90);
 
 struct Server {
     proc: ServeProcess,
-    _home: NodetoolHome,
+    home: NodetoolHome,
 }
 
 impl Server {
@@ -28,7 +29,7 @@ impl Server {
         let home = NodetoolHome::new(env!("CARGO_BIN_EXE_nodetool"));
         Self {
             proc: home.serve(vars, HANG),
-            _home: home,
+            home,
         }
     }
 
@@ -285,6 +286,43 @@ async fn a_jobs_spans_join_the_callers_trace_on_rest_ws_and_a_worker() {
     assert_eq!(server.dropped_spans().await, 0);
 }
 
+/// A Docker worker has no network: its spans reach the collector through the server, in the
+/// job's trace, under the manager's span.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_docker_workers_spans_reach_the_collector_through_the_server() {
+    let Some(client) = crate::support::docker_client(
+        "a_docker_workers_spans_reach_the_collector_through_the_server",
+    )
+    .await
+    else {
+        return;
+    };
+    let receiver = OtlpReceiver::start().await;
+    let endpoint = receiver.endpoint();
+    let server = Server::start(&[("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint.as_str())]);
+    crate::support::worker_image(&server.home, &client).await;
+
+    let (tp, trace, parent) = traceparent();
+    let rec = server.rest_job("docker", Some(&tp)).await;
+    assert_eq!(rec["status"], "completed", "{rec}");
+    let job_id = rec["id"].as_str().unwrap().to_owned();
+    let spans = receiver
+        .wait_for(HANG, |s| {
+            job_span(s, &job_id, "worker").is_some_and(|w| children(s, w, "node").len() == 2)
+                && job_span(s, &job_id, "docker").is_some()
+        })
+        .await;
+    let manager_span = job_span(&spans, &job_id, "docker").expect("the manager's job span");
+    assert_eq!(manager_span.trace_id, trace);
+    assert_eq!(manager_span.parent_span_id, parent);
+    let worker_span = job_span(&spans, &job_id, "worker").expect("the worker's job span");
+    assert_eq!(worker_span.trace_id, trace);
+    assert_eq!(worker_span.parent_span_id, manager_span.span_id);
+    assert_eq!(worker_span.service, "nodetool");
+    assert_node_spans(&spans, worker_span);
+    assert_eq!(server.dropped_spans().await, 0);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_unreachable_collector_changes_nothing_for_jobs() {
     // A port nothing listens on.
@@ -302,8 +340,9 @@ async fn an_unreachable_collector_changes_nothing_for_jobs() {
     }
     let health = reqwest::get(server.proc.url("/health")).await.unwrap();
     assert!(health.status().is_success());
-    // The threaded job's spans, refused by the collector that is not there, are counted.
-    server.wait_dropped_spans(1).await;
+    // Every span, refused by the collector that is not there, is counted: the threaded job's
+    // (job + 2 nodes), the manager's span of the subprocess job, and the 3 its worker relayed.
+    server.wait_dropped_spans(7).await;
 }
 
 /// A collector that accepts connections and never answers: exports wait out their timeout, the

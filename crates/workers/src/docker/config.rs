@@ -214,6 +214,8 @@ impl DockerConfig {
         })?;
         let mut c = Self::from_settings(settings, workspaces, asset_folder)?;
         c.instance_id = Some(instance);
+        // With no network, a worker's spans reach the collector through us (protocol docs, 7).
+        c.env.extend(settings.telemetry.worker_env());
         Ok(c)
     }
 
