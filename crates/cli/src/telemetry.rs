@@ -213,6 +213,8 @@ fn relay_provider(service: &str) -> SdkTracerProvider {
 #[derive(Debug, Default)]
 struct RelayBuffer {
     spans: std::sync::Mutex<Vec<SpanData>>,
+    /// Dropped since the last [`RelayBuffer::take`].
+    dropped: AtomicUsize,
     resource: std::sync::Mutex<Option<opentelemetry_sdk::Resource>>,
 }
 
@@ -220,7 +222,7 @@ impl RelayBuffer {
     fn push(&self, span: SpanData) {
         let mut spans = self.spans.lock().unwrap_or_else(|e| e.into_inner());
         if spans.len() >= QUEUE {
-            nodetool_core::trace::count_dropped_spans(1);
+            self.dropped.fetch_add(1, Ordering::Relaxed);
         } else {
             spans.push(span);
         }
@@ -234,7 +236,8 @@ impl RelayBuffer {
         use prost::Message as _;
 
         let spans = std::mem::take(&mut *self.spans.lock().unwrap_or_else(|e| e.into_inner()));
-        if spans.is_empty() {
+        let dropped = self.dropped.swap(0, Ordering::Relaxed) as u32;
+        if spans.is_empty() && dropped == 0 {
             return None;
         }
         let n = spans.len() as u32;
@@ -252,6 +255,7 @@ impl RelayBuffer {
         };
         Some(nodetool_core::trace::RelayedSpans {
             spans: n,
+            dropped,
             otlp: request.encode_to_vec().into(),
         })
     }
@@ -356,5 +360,76 @@ impl Forwarder {
         // Each post is bounded by the client's timeout; a collector that answers none of a
         // full queue is not waited for past this.
         let _ = done.recv_timeout(Duration::from_secs(10));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use opentelemetry::trace::{SpanContext, SpanId, SpanKind, Status, TraceFlags, TraceId};
+    use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
+    use prost::Message as _;
+
+    fn span(i: u64) -> SpanData {
+        SpanData {
+            span_context: SpanContext::new(
+                TraceId::from(7u128),
+                SpanId::from(i + 1),
+                TraceFlags::SAMPLED,
+                false,
+                Default::default(),
+            ),
+            parent_span_id: SpanId::INVALID,
+            parent_span_is_remote: false,
+            span_kind: SpanKind::Internal,
+            name: "node".into(),
+            start_time: std::time::SystemTime::UNIX_EPOCH,
+            end_time: std::time::SystemTime::UNIX_EPOCH + Duration::from_millis(1),
+            attributes: vec![opentelemetry::KeyValue::new("node_id", i as i64)],
+            dropped_attributes_count: 0,
+            events: Default::default(),
+            links: Default::default(),
+            status: Status::Unset,
+            instrumentation_scope: Default::default(),
+        }
+    }
+
+    #[test]
+    fn a_full_relay_buffer_counts_what_it_drops_and_hands_the_rest_as_one_otlp_request() {
+        let mut processor = RelayProcessor(Arc::new(RelayBuffer::default()));
+        processor.set_resource(
+            &opentelemetry_sdk::Resource::builder()
+                .with_service_name("svc")
+                .build(),
+        );
+        for i in 0..(QUEUE as u64 + 3) {
+            processor.on_end(span(i));
+        }
+        let batch = processor.0.take().expect("a batch");
+        assert_eq!((batch.spans, batch.dropped), (QUEUE as u32, 3));
+        let request = ExportTraceServiceRequest::decode(batch.otlp).expect("OTLP protobuf");
+        let [resource_spans] = request.resource_spans.as_slice() else {
+            panic!("one resource: {request:?}")
+        };
+        let service = resource_spans
+            .resource
+            .as_ref()
+            .and_then(|r| r.attributes.iter().find(|a| a.key == "service.name"))
+            .and_then(|a| a.value.clone())
+            .and_then(|v| v.value);
+        assert_eq!(
+            service,
+            Some(
+                opentelemetry_proto::tonic::common::v1::any_value::Value::StringValue("svc".into())
+            )
+        );
+        let sent: usize = resource_spans
+            .scope_spans
+            .iter()
+            .map(|s| s.spans.len())
+            .sum();
+        assert_eq!(sent, QUEUE);
+        // Taken: the next job starts from nothing.
+        assert_eq!(processor.0.take(), None);
     }
 }

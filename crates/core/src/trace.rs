@@ -30,6 +30,9 @@ pub fn dropped_spans() -> u64 {
 pub struct RelayedSpans {
     /// How many spans `otlp` holds (counted as dropped if the parent cannot send them on).
     pub spans: u32,
+    /// Spans the worker gave up on before this batch (its buffer was full): the parent counts
+    /// them, since only the parent's count is shown (`/metrics`).
+    pub dropped: u32,
     /// An OTLP `ExportTraceServiceRequest`, protobuf-encoded: the body of an OTLP/HTTP export.
     pub otlp: bytes::Bytes,
 }
@@ -59,9 +62,14 @@ pub fn set_span_forwarder(forward: impl Fn(RelayedSpans) + Send + Sync + 'static
     FORWARDER.set(Box::new(forward)).is_ok()
 }
 
-/// Sends a worker's spans on to this process's collector. MUST NOT block: the forwarder queues
-/// them (or drops and counts them). With no forwarder they are counted as dropped.
+/// Sends a worker's spans on to this process's collector and counts the ones it dropped. MUST
+/// NOT block: the forwarder queues them (or drops and counts them). With no forwarder they are
+/// counted as dropped.
 pub fn forward_spans(batch: RelayedSpans) {
+    count_dropped_spans(u64::from(batch.dropped));
+    if batch.spans == 0 {
+        return;
+    }
     match FORWARDER.get() {
         Some(forward) => forward(batch),
         None => count_dropped_spans(u64::from(batch.spans)),

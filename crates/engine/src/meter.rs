@@ -15,8 +15,9 @@ use serde::{Deserialize, Serialize};
 pub struct NodeResources {
     /// From the firing's `running` update to its end.
     pub wall_ms: f64,
-    /// CPU time of the thread polling the node's task during the firing (work the node hands
-    /// to other threads, e.g. a blocking pool, is not in it).
+    /// Time the node's own code ran during the firing: the summed durations of its task's polls,
+    /// which is its CPU time unless the OS preempted the thread mid-poll (work the node hands to
+    /// other threads, e.g. a blocking pool, is not in it).
     pub cpu_ms: f64,
     /// Bytes read from asset or temp storage, files and HTTP through the job's context.
     pub bytes_read: u64,

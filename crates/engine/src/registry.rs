@@ -48,10 +48,18 @@ pub struct Unavailable {
     pub requirement: Requirement,
     /// The NodeTool package that ships the type (e.g. `nodetool-base`), if known.
     pub package: Option<String>,
-    /// Its declared properties and outputs, when NodeTool's metadata gives them (handles of a
-    /// wired edge are then checked, and `docs/nodes.md` lists them).
-    pub spec: Option<NodeSpec>,
+    /// Its declared properties and outputs, when NodeTool's metadata gives them
+    /// ([`Unavailable::spec`]).
+    spec: Option<LazySpec>,
     explain: Explain,
+}
+
+/// A spec built on first use: a process registers hundreds of catalog types and looks at the
+/// specs of few (a worker, none), so building them all would be most of its start-up.
+#[derive(Clone)]
+struct LazySpec {
+    make: Arc<dyn Fn() -> NodeSpec + Send + Sync>,
+    built: Arc<std::sync::OnceLock<NodeSpec>>,
 }
 
 impl Unavailable {
@@ -91,9 +99,25 @@ impl Unavailable {
         self
     }
 
-    pub fn with_spec(mut self, spec: NodeSpec) -> Self {
-        self.spec = Some(spec);
+    pub fn with_spec(self, spec: NodeSpec) -> Self {
+        self.with_spec_from(move || spec.clone())
+    }
+
+    /// [`Unavailable::with_spec`], built by `make` the first time it is asked for.
+    pub fn with_spec_from(mut self, make: impl Fn() -> NodeSpec + Send + Sync + 'static) -> Self {
+        self.spec = Some(LazySpec {
+            make: Arc::new(make),
+            built: Arc::new(std::sync::OnceLock::new()),
+        });
         self
+    }
+
+    /// Its declared properties and outputs, when NodeTool's metadata gives them (`docs/nodes.md`
+    /// and `nodetool nodes TYPE` list them).
+    pub fn spec(&self) -> Option<&NodeSpec> {
+        self.spec
+            .as_ref()
+            .map(|lazy| lazy.built.get_or_init(|| (lazy.make)()))
     }
 
     /// What enables this type, for one node of a graph: a full sentence that names the

@@ -1273,8 +1273,13 @@ fn cache_to_json(v: CacheValue) -> Value {
     }
 }
 
-/// CPU time of the thread polling `inner`, summed over its polls: what a node's own code spent
-/// (work it hands to other threads, e.g. `spawn_blocking`, is not counted).
+/// The time the node's own code ran, summed over its polls: each poll's duration on the
+/// monotonic clock (vDSO, ~20 ns). A poll runs on one thread without yielding, so this is the
+/// CPU time the node's code took unless the OS preempted that thread mid-poll (or the node
+/// blocked it, which async code must not); work the node hands to other threads (e.g.
+/// `spawn_blocking`) is not in it. The thread's own CPU clock would be exact but is a syscall
+/// that takes the run-queue lock, two per poll: it cost a streaming node ~0.5 µs per item and a
+/// third of a trivial job's engine time (docs/bench/engine.md).
 /// Each poll's time also goes to the node's meter, for its firings' figures.
 struct CpuTimed<F> {
     inner: std::pin::Pin<Box<F>>,
@@ -1299,22 +1304,11 @@ impl<F: std::future::Future> std::future::Future for CpuTimed<F> {
         mut self: std::pin::Pin<&mut Self>,
         cx: &mut std::task::Context<'_>,
     ) -> std::task::Poll<F::Output> {
-        let start = thread_cpu_time();
+        let start = Instant::now();
         let poll = self.inner.as_mut().poll(cx);
-        if let (Some(start), Some(end)) = (start, thread_cpu_time()) {
-            let d = end.saturating_sub(start);
-            self.spent += d;
-            self.meter.add_cpu(d);
-        }
+        let d = start.elapsed();
+        self.spent += d;
+        self.meter.add_cpu(d);
         poll
     }
-}
-
-/// This thread's CPU time (`CLOCK_THREAD_CPUTIME_ID`; glibc makes it a syscall, two per poll).
-fn thread_cpu_time() -> Option<Duration> {
-    let t = nix::time::clock_gettime(nix::time::ClockId::CLOCK_THREAD_CPUTIME_ID).ok()?;
-    Some(Duration::new(
-        u64::try_from(t.tv_sec()).ok()?,
-        u32::try_from(t.tv_nsec()).ok()?,
-    ))
 }

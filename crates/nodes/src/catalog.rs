@@ -293,15 +293,16 @@ pub fn register(r: &mut Registry) {
     for t in pillow {
         r.alias(format!("{OLD_PREFIX}{t}"), &t);
     }
+    // The catalog is static: entries borrow it, and build a spec only when one is asked for
+    // (every process registers these; a worker looks at none of them).
     for known in known() {
-        let entry = known.clone();
         let unavailable = Unavailable::explained_by(
             known.node.node_type.clone(),
             known.requirement(),
-            move |node| entry.explain(node),
+            move |node| known.explain(node),
         )
         .with_package(known.package.clone())
-        .with_spec(known.spec());
+        .with_spec_from(move || known.spec());
         r.mark_unavailable(unavailable);
     }
     // Old names of types that are catalogued but not native: explain the current name's needs.
@@ -311,17 +312,16 @@ pub fn register(r: &mut Registry) {
             continue;
         }
         let old = format!("{OLD_PREFIX}{t}");
-        let entry = known.clone();
-        let current = t.clone();
         r.mark_unavailable(
             Unavailable::explained_by(old, known.requirement(), move |node| {
                 format!(
-                    "this is NodeTool's older name of `{current}`; {}",
-                    entry.explain(node)
+                    "this is NodeTool's older name of `{}`; {}",
+                    known.node.node_type,
+                    known.explain(node)
                 )
             })
             .with_package(known.package.clone())
-            .with_spec(known.spec()),
+            .with_spec_from(move || known.spec()),
         );
     }
 }

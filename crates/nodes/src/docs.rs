@@ -91,7 +91,7 @@ pub fn entry(registry: &Registry, node_type: &str) -> Entry {
                 Requirement::Python => Status::NeedsPython,
                 Requirement::Missing => Status::Missing,
             },
-            spec: u.spec.clone(),
+            spec: u.spec().cloned(),
             needs: Some(u.explain(&blank_node(node_type))),
             alias_of: None,
         };

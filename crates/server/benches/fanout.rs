@@ -117,6 +117,9 @@ fn serve(replay: usize, backlog: u32) {
         let db = nodetool_server::db::open(&settings.db_path).await.unwrap();
         let threads = settings.thread_pool_size.max(1);
         let mut config = ManagerConfig::from_settings(&settings);
+        // 1,000 clients of one user each submit a job at once: the per-user queue bound
+        // (MAX_QUEUED_JOBS_PER_USER, 100 by default) would refuse most of them.
+        config.max_queued_jobs_per_user = config.max_queued_jobs_per_user.max(2_000);
         if replay > 0 {
             config.replay_events = replay;
         }

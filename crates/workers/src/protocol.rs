@@ -216,9 +216,12 @@ pub enum ChildFrame {
         pause: bool,
     },
     /// Finished spans for the parent to send to its collector (module docs, 7): `spans` of them,
-    /// as an OTLP protobuf `ExportTraceServiceRequest` in the attachment. Not answered.
+    /// as an OTLP protobuf `ExportTraceServiceRequest` in the attachment, and how many the worker
+    /// dropped (its buffer was full), for the parent to count. Not answered.
     Spans {
         spans: u32,
+        #[serde(default)]
+        dropped: u32,
         #[serde(skip)]
         data: Option<Bytes>,
     },
@@ -882,6 +885,7 @@ mod tests {
             &mut buf,
             &ChildFrame::Spans {
                 spans: 3,
+                dropped: 1,
                 data: Some(otlp.clone()),
             },
         )
@@ -889,10 +893,15 @@ mod tests {
         .unwrap();
         let mut r = buf.as_slice();
         let frame: ChildFrame = read_frame(&mut r, MAX_FRAME_BYTES).await.unwrap().unwrap();
-        let ChildFrame::Spans { spans, data } = frame else {
+        let ChildFrame::Spans {
+            spans,
+            dropped,
+            data,
+        } = frame
+        else {
             panic!("expected spans, got {frame:?}")
         };
-        assert_eq!((spans, data), (3, Some(otlp)));
+        assert_eq!((spans, dropped, data), (3, 1, Some(otlp)));
         assert!(r.is_empty());
     }
 

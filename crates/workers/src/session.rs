@@ -363,14 +363,17 @@ where
                             }
                         }
                         ChildFrame::Controls { .. } => {}
-                        ChildFrame::Spans { spans, data: Some(otlp) } => {
-                            nodetool_core::trace::forward_spans(nodetool_core::trace::RelayedSpans {
-                                spans,
-                                otlp,
+                        ChildFrame::Spans { spans, dropped, data } => {
+                            use nodetool_core::trace::{forward_spans, RelayedSpans};
+                            forward_spans(match data {
+                                Some(otlp) => RelayedSpans { spans, dropped, otlp },
+                                // No bytes (a broken peer): nothing to send, every span lost.
+                                None => RelayedSpans {
+                                    spans: 0,
+                                    dropped: dropped.saturating_add(spans),
+                                    otlp: Default::default(),
+                                },
                             });
-                        }
-                        ChildFrame::Spans { data: None, .. } => {
-                            tracing::warn!(job_id = %job_id, "ignoring a spans frame without its bytes");
                         }
                     }
                 }

@@ -228,6 +228,7 @@ where
     if let Some(batch) = nodetool_core::trace::take_relayed_spans() {
         let _ = tx.send(ChildFrame::Spans {
             spans: batch.spans,
+            dropped: batch.dropped,
             data: Some(batch.otlp),
         });
     }
