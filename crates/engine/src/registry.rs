@@ -50,17 +50,13 @@ pub struct Unavailable {
     pub package: Option<String>,
     /// Its declared properties and outputs, when NodeTool's metadata gives them
     /// ([`Unavailable::spec`]).
-    spec: Option<LazySpec>,
+    spec: Option<Arc<LazySpec>>,
     explain: Explain,
 }
 
 /// A spec built on first use: a process registers hundreds of catalog types and looks at the
 /// specs of few (a worker, none), so building them all would be most of its start-up.
-#[derive(Clone)]
-struct LazySpec {
-    make: Arc<dyn Fn() -> NodeSpec + Send + Sync>,
-    built: Arc<std::sync::OnceLock<NodeSpec>>,
-}
+type LazySpec = std::sync::LazyLock<NodeSpec, Box<dyn FnOnce() -> NodeSpec + Send>>;
 
 impl Unavailable {
     /// An entry whose explanation is the same for every node of the type.
@@ -100,24 +96,19 @@ impl Unavailable {
     }
 
     pub fn with_spec(self, spec: NodeSpec) -> Self {
-        self.with_spec_from(move || spec.clone())
+        self.with_spec_from(move || spec)
     }
 
     /// [`Unavailable::with_spec`], built by `make` the first time it is asked for.
-    pub fn with_spec_from(mut self, make: impl Fn() -> NodeSpec + Send + Sync + 'static) -> Self {
-        self.spec = Some(LazySpec {
-            make: Arc::new(make),
-            built: Arc::new(std::sync::OnceLock::new()),
-        });
+    pub fn with_spec_from(mut self, make: impl FnOnce() -> NodeSpec + Send + 'static) -> Self {
+        self.spec = Some(Arc::new(LazySpec::new(Box::new(make))));
         self
     }
 
     /// Its declared properties and outputs, when NodeTool's metadata gives them (`docs/nodes.md`
     /// and `nodetool nodes TYPE` list them).
     pub fn spec(&self) -> Option<&NodeSpec> {
-        self.spec
-            .as_ref()
-            .map(|lazy| lazy.built.get_or_init(|| (lazy.make)()))
+        self.spec.as_deref().map(|lazy| &**lazy)
     }
 
     /// What enables this type, for one node of a graph: a full sentence that names the

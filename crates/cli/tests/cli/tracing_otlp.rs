@@ -195,6 +195,34 @@ fn assert_node_spans(spans: &[ReceivedSpan], job: &ReceivedSpan) {
     }
 }
 
+/// Runs a job on the worker `strategy` with a caller's `traceparent`: the manager's job span is a
+/// child of the caller's, the worker's job span a child of the manager's, its nodes under it.
+/// Returns the worker's job span.
+async fn assert_worker_trace(
+    server: &Server,
+    receiver: &OtlpReceiver,
+    strategy: &str,
+) -> ReceivedSpan {
+    let (tp, trace, parent) = traceparent();
+    let rec = server.rest_job(strategy, Some(&tp)).await;
+    assert_eq!(rec["status"], "completed", "{strategy}: {rec}");
+    let job_id = rec["id"].as_str().unwrap().to_owned();
+    let spans = receiver
+        .wait_for(HANG, |s| {
+            job_span(s, &job_id, "worker").is_some_and(|w| children(s, w, "node").len() == 2)
+                && job_span(s, &job_id, strategy).is_some()
+        })
+        .await;
+    let manager_span = job_span(&spans, &job_id, strategy).expect("the manager's job span");
+    assert_eq!(manager_span.trace_id, trace);
+    assert_eq!(manager_span.parent_span_id, parent);
+    let worker_span = job_span(&spans, &job_id, "worker").expect("the worker's job span");
+    assert_eq!(worker_span.trace_id, trace);
+    assert_eq!(worker_span.parent_span_id, manager_span.span_id);
+    assert_node_spans(&spans, worker_span);
+    worker_span.clone()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_jobs_spans_join_the_callers_trace_on_rest_ws_and_a_worker() {
     let receiver = OtlpReceiver::start().await;
@@ -222,23 +250,7 @@ async fn a_jobs_spans_join_the_callers_trace_on_rest_ws_and_a_worker() {
     assert_node_spans(&spans, job);
 
     // REST, subprocess: the worker's own job span hangs under the manager's, its nodes under it.
-    let (tp, trace, parent) = traceparent();
-    let rec = server.rest_job("subprocess", Some(&tp)).await;
-    assert_eq!(rec["status"], "completed", "{rec}");
-    let job_id = rec["id"].as_str().unwrap().to_owned();
-    let spans = receiver
-        .wait_for(HANG, |s| {
-            job_span(s, &job_id, "worker").is_some_and(|w| children(s, w, "node").len() == 2)
-                && job_span(s, &job_id, "subprocess").is_some()
-        })
-        .await;
-    let manager_span = job_span(&spans, &job_id, "subprocess").expect("the manager's job span");
-    assert_eq!(manager_span.trace_id, trace);
-    assert_eq!(manager_span.parent_span_id, parent);
-    let worker_span = job_span(&spans, &job_id, "worker").expect("the worker's job span");
-    assert_eq!(worker_span.trace_id, trace);
-    assert_eq!(worker_span.parent_span_id, manager_span.span_id);
-    assert_node_spans(&spans, worker_span);
+    assert_worker_trace(&server, &receiver, "subprocess").await;
 
     // /ws: the handshake's traceparent.
     let (tp, trace, parent) = traceparent();
@@ -302,24 +314,8 @@ async fn a_docker_workers_spans_reach_the_collector_through_the_server() {
     let server = Server::start(&[("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint.as_str())]);
     crate::support::worker_image(&server.home, &client).await;
 
-    let (tp, trace, parent) = traceparent();
-    let rec = server.rest_job("docker", Some(&tp)).await;
-    assert_eq!(rec["status"], "completed", "{rec}");
-    let job_id = rec["id"].as_str().unwrap().to_owned();
-    let spans = receiver
-        .wait_for(HANG, |s| {
-            job_span(s, &job_id, "worker").is_some_and(|w| children(s, w, "node").len() == 2)
-                && job_span(s, &job_id, "docker").is_some()
-        })
-        .await;
-    let manager_span = job_span(&spans, &job_id, "docker").expect("the manager's job span");
-    assert_eq!(manager_span.trace_id, trace);
-    assert_eq!(manager_span.parent_span_id, parent);
-    let worker_span = job_span(&spans, &job_id, "worker").expect("the worker's job span");
-    assert_eq!(worker_span.trace_id, trace);
-    assert_eq!(worker_span.parent_span_id, manager_span.span_id);
+    let worker_span = assert_worker_trace(&server, &receiver, "docker").await;
     assert_eq!(worker_span.service, "nodetool");
-    assert_node_spans(&spans, worker_span);
     assert_eq!(server.dropped_spans().await, 0);
 }
 
