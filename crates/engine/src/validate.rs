@@ -465,17 +465,20 @@ pub fn preflight(
     secrets: &BTreeMap<String, String>,
 ) -> Result<(), ValidationError> {
     let mut problems = Vec::new();
+    // Wired inputs by target, once: a scan of every edge per node was O(nodes × edges).
+    let mut wired_into: HashMap<&str, Vec<String>> = HashMap::new();
+    for e in graph.edges.iter().filter(|e| e.edge_type == EdgeType::Data) {
+        wired_into
+            .entry(e.target.as_str())
+            .or_default()
+            .push(e.target_handle.clone());
+    }
     for node in &graph.nodes {
         let Some(imp) = registry.get(&node.node_type) else {
             continue;
         };
         let spec = imp.spec();
-        let wired: Vec<String> = graph
-            .edges
-            .iter()
-            .filter(|e| e.target == node.id && e.edge_type == EdgeType::Data)
-            .map(|e| e.target_handle.clone())
-            .collect();
+        let wired: &[String] = wired_into.get(node.id.as_str()).map_or(&[], Vec::as_slice);
         let mut props = Map::new();
         for input in &spec.inputs {
             props.insert(input.name.clone(), input.default.clone());
@@ -483,14 +486,14 @@ pub fn preflight(
         for (k, v) in node.data.iter().chain(node.dynamic_properties.iter()) {
             props.insert(k.clone(), v.clone());
         }
-        for w in &wired {
+        for w in wired {
             props.remove(w);
         }
         let props = crate::node::NodeInputs::new(props);
         let check = crate::node::Preflight {
             node_id: &node.id,
             props: &props,
-            wired: &wired,
+            wired,
             dynamic_outputs: &node.dynamic_outputs,
             resources,
             secrets,

@@ -23,6 +23,8 @@ use crate::store::JobStore;
 pub const BATCH: usize = 2048;
 /// Events waiting for the writer at most; more are dropped (and counted).
 pub const MAX_PENDING: usize = 262_144;
+/// How long the writer waits for more events before it writes what it has.
+const LINGER: Duration = Duration::from_millis(5);
 /// Attempts at writing one batch.
 const ATTEMPTS: u32 = 4;
 
@@ -137,15 +139,27 @@ async fn writer(
     let mut waiters: Vec<oneshot::Sender<()>> = Vec::new();
     let mut reported_drops = 0;
     while let Some(first) = rx.recv().await {
+        // Lingers up to LINGER for more (unless a flush waits or the batch is full): jobs
+        // back to back then share one commit instead of each taking the write lock.
+        let until = tokio::time::Instant::now() + LINGER;
         let mut next = Some(first);
-        while let Some(msg) = next.take() {
-            match msg {
-                Msg::Event(e) => batch.push(*e),
-                // Everything queued before the flush is in `batch` now.
-                Msg::Flush(w) => waiters.push(w),
+        loop {
+            while let Some(msg) = next.take() {
+                match msg {
+                    Msg::Event(e) => batch.push(*e),
+                    // Everything queued before the flush is in `batch` now.
+                    Msg::Flush(w) => waiters.push(w),
+                }
+                if batch.len() < BATCH {
+                    next = rx.try_recv().ok();
+                }
             }
-            if batch.len() < BATCH {
-                next = rx.try_recv().ok();
+            if !waiters.is_empty() || batch.len() >= BATCH {
+                break;
+            }
+            match tokio::time::timeout_at(until, rx.recv()).await {
+                Ok(Some(msg)) => next = Some(msg),
+                Ok(None) | Err(_) => break,
             }
         }
         if !batch.is_empty() {

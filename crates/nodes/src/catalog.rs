@@ -11,101 +11,91 @@
 
 use std::sync::OnceLock;
 
-use serde::Deserialize;
 use serde_json::Value;
 
 use nodetool_engine::graph::Node;
 use nodetool_engine::node::NodeSpec;
 use nodetool_engine::registry::{Registry, Requirement, Unavailable};
 
-/// One type of NodeTool's metadata.
-#[derive(Debug, Clone, Deserialize)]
+/// One type of NodeTool's metadata. Static data: `build.rs` generates the table from the
+/// JSON, so no process parses it at start-up.
+#[derive(Debug, Clone, Copy)]
 pub struct CatalogNode {
-    #[serde(rename = "type")]
-    pub node_type: String,
-    #[serde(default)]
-    pub title: String,
-    /// `[name, NodeTool type]`.
-    #[serde(default)]
-    pub properties: Vec<(String, String)>,
-    #[serde(default)]
-    pub outputs: Vec<(String, String)>,
+    pub node_type: &'static str,
+    /// Empty when NodeTool gives none.
+    pub title: &'static str,
+    /// `(name, NodeTool type)`.
+    pub properties: &'static [(&'static str, &'static str)],
+    pub outputs: &'static [(&'static str, &'static str)],
     /// Settings the node declares it needs (`required_settings`).
-    #[serde(default)]
-    pub settings: Vec<String>,
-    #[serde(default)]
+    pub settings: &'static [&'static str],
     pub streaming: bool,
-    #[serde(default)]
     pub dynamic: bool,
 }
 
-#[derive(Debug, Deserialize)]
-struct CatalogFile {
-    package: String,
-    nodes: Vec<CatalogNode>,
+/// `PACKAGE` and `NODES`, generated from `catalog/nodetool-base.json`.
+mod generated {
+    use super::CatalogNode;
+
+    include!(concat!(env!("OUT_DIR"), "/catalog.rs"));
 }
 
 /// A catalog type and the package that ships it.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Copy)]
 pub struct Known {
     pub node: CatalogNode,
-    pub package: String,
+    pub package: &'static str,
 }
 
-/// Types the bundled examples use that nodetool-base does not ship.
-fn extra() -> Vec<Known> {
-    let node = |t: &str, title: &str, settings: &[&str]| CatalogNode {
-        node_type: t.to_owned(),
-        title: title.to_owned(),
-        properties: Vec::new(),
-        outputs: Vec::new(),
-        settings: settings.iter().map(|s| (*s).to_owned()).collect(),
-        streaming: false,
-        dynamic: false,
-    };
-    vec![
-        Known {
-            node: node(
-                "fal.text_to_image.NanoBanana2",
-                "Nano Banana 2",
-                &["FAL_API_KEY"],
-            ),
-            package: "nodetool-fal".to_owned(),
+/// A type the bundled examples use that nodetool-base does not ship.
+const fn extra(
+    node_type: &'static str,
+    title: &'static str,
+    settings: &'static [&'static str],
+    package: &'static str,
+) -> Known {
+    Known {
+        node: CatalogNode {
+            node_type,
+            title,
+            properties: &[],
+            outputs: &[],
+            settings,
+            streaming: false,
+            dynamic: false,
         },
-        Known {
-            node: node(
-                "huggingface.automatic_speech_recognition.Whisper",
-                "Whisper",
-                &[],
-            ),
-            package: "nodetool-huggingface".to_owned(),
-        },
-    ]
+        package,
+    }
 }
+
+const EXTRA: &[Known] = &[
+    extra(
+        "fal.text_to_image.NanoBanana2",
+        "Nano Banana 2",
+        &["FAL_API_KEY"],
+        "nodetool-fal",
+    ),
+    extra(
+        "huggingface.automatic_speech_recognition.Whisper",
+        "Whisper",
+        &[],
+        "nodetool-huggingface",
+    ),
+];
 
 /// Every catalogued type, in name order.
 pub fn known() -> &'static [Known] {
     static KNOWN: OnceLock<Vec<Known>> = OnceLock::new();
     KNOWN.get_or_init(|| {
-        let file: CatalogFile = serde_json::from_str(include_str!("../catalog/nodetool-base.json"))
-            .unwrap_or_else(|e| {
-                // The file is generated and checked in; a test loads it, so this is a build bug.
-                tracing::error!(error = %e, "the node catalog does not parse");
-                CatalogFile {
-                    package: String::new(),
-                    nodes: Vec::new(),
-                }
-            });
-        let mut all: Vec<Known> = file
-            .nodes
-            .into_iter()
-            .map(|node| Known {
+        let mut all: Vec<Known> = generated::NODES
+            .iter()
+            .map(|&node| Known {
                 node,
-                package: file.package.clone(),
+                package: generated::PACKAGE,
             })
-            .chain(extra())
+            .chain(EXTRA.iter().copied())
             .collect();
-        all.sort_by(|a, b| a.node.node_type.cmp(&b.node.node_type));
+        all.sort_by_key(|k| k.node.node_type);
         all
     })
 }
@@ -167,11 +157,11 @@ fn implied_settings(node_type: &str) -> Option<&'static str> {
 impl Known {
     /// The model property (name, NodeTool type) of an AI node.
     fn model_property(&self) -> Option<(&str, &'static str)> {
-        self.node.properties.iter().find_map(|(name, t)| {
+        self.node.properties.iter().find_map(|&(name, t)| {
             MODEL_TYPES
                 .iter()
-                .find(|(m, _)| m == t)
-                .map(|(_, needs)| (name.as_str(), *needs))
+                .find(|(m, _)| *m == t)
+                .map(|&(_, needs)| (name, needs))
         })
     }
 
@@ -194,15 +184,15 @@ impl Known {
     /// The declared properties and outputs as a spec (for handle checks and docs).
     pub fn spec(&self) -> NodeSpec {
         let title = if self.node.title.is_empty() {
-            self.node.node_type.clone()
+            self.node.node_type
         } else {
-            self.node.title.clone()
+            self.node.title
         };
-        let mut spec = NodeSpec::new(&self.node.node_type, title);
-        for (name, t) in &self.node.properties {
+        let mut spec = NodeSpec::new(self.node.node_type, title);
+        for &(name, t) in self.node.properties {
             spec = spec.input(name, t, Value::Null);
         }
-        for (name, t) in &self.node.outputs {
+        for &(name, t) in self.node.outputs {
             spec = spec.output(name, t);
         }
         if self.node.streaming {
@@ -296,18 +286,17 @@ pub fn register(r: &mut Registry) {
     // The catalog is static: entries borrow it, and build a spec only when one is asked for
     // (every process registers these; a worker looks at none of them).
     for known in known() {
-        let unavailable = Unavailable::explained_by(
-            known.node.node_type.clone(),
-            known.requirement(),
-            move |node| known.explain(node),
-        )
-        .with_package(known.package.clone())
-        .with_spec_from(move || known.spec());
+        let unavailable =
+            Unavailable::explained_by(known.node.node_type, known.requirement(), move |node| {
+                known.explain(node)
+            })
+            .with_package(known.package)
+            .with_spec_from(move || known.spec());
         r.mark_unavailable(unavailable);
     }
     // Old names of types that are catalogued but not native: explain the current name's needs.
     for known in known() {
-        let t = &known.node.node_type;
+        let t = known.node.node_type;
         if !t.starts_with("lib.pillow.") || r.get(t).is_some() {
             continue;
         }
@@ -320,7 +309,7 @@ pub fn register(r: &mut Registry) {
                     known.explain(node)
                 )
             })
-            .with_package(known.package.clone())
+            .with_package(known.package)
             .with_spec_from(move || known.spec()),
         );
     }

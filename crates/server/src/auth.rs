@@ -8,12 +8,15 @@
 //! `Authorization: Bearer`. Without a token, a GET or HEAD of a storage route may carry a URL
 //! signature instead ([`nodetool_storage::UrlSigner`]); it grants that one path and nothing else.
 
+use std::convert::Infallible;
+use std::future::{Future, Ready};
+use std::pin::Pin;
 use std::sync::{Arc, RwLock};
+use std::task::{Context, Poll};
 use std::time::Duration;
 
-use axum::extract::{Request, State};
+use axum::extract::Request;
 use axum::http::{header, HeaderMap, Method, StatusCode};
-use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 use nodetool_config::{AuthProvider, Settings};
@@ -333,8 +336,23 @@ impl Authenticator {
 
     /// The user a bearer token belongs to.
     pub async fn authenticate(&self, token: &str) -> std::result::Result<UserId, AuthError> {
-        let user = match self {
-            Authenticator::Local => LOCAL_USER.to_owned(),
+        match self.authenticate_here(token) {
+            Some(answer) => answer,
+            None => match self {
+                Authenticator::Supabase(s) => usable_user(s.authenticate(token).await?),
+                // `authenticate_here` answers for every other provider.
+                Authenticator::Local | Authenticator::Static { .. } => {
+                    Err(AuthError::Invalid("invalid token"))
+                }
+            },
+        }
+    }
+
+    /// [`Authenticator::authenticate`] when it needs no I/O (every provider but Supabase's
+    /// remote check), so the middleware answers without a boxed future; `None` otherwise.
+    fn authenticate_here(&self, token: &str) -> Option<std::result::Result<UserId, AuthError>> {
+        match self {
+            Authenticator::Local => Some(Ok(UserId::local())),
             Authenticator::Static { tokens } => {
                 // Compare against every token so the time taken does not tell which one
                 // (or whether any) matched.
@@ -343,28 +361,33 @@ impl Authenticator {
                 for t in tokens.iter() {
                     ok |= t.as_slice().ct_eq(token.as_bytes());
                 }
-                if !bool::from(ok) {
-                    return Err(AuthError::Invalid("invalid token"));
-                }
-                LOCAL_USER.to_owned()
+                Some(if bool::from(ok) {
+                    Ok(UserId::local())
+                } else {
+                    Err(AuthError::Invalid("invalid token"))
+                })
             }
-            Authenticator::Supabase(s) => s.authenticate(token).await?,
-        };
-        // The user id becomes the first segment of the user's storage keys.
-        if user.contains('/') || StorageKey::new(user.as_str()).is_err() {
-            tracing::warn!("identity provider returned a user id that is not a valid key segment");
-            return Err(AuthError::Invalid("unusable user id"));
+            Authenticator::Supabase(_) => None,
         }
-        // `jobs/...` are other jobs' temp objects: a user called "jobs" must not own them.
-        if nodetool_core::storage::RESERVED_USER_IDS
-            .iter()
-            .any(|r| user.eq_ignore_ascii_case(r))
-        {
-            tracing::warn!(user = %user, "identity provider returned a reserved user id; refused");
-            return Err(AuthError::Invalid("unusable user id (reserved)"));
-        }
-        Ok(UserId::new(user))
     }
+}
+
+/// A provider's user id, if it can be one here.
+fn usable_user(user: String) -> std::result::Result<UserId, AuthError> {
+    // The user id becomes the first segment of the user's storage keys.
+    if user.contains('/') || StorageKey::new(user.as_str()).is_err() {
+        tracing::warn!("identity provider returned a user id that is not a valid key segment");
+        return Err(AuthError::Invalid("unusable user id"));
+    }
+    // `jobs/...` are other jobs' temp objects: a user called "jobs" must not own them.
+    if nodetool_core::storage::RESERVED_USER_IDS
+        .iter()
+        .any(|r| user.eq_ignore_ascii_case(r))
+    {
+        tracing::warn!(user = %user, "identity provider returned a reserved user id; refused");
+        return Err(AuthError::Invalid("unusable user id (reserved)"));
+    }
+    Ok(UserId::new(user))
 }
 
 /// The non-empty tokens as bytes; an empty result is a config error.
@@ -387,7 +410,6 @@ fn is_public(path: &str) -> bool {
     matches!(path, "/health" | "/metrics")
 }
 
-/// The bearer token of `Authorization`, if any.
 /// The user behind a WebSocket upgrade that must present a token: `Authorization: Bearer`, or
 /// `?api_key=` (browsers cannot set headers on a WebSocket). `Err` is the response to send:
 /// 401, or the provider's failure when it cannot be reached.
@@ -444,28 +466,134 @@ fn signature_params(query: &str) -> Option<(String, String)> {
     Some((expires?, sig?))
 }
 
-/// Middleware: sets [`Caller`] or answers 401 (503 when the identity provider is down).
-pub async fn authenticate(State(state): State<AppState>, mut req: Request, next: Next) -> Response {
-    if is_public(req.uri().path()) || req.method() == Method::OPTIONS {
-        return next.run(req).await;
+/// Sets [`Caller`] on every request but `/health`, `/metrics` and preflights, or answers 401
+/// (503 when the identity provider is down). A hand-written layer, not `from_fn`: only a
+/// token that must be checked remotely costs a boxed future.
+#[derive(Clone)]
+pub(crate) struct AuthLayer {
+    state: AppState,
+}
+
+impl AuthLayer {
+    pub fn new(state: AppState) -> Self {
+        Self { state }
     }
-    let caller = match (&state.auth, bearer(req.headers())) {
-        (Authenticator::Local, _) => Caller::User(UserId::local()),
-        (auth, Some(token)) => match auth.authenticate(token).await {
-            Ok(user) => Caller::User(user),
-            Err(AuthError::Invalid(why)) => return ApiError::unauthorized(why).into_response(),
-            Err(AuthError::Unavailable(e)) => return ApiError::from(e).into_response(),
-        },
-        (_, None) => match signed_caller(&state, &req) {
-            Some(Ok(())) => Caller::SignedUrl,
-            Some(Err(e)) => {
-                return ApiError::unauthorized(format!("{e}")).into_response();
+}
+
+impl<S> tower::Layer<S> for AuthLayer {
+    type Service = Authenticate<S>;
+
+    fn layer(&self, inner: S) -> Authenticate<S> {
+        Authenticate {
+            inner,
+            state: self.state.clone(),
+        }
+    }
+}
+
+/// The service [`AuthLayer`] wraps around the routes.
+#[derive(Clone)]
+pub(crate) struct Authenticate<S> {
+    inner: S,
+    state: AppState,
+}
+
+type BoxedResponse =
+    Pin<Box<dyn Future<Output = std::result::Result<Response, Infallible>> + Send>>;
+
+impl<S> tower::Service<Request> for Authenticate<S>
+where
+    S: tower::Service<Request, Response = Response, Error = Infallible> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+{
+    type Response = Response;
+    type Error = Infallible;
+    type Future = AuthFuture<S::Future>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<std::result::Result<(), Infallible>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut req: Request) -> Self::Future {
+        if is_public(req.uri().path()) || req.method() == Method::OPTIONS {
+            return AuthFuture::Routed {
+                inner: self.inner.call(req),
+            };
+        }
+        let caller = match (&self.state.auth, bearer(req.headers())) {
+            (Authenticator::Local, _) => Ok(Caller::User(UserId::local())),
+            (auth, Some(token)) => match auth.authenticate_here(token) {
+                Some(answer) => answer.map(Caller::User).map_err(refusal),
+                None => {
+                    // Remote: the service that was made ready goes into the future, a clone
+                    // stays (tower's rule for services called after an await).
+                    let auth = auth.clone();
+                    let token = token.to_owned();
+                    let clone = self.inner.clone();
+                    let mut inner = std::mem::replace(&mut self.inner, clone);
+                    return AuthFuture::Remote {
+                        inner: Box::pin(async move {
+                            match auth.authenticate(&token).await {
+                                Ok(user) => {
+                                    req.extensions_mut().insert(Caller::User(user));
+                                    inner.call(req).await
+                                }
+                                Err(e) => Ok(refusal(e)),
+                            }
+                        }),
+                    };
+                }
+            },
+            (_, None) => match signed_caller(&self.state, &req) {
+                Some(Ok(())) => Ok(Caller::SignedUrl),
+                Some(Err(e)) => Err(ApiError::unauthorized(format!("{e}")).into_response()),
+                None => Err(ApiError::unauthorized("missing bearer token").into_response()),
+            },
+        };
+        match caller {
+            Ok(caller) => {
+                req.extensions_mut().insert(caller);
+                AuthFuture::Routed {
+                    inner: self.inner.call(req),
+                }
             }
-            None => return ApiError::unauthorized("missing bearer token").into_response(),
-        },
-    };
-    req.extensions_mut().insert(caller);
-    next.run(req).await
+            Err(response) => AuthFuture::Refused {
+                answer: std::future::ready(Ok(response)),
+            },
+        }
+    }
+}
+
+fn refusal(e: AuthError) -> Response {
+    match e {
+        AuthError::Invalid(why) => ApiError::unauthorized(why).into_response(),
+        AuthError::Unavailable(e) => ApiError::from(e).into_response(),
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// The response future of [`Authenticate`].
+    #[project = AuthProj]
+    pub(crate) enum AuthFuture<F> {
+        Routed { #[pin] inner: F },
+        Refused { #[pin] answer: Ready<std::result::Result<Response, Infallible>> },
+        Remote { inner: BoxedResponse },
+    }
+}
+
+impl<F> Future for AuthFuture<F>
+where
+    F: Future<Output = std::result::Result<Response, Infallible>>,
+{
+    type Output = std::result::Result<Response, Infallible>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        match self.project() {
+            AuthProj::Routed { inner } => inner.poll(cx),
+            AuthProj::Refused { answer } => answer.poll(cx),
+            AuthProj::Remote { inner } => inner.as_mut().poll(cx),
+        }
+    }
 }
 
 /// `None` when the request carries no signature it could use; else the verification result.

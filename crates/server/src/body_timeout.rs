@@ -11,21 +11,29 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::body::Body;
-use axum::extract::{Request, State};
+use axum::extract::Request;
 use axum::http::{header, HeaderValue, StatusCode};
-use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use futures::StreamExt;
 use tokio::time::Instant;
 
 use crate::error::ApiError;
-use crate::AppState;
 
 /// Bytes a body must deliver per window (16 KiB per 30 s by default: about 550 B/s).
 pub const MIN_BYTES_PER_WINDOW: u64 = 16 * 1024;
 
-pub async fn body_timeout(State(state): State<AppState>, req: Request, next: Next) -> Response {
-    let window = state.options.body_timeout;
+/// Watches one paced body; [`Pacer::finish`] turns the handler's answer into the 408 if the
+/// body was too slow.
+#[derive(Debug)]
+pub struct Pacer {
+    fired: Arc<AtomicBool>,
+    window: Duration,
+}
+
+/// `req` with its body paced by `window`, and the pacer to finish its response with. A request
+/// with no body (upgrades included: their frames have their own rules), or a zero window, is
+/// left as it is.
+pub(crate) fn pace(req: Request, window: Duration) -> (Request, Option<Pacer>) {
     let has_body = req.headers().contains_key(header::TRANSFER_ENCODING)
         || req
             .headers()
@@ -33,32 +41,40 @@ pub async fn body_timeout(State(state): State<AppState>, req: Request, next: Nex
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.parse::<u64>().ok())
             .is_some_and(|n| n > 0);
-    // Upgrades (/ws) have no body; their frames have their own rules.
     if !has_body || window.is_zero() {
-        return next.run(req).await;
+        return (req, None);
     }
     let fired = Arc::new(AtomicBool::new(false));
     let (parts, body) = req.into_parts();
     let body = Body::from_stream(paced(body, window, fired.clone()));
-    let response = next.run(Request::from_parts(parts, body)).await;
-    if fired.load(Ordering::Acquire) {
+    (
+        Request::from_parts(parts, body),
+        Some(Pacer { fired, window }),
+    )
+}
+
+impl Pacer {
+    /// `response`, or the 408 (with `Connection: close`) if the body was too slow.
+    pub(crate) fn finish(self, response: Response) -> Response {
+        if !self.fired.load(Ordering::Acquire) {
+            return response;
+        }
         tracing::info!(
-            window_secs = window.as_secs_f64(),
+            window_secs = self.window.as_secs_f64(),
             "request body too slow; answered 408 and closing the connection"
         );
-        return ApiError::new(
+        ApiError::new(
             StatusCode::REQUEST_TIMEOUT,
             "request_timeout",
             format!(
                 "the request body was too slow: less than {MIN_BYTES_PER_WINDOW} bytes in {} s \
                  (SERVER_BODY_TIMEOUT)",
-                window.as_secs()
+                self.window.as_secs()
             ),
         )
         .with_header(header::CONNECTION, HeaderValue::from_static("close"))
-        .into_response();
+        .into_response()
     }
-    response
 }
 
 /// `body` as a stream that fails once a window passes with fewer than

@@ -15,33 +15,27 @@
 //!   at `NODETOOL_MAX_JSON_BODY_BYTES` (413), declared or streamed.
 
 use axum::body::Body;
-use axum::extract::{Request, State};
+use axum::extract::Request;
 use axum::http::{header, HeaderMap, Method, StatusCode};
-use axum::middleware::Next;
-use axum::response::{IntoResponse, Response};
 
 use crate::error::ApiError;
 use crate::{AppState, Authenticator};
 
-pub async fn guard(State(state): State<AppState>, req: Request, next: Next) -> Response {
-    match check(&state, req) {
-        Ok(req) => next.run(req).await,
-        Err(e) => e.into_response(),
-    }
-}
-
-fn check(state: &AppState, req: Request) -> Result<Request, ApiError> {
+/// The guards, on a request that has not been routed yet: the request to route (a JSON body
+/// capped) or the answer that refuses it. Runs in [`crate::edge::EdgeLayer`].
+pub(crate) fn check(state: &AppState, req: Request) -> Result<Request, ApiError> {
     let local = matches!(state.auth, Authenticator::Local);
     let host = request_host(&req);
     if local && state.options.loopback_hosts_only {
-        if let Some(h) = &host {
+        if let Some(h) = host {
             if !is_loopback_host(h) {
                 return Err(ApiError::new(
                     StatusCode::MISDIRECTED_REQUEST,
                     "misdirected_request",
                     format!(
                         "this server (AUTH_PROVIDER=local) answers only for localhost, 127.0.0.1 \
-                         or [::1], not Host `{h}`"
+                         or [::1], not Host `{}`",
+                        h.to_ascii_lowercase()
                     ),
                 ));
             }
@@ -53,7 +47,7 @@ fn check(state: &AppState, req: Request) -> Result<Request, ApiError> {
     if local && (changes_state || path == "/ws" || path.starts_with("/ws/")) {
         if let Some(origin) = req.headers().get(header::ORIGIN) {
             let origin = origin.to_str().unwrap_or("");
-            if !origin_allowed(origin, host.as_deref(), &state.options.allowed_origins) {
+            if !origin_allowed(origin, host, &state.options.allowed_origins) {
                 return Err(ApiError::forbidden(format!(
                     "cross-origin request from `{origin}` refused; add it to ALLOWED_ORIGINS to allow it"
                 ))
@@ -97,41 +91,42 @@ fn json_too_large(max: u64) -> ApiError {
     )
 }
 
-/// `Host`, or the authority of an absolute URI (HTTP/2 `:authority`).
-fn request_host(req: &Request) -> Option<String> {
+/// `Host`, or the authority of an absolute URI (HTTP/2 `:authority`), trimmed (any case).
+fn request_host(req: &Request) -> Option<&str> {
     req.headers()
         .get(header::HOST)
         .and_then(|v| v.to_str().ok())
-        .map(str::to_owned)
-        .or_else(|| req.uri().authority().map(|a| a.as_str().to_owned()))
-        .map(|h| h.trim().to_ascii_lowercase())
+        .or_else(|| req.uri().authority().map(|a| a.as_str()))
+        .map(str::trim)
 }
 
-/// `localhost`, an IPv4 loopback address or `[::1]`, with or without a port.
+/// `localhost`, an IPv4 loopback address or `[::1]`, with or without a port, in any case.
+/// Allocation-free: it runs on every request.
 pub fn is_loopback_host(host: &str) -> bool {
-    let host = host.trim().to_ascii_lowercase();
+    let host = host.trim();
     let name = if let Some(rest) = host.strip_prefix('[') {
         match rest.split_once(']') {
-            Some((inside, tail)) if tail.is_empty() || valid_port(tail) => inside.to_owned(),
+            Some((inside, "")) => inside,
+            Some((inside, tail)) if tail.strip_prefix(':').is_some_and(valid_port) => inside,
             _ => return false,
         }
     } else {
         match host.rsplit_once(':') {
-            Some((name, port)) if valid_port(&format!(":{port}")) => name.to_owned(),
+            Some((name, port)) if valid_port(port) => name,
             Some(_) => return false,
-            None => host.clone(),
+            None => host,
         }
     };
-    let name = name.strip_suffix('.').unwrap_or(&name);
-    name == "localhost"
+    let name = name.strip_suffix('.').unwrap_or(name);
+    name.eq_ignore_ascii_case("localhost")
         || name
             .parse::<std::net::IpAddr>()
             .is_ok_and(|ip| ip.is_loopback())
 }
 
-fn valid_port(tail: &str) -> bool {
-    tail.strip_prefix(':')
-        .is_some_and(|p| !p.is_empty() && p.parse::<u16>().is_ok())
+/// The digits of a port number (`7777`, not `:7777`).
+fn valid_port(port: &str) -> bool {
+    !port.is_empty() && port.parse::<u16>().is_ok()
 }
 
 /// Same origin as `host` (either scheme: both are this server), or listed.
@@ -197,6 +192,8 @@ mod tests {
             "[::1]",
             "[::1]:7777",
             "localhost.",
+            "LocalHost.:80",
+            " 127.0.0.1:7777 ",
         ] {
             assert!(is_loopback_host(ok), "{ok}");
         }
@@ -210,6 +207,11 @@ mod tests {
             "localhost:99999",
             "localhost:",
             "[::1]x",
+            "[::1]:",
+            "[::1]:http",
+            "[::1",
+            "127.0.0.1:-1",
+            ":7777",
             "",
         ] {
             assert!(!is_loopback_host(bad), "{bad}");

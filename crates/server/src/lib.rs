@@ -19,6 +19,7 @@ pub mod auth;
 pub mod body_timeout;
 pub mod config_route;
 pub mod db;
+mod edge;
 pub mod error;
 pub mod guard;
 pub mod http;
@@ -211,25 +212,14 @@ pub fn router(state: AppState) -> Router {
         .merge(workflow_versions::routes())
         .merge(workflow_examples::routes())
         .merge(trpc::routes())
-        .layer(axum::middleware::from_fn_with_state(
-            state.clone(),
-            auth::authenticate,
-        ))
+        .layer(auth::AuthLayer::new(state.clone()))
         // `/ws` and `/ws/terminal` authenticate themselves: they also take `?api_key=`, which
         // the middleware does not, and the terminal has its own rules for the local provider.
         .merge(ws::routes())
         .merge(terminal::routes())
         // Read by the app before anyone signs in.
         .merge(config_route::routes())
-        .layer(axum::middleware::from_fn_with_state(
-            state.clone(),
-            guard::guard,
-        ))
-        // Outside the guard, so the guard's JSON cap wraps the paced body and keeps its 413.
-        .layer(axum::middleware::from_fn_with_state(
-            state.clone(),
-            body_timeout::body_timeout,
-        ))
+        .layer(edge::EdgeLayer::new(state.clone()))
         .layer(observe::ObserveLayer::new(state.metrics.clone()))
         .with_state(state)
 }

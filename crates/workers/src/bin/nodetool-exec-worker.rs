@@ -3,10 +3,11 @@
 
 use std::process::ExitCode;
 
-// As in the `nodetool` binary: template renders stop at their memory budget.
+// As in the `nodetool` binary (mimalloc; template renders stop at their memory budget), so
+// the benchmarks measure the worker users run.
 #[global_allocator]
-static GLOBAL: nodetool_alloc::Budgeted<std::alloc::System> =
-    nodetool_alloc::Budgeted::new(std::alloc::System);
+static GLOBAL: nodetool_alloc::Budgeted<mimalloc::MiMalloc> =
+    nodetool_alloc::Budgeted::new(mimalloc::MiMalloc);
 
 fn main() -> ExitCode {
     let rt = match tokio::runtime::Runtime::new() {
