@@ -9,11 +9,13 @@
 //! - **unknown**: neither (a typo, or a type NodeTool does not ship).
 //!
 //! Registering a type replaces its catalog entry, whatever the order of the two calls.
-//! An alias ([`Registry::alias`]) is a second name for a registered type.
+//! An alias ([`Registry::alias`]) is a second name for a registered type. A whole catalog can be
+//! handed over unbuilt ([`Registry::defer_unavailable`]): its entries are made the first time an
+//! unavailable type is looked up, which a worker running a graph of native types never does.
 
 use std::collections::BTreeMap;
 use std::fmt;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use crate::graph::Node;
 use crate::node::{NodeImpl, NodeSpec};
@@ -128,15 +130,35 @@ impl fmt::Debug for Unavailable {
     }
 }
 
+/// Makes catalog entries for [`Registry::defer_unavailable`].
+type MakeEntries = Arc<dyn Fn(&Registry) -> Vec<Unavailable> + Send + Sync>;
+
 /// Node types by NodeTool type name. Cheap to share (`Arc<Registry>`); build once per process.
-#[derive(Debug, Clone, Default)]
+#[derive(Clone, Default)]
 pub struct Registry {
     nodes: BTreeMap<String, Arc<dyn NodeImpl>>,
     /// Alias → registered type name.
     aliases: BTreeMap<String, String>,
+    /// Entries given to [`Registry::mark_unavailable`].
     unavailable: BTreeMap<String, Unavailable>,
+    /// Catalogs not built yet ([`Registry::defer_unavailable`]).
+    deferred: Vec<MakeEntries>,
+    /// `unavailable` plus what `deferred` makes, built on the first lookup; every change to
+    /// the registry resets it.
+    resolved: OnceLock<BTreeMap<String, Unavailable>>,
     /// Appended to validation's "unknown node type" problems that have no close suggestion.
     unknown_hint: Option<String>,
+}
+
+impl fmt::Debug for Registry {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Registry")
+            .field("nodes", &self.nodes.len())
+            .field("aliases", &self.aliases.len())
+            .field("unavailable", &self.unavailable.len())
+            .field("deferred_catalogs", &self.deferred.len())
+            .finish_non_exhaustive()
+    }
 }
 
 impl Registry {
@@ -148,6 +170,7 @@ impl Registry {
     /// Adds or replaces a node type; a catalog entry or alias of the same name is dropped.
     pub fn register(&mut self, node: Arc<dyn NodeImpl>) {
         let name = node.spec().node_type.clone();
+        self.resolved = OnceLock::new();
         self.unavailable.remove(&name);
         self.aliases.remove(&name);
         self.nodes.insert(name, node);
@@ -161,6 +184,7 @@ impl Registry {
         if self.nodes.contains_key(&alias) || !self.nodes.contains_key(target) {
             return;
         }
+        self.resolved = OnceLock::new();
         self.unavailable.remove(&alias);
         self.aliases.insert(alias, target.to_owned());
     }
@@ -171,7 +195,42 @@ impl Registry {
         if self.get(&entry.node_type).is_some() {
             return;
         }
+        self.resolved = OnceLock::new();
         self.unavailable.insert(entry.node_type.clone(), entry);
+    }
+
+    /// [`Registry::mark_unavailable`] for every entry `make` returns, called the first time an
+    /// unavailable type is looked up (not at all by a process that never looks one up). Entries
+    /// of types registered by then are ignored, and an entry given to `mark_unavailable` wins
+    /// over a deferred one of the same name. `make` gets the registry to ask which types are
+    /// registered; it MUST NOT look up unavailable types (that would wait on itself).
+    pub fn defer_unavailable(
+        &mut self,
+        make: impl Fn(&Registry) -> Vec<Unavailable> + Send + Sync + 'static,
+    ) {
+        self.resolved = OnceLock::new();
+        self.deferred.push(Arc::new(make));
+    }
+
+    /// Every unavailable entry, the deferred catalogs built on first use.
+    fn resolved(&self) -> &BTreeMap<String, Unavailable> {
+        if self.deferred.is_empty() {
+            return &self.unavailable;
+        }
+        self.resolved.get_or_init(|| {
+            let mut all = BTreeMap::new();
+            for make in &self.deferred {
+                for entry in make(self) {
+                    if self.get(&entry.node_type).is_none() {
+                        all.insert(entry.node_type.clone(), entry);
+                    }
+                }
+            }
+            for (name, entry) in &self.unavailable {
+                all.insert(name.clone(), entry.clone());
+            }
+            all
+        })
     }
 
     /// What would make more node types available (e.g. how to enable the Python bridge), said
@@ -192,9 +251,13 @@ impl Registry {
         }
     }
 
-    /// The catalog entry of a known type that cannot run here.
+    /// The catalog entry of a known type that cannot run here. A registered type has none
+    /// (and asking about one builds no deferred catalog).
     pub fn unavailable(&self, node_type: &str) -> Option<&Unavailable> {
-        self.unavailable.get(node_type)
+        if self.get(node_type).is_some() {
+            return None;
+        }
+        self.resolved().get(node_type)
     }
 
     /// Registered types (not aliases), in name order.
@@ -218,7 +281,7 @@ impl Registry {
 
     /// Catalog entries of known types that cannot run here, in name order.
     pub fn unavailable_types(&self) -> impl Iterator<Item = &Unavailable> {
-        self.unavailable.values()
+        self.resolved().values()
     }
 
     /// Up to three registered types close to `node_type`: same class name in another namespace
@@ -322,6 +385,52 @@ mod tests {
             r.unavailable("c.D").is_none(),
             "registered first, then catalogued"
         );
+    }
+
+    #[test]
+    fn a_deferred_catalog_is_built_on_the_first_lookup_of_an_unavailable_type_only() {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        let built = Arc::new(AtomicUsize::new(0));
+        let count = built.clone();
+        let mut r = Registry::new();
+        r.register(node("native.A"));
+        r.mark_unavailable(Unavailable::new("x.Eager", Requirement::Missing, "eager"));
+        r.defer_unavailable(move |reg| {
+            count.fetch_add(1, Ordering::SeqCst);
+            assert!(reg.get("native.A").is_some());
+            ["native.A", "x.Deferred", "x.Eager"]
+                .map(|t| Unavailable::new(t, Requirement::Python, "deferred"))
+                .into()
+        });
+        assert!(r.unavailable("native.A").is_none());
+        assert_eq!(
+            built.load(Ordering::SeqCst),
+            0,
+            "a registered type builds nothing"
+        );
+
+        let n: Node =
+            serde_json::from_value(serde_json::json!({"id": "n", "type": "x.Deferred"})).unwrap();
+        assert_eq!(
+            r.unavailable("x.Deferred")
+                .map(|u| u.explain(&n))
+                .as_deref(),
+            Some("deferred")
+        );
+        // An entry given to mark_unavailable wins; a registered type gets none.
+        assert_eq!(
+            r.unavailable("x.Eager").map(|u| u.explain(&n)).as_deref(),
+            Some("eager")
+        );
+        let names: Vec<_> = r.unavailable_types().map(|u| u.node_type.clone()).collect();
+        assert_eq!(names, ["x.Deferred", "x.Eager"]);
+        assert_eq!(built.load(Ordering::SeqCst), 1, "built once");
+
+        // A later registration drops the entry (and the catalog is made again).
+        r.register(node("x.Deferred"));
+        assert!(r.unavailable("x.Deferred").is_none());
+        assert_eq!(r.unavailable_types().count(), 1);
+        assert_eq!(built.load(Ordering::SeqCst), 2);
     }
 
     #[test]

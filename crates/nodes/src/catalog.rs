@@ -283,16 +283,23 @@ pub fn register(r: &mut Registry) {
     for t in pillow {
         r.alias(format!("{OLD_PREFIX}{t}"), &t);
     }
-    // The catalog is static: entries borrow it, and build a spec only when one is asked for
-    // (every process registers these; a worker looks at none of them).
+    // The catalog is static: its entries are made the first time an unavailable type is looked
+    // up (a worker running native nodes never does), borrow it, and build a spec only when one
+    // is asked for.
+    r.defer_unavailable(entries);
+}
+
+/// Every catalogued type without an implementation in `r`, and the old names of those.
+fn entries(r: &Registry) -> Vec<Unavailable> {
+    let mut all = Vec::with_capacity(known().len());
     for known in known() {
-        let unavailable =
+        all.push(
             Unavailable::explained_by(known.node.node_type, known.requirement(), move |node| {
                 known.explain(node)
             })
             .with_package(known.package)
-            .with_spec_from(move || known.spec());
-        r.mark_unavailable(unavailable);
+            .with_spec_from(move || known.spec()),
+        );
     }
     // Old names of types that are catalogued but not native: explain the current name's needs.
     for known in known() {
@@ -301,7 +308,7 @@ pub fn register(r: &mut Registry) {
             continue;
         }
         let old = format!("{OLD_PREFIX}{t}");
-        r.mark_unavailable(
+        all.push(
             Unavailable::explained_by(old, known.requirement(), move |node| {
                 format!(
                     "this is NodeTool's older name of `{}`; {}",
@@ -313,6 +320,7 @@ pub fn register(r: &mut Registry) {
             .with_spec_from(move || known.spec()),
         );
     }
+    all
 }
 
 #[cfg(test)]
