@@ -38,11 +38,31 @@ pub async fn bridge(env: &PythonEnv) -> PythonBridge {
 }
 
 /// Writes `script` as an executable `python`-named wrapper in `dir` (a fake interpreter).
+///
+/// A child process writes it: had this process held the file open for writing, a child that
+/// another test thread forked in that moment would inherit the descriptor until its exec, and
+/// starting the script would fail with ETXTBSY ("Text file busy").
 pub fn fake_python(dir: &std::path::Path, script: &str) -> std::path::PathBuf {
-    use std::os::unix::fs::PermissionsExt;
+    use std::io::Write;
     let path = dir.join("python");
-    std::fs::write(&path, script).expect("write fake python");
-    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    let mut writer = std::process::Command::new("sh")
+        .arg("-c")
+        .arg("cat > \"$1\" && chmod 755 \"$1\"")
+        .arg("sh")
+        .arg(&path)
+        .stdin(std::process::Stdio::piped())
+        .spawn()
+        .expect("start sh to write the fake python");
+    writer
+        .stdin
+        .take()
+        .expect("its stdin")
+        .write_all(script.as_bytes())
+        .expect("write the fake python");
+    assert!(
+        writer.wait().expect("sh").success(),
+        "writing {path:?} failed"
+    );
     path
 }
 
